@@ -1,0 +1,1 @@
+"""istiod_lite/ca (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""istiod_lite/push (filled in by its owner)."""

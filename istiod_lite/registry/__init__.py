@@ -1,0 +1,1 @@
+"""istiod_lite/registry (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""meshcore/hbone (filled in by its owner)."""

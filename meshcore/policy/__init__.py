@@ -1,0 +1,1 @@
+"""meshcore/policy (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""meshcore/state (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""meshcore/store (filled in by its owner)."""

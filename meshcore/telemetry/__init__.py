@@ -1,0 +1,1 @@
+"""meshcore/telemetry (filled in by its owner)."""

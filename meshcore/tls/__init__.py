@@ -1,0 +1,1 @@
+"""meshcore/tls (filled in by its owner)."""

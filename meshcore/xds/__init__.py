@@ -1,0 +1,1 @@
+"""meshcore/xds (filled in by its owner)."""
