@@ -1,0 +1,78 @@
+"""Kubernetes-shaped resources as the store holds them.
+
+A ``Resource`` is the parsed, validated form of one YAML document (``apiVersion``, ``kind``,
+``metadata``, ``spec``, ``status``). It is an immutable value: the store, the registry and ambientctl
+pass it around without copies. ``spec`` and ``status`` stay plain dicts (already validated against the
+kind's schema by ``meshcore.store.schema``); ``metadata`` fields the mesh uses are lifted to attributes.
+Cluster-scoped kinds (Namespace) have ``namespace == ""``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# kind -> (apiVersion, namespaced)
+KINDS: dict[str, tuple[str, bool]] = {
+    "Namespace": ("v1", False),
+    "ServiceAccount": ("v1", True),
+    "Pod": ("v1", True),
+    "Service": ("v1", True),
+    "AuthorizationPolicy": ("security.istio.io/v1", True),
+    "Gateway": ("gateway.networking.k8s.io/v1", True),
+    "HTTPRoute": ("gateway.networking.k8s.io/v1", True),
+}
+
+
+class ResourceRef(msgspec.Struct, frozen=True, order=True):
+    """Identifies one resource: kind, namespace ("" for cluster-scoped), name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+
+class Resource(msgspec.Struct, frozen=True):
+    kind: str
+    name: str
+    namespace: str = ""
+    api_version: str = ""
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    # Assigned by the store on write; 0 for a resource not yet stored.
+    resource_version: int = 0
+    uid: str = ""
+    spec: dict[str, Any] = {}
+    status: dict[str, Any] = {}
+
+    @property
+    def ref(self) -> ResourceRef:
+        return ResourceRef(self.kind, self.namespace, self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Kubernetes-shaped document (what ``get -o yaml`` prints)."""
+        meta: dict[str, Any] = {"name": self.name}
+        if self.namespace:
+            meta["namespace"] = self.namespace
+        if self.labels:
+            meta["labels"] = dict(self.labels)
+        if self.annotations:
+            meta["annotations"] = dict(self.annotations)
+        if self.resource_version:
+            meta["resourceVersion"] = str(self.resource_version)
+        if self.uid:
+            meta["uid"] = self.uid
+        doc: dict[str, Any] = {
+            "apiVersion": self.api_version or KINDS.get(self.kind, ("v1", True))[0],
+            "kind": self.kind,
+            "metadata": meta,
+        }
+        if self.spec:
+            doc["spec"] = self.spec
+        if self.status:
+            doc["status"] = self.status
+        return doc
