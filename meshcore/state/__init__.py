@@ -1,1 +1,11 @@
-"""meshcore/state (filled in by its owner)."""
+"""The proxy's view of the mesh: an immutable ``ProxyState`` snapshot with lookup indexes, and
+``apply_delta`` which builds the next snapshot from one delta-xDS response (bad resources rejected alone).
+
+Pure (sans-IO): no asyncio, sockets, gRPC or clocks. Publication to readers is ``meshcore.aio.state_cell``.
+"""
+
+from meshcore.state.apply import SUPPORTED_TYPE_URLS, Rejection, apply_delta
+from meshcore.state.errors import StateError, UnsupportedTypeUrl
+from meshcore.state.snapshot import ProxyState
+
+__all__ = ["SUPPORTED_TYPE_URLS", "ProxyState", "Rejection", "StateError", "UnsupportedTypeUrl", "apply_delta"]
