@@ -46,7 +46,11 @@ def test_equal_facts_compare_equal_regardless_of_derived_fields() -> None:
 )
 def test_bad_facts_are_refused_naming_the_field(kwargs: dict[str, object], field: str) -> None:
     args: dict[str, object] = {
-        "src_ip": "10.0.0.1", "src_port": 1, "dst_ip": "10.0.0.2", "dst_port": 2, "src_identity": None
+        "src_ip": "10.0.0.1",
+        "src_port": 1,
+        "dst_ip": "10.0.0.2",
+        "dst_port": 2,
+        "src_identity": None,
     }
     args.update(kwargs)
     with pytest.raises(InvalidConnFactsError) as info:

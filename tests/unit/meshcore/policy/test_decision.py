@@ -10,10 +10,16 @@ from meshcore.policy import POLICY_CHANGE_MESSAGE, Decision, DenyReason
 @pytest.mark.parametrize(
     ("reason", "policy", "message"),
     [
-        (DenyReason.EXPLICITLY_DENIED, "ns/deny-all",
-         "connection closed due to policy rejection: explicitly denied by: ns/deny-all"),
-        (DenyReason.NOT_ALLOWED, None,
-         "connection closed due to policy rejection: allow policies exist, but none allowed"),
+        (
+            DenyReason.EXPLICITLY_DENIED,
+            "ns/deny-all",
+            "connection closed due to policy rejection: explicitly denied by: ns/deny-all",
+        ),
+        (
+            DenyReason.NOT_ALLOWED,
+            None,
+            "connection closed due to policy rejection: allow policies exist, but none allowed",
+        ),
         (DenyReason.NO_WORKLOAD, None, "connection closed due to policy rejection: workload not found"),
         (DenyReason.WORKLOAD_MISMATCH, None, "connection closed due to policy rejection: workload mismatch"),
     ],
