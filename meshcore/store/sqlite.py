@@ -1,0 +1,394 @@
+"""The embedded store: one SQLite file (WAL), shared by ambientctl, istiod_lite and the local cluster.
+
+Theory of operation:
+- ``objects`` holds the current object per (kind, namespace, name); ``changes`` is the append-only log
+  (revision INTEGER PRIMARY KEY AUTOINCREMENT). Every write inserts one change row and updates
+  ``objects`` in the same transaction, and an object's resource_version is its change's revision.
+- Writes take the database write lock up front (``BEGIN IMMEDIATE``), so writers from any process are
+  serialised and revisions commit in increasing order: a reader that has seen revision N has seen every
+  revision below N. That is what lets the watch be a plain ``WHERE revision > ?`` poll.
+- WAL mode: readers never wait for the writer and see a consistent snapshot per statement (or per read
+  transaction, as ``snapshot`` uses). ``busy_timeout`` bounds the wait for the write lock.
+- The watch polls with its own short-lived connection on the event-loop thread, without
+  ``asyncio.to_thread``: an idle poll is one primary-key range query on a local file (microseconds),
+  and its own connection means it never queues behind this process's writers.
+- The file is created 0600 (SQLite gives -wal/-shm the same mode). ``PRAGMA application_id`` marks it
+  as ours and ``user_version`` is the schema version: any other file is refused with ``NotAStore``, a
+  newer schema with ``StoreSchemaTooNew``; the file is never modified in either case.
+- The change log is not compacted yet (it grows by one row per write); a compaction would record the
+  oldest revision kept and make ``changes_since`` older than it raise, so watchers re-list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from .base import ApplyAction, ApplyResult, EventType, WatchEvent
+from .errors import NotAStore, ResourceNotFound, StoreError, StoreSchemaTooNew, StoreUnavailable, UnknownKind
+from .resource import KINDS, Resource, ResourceRef
+
+# "AMSH": marks a SQLite file as an ambient-mesh store.
+APPLICATION_ID = 0x414D5348
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 5.0
+
+_SCHEMA = (
+    """CREATE TABLE objects (
+        kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+        resource_version INTEGER NOT NULL, uid TEXT NOT NULL, body BLOB NOT NULL,
+        PRIMARY KEY (kind, namespace, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE changes (
+        revision INTEGER PRIMARY KEY AUTOINCREMENT,
+        type TEXT NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+        kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, body BLOB NOT NULL
+    )""",
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+log = structlog.get_logger(__name__)
+
+
+class SqliteStore:
+    """The ``Store`` on one SQLite file; safe to use from several processes and threads at once."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(Resource)
+        self._closed = False
+        _create_private(self.path)
+        self._db = self._connect()
+        try:
+            self._open_schema()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # --- opening ---------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (sqlite3's implicit ones are not
+            # IMMEDIATE). check_same_thread=False: access is serialised by self._lock instead.
+            return sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot open store {self.path}: {e}") from None
+
+    def _open_schema(self) -> None:
+        db = self._db
+        try:
+            app_id, version = self._header()
+            if app_id == 0 and version == 0:
+                app_id, version = self._initialise()
+        except sqlite3.DatabaseError as e:
+            raise NotAStore(
+                f"{self.path} is not an ambient-mesh store ({e}); use another --state-dir"
+            ) from None
+        if app_id != APPLICATION_ID:
+            raise NotAStore(
+                f"{self.path} is an SQLite database of another application (application_id {app_id:#x}); "
+                "use another --state-dir"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaTooNew(
+                f"{self.path} has store schema v{version}, newer than this version reads (v{SCHEMA_VERSION}); "
+                "upgrade ambient-mesh, or use another --state-dir"
+            )
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot use store {self.path}: {e}") from None
+
+    def _header(self) -> tuple[int, int]:
+        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return int(app_id), int(version)
+
+    def _initialise(self) -> tuple[int, int]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have initialised it while we waited for the lock.
+            app_id, version = self._header()
+            if app_id == 0 and version == 0:
+                tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables:
+                    raise NotAStore(
+                        f"{self.path} is an SQLite database of another application; use another --state-dir"
+                    )
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                app_id, version = APPLICATION_ID, SCHEMA_VERSION
+                log.info("store created", path=str(self.path), schema=SCHEMA_VERSION)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return app_id, version
+
+    # --- transactions ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._live()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            db = self._live()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            hint = " (another process held the write lock too long; retry)" if "locked" in str(e) else ""
+            raise StoreUnavailable(f"store {self.path}: {e}{hint}") from None
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"store {self.path}: {e}") from None
+
+    def _live(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
+        return self._db
+
+    # --- Store ------------------------------------------------------------------------------------------
+
+    def apply(self, resources: Iterable[Resource]) -> builtins.list[ApplyResult]:
+        batch = [self._canonical(r) for r in resources]
+        for r in batch:
+            if r.kind not in KINDS:
+                raise UnknownKind(r.kind, list(KINDS))
+        results: builtins.list[ApplyResult] = []
+        with self._writing() as db:
+            revision = _revision(db)
+            for new in batch:
+                old = self._select(db, new.ref)
+                if old is not None and not new.status:
+                    new = msgspec.structs.replace(new, status=old.status)
+                if old is not None and _same_content(old, new):
+                    results.append(ApplyResult(new.ref, "unchanged", old))
+                    continue
+                revision += 1
+                action: ApplyAction = "created" if old is None else "configured"
+                stored = msgspec.structs.replace(
+                    new, resource_version=revision, uid=old.uid if old else str(uuid.uuid4())
+                )
+                self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
+                results.append(ApplyResult(stored.ref, action, stored))
+        for res in results:
+            if res.action != "unchanged":
+                log.debug("resource " + res.action, ref=str(res.ref), revision=res.resource.resource_version)
+        return results
+
+    def delete(self, refs: Iterable[ResourceRef]) -> builtins.list[ResourceRef]:
+        deleted: builtins.list[ResourceRef] = []
+        with self._writing() as db:
+            revision = _revision(db)
+            for ref in refs:
+                victims: builtins.list[Resource] = []
+                if ref.kind == "Namespace":
+                    # As in Kubernetes, deleting a namespace deletes what is in it (contents first).
+                    victims.extend(self._select_many(db, None, ref.name))
+                target = self._select(db, ref)
+                if target is None:
+                    continue
+                victims.append(target)
+                for victim in victims:
+                    revision += 1
+                    gone = msgspec.structs.replace(victim, resource_version=revision)
+                    db.execute(
+                        "INSERT INTO changes (revision, type, kind, namespace, name, body) VALUES (?, ?, ?, ?, ?, ?)",
+                        (revision, "DELETED", *_key(victim.ref), self._encoder.encode(gone)),
+                    )
+                    db.execute(
+                        "DELETE FROM objects WHERE kind = ? AND namespace = ? AND name = ?", _key(victim.ref)
+                    )
+                    deleted.append(victim.ref)
+        return deleted
+
+    def get(self, ref: ResourceRef) -> Resource | None:
+        with self._reading() as db:
+            return self._select(db, ref)
+
+    def list(self, kind: str | None = None, namespace: str | None = None) -> builtins.list[Resource]:
+        with self._reading() as db:
+            return self._select_many(db, kind, namespace)
+
+    def snapshot(
+        self, kind: str | None = None, namespace: str | None = None
+    ) -> tuple[int, builtins.list[Resource]]:
+        with self._reading() as db:
+            # One read transaction: the revision and the objects come from the same database snapshot.
+            db.execute("BEGIN")
+            try:
+                return _revision(db), self._select_many(db, kind, namespace)
+            finally:
+                db.execute("COMMIT")
+
+    def set_labels(
+        self, ref: ResourceRef, add: Mapping[str, str], remove: Iterable[str], *, create: bool = False
+    ) -> ApplyResult:
+        removed = set(remove)
+        with self._writing() as db:
+            old = self._select(db, ref)
+            if old is None and not create:
+                raise ResourceNotFound(str(ref))
+            base = old or Resource(
+                kind=ref.kind, namespace=ref.namespace, name=ref.name, api_version=KINDS[ref.kind][0]
+            )
+            labels = {k: v for k, v in base.labels.items() if k not in removed}
+            labels.update(add)
+            if old is not None and labels == old.labels:
+                return ApplyResult(ref, "unchanged", old)
+            revision = _revision(db) + 1
+            stored = msgspec.structs.replace(
+                base, labels=labels, resource_version=revision, uid=base.uid or str(uuid.uuid4())
+            )
+            self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
+            return ApplyResult(ref, "created" if old is None else "configured", stored)
+
+    def revision(self) -> int:
+        with self._reading() as db:
+            return _revision(db)
+
+    def changes_since(self, revision: int, limit: int | None = None) -> builtins.list[WatchEvent]:
+        with self._reading() as db:
+            return self._changes(db, revision, limit)
+
+    async def watch(self, since: int, poll_interval: float = 0.05) -> AsyncIterator[WatchEvent]:
+        """Changes after ``since`` in order, forever (until the store is closed); see the module doc."""
+        reader = self._connect()
+        last = since
+        try:
+            while not self._closed:
+                with self._errors():
+                    events = self._changes(reader, last, 1000)
+                for event in events:
+                    last = event.revision
+                    yield event
+                if not events:
+                    await asyncio.sleep(poll_interval)
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- rows -------------------------------------------------------------------------------------------
+
+    def _canonical(self, resource: Resource) -> Resource:
+        # Through JSON and back: what is compared and stored is exactly what a later read returns.
+        try:
+            return self._decoder.decode(self._encoder.encode(resource))
+        except (TypeError, msgspec.EncodeError, msgspec.DecodeError) as e:
+            raise StoreError(f"{resource.ref}: cannot be stored as JSON: {e}") from None
+
+    def _select(self, db: sqlite3.Connection, ref: ResourceRef) -> Resource | None:
+        row = db.execute(
+            "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?", _key(ref)
+        ).fetchone()
+        return None if row is None else self._decoder.decode(row[0])
+
+    def _select_many(
+        self, db: sqlite3.Connection, kind: str | None, namespace: str | None
+    ) -> builtins.list[Resource]:
+        query = "SELECT body FROM objects"
+        where: builtins.list[str] = []
+        args: builtins.list[str] = []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if namespace is not None:
+            where.append("namespace = ?")
+            args.append(namespace)
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY kind, namespace, name"
+        return [self._decoder.decode(body) for (body,) in db.execute(query, args)]
+
+    def _write(self, db: sqlite3.Connection, revision: int, type_: EventType, stored: Resource) -> None:
+        body = self._encoder.encode(stored)
+        db.execute(
+            "INSERT INTO changes (revision, type, kind, namespace, name, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (revision, type_, *_key(stored.ref), body),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO objects (kind, namespace, name, resource_version, uid, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (*_key(stored.ref), revision, stored.uid, body),
+        )
+
+    def _changes(self, db: sqlite3.Connection, since: int, limit: int | None) -> builtins.list[WatchEvent]:
+        rows = db.execute(
+            "SELECT revision, type, body FROM changes WHERE revision > ? ORDER BY revision LIMIT ?",
+            (since, -1 if limit is None else limit),
+        )
+        return [WatchEvent(type=t, resource=self._decoder.decode(b), revision=rev) for rev, t, b in rows]
+
+
+def _revision(db: sqlite3.Connection) -> int:
+    # sqlite_sequence keeps the highest revision ever used, even if the log is compacted later.
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _key(ref: ResourceRef) -> tuple[str, str, str]:
+    return (ref.kind, ref.namespace, ref.name)
+
+
+def _same_content(old: Resource, new: Resource) -> bool:
+    return (
+        old.labels == new.labels
+        and old.annotations == new.annotations
+        and old.spec == new.spec
+        and old.status == new.status
+        and old.api_version == new.api_version
+    )
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would use 0644 minus the umask)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    except FileNotFoundError:
+        raise StoreUnavailable(f"cannot create store {path}: its directory does not exist") from None
+    except IsADirectoryError:
+        raise NotAStore(f"{path} is a directory, not a store file") from None
+    except OSError as e:
+        raise StoreUnavailable(f"cannot open store {path}: {e.strerror}") from None
+    os.close(fd)
