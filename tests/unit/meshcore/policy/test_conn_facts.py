@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshcore.identity import SpiffeId
 from meshcore.policy import ConnFacts, InvalidConnFactsError
+from meshcore.policy.facts import parse_ip
 
 
 def test_facts_precompute_addresses_and_principal() -> None:
@@ -57,3 +62,23 @@ def test_bad_facts_are_refused_naming_the_field(kwargs: dict[str, object], field
         ConnFacts(**args)  # type: ignore[arg-type]
     assert info.value.field == field
     assert field in str(info.value)
+
+
+@given(st.ip_addresses())
+def test_parse_ip_agrees_with_ipaddress_for_every_address(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    expected = (4, int(mapped)) if mapped is not None else (ip.version, int(ip))
+    assert parse_ip(str(ip), "src_ip") == expected
+
+
+@given(st.text(alphabet="0123456789.:abcdef%x²٣ ", max_size=20))
+def test_parse_ip_accepts_exactly_what_ipaddress_accepts(text: str) -> None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        with pytest.raises(InvalidConnFactsError):
+            parse_ip(text, "src_ip")
+    else:
+        assert parse_ip(text, "src_ip")[1] in (int(ip), int(getattr(ip, "ipv4_mapped", None) or ip))
