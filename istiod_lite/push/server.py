@@ -282,6 +282,7 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self._progress.set()
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             del self._streams[conn_id]
             self._metrics.connected.dec()
             self._progress.set()
@@ -428,7 +429,8 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     self._progress.clear()
                     await self._progress.wait()
         except TimeoutError:
-            self._log.warning("xds streams still open after close", streams=self.unsynced())
+            still_open = [s.state.node_id or s.state.conn_id for s in self._streams.values()]
+            self._log.warning("xds streams still open after close", grace_s=self.close_grace, streams=still_open)
 
 
 def _iso(ts: float) -> str:
