@@ -4,7 +4,8 @@
 TLS 1.3 only, ALPN ``h2``, a certificate required from both sides, trust = mesh roots only, no session
 resumption. Hostname checks are off: mesh peers are identified by SPIFFE URI SAN, not DNS. Users MUST:
 
-* connect with ``server_hostname=None`` (ztunnel sends no SNI), and
+* send no SNI (ztunnel does not): ``wrap_socket``/``wrap_bio(server_hostname=None)``; with asyncio
+  ``open_connection(..., server_hostname="")``, since asyncio replaces None by the host it dials, and
 * call ``verify_connection`` right after the handshake, with the expected identities (client side) or the
   trust domain (server side). Until then the peer is only known to hold *some* mesh certificate.
 
@@ -38,7 +39,7 @@ _KEY_DIRS = ("/dev/shm",)
 
 
 def client_context(bundle: CertBundle) -> ssl.SSLContext:
-    """Context for originating mesh mTLS; wrap with ``server_hostname=None`` and then verify the peer."""
+    """Context for originating mesh mTLS: send no SNI (see module doc), then ``verify_connection``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # identity is the SPIFFE URI SAN, checked by verify_connection
     _configure(ctx, bundle)
