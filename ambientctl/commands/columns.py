@@ -1,0 +1,110 @@
+"""What ``ambientctl get`` shows per kind in table form: pure functions from resources to rows.
+
+Headers are upper-case like kubectl's; empty values print ``<none>`` as kubectl does. A NAMESPACE
+column comes first with ``-A`` for namespaced kinds. Pods show DATAPLANE-MODE: the pod's own
+``istio.io/dataplane-mode`` label, else its namespace's (what the operator set with ``namespace
+enable``), else ``<none>``; the control plane, not this table, decides what is captured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from meshcore.store import Resource, is_namespaced, spec_as, status_as
+from meshcore.store.schema import (
+    AuthorizationPolicySpec,
+    GatewaySpec,
+    HTTPRouteSpec,
+    PodSpec,
+    PodStatus,
+    ServiceSpec,
+)
+
+DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
+WAYPOINT_FOR_LABEL = "istio.io/waypoint-for"
+NONE = "<none>"
+
+Row = list[str]
+# (headers after NAME, row function after name) per kind.
+_Columns = tuple[list[str], Callable[[Resource, Mapping[str, Resource]], Row]]
+
+
+def build_table(
+    kind: str, resources: Sequence[Resource], namespaces: Mapping[str, Resource], *, all_namespaces: bool
+) -> tuple[list[str], list[Row]]:
+    """Headers and rows for ``resources`` of one ``kind``; ``namespaces`` maps name -> Namespace."""
+    extra_headers, extra = _COLUMNS.get(kind, ([], _nothing))
+    with_ns = all_namespaces and is_namespaced(kind)
+    headers = (["NAMESPACE"] if with_ns else []) + ["NAME", *extra_headers]
+    rows = [([r.namespace] if with_ns else []) + [r.name, *extra(r, namespaces)] for r in resources]
+    return headers, rows
+
+
+def _nothing(_r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    return []
+
+
+def _or_none(value: str | None) -> str:
+    return value if value else NONE
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or NONE
+
+
+def _namespace_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    return [_labels(r.labels)]
+
+
+def _pod_row(r: Resource, namespaces: Mapping[str, Resource]) -> Row:
+    spec = spec_as(r, PodSpec)
+    status = status_as(r, PodStatus)
+    ns = namespaces.get(r.namespace)
+    mode = r.labels.get(DATAPLANE_MODE_LABEL) or (ns.labels.get(DATAPLANE_MODE_LABEL) if ns else None)
+    return [
+        status.phase or "Unknown",
+        _or_none(status.pod_ip),
+        _or_none(spec.node_name),
+        spec.service_account_name,
+        _or_none(mode),
+    ]
+
+
+def _service_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    spec = spec_as(r, ServiceSpec)
+    ports = ",".join(f"{p.port}/{p.protocol}" for p in spec.ports or ())
+    return [_or_none(spec.cluster_ip), _or_none(ports), _labels(spec.selector or {})]
+
+
+def _policy_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    spec = spec_as(r, AuthorizationPolicySpec)
+    refs = ([spec.target_ref] if spec.target_ref else []) + list(spec.target_refs or ())
+    if refs:
+        target = ",".join(f"{ref.kind}/{ref.name}" for ref in refs)
+    elif spec.selector is not None and spec.selector.match_labels:
+        target = _labels(spec.selector.match_labels)
+    else:
+        target = "<namespace>"
+    return [spec.action, target, str(len(spec.rules or ()))]
+
+
+def _gateway_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    spec = spec_as(r, GatewaySpec)
+    listeners = ",".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in spec.listeners or ())
+    return [spec.gateway_class_name, _or_none(listeners), _or_none(r.labels.get(WAYPOINT_FOR_LABEL))]
+
+
+def _route_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    spec = spec_as(r, HTTPRouteSpec)
+    parents = ",".join(f"{p.kind or 'Gateway'}/{p.name}" for p in spec.parent_refs or ())
+    return [_or_none(",".join(spec.hostnames or ())), _or_none(parents), str(len(spec.rules or ()))]
+
+
+_COLUMNS: dict[str, _Columns] = {
+    "Namespace": (["LABELS"], _namespace_row),
+    "Pod": (["STATUS", "IP", "NODE", "SERVICE ACCOUNT", "DATAPLANE-MODE"], _pod_row),
+    "Service": (["CLUSTER-IP", "PORT(S)", "SELECTOR"], _service_row),
+    "AuthorizationPolicy": (["ACTION", "TARGET", "RULES"], _policy_row),
+    "Gateway": (["CLASS", "LISTENERS", "WAYPOINT-FOR"], _gateway_row),
+    "HTTPRoute": (["HOSTNAMES", "PARENTS", "RULES"], _route_row),
+}

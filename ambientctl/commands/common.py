@@ -1,0 +1,110 @@
+"""Plumbing every ambientctl command shares: the per-invocation state, errors and output helpers.
+
+``CliState`` is created by the root callback and reached with ``cli_state(ctx)``; it resolves the
+state directory and opens the store only when a command asks (``--help`` creates nothing), and closes
+it when the command ends. Commands raise ``CliError`` (or let a ``StoreError`` through) for anything
+the user can fix: the root group prints one red line on stderr and exits 1, never a traceback.
+Output goes to stdout (data) and stderr (errors, notes), so ``-o json | jq`` stays clean.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from meshcore.store import SqliteStore, resolve_state_dir, store_path
+
+# kubectl's exit code for a failed command.
+EXIT_FAILURE = 1
+
+
+class CliError(Exception):
+    """A failure the user can fix; its message is printed as one line, then ambientctl exits 1."""
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+@dataclass
+class CliState:
+    """What the global options decided, plus the store once a command opened it."""
+
+    state_dir_flag: str | None = None
+    _store: SqliteStore | None = field(default=None, repr=False)
+
+    def state_dir(self) -> Path:
+        return resolve_state_dir(self.state_dir_flag)
+
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            self._store = SqliteStore(store_path(self.state_dir()))
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def cli_state(ctx: typer.Context) -> CliState:
+    state = ctx.find_object(CliState)
+    if state is None:  # a command invoked without the root callback (only in odd embeddings)
+        state = ctx.ensure_object(CliState)
+        ctx.call_on_close(state.close)
+    return state
+
+
+def stdout_console() -> Console:
+    # Not a terminal (pipes, tests): never wrap or truncate table rows at 80 columns.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=100_000)
+    return console
+
+
+def report_error(message: str) -> None:
+    Console(stderr=True, highlight=False).print(
+        f"error: {message}", style="red", markup=False, soft_wrap=True
+    )
+
+
+def note(message: str) -> None:
+    """A remark for the person, not the data (kubectl's "No resources found"): stderr."""
+    Console(stderr=True, highlight=False).print(message, markup=False, soft_wrap=True)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """kubectl-style columns: no borders, upper-case headers, left-aligned, never wrapped."""
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 3, 0, 0))
+    for header in headers:
+        table.add_column(header, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*row)
+    console = stdout_console()
+    with console.capture() as captured:
+        console.print(table, markup=False)
+    # Rich pads every cell to its column's width; kubectl leaves no trailing blanks (friendlier to diff).
+    typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()), color=console.is_terminal)
+
+
+def print_documents(docs: list[dict[str, Any]], fmt: OutputFormat, *, single: bool) -> None:
+    """``-o json|yaml``: one object as itself, several as a ``kind: List`` (what kubectl prints)."""
+    doc: dict[str, Any] = (
+        docs[0] if single else {"apiVersion": "v1", "kind": "List", "items": docs, "metadata": {}}
+    )
+    if fmt is OutputFormat.json:
+        typer.echo(json.dumps(doc, indent=4))
+    else:
+        typer.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).rstrip("\n"))

@@ -1,0 +1,228 @@
+"""ambientctl apply/get/delete/namespace through Typer's CliRunner on a real store in a temp dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner, Result
+
+from ambientctl.cli import app
+from meshcore.store import STATE_DIR_ENV, ResourceRef, SqliteStore, store_path
+
+REPO = Path(__file__).resolve().parents[3]
+MESH = REPO / "examples" / "mesh.yaml"
+
+BAD = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports: [{port: http}]
+"""
+
+
+class Ctl:
+    """Runs ambientctl against one state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        return self.runner.invoke(app, ["--state-dir", str(self.state_dir), *args], input=input)
+
+    def ok(self, *args: str, input: str | None = None) -> str:
+        result = self(*args, input=input)
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return result.stdout
+
+    def fails(self, *args: str) -> str:
+        """Exit code 1 and exactly one line on stderr (no traceback); returns that line."""
+        result = self(*args)
+        assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        return lines[0]
+
+    def labels(self, namespace: str) -> dict[str, str]:
+        with SqliteStore(store_path(self.state_dir)) as store:
+            ns = store.get(ResourceRef("Namespace", "", namespace))
+            assert ns is not None
+            return ns.labels
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> Ctl:
+    return Ctl(tmp_path / "state")
+
+
+def table(stdout: str) -> list[list[str]]:
+    """kubectl-style output split into cells (columns are separated by at least two blanks)."""
+    import re
+
+    return [re.split(r"\s{2,}", line.strip()) for line in stdout.strip().splitlines()]
+
+
+def test_apply_reports_created_then_unchanged_then_configured(ctl: Ctl, tmp_path: Path) -> None:
+    out = ctl.ok("apply", "-f", str(MESH))
+    assert out.splitlines()[:4] == [
+        "namespace/demo created",
+        "serviceaccount/client created",
+        "serviceaccount/server created",
+        "pod/client created",
+    ]
+    assert set(ctl.ok("apply", "-f", str(MESH)).split("\n")[:-1]) == {
+        line.replace("created", "unchanged") for line in out.splitlines()
+    }
+    changed = tmp_path / "ns.yaml"
+    changed.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: {team: a}}\n")
+    assert ctl.ok("apply", "-f", str(changed)) == "namespace/demo configured\n"
+
+
+def test_apply_from_stdin_and_a_directory(ctl: Ctl, tmp_path: Path) -> None:
+    assert ctl.ok("apply", "-f", "-", input="apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n") == (
+        "namespace/a created\n"
+    )
+    d = tmp_path / "manifests"
+    d.mkdir()
+    (d / "1.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n")
+    (d / "2.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n")
+    assert ctl.ok("apply", "-f", str(d)) == "namespace/b created\nnamespace/c created\n"
+
+
+def test_a_file_with_one_bad_document_applies_nothing_and_says_where(ctl: Ctl, tmp_path: Path) -> None:
+    bad = tmp_path / "services.yaml"
+    bad.write_text(BAD)
+    line = ctl.fails("apply", "-f", str(bad))
+    assert line == (
+        f"error: {bad}: document 2 (Service shop/web): $.spec.ports[0].port: Expected int, got str"
+    )
+    assert ctl.ok("get", "ns", "-o", "json").count('"name"') == 0
+
+
+def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ctl) -> None:
+    ctl.ok("apply", "-f", str(MESH))
+    ctl.ok("namespace", "enable", "demo")
+    assert table(ctl.ok("get", "po", "-n", "demo")) == [
+        ["NAME", "STATUS", "IP", "NODE", "SERVICE ACCOUNT", "DATAPLANE-MODE"],
+        ["client", "Running", "10.244.1.10", "node-1", "client", "ambient"],
+        ["server", "Running", "10.244.2.10", "node-2", "server", "ambient"],
+    ]
+    rows = table(ctl.ok("get", "pods", "-A"))
+    assert rows[0][:2] == ["NAMESPACE", "NAME"] and rows[1][:2] == ["demo", "client"]
+
+
+def test_get_services_policies_and_namespaces_tables(ctl: Ctl) -> None:
+    ctl.ok("apply", "-f", str(MESH))
+    assert table(ctl.ok("get", "svc", "-n", "demo")) == [
+        ["NAME", "CLUSTER-IP", "PORT(S)", "SELECTOR"],
+        ["server", "10.96.0.10", "80/TCP", "app=server"],
+    ]
+    assert table(ctl.ok("get", "authorizationpolicies", "-n", "demo"))[1] == [
+        "server-allow-client",
+        "ALLOW",
+        "app=server",
+        "1",
+    ]
+    ctl.ok("namespace", "enable", "demo")
+    assert table(ctl.ok("get", "namespaces")) == [
+        ["NAME", "LABELS"],
+        ["demo", "istio.io/dataplane-mode=ambient"],
+    ]
+
+
+def test_get_json_and_yaml_are_kubernetes_shaped(ctl: Ctl) -> None:
+    ctl.ok("apply", "-f", str(MESH))
+    listing = json.loads(ctl.ok("get", "pods", "-n", "demo", "-o", "json"))
+    assert listing["kind"] == "List"
+    assert [p["metadata"]["name"] for p in listing["items"]] == ["client", "server"]
+    one = yaml.safe_load(ctl.ok("get", "svc", "server", "-n", "demo", "-o", "yaml"))
+    assert one["kind"] == "Service" and one["spec"]["ports"][0]["targetPort"] == "http"
+    assert one["metadata"]["resourceVersion"] == "6"
+
+
+def test_get_of_nothing_notes_it_on_stderr_and_succeeds(ctl: Ctl) -> None:
+    result = ctl("get", "pods")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "No resources found in default namespace." in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["get", "deployments"], "error: unknown kind 'deployments': supported kinds are Namespace"),
+        (["get", "pod", "ghost", "-n", "demo"], 'error: pod "ghost" in namespace "demo" not found'),
+        (
+            ["get", "pod", "ghost", "-A"],
+            "error: a resource cannot be retrieved by name across all namespaces",
+        ),
+        (["delete", "pod", "ghost"], 'error: pod "ghost" in namespace "default" not found'),
+        (["delete"], "error: say what to delete"),
+        (["apply", "-f", "/nonexistent/x.yaml"], "error: /nonexistent/x.yaml: no such file or directory"),
+        (["namespace", "disable", "ghost"], 'error: namespace "ghost" not found'),
+        (["namespace", "enable", "Bad_Name"], "error: namespace 'Bad_Name' is not a valid name"),
+    ],
+    ids=[
+        "an unknown kind lists the supported kinds",
+        "getting a missing pod names it and its namespace",
+        "getting by name across all namespaces is refused",
+        "deleting a missing pod names it",
+        "delete without a target says what to give",
+        "applying a missing file names it",
+        "disabling a missing namespace names it",
+        "enabling an invalid namespace name explains the rule",
+    ],
+)
+def test_user_errors_are_one_line_and_exit_1(ctl: Ctl, args: list[str], message: str) -> None:
+    assert ctl.fails(*args).startswith(message)
+
+
+def test_delete_by_name_and_by_file(ctl: Ctl) -> None:
+    ctl.ok("apply", "-f", str(MESH))
+    assert ctl.ok("delete", "po", "client", "-n", "demo") == 'pod "client" deleted from demo namespace\n'
+    assert (
+        ctl.fails("delete", "po", "client", "-n", "demo")
+        == 'error: pod "client" in namespace "demo" not found'
+    )
+    assert ctl.ok("delete", "po", "client", "-n", "demo", "--ignore-not-found") == ""
+    out = ctl.ok("delete", "-f", str(MESH), "--ignore-not-found")
+    assert out.splitlines()[0] == 'namespace "demo" deleted'
+    assert 'pod "client" deleted' not in out
+    assert json.loads(ctl.ok("get", "pods", "-A", "-o", "json"))["items"] == []
+
+
+def test_namespace_enable_and_disable_print_what_they_did(ctl: Ctl) -> None:
+    label = "istio.io/dataplane-mode=ambient"
+    assert ctl.ok("namespace", "enable", "shop") == f"namespace/shop created with label {label}\n"
+    assert ctl.ok("namespace", "enable", "shop") == f"namespace/shop already has {label} (unchanged)\n"
+    assert ctl.labels("shop") == {"istio.io/dataplane-mode": "ambient"}
+    assert ctl.ok("namespace", "disable", "shop") == "namespace/shop label istio.io/dataplane-mode removed\n"
+    assert ctl.labels("shop") == {}
+    assert ctl.ok("namespace", "disable", "shop") == (
+        "namespace/shop has no istio.io/dataplane-mode label (unchanged)\n"
+    )
+    ctl.ok("apply", "-f", str(MESH))
+    assert ctl.ok("namespace", "enable", "demo") == f"namespace/demo labeled {label}\n"
+
+
+def test_state_dir_comes_from_the_environment(tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {STATE_DIR_ENV: str(tmp_path / "env-state")}
+    result = runner.invoke(app, ["namespace", "enable", "demo"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "env-state" / "store.db").exists()
+
+
+def test_a_state_dir_holding_something_else_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "store.db").write_text("not a database at all, not even close" * 50)
+    result = CliRunner().invoke(app, ["--state-dir", str(tmp_path), "get", "ns"])
+    assert result.exit_code == 1
+    assert "is not an ambient-mesh store" in result.stderr and "--state-dir" in result.stderr

@@ -1,0 +1,86 @@
+"""Reading YAML text, files, directories and stdin: multi-document, List, all-or-nothing, YAML errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from meshcore.store import InvalidResource, SourceNotReadable, load_documents, load_paths
+
+NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n"
+SA = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app, namespace: demo}\n"
+BAD_SVC = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: http}]\n"
+
+
+def test_multi_document_text_yields_every_resource_in_order_skipping_empty_documents() -> None:
+    text = "# leading comment\n---\n" + NS + "---\n---\n" + SA
+    resources = load_documents(text, "x.yaml")
+    assert [str(r.ref) for r in resources] == ["Namespace/demo", "ServiceAccount/demo/app"]
+
+
+def test_a_list_document_is_unpacked() -> None:
+    text = (
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n"
+        "- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n"
+    )
+    assert [r.name for r in load_documents(text, "-")] == ["a", "b"]
+
+
+def test_documents_are_counted_as_a_person_counts_them_including_empty_ones() -> None:
+    text = NS + "---\n# nothing here\n---\n" + BAD_SVC
+    with pytest.raises(InvalidResource) as caught:
+        load_documents(text, "services.yaml")
+    assert str(caught.value) == (
+        "services.yaml: document 3 (Service default/web): $.spec.ports[0].port: Expected int, got str"
+    )
+
+
+def test_unparseable_yaml_reports_line_and_column() -> None:
+    text = NS + "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n   bad: indent\n"
+    with pytest.raises(InvalidResource) as caught:
+        load_documents(text, "pods.yaml")
+    message = str(caught.value)
+    assert message.startswith("pods.yaml: document 2: invalid YAML at line 9, column 7")
+    assert "mapping values are not allowed" in message
+
+
+def test_a_file_with_one_bad_document_returns_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "mixed.yaml"
+    f.write_text(NS + "---\n" + BAD_SVC)
+    with pytest.raises(InvalidResource, match="mixed.yaml: document 2"):
+        load_paths([str(f)])
+
+
+def test_a_directory_is_read_in_name_order_and_only_yaml_files(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(SA)
+    (tmp_path / "a.yml").write_text(NS)
+    (tmp_path / "notes.txt").write_text("not yaml: [")
+    resources = load_paths([str(tmp_path)])
+    assert [r.kind for r in resources] == ["Namespace", "ServiceAccount"]
+
+
+def test_a_bad_file_in_a_directory_is_named_by_its_path(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(NS)
+    (tmp_path / "z.yaml").write_text(BAD_SVC)
+    with pytest.raises(InvalidResource, match=r"z\.yaml: document 1"):
+        load_paths([str(tmp_path)])
+
+
+def test_dash_reads_stdin_and_names_it_dash() -> None:
+    assert [r.name for r in load_paths(["-"], stdin=io.StringIO(NS))] == ["demo"]
+    with pytest.raises(InvalidResource, match=r"^-: document 1"):
+        load_paths(["-"], stdin=io.StringIO(BAD_SVC))
+
+
+def test_a_missing_file_is_reported_by_the_name_given(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotReadable, match="nope.yaml: no such file or directory"):
+        load_paths([str(tmp_path / "nope.yaml")])
+
+
+def test_a_binary_file_is_refused_as_not_text(tmp_path: Path) -> None:
+    f = tmp_path / "blob.yaml"
+    f.write_bytes(b"\xff\xfe\x00junk")
+    with pytest.raises(SourceNotReadable, match="not UTF-8"):
+        load_paths([str(f)])
