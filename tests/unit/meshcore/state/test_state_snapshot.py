@@ -7,6 +7,8 @@ import time
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshcore.identity import SpiffeId
 from meshcore.model import Authorization, NetworkAddress, Port, Scope, Workload
@@ -212,3 +214,70 @@ def test_vip_index_covers_every_service_address() -> None:
     svc = msgspec.structs.replace(svc, addresses=(*svc.addresses, NetworkAddress("fd00::9")))
     s = ProxyState.of(svc)
     assert s.find_service_by_vip("fd00::9") is s.find_service_by_vip("10.96.0.9") is not None
+
+
+# ------------------------------------------------------------------------------ copy-on-write consistency
+
+_IPS = [f"10.0.0.{i}" for i in range(1, 5)]
+_SVCS = ["default/a", "default/b", "other/c"]
+_SAS = ["sa1", "sa2"]
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("put"),
+            st.builds(
+                lambda n, ip, sa, svcs: builders.workload(
+                    f"w{n}", ip, service_account=sa, services={k: (Port(80),) for k in svcs}
+                ),
+                st.integers(0, 5),
+                st.sampled_from(_IPS),
+                st.sampled_from(_SAS),
+                st.lists(st.sampled_from(_SVCS), unique=True, max_size=2),
+            ),
+        ),
+        st.tuples(st.just("remove"), st.integers(0, 6).map(lambda n: f"Kubernetes//Pod/default/w{n}")),
+    ),
+    max_size=12,
+)
+
+
+def _expected_views(workloads: dict[str, Workload]) -> tuple[object, ...]:
+    """What every index must say, computed naively from the workloads alone."""
+    by_addr = {ip: {u for u, w in workloads.items() if ip in w.addresses} for ip in _IPS}
+    eps = {k: {u for u, w in workloads.items() if k in w.services} for k in _SVCS}
+    by_sa = {sa: {u for u, w in workloads.items() if w.service_account == sa} for sa in _SAS}
+    return by_addr, eps, by_sa
+
+
+def _actual_views(s: ProxyState) -> tuple[object, ...]:
+    by_addr = {}
+    for ip in _IPS:
+        found = s.find_workload_by_addr(ip)
+        holders = {u for u, w in s.workloads.items() if ip in w.addresses}
+        assert (found is None) == (not holders) and (found is None or found.uid in holders)
+        by_addr[ip] = holders
+    eps = {k: {w.uid for w, _ in s.endpoints(k)} for k in _SVCS}
+    by_sa = {sa: {w.uid for w in s.find_workloads_by_identity(SpiffeId("cluster.local", "default", sa))} for sa in _SAS}
+    return by_addr, eps, by_sa
+
+
+@given(batches=st.lists(_ops, min_size=1, max_size=5))
+def test_indexes_stay_consistent_and_old_snapshots_never_change(batches: list[list[tuple[str, object]]]) -> None:
+    state = ProxyState.empty()
+    history: list[tuple[ProxyState, dict[str, Workload], tuple[object, ...]]] = []
+    model: dict[str, Workload] = {}
+    for batch in batches:
+        puts = [w for op, w in batch if op == "put"]
+        removes = [n for op, n in batch if op == "remove"]
+        state = state.updated(put=puts, remove_addresses=removes)  # type: ignore[arg-type]
+        for w in puts:
+            model[w.uid] = w  # type: ignore[union-attr]
+        for n in removes:
+            model.pop(n, None)  # type: ignore[arg-type]
+        assert dict(state.workloads) == model
+        assert _actual_views(state) == _expected_views(model)
+        history.append((state, dict(model), _expected_views(model)))
+    for snapshot, workloads, views in history:
+        assert dict(snapshot.workloads) == workloads
+        assert _actual_views(snapshot) == views
