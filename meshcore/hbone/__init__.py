@@ -1,1 +1,103 @@
-"""meshcore/hbone (filled in by its owner)."""
+"""Sans-IO HBONE: HTTP/2 CONNECT tunnels (Istio's HBONE, reference §4) on top of h2.
+
+Bytes in, events out: ``HboneClientConn`` / ``HboneServerConn`` never touch a socket, a clock or an
+event loop; the asyncio shells in ``meshcore.aio`` (hbone_client, hbone_server, pool) drive them.
+``headers`` builds and parses the CONNECT ``:authority`` and the baggage / forwarded / traceparent
+headers; ``events`` lists what a connection reports; ``errors`` what it raises.
+"""
+
+from meshcore.hbone.conn import (
+    CLIENT_SETTINGS,
+    SERVER_SETTINGS,
+    HboneClientConn,
+    HboneServerConn,
+    HboneSettings,
+)
+from meshcore.hbone.errors import (
+    ConnectionDrained,
+    HboneConnectionError,
+    HboneError,
+    InvalidAuthority,
+    InvalidTunnelRequest,
+    LocalHboneError,
+    PeerNotTrusted,
+    RemoteHboneError,
+    StreamLimitReached,
+    TunnelRefused,
+    TunnelResetError,
+)
+from meshcore.hbone.events import (
+    ConnectionClosed,
+    ConnectionDraining,
+    DataReceived,
+    EofReceived,
+    HboneEvent,
+    Headers,
+    PingAcked,
+    TunnelAccepted,
+    TunnelRejected,
+    TunnelRequested,
+    TunnelRequestRefused,
+    TunnelReset,
+    WindowOpened,
+)
+from meshcore.hbone.headers import (
+    Authority,
+    Forwarded,
+    TraceParent,
+    WorkloadBaggage,
+    build_authority,
+    build_baggage,
+    build_forwarded,
+    build_traceparent,
+    find_header,
+    parse_authority,
+    parse_baggage,
+    parse_forwarded,
+    parse_traceparent,
+)
+
+__all__ = [
+    "CLIENT_SETTINGS",
+    "SERVER_SETTINGS",
+    "Authority",
+    "ConnectionClosed",
+    "ConnectionDrained",
+    "ConnectionDraining",
+    "DataReceived",
+    "EofReceived",
+    "Forwarded",
+    "HboneClientConn",
+    "HboneConnectionError",
+    "HboneError",
+    "HboneEvent",
+    "HboneServerConn",
+    "HboneSettings",
+    "Headers",
+    "InvalidAuthority",
+    "InvalidTunnelRequest",
+    "LocalHboneError",
+    "PeerNotTrusted",
+    "PingAcked",
+    "RemoteHboneError",
+    "StreamLimitReached",
+    "TraceParent",
+    "TunnelAccepted",
+    "TunnelRefused",
+    "TunnelRejected",
+    "TunnelRequestRefused",
+    "TunnelRequested",
+    "TunnelReset",
+    "TunnelResetError",
+    "WindowOpened",
+    "WorkloadBaggage",
+    "build_authority",
+    "build_baggage",
+    "build_forwarded",
+    "build_traceparent",
+    "find_header",
+    "parse_authority",
+    "parse_baggage",
+    "parse_forwarded",
+    "parse_traceparent",
+]
