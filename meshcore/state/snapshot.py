@@ -29,7 +29,13 @@ Model = Workload | Service | Authorization
 
 
 def _ip_key(ip: IpLike) -> str:
-    return ip if isinstance(ip, str) else str(ip)
+    """The index key of an address. IPv4-mapped IPv6 (``::ffff:10.0.0.1``, what a dual-stack socket reports
+    for an IPv4 peer) is folded to plain IPv4 so such a peer is not mistaken for an unknown, off-mesh one."""
+    if isinstance(ip, str):
+        return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 class ProxyState:

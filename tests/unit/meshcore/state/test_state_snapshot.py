@@ -44,6 +44,17 @@ def test_workload_is_found_by_uid_and_by_address() -> None:
     assert s.find_workload_by_addr(ipaddress.ip_address("10.0.0.1")) is w
 
 
+@pytest.mark.parametrize(
+    "ip",
+    ["10.0.0.1", ipaddress.ip_address("10.0.0.1"), "::ffff:10.0.0.1", ipaddress.ip_address("::ffff:10.0.0.1")],
+    ids=["a canonical string finds it", "an address object finds it", "an IPv4-mapped string finds it",
+         "an IPv4-mapped address object finds it"],
+)
+def test_ipv4_workload_lookup_forms(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    found = _state().find_workload_by_addr(ip)
+    assert found is not None and found.name == "web-1"
+
+
 def test_address_lookup_is_per_network() -> None:
     s = ProxyState.of(builders.workload("a", "10.0.0.1", network="east"))
     assert s.find_workload_by_addr("10.0.0.1") is None
