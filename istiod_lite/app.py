@@ -1,0 +1,250 @@
+"""istiod_lite's composition root: builds every part from one ``IstiodConfig`` and runs them.
+
+Parts: the embedded store (SQLite), the registry (resources -> workloads, services, policies), the CA
+(root from the state dir or plugged-in files), the delta ADS push server, one gRPC server on the xDS port
+carrying both ADS and the CA over TLS (client certificates required: node credentials), and the
+monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
+
+Flow: at start the whole store is read and pushed, so what was applied while istiod_lite was down is
+served at once; then a watch loop follows the store's change log in order, recomputes the registry once
+per batch of changes, diffs it against the last snapshot and hands only the changed resources to the push
+server (which debounces). Nothing here is a module-level singleton; tests build several ControlPlanes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import msgspec
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from istiod_lite.ca.authority import CertificateAuthority
+from istiod_lite.ca.nodeauth import NodeAuthConfig
+from istiod_lite.ca.service import CaServicer, add_to_server, server_credentials
+from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
+from istiod_lite.config import IstiodConfig
+from istiod_lite.push import PushServer
+from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Problem, RegistrySnapshot, compute, diff
+from meshcore.aio.httpserver import HttpServer, Request, Response, metrics_handler
+from meshcore.model.convert import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    address_to_proto,
+    authorization_to_proto,
+)
+from meshcore.proto import discovery_pb2_grpc
+from meshcore.store.paths import store_path
+from meshcore.store.resource import Resource, ResourceRef
+from meshcore.store.sqlite import SqliteStore
+
+log = structlog.get_logger("istiod_lite")
+
+MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 MiB
+WATCH_POLL_SECONDS = 0.02
+
+
+def load_ca(config: IstiodConfig, now: datetime) -> CertificateAuthority:
+    """The CA from plugged-in files when configured, else the state dir's root (created on first start)."""
+    material: CaMaterial
+    if config.ca_cert_file and config.ca_key_file:
+        material = load_plugged(config.ca_cert_file, config.ca_key_file)
+    else:
+        material = load_or_create_root(config.state_dir, trust_domain=config.trust_domain, now=now)
+    return material.authority(
+        config.trust_domain,
+        default_ttl=timedelta(seconds=config.default_cert_ttl),
+        max_ttl=timedelta(seconds=config.max_cert_ttl),
+    )
+
+
+class ControlPlane:
+    """One running istiod_lite. ``start()`` binds and serves; ``stop()`` shuts down cleanly."""
+
+    def __init__(self, config: IstiodConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.config = config
+        self._clock = clock
+        self.metrics = CollectorRegistry(auto_describe=True)
+        self._recomputes = Counter(
+            "istiod_lite_registry_recomputes", "Registry recomputations", registry=self.metrics
+        )
+        self._recompute_time = Histogram(
+            "istiod_lite_registry_recompute_seconds", "Time to recompute the registry", registry=self.metrics
+        )
+        self._problems = Gauge(
+            "istiod_lite_registry_problems", "Resources with problems, by severity", ["severity"], registry=self.metrics
+        )
+        self.store = SqliteStore(store_path(config.state_dir))
+        self.ca = load_ca(config, clock())
+        self.push = PushServer(self.metrics, debounce=config.debounce_seconds)
+        self.snapshot = RegistrySnapshot()
+        self._resources: dict[ResourceRef, Resource] = {}
+        self._revision = 0
+        self._logged_problems: set[Problem] = set()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: HttpServer | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self.xds_port = 0
+        self.monitoring_port = 0
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._load_all()
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        discovery_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.push, self._grpc)  # type: ignore[no-untyped-call]
+        ca_servicer = CaServicer(
+            self.ca,
+            lambda node: self.snapshot.identities_on_node(node),
+            registry=self.metrics,
+            config=NodeAuthConfig(
+                trust_domain=cfg.trust_domain, trusted_node_accounts=frozenset(cfg.trusted_node_accounts)
+            ),
+            clock=self._clock,
+        )
+        add_to_server(self._grpc, ca_servicer)
+        ips = ["127.0.0.1"] + ([cfg.xds_host] if cfg.xds_host not in ("0.0.0.0", "::", "") else [])
+        server_cert = self.ca.issue_server_cert(["localhost"], ips, self._clock())
+        self.xds_port = self._grpc.add_secure_port(
+            f"{_bracket(cfg.xds_host)}:{cfg.xds_port}", server_credentials(self.ca, server_cert)
+        )
+        if self.xds_port == 0:
+            raise OSError(f"cannot listen on {cfg.xds_host}:{cfg.xds_port} (xDS/CA); is another istiod-lite running?")
+        await self._grpc.start()
+        self._http = HttpServer(
+            {
+                "/metrics": metrics_handler(self.metrics),
+                "/debug/syncz": self._syncz,
+                "/debug/registryz": self._registryz,
+                "/ready": self._ready,
+            },
+            name="istiod-monitoring",
+        )
+        _, self.monitoring_port = await self._http.start(cfg.monitoring_host, cfg.monitoring_port)
+        self._watch_task = asyncio.create_task(self._watch(), name="istiod-store-watch")
+        self.ready.set()
+        log.info(
+            "istiod-lite serving",
+            xds=f"{cfg.xds_host}:{self.xds_port}",
+            monitoring=f"{cfg.monitoring_host}:{self.monitoring_port}",
+            state_dir=str(cfg.state_dir),
+            trust_domain=cfg.trust_domain,
+            workloads=len(self.snapshot.workloads),
+            services=len(self.snapshot.services),
+            policies=len(self.snapshot.policies),
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        await self.push.close()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._http is not None:
+            await self._http.close()
+        self.store.close()
+        log.info("istiod-lite stopped")
+
+    # -- registry -> push --------------------------------------------------------------------------
+
+    def _load_all(self) -> None:
+        self._revision = self.store.revision()
+        self._resources = {r.ref: r for r in self.store.list()}
+        self._recompute()
+
+    async def _watch(self) -> None:
+        """Follow the store's change log in order; one recompute per batch of changes."""
+        while True:
+            try:
+                events = self.store.changes_since(self._revision)
+            except Exception:
+                log.exception("reading the store's change log failed; retrying")
+                events = []
+            if events:
+                for ev in events:
+                    if ev.type == "DELETED":
+                        self._resources.pop(ev.resource.ref, None)
+                    else:
+                        self._resources[ev.resource.ref] = ev.resource
+                    self._revision = ev.revision
+                self._recompute()
+            await asyncio.sleep(WATCH_POLL_SECONDS)
+
+    def _recompute(self) -> None:
+        started = time.perf_counter()
+        cfg = self.config
+        new = compute(
+            self._resources.values(),
+            trust_domain=cfg.trust_domain,
+            cluster_id=cfg.cluster_id,
+            root_namespace=cfg.root_namespace,
+        )
+        changed, removed = diff(self.snapshot, new)
+        self.snapshot = new
+        addresses = {**changed[WORKLOAD], **changed[SERVICE]}
+        self.push.set_resources(
+            ADDRESS_TYPE_URL,
+            {name: address_to_proto(m) for name, m in addresses.items()},
+            removed[WORKLOAD] | removed[SERVICE],
+        )
+        self.push.set_resources(
+            AUTHORIZATION_TYPE_URL,
+            {name: authorization_to_proto(m) for name, m in changed[AUTHORIZATION].items()},
+            removed[AUTHORIZATION],
+        )
+        self._recomputes.inc()
+        self._recompute_time.observe(time.perf_counter() - started)
+        by_severity: dict[str, int] = {}
+        for p in new.problems:
+            by_severity[p.severity.name] = by_severity.get(p.severity.name, 0) + 1
+        for sev in ("INFO", "WARNING", "ERROR"):
+            self._problems.labels(sev).set(by_severity.get(sev, 0))
+        for p in new.problems:
+            if p not in self._logged_problems:
+                log.warning("resource problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
+        self._logged_problems = set(new.problems)
+        n_changed = sum(len(v) for v in changed.values())
+        n_removed = sum(len(v) for v in removed.values())
+        if n_changed or n_removed:
+            log.info("registry updated", revision=self._revision, changed=n_changed, removed=n_removed)
+
+    # -- monitoring --------------------------------------------------------------------------------
+
+    async def _syncz(self, _: Request) -> Response:
+        return Response.json(self.push.syncz())
+
+    async def _registryz(self, _: Request) -> Response:
+        snap = self.snapshot
+        return Response.json(
+            {
+                "workloads": msgspec.to_builtins(list(snap.workloads.values())),
+                "services": msgspec.to_builtins(list(snap.services.values())),
+                "policies": msgspec.to_builtins(list(snap.policies.values())),
+                "problems": [
+                    {"resource": str(p.ref), "severity": p.severity.name, "reason": p.reason.value, "message": p.message}
+                    for p in snap.problems
+                ],
+            }
+        )
+
+    async def _ready(self, _: Request) -> Response:
+        return Response.text("ready\n") if self.ready.is_set() else Response.text("not ready\n", 503)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,133 @@
+"""istiod_lite's configuration: one frozen object built from environment variables and flags.
+
+Environment variable names are the constants below (Istio's names where Istio has one). Flags override
+the environment; the environment overrides defaults. ``parse_config`` validates everything up front and
+raises ``ConfigError`` with the variable or flag to fix, so a bad setting stops the process at start with a
+clear message instead of failing later.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshcore.store.paths import STATE_DIR_ENV, resolve_state_dir
+
+XDS_ADDRESS = "ISTIOD_XDS_ADDRESS"
+MONITORING_ADDRESS = "ISTIOD_MONITORING_ADDRESS"
+TRUST_DOMAIN = "TRUST_DOMAIN"
+CLUSTER_ID = "CLUSTER_ID"
+ROOT_NAMESPACE = "ROOT_NAMESPACE"
+DEBOUNCE_AFTER = "PILOT_DEBOUNCE_AFTER"
+DEFAULT_WORKLOAD_CERT_TTL = "DEFAULT_WORKLOAD_CERT_TTL"
+MAX_WORKLOAD_CERT_TTL = "MAX_WORKLOAD_CERT_TTL"
+CA_TRUSTED_NODE_ACCOUNTS = "CA_TRUSTED_NODE_ACCOUNTS"
+CA_CERT_FILE = "CA_CERT_FILE"
+CA_KEY_FILE = "CA_KEY_FILE"
+LOG_LEVEL = "LOG_LEVEL"
+LOG_FORMAT = "LOG_FORMAT"
+
+DEFAULT_XDS_PORT = 15012
+DEFAULT_MONITORING_PORT = 15014
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the variable or flag."""
+
+
+@dataclass(frozen=True, slots=True)
+class IstiodConfig:
+    state_dir: Path
+    xds_host: str = "0.0.0.0"
+    xds_port: int = DEFAULT_XDS_PORT
+    monitoring_host: str = "0.0.0.0"
+    monitoring_port: int = DEFAULT_MONITORING_PORT
+    trust_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"
+    root_namespace: str = "istio-system"
+    debounce_seconds: float = 0.1
+    default_cert_ttl: int = 24 * 3600
+    max_cert_ttl: int = 90 * 24 * 3600
+    trusted_node_accounts: tuple[str, ...] = ("istio-system/ztunnel",)
+    ca_cert_file: Path | None = None
+    ca_key_file: Path | None = None
+    log_level: str = "info"
+    log_format: str = "console"
+
+
+def _addr(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what}={value!r}: expected HOST:PORT, e.g. 0.0.0.0:15012")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _duration(value: str, what: str) -> int:
+    """Seconds from '3600', '3600s', '90m', '24h' or '90d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    v = value.strip()
+    mult = units.get(v[-1:], None)
+    num = v[:-1] if mult else v
+    try:
+        seconds = int(float(num) * (mult or 1))
+    except ValueError:
+        raise ConfigError(f"{what}={value!r}: expected a duration like 3600, 90m, 24h or 90d") from None
+    if seconds <= 0:
+        raise ConfigError(f"{what}={value!r}: must be positive")
+    return seconds
+
+
+def parse_config(
+    *,
+    state_dir: str | None = None,
+    xds_address: str | None = None,
+    monitoring_address: str | None = None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> IstiodConfig:
+    """Build the config from flags (arguments) over environment over defaults."""
+    e = os.environ if env is None else env
+    if state_dir is None and STATE_DIR_ENV in e:
+        state_dir = e[STATE_DIR_ENV]
+    xds_host, xds_port = _addr(xds_address or e.get(XDS_ADDRESS, f"0.0.0.0:{DEFAULT_XDS_PORT}"), XDS_ADDRESS)
+    mon_host, mon_port = _addr(
+        monitoring_address or e.get(MONITORING_ADDRESS, f"0.0.0.0:{DEFAULT_MONITORING_PORT}"), MONITORING_ADDRESS
+    )
+    try:
+        debounce = float(e.get(DEBOUNCE_AFTER, "0.1").rstrip("s"))
+    except ValueError:
+        raise ConfigError(f"{DEBOUNCE_AFTER}: expected seconds, e.g. 0.1") from None
+    default_ttl = _duration(e.get(DEFAULT_WORKLOAD_CERT_TTL, "24h"), DEFAULT_WORKLOAD_CERT_TTL)
+    max_ttl = _duration(e.get(MAX_WORKLOAD_CERT_TTL, "90d"), MAX_WORKLOAD_CERT_TTL)
+    if default_ttl > max_ttl:
+        raise ConfigError(f"{DEFAULT_WORKLOAD_CERT_TTL} is longer than {MAX_WORKLOAD_CERT_TTL}")
+    accounts = tuple(a.strip() for a in e.get(CA_TRUSTED_NODE_ACCOUNTS, "istio-system/ztunnel").split(",") if a.strip())
+    for a in accounts:
+        if a.count("/") != 1:
+            raise ConfigError(f"{CA_TRUSTED_NODE_ACCOUNTS}: {a!r} is not NAMESPACE/SERVICEACCOUNT")
+    ca_cert, ca_key = e.get(CA_CERT_FILE), e.get(CA_KEY_FILE)
+    if bool(ca_cert) != bool(ca_key):
+        raise ConfigError(f"set both {CA_CERT_FILE} and {CA_KEY_FILE} to plug in a CA, or neither")
+    level = (log_level or e.get(LOG_LEVEL, "info")).lower()
+    fmt = (log_format or e.get(LOG_FORMAT, "console")).lower()
+    return IstiodConfig(
+        state_dir=resolve_state_dir(state_dir),
+        xds_host=xds_host,
+        xds_port=xds_port,
+        monitoring_host=mon_host,
+        monitoring_port=mon_port,
+        trust_domain=e.get(TRUST_DOMAIN, "cluster.local"),
+        cluster_id=e.get(CLUSTER_ID, "Kubernetes"),
+        root_namespace=e.get(ROOT_NAMESPACE, "istio-system"),
+        debounce_seconds=debounce,
+        default_cert_ttl=default_ttl,
+        max_cert_ttl=max_ttl,
+        trusted_node_accounts=accounts,
+        ca_cert_file=Path(ca_cert) if ca_cert else None,
+        ca_key_file=Path(ca_key) if ca_key else None,
+        log_level=level,
+        log_format=fmt,
+    )
