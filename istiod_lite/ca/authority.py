@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -178,11 +177,7 @@ class CertificateAuthority:
         """
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             return False
-        try:
-            cert.verify_directly_issued_by(self._cert)
-        except (InvalidSignature, ValueError, TypeError):
-            return False
-        return True
+        return certs.is_issued_by(cert, self._cert)
 
     def _cap(self, not_after: datetime) -> datetime:
         return min(not_after, self._cert.not_valid_after_utc)

@@ -120,6 +120,10 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
             )
             await context.abort(grpc.StatusCode[e.grpc_code], str(e))
             raise AssertionError("unreachable: context.abort raises") from e
+        except Exception as e:  # a bug, not the caller's fault: keep serving others, say where to look
+            log.exception("certificate request failed", caller=str(caller.identity) if caller else None)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal CA error; see istiod_lite logs")
+            raise AssertionError("unreachable: context.abort raises") from e
         self.metrics.issued.inc()
         log.info(
             "certificate issued",

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from istiod_lite.ca.authority import CertificateAuthority
 from istiod_lite.ca.errors import CaFileUnreadable, CaMaterialInvalid
@@ -120,7 +119,7 @@ def load_plugged(
         for child, parent in zip(links, [*chain, None], strict=True):
             if parent is not None:
                 _check_issued(child, parent, chain_path or cert_path)
-        if not any(_issued_by(links[-1], r) for r in roots):
+        if not any(certs.is_issued_by(links[-1], r) for r in roots):
             raise CaMaterialInvalid(
                 f"{links[-1].subject.rfc4514_string()} is not signed by any root in {root_path or chain_path}; "
                 "pass the complete chain up to the root"
@@ -173,20 +172,12 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
         raise CaMaterialInvalid(f"{path}: {e}") from e
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True
-
-
 def _self_signed(cert: x509.Certificate) -> bool:
-    return _issued_by(cert, cert)
+    return certs.is_issued_by(cert, cert)
 
 
 def _check_issued(child: x509.Certificate, parent: x509.Certificate, where: Path) -> None:
-    if not _issued_by(child, parent):
+    if not certs.is_issued_by(child, parent):
         raise CaMaterialInvalid(
             f"{where}: {child.subject.rfc4514_string()} is not signed by {parent.subject.rfc4514_string()}"
         )

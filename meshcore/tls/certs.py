@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import TypeAlias
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -172,6 +173,15 @@ def identity_of(cert: x509.Certificate) -> SpiffeId:
         return SpiffeId.parse(sans[0])
     except InvalidSpiffeId as e:
         raise CertificateIdentityError(f"certificate URI SAN is not a mesh identity: {e}") from e
+
+
+def is_issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s key signed ``child`` and the names link (no validity or usage checks)."""
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 # --- signing primitives (shared by istiod_lite's CA and meshcore.testing.fake_ca) -----------------
@@ -358,11 +368,16 @@ class CertBundle:
         leaf = load_chain(leaf_pem)
         if len(leaf) != 1:
             raise InvalidCertificate(f"first element of the chain holds {len(leaf)} certificates, expected 1")
-        load_chain(roots_pem)  # must parse; OpenSSL verifies it later
-        for pem in intermediates:
-            load_chain(pem)
+        roots = load_chain(roots_pem)
+        above = [load_chain(pem) for pem in intermediates]
         if not public_key_matches(load_private_key(key_pem), leaf[0]):
             raise KeyMismatch("the issued leaf certificate does not certify our private key")
+        # Catch a CA that returns mismatched pieces now, not at every peer's handshake.
+        issuers = above[0][:1] if above else roots
+        if not any(is_issued_by(leaf[0], issuer) for issuer in issuers):
+            raise InvalidCertificate(
+                "the leaf is not signed by the next certificate of the chain (or, with no intermediates, a root)"
+            )
         return cls(
             key_pem=key_pem,
             chain_pem=(leaf_pem, *intermediates),

@@ -213,6 +213,27 @@ async def test_a_client_certificate_from_another_ca_is_refused_at_the_handshake(
     assert env.metric("citadel_server_success_cert_issuance_count_total") == 0
 
 
+async def test_a_failing_registry_lookup_is_internal_and_the_service_keeps_serving():
+    ca = _new_ca()
+    calls = []
+
+    def flaky_on_node(node: str) -> frozenset[SpiffeId]:
+        calls.append(node)
+        if len(calls) == 1:
+            raise RuntimeError("registry index not ready")
+        return PODS.get(node, frozenset())
+
+    servicer = CaServicer(ca, flaky_on_node, registry=CollectorRegistry())
+    node = ca.issue_node_credential("node-a", datetime.now(UTC))
+    async with _serve(servicer, ca) as target:
+        async with CaClient(target, ca.roots_pem, node.key_pem, node.chain_pem) as client:
+            with pytest.raises(CaRefused) as exc:
+                await CaCertificateProvider(client).fetch(ALICE)
+            assert exc.value.code == grpc.StatusCode.INTERNAL
+            assert "see istiod_lite logs" in exc.value.message
+            assert (await CaCertificateProvider(client).fetch(ALICE)).identity == ALICE
+
+
 class _WrongIdentityCa(ca_pb2_grpc.IstioCertificateServiceServicer):
     """A misbehaving CA that signs every CSR for BOB, whatever was asked."""
 

@@ -191,3 +191,9 @@ def test_naive_datetimes_are_refused():
             certs.generate_key(), common_name="t", organization="t",
             not_before=datetime(2026, 1, 1), not_after=datetime(2027, 1, 1),
         )
+
+
+def test_bundle_refuses_a_leaf_not_signed_by_the_returned_roots():
+    bundle = FakeCa().issue(ALICE)
+    with pytest.raises(InvalidCertificate, match="not signed"):
+        certs.CertBundle.from_ca_response(bundle.key_pem, [bundle.chain_pem[0], FakeCa().roots_pem])
