@@ -23,6 +23,9 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 STDIN = "-"
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
+# Values per document, counted with aliases expanded: YAML anchors can make a small text stand for an
+# exponentially large document ("billion laughs"); refuse it before anything walks it unbounded.
+MAX_VALUES_PER_DOCUMENT = 200_000
 
 
 def load_documents(text: str, source: str) -> list[Resource]:
@@ -34,6 +37,13 @@ def load_documents(text: str, source: str) -> list[Resource]:
             index += 1
             if doc is None:
                 continue
+            if not _within_budget(doc, MAX_VALUES_PER_DOCUMENT):
+                raise InvalidResource(
+                    source,
+                    index,
+                    f"more than {MAX_VALUES_PER_DOCUMENT} values once YAML aliases are expanded; "
+                    "split it or drop the aliases",
+                )
             if isinstance(doc, dict) and doc.get("kind") == "List":
                 resources.extend(_list_items(doc, source, index))
             else:
@@ -81,6 +91,21 @@ def _list_items(doc: dict[str, Any], source: str, index: int) -> list[Resource]:
     if not isinstance(items, list):
         raise InvalidResource(source, index, "expected a list of resources", what="List", path="$.items")
     return [build_resource(item, source, index, item=i) for i, item in enumerate(items, start=1)]
+
+
+def _within_budget(doc: object, budget: int) -> bool:
+    """Whether ``doc`` has at most ``budget`` values, aliases counted each time they are used."""
+    stack = [doc]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return True
 
 
 def _yaml_reason(e: yaml.YAMLError) -> str:

@@ -30,11 +30,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
 
-from .base import ApplyAction, ApplyResult, EventType, WatchEvent
+from .base import ApplyAction, ApplyResult, EventType, Store, WatchEvent
 from .errors import NotAStore, ResourceNotFound, StoreError, StoreSchemaTooNew, StoreUnavailable, UnknownKind
 from .resource import KINDS, Resource, ResourceRef
 
@@ -359,6 +360,12 @@ class SqliteStore:
             (since, -1 if limit is None else limit),
         )
         return [WatchEvent(type=t, resource=self._decoder.decode(b), revision=rev) for rev, t, b in rows]
+
+
+if TYPE_CHECKING:
+
+    def _implements_store(store: SqliteStore) -> Store:  # mypy checks SqliteStore against the protocol
+        return store
 
 
 def _revision(db: sqlite3.Connection) -> int:

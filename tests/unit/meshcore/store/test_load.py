@@ -6,8 +6,17 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from meshcore.store import InvalidResource, SourceNotReadable, load_documents, load_paths
+from meshcore.store import (
+    KINDS,
+    InvalidResource,
+    SourceNotReadable,
+    build_resource,
+    load_documents,
+    load_paths,
+)
 
 NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n"
 SA = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: app, namespace: demo}\n"
@@ -84,3 +93,54 @@ def test_a_binary_file_is_refused_as_not_text(tmp_path: Path) -> None:
     f.write_bytes(b"\xff\xfe\x00junk")
     with pytest.raises(SourceNotReadable, match="not UTF-8"):
         load_paths([str(f)])
+
+
+def test_an_alias_bomb_is_refused_quickly() -> None:
+    lines = [
+        "apiVersion: v1",
+        "kind: Namespace",
+        "metadata: {name: x}",
+        "spec:",
+        "  l0: &l0 [a, a, a, a, a, a, a, a, a]",
+    ]
+    for i in range(1, 10):
+        refs = ", ".join([f"*l{i - 1}"] * 9)
+        lines.append(f"  l{i}: &l{i} [{refs}]")
+    with pytest.raises(InvalidResource, match="once YAML aliases are expanded"):
+        load_documents("\n".join(lines) + "\n", "bomb.yaml")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+documents = st.fixed_dictionaries(
+    {
+        "apiVersion": st.sampled_from(["v1", "security.istio.io/v1", "gateway.networking.k8s.io/v1", "x"]),
+        "kind": st.sampled_from([*KINDS, "List", "Other"]),
+        "metadata": st.fixed_dictionaries({"name": st.sampled_from(["web", "Web", ""]) | json_values})
+        | json_values,
+    },
+    optional={"spec": json_values, "status": json_values},
+)
+
+
+@given(st.text(max_size=200))
+def test_any_text_either_loads_or_raises_invalid_resource(text: str) -> None:
+    try:
+        load_documents(text, "fuzz.yaml")
+    except InvalidResource as e:
+        assert str(e).startswith("fuzz.yaml: document ")
+
+
+@given(documents)
+def test_any_document_shape_either_validates_or_raises_invalid_resource(doc: dict[str, object]) -> None:
+    try:
+        resource = build_resource(doc, "fuzz.yaml", 1)
+    except InvalidResource as e:
+        assert str(e).startswith("fuzz.yaml: document 1")
+    else:
+        assert resource.kind in KINDS and resource.name == doc["metadata"]["name"]  # type: ignore[index]
