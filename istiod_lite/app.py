@@ -53,7 +53,9 @@ def load_ca(config: IstiodConfig, now: datetime) -> CertificateAuthority:
     """The CA from plugged-in files when configured, else the state dir's root (created on first start)."""
     material: CaMaterial
     if config.ca_cert_file and config.ca_key_file:
-        material = load_plugged(config.ca_cert_file, config.ca_key_file)
+        material = load_plugged(
+            config.ca_cert_file, config.ca_key_file, chain_path=config.ca_chain_file, root_path=config.ca_root_file
+        )
     else:
         material = load_or_create_root(config.state_dir, trust_domain=config.trust_domain, now=now)
     return material.authority(

@@ -26,6 +26,8 @@ MAX_WORKLOAD_CERT_TTL = "MAX_WORKLOAD_CERT_TTL"
 CA_TRUSTED_NODE_ACCOUNTS = "CA_TRUSTED_NODE_ACCOUNTS"
 CA_CERT_FILE = "CA_CERT_FILE"
 CA_KEY_FILE = "CA_KEY_FILE"
+CA_CERT_CHAIN_FILE = "CA_CERT_CHAIN_FILE"
+CA_ROOT_CERT_FILE = "CA_ROOT_CERT_FILE"
 LOG_LEVEL = "LOG_LEVEL"
 LOG_FORMAT = "LOG_FORMAT"
 
@@ -53,6 +55,8 @@ class IstiodConfig:
     trusted_node_accounts: tuple[str, ...] = ("istio-system/ztunnel",)
     ca_cert_file: Path | None = None
     ca_key_file: Path | None = None
+    ca_chain_file: Path | None = None
+    ca_root_file: Path | None = None
     log_level: str = "info"
     log_format: str = "console"
 
@@ -128,6 +132,8 @@ def parse_config(
         trusted_node_accounts=accounts,
         ca_cert_file=Path(ca_cert) if ca_cert else None,
         ca_key_file=Path(ca_key) if ca_key else None,
+        ca_chain_file=Path(e[CA_CERT_CHAIN_FILE]) if e.get(CA_CERT_CHAIN_FILE) else None,
+        ca_root_file=Path(e[CA_ROOT_CERT_FILE]) if e.get(CA_ROOT_CERT_FILE) else None,
         log_level=level,
         log_format=fmt,
     )
