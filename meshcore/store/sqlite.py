@@ -1,23 +1,23 @@
 """The embedded store: one SQLite file (WAL), shared by ambientctl, istiod_lite and the local cluster.
 
-Theory of operation:
-- ``objects`` holds the current object per (kind, namespace, name); ``changes`` is the append-only log
-  (revision INTEGER PRIMARY KEY AUTOINCREMENT). Every write inserts one change row and updates
-  ``objects`` in the same transaction, and an object's resource_version is its change's revision.
-- Writes take the database write lock up front (``BEGIN IMMEDIATE``), so writers from any process are
-  serialised and revisions commit in increasing order: a reader that has seen revision N has seen every
-  revision below N. That is what lets the watch be a plain ``WHERE revision > ?`` poll.
-- WAL mode: readers never wait for the writer and see a consistent snapshot per statement (or per read
-  transaction, as ``snapshot`` uses). ``busy_timeout`` bounds the wait for the write lock.
-- The watch polls with its own short-lived connection on the event-loop thread, without
-  ``asyncio.to_thread``: an idle poll is one primary-key range query on a local file (microseconds),
-  and its own connection means it never queues behind this process's writers.
-- The file is created 0600 (SQLite gives -wal/-shm the same mode). ``PRAGMA application_id`` marks it
-  as ours and ``user_version`` is the schema version: any other file is refused with ``NotAStore``, a
-  newer schema with ``StoreSchemaTooNew``; the file is never modified in either case.
-- The change log is not compacted yet (it grows by one row per write); a compaction would record the
-  oldest revision kept and make ``changes_since`` older than it raise, so watchers re-list.
+Invariants: every write appends one ``changes`` row and updates ``objects`` in the same transaction;
+an object's resource_version is its change's revision; revisions commit in increasing order, so the
+watch is a plain ``WHERE revision > ?`` poll. The file is created 0600 and marked as ours
+(``application_id``, schema in ``user_version``); any other file or a newer schema is refused
+(``NotAStore``/``StoreSchemaTooNew``) and never modified. Resources are validated by ``schema``
+before ``apply``; here only their kind is checked.
 """
+
+# Theory of operation:
+# - Writers take the database write lock up front (BEGIN IMMEDIATE), so writers in any process are
+#   serialised and revision N+1 never commits before N: a reader that has seen N has seen all below N.
+# - WAL: readers never wait for the writer and see one consistent snapshot per statement (or per read
+#   transaction, as `snapshot` uses); busy_timeout bounds the wait for the write lock.
+# - The watch polls on the event-loop thread with its own connection, without asyncio.to_thread: an
+#   idle poll is one primary-key range query on a local file (microseconds), and its own connection
+#   never queues behind this process's writers on `_lock`.
+# - The change log is not compacted yet (one row per write). A compaction would record the oldest
+#   revision kept and make older `changes_since` raise, so watchers re-list.
 
 from __future__ import annotations
 
