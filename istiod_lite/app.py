@@ -165,8 +165,8 @@ class ControlPlane:
     # -- registry -> push --------------------------------------------------------------------------
 
     def _load_all(self) -> None:
-        self._revision = self.store.revision()
-        self._resources = {r.ref: r for r in self.store.list()}
+        self._revision, resources = self.store.snapshot()  # one transaction: no change seen twice
+        self._resources = {r.ref: r for r in resources}
         self._recompute()
 
     async def _watch(self) -> None:

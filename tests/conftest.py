@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import structlog
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -16,3 +17,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.netns)
             if os.geteuid() != 0 and not os.environ.get("CI"):
                 item.add_marker(pytest.mark.skip(reason="netns tests need root (they run in CI)"))
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog():
+    """A test (or a CLI it runs in-process) may configure structlog; never let that leak into the next."""
+    yield
+    structlog.reset_defaults()
