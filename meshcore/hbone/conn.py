@@ -50,6 +50,7 @@ from h2.settings import SettingCodes, Settings
 from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 
+from meshcore.hbone import _h2_speedups
 from meshcore.hbone._frames import FrameTooLarge, Goaway, GoawayScanner
 from meshcore.hbone.errors import (
     ConnectionDrained,
@@ -74,6 +75,8 @@ from meshcore.hbone.events import (
     WindowOpened,
 )
 from meshcore.hbone.headers import parse_authority
+
+_h2_speedups.install()
 
 MiB = 1 << 20
 KiB = 1 << 10

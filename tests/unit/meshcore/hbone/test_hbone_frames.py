@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshcore.hbone._frames import FrameTooLarge, Goaway, GoawayScanner
+from meshcore.hbone._h2_speedups import original_raw_data_repr, raw_data_repr
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -69,3 +70,11 @@ def test_an_oversized_frame_header_is_reported_before_its_body_arrives():
     passed, lifted = _scan([OTHER_FRAMES[0] + b"HTTP/1.1 400 Bad Request\r\n"])
     assert passed == OTHER_FRAMES[0]
     assert lifted == [FrameTooLarge(int.from_bytes(b"HTT", "big"))]
+
+
+@given(data=st.binary(max_size=64))
+def test_the_h2_repr_speedup_gives_exactly_hyperframes_output(data):
+    original = original_raw_data_repr()
+    assert callable(original)
+    assert raw_data_repr(data) == original(data)
+    assert raw_data_repr(memoryview(data)) == original(data)

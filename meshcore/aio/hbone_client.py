@@ -1,0 +1,166 @@
+"""``HboneClient``: one outbound HBONE connection (TCP, mTLS, HTTP/2) carrying many tunnels.
+
+``connect`` dials, completes the TLS handshake without SNI (ztunnel sends none), checks ALPN ``h2`` and
+runs the caller's ``verify`` hook on the server's leaf certificate *before* any CONNECT is sent: a
+server whose identity is not expected is disconnected and ``PeerNotTrusted`` raised. ``open_tunnel``
+sends a CONNECT and returns an ``HboneStream`` once the server answered 200 (ztunnel's server answers
+only after its upstream connected), else raises ``TunnelRefused(status)``. The stream slot is taken
+synchronously, before the first await, so a pool can count on ``available_streams`` immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+
+from meshcore.aio.hbone_conn import READ_SIZE, HboneDriver, HboneStream
+from meshcore.hbone import (
+    CLIENT_SETTINGS,
+    HboneClientConn,
+    HboneConnectionError,
+    HboneSettings,
+    PeerNotTrusted,
+    TunnelAccepted,
+    TunnelRefused,
+    TunnelRejected,
+)
+from meshcore.identity import SpiffeId
+
+CONNECT_TIMEOUT = 10.0  # ztunnel's TCP connect timeout
+HANDSHAKE_TIMEOUT = 10.0
+ALPN_H2 = "h2"
+
+VerifyPeer = Callable[[bytes | None], SpiffeId]
+"""Given the peer's DER leaf certificate, return its identity or raise (e.g. ``meshcore.tls.verify_peer``
+with the expected identities bound in)."""
+
+
+class HboneClient(HboneDriver):
+    """Client side of one HBONE connection. Build with ``connect`` (mTLS) or ``from_streams``."""
+
+    conn: HboneClientConn
+
+    def __init__(
+        self,
+        conn: HboneClientConn,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer_identity: SpiffeId,
+    ) -> None:
+        super().__init__(conn, reader, writer, peer_identity=peer_identity)
+        self._opening: dict[int, asyncio.Future[None]] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext,
+        verify: VerifyPeer,
+        settings: HboneSettings = CLIENT_SETTINGS,
+        sock: socket.socket | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> HboneClient:
+        """Dial ``host:port`` (or use the connected ``sock``), handshake, verify the server, start HTTP/2.
+
+        Raises ``HboneConnectionError`` when the server cannot be reached or the handshake fails, and
+        ``PeerNotTrusted`` when its certificate does not carry an expected identity.
+        """
+        where = f"{host}:{port}"
+        try:
+            async with asyncio.timeout(connect_timeout + handshake_timeout):
+                if sock is not None:
+                    reader, writer = await asyncio.open_connection(
+                        sock=sock, ssl=ssl_context, server_hostname="",
+                        ssl_handshake_timeout=handshake_timeout, limit=READ_SIZE,
+                    )
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        host, port, ssl=ssl_context, server_hostname="",
+                        ssl_handshake_timeout=handshake_timeout, limit=READ_SIZE,
+                    )
+        except TimeoutError:
+            raise HboneConnectionError(f"HBONE connect to {where} timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise HboneConnectionError(f"HBONE connect to {where} failed: {exc}") from exc
+        ssl_object = writer.get_extra_info("ssl_object")
+        try:
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
+                raise PeerNotTrusted("the server did not negotiate ALPN h2")
+            identity = verify(ssl_object.getpeercert(binary_form=True))
+        except Exception as exc:
+            writer.transport.abort()
+            raise PeerNotTrusted(f"HBONE server at {where} is not trusted: {exc}") from exc
+        return cls.from_streams(reader, writer, peer_identity=identity, settings=settings)
+
+    @classmethod
+    def from_streams(
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer_identity: SpiffeId,
+        settings: HboneSettings = CLIENT_SETTINGS,
+    ) -> HboneClient:
+        """Start HTTP/2 over an already secured (or, in tests, plaintext) stream pair."""
+        loop = asyncio.get_running_loop()
+        client = cls(HboneClientConn(settings, now=loop.time()), reader, writer, peer_identity=peer_identity)
+        client._start()
+        return client
+
+    @property
+    def available_streams(self) -> int:
+        """Tunnels this connection can still open (the peer's stream limit minus open ones)."""
+        return 0 if self.closed else self.conn.available_streams
+
+    @property
+    def max_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS."""
+        return self.conn.max_streams
+
+    async def open_tunnel(self, authority: str, headers: Iterable[tuple[str, str]] = ()) -> HboneStream:
+        """CONNECT to ``authority`` (``ip:port``); returns the stream once the server answered 200.
+
+        Raises ``TunnelRefused`` for any other status, ``StreamLimitReached`` / ``ConnectionDrained``
+        when this connection cannot take another tunnel, ``HboneConnectionError`` if it dies meanwhile.
+        Cancelling the call resets the tunnel.
+        """
+        self._check_usable()
+        headers = tuple(headers)
+        stream_id = self.conn.open_tunnel(authority, headers)
+        stream = HboneStream(self, stream_id, authority=authority, request_headers=headers)
+        self._streams[stream_id] = stream
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._opening[stream_id] = answered
+        self.flush()
+        self._notify()
+        try:
+            await answered
+        except BaseException:
+            await stream.aclose()
+            raise
+        finally:
+            self._opening.pop(stream_id, None)
+        return stream
+
+    def _on_tunnel_answered(self, event: TunnelAccepted | TunnelRejected) -> None:
+        answered = self._opening.get(event.stream_id)
+        stream = self._streams.get(event.stream_id)
+        if answered is None or stream is None or answered.done():
+            return
+        if isinstance(event, TunnelAccepted):
+            stream.response_headers = event.headers
+            answered.set_result(None)
+        else:
+            stream.response_headers = event.headers
+            stream._fail(TunnelRefused(event.status, stream.authority))  # fails ``answered`` too
+
+    def _on_stream_failed(self, stream_id: int, error: BaseException) -> None:
+        answered = self._opening.get(stream_id)
+        if answered is not None and not answered.done():
+            answered.set_exception(error)

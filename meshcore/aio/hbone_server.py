@@ -1,0 +1,336 @@
+"""HBONE server: accept mTLS on a port (15008), verify the client, hand each CONNECT to a callback.
+
+``serve_hbone`` listens; per connection it runs the TLS handshake itself (so a failure reaches our code,
+gets counted and logged once, instead of vanishing into asyncio's handler), checks ALPN ``h2`` and calls
+``verify_client`` on the client's leaf certificate (ztunnel: the client's trust domain must be ours).
+Then one ``HboneServerConn`` per connection; every valid ``CONNECT`` becomes a ``TunnelRequest`` passed
+to ``await on_tunnel(request)`` in its own task, which must ``accept()`` (200, after its upstream
+connected) or ``reject(status)``. A handler that returns without answering gets 503, one that raises
+is counted and logged; its tunnel is reset, never the listener. Bad peers (garbage, failed handshakes,
+wrong identity, HTTP/2 violations) cost only their own connection. ``close`` stops accepting;
+``drain(deadline)`` sends GOAWAY, lets live tunnels finish, and closes what is left at the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from meshcore.aio.hbone_conn import READ_SIZE, Address, HboneDriver, HboneStream
+from meshcore.hbone import (
+    SERVER_SETTINGS,
+    Authority,
+    ConnectionClosed,
+    HboneEvent,
+    HboneServerConn,
+    HboneSettings,
+    Headers,
+    LocalHboneError,
+    TunnelRequested,
+    TunnelRequestRefused,
+)
+from meshcore.identity import SpiffeId
+
+log = structlog.get_logger("meshcore.hbone.server")
+
+HANDSHAKE_TIMEOUT = 10.0
+ALPN_H2 = "h2"
+
+VerifyClient = Callable[[bytes | None], SpiffeId]
+"""Given the client's DER leaf certificate, return its identity or raise (wrong trust domain...)."""
+
+
+@dataclass(slots=True)
+class HboneServerCounters:
+    """What the listener saw; plain ints the caller can export as metrics."""
+
+    connections_accepted: int = 0  # TCP connections accepted
+    connections_open: int = 0  # HTTP/2 connections currently served
+    handshake_failures: int = 0  # TLS handshake failed or timed out (non-TLS clients land here)
+    untrusted_peers: int = 0  # handshake fine but ALPN or client identity refused
+    connection_errors: int = 0  # HTTP/2 connections ended by a protocol error
+    tunnels_requested: int = 0  # valid CONNECTs handed to on_tunnel
+    tunnels_refused: int = 0  # invalid requests answered 400 by the connection itself
+    handler_errors: int = 0  # on_tunnel raised
+
+
+class TunnelRequest:
+    """A valid CONNECT waiting for an answer. ``accept`` once the upstream is connected, else ``reject``."""
+
+    def __init__(self, driver: _ServerDriver, stream: HboneStream, event: TunnelRequested) -> None:
+        self.stream_id = event.stream_id
+        self.authority = event.authority  # canonical ip:port
+        self.target: Authority = event.target
+        self.headers: Headers = event.headers
+        self.peer_identity: SpiffeId = driver.peer_identity
+        self.peer_address: Address | None = driver.peer_address
+        self.local_address: Address | None = driver.local_address  # the TCP destination the client dialled
+        self.answered = False
+        self._driver = driver
+        self._stream = stream
+
+    async def accept(self, headers: Iterable[tuple[str, str]] = ()) -> HboneStream:
+        """Answer 200 (with optional headers, e.g. ``baggage``) and return the tunnel stream."""
+        if self.answered:
+            raise LocalHboneError(f"tunnel {self.authority} was already answered")
+        self.answered = True
+        if self._stream._error is not None:
+            raise self._stream._error  # the client reset it, or the connection died, meanwhile
+        self._driver.conn.accept(self.stream_id, headers)
+        self._driver.flush()
+        return self._stream
+
+    async def reject(self, status: int, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer ``status`` (400 bad request, 401 denied by policy, 503 upstream unreachable...)."""
+        if self.answered:
+            raise LocalHboneError(f"tunnel {self.authority} was already answered")
+        self.answered = True
+        if self._stream.finished or self._driver.closed:
+            return  # nobody left to tell
+        self._driver.conn.reject(self.stream_id, status, headers)
+        self._driver.flush()
+        self._stream._fail(ConnectionRefusedError(f"tunnel rejected with {status}"))
+
+
+OnTunnel = Callable[[TunnelRequest], Awaitable[None]]
+
+
+class _ServerDriver(HboneDriver):
+    conn: HboneServerConn
+
+    def __init__(
+        self,
+        conn: HboneServerConn,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer_identity: SpiffeId,
+        on_tunnel: OnTunnel,
+        counters: HboneServerCounters,
+    ) -> None:
+        super().__init__(conn, reader, writer, peer_identity=peer_identity)
+        self._on_tunnel = on_tunnel
+        self._counters = counters
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Serve until the connection ends; then stop the handlers still running. Owns them all."""
+        self._counters.connections_open += 1
+        try:
+            self._start()
+            await self.wait_closed()
+        finally:
+            self._counters.connections_open -= 1
+            for task in self._handlers:
+                task.cancel()
+            if self._handlers:
+                await asyncio.wait(self._handlers)
+            await self.aclose()
+
+    def dispatch(self, events: Iterable[HboneEvent]) -> None:
+        for event in events:
+            if isinstance(event, ConnectionClosed) and event.error_code != 0:
+                self._counters.connection_errors += 1
+                log.warning(
+                    "hbone.connection_error", peer=str(self.peer_identity), addr=self.peer_address,
+                    reason=event.reason,
+                )
+        super().dispatch(events)
+
+    def _on_tunnel_requested(self, event: TunnelRequested) -> None:
+        self._counters.tunnels_requested += 1
+        stream = HboneStream(self, event.stream_id, authority=event.authority, request_headers=event.headers)
+        self._streams[event.stream_id] = stream
+        self._notify()
+        task = asyncio.create_task(self._run_handler(TunnelRequest(self, stream, event)))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    def _on_tunnel_refused(self, event: TunnelRequestRefused) -> None:
+        self._counters.tunnels_refused += 1
+        log.info(
+            "hbone.request_refused", peer=str(self.peer_identity), addr=self.peer_address,
+            status=event.status, reason=event.reason,
+        )
+
+    async def _run_handler(self, request: TunnelRequest) -> None:
+        try:
+            await self._on_tunnel(request)
+        except ConnectionError as exc:  # the tunnel or its upstream broke: the handler did nothing wrong
+            log.debug("hbone.tunnel_ended_with_error", authority=request.authority, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - one tunnel's failure must not reach the listener
+            self._counters.handler_errors += 1
+            log.warning(
+                "hbone.tunnel_handler_failed", peer=str(self.peer_identity), authority=request.authority,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            if not request.answered and not self.closed:
+                with contextlib.suppress(Exception):
+                    await request.reject(503)
+            await request._stream.aclose()
+
+
+async def serve_hbone_connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    peer_identity: SpiffeId,
+    on_tunnel: OnTunnel,
+    counters: HboneServerCounters,
+    settings: HboneSettings = SERVER_SETTINGS,
+) -> None:
+    """Serve HBONE on one already secured (or, in tests, plaintext) connection until it ends."""
+    conn = HboneServerConn(settings, now=asyncio.get_running_loop().time())
+    driver = _ServerDriver(
+        conn, reader, writer, peer_identity=peer_identity, on_tunnel=on_tunnel, counters=counters
+    )
+    await driver.run()
+
+
+class HboneServer:
+    """A listening HBONE server. Build with ``serve_hbone``."""
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        verify_client: VerifyClient,
+        on_tunnel: OnTunnel,
+        *,
+        counters: HboneServerCounters,
+        settings: HboneSettings,
+        handshake_timeout: float,
+    ) -> None:
+        self.counters = counters
+        self._ssl_context = ssl_context
+        self._verify_client = verify_client
+        self._on_tunnel = on_tunnel
+        self._settings = settings
+        self._handshake_timeout = handshake_timeout
+        self._server: asyncio.Server | None = None
+        self._drivers: set[_ServerDriver] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        return len(self._drivers)
+
+    def close(self) -> None:
+        """Stop accepting connections; served ones carry on."""
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting, GOAWAY every connection, let tunnels finish until ``deadline`` (event loop
+        time, as ``loop.time() + grace_seconds``), then close whatever is left."""
+        self.close()
+        for driver in list(self._drivers):
+            driver.drain()
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.wait(set(self._tasks))
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop accepting and close every connection now."""
+        self.close()
+        for driver in list(self._drivers):
+            driver.close("server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+            if not writer.is_closing():
+                writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self.counters.connections_accepted += 1
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await writer.start_tls(self._ssl_context, ssl_handshake_timeout=self._handshake_timeout)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            self.counters.handshake_failures += 1
+            log.warning("hbone.handshake_failed", addr=peer, reason=_describe(exc))
+            return
+        ssl_object = writer.get_extra_info("ssl_object")
+        try:
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
+                raise ValueError("the client did not negotiate ALPN h2")
+            identity = self._verify_client(ssl_object.getpeercert(binary_form=True))
+        except Exception as exc:  # noqa: BLE001 - any verification failure refuses this peer only
+            self.counters.untrusted_peers += 1
+            log.warning("hbone.peer_rejected", addr=peer, reason=_describe(exc))
+            return
+        conn = HboneServerConn(self._settings, now=asyncio.get_running_loop().time())
+        driver = _ServerDriver(
+            conn, reader, writer, peer_identity=identity, on_tunnel=self._on_tunnel, counters=self.counters
+        )
+        self._drivers.add(driver)
+        try:
+            await driver.run()
+        finally:
+            self._drivers.discard(driver)
+
+
+def _describe(exc: BaseException) -> str:
+    if str(exc):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ConnectionError):
+        return f"{type(exc).__name__}: the client closed the connection during the TLS handshake"
+    if isinstance(exc, TimeoutError):
+        return "TimeoutError: the client did not complete the TLS handshake in time"
+    return type(exc).__name__
+
+
+async def serve_hbone(
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    verify_client: VerifyClient,
+    on_tunnel: OnTunnel,
+    *,
+    counters: HboneServerCounters | None = None,
+    settings: HboneSettings = SERVER_SETTINGS,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    sock: socket.socket | None = None,
+) -> HboneServer:
+    """Listen on ``host:port`` (or the bound listening ``sock``) and serve HBONE; see module docstring."""
+    server = HboneServer(
+        ssl_context, verify_client, on_tunnel,
+        counters=counters if counters is not None else HboneServerCounters(),
+        settings=settings, handshake_timeout=handshake_timeout,
+    )
+    if sock is not None:
+        server._server = await asyncio.start_server(server._handle, sock=sock, limit=READ_SIZE)
+    else:
+        server._server = await asyncio.start_server(server._handle, host, port, limit=READ_SIZE)
+    return server
