@@ -344,6 +344,10 @@ class HboneDriver:
                 self._arm_timer()
         except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             self._lost(f"transport error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug in event handling: lose this connection, not the process
+            log.exception("hbone.driver_failed", peer=str(self.peer_identity), addr=self.peer_address)
+            self.conn.close(reason="internal error")
+            self._lost(f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._lost("reader stopped")
             await self._close_transport()

@@ -45,7 +45,7 @@ from h2.events import (
 from h2.events import (
     Event as H2Event,
 )
-from h2.exceptions import H2Error, ProtocolError, StreamClosedError, TooManyStreamsError
+from h2.exceptions import H2Error, NoSuchStreamError, ProtocolError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
@@ -370,8 +370,8 @@ class _HboneConn:
     def _rst(self, stream_id: int, error_code: int) -> None:
         try:
             self._h2.reset_stream(stream_id, error_code)
-        except (StreamClosedError, KeyError):
-            pass  # h2 already considers it closed (both END_STREAMs seen): nothing to abort
+        except (NoSuchStreamError, ProtocolError, KeyError):
+            pass  # h2 already considers it closed (both END_STREAMs seen, or reset): nothing to abort
 
     def _release(self, stream_id: int, tunnel: _Tunnel) -> None:
         """Give back window for bytes the app will never acknowledge (tunnel reset or refused)."""
@@ -558,7 +558,11 @@ class HboneServerConn(_HboneConn):
         super().__init__(settings, now=now)
 
     def accept(self, stream_id: int, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Answer 200: the upstream is connected, data may flow."""
+        """Answer 200: the upstream is connected, data may flow.
+
+        Raises ``LocalHboneError`` if the tunnel is gone (e.g. a ``TunnelReset`` for it came in the same
+        batch of events): check the events before answering, or treat the error as a lost race.
+        """
         tunnel = self._tunnel(stream_id)
         if tunnel.accepted:
             raise LocalHboneError(f"stream {stream_id} was already accepted")
@@ -577,7 +581,10 @@ class HboneServerConn(_HboneConn):
         self._release(stream_id, tunnel)
 
     def _answer_and_end(self, stream_id: int, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self._h2.send_headers(stream_id, [(b":status", str(status).encode()), *headers], end_stream=True)
+        try:
+            self._h2.send_headers(stream_id, [(b":status", str(status).encode()), *headers], end_stream=True)
+        except NoSuchStreamError:
+            return  # the client reset the stream in the same read: there is nobody to answer
         # RFC 9113 §8.1: after a complete response, RST_STREAM(NO_ERROR) tells the client to stop
         # sending the request body (here: tunnel bytes) without signalling an error.
         self._rst(stream_id, ErrorCodes.NO_ERROR)

@@ -347,3 +347,24 @@ async def test_relay_between_an_hbone_stream_and_tcp(ca):
         await app.aclose()
         await tcp.aclose()
         await client.aclose()
+
+
+async def test_keepalive_pings_measure_the_round_trip():
+    fast = HboneSettings(max_header_list_size=16 * 1024, ping_interval=0.02, ping_timeout=5.0)
+    async with socketpair_client(echo, client_settings=fast) as client:
+        await poll(lambda: client.last_rtt is not None)
+        assert 0 <= client.last_rtt < 5.0 and not client.closed
+
+
+async def test_a_peer_that_never_answers_pings_is_declared_dead():
+    left, right = socket.socketpair()  # nobody speaks HTTP/2 on the right side
+    try:
+        fast = HboneSettings(max_header_list_size=16 * 1024, ping_interval=0.02, ping_timeout=0.05)
+        client = HboneClient.from_streams(
+            *await asyncio.open_connection(sock=left), peer_identity=TEST_SERVER_ID, settings=fast
+        )
+        await poll(lambda: client.closed)
+        assert "keepalive" in client.close_reason
+        await client.aclose()
+    finally:
+        right.close()

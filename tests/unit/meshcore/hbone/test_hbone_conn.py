@@ -7,6 +7,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, ResponseReceived, StreamReset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshcore.hbone import (
     ConnectionClosed,
@@ -471,3 +473,65 @@ def test_explicit_ping_reports_when_it_was_sent():
     client.ping(now=5.5)
     client_events, _ = transfer(client, server)
     assert client_events == [PingAcked(5.5)]
+
+
+@pytest.mark.parametrize(
+    ("authority", "expected"),
+    [(b"10.0.0.2:80", [TunnelRequested, TunnelReset]), (b"not-an-ip:80", [TunnelRequestRefused])],
+    ids=["a valid request reset in the same read is reported then reset",
+         "an invalid request reset in the same read is refused without raising"],
+)
+def test_a_request_and_its_reset_in_one_read_never_raise(authority, expected):
+    raw, server = _raw_client_pair()
+    sid = raw.get_next_available_stream_id()
+    raw.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", authority)], end_stream=True)
+    raw.reset_stream(sid, ErrorCodes.CANCEL)
+    events = server.receive_data(raw.data_to_send())
+    assert [type(e) for e in events if not isinstance(e, EofReceived)] == expected
+    assert server.open_tunnels == 0 and not server.closed
+
+
+# --- fuzz: no peer input may raise out of receive_data ----------------------------------------------
+
+_raw_frames = st.lists(
+    st.tuples(
+        st.integers(0, 10),  # frame type (DATA..CONTINUATION, plus an unknown one)
+        st.integers(0, 255),  # flags
+        st.sampled_from([0, 1, 3, 5, 2, 2**31 - 1]),  # stream id
+        st.binary(max_size=64),
+    ),
+    max_size=12,
+)
+
+
+def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([frame_type, flags]) + stream_id.to_bytes(4, "big") + payload
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=_raw_frames, valid_first=st.booleans())
+def test_the_server_survives_arbitrary_frames(frames, valid_first):
+    raw, server = _raw_client_pair()
+    wire = b""
+    if valid_first:
+        raw.send_headers(1, [(b":method", b"CONNECT"), (b":authority", b"10.0.0.2:80")])
+        wire = raw.data_to_send()
+    wire += b"".join(_frame(*f) for f in frames)
+    events = server.receive_data(wire)
+    gone = {e.stream_id for e in events if isinstance(e, TunnelReset)}
+    for event in events:
+        if isinstance(event, TunnelRequested) and not server.closed and event.stream_id not in gone:
+            server.accept(event.stream_id)
+    server.data_to_send()
+    assert all(not isinstance(e, ConnectionClosed) for e in events) or server.closed
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=_raw_frames, garbage=st.binary(max_size=40))
+def test_the_client_survives_arbitrary_frames_and_bytes(frames, garbage):
+    client, server = hbone_pair()
+    client.open_tunnel("10.0.0.2:80")
+    client.data_to_send()
+    events = client.receive_data(b"".join(_frame(*f) for f in frames) + garbage)
+    client.data_to_send()
+    assert all(not isinstance(e, ConnectionClosed) for e in events) or client.closed
