@@ -46,6 +46,8 @@ from meshcore.identity import SpiffeId
 log = structlog.get_logger("meshcore.hbone")
 
 READ_SIZE = 256 * 1024
+# Transport write buffer high-water mark: a few frames in flight before senders wait (asyncio: 64 KiB).
+WRITE_BUFFER_HIGH = 1024 * 1024
 CLOSE_TIMEOUT = 5.0  # seconds a graceful transport close may take before it is aborted
 CANCEL = 0x8  # HTTP/2 error code CANCEL
 
@@ -224,6 +226,8 @@ class HboneDriver:
         self._timer_at: float | None = None
         self._drain_when_idle = False
         self._reader_task: asyncio.Task[None] | None = None
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     def _start(self) -> None:
         """Send the preface and start the reader task (owned by this driver, ended by ``aclose``)."""

@@ -40,6 +40,7 @@ from meshcore.identity import SpiffeId
 log = structlog.get_logger("meshcore.hbone.server")
 
 HANDSHAKE_TIMEOUT = 10.0
+ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() fails (e.g. out of file descriptors)
 ALPN_H2 = "h2"
 
 VerifyClient = Callable[[bytes | None], SpiffeId]
@@ -195,10 +196,16 @@ async def serve_hbone_connection(
 
 
 class HboneServer:
-    """A listening HBONE server. Build with ``serve_hbone``."""
+    """A listening HBONE server. Build with ``serve_hbone``.
+
+    It accepts sockets itself and runs the TLS handshake with ``loop.connect_accepted_socket``, so the
+    handshake is secured from the first byte (no plaintext read can race it, with asyncio or uvloop)
+    and its failures are ours to count and log.
+    """
 
     def __init__(
         self,
+        listener: socket.socket,
         ssl_context: ssl.SSLContext,
         verify_client: VerifyClient,
         on_tunnel: OnTunnel,
@@ -208,23 +215,28 @@ class HboneServer:
         handshake_timeout: float,
     ) -> None:
         self.counters = counters
+        self._listener = listener
         self._ssl_context = ssl_context
         self._verify_client = verify_client
         self._on_tunnel = on_tunnel
         self._settings = settings
         self._handshake_timeout = handshake_timeout
-        self._server: asyncio.Server | None = None
         self._drivers: set[_ServerDriver] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        self._listener.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept_loop(), name="hbone-accept")
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._server.sockets) if self._server is not None else ()
+        return (self._listener,) if self._listener.fileno() >= 0 else ()
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        return int(self.sockets[0].getsockname()[1])
+        return int(self._listener.getsockname()[1])
 
     @property
     def connections(self) -> int:
@@ -232,8 +244,9 @@ class HboneServer:
 
     def close(self) -> None:
         """Stop accepting connections; served ones carry on."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self._listener.close()
 
     async def drain(self, deadline: float) -> None:
         """Stop accepting, GOAWAY every connection, let tunnels finish until ``deadline`` (event loop
@@ -254,33 +267,48 @@ class HboneServer:
             driver.close("server shutting down")
         for task in list(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        pending = [t for t in (self._accepting, *self._tasks) if t is not None]
+        if pending:
+            await asyncio.wait(pending)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(self._listener)
+            except OSError as exc:  # EMFILE and friends: keep the listener, back off briefly
+                log.error("hbone.accept_failed", reason=_describe(exc))
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            task = asyncio.create_task(self._handle(sock, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, sock: socket.socket, addr: object) -> None:
+        self.counters.connections_accepted += 1
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_SIZE)
+        protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            await self._serve(reader, writer)
+            async with asyncio.timeout(self._handshake_timeout + 1):
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, sock, ssl=self._ssl_context, ssl_handshake_timeout=self._handshake_timeout
+                )
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            self.counters.handshake_failures += 1
+            log.warning("hbone.handshake_failed", addr=addr, reason=_describe(exc))
+            sock.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        try:
+            await self._serve(reader, writer, addr)
         finally:
-            self._tasks.discard(task)
             if not writer.is_closing():
                 writer.transport.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        self.counters.connections_accepted += 1
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            await writer.start_tls(self._ssl_context, ssl_handshake_timeout=self._handshake_timeout)
-        except (ssl.SSLError, OSError, TimeoutError) as exc:
-            self.counters.handshake_failures += 1
-            log.warning("hbone.handshake_failed", addr=peer, reason=_describe(exc))
-            return
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: object) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         try:
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
@@ -288,7 +316,7 @@ class HboneServer:
             identity = self._verify_client(ssl_object.getpeercert(binary_form=True))
         except Exception as exc:  # noqa: BLE001 - any verification failure refuses this peer only
             self.counters.untrusted_peers += 1
-            log.warning("hbone.peer_rejected", addr=peer, reason=_describe(exc))
+            log.warning("hbone.peer_rejected", addr=addr, reason=_describe(exc))
             return
         conn = HboneServerConn(self._settings, now=asyncio.get_running_loop().time())
         driver = _ServerDriver(
@@ -311,6 +339,17 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _listen(host: str | None, port: int, backlog: int) -> socket.socket:
+    if host is None:  # every address, IPv6 and IPv4 on one socket where the kernel allows it (ztunnel: [::])
+        if socket.has_dualstack_ipv6():
+            return socket.create_server(
+                ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=backlog, reuse_port=False
+            )
+        host = "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
+
+
 async def serve_hbone(
     host: str | None,
     port: int,
@@ -322,15 +361,16 @@ async def serve_hbone(
     settings: HboneSettings = SERVER_SETTINGS,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     sock: socket.socket | None = None,
+    backlog: int = 1024,
 ) -> HboneServer:
-    """Listen on ``host:port`` (or the bound listening ``sock``) and serve HBONE; see module docstring."""
+    """Listen on ``host:port`` (``host=None``: every address) or on the bound, listening ``sock``
+    (e.g. made inside a pod's network namespace; the server then owns and closes it) and serve HBONE;
+    see the module docstring."""
+    listener = sock if sock is not None else _listen(host, port, backlog)
     server = HboneServer(
-        ssl_context, verify_client, on_tunnel,
+        listener, ssl_context, verify_client, on_tunnel,
         counters=counters if counters is not None else HboneServerCounters(),
         settings=settings, handshake_timeout=handshake_timeout,
     )
-    if sock is not None:
-        server._server = await asyncio.start_server(server._handle, sock=sock, limit=READ_SIZE)
-    else:
-        server._server = await asyncio.start_server(server._handle, host, port, limit=READ_SIZE)
+    server._start()
     return server

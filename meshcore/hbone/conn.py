@@ -1,25 +1,18 @@
 """Sans-IO HBONE connections: HTTP/2 CONNECT tunnels on h2, bytes in, events out.
 
-``HboneClientConn`` and ``HboneServerConn`` wrap one ``h2.connection.H2Connection``. The caller owns the
-transport: it feeds received bytes to ``receive_data`` (which returns events), writes ``data_to_send()``
-after every call, and drives time through ``next_deadline()`` / ``handle_timer(now)``. Nothing here
-imports asyncio, socket, ssl or time.
-
-Invariants (theory of operation):
-- Windows: stream 4 MiB, connection 16 MiB (bigger than the stream window: equal windows deadlock,
-  ztunnel #1538), frames up to 1 MiB. Received bytes count against the windows until the app calls
-  ``acknowledge`` for them; padding, and bytes of tunnels that were reset or refused, are released
-  here, so an app that acknowledges what it consumed can never leak window.
-- ``send`` never exceeds the flow-control window: it queues what fits and returns the count; the rest
-  waits for ``WindowOpened``.
-- The server answers a request itself when it is not a plain CONNECT to ``ip:port`` (400, as ztunnel
-  does) and reports ``TunnelRequestRefused``; only valid requests become ``TunnelRequested``. One bad
-  stream never ends the connection; HTTP/2 framing errors do (GOAWAY + ``ConnectionClosed``).
-- Peer bytes never raise: garbage becomes ``ConnectionClosed``. Our own misuse raises
-  ``LocalHboneError``; commands on a closed connection raise ``HboneConnectionError``.
+``HboneClientConn`` / ``HboneServerConn`` wrap one ``H2Connection``. The caller owns the transport: it
+feeds ``receive_data`` (which returns events), writes ``data_to_send()`` after every call, and drives
+time through ``next_deadline()`` / ``handle_timer(now)``. No asyncio, socket, ssl or time here.
+Invariants:
+- Windows: stream 4 MiB < connection 16 MiB (equal windows deadlock, ztunnel #1538), frames up to
+  1 MiB. Received bytes hold window until ``acknowledge``; padding and bytes of reset or refused
+  tunnels are released here, so an app that acknowledges what it consumed never leaks window.
+- ``send`` never exceeds the window: it queues what fits and returns the count.
+- A request that is not a plain CONNECT to ``ip:port`` is answered 400 here (as ztunnel does) and
+  reported as ``TunnelRequestRefused``; it never ends the connection. Framing errors do (GOAWAY).
+- Peer bytes never raise (garbage becomes ``ConnectionClosed``); our misuse raises ``LocalHboneError``.
 - A peer's graceful GOAWAY (NO_ERROR) drains instead of killing live tunnels (see ``_frames``).
 """
-
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -368,3 +368,22 @@ async def test_a_peer_that_never_answers_pings_is_declared_dead():
         await client.aclose()
     finally:
         right.close()
+
+
+def test_mtls_round_trip_under_uvloop(ca):
+    """The binaries run on uvloop: the accept path and the client must work there too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> bytes:
+        async with mtls_server(ca, echo) as server:
+            client = await mtls_client(ca, server.port)
+            try:
+                stream = await client.open_tunnel("127.0.0.1:9")
+                await stream.send_all(b"on uvloop")
+                await stream.send_eof()
+                return await asyncio.wait_for(read_all(stream), 10)
+            finally:
+                await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == b"on uvloop"
