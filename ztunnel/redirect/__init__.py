@@ -1,0 +1,41 @@
+"""In-pod traffic redirection, istio-cni compatible: ``render`` the rules as data (pure, ``rules``), then
+``apply``/``remove``/``check`` them inside a pod's network namespace (``apply``; nftables + pyroute2).
+
+Usage: ``apply(netns_path, render(RedirectOptions()))`` when a pod enrols, ``remove(netns_path)`` when it
+leaves, ``check(netns_path, ruleset)`` -> ``list[Drift]`` to verify. Errors derive from ``RedirectError``
+and concern only that one pod.
+"""
+
+from ztunnel.redirect.apply import apply, check, remove
+from ztunnel.redirect.drift import Drift, DriftKind, find_drift
+from ztunnel.redirect.errors import (
+    ApplyFailed,
+    CheckFailed,
+    ListingInvalid,
+    NetnsGone,
+    NftablesMissing,
+    RedirectError,
+    RemoveFailed,
+)
+from ztunnel.redirect.rules import IpRoute, IpRule, RedirectOptions, RuleSet, render
+
+__all__ = [
+    "ApplyFailed",
+    "CheckFailed",
+    "Drift",
+    "DriftKind",
+    "IpRoute",
+    "IpRule",
+    "ListingInvalid",
+    "NetnsGone",
+    "NftablesMissing",
+    "RedirectError",
+    "RedirectOptions",
+    "RemoveFailed",
+    "RuleSet",
+    "apply",
+    "check",
+    "find_drift",
+    "remove",
+    "render",
+]
