@@ -120,10 +120,7 @@ def compute(
 
     Raises ``InvalidSettings`` only for bad settings; bad resources end up in ``problems``.
     """
-    if not _TRUST_DOMAIN_RE.match(trust_domain):
-        raise InvalidSettings(f"trust domain {trust_domain!r} must be a lower-case DNS name")
-    if not cluster_id or "/" in cluster_id:
-        raise InvalidSettings(f"cluster id {cluster_id!r} must be non-empty and contain no '/'")
+    check_settings(trust_domain, cluster_id)
 
     namespace_labels: dict[str, Mapping[str, str]] = {}
     pods: list[Resource] = []
@@ -170,40 +167,24 @@ def compute(
     workloads: dict[str, Workload] = {}
     scheduled: dict[tuple[str, str], ScheduledPod] = {}
     by_node: dict[str, set[SpiffeId]] = defaultdict(set)
-    empty_services: SelectorIndex[ServiceInfo] = SelectorIndex()
     for pod in pods:
-        if not is_active(pod):
-            continue
-        try:
-            identity = SpiffeId(trust_domain, pod.namespace, pod_service_account(pod))
-        except (InvalidPod, InvalidSpiffeId) as e:
-            problems.append(InvalidPod(pod.ref, f"cannot form the pod's identity: {e}").to_problem())
-            continue
-        node = pod.spec.get("nodeName") or ""
-        node = node if isinstance(node, str) else ""
-        scheduled[(pod.namespace, pod.name)] = ScheduledPod(pod.namespace, pod.name, pod.uid, node, identity)
-        if node:
-            by_node[node].add(identity)
-
-        keys = policy_index[pod.namespace].matching(pod.labels) if pod.namespace in policy_index else []
-        if root_policies is not None and pod.namespace != root_namespace:
-            keys += root_policies.matching(pod.labels)
-        try:
-            workload, found = build_workload(
-                pod,
-                namespace_labels=namespace_labels.get(pod.namespace, {}),
-                services=service_index.get(pod.namespace, empty_services).matching(pod.labels),
-                policy_keys=sorted(keys),
-                trust_domain=trust_domain,
-                cluster_id=cluster_id,
-                network=network,
-            )
-        except RegistryError as e:
-            problems.append(e.to_problem())
-            continue
-        problems.extend(found)
-        if workload is not None:
-            workloads[workload.uid] = workload
+        entry = build_pod(
+            pod,
+            namespace_labels=namespace_labels.get(pod.namespace, {}),
+            services=service_index.get(pod.namespace),
+            policies=policy_index.get(pod.namespace),
+            root_policies=root_policies if pod.namespace != root_namespace else None,
+            trust_domain=trust_domain,
+            cluster_id=cluster_id,
+            network=network,
+        )
+        problems.extend(entry.problems)
+        if entry.scheduled is not None:
+            scheduled[(pod.namespace, pod.name)] = entry.scheduled
+            if entry.scheduled.node:
+                by_node[entry.scheduled.node].add(entry.scheduled.identity)
+        if entry.workload is not None:
+            workloads[entry.workload.uid] = entry.workload
 
     return RegistrySnapshot(
         workloads=MappingProxyType(workloads),
@@ -213,6 +194,68 @@ def compute(
         pods=MappingProxyType(scheduled),
         identities_by_node=MappingProxyType({n: frozenset(ids) for n, ids in by_node.items()}),
     )
+
+
+def check_settings(trust_domain: str, cluster_id: str) -> None:
+    """Raise ``InvalidSettings`` for a trust domain or cluster id that cannot name workloads."""
+    if not _TRUST_DOMAIN_RE.match(trust_domain):
+        raise InvalidSettings(f"trust domain {trust_domain!r} must be a lower-case DNS name")
+    if not cluster_id or "/" in cluster_id:
+        raise InvalidSettings(f"cluster id {cluster_id!r} must be non-empty and contain no '/'")
+
+
+@dataclass(frozen=True, slots=True)
+class PodEntry:
+    """What one pod contributes: where it runs (None if inactive or nameless), its Workload, problems."""
+
+    scheduled: ScheduledPod | None
+    workload: Workload | None
+    problems: tuple[Problem, ...]
+
+
+_NO_POD = PodEntry(None, None, ())
+
+
+def build_pod(
+    pod: Resource,
+    *,
+    namespace_labels: Mapping[str, str],
+    services: SelectorIndex[ServiceInfo] | None,
+    policies: SelectorIndex[str] | None,
+    root_policies: SelectorIndex[str] | None,
+    trust_domain: str,
+    cluster_id: str,
+    network: str,
+) -> PodEntry:
+    """One pod against its namespace's Service and policy indexes (``root_policies``: the root
+    namespace's selector policies, None for pods of the root namespace itself). Never raises for bad input.
+    """
+    if not is_active(pod):
+        return _NO_POD
+    try:
+        identity = SpiffeId(trust_domain, pod.namespace, pod_service_account(pod))
+    except (InvalidPod, InvalidSpiffeId) as e:
+        return PodEntry(None, None, (InvalidPod(pod.ref, f"cannot form the pod's identity: {e}").to_problem(),))
+    node = pod.spec.get("nodeName") or ""
+    node = node if isinstance(node, str) else ""
+    scheduled = ScheduledPod(pod.namespace, pod.name, pod.uid, node, identity)
+
+    keys = policies.matching(pod.labels) if policies is not None else []
+    if root_policies is not None:
+        keys += root_policies.matching(pod.labels)
+    try:
+        workload, found = build_workload(
+            pod,
+            namespace_labels=namespace_labels,
+            services=services.matching(pod.labels) if services is not None else (),
+            policy_keys=sorted(keys),
+            trust_domain=trust_domain,
+            cluster_id=cluster_id,
+            network=network,
+        )
+    except RegistryError as e:
+        return PodEntry(scheduled, None, (e.to_problem(),))
+    return PodEntry(scheduled, workload, tuple(found))
 
 
 def _add_policy(

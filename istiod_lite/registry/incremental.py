@@ -1,0 +1,506 @@
+"""Incremental registry updates: a batch of changed and deleted resources -> the next snapshot (pure).
+
+``update(state, changed, deleted)`` recomputes only what the batch can affect and returns the new state
+with exactly what ``diff`` would report between the two snapshots, at a cost that follows the size of the
+change, not of the cluster (one pod on 10,000: well under a millisecond; ``compute`` takes ~0.3 s):
+
+- a Pod -> that pod's Workload, its ``ScheduledPod`` and its node's identities;
+- a Service -> that Service, and the pods of its namespace its old or new selector matches (only when the
+  selector, ports or key changed: a new VIP alone touches no Workload);
+- a Namespace whose labels changed -> its pods and Services;
+- an AuthorizationPolicy -> that policy, and the pods its old or new selector matches when which pods it
+  selects changed (every namespace for a root-namespace policy); a rules-only edit touches no Workload.
+
+Invariants: the result always equals a full ``compute`` of the same resources (property-tested); a state
+is never mutated once returned (copy-on-write per table and per namespace), so old snapshots stay valid
+for readers; problems are kept per source resource and replaced when that resource is recomputed.
+No I/O, no logging, no clock: the caller logs ``fresh_problems`` and pushes the returned changes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+from istiod_lite.registry.errors import Problem, RegistryError, Severity
+from istiod_lite.registry.index import (
+    AUTHORIZATION,
+    SERVICE,
+    WORKLOAD,
+    PodEntry,
+    RegistrySnapshot,
+    ScheduledPod,
+    SelectorIndex,
+    Value,
+    build_pod,
+    check_settings,
+)
+from istiod_lite.registry.policies import PolicyInfo, convert_policy
+from istiod_lite.registry.services import ServiceInfo, ServicePortSpec, build_service
+from istiod_lite.registry.workloads import pod_uid
+from meshcore.identity import SpiffeId
+from meshcore.model import Authorization, Scope, Service, Workload
+from meshcore.store.resource import Resource, ResourceRef
+
+Changes = dict[str, dict[str, Value]]
+Removals = dict[str, set[str]]
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+_USED_KINDS = frozenset({"Namespace", "Pod", "Service", "AuthorizationPolicy"})
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """What ``compute`` takes as keyword arguments, checked once (raises ``InvalidSettings``)."""
+
+    trust_domain: str = "cluster.local"
+    cluster_id: str = "Kubernetes"
+    network: str = ""
+    root_namespace: str = "istio-system"
+    domain_suffix: str = "cluster.local"
+
+    def __post_init__(self) -> None:
+        check_settings(self.trust_domain, self.cluster_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Namespace:
+    """Everything of one namespace the registry needs to recompute its pods. Never mutated."""
+
+    labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)
+    pods: Mapping[str, Resource] = field(default_factory=dict)
+    services: Mapping[str, Resource] = field(default_factory=dict)
+    service_infos: Mapping[str, ServiceInfo] = field(default_factory=dict)  # the Services that converted
+    service_index: SelectorIndex[ServiceInfo] = field(default_factory=SelectorIndex)
+    policy_infos: Mapping[str, PolicyInfo] = field(default_factory=dict)  # the policies for ztunnel
+    policy_index: SelectorIndex[str] = field(default_factory=SelectorIndex)
+
+    def is_empty(self) -> bool:
+        return not (self.labels or self.pods or self.services or self.policy_infos)
+
+
+_EMPTY_NAMESPACE = _Namespace()
+_GONE = PodEntry(None, None, ())  # a deleted pod contributes nothing
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryState:
+    """A snapshot plus the indexes ``update`` needs. Build with ``build`` or ``empty``; never mutate.
+
+    ``fresh_problems`` are the problems that appeared in the update that made this state (log them);
+    ``problem_counts`` counts every current problem by severity.
+    """
+
+    settings: RegistrySettings
+    snapshot: RegistrySnapshot = field(default_factory=RegistrySnapshot)
+    fresh_problems: tuple[Problem, ...] = ()
+    problem_counts: Mapping[Severity, int] = field(default_factory=dict)
+    # Internal tables, shared with the snapshot's read-only views. Read-only once the state exists.
+    namespaces: Mapping[str, _Namespace] = field(default_factory=dict, repr=False)
+    workloads: dict[str, Workload] = field(default_factory=dict, repr=False)
+    services: dict[str, Service] = field(default_factory=dict, repr=False)
+    policies: dict[str, Authorization] = field(default_factory=dict, repr=False)
+    scheduled: dict[tuple[str, str], ScheduledPod] = field(default_factory=dict, repr=False)
+    node_identities: dict[str, Mapping[SpiffeId, int]] = field(default_factory=dict, repr=False)
+    identities_by_node: dict[str, frozenset[SpiffeId]] = field(default_factory=dict, repr=False)
+    problems_by_source: dict[ResourceRef, tuple[Problem, ...]] = field(default_factory=dict, repr=False)
+
+
+def empty(settings: RegistrySettings | None = None) -> RegistryState:
+    """The state of a cluster with no resources."""
+    return RegistryState(settings or RegistrySettings())
+
+
+def build(resources: Iterable[Resource], settings: RegistrySettings | None = None) -> RegistryState:
+    """The state of all ``resources`` (as ``compute`` would see them), from nothing."""
+    state, _, _ = update(empty(settings), resources, ())
+    return state
+
+
+def update(
+    state: RegistryState, changed: Iterable[Resource], deleted: Iterable[ResourceRef]
+) -> tuple[RegistryState, Changes, Removals]:
+    """Apply one batch: ``changed`` resources now exist as given, ``deleted`` refs no longer exist.
+
+    A ref given in both is deleted. Kinds the registry does not use are ignored. Returns the new state and
+    (changed or added by type, removed names by type), exactly as ``diff(state.snapshot, new.snapshot)``.
+    """
+    batch: dict[ResourceRef, Resource | None] = {}
+    for resource in changed:
+        if resource.kind in _USED_KINDS:
+            batch[resource.ref] = resource
+    for ref in deleted:
+        if ref.kind in _USED_KINDS:
+            batch[ref] = None
+    return _Batch(state).run(batch)
+
+
+class _Cow(Generic[_K, _V]):
+    """A table shared with the previous state until the batch first writes it; then a private copy."""
+
+    __slots__ = ("_base", "_copy")
+
+    def __init__(self, base: Mapping[_K, _V]) -> None:
+        self._base = base
+        self._copy: dict[_K, _V] | None = None
+
+    @property
+    def current(self) -> Mapping[_K, _V]:
+        return self._copy if self._copy is not None else self._base
+
+    @property
+    def copied(self) -> bool:
+        return self._copy is not None
+
+    def writable(self) -> dict[_K, _V]:
+        if self._copy is None:
+            self._copy = dict(self._base)
+        return self._copy
+
+    def put(self, key: _K, value: _V | None) -> None:
+        if value is None:
+            if key in self.current:
+                self.writable().pop(key)
+        else:
+            self.writable()[key] = value
+
+    def result(self) -> dict[_K, _V]:
+        """The table for the new state (the old one, when never written)."""
+        if self._copy is not None:
+            return self._copy
+        assert isinstance(self._base, dict)
+        return self._base
+
+
+class _NamespaceDraft:
+    """A namespace being changed by one batch; its indexes are rebuilt by ``finish`` when needed."""
+
+    def __init__(self, base: _Namespace) -> None:
+        self.labels: Mapping[str, str] = base.labels
+        self.pods = _Cow(base.pods)
+        self.services = _Cow(base.services)
+        self.service_infos = _Cow(base.service_infos)
+        self.policy_infos = _Cow(base.policy_infos)
+        self.service_index = base.service_index
+        self.policy_index = base.policy_index
+        self.services_changed = False
+        self.policies_changed = False
+
+    def finish(self) -> _Namespace:
+        if self.services_changed:
+            self.service_index = SelectorIndex()
+            for info in self.service_infos.current.values():
+                if info.selector:  # no selector: manually managed endpoints, selects no pod
+                    self.service_index.add(info.selector, info)
+        if self.policies_changed:
+            self.policy_index = SelectorIndex()
+            for policy in self.policy_infos.current.values():
+                selector = _policy_selector(policy)
+                if selector is not None:
+                    self.policy_index.add(selector, policy.authorization.key)
+        return _Namespace(
+            self.labels,
+            self.pods.current,
+            self.services.current,
+            self.service_infos.current,
+            self.service_index,
+            self.policy_infos.current,
+            self.policy_index,
+        )
+
+
+def _policy_selector(info: PolicyInfo | None) -> Mapping[str, str] | None:
+    """The pod labels a policy selects by, or None when it is not in the selector index."""
+    if info is None or info.selector is None or info.authorization.scope != Scope.WORKLOAD_SELECTOR:
+        return None
+    return info.selector
+
+
+def _service_reach(info: ServiceInfo | None) -> tuple[str, Mapping[str, str], tuple[ServicePortSpec, ...]] | None:
+    """What of a Service its pods' Workloads depend on; None when it selects no pod."""
+    if info is None or not info.selector:
+        return None
+    return info.service.key, info.selector, info.ports
+
+
+class _Batch:
+    """One ``update`` in progress: copy-on-write views of the state's tables, then the new state."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self.old = state
+        self.settings = state.settings
+        self.drafts: dict[str, _NamespaceDraft] = {}
+        self.workloads = _Cow(state.workloads)
+        self.services = _Cow(state.services)
+        self.policies = _Cow(state.policies)
+        self.scheduled = _Cow(state.scheduled)
+        self.problems = _Cow(state.problems_by_source)
+        self.dirty_pods: set[tuple[str, str]] = set()
+        # Selectors whose pods must be recomputed: per namespace, and in every namespace (root policies).
+        self.probes: dict[str, SelectorIndex[bool]] = {}
+        self.global_probe: SelectorIndex[bool] | None = None
+        self.touched: dict[str, set[str]] = {WORKLOAD: set(), SERVICE: set(), AUTHORIZATION: set()}
+        self.node_counts: dict[str, dict[SpiffeId, int]] = {}  # node -> identity -> active pods
+        self.touched_sources: set[ResourceRef] = set()
+
+    def draft(self, namespace: str) -> _NamespaceDraft:
+        d = self.drafts.get(namespace)
+        if d is None:
+            d = self.drafts[namespace] = _NamespaceDraft(self.old.namespaces.get(namespace, _EMPTY_NAMESPACE))
+        return d
+
+    def pods_of(self, namespace: str) -> Mapping[str, Resource]:
+        d = self.drafts.get(namespace)
+        return d.pods.current if d is not None else self.old.namespaces.get(namespace, _EMPTY_NAMESPACE).pods
+
+    def set_problems(self, ref: ResourceRef, problems: Iterable[Problem]) -> None:
+        found = tuple(problems)
+        if found or ref in self.problems.current:
+            self.touched_sources.add(ref)
+            self.problems.put(ref, found or None)
+
+    def probe(self, namespace: str | None, selector: Mapping[str, str]) -> None:
+        """Recompute the pods ``selector`` matches: in ``namespace``, or in every namespace if None."""
+        if namespace is None:
+            if self.global_probe is None:
+                self.global_probe = SelectorIndex()
+            self.global_probe.add(selector, True)
+        else:
+            self.probes.setdefault(namespace, SelectorIndex()).add(selector, True)
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def run(self, batch: Mapping[ResourceRef, Resource | None]) -> tuple[RegistryState, Changes, Removals]:
+        services: list[tuple[str, str]] = []
+        policies: list[tuple[ResourceRef, Resource | None]] = []
+        relabelled: list[str] = []
+        for ref, resource in batch.items():
+            if ref.kind == "Namespace":
+                d = self.draft(ref.name)
+                labels = resource.labels if resource is not None else _NO_LABELS
+                if dict(labels) != dict(d.labels):
+                    d.labels = labels
+                    relabelled.append(ref.name)
+            elif ref.kind == "Pod":
+                self.draft(ref.namespace).pods.put(ref.name, resource)
+                self.dirty_pods.add((ref.namespace, ref.name))
+            elif ref.kind == "Service":
+                self.draft(ref.namespace).services.put(ref.name, resource)
+                services.append((ref.namespace, ref.name))
+            else:
+                policies.append((ref, resource))
+        for namespace in relabelled:  # Services read their namespace's labels, and so do pods
+            services.extend((namespace, name) for name in self.draft(namespace).services.current)
+            self.dirty_pods.update((namespace, name) for name in self.pods_of(namespace))
+        for namespace, name in dict.fromkeys(services):
+            self.rebuild_service(namespace, name)
+        for ref, resource in policies:
+            self.rebuild_policy(ref, resource)
+        self.find_probed_pods()
+        namespaces = dict(self.old.namespaces)
+        for name, d in self.drafts.items():
+            done = d.finish()
+            if done.is_empty():
+                namespaces.pop(name, None)
+            else:
+                namespaces[name] = done
+        for namespace, name in self.dirty_pods:
+            self.rebuild_pod(namespaces, namespace, name)
+        return self.finish(namespaces)
+
+    def rebuild_service(self, namespace: str, name: str) -> None:
+        d = self.draft(namespace)
+        resource = d.services.current.get(name)
+        old = d.service_infos.current.get(name)
+        new: ServiceInfo | None = None
+        problems: list[Problem] = []
+        if resource is not None:
+            try:
+                new = build_service(
+                    resource,
+                    network=self.settings.network,
+                    domain_suffix=self.settings.domain_suffix,
+                    namespace_labels=d.labels,
+                )
+            except RegistryError as e:
+                problems.append(e.to_problem())
+        self.set_problems(ResourceRef("Service", namespace, name), problems)
+        if new == old:
+            return
+        d.service_infos.put(name, new)
+        d.services_changed = True
+        if old is not None:
+            self.services.put(old.service.key, None)
+            self.touched[SERVICE].add(old.service.key)
+        if new is not None:
+            self.services.put(new.service.key, new.service)
+            self.touched[SERVICE].add(new.service.key)
+        before, after = _service_reach(old), _service_reach(new)
+        if before != after:
+            for reach in (before, after):
+                if reach is not None:
+                    self.probe(namespace, reach[1])
+
+    def rebuild_policy(self, ref: ResourceRef, resource: Resource | None) -> None:
+        d = self.draft(ref.namespace)
+        old = d.policy_infos.current.get(ref.name)
+        new: PolicyInfo | None = None
+        problems: list[Problem] = []
+        if resource is not None:
+            new, problems = convert_policy(resource, root_namespace=self.settings.root_namespace)
+        self.set_problems(ref, problems)
+        if new == old:
+            return
+        d.policy_infos.put(ref.name, new)
+        for info in (old, new):
+            if info is not None:
+                self.policies.put(info.authorization.key, None)
+                self.touched[AUTHORIZATION].add(info.authorization.key)
+        if new is not None:
+            self.policies.put(new.authorization.key, new.authorization)
+        before, after = _policy_selector(old), _policy_selector(new)
+        if before != after:
+            d.policies_changed = True
+            scope = None if ref.namespace == self.settings.root_namespace else ref.namespace
+            for selector in (before, after):
+                if selector is not None:
+                    self.probe(scope, selector)
+
+    def find_probed_pods(self) -> None:
+        """Mark dirty every pod a changed selector matches (before or after the change)."""
+        namespaces: Iterable[str] = self.probes
+        if self.global_probe is not None:
+            namespaces = dict.fromkeys(itertools.chain(self.old.namespaces, self.drafts))
+        empty: SelectorIndex[bool] = SelectorIndex()
+        for namespace in namespaces:
+            probe = self.probes.get(namespace, empty)
+            for name, pod in self.pods_of(namespace).items():
+                key = (namespace, name)
+                if key in self.dirty_pods:
+                    continue
+                if probe.matching(pod.labels) or (
+                    self.global_probe is not None and self.global_probe.matching(pod.labels)
+                ):
+                    self.dirty_pods.add(key)
+
+    def rebuild_pod(self, namespaces: Mapping[str, _Namespace], namespace: str, name: str) -> None:
+        s = self.settings
+        ns = namespaces.get(namespace, _EMPTY_NAMESPACE)
+        pod = ns.pods.get(name)
+        entry = _GONE
+        if pod is not None:
+            root = namespaces.get(s.root_namespace, _EMPTY_NAMESPACE) if namespace != s.root_namespace else None
+            entry = build_pod(
+                pod,
+                namespace_labels=ns.labels,
+                services=ns.service_index,
+                policies=ns.policy_index,
+                root_policies=root.policy_index if root is not None else None,
+                trust_domain=s.trust_domain,
+                cluster_id=s.cluster_id,
+                network=s.network,
+            )
+        self.set_problems(ResourceRef("Pod", namespace, name), entry.problems)
+
+        old_scheduled = self.scheduled.current.get((namespace, name))
+        if entry.scheduled != old_scheduled:
+            self.scheduled.put((namespace, name), entry.scheduled)
+            self.count_identity(old_scheduled, -1)
+            self.count_identity(entry.scheduled, +1)
+
+        uid = pod_uid(s.cluster_id, namespace, name)
+        if entry.workload is not None or uid in self.workloads.current:
+            self.touched[WORKLOAD].add(uid)
+            self.workloads.put(uid, entry.workload)
+
+    def count_identity(self, scheduled: ScheduledPod | None, delta: int) -> None:
+        if scheduled is None or not scheduled.node:
+            return
+        node = scheduled.node
+        counts = self.node_counts.get(node)
+        if counts is None:  # this batch's own copy of the node's counts, made once
+            counts = self.node_counts[node] = dict(self.old.node_identities.get(node, {}))
+        left = counts.get(scheduled.identity, 0) + delta
+        if left > 0:
+            counts[scheduled.identity] = left
+        else:
+            counts.pop(scheduled.identity, None)
+
+    # -- the new state -----------------------------------------------------------------------------
+
+    def finish(self, namespaces: dict[str, _Namespace]) -> tuple[RegistryState, Changes, Removals]:
+        old = self.old
+        node_identities = old.node_identities
+        identities_by_node = old.identities_by_node
+        if self.node_counts:
+            node_identities, identities_by_node = dict(node_identities), dict(identities_by_node)
+            for node, counts in self.node_counts.items():
+                if counts:
+                    node_identities[node] = counts
+                    identities_by_node[node] = frozenset(counts)
+                else:
+                    node_identities.pop(node, None)
+                    identities_by_node.pop(node, None)
+
+        by_source = self.problems.result()
+        problems = old.snapshot.problems
+        fresh: list[Problem] = []
+        by_severity = dict(old.problem_counts)
+        if self.problems.copied:
+            problems = tuple(itertools.chain.from_iterable(by_source.values()))
+            for ref in self.touched_sources:
+                before, after = old.problems_by_source.get(ref, ()), by_source.get(ref, ())
+                fresh.extend(p for p in after if p not in before)
+                for p in before:
+                    by_severity[p.severity] -= 1
+                for p in after:
+                    by_severity[p.severity] = by_severity.get(p.severity, 0) + 1
+            by_severity = {k: v for k, v in by_severity.items() if v}
+
+        workloads, services, policies = self.workloads.result(), self.services.result(), self.policies.result()
+        scheduled = self.scheduled.result()
+        state = RegistryState(
+            settings=self.settings,
+            snapshot=RegistrySnapshot(
+                workloads=MappingProxyType(workloads),
+                services=MappingProxyType(services),
+                policies=MappingProxyType(policies),
+                problems=problems,
+                pods=MappingProxyType(scheduled),
+                identities_by_node=MappingProxyType(identities_by_node),
+            ),
+            fresh_problems=tuple(fresh),
+            problem_counts=MappingProxyType(by_severity),
+            namespaces=namespaces,
+            workloads=workloads,
+            services=services,
+            policies=policies,
+            scheduled=scheduled,
+            node_identities=node_identities,
+            identities_by_node=identities_by_node,
+            problems_by_source=by_source,
+        )
+        changes: Changes = {}
+        removals: Removals = {}
+        pairs: tuple[tuple[str, Mapping[str, Value], Mapping[str, Value]], ...] = (
+            (WORKLOAD, old.workloads, workloads),
+            (SERVICE, old.services, services),
+            (AUTHORIZATION, old.policies, policies),
+        )
+        for kind, before_map, after_map in pairs:
+            changes[kind] = {}
+            removals[kind] = set()
+            for name in self.touched[kind]:
+                value = after_map.get(name)
+                if value is None:
+                    if name in before_map:
+                        removals[kind].add(name)
+                elif before_map.get(name) != value:
+                    changes[kind][name] = value
+        return state, changes, removals
