@@ -11,6 +11,7 @@ synchronously, before the first await, so a pool can count on ``available_stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Iterable
@@ -66,28 +67,42 @@ class HboneClient(HboneDriver):
         connect_timeout: float = CONNECT_TIMEOUT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> HboneClient:
-        """Dial ``host:port`` (or use the connected ``sock``), handshake, verify the server, start HTTP/2.
+        """Dial ``host:port``, handshake, verify the server, start HTTP/2.
 
-        Raises ``HboneConnectionError`` when the server cannot be reached or the handshake fails, and
-        ``PeerNotTrusted`` when its certificate does not carry an expected identity.
+        ``sock``: an unconnected TCP socket to dial from (made in a pod's network namespace, marked
+        with SO_MARK, bound to a source IP...); it is connected to ``host:port`` here and owned by the
+        client from then on. Raises ``HboneConnectionError`` when the server cannot be reached or the
+        handshake fails, and ``PeerNotTrusted`` when its certificate carries no expected identity.
         """
         where = f"{host}:{port}"
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(connect_timeout + handshake_timeout):
-                if sock is not None:
-                    reader, writer = await asyncio.open_connection(
-                        sock=sock, ssl=ssl_context, server_hostname="",
-                        ssl_handshake_timeout=handshake_timeout, limit=READ_SIZE,
-                    )
+            async with asyncio.timeout(connect_timeout):
+                if sock is None:
+                    sock = await _dial(host, port)
                 else:
-                    reader, writer = await asyncio.open_connection(
-                        host, port, ssl=ssl_context, server_hostname="",
-                        ssl_handshake_timeout=handshake_timeout, limit=READ_SIZE,
-                    )
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, (host, port))
         except TimeoutError:
-            raise HboneConnectionError(f"HBONE connect to {where} timed out") from None
+            _close(sock)
+            raise HboneConnectionError(f"TCP connect to HBONE server {where} timed out") from None
+        except OSError as exc:
+            _close(sock)
+            raise HboneConnectionError(f"TCP connect to HBONE server {where} failed: {exc}") from exc
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            async with asyncio.timeout(handshake_timeout + 1):
+                reader, writer = await asyncio.open_connection(
+                    sock=sock, ssl=ssl_context, server_hostname="",  # no SNI, as ztunnel
+                    ssl_handshake_timeout=handshake_timeout, limit=READ_SIZE,
+                )
+        except TimeoutError:
+            _close(sock)
+            raise HboneConnectionError(f"TLS handshake with HBONE server {where} timed out") from None
         except (OSError, ssl.SSLError) as exc:
-            raise HboneConnectionError(f"HBONE connect to {where} failed: {exc}") from exc
+            _close(sock)
+            raise HboneConnectionError(f"TLS handshake with HBONE server {where} failed: {exc}") from exc
         ssl_object = writer.get_extra_info("ssl_object")
         try:
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
@@ -164,3 +179,21 @@ class HboneClient(HboneDriver):
         answered = self._opening.get(stream_id)
         if answered is not None and not answered.done():
             answered.set_exception(error)
+
+
+async def _dial(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to ``host:port`` (an IP literal)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()

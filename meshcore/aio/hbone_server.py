@@ -216,6 +216,7 @@ class HboneServer:
     ) -> None:
         self.counters = counters
         self._listener = listener
+        self._address = listener.getsockname()
         self._ssl_context = ssl_context
         self._verify_client = verify_client
         self._on_tunnel = on_tunnel
@@ -236,7 +237,7 @@ class HboneServer:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        return int(self._listener.getsockname()[1])
+        return int(self._address[1])
 
     @property
     def connections(self) -> int:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from meshcore.aio.hbone_client import HboneClient
 from meshcore.aio.hbone_conn import HboneStream
-from meshcore.hbone import HboneConnectionError, StreamLimitReached
+from meshcore.hbone import CLIENT_SETTINGS, HboneConnectionError, HboneSettings, StreamLimitReached
 from meshcore.identity import SpiffeId
+from meshcore.tls.verify import verify_peer
 
 MAX_STREAMS = 100  # POOL_MAX_STREAMS_PER_CONNECTION
 IDLE_TIMEOUT = 300.0  # POOL_UNUSED_RELEASE_TIMEOUT
@@ -220,3 +223,28 @@ class HbonePool:
             delay = max(0.0, min(idle) + self._idle_timeout - self._clock())
             with contextlib.suppress(RuntimeError):  # no running loop: evict_idle() is called directly
                 self._timer = asyncio.get_running_loop().call_later(delay + 0.01, self.evict_idle)
+
+
+def mtls_connector(
+    context_for: Callable[[SpiffeId], Awaitable[ssl.SSLContext]],
+    *,
+    socket_for: Callable[[PoolKey], socket.socket] | None = None,
+    settings: HboneSettings = CLIENT_SETTINGS,
+) -> Callable[[PoolKey], Awaitable[HboneClient]]:
+    """The usual ``connect`` for ``HbonePool``: mTLS with the source identity's certificate
+    (``context_for``, e.g. from the SecretManager), the server must present one of
+    ``key.dst_identities`` (ztunnel's IdentityVerifier); ``socket_for`` makes the unconnected socket
+    (pod netns, SO_MARK, source IP) when the default one will not do."""
+
+    async def connect(key: PoolKey) -> HboneClient:
+        expected = sorted(key.dst_identities)
+        context = await context_for(key.src_identity)
+        return await HboneClient.connect(
+            key.dst_addr[0], key.dst_addr[1],
+            ssl_context=context,
+            verify=lambda der: verify_peer(der, expected=expected),
+            settings=settings,
+            sock=socket_for(key) if socket_for is not None else None,
+        )
+
+    return connect

@@ -387,3 +387,32 @@ def test_mtls_round_trip_under_uvloop(ca):
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(scenario()) == b"on uvloop"
+
+
+async def test_connect_dials_from_a_socket_the_caller_prepared(ca):
+    seen: list[TunnelRequest] = []
+
+    async def record(request: TunnelRequest) -> None:
+        seen.append(request)
+        await echo(request)
+
+    async with mtls_server(ca, record) as server:
+        prepared = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        prepared.bind(("127.0.0.1", 0))  # as a pod-netns or source-IP-bound socket would be
+        source = prepared.getsockname()
+        client = await HboneClient.connect(
+            "127.0.0.1", server.port, ssl_context=client_context(ca.issue(CLIENT_ID)),
+            verify=lambda der: verify_peer(der, expected=[SERVER_ID]), sock=prepared,
+        )
+        stream = await client.open_tunnel("127.0.0.1:9")
+        await stream.send_eof()
+        assert await read_all(stream) == b""
+        await client.aclose()
+    assert seen[0].peer_address == source and seen[0].local_address == ("127.0.0.1", server.port)
+
+
+async def test_connect_to_a_closed_port_is_a_connection_error(ca):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    with pytest.raises(HboneConnectionError, match="TCP connect"):
+        await mtls_client(ca, port)

@@ -11,11 +11,14 @@ import asyncio
 import pytest
 
 from meshcore.aio.hbone_client import HboneClient
-from meshcore.aio.hbone_server import TunnelRequest
-from meshcore.aio.pool import HbonePool, PoolKey
-from meshcore.hbone import HboneConnectionError, HboneSettings
+from meshcore.aio.hbone_server import TunnelRequest, serve_hbone
+from meshcore.aio.pool import HbonePool, PoolKey, mtls_connector
+from meshcore.hbone import HboneConnectionError, HboneSettings, PeerNotTrusted
 from meshcore.identity import SpiffeId
+from meshcore.testing.fake_ca import FakeCa
 from meshcore.testing.pairs import hbone_socketpair
+from meshcore.tls.contexts import client_context, server_context
+from meshcore.tls.verify import verify_peer
 
 SRC = SpiffeId("cluster.local", "default", "sleep")
 DST = frozenset({SpiffeId("cluster.local", "default", "httpbin")})
@@ -226,3 +229,31 @@ async def test_a_closed_pool_refuses_new_tunnels(dialer):
     assert dialer.clients[0].closed
     with pytest.raises(HboneConnectionError, match="pool is closed"):
         await pool.open_tunnel(KEY, "10.0.0.2:80")
+
+
+async def test_the_mtls_connector_pools_verified_connections_and_refuses_unexpected_servers():
+    ca = FakeCa()
+    server_id = SpiffeId("cluster.local", "default", "httpbin")
+    server = await serve_hbone(
+        "127.0.0.1", 0, server_context(ca.issue(server_id)),
+        lambda der: verify_peer(der, trust_domain="cluster.local"), hold_open,
+    )
+    contexts = {}
+
+    async def context_for(identity: SpiffeId):
+        contexts.setdefault(identity, client_context(ca.issue(identity)))
+        return contexts[identity]
+
+    pool = HbonePool(mtls_connector(context_for))
+    try:
+        good = PoolKey(SRC, frozenset({server_id}), ("127.0.0.1", server.port))
+        first = await pool.open_tunnel(good, "127.0.0.1:80")
+        await pool.open_tunnel(good, "127.0.0.1:81")
+        assert first.peer_identity == server_id and pool.stats().handshakes == 1
+        impostor = PoolKey(SRC, frozenset({SpiffeId("cluster.local", "default", "reviews")}), good.dst_addr)
+        with pytest.raises(PeerNotTrusted):
+            await pool.open_tunnel(impostor, "127.0.0.1:80")
+        assert pool.stats().dial_failures == 1 and pool.stats().connections == 1
+    finally:
+        await pool.aclose()
+        await server.aclose()
