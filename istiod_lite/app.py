@@ -6,9 +6,10 @@ carrying both ADS and the CA over TLS (client certificates required: node creden
 monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
 
 Flow: at start the whole store is read and pushed, so what was applied while istiod_lite was down is
-served at once; then a watch loop follows the store's change log in order, recomputes the registry once
-per batch of changes, diffs it against the last snapshot and hands only the changed resources to the push
-server (which debounces). Nothing here is a module-level singleton; tests build several ControlPlanes.
+served at once; then a watch loop follows the store's change log in order and updates the registry once
+per batch of changes, incrementally (``registry.incremental``: a pod change recomputes that pod only),
+handing only the changed resources to the push server (which debounces). Nothing here is a module-level
+singleton; tests build several ControlPlanes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -30,7 +31,8 @@ from istiod_lite.ca.service import CaServicer, add_to_server, server_credentials
 from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
 from istiod_lite.config import IstiodConfig
 from istiod_lite.push import PushServer
-from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Problem, RegistrySnapshot, compute, diff
+from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity
+from istiod_lite.registry.incremental import RegistrySettings, empty, update
 from meshcore.aio.httpserver import HttpServer, Request, Response, metrics_handler
 from meshcore.model.convert import (
     ADDRESS_TYPE_URL,
@@ -73,10 +75,13 @@ class ControlPlane:
         self._clock = clock
         self.metrics = CollectorRegistry(auto_describe=True)
         self._recomputes = Counter(
-            "istiod_lite_registry_recomputes", "Registry recomputations", registry=self.metrics
+            "istiod_lite_registry_recomputes", "Registry updates (one per batch of store changes)", registry=self.metrics
         )
         self._recompute_time = Histogram(
-            "istiod_lite_registry_recompute_seconds", "Time to recompute the registry", registry=self.metrics
+            "istiod_lite_registry_recompute_seconds",
+            "Time to update the registry and hand the changes to the push server",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.metrics,
         )
         self._problems = Gauge(
             "istiod_lite_registry_problems", "Resources with problems, by severity", ["severity"], registry=self.metrics
@@ -84,10 +89,12 @@ class ControlPlane:
         self.store = SqliteStore(store_path(config.state_dir))
         self.ca = load_ca(config, clock())
         self.push = PushServer(self.metrics, debounce=config.debounce_seconds)
-        self.snapshot = RegistrySnapshot()
-        self._resources: dict[ResourceRef, Resource] = {}
+        self._registry_settings = RegistrySettings(
+            trust_domain=config.trust_domain, cluster_id=config.cluster_id, root_namespace=config.root_namespace
+        )
+        self._state = empty(self._registry_settings)
+        self.snapshot = self._state.snapshot
         self._revision = 0
-        self._logged_problems: set[Problem] = set()
         self._grpc: grpc.aio.Server | None = None
         self._http: HttpServer | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -166,11 +173,11 @@ class ControlPlane:
 
     def _load_all(self) -> None:
         self._revision, resources = self.store.snapshot()  # one transaction: no change seen twice
-        self._resources = {r.ref: r for r in resources}
-        self._recompute()
+        self._state = empty(self._registry_settings)
+        self._apply(resources, ())
 
     async def _watch(self) -> None:
-        """Follow the store's change log in order; one recompute per batch of changes."""
+        """Follow the store's change log in order; one incremental registry update per batch of changes."""
         while True:
             try:
                 events = self.store.changes_since(self._revision)
@@ -178,27 +185,22 @@ class ControlPlane:
                 log.exception("reading the store's change log failed; retrying")
                 events = []
             if events:
+                latest: dict[ResourceRef, Resource | None] = {}  # per resource, its last event wins
                 for ev in events:
-                    if ev.type == "DELETED":
-                        self._resources.pop(ev.resource.ref, None)
-                    else:
-                        self._resources[ev.resource.ref] = ev.resource
+                    latest[ev.resource.ref] = None if ev.type == "DELETED" else ev.resource
                     self._revision = ev.revision
-                self._recompute()
+                self._apply(
+                    [r for r in latest.values() if r is not None],
+                    [ref for ref, r in latest.items() if r is None],
+                )
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
-    def _recompute(self) -> None:
+    def _apply(self, changed: Iterable[Resource], deleted: Iterable[ResourceRef]) -> None:
+        """Update the registry with one batch and hand only what changed to the push server."""
         started = time.perf_counter()
-        cfg = self.config
-        new = compute(
-            self._resources.values(),
-            trust_domain=cfg.trust_domain,
-            cluster_id=cfg.cluster_id,
-            root_namespace=cfg.root_namespace,
-        )
-        changed, removed = diff(self.snapshot, new)
-        self.snapshot = new
-        addresses = {**changed[WORKLOAD], **changed[SERVICE]}
+        self._state, changed_models, removed = update(self._state, changed, deleted)
+        self.snapshot = self._state.snapshot
+        addresses = {**changed_models[WORKLOAD], **changed_models[SERVICE]}
         self.push.set_resources(
             ADDRESS_TYPE_URL,
             {name: address_to_proto(m) for name, m in addresses.items()},
@@ -206,21 +208,17 @@ class ControlPlane:
         )
         self.push.set_resources(
             AUTHORIZATION_TYPE_URL,
-            {name: authorization_to_proto(m) for name, m in changed[AUTHORIZATION].items()},
+            {name: authorization_to_proto(m) for name, m in changed_models[AUTHORIZATION].items()},
             removed[AUTHORIZATION],
         )
         self._recomputes.inc()
         self._recompute_time.observe(time.perf_counter() - started)
-        by_severity: dict[str, int] = {}
-        for p in new.problems:
-            by_severity[p.severity.name] = by_severity.get(p.severity.name, 0) + 1
-        for sev in ("INFO", "WARNING", "ERROR"):
-            self._problems.labels(sev).set(by_severity.get(sev, 0))
-        for p in new.problems:
-            if p not in self._logged_problems:
-                log.warning("resource problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
-        self._logged_problems = set(new.problems)
-        n_changed = sum(len(v) for v in changed.values())
+        counts = self._state.problem_counts
+        for sev in Severity:
+            self._problems.labels(sev.name).set(counts.get(sev, 0))
+        for p in self._state.fresh_problems:
+            log.warning("resource problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
+        n_changed = sum(len(v) for v in changed_models.values())
         n_removed = sum(len(v) for v in removed.values())
         if n_changed or n_removed:
             log.info("registry updated", revision=self._revision, changed=n_changed, removed=n_removed)

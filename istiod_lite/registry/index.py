@@ -1,8 +1,8 @@
 """The registry snapshot: every cluster resource -> Istio's workloads, services and policies (pure).
 
-``compute`` is a full recompute from all resources, fast enough to run on every change (about 0.3 s for
-10,000 pods and 1,000 services; ``bench/registry_compute.py``); ``diff`` then gives the push layer only
-what changed. Lookups avoid O(pods x services): Services and selector policies are indexed per
+``compute`` is a full recompute from all resources (about 0.3 s for 10,000 pods and 1,000 services;
+``bench/registry_compute.py``) and the reference ``incremental.update`` is tested against; ``diff`` gives
+the push layer only what changed. Both share ``build_pod``, so one pod converts the same either way. Lookups avoid O(pods x services): Services and selector policies are indexed per
 namespace by one label pair of their selector, so a pod only checks the selectors that share a label
 with it. Selector policies in the root namespace apply to matching pods of every namespace.
 
