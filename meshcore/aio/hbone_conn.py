@@ -142,7 +142,15 @@ class HboneStream:
         self._maybe_finish()
 
     async def aclose(self) -> None:
-        """Reset the tunnel if it is not finished (CANCEL), then forget it. Idempotent."""
+        """Reset the tunnel if it is not finished (CANCEL), then forget it. Idempotent.
+
+        Bytes received but never read are dropped and acknowledged, so they do not keep holding the
+        connection's flow-control window."""
+        if self._chunks:
+            unread = sum(len(chunk) for chunk in self._chunks) - self._offset
+            self._chunks.clear()
+            self._offset = 0
+            self._driver.consumed(self.stream_id, unread)
         if self._finished:
             return
         self._fail(TunnelResetError(CANCEL, by_peer=False))

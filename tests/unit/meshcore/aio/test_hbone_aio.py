@@ -416,3 +416,19 @@ async def test_connect_to_a_closed_port_is_a_connection_error(ca):
         port = placeholder.getsockname()[1]
     with pytest.raises(HboneConnectionError, match="TCP connect"):
         await mtls_client(ca, port)
+
+
+async def test_closing_a_finished_stream_with_unread_bytes_gives_their_window_back():
+    async def talk_and_finish(request: TunnelRequest) -> None:
+        stream = await request.accept()
+        await stream.send_all(bytes(100_000))
+        await stream.send_eof()
+        assert await read_all(stream) == b""
+
+    async with socketpair_client(talk_and_finish) as client:
+        stream = await client.open_tunnel("10.0.0.2:80")
+        await stream.send_eof()
+        await poll(lambda: stream.finished)  # both directions ended; 100 kB still unread
+        assert client.conn.open_tunnels == 1  # the connection still counts the unacknowledged bytes
+        await stream.aclose()
+        assert client.conn.open_tunnels == 0
