@@ -1,0 +1,579 @@
+"""``Cluster``: the local cluster's lifecycle (up, down, status), its pods, services and processes.
+
+Composition of the pure plan (``plan``), the kernel (``net.NetworkDriver``), processes
+(``procs.ProcessSupervisor``) and the record (``state.StateFile``), under one lock per state directory.
+Rules: (1) intent is recorded before the kernel changes, so a crash leaves a record ``down`` can use;
+(2) a failed ``up`` or ``add_pod`` removes what it made before raising (nothing half-built stays);
+(3) ``down`` removes what is recorded *and* sweeps everything named with the prefix, so it also
+cleans up after a lost state file; (4) ``up`` on a running cluster changes nothing and reports it.
+Files live in ``<state-dir>/cluster/``: state.json, lock, logs/<name>.log, run/<name>.pid.
+The store is not touched here (``kubelet.py`` registers pods and services there).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+import structlog
+
+from meshcore.store import name_problem
+
+from .errors import (
+    ClusterAlreadyUp,
+    ClusterDegraded,
+    ClusterError,
+    ClusterNotUp,
+    InvalidClusterSpec,
+    LeftoversFound,
+    NameCollision,
+    PodExists,
+    PodNotFound,
+    ServiceNotFound,
+    StateCorrupt,
+    UnknownComponent,
+    UnknownNode,
+)
+from .net import NetworkDriver
+from .plan import (
+    ClusterLayout,
+    NodeLayout,
+    allocate_pod_ip,
+    allocate_vip,
+    build_layout,
+    check_vip,
+    plan_cluster,
+    plan_pod,
+    plan_services,
+    pod_record,
+)
+from .preflight import check_host
+from .procs import ProcessSupervisor
+from .spec import DEFAULT_PREFIX, ClusterSpec, PodSpec, ServicePort, validate_cluster_spec, validate_pod
+from .state import ClusterState, PodRecord, ProcessRecord, ServiceRecord, StateFile, object_key
+
+CLUSTER_DIR = "cluster"
+EXEC_TIMEOUT_S = 60.0
+
+log = structlog.get_logger("ambientctl.cluster")
+
+Phase = Literal["down", "creating", "up", "degraded", "deleting"]
+
+
+class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    netns: str
+    ip: str
+    pod_cidr: str
+    present: bool
+
+
+class PodStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    namespace: str
+    node: str
+    ip: str
+    netns: str
+    present: bool
+    pid: int | None = None
+    # None: the pod has no command (a namespace only).
+    running: bool | None = None
+    log: str | None = None
+
+
+class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    namespace: str
+    vip: str
+    ports: tuple[ServicePort, ...]
+    endpoints: tuple[str, ...]
+
+
+class ProcessStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    netns: str
+    pid: int
+    running: bool
+    log: str
+
+
+class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
+    phase: Phase
+    prefix: str
+    state_dir: str
+    istiod_address: str | None = None
+    nodes: tuple[NodeStatus, ...] = ()
+    pods: tuple[PodStatus, ...] = ()
+    services: tuple[ServiceStatus, ...] = ()
+    processes: tuple[ProcessStatus, ...] = ()
+    # What is recorded but missing, or present but not recorded.
+    problems: tuple[str, ...] = ()
+    # Whether the call that returned this status changed anything (``up``: False when it was already up).
+    changed: bool = False
+
+
+class DownReport(msgspec.Struct, frozen=True, kw_only=True):
+    had_state: bool
+    netns_removed: tuple[str, ...]
+    processes_stopped: tuple[int, ...]
+    host_links_removed: tuple[str, ...]
+
+
+class ExecResult(msgspec.Struct, frozen=True, kw_only=True):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Cluster:
+    """One local cluster per state directory.
+
+    ``prefix`` is used only when no state records the cluster's own (``down`` after a lost state file,
+    ``up`` without a spec); a recorded cluster always uses the prefix it was created with.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        net: NetworkDriver | None = None,
+        supervisor: ProcessSupervisor | None = None,
+        host_check: Callable[[], None] = check_host,
+    ) -> None:
+        self.directory = state_dir / CLUSTER_DIR
+        self.prefix = prefix
+        self.net = net or NetworkDriver()
+        self.procs = supervisor or ProcessSupervisor(self.directory / "run", self.directory / "logs")
+        self._state = StateFile(self.directory)
+        self._host_check = host_check
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def up(self, spec: ClusterSpec | None = None) -> ClusterStatus:
+        """Create the cluster; if it is already up, report it unchanged (``spec=None``: accept any shape)."""
+        if spec is not None:
+            validate_cluster_spec(spec)
+        self._host_check()
+        with self._state.lock():
+            state = self._state.load()
+            if state is not None and state.phase == "up":
+                if spec is not None and spec != state.spec:
+                    raise ClusterAlreadyUp(_describe(state.spec), _describe(spec))
+                current = self._status(state)
+                if current.problems:
+                    raise ClusterDegraded(current.problems)
+                return current
+            wanted = spec or (state.spec if state is not None else ClusterSpec(prefix=self.prefix))
+            if state is not None:
+                log.warning("removing a cluster left half-made", phase=state.phase, prefix=state.spec.prefix)
+                self._teardown(state.spec.prefix, state)
+            else:
+                leftovers = self.net.list_netns(wanted.prefix)
+                if leftovers:
+                    raise LeftoversFound(wanted.prefix, leftovers)
+            state = ClusterState(phase="creating", spec=wanted)
+            self._state.save(state)
+            try:
+                self.net.apply(plan_cluster(build_layout(wanted)))
+            except BaseException:
+                self._teardown(wanted.prefix, state)
+                self._state.remove()
+                raise
+            state = msgspec.structs.replace(state, phase="up")
+            self._state.save(state)
+            log.info("cluster up", nodes=wanted.nodes, prefix=wanted.prefix)
+            return msgspec.structs.replace(self._status(state), changed=True)
+
+    def down(self) -> DownReport:
+        """Stop every process, delete every namespace, link and file of the cluster; idempotent."""
+        with self._state.lock():
+            try:
+                state = self._state.load()
+            except StateCorrupt as e:
+                log.warning("cluster state unreadable: sweeping by prefix", error=str(e), prefix=self.prefix)
+                state = None
+            if state is not None:
+                self._state.save(msgspec.structs.replace(state, phase="deleting"))
+            prefix = state.spec.prefix if state is not None else self.prefix
+            report = self._teardown(prefix, state)
+            self._state.remove()
+            return report
+
+    def status(self) -> ClusterStatus:
+        state = self._state.load()
+        if state is None:
+            leftovers = self.net.list_netns(self.prefix)
+            problems = tuple(f"unrecorded network namespace {n}" for n in leftovers)
+            return ClusterStatus(
+                phase="down", prefix=self.prefix, state_dir=str(self.directory), problems=problems
+            )
+        return self._status(state)
+
+    # --- pods -----------------------------------------------------------------------------------------
+
+    def add_pod(self, pod: PodSpec) -> str:
+        """Create the pod's netns and veth, start its command; returns its IP. Same spec again: no-op."""
+        validate_pod(pod)
+        with self._state.lock():
+            state = self._require_up()
+            layout = build_layout(state.spec)
+            node = layout.find_node(pod.node)
+            if node is None:
+                raise UnknownNode(pod.node, [n.name for n in layout.nodes])
+            key = object_key(pod.namespace, pod.name)
+            existing = state.pods.get(key)
+            if existing is not None:
+                if existing.spec == pod and self.net.netns_exists(existing.netns):
+                    return existing.ip
+                raise PodExists(pod.namespace, pod.name)
+            env = self._pod_env(pod, node, "")
+            if pod.command:
+                self.procs.check_command(f"pod {key}", pod.command, env)
+            used = [p.ip for p in state.pods.values() if p.spec.node == node.name]
+            record = pod_record(layout, node, pod, allocate_pod_ip(node, used))
+            for other_key, other in state.pods.items():
+                if record.netns == other.netns or record.host_veth == other.host_veth:
+                    raise NameCollision(f"pod {key}", f"pod {other_key}")
+            state = _with_pod(state, key, record)
+            self._state.save(state)  # intent first: a crash from here on is cleaned by `down`
+            try:
+                self.net.apply(plan_pod(layout, node, record, list(state.services.values())))
+                if pod.command:
+                    process = self.procs.start(
+                        f"pod/{key}",
+                        record.netns,
+                        pod.command,
+                        log_name=_pod_log_name(pod),
+                        env=self._pod_env(pod, node, record.ip),
+                    )
+                    record = msgspec.structs.replace(record, process=process)
+            except BaseException:
+                self._remove_pod_objects(record)
+                self._state.save(_without_pod(state, key))
+                raise
+            self._state.save(_with_pod(state, key, record))
+            log.info("pod added", pod=key, node=node.name, ip=record.ip, netns=record.netns)
+            return record.ip
+
+    def remove_pod(self, name: str, namespace: str) -> None:
+        """Stop the pod's process, delete its netns (the veth and node route go with it), drop it from
+        every service's endpoints."""
+        with self._state.lock():
+            state = self._require_up()
+            key = object_key(namespace, name)
+            record = state.pods.get(key)
+            if record is None:
+                raise PodNotFound(namespace, name)
+            self._remove_pod_objects(record)
+            state = _without_pod(state, key)
+            pruned = {
+                k: msgspec.structs.replace(s, endpoints=tuple(ip for ip in s.endpoints if ip != record.ip))
+                for k, s in state.services.items()
+            }
+            if pruned != state.services:
+                state = msgspec.structs.replace(state, services=pruned)
+                self.net.apply(
+                    plan_services(build_layout(state.spec), state.pods.values(), list(pruned.values()))
+                )
+            self._state.save(state)
+            log.info("pod removed", pod=key)
+
+    def pods(self) -> list[PodRecord]:
+        state = self._state.load()
+        return [] if state is None else [state.pods[k] for k in sorted(state.pods)]
+
+    def find_pod(self, name: str, namespace: str) -> PodRecord | None:
+        state = self._state.load()
+        return None if state is None else state.pods.get(object_key(namespace, name))
+
+    def exec_argv(self, name: str, namespace: str, argv: Sequence[str]) -> list[str]:
+        """The command line that runs ``argv`` inside the pod (for callers that keep the terminal)."""
+        state = self._require_up()
+        record = state.pods.get(object_key(namespace, name))
+        if record is None:
+            raise PodNotFound(namespace, name)
+        return [self.net.ip_tool, "netns", "exec", record.netns, *argv]
+
+    def exec(
+        self,
+        name: str,
+        namespace: str,
+        argv: Sequence[str],
+        *,
+        timeout: float = EXEC_TIMEOUT_S,
+        stdin: str | None = None,
+    ) -> ExecResult:
+        """Run ``argv`` in the pod's netns (with its /etc/hosts) and collect its exit code and output."""
+        full = self.exec_argv(name, namespace, argv)
+        try:
+            done = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise ClusterError(
+                f"command in pod {namespace}/{name} did not finish within {timeout:g} s: {argv}"
+            ) from e
+        return ExecResult(returncode=done.returncode, stdout=done.stdout, stderr=done.stderr)
+
+    # --- services -------------------------------------------------------------------------------------
+
+    def set_service(
+        self,
+        name: str,
+        namespace: str,
+        vip: str | None,
+        ports: Sequence[ServicePort],
+        endpoints: Sequence[str],
+    ) -> str:
+        """Create or replace a service's VIP DNAT and hosts entries; ``vip=None`` keeps or allocates one."""
+        source = f"service {namespace}/{name}"
+        for path, value in (("name", name), ("namespace", namespace)):
+            problem = name_problem(value, label=True)
+            if problem:
+                raise InvalidClusterSpec(source, path, problem)
+        for i, ip in enumerate(endpoints):
+            try:
+                ipaddress.IPv4Address(ip)
+            except ValueError:
+                raise InvalidClusterSpec(
+                    source, f"endpoints[{i}]", f"{ip!r} is not an IPv4 address"
+                ) from None
+        with self._state.lock():
+            state = self._require_up()
+            layout = build_layout(state.spec)
+            key = object_key(namespace, name)
+            existing = state.services.get(key)
+            taken = [s.vip for k, s in state.services.items() if k != key]
+            if vip is None:
+                vip = existing.vip if existing is not None else allocate_vip(layout, taken)
+            else:
+                check_vip(layout, vip, taken)
+            record = ServiceRecord(
+                name=name,
+                namespace=namespace,
+                vip=vip,
+                ports=tuple(ports),
+                endpoints=tuple(dict.fromkeys(endpoints)),
+            )
+            if record == existing:
+                return vip
+            services = {**state.services, key: record}
+            self._apply_services(layout, state, services)
+            self._state.save(msgspec.structs.replace(state, services=services))
+            log.info("service set", service=key, vip=vip, endpoints=len(record.endpoints))
+            return vip
+
+    def remove_service(self, name: str, namespace: str) -> None:
+        with self._state.lock():
+            state = self._require_up()
+            key = object_key(namespace, name)
+            if key not in state.services:
+                raise ServiceNotFound(namespace, name)
+            services = {k: s for k, s in state.services.items() if k != key}
+            self._apply_services(build_layout(state.spec), state, services)
+            self._state.save(msgspec.structs.replace(state, services=services))
+
+    def services(self) -> list[ServiceRecord]:
+        state = self._state.load()
+        return [] if state is None else [state.services[k] for k in sorted(state.services)]
+
+    def _apply_services(
+        self, layout: ClusterLayout, state: ClusterState, services: Mapping[str, ServiceRecord]
+    ) -> None:
+        try:
+            self.net.apply(plan_services(layout, state.pods.values(), list(services.values())))
+        except ClusterError:
+            # nft is atomic per node but not across nodes: put back what the other nodes had.
+            self.net.apply(plan_services(layout, state.pods.values(), list(state.services.values())))
+            raise
+
+    # --- mesh components ------------------------------------------------------------------------------
+
+    def start_component(
+        self, name: str, netns: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+    ) -> ProcessRecord:
+        """Start a mesh process (istiod_lite in the fabric, ztunnel/node agent in a node) with its log in
+        ``logs/<name>.log``; a running component of that name is left alone and returned."""
+        with self._state.lock():
+            state = self._require_up()
+            layout = build_layout(state.spec)
+            known = {*layout.netns_names, *(p.netns for p in state.pods.values())}
+            if netns not in known:
+                raise ClusterError(
+                    f"component {name}: {netns} is not a namespace of this cluster ({', '.join(sorted(known))})"
+                )
+            current = state.processes.get(name)
+            if current is not None and self.procs.is_running(current):
+                return current
+            record = self.procs.start(name, netns, argv, log_name=name, env=env)
+            self._state.save(msgspec.structs.replace(state, processes={**state.processes, name: record}))
+            return record
+
+    def stop_component(self, name: str) -> bool:
+        with self._state.lock():
+            state = self._require_up()
+            record = state.processes.get(name)
+            if record is None:
+                return False
+            stopped = self.procs.stop(record)
+            self.procs.remove_pidfile(name)
+            self._state.save(
+                msgspec.structs.replace(
+                    state, processes={k: v for k, v in state.processes.items() if k != name}
+                )
+            )
+            return stopped
+
+    def log_path(self, component: str) -> Path:
+        """The log of a component (``istiod``, ``ztunnel-node-1``) or pod (``<ns>-<name>`` or ``<ns>/<name>``)."""
+        log_dir = self.procs.log_dir
+        known = sorted(p.stem for p in log_dir.glob("*.log")) if log_dir.is_dir() else []
+        stem = component.replace("/", "-")
+        if stem not in known:
+            raise UnknownComponent(component, known)
+        return log_dir / f"{stem}.log"
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _require_up(self) -> ClusterState:
+        state = self._state.load()
+        if state is None or state.phase != "up":
+            raise ClusterNotUp(str(self.directory.parent))
+        return state
+
+    def _pod_env(self, pod: PodSpec, node: NodeLayout, ip: str) -> dict[str, str]:
+        # A clean environment as a container gets one (not ambientctl's), plus downward-API style facts.
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": "C.UTF-8",
+            "POD_NAME": pod.name,
+            "POD_NAMESPACE": pod.namespace,
+            "POD_IP": ip,
+            "NODE_NAME": node.name,
+            "HOST_IP": node.ip,
+            "SERVICE_ACCOUNT": pod.service_account,
+        }
+        env.update(pod.env)
+        return env
+
+    def _remove_pod_objects(self, record: PodRecord) -> None:
+        if record.process is not None:
+            self.procs.stop(record.process)
+        self.procs.remove_pidfile(_pod_log_name(record.spec))
+        path = self.net.netns_path(record.netns)
+        self.procs.sweep_netns([path])
+        self.net.delete_netns(record.netns)
+        self.net.remove_netns_files(record.netns)
+
+    def _teardown(self, prefix: str, state: ClusterState | None) -> DownReport:
+        records = list(self.procs.pidfile_records())
+        recorded_netns: set[str] = set()
+        if state is not None:
+            records += [p.process for p in state.pods.values() if p.process is not None]
+            records += list(state.processes.values())
+            recorded_netns = {p.netns for p in state.pods.values()} | set(
+                build_layout(state.spec).netns_names
+            )
+        stopped: list[int] = []
+        for record in records:
+            if self.procs.stop(record):
+                stopped.append(record.pid)
+        names = sorted(
+            set(self.net.list_netns(prefix)) | {n for n in recorded_netns if self.net.netns_exists(n)}
+        )
+        stopped += self.procs.sweep_netns([self.net.netns_path(n) for n in names])
+        removed = [n for n in names if self.net.delete_netns(n)]
+        for name in recorded_netns:
+            self.net.remove_netns_files(name)
+        self.net.sweep_netns_files(prefix)
+        links = self.net.host_links(prefix)
+        for link in links:
+            self.net.delete_host_link(link)
+        self.procs.clear_pidfiles()
+        log.info("cluster removed", prefix=prefix, netns=len(removed), processes=len(stopped))
+        return DownReport(
+            had_state=state is not None,
+            netns_removed=tuple(removed),
+            processes_stopped=tuple(sorted(set(stopped))),
+            host_links_removed=tuple(links),
+        )
+
+    def _status(self, state: ClusterState) -> ClusterStatus:
+        layout = build_layout(state.spec)
+        problems: list[str] = []
+        nodes = []
+        for node in layout.nodes:
+            present = self.net.netns_exists(node.netns)
+            if not present:
+                problems.append(f"node netns {node.netns} is missing")
+            nodes.append(
+                NodeStatus(
+                    name=node.name, netns=node.netns, ip=node.ip, pod_cidr=node.pod_cidr, present=present
+                )
+            )
+        if not self.net.netns_exists(layout.fabric_netns):
+            problems.append(f"fabric netns {layout.fabric_netns} is missing")
+        pods = []
+        for key in sorted(state.pods):
+            rec = state.pods[key]
+            present = self.net.netns_exists(rec.netns)
+            if not present:
+                problems.append(f"pod {key} netns {rec.netns} is missing")
+            proc = rec.process
+            pods.append(
+                PodStatus(
+                    name=rec.spec.name,
+                    namespace=rec.spec.namespace,
+                    node=rec.spec.node,
+                    ip=rec.ip,
+                    netns=rec.netns,
+                    present=present,
+                    pid=proc.pid if proc else None,
+                    running=self.procs.is_running(proc) if proc else None,
+                    log=proc.log if proc else None,
+                )
+            )
+        services = tuple(
+            ServiceStatus(name=s.name, namespace=s.namespace, vip=s.vip, ports=s.ports, endpoints=s.endpoints)
+            for _, s in sorted(state.services.items())
+        )
+        processes = tuple(
+            ProcessStatus(name=p.name, netns=p.netns, pid=p.pid, running=self.procs.is_running(p), log=p.log)
+            for _, p in sorted(state.processes.items())
+        )
+        phase: Phase = state.phase
+        if phase == "up" and problems:
+            phase = "degraded"
+        return ClusterStatus(
+            phase=phase,
+            prefix=state.spec.prefix,
+            state_dir=str(self.directory),
+            istiod_address=layout.istiod_ip,
+            nodes=tuple(nodes),
+            pods=tuple(pods),
+            services=services,
+            processes=processes,
+            problems=tuple(problems),
+        )
+
+
+def _describe(spec: ClusterSpec) -> str:
+    n = spec.networking
+    return f"{spec.nodes} node(s), prefix {spec.prefix!r}, nodes {n.node_subnet}, pods {n.pod_subnet}, services {n.service_subnet}"
+
+
+def _pod_log_name(pod: PodSpec) -> str:
+    return f"{pod.namespace}-{pod.name}"
+
+
+def _with_pod(state: ClusterState, key: str, record: PodRecord) -> ClusterState:
+    return msgspec.structs.replace(state, pods={**state.pods, key: record})
+
+
+def _without_pod(state: ClusterState, key: str) -> ClusterState:
+    return msgspec.structs.replace(state, pods={k: v for k, v in state.pods.items() if k != key})

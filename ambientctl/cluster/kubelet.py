@@ -1,0 +1,228 @@
+"""The local cluster's kubelet and service controllers: mirror pods and services between the store and
+the network namespaces, as Kubernetes' kubelet, VIP allocator, endpoints controller and kube-proxy do.
+
+Pods: ``run_pod`` creates the pod in the cluster, then registers it in the store (``spec.nodeName``,
+``status.podIP``, phase ``Running``, ``Ready``), which is what istiod_lite watches. Services: the store
+is the source of truth; ``sync_services`` allocates missing VIPs (written back as ``spec.clusterIP``),
+selects endpoints by label among the cluster's pods and has the cluster program DNAT and hosts files.
+A service that cannot be realised (a clusterIP outside the service subnet, say) is rejected alone,
+logged and reported; the others still sync. The pure pieces (``pod_resource``, ``select_endpoints``,
+``pod_spec_from_resource``) are table-tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+from meshcore.store import Resource, ResourceRef, Store, build_resource, spec_as
+from meshcore.store.schema import PodSpec as K8sPodSpec
+from meshcore.store.schema import ServiceSpec as K8sServiceSpec
+
+from .cluster import Cluster
+from .errors import ClusterError, InvalidClusterSpec, PodNotFound
+from .spec import PodPort, PodSpec, Protocol, ServicePort
+from .state import PodRecord
+
+log = structlog.get_logger("ambientctl.cluster.kubelet")
+
+CONTAINER_NAME = "main"
+LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
+
+
+class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
+    # "namespace/name" -> VIP of every service programmed.
+    synced: dict[str, str]
+    # "namespace/name" -> why that service was not programmed.
+    rejected: dict[str, str]
+    removed: tuple[str, ...]
+
+
+class Kubelet:
+    """Keeps the store and the local cluster in step for pods and services."""
+
+    def __init__(self, cluster: Cluster, store: Store) -> None:
+        self.cluster = cluster
+        self.store = store
+
+    def run_pod(self, pod: PodSpec) -> Resource:
+        """Create the pod in the cluster and register it in the store; returns the stored Pod."""
+        self.cluster.add_pod(pod)
+        record = self.cluster.find_pod(pod.name, pod.namespace)
+        assert record is not None, "add_pod returned but the pod is not recorded"
+        (result,) = self.store.apply([pod_resource(record)])
+        self.sync_services()
+        return result.resource
+
+    def delete_pod(self, name: str, namespace: str) -> None:
+        """Remove the pod from the cluster (if there) and the store; endpoints follow."""
+        try:
+            self.cluster.remove_pod(name, namespace)
+        except PodNotFound:
+            log.info("pod not in the cluster; removing it from the store only", pod=f"{namespace}/{name}")
+        self.store.delete([ResourceRef("Pod", namespace, name)])
+        self.sync_services()
+
+    def apply_service(
+        self, name: str, namespace: str, ports: Sequence[Mapping[str, Any]], selector: Mapping[str, str]
+    ) -> str:
+        """Store a ClusterIP Service (ports as in a manifest: port, targetPort, name, protocol) and
+        program it; returns its VIP."""
+        spec: dict[str, Any] = {"selector": dict(selector), "ports": [dict(p) for p in ports]}
+        existing = self.store.get(ResourceRef("Service", namespace, name))
+        if existing is not None and existing.spec.get("clusterIP"):
+            spec["clusterIP"] = existing.spec["clusterIP"]  # a VIP never changes while the service exists
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        self.store.apply([build_resource(doc, source="ambientctl cluster")])
+        report = self.sync_services()
+        key = f"{namespace}/{name}"
+        if key in report.rejected:
+            raise ClusterError(f"service {key}: {report.rejected[key]}")
+        return report.synced[key]
+
+    def sync_services(self) -> SyncReport:
+        """Program every stored ClusterIP Service into the cluster; remove the cluster's others."""
+        pods = self.cluster.pods()
+        synced: dict[str, str] = {}
+        rejected: dict[str, str] = {}
+        for svc in self.store.list("Service"):
+            key = f"{svc.namespace}/{svc.name}"
+            try:
+                spec = spec_as(svc, K8sServiceSpec)
+                if spec.cluster_ip == "None":
+                    continue  # headless: no VIP, names resolve to pods (not modelled by hosts files)
+                ports, endpoints = select_endpoints(svc.namespace, spec, pods)
+                vip = self.cluster.set_service(
+                    svc.name, svc.namespace, spec.cluster_ip or None, ports, endpoints
+                )
+            except (ClusterError, ValueError) as e:
+                rejected[key] = str(e)
+                log.warning("service not programmed", service=key, error=str(e))
+                continue
+            synced[key] = vip
+            if spec.cluster_ip != vip:
+                # As the API server's allocator does: the VIP becomes part of the object.
+                new_spec = {**svc.spec, "clusterIP": vip, "clusterIPs": [vip]}
+                self.store.apply([msgspec.structs.replace(svc, spec=new_spec)])
+        removed = []
+        stored = {f"{s.namespace}/{s.name}" for s in self.store.list("Service")}
+        for record in self.cluster.services():
+            key = f"{record.namespace}/{record.name}"
+            if key not in stored:
+                self.cluster.remove_service(record.name, record.namespace)
+                removed.append(key)
+        return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
+
+
+def pod_resource(record: PodRecord) -> Resource:
+    """The Pod object a kubelet would report for a running pod of the local cluster."""
+    pod = record.spec
+    container: dict[str, Any] = {"name": CONTAINER_NAME, "image": LOCAL_IMAGE}
+    if pod.command:
+        container["command"] = list(pod.command)
+    if pod.ports:
+        container["ports"] = [
+            {"containerPort": p.port, "protocol": p.protocol, **({"name": p.name} if p.name else {})}
+            for p in pod.ports
+        ]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": dict(pod.labels)},
+        "spec": {"nodeName": pod.node, "serviceAccountName": pod.service_account, "containers": [container]},
+        "status": {
+            "phase": "Running",
+            "podIP": record.ip,
+            "podIPs": [{"ip": record.ip}],
+            "hostIP": record.node_ip,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    return build_resource(doc, source="local cluster kubelet")
+
+
+def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
+    """A stored Pod manifest as a local-cluster pod: the first container's command + args run inside
+    it; ``spec.nodeName`` picks the node (``default_node`` when unset: the caller schedules)."""
+    source = f"pod {resource.namespace}/{resource.name}"
+    spec = spec_as(resource, K8sPodSpec)
+    if spec.host_network:
+        raise InvalidClusterSpec(
+            source, "$.spec.hostNetwork", "host-network pods are not supported by the local cluster"
+        )
+    containers = resource.spec.get("containers") or []
+    first: Mapping[str, Any] = containers[0] if containers and isinstance(containers[0], Mapping) else {}
+    command = [*(first.get("command") or []), *(first.get("args") or [])]
+    if not all(isinstance(part, str) for part in command):
+        raise InvalidClusterSpec(
+            source, "$.spec.containers[0].command", "every command and args item must be a string"
+        )
+    ports = tuple(
+        PodPort(port=p.container_port, name=p.name, protocol="UDP" if p.protocol == "UDP" else "TCP")
+        for c in spec.containers or ()
+        for p in c.ports or ()
+        if p.protocol in ("TCP", "UDP")
+    )
+    return PodSpec(
+        name=resource.name,
+        namespace=resource.namespace,
+        node=spec.node_name or default_node,
+        command=tuple(command),
+        labels=dict(resource.labels),
+        service_account=spec.service_account_name,
+        ports=ports,
+    )
+
+
+def select_endpoints(
+    namespace: str, spec: K8sServiceSpec, pods: Sequence[PodRecord]
+) -> tuple[list[ServicePort], list[str]]:
+    """Service ports with resolved target ports, and the IPs of the pods the selector picks.
+
+    As Kubernetes: a service without a selector has no automatic endpoints; a named targetPort
+    resolves against the pods' container ports. The cluster keeps one target port per service port,
+    so a pod whose named port differs from the first selected pod's (or lacks it) is left out.
+    """
+    selector = spec.selector or {}
+    selected = (
+        sorted(
+            (p for p in pods if p.spec.namespace == namespace and _matches(selector, p.spec.labels)),
+            key=lambda p: (p.spec.node, p.ip),
+        )
+        if selector
+        else []
+    )
+    ports: list[ServicePort] = []
+    eligible = {p.ip for p in selected}
+    for port in spec.ports or ():
+        if port.protocol not in ("TCP", "UDP"):
+            continue
+        target = port.target_port if port.target_port is not None else port.port
+        protocol: Protocol = "UDP" if port.protocol == "UDP" else "TCP"
+        if isinstance(target, str) and not target.isdigit():
+            resolved = {p.ip: _named_port(p, target, protocol) for p in selected}
+            numbers = [n for n in resolved.values() if n is not None]
+            if not numbers:
+                continue  # no selected pod has that port: it gets no rule (the others still work)
+            number = numbers[0]
+            eligible &= {ip for ip, n in resolved.items() if n == number}
+        else:
+            number = int(target)
+        ports.append(ServicePort(port=port.port, target_port=number, protocol=protocol, name=port.name))
+    return ports, [p.ip for p in selected if p.ip in eligible]
+
+
+def _matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _named_port(pod: PodRecord, name: str, protocol: str) -> int | None:
+    return next((p.port for p in pod.spec.ports if p.name == name and p.protocol == protocol), None)

@@ -1,0 +1,227 @@
+"""Processes inside network namespaces: pods' commands now, the mesh components (istiod_lite, ztunnel,
+node agent) later, all through ``ProcessSupervisor``.
+
+A process is started as ``ip netns exec <netns> argv...`` (so /etc/netns/<netns>/hosts applies) in a
+session of its own, stdout+stderr appended to ``logs/<log_name>.log`` (0600), and recorded in
+``run/<log_name>.pid`` (a JSON ``ProcessRecord``). A record carries the process's start time, so a pid
+reused by an unrelated process is never signalled. Stopping is SIGTERM to the process group, a bounded
+wait, then SIGKILL. ``sweep_netns`` kills whatever still runs inside given namespaces (found through
+/proc/<pid>/ns/net), which is how ``down`` leaves no process behind even without its records.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from .errors import CommandNotFound, ProcessStartFailed
+from .state import ProcessRecord
+
+STOP_GRACE_S = 5.0
+KILL_WAIT_S = 2.0
+POLL_S = 0.02
+
+log = structlog.get_logger("ambientctl.cluster.procs")
+
+
+class ProcessSupervisor:
+    """Starts, stops and finds processes in namespaces; logs in ``log_dir``, pidfiles in ``run_dir``."""
+
+    def __init__(self, run_dir: Path, log_dir: Path, *, ip_tool: str = "ip") -> None:
+        self.run_dir = run_dir
+        self.log_dir = log_dir
+        self.ip_tool = ip_tool
+        # Children this supervisor started: kept so they are reaped (no zombies in a long-lived caller).
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def log_path(self, log_name: str) -> Path:
+        return self.log_dir / f"{log_name}.log"
+
+    def start(
+        self,
+        name: str,
+        netns: str,
+        argv: Sequence[str],
+        *,
+        log_name: str,
+        env: Mapping[str, str] | None = None,
+    ) -> ProcessRecord:
+        """Start ``argv`` inside ``netns``; returns once the process exists (not once it is ready)."""
+        environment = dict(os.environ if env is None else env)
+        self.check_command(name, argv, environment)
+        ip_tool = shutil.which(self.ip_tool)
+        if ip_tool is None:
+            raise ProcessStartFailed(name, f"{self.ip_tool} not found: apt-get install iproute2")
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = self.log_path(log_name)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            child = subprocess.Popen(
+                [ip_tool, "netns", "exec", netns, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,  # its own process group: stop() signals the whole group
+                close_fds=True,
+            )
+        except OSError as e:
+            raise ProcessStartFailed(name, e.strerror or str(e)) from None
+        finally:
+            os.close(log_fd)
+        self._children[child.pid] = child
+        ticks = _start_ticks(child.pid)
+        record = ProcessRecord(
+            name=name, netns=netns, pid=child.pid, start_ticks=ticks or 0, argv=tuple(argv), log=str(log_path)
+        )
+        self._write_pidfile(log_name, record)
+        log.info("process started", name=name, netns=netns, pid=child.pid, log=str(log_path))
+        return record
+
+    def check_command(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        """``CommandNotFound`` unless ``argv[0]`` resolves on the PATH the process would get."""
+        search_path = (os.environ if env is None else env).get("PATH", os.defpath)
+        if not argv or shutil.which(argv[0], path=search_path) is None:
+            raise CommandNotFound(argv[0] if argv else "", name)
+
+    def is_running(self, record: ProcessRecord) -> bool:
+        self._reap(record.pid)
+        return _alive(record.pid, record.start_ticks)
+
+    def stop(self, record: ProcessRecord, grace: float = STOP_GRACE_S) -> bool:
+        """Stop the process (and its group); True if it was running. Never signals a reused pid."""
+        if not self.is_running(record):
+            return False
+        _signal_group(record.pid, signal.SIGTERM)
+        if not self._wait_gone([record], grace):
+            _signal_group(record.pid, signal.SIGKILL)
+            self._wait_gone([record], KILL_WAIT_S)
+        log.info("process stopped", name=record.name, pid=record.pid)
+        return True
+
+    def remove_pidfile(self, log_name: str) -> None:
+        (self.run_dir / f"{log_name}.pid").unlink(missing_ok=True)
+
+    def pidfile_records(self) -> list[ProcessRecord]:
+        """Records of every pidfile (unreadable ones are skipped: the netns sweep still finds those)."""
+        records = []
+        try:
+            paths = sorted(self.run_dir.glob("*.pid"))
+        except OSError:
+            return []
+        for path in paths:
+            try:
+                records.append(msgspec.json.decode(path.read_bytes(), type=ProcessRecord))
+            except (OSError, msgspec.DecodeError):
+                log.warning("unreadable pidfile skipped", path=str(path))
+        return records
+
+    def clear_pidfiles(self) -> None:
+        for path in self.run_dir.glob("*.pid"):
+            path.unlink(missing_ok=True)
+
+    def sweep_netns(self, netns_paths: Iterable[Path], grace: float = STOP_GRACE_S) -> list[int]:
+        """Kill every process whose network namespace is one of ``netns_paths``; returns their pids."""
+        wanted = set()
+        for path in netns_paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            wanted.add((st.st_dev, st.st_ino))
+        if not wanted:
+            return []
+        victims = []
+        for pid in _all_pids():
+            if pid == os.getpid():
+                continue
+            try:
+                st = os.stat(f"/proc/{pid}/ns/net")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in wanted:
+                ticks = _start_ticks(pid)
+                if ticks is not None:
+                    victims.append(
+                        ProcessRecord(name="swept", netns="", pid=pid, start_ticks=ticks, argv=(), log="")
+                    )
+        for victim in victims:
+            _signal(victim.pid, signal.SIGTERM)
+        if not self._wait_gone(victims, grace):
+            for victim in victims:
+                if _alive(victim.pid, victim.start_ticks):
+                    _signal(victim.pid, signal.SIGKILL)
+            self._wait_gone(victims, KILL_WAIT_S)
+        return [v.pid for v in victims]
+
+    def _wait_gone(self, records: Sequence[ProcessRecord], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not any(self.is_running(r) for r in records):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+
+    def _reap(self, pid: int) -> None:
+        child = self._children.get(pid)
+        if child is not None and child.poll() is not None:
+            del self._children[pid]
+
+    def _write_pidfile(self, log_name: str, record: ProcessRecord) -> None:
+        path = self.run_dir / f"{log_name}.pid"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(msgspec.json.encode(record) + b"\n")
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after "pid (comm)"; comm may contain spaces and parentheses)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None  # field 22: starttime
+
+
+def _alive(pid: int, start_ticks: int) -> bool:
+    """The same process (not a reused pid) exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return False
+    if start_ticks and int(fields[19]) != start_ticks:
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        _signal(pid, sig)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,205 @@
+"""``cluster up|down|status|exec|logs``: the local cluster (nodes and pods as network namespaces).
+
+Thin: parse options, call ``ambientctl.cluster.Cluster``, print. Every ``ClusterError`` (not root, a
+tool missing, a bad cluster.yaml, a pod not found) becomes one ``error:`` line and exit code 1.
+``exec`` keeps the terminal (stdin, stdout, stderr pass through) and exits with the command's code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+
+from ambientctl.cluster import (
+    DEFAULT_PREFIX,
+    Cluster,
+    ClusterError,
+    ClusterSpec,
+    ClusterStatus,
+    load_cluster_spec,
+)
+from ambientctl.cluster.spec import validate_cluster_spec
+
+from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table
+
+PrefixOption = Annotated[
+    str,
+    typer.Option(
+        "--prefix",
+        help="Name prefix of the cluster's namespaces and links, used when no state records it.",
+    ),
+]
+OutputOption = Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")]
+
+
+def register(app: typer.Typer) -> None:
+    cluster_app = typer.Typer(
+        help="Run a local cluster: nodes and pods as network namespaces on this machine.",
+        no_args_is_help=True,
+    )
+    cluster_app.command("up")(up)
+    cluster_app.command("down")(down)
+    cluster_app.command("status")(status)
+    cluster_app.command("exec")(exec_in_pod)
+    cluster_app.command("logs")(logs)
+    app.add_typer(cluster_app, name="cluster")
+
+
+@contextmanager
+def _cluster_errors() -> Iterator[None]:
+    try:
+        yield
+    except ClusterError as e:
+        raise CliError(str(e)) from None
+
+
+def _cluster(ctx: typer.Context, prefix: str = DEFAULT_PREFIX) -> Cluster:
+    return Cluster(cli_state(ctx).state_dir(), prefix=prefix)
+
+
+def up(
+    ctx: typer.Context,
+    nodes: Annotated[
+        int | None, typer.Option("--nodes", help="Number of nodes (overrides the file).")
+    ] = None,
+    file: Annotated[
+        Path | None, typer.Option("-f", "--file", help="cluster.yaml: nodes, prefix, networking.")
+    ] = None,
+    output: OutputOption = OutputFormat.table,
+) -> None:
+    """Create the local cluster (or report the one that is up)."""
+    with _cluster_errors():
+        spec = load_cluster_spec(file) if file is not None else None
+        if nodes is not None:
+            spec = msgspec.structs.replace(spec or ClusterSpec(), nodes=nodes)
+            validate_cluster_spec(spec, "--nodes")
+        current = _cluster(ctx, spec.prefix if spec else DEFAULT_PREFIX).up(spec)
+    if output is not OutputFormat.table:
+        print_documents([_document(current)], output, single=True)
+        return
+    if current.changed:
+        typer.echo(f"cluster up: {len(current.nodes)} node(s), prefix {current.prefix}")
+    else:
+        typer.echo(f"cluster already up: {len(current.nodes)} node(s), prefix {current.prefix} (unchanged)")
+    _print_nodes(current)
+    typer.echo(f"istiod_lite address: {current.istiod_address}")
+
+
+def down(ctx: typer.Context, prefix: PrefixOption = DEFAULT_PREFIX) -> None:
+    """Remove the local cluster: every namespace, link, rule and process it made."""
+    with _cluster_errors():
+        report = _cluster(ctx, prefix).down()
+    if not report.had_state and not report.netns_removed and not report.processes_stopped:
+        typer.echo("no local cluster found (nothing to remove)")
+        return
+    typer.echo(
+        f"cluster down: removed {len(report.netns_removed)} network namespace(s), "
+        f"stopped {len(report.processes_stopped)} process(es)"
+    )
+
+
+def status(
+    ctx: typer.Context, output: OutputOption = OutputFormat.table, prefix: PrefixOption = DEFAULT_PREFIX
+) -> None:
+    """Show nodes, pods, services and processes of the local cluster."""
+    with _cluster_errors():
+        current = _cluster(ctx, prefix).status()
+    if output is not OutputFormat.table:
+        print_documents([_document(current)], output, single=True)
+        return
+    for problem in current.problems:
+        note(f"warning: {problem}")
+    if current.phase == "down":
+        typer.echo("no local cluster is up (`ambientctl cluster up` creates one)")
+        return
+    typer.echo(
+        f"cluster {current.phase}: prefix {current.prefix}, istiod_lite address {current.istiod_address}"
+    )
+    _print_nodes(current)
+    if current.pods:
+        typer.echo("")
+        rows = [
+            [
+                p.namespace,
+                p.name,
+                p.node,
+                p.ip,
+                "-" if p.running is None else ("Running" if p.running else "Exited"),
+                str(p.pid) if p.pid else "-",
+            ]
+            for p in current.pods
+        ]
+        print_table(["NAMESPACE", "POD", "NODE", "IP", "PROCESS", "PID"], rows)
+    if current.services:
+        typer.echo("")
+        rows = [
+            [
+                s.namespace,
+                s.name,
+                s.vip,
+                ",".join(f"{p.port}->{p.target_port}/{p.protocol}" for p in s.ports) or "<none>",
+                ",".join(s.endpoints) or "<none>",
+            ]
+            for s in current.services
+        ]
+        print_table(["NAMESPACE", "SERVICE", "VIP", "PORTS", "ENDPOINTS"], rows)
+    if current.processes:
+        typer.echo("")
+        rows = [
+            [p.name, p.netns, str(p.pid), "Running" if p.running else "Exited", p.log]
+            for p in current.processes
+        ]
+        print_table(["COMPONENT", "NETNS", "PID", "STATUS", "LOG"], rows)
+
+
+def exec_in_pod(
+    ctx: typer.Context,
+    pod: Annotated[str, typer.Argument(help="Pod name.")],
+    command: Annotated[list[str], typer.Argument(help="Command and arguments (after --).")],
+    namespace: Annotated[str, typer.Option("-n", "--namespace", help="Pod namespace.")] = "default",
+) -> None:
+    """Run a command inside a pod's network namespace: cluster exec POD [-n NS] -- CMD..."""
+    with _cluster_errors():
+        argv = _cluster(ctx).exec_argv(pod, namespace, command)
+    try:
+        code = subprocess.call(argv)
+    except FileNotFoundError:
+        raise CliError(f"{argv[0]} not found: apt-get install iproute2") from None
+    raise typer.Exit(code)
+
+
+def logs(
+    ctx: typer.Context,
+    component: Annotated[
+        str, typer.Argument(help="Component (istiod, ztunnel-node-1) or pod (<ns>/<name>).")
+    ],
+    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.", min=0)] = None,
+) -> None:
+    """Print the log of a component or pod of the local cluster."""
+    with _cluster_errors():
+        path = _cluster(ctx).log_path(component)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+    lines = text.splitlines()
+    if tail is not None:
+        lines = lines[-tail:] if tail else []
+    for line in lines:
+        typer.echo(line)
+
+
+def _print_nodes(current: ClusterStatus) -> None:
+    rows = [[n.name, n.netns, n.ip, n.pod_cidr, "Ready" if n.present else "Missing"] for n in current.nodes]
+    print_table(["NODE", "NETNS", "IP", "POD-CIDR", "STATUS"], rows)
+
+
+def _document(current: ClusterStatus) -> dict[str, Any]:
+    doc: dict[str, Any] = msgspec.to_builtins(current)
+    return doc
