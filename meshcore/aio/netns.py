@@ -249,7 +249,8 @@ class NetnsHandle:
             self._closed = True
             executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True)
+            # A job closing its own handle must not wait for itself.
+            executor.shutdown(wait=not self._on_worker())
         os.close(self._fd)
 
     def __enter__(self) -> NetnsHandle:
