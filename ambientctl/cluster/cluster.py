@@ -192,6 +192,7 @@ class Cluster:
 
     def down(self) -> DownReport:
         """Stop every process, delete every namespace, link and file of the cluster; idempotent."""
+        self._host_check()
         with self._state.lock():
             try:
                 state = self._state.load()
@@ -335,6 +336,11 @@ class Cluster:
             problem = name_problem(value, label=True)
             if problem:
                 raise InvalidClusterSpec(source, path, problem)
+        seen: set[tuple[int, str]] = set()
+        for i, port in enumerate(ports):
+            if (port.port, port.protocol) in seen:
+                raise InvalidClusterSpec(source, f"ports[{i}]", f"{port.port}/{port.protocol} listed twice")
+            seen.add((port.port, port.protocol))
         for i, ip in enumerate(endpoints):
             try:
                 ipaddress.IPv4Address(ip)
