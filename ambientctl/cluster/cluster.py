@@ -230,9 +230,18 @@ class Cluster:
             key = object_key(pod.namespace, pod.name)
             existing = state.pods.get(key)
             if existing is not None:
-                if existing.spec == pod and self.net.netns_exists(existing.netns):
+                if not self.net.netns_exists(existing.netns):
+                    # Recorded but gone (deleted by hand): clear what is left and make it afresh.
+                    self._remove_pod_objects(existing)
+                    state = _without_pod(state, key)
+                elif existing.spec == pod:
                     return existing.ip
-                raise PodExists(pod.namespace, pod.name)
+                elif msgspec.structs.replace(existing.spec, labels=pod.labels) == pod:
+                    # Labels are metadata: relabelling (e.g. enrolling in the mesh) never restarts a pod.
+                    self._state.save(_with_pod(state, key, msgspec.structs.replace(existing, spec=pod)))
+                    return existing.ip
+                else:
+                    raise PodExists(pod.namespace, pod.name)
             env = self._pod_env(pod, node, "")
             if pod.command:
                 self.procs.check_command(f"pod {key}", pod.command, env)
@@ -284,6 +293,10 @@ class Cluster:
                 )
             self._state.save(state)
             log.info("pod removed", pod=key)
+
+    def layout(self) -> ClusterLayout:
+        """Names and addresses of the running cluster's fabric and nodes."""
+        return build_layout(self._require_up().spec)
 
     def pods(self) -> list[PodRecord]:
         state = self._state.load()

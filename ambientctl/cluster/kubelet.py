@@ -2,8 +2,8 @@
 the network namespaces, as Kubernetes' kubelet, VIP allocator, endpoints controller and kube-proxy do.
 
 Pods: ``run_pod`` creates the pod in the cluster, then registers it in the store (``spec.nodeName``,
-``status.podIP``, phase ``Running``, ``Ready``), which is what istiod_lite watches. Services: the store
-is the source of truth; ``sync_services`` allocates missing VIPs (written back as ``spec.clusterIP``),
+``status.podIP``, phase ``Running``, ``Ready``), which is what istiod_lite watches; ``sync_pods`` runs
+exactly the store's Pod manifests (apply or delete one, then sync). Services: the store is the source of truth; ``sync_services`` allocates missing VIPs (written back as ``spec.clusterIP``),
 selects endpoints by label among the cluster's pods and has the cluster program DNAT and hosts files.
 A service that cannot be realised (a clusterIP outside the service subnet, say) is rejected alone,
 logged and reported; the others still sync. The pure pieces (``pod_resource``, ``select_endpoints``,
@@ -12,13 +12,13 @@ logged and reported; the others still sync. The pure pieces (``pod_resource``, `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 import structlog
 
-from meshcore.store import Resource, ResourceRef, Store, build_resource, spec_as
+from meshcore.store import Resource, ResourceRef, Store, StoreError, build_resource, spec_as
 from meshcore.store.schema import PodSpec as K8sPodSpec
 from meshcore.store.schema import ServiceSpec as K8sServiceSpec
 
@@ -34,9 +34,9 @@ LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
 
 
 class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
-    # "namespace/name" -> VIP of every service programmed.
+    # "namespace/name" -> what the object got: a service's VIP, a pod's IP.
     synced: dict[str, str]
-    # "namespace/name" -> why that service was not programmed.
+    # "namespace/name" -> why that object was not realised (the others were).
     rejected: dict[str, str]
     removed: tuple[str, ...]
 
@@ -65,6 +65,51 @@ class Kubelet:
             log.info("pod not in the cluster; removing it from the store only", pod=f"{namespace}/{name}")
         self.store.delete([ResourceRef("Pod", namespace, name)])
         self.sync_services()
+
+    def sync_pods(self) -> SyncReport:
+        """Make the cluster run exactly the store's Pods (a manifest's first container command runs in
+        the pod); pods without ``spec.nodeName`` are scheduled on the node with the fewest pods. Then
+        services follow. A pod that cannot run is rejected alone."""
+        layout = self.cluster.layout()
+        running = {f"{p.spec.namespace}/{p.spec.name}": p for p in self.cluster.pods()}
+        stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
+        synced: dict[str, str] = {}
+        rejected: dict[str, str] = {}
+        for key, resource in sorted(stored.items()):
+            current = running.get(key)
+            default_node = (
+                current.spec.node if current else schedule([n.name for n in layout.nodes], running.values())
+            )
+            try:
+                pod = pod_spec_from_resource(resource, default_node)
+                if current is not None and msgspec.structs.replace(current.spec, labels=pod.labels) != pod:
+                    # A changed pod restarts (pods are immutable); a relabelled one does not (add_pod).
+                    self.cluster.remove_pod(pod.name, pod.namespace)
+                    del running[key]
+                self.cluster.add_pod(pod)
+            except (ClusterError, StoreError, ValueError) as e:
+                rejected[key] = str(e)
+                log.warning("pod not run", pod=key, error=str(e))
+                continue
+            record = self.cluster.find_pod(pod.name, pod.namespace)
+            assert record is not None, "add_pod returned but the pod is not recorded"
+            running[key] = record
+            synced[key] = record.ip
+            self._register(resource, record)
+        removed = []
+        for key, record in sorted(running.items()):
+            if key not in stored:
+                self.cluster.remove_pod(record.spec.name, record.spec.namespace)
+                removed.append(key)
+        self.sync_services()
+        return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
+
+    def _register(self, stored: Resource, record: PodRecord) -> None:
+        """Write nodeName and the running status into a stored manifest, keeping the rest as applied."""
+        reported = pod_resource(record)
+        spec = {**stored.spec, "nodeName": record.spec.node}
+        if spec != stored.spec or reported.status != stored.status:
+            self.store.apply([msgspec.structs.replace(stored, spec=spec, status=reported.status)])
 
     def apply_service(
         self, name: str, namespace: str, ports: Sequence[Mapping[str, Any]], selector: Mapping[str, str]
@@ -103,7 +148,7 @@ class Kubelet:
                 vip = self.cluster.set_service(
                     svc.name, svc.namespace, spec.cluster_ip or None, ports, endpoints
                 )
-            except (ClusterError, ValueError) as e:
+            except (ClusterError, StoreError, ValueError) as e:
                 rejected[key] = str(e)
                 log.warning("service not programmed", service=key, error=str(e))
                 continue
@@ -147,6 +192,15 @@ def pod_resource(record: PodRecord) -> Resource:
         },
     }
     return build_resource(doc, source="local cluster kubelet")
+
+
+def schedule(nodes: Sequence[str], pods: Iterable[PodRecord]) -> str:
+    """The node with the fewest pods (the first such in ``nodes`` order): a scheduler's simplest policy."""
+    load = dict.fromkeys(nodes, 0)
+    for pod in pods:
+        if pod.spec.node in load:
+            load[pod.spec.node] += 1
+    return min(nodes, key=lambda n: load[n])
 
 
 def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:

@@ -28,7 +28,7 @@ from ambientctl.cluster.errors import (
     UnknownNode,
 )
 from ambientctl.cluster.kubelet import Kubelet
-from meshcore.store import ResourceRef, SqliteStore, store_path
+from meshcore.store import ResourceRef, SqliteStore, build_resource, store_path
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -338,3 +338,65 @@ def test_the_cli_brings_a_cluster_up_shows_it_runs_commands_and_takes_it_down(
         down = ctl("down")
     assert "cluster down: removed 4 network namespace(s)" in down
     assert_nothing_left(prefix, [])
+
+
+def pod_manifest(
+    name: str, command: list[str], labels: dict[str, str], node: str | None = None
+) -> dict[str, object]:
+    spec: dict[str, object] = {"containers": [{"name": "app", "image": "python", "command": command}]}
+    if node:
+        spec["nodeName"] = node
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "labels": labels},
+        "spec": spec,
+    }
+
+
+def test_the_kubelet_runs_exactly_the_stores_pod_manifests(cluster: Cluster) -> None:
+    sleeper = ["sleep", "30"]
+    with SqliteStore(store_path(cluster.directory.parent)) as store:
+        kubelet = Kubelet(cluster, store)
+        store.apply(
+            build_resource(doc)
+            for doc in (
+                pod_manifest("a", sleeper, {"app": "a"}),
+                pod_manifest("b", sleeper, {"app": "b"}),
+                pod_manifest("lost", sleeper, {}, node="node-9"),
+            )
+        )
+        report = kubelet.sync_pods()
+        assert set(report.synced) == {"shop/a", "shop/b"} and "node-9" in report.rejected["shop/lost"]
+        placed = {p.spec.name: p for p in cluster.pods()}
+        assert (placed["a"].spec.node, placed["b"].spec.node) == (
+            "node-1",
+            "node-2",
+        )  # spread by the scheduler
+        stored_a = store.get(ResourceRef("Pod", "shop", "a"))
+        assert stored_a is not None and stored_a.spec["nodeName"] == "node-1"
+        assert (
+            stored_a.status["podIP"] == placed["a"].ip and stored_a.spec["containers"][0]["image"] == "python"
+        )
+        pid_a = placed["a"].process.pid if placed["a"].process else 0
+        pid_b = placed["b"].process.pid if placed["b"].process else 0
+
+        # Relabel a (no restart), change b's command (restart), delete lost from the store.
+        store.apply(
+            [
+                build_resource(
+                    pod_manifest("a", sleeper, {"app": "a", "istio.io/dataplane-mode": "ambient"}, "node-1")
+                )
+            ]
+        )
+        store.apply([build_resource(pod_manifest("b", ["sleep", "31"], {"app": "b"}, "node-2"))])
+        store.delete([ResourceRef("Pod", "shop", "lost")])
+        assert kubelet.sync_pods().rejected == {}
+        after = {p.spec.name: p for p in cluster.pods()}
+        assert after["a"].process is not None and after["a"].process.pid == pid_a and alive(pid_a)
+        assert after["a"].spec.labels["istio.io/dataplane-mode"] == "ambient"
+        assert after["b"].process is not None and after["b"].process.pid != pid_b and not alive(pid_b)
+
+        store.delete([ResourceRef("Pod", "shop", "a")])
+        assert kubelet.sync_pods().removed == ("shop/a",)
+        assert [p.spec.name for p in cluster.pods()] == ["b"] and not alive(pid_a)

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from ambientctl.cluster.errors import InvalidClusterSpec
-from ambientctl.cluster.kubelet import pod_resource, pod_spec_from_resource, select_endpoints
+from ambientctl.cluster.kubelet import pod_resource, pod_spec_from_resource, schedule, select_endpoints
 from ambientctl.cluster.spec import PodPort, PodSpec, ServicePort
 from ambientctl.cluster.state import PodRecord
 from meshcore.store import build_resource, spec_as, status_as
@@ -175,3 +175,23 @@ def test_a_stored_service_spec_reads_back_as_the_typed_view_select_endpoints_tak
         }
     )
     assert select_endpoints("shop", spec_as(svc, K8sServiceSpec), PODS)[1] == ["10.244.2.3"]
+
+
+@pytest.mark.parametrize(
+    ("placed", "expected"),
+    [
+        ([], "node-1"),
+        (["node-1"], "node-2"),
+        (["node-1", "node-2"], "node-1"),
+        (["node-2", "node-9"], "node-1"),
+    ],
+    ids=[
+        "an empty cluster starts on the first node",
+        "the next pod goes to the emptier node",
+        "ties go to the first node",
+        "pods on unknown nodes do not count",
+    ],
+)
+def test_scheduling_picks_the_node_with_fewest_pods(placed: list[str], expected: str) -> None:
+    pods = [record(f"p{i}", "shop", node, f"10.244.9.{i + 2}", {}) for i, node in enumerate(placed)]
+    assert schedule(["node-1", "node-2"], pods) == expected
