@@ -21,7 +21,7 @@ def find_host_problems(euid: int, has_netns: bool, which: Callable[[str], str | 
     if euid != 0:
         problems.append(
             "not running as root (network namespaces, veth links and nftables need it): "
-            "run it as root, e.g. `sudo ambientctl cluster up`"
+            "run ambientctl as root (for example with sudo)"
         )
     if not has_netns:
         problems.append(

@@ -8,10 +8,13 @@ Traffic is real TCP between pod namespaces; every wait is bounded by a deadline 
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import string
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -400,3 +403,46 @@ def test_the_kubelet_runs_exactly_the_stores_pod_manifests(cluster: Cluster) -> 
         store.delete([ResourceRef("Pod", "shop", "a")])
         assert kubelet.sync_pods().removed == ("shop/a",)
         assert [p.spec.name for p in cluster.pods()] == ["b"] and not alive(pid_a)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A state-directory parent any user may write (pytest's own tmp dirs are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="ambientctl-cluster-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run_ctl(
+    state_parent: Path, argv_prefix: list[str], env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    command = [
+        *argv_prefix,
+        sys.executable,
+        "-m",
+        "ambientctl",
+        "--state-dir",
+        str(state_parent / "s"),
+        "cluster",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+
+
+@pytest.mark.parametrize("verb", ["up", "down"])
+def test_a_normal_user_is_told_in_one_line_that_root_is_needed(open_dir: Path, verb: str) -> None:
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = run_ctl(open_dir, nobody, {"PATH": os.environ["PATH"]}, verb)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: this machine cannot run the local cluster: not running as root")
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_tools_are_named_with_the_package_to_install(open_dir: Path) -> None:
+    done = run_ctl(open_dir, [], {"PATH": str(open_dir / "empty-bin")}, "up")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "`ip` and `nft` not found on PATH: install with `apt-get install iproute2 nftables`" in done.stderr
+    assert not (open_dir / "s" / "cluster" / "state.json").exists()  # checked before any change
