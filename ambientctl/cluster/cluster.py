@@ -326,7 +326,9 @@ class Cluster:
         """Run ``argv`` in the pod's netns (with its /etc/hosts) and collect its exit code and output."""
         full = self.exec_argv(name, namespace, argv)
         try:
-            done = subprocess.run(full, input=stdin, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(
+                full, input=stdin, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
+            )
         except subprocess.TimeoutExpired as e:
             raise ClusterError(
                 f"command in pod {namespace}/{name} did not finish within {timeout:g} s: {argv}"
@@ -498,10 +500,7 @@ class Cluster:
             recorded_netns = {p.netns for p in state.pods.values()} | set(
                 build_layout(state.spec).netns_names
             )
-        stopped: list[int] = []
-        for record in records:
-            if self.procs.stop(record):
-                stopped.append(record.pid)
+        stopped = [r.pid for r in self.procs.stop_all(records)]
         names = sorted(
             set(self.net.list_netns(prefix)) | {n for n in recorded_netns if self.net.netns_exists(n)}
         )

@@ -35,10 +35,14 @@ log = structlog.get_logger("ambientctl.cluster.procs")
 class ProcessSupervisor:
     """Starts, stops and finds processes in namespaces; logs in ``log_dir``, pidfiles in ``run_dir``."""
 
-    def __init__(self, run_dir: Path, log_dir: Path, *, ip_tool: str = "ip") -> None:
+    def __init__(
+        self, run_dir: Path, log_dir: Path, *, ip_tool: str = "ip", stop_grace: float = STOP_GRACE_S
+    ) -> None:
         self.run_dir = run_dir
         self.log_dir = log_dir
         self.ip_tool = ip_tool
+        # How long SIGTERM may take before SIGKILL.
+        self.stop_grace = stop_grace
         # Children this supervisor started: kept so they are reaped (no zombies in a long-lived caller).
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -97,16 +101,23 @@ class ProcessSupervisor:
         self._reap(record.pid)
         return _alive(record.pid, record.start_ticks)
 
-    def stop(self, record: ProcessRecord, grace: float = STOP_GRACE_S) -> bool:
+    def stop(self, record: ProcessRecord) -> bool:
         """Stop the process (and its group); True if it was running. Never signals a reused pid."""
-        if not self.is_running(record):
-            return False
-        _signal_group(record.pid, signal.SIGTERM)
-        if not self._wait_gone([record], grace):
-            _signal_group(record.pid, signal.SIGKILL)
-            self._wait_gone([record], KILL_WAIT_S)
-        log.info("process stopped", name=record.name, pid=record.pid)
-        return True
+        return bool(self.stop_all([record]))
+
+    def stop_all(self, records: Sequence[ProcessRecord]) -> list[ProcessRecord]:
+        """Stop several at once (one shared grace period, not one each); returns those that were running."""
+        running = [r for r in records if self.is_running(r)]
+        for record in running:
+            _signal_group(record.pid, signal.SIGTERM)
+        if not self._wait_gone(running, self.stop_grace):
+            for record in running:
+                if self.is_running(record):
+                    _signal_group(record.pid, signal.SIGKILL)
+            self._wait_gone(running, KILL_WAIT_S)
+        for record in running:
+            log.info("process stopped", name=record.name, pid=record.pid)
+        return running
 
     def remove_pidfile(self, log_name: str) -> None:
         (self.run_dir / f"{log_name}.pid").unlink(missing_ok=True)
@@ -129,7 +140,7 @@ class ProcessSupervisor:
         for path in self.run_dir.glob("*.pid"):
             path.unlink(missing_ok=True)
 
-    def sweep_netns(self, netns_paths: Iterable[Path], grace: float = STOP_GRACE_S) -> list[int]:
+    def sweep_netns(self, netns_paths: Iterable[Path]) -> list[int]:
         """Kill every process whose network namespace is one of ``netns_paths``; returns their pids."""
         wanted = set()
         for path in netns_paths:
@@ -156,7 +167,7 @@ class ProcessSupervisor:
                     )
         for victim in victims:
             _signal(victim.pid, signal.SIGTERM)
-        if not self._wait_gone(victims, grace):
+        if not self._wait_gone(victims, self.stop_grace):
             for victim in victims:
                 if _alive(victim.pid, victim.start_ticks):
                     _signal(victim.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ import string
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from ambientctl.cluster.errors import (
     UnknownNode,
 )
 from ambientctl.cluster.kubelet import Kubelet
+from ambientctl.cluster.procs import ProcessSupervisor
 from meshcore.store import ResourceRef, SqliteStore, build_resource, store_path
 
 pytestmark = pytest.mark.timeout(60)
@@ -446,3 +448,44 @@ def test_missing_tools_are_named_with_the_package_to_install(open_dir: Path) -> 
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "`ip` and `nft` not found on PATH: install with `apt-get install iproute2 nftables`" in done.stderr
     assert not (open_dir / "s" / "cluster" / "state.json").exists()  # checked before any change
+
+
+def pids_in_netns(netns: str) -> list[int]:
+    target = os.stat(f"/run/netns/{netns}")
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def test_a_pod_that_ignores_sigterm_and_forks_away_is_still_removed_in_bounded_time(
+    tmp_path: Path, prefix: str
+) -> None:
+    supervisor = ProcessSupervisor(
+        tmp_path / "cluster" / "run", tmp_path / "cluster" / "logs", stop_grace=0.3
+    )
+    cluster = Cluster(tmp_path, prefix=prefix, supervisor=supervisor)
+    # The shell ignores SIGTERM; `setsid` puts a sleeper in a session of its own, out of the pod's group.
+    stubborn = "setsid sleep 300 & trap '' TERM; while :; do sleep 0.2; done"
+    try:
+        cluster.up(ClusterSpec(nodes=1, prefix=prefix))
+        cluster.add_pod(PodSpec("stubborn", "default", "node-1", command=("sh", "-c", stubborn)))
+        record = cluster.find_pod("stubborn", "default")
+        assert record is not None
+        deadline = time.monotonic() + 10
+        while len(pids := pids_in_netns(record.netns)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the shell, the setsid'd sleeper and a loop sleep: all inside the pod
+        assert len(pids) >= 3, pids
+
+        started = time.monotonic()
+        cluster.remove_pod("stubborn", "default")
+        assert time.monotonic() - started < 5
+        assert [pid for pid in pids if alive(pid)] == []
+    finally:
+        cluster.down()
