@@ -134,11 +134,11 @@ def socks5_reply_length(head: bytes) -> int:
     raise BenchError(f"SOCKS5 reply has an unknown address type {atyp}")
 
 
-def socks5_connector(proxy: tuple[str, int], host: str, port: int) -> Connector:
-    """Connect through a SOCKS5 proxy (no authentication) to ``host:port``."""
+def socks5_connector(proxy: tuple[str, int], host: str, port: int, *, source: str | None = None) -> Connector:
+    """Connect through a SOCKS5 proxy (no authentication) to ``host:port``, from ``source`` if given."""
 
     def connect() -> socket.socket:
-        sock = socket.create_connection(proxy, timeout=30)
+        sock = socket.create_connection(proxy, timeout=30, source_address=(source, 0) if source else None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.sendall(b"\x05\x01\x00")
@@ -207,7 +207,14 @@ def round_trips(connect: Connector, count: int, size: int = REQUEST_SIZE, warmup
 
 
 async def open_idle_tunnels(
-    count: int, proxy: tuple[str, int], host: str, port: int, *, concurrency: int = 200, deadline: float = 300.0
+    count: int,
+    proxy: tuple[str, int],
+    host: str,
+    port: int,
+    *,
+    source: str | None = None,
+    concurrency: int = 200,
+    deadline: float = 300.0,
 ) -> list[asyncio.StreamWriter]:
     """Open ``count`` connections through SOCKS5, each proven end to end by a 1-byte echo; keep them open."""
     sem = asyncio.Semaphore(concurrency)
@@ -215,7 +222,7 @@ async def open_idle_tunnels(
 
     async def one() -> asyncio.StreamWriter:
         async with sem:
-            reader, writer = await asyncio.open_connection(*proxy)
+            reader, writer = await asyncio.open_connection(*proxy, local_addr=(source, 0) if source else None)
             try:
                 writer.write(b"\x05\x01\x00")
                 if await reader.readexactly(2) != b"\x05\x00":

@@ -121,7 +121,11 @@ def write_stunnel_certs(tmp: Path) -> None:
     now = datetime.now(UTC)
     ca_key = certs.generate_key()
     ca = certs.build_ca_certificate(
-        ca_key, common_name="bench CA", organization="bench", not_before=now, not_after=now + timedelta(days=1)
+        ca_key,
+        common_name="bench CA",
+        organization="bench",
+        not_before=now,
+        not_after=now + timedelta(days=1),
     )
     (tmp / "ca.pem").write_text(certs.cert_to_pem(ca))
     for name in ("client", "server"):
@@ -208,7 +212,9 @@ def stunnel_pair(tmp: Path, echo_port: int, sink_port: int) -> Iterator[Path_]:
         )
         log = (tmp / "server-stunnel.log").read_text(errors="replace")
         if "TLSv1.3 ciphersuite" not in log or "Certificate accepted" not in log:
-            raise u.BenchError(f"the stunnel pair did not negotiate mutual TLS 1.3:\n{tail(tmp / 'server-stunnel.log')}")
+            raise u.BenchError(
+                f"the stunnel pair did not negotiate mutual TLS 1.3:\n{tail(tmp / 'server-stunnel.log')}"
+            )
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -247,7 +253,9 @@ def targets(results: list[Result], extra: dict[str, str]) -> list[str]:
     if st and zt and st.throughput_gbps and zt.throughput_gbps:
         ratio = zt.throughput_gbps / st.throughput_gbps
         ok = ratio >= THROUGHPUT_VS_STUNNEL
-        lines.append(f"throughput ztunnel/stunnel = {ratio:.2f} (target >= {THROUGHPUT_VS_STUNNEL}): {_ok(ok)}")
+        lines.append(
+            f"throughput ztunnel/stunnel = {ratio:.2f} (target >= {THROUGHPUT_VS_STUNNEL}): {_ok(ok)}"
+        )
     if direct and st and zt and None not in (direct.p50_ms, st.p50_ms, zt.p50_ms):
         assert direct.p50_ms is not None and st.p50_ms is not None and zt.p50_ms is not None
         added_st, added_zt = st.p50_ms - direct.p50_ms, zt.p50_ms - direct.p50_ms
@@ -274,7 +282,9 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller transfers, fewer round trips and tunnels")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller transfers, fewer round trips and tunnels"
+    )
     parser.add_argument("--mib", type=int, help="MiB per throughput run (default 256, quick 32)")
     parser.add_argument("--round-trips", type=int, help="1 KiB round trips (default 5000, quick 500)")
     parser.add_argument("--tunnels", type=int, help="idle tunnels for the memory figure (default 10000)")
@@ -301,7 +311,10 @@ def main() -> int:
         tmp = Path(tmpdir)
         echo_port, sink_port = free_port(SERVER_IP), free_port(SERVER_IP)
         server = stack.enter_context(
-            child([sys.executable, __file__, "--serve", SERVER_IP, str(echo_port), str(sink_port)], tmp / "server.log")
+            child(
+                [sys.executable, __file__, "--serve", SERVER_IP, str(echo_port), str(sink_port)],
+                tmp / "server.log",
+            )
         )
         u.wait_port(SERVER_IP, sink_port, timeout=START_TIMEOUT, alive=lambda: server.poll() is None)
 
@@ -316,7 +329,9 @@ def main() -> int:
                 results.append(measure(path, nbytes, trips))
             print(results_table(results[-1:]).render().splitlines()[-1], flush=True)
         if "ztunnel" in only:
-            results.append(run_ztunnel(tmp, echo_port, sink_port, nbytes, trips, tunnels, extra, args.profile))
+            results.append(
+                run_ztunnel(tmp, echo_port, sink_port, nbytes, trips, tunnels, extra, args.profile)
+            )
 
     print()
     print(results_table(results).render())
