@@ -419,6 +419,9 @@ class Cluster:
     ) -> ProcessRecord:
         """Start a mesh process (istiod_lite in the fabric, ztunnel/node agent in a node) with its log in
         ``logs/<name>.log``; a running component of that name is left alone and returned."""
+        problem = name_problem(name, label=False)
+        if problem:
+            raise InvalidClusterSpec(f"component {name}", "name", problem)
         with self._state.lock():
             state = self._require_up()
             layout = build_layout(state.spec)

@@ -151,3 +151,11 @@ class ClusterDegraded(ClusterError):
 class NameCollision(ClusterError):
     def __init__(self, what: str, other: str) -> None:
         super().__init__(f"{what}'s network names collide with {other}'s: rename one of them")
+
+
+class ClusterBusy(ClusterError):
+    def __init__(self, lock_path: str, waited: float) -> None:
+        super().__init__(
+            f"another ambientctl has been changing the local cluster for over {waited:g} s (lock {lock_path}): "
+            "wait for it to finish, or stop it"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Literal
 
 import msgspec
 
-from .errors import StateCorrupt
+from .errors import ClusterBusy, StateCorrupt
 from .spec import ClusterSpec, PodSpec, ServicePort
 
 STATE_VERSION = 1
+LOCK_TIMEOUT_S = 60.0
+LOCK_POLL_S = 0.05
 Phase = Literal["creating", "up", "deleting"]
 
 
@@ -80,11 +83,20 @@ class StateFile:
         self._lock_path = directory / "lock"
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Exclusive for the block; ``ClusterBusy`` if another ambientctl holds it past ``timeout``."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ClusterBusy(str(self._lock_path), timeout) from None
+                    time.sleep(LOCK_POLL_S)
             yield
         finally:
             os.close(fd)  # closing releases the flock

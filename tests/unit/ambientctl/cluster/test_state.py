@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ambientctl.cluster.errors import StateCorrupt
+from ambientctl.cluster.errors import ClusterBusy, StateCorrupt
 from ambientctl.cluster.spec import ClusterSpec, PodSpec, ServicePort
 from ambientctl.cluster.state import ClusterState, PodRecord, ProcessRecord, ServiceRecord, StateFile
 
@@ -78,3 +78,11 @@ def test_the_lock_can_be_taken_again_after_release(tmp_path: Path) -> None:
     with file.lock():
         file.save(sample())
     assert file.load() is not None
+
+
+def test_a_held_lock_makes_a_second_writer_give_up_with_a_clear_error(tmp_path: Path) -> None:
+    file = StateFile(tmp_path)
+    with file.lock():
+        with pytest.raises(ClusterBusy, match="another ambientctl"):
+            with StateFile(tmp_path).lock(timeout=0.1):
+                pass
