@@ -282,23 +282,24 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def established_to_port(port: int) -> int:
-    """ESTABLISHED IPv4/IPv6 TCP sockets in this network namespace whose remote port is ``port``.
+def _proc_net_address(ip: str, port: int) -> str:
+    """``ip:port`` as /proc/net/tcp prints it (IPv4 as a little-endian 32-bit hex word)."""
+    return f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
 
-    Counted from the client side only, so one TLS connection counts once.
+
+def established_to(ip: str, port: int) -> int:
+    """ESTABLISHED TCP sockets in this network namespace connected to ``ip:port`` (IPv4).
+
+    Counted from the connecting side only, so one TLS connection counts once.
     """
+    wanted = _proc_net_address(ip, port)
     total = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    remote, state = parts[2], parts[3]
-                    if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
-                        total += 1
-        except FileNotFoundError:
-            continue
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] == "01" and parts[2] == wanted:
+                total += 1
     return total
 
 

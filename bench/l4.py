@@ -8,19 +8,24 @@ single-stream throughput (best of 3), 1 KiB request/response latency (p50, p99 o
 proxies' CPU seconds per 1000 requests, and for ztunnel the memory per idle tunnel with many open and
 whether a new connection on a warm pool opened a new TLS connection. Never part of the test run.
 
-    .venv/bin/python bench/l4.py [--quick] [--tunnels 10000] [--profile]
+    .venv/bin/python bench/l4.py [--quick] [--tunnels 10000] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
+import pstats
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -289,7 +294,9 @@ def main() -> int:
     parser.add_argument("--round-trips", type=int, help="1 KiB round trips (default 5000, quick 500)")
     parser.add_argument("--tunnels", type=int, help="idle tunnels for the memory figure (default 10000)")
     parser.add_argument("--only", choices=["direct", "stunnel", "ztunnel"], action="append")
-    parser.add_argument("--profile", action="store_true", help="run the ztunnels under cProfile")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="run the ztunnels under cProfile, write DIR/node-N.prof"
+    )
     parser.add_argument("--serve", nargs=3, metavar=("HOST", "ECHO", "SINK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -341,6 +348,129 @@ def main() -> int:
     return 0
 
 
+# --- (c) ztunnel pair -----------------------------------------------------------------------------
+
+NODE_IPS = {"node-1": "127.0.42.1", "node-2": "127.0.42.2"}
+HBONE_PORT = 15008
+ADMIN_PORT, STATS_PORT, READY_PORT, SOCKS5_PORT = 15000, 15020, 15021, 15080
+
+LOCAL_CONFIG = f"""\
+workloads:
+- {{name: client, namespace: bench, serviceAccount: client, workloadIps: [{CLIENT_IP}], protocol: HBONE,
+   node: node-1}}
+- {{name: server, namespace: bench, serviceAccount: server, workloadIps: [{SERVER_IP}], protocol: HBONE,
+   node: node-2}}
+"""
+
+
+def ztunnel_env(tmp: Path, node: str) -> dict[str, str]:
+    ip = NODE_IPS[node]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))}
+    env.update(
+        {
+            "NODE_NAME": node,
+            "PROXY_MODE": "dedicated",
+            "LOCAL_XDS_PATH": str(tmp / "mesh.yaml"),
+            "FAKE_CA": "true",
+            "FAKE_CA_DIR": str(tmp / "fake-ca"),
+            "ADMIN_ADDR": f"{ip}:{ADMIN_PORT}",
+            "STATS_ADDR": f"{ip}:{STATS_PORT}",
+            "READINESS_ADDR": f"{ip}:{READY_PORT}",
+            "SOCKS5_ADDR": f"{ip}:{SOCKS5_PORT}" if node == "node-1" else "",
+            "HBONE_PORT": str(HBONE_PORT),
+            "DRAIN_DURATION": "1s",
+            # One access-log line per connection is part of the cost; warning keeps it off for the
+            # 10,000-tunnel run the way a busy node would sample it, and is reported as such.
+            "LOG_LEVEL": os.environ.get("BENCH_ZTUNNEL_LOG_LEVEL", "warning"),
+        }
+    )
+    return env
+
+
+def wait_ready(ip: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    url = f"http://{ip}:{READY_PORT}/healthz/ready"
+    while True:
+        if proc.poll() is not None:
+            raise u.BenchError(f"ztunnel at {ip} exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise u.BenchError(f"ztunnel at {ip} not ready after {START_TIMEOUT}s:\n{tail(log)}")
+        time.sleep(0.1)
+
+
+@contextmanager
+def ztunnel_pair(
+    tmp: Path, echo_port: int, sink_port: int, profile: Path | None
+) -> Iterator[tuple[Path_, list[int]]]:
+    (tmp / "mesh.yaml").write_text(LOCAL_CONFIG)
+    (tmp / "fake-ca").mkdir(exist_ok=True)
+    with ExitStack() as stack:
+        procs = []
+        for node in ("node-2", "node-1"):
+            argv = [sys.executable, "-m", "ztunnel"]
+            if profile is not None:
+                profile.mkdir(parents=True, exist_ok=True)
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "cProfile",
+                    "-o",
+                    str(profile / f"{node}.prof"),
+                    "-m",
+                    "ztunnel",
+                ]
+            log = tmp / f"{node}-ztunnel.log"
+            proc = stack.enter_context(child(argv, log, env=ztunnel_env(tmp, node)))
+            wait_ready(NODE_IPS[node], proc, log)
+            procs.append(proc)
+        socks = (NODE_IPS["node-1"], SOCKS5_PORT)
+        path = Path_(
+            "ztunnel pair",
+            u.socks5_connector(socks, SERVER_IP, echo_port, source=CLIENT_IP),
+            u.socks5_connector(socks, SERVER_IP, sink_port, source=CLIENT_IP),
+            [p.pid for p in procs],
+        )
+        yield path, [p.pid for p in procs]
+
+
+def warm_pool_handshakes(path: Path_) -> tuple[int, int]:
+    """HBONE (TLS) connections to the server's ztunnel before and after a new app connection on a warm pool."""
+    with path.echo() as sock:  # warm the pool, then leave it idle
+        sock.sendall(b"w")
+        u.recv_exactly(sock, 1)
+    before = u.established_to(SERVER_IP, HBONE_PORT)
+    with path.echo() as sock:
+        sock.sendall(b"n")
+        u.recv_exactly(sock, 1)
+        after = u.established_to(SERVER_IP, HBONE_PORT)
+    return before, after
+
+
+def idle_tunnel_memory(path: Path_, pids: list[int], echo_port: int, count: int) -> tuple[float, int, int]:
+    """(bytes per idle tunnel over both ztunnels, tunnels opened, HBONE connections carrying them)."""
+    base = sum(u.rss_bytes(pid) for pid in pids)
+
+    async def hold() -> tuple[int, int, int]:
+        socks = (NODE_IPS["node-1"], SOCKS5_PORT)
+        writers = await u.open_idle_tunnels(count, socks, SERVER_IP, echo_port, source=CLIENT_IP)
+        try:
+            await asyncio.sleep(1.0)  # let the proxies finish their bookkeeping for the last ones
+            rss = sum(u.rss_bytes(pid) for pid in pids)
+            return rss, len(writers), u.established_to(SERVER_IP, HBONE_PORT)
+        finally:
+            for w in writers:
+                w.close()
+
+    rss, opened, hbone = asyncio.run(hold())
+    return (rss - base) / opened, opened, hbone
+
+
 def run_ztunnel(
     tmp: Path,
     echo_port: int,
@@ -349,9 +479,35 @@ def run_ztunnel(
     trips: int,
     tunnels: int,
     extra: dict[str, str],
-    profile: bool,
+    profile: Path | None,
 ) -> Result:
-    raise u.BenchError("the ztunnel pair is not wired in yet")
+    with ztunnel_pair(tmp, echo_port, sink_port, profile) as (path, pids):
+        result = measure(path, nbytes, trips)
+        print(results_table([result]).render().splitlines()[-1], flush=True)
+        before, after = warm_pool_handshakes(path)
+        ok = after == before
+        extra["new connection on a warm pool"] = (
+            f"HBONE connections {before} -> {after}: {'no new TLS handshake' if ok else 'NEW TLS CONNECTION'}"
+            f" ({_ok(ok)})"
+        )
+        print(f"# warm pool: {extra['new connection on a warm pool']}", flush=True)
+        if tunnels:
+            per, opened, hbone = idle_tunnel_memory(path, pids, echo_port, tunnels)
+            ok = per < IDLE_TUNNEL_BYTES
+            extra["memory per idle tunnel"] = (
+                f"{per / 1024:.1f} KiB over both ztunnels at {opened} tunnels on {hbone} HBONE connections"
+                f" (target < {IDLE_TUNNEL_BYTES // 1024} KiB): {_ok(ok)}"
+            )
+            print(f"# idle tunnels: {extra['memory per idle tunnel']}", flush=True)
+    if profile is not None:
+        for node in ("node-1", "node-2"):
+            prof = profile / f"{node}.prof"
+            if not prof.exists():
+                print(f"# no profile for {node}: did ztunnel exit cleanly on SIGTERM?", flush=True)
+                continue
+            print(f"\n# cProfile of {node}'s ztunnel (whole run), top 25 by own time:")
+            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
+    return result
 
 
 if __name__ == "__main__":
