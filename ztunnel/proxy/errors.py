@@ -157,3 +157,78 @@ class Socks5UsageError(ProxyError):
     """Our own code called the SOCKS5 core out of order (e.g. replied twice): a bug, not peer input."""
 
     reason = "Socks5UsageError"
+
+
+# ----------------------------------------------------------------------------- inbound and upstream
+
+
+class UpstreamConnectFailed(ProxyError):
+    """The TCP connection to the application (inbound) or a passthrough destination (outbound) failed."""
+
+    reason = "ConnectionFailed"
+
+    def __init__(self, target: str, detail: str, *, timed_out: bool = False, refused: bool = False) -> None:
+        super().__init__(f"cannot connect to {target}: {detail}")
+        self.target = target
+        self.timed_out = timed_out
+        self.refused = refused
+
+
+class UnknownSource(ProxyError):
+    """An outbound connection from an address that is not a mesh workload served by this ztunnel.
+
+    Refused rather than proxied under some other identity: the source identity is what the destination
+    authorizes.
+    """
+
+    reason = "UnknownSource"
+
+    def __init__(self, source: str) -> None:
+        super().__init__(
+            f"connection from {source}, which is not a mesh workload served by this ztunnel; only local "
+            "workloads in the mesh may use it (check the workload's node and that its namespace is enrolled)"
+        )
+        self.source = source
+
+
+class InboundError(ProxyError):
+    """An inbound connection cannot be served; ``status_hint`` is the HBONE status to answer with."""
+
+    reason = "InboundError"
+    status_hint = 400
+
+
+class InboundWorkloadUnknown(InboundError):
+    """The destination workload is not (or no longer) known to this proxy; ztunnel answers 503."""
+
+    reason = "UnknownDestination"
+    status_hint = 503
+
+    def __init__(self, workload: str) -> None:
+        super().__init__(f"workload {workload} is not served here any more (it left the mesh or this node)")
+        self.workload = workload
+
+
+class InboundAddressMismatch(InboundError):
+    """The CONNECT authority names an IP that is not the destination workload's (ztunnel: ``ip mismatch``)."""
+
+    reason = "IPMismatch"
+    status_hint = 400
+
+    def __init__(self, requested: str, served: str) -> None:
+        super().__init__(
+            f"ip mismatch: {requested} != {served}; this listener serves only its own workload's addresses"
+        )
+        self.requested = requested
+        self.served = served
+
+
+class InboundSelfCall(InboundError):
+    """The connection targets one of ztunnel's own ports on the workload (a loop)."""
+
+    reason = "SelfCall"
+    status_hint = 400
+
+    def __init__(self, target: str) -> None:
+        super().__init__(f"{target} is one of ztunnel's own listener ports; refusing a loop")
+        self.target = target

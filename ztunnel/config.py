@@ -1,0 +1,320 @@
+"""ztunnel's configuration: one frozen ``ZtunnelConfig`` built from environment variables and flags.
+
+Variable names are the constants below, Istio's where Istio has one (``XDS_ADDRESS``, ``CA_ADDRESS``,
+``NODE_NAME``, ``CLUSTER_ID``, ``FAKE_CA``, ``LOCAL_XDS_PATH``, ``PROXY_MODE``, ``SECRET_TTL``,
+``POOL_MAX_STREAMS_PER_CONNECTION``, ...). Flags arrive as a mapping keyed by the same names and win over
+the environment, which wins over the defaults, so there is one parsing path for both. ``parse_config``
+checks everything up front and raises ``ConfigError`` naming the variable to fix: a bad setting stops
+the process at start with one clear line, never later on the data path. Pure: reads only the mapping it
+is given (``os.environ`` by default), never files or sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshcore.identity import InvalidSpiffeId, SpiffeId
+from meshcore.logs import LEVELS
+
+PROXY_MODE = "PROXY_MODE"
+NODE_NAME = "NODE_NAME"
+CLUSTER_ID = "CLUSTER_ID"
+TRUST_DOMAIN = "TRUST_DOMAIN"
+XDS_ADDRESS = "XDS_ADDRESS"
+CA_ADDRESS = "CA_ADDRESS"
+FAKE_CA = "FAKE_CA"
+FAKE_CA_DIR = "FAKE_CA_DIR"
+LOCAL_XDS_PATH = "LOCAL_XDS_PATH"
+NODE_CREDENTIAL_DIR = "NODE_CREDENTIAL_DIR"
+ADMIN_ADDR = "ADMIN_ADDR"
+STATS_ADDR = "STATS_ADDR"
+READINESS_ADDR = "READINESS_ADDR"
+SOCKS5_ADDR = "SOCKS5_ADDR"
+HBONE_PORT = "HBONE_PORT"
+INBOUND_PLAINTEXT_PORT = "INBOUND_PLAINTEXT_PORT"
+INBOUND_PLAINTEXT_TARGET_PORT = "INBOUND_PLAINTEXT_TARGET_PORT"
+DRAIN_DURATION = "DRAIN_DURATION"
+CONNECTION_TERMINATION_DEADLINE = "CONNECTION_TERMINATION_DEADLINE"  # Istio's name for the drain deadline
+SECRET_TTL = "SECRET_TTL"
+POOL_MAX_STREAMS_PER_CONNECTION = "POOL_MAX_STREAMS_PER_CONNECTION"
+POOL_UNUSED_RELEASE_TIMEOUT = "POOL_UNUSED_RELEASE_TIMEOUT"
+LOG_LEVEL = "LOG_LEVEL"
+LOG_FORMAT = "LOG_FORMAT"
+
+# Ports as in ztunnel's ARCHITECTURE.md (reference §1).
+DEFAULT_XDS_ADDRESS = "localhost:15012"
+DEFAULT_ADMIN_PORT = 15000
+DEFAULT_STATS_PORT = 15020
+DEFAULT_READINESS_PORT = 15021
+DEFAULT_SOCKS5_PORT = 15080
+DEFAULT_HBONE_PORT = 15008
+DEFAULT_INBOUND_PLAINTEXT_PORT = 15006
+
+_DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; ``variable`` names the environment variable (or flag) to fix."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+class ProxyMode(enum.StrEnum):
+    """``dedicated``: serve the workloads of this node from ztunnel's own network namespace (SOCKS5
+    outbound, per-workload inbound listeners on the workload IPs). ``shared``: Istio's in-pod mode, with
+    listeners inside each pod's namespace (handed over by the node agent)."""
+
+    DEDICATED = "dedicated"
+    SHARED = "shared"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A listen address; ``port`` 0 asks the kernel for a free port (tests)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ZtunnelConfig:
+    """Everything ztunnel needs to start; built by ``parse_config`` (or directly, in tests)."""
+
+    # The node whose workloads this ztunnel serves (Workload.node == node_name).
+    node_name: str
+    proxy_mode: ProxyMode = ProxyMode.DEDICATED
+    cluster_id: str = "Kubernetes"
+    trust_domain: str = "cluster.local"
+    # gRPC targets (host:port) of the control plane; None: no xDS / no CA over the network.
+    xds_address: str | None = None
+    ca_address: str | None = None
+    # Sign workload certificates in-process (tests, local runs). With fake_ca_dir, every ztunnel pointed
+    # at the same directory shares one root, so separate processes trust each other.
+    fake_ca: bool = False
+    fake_ca_dir: Path | None = None
+    # A YAML file of workloads, services and policies loaded instead of (or before) xDS.
+    local_xds_path: Path | None = None
+    # key.pem, cert-chain.pem, root-cert.pem: this node's credential for xDS and the CA.
+    node_credential_dir: Path | None = None
+    admin_addr: HostPort = HostPort("127.0.0.1", DEFAULT_ADMIN_PORT)
+    stats_addr: HostPort = HostPort("0.0.0.0", DEFAULT_STATS_PORT)
+    readiness_addr: HostPort = HostPort("0.0.0.0", DEFAULT_READINESS_PORT)
+    # The SOCKS5 outbound listener (dedicated mode); None disables it.
+    socks5_addr: HostPort | None = HostPort("127.0.0.1", DEFAULT_SOCKS5_PORT)
+    # Where HBONE is served on each workload IP, and dialled on peers' workload IPs.
+    hbone_port: int = DEFAULT_HBONE_PORT
+    inbound_plaintext_port: int = DEFAULT_INBOUND_PLAINTEXT_PORT
+    # Dedicated mode has no original destination: plaintext arriving on <workload ip>:15006 goes to
+    # <workload ip>:<this port>. None: no plaintext inbound listener in dedicated mode.
+    inbound_plaintext_target_port: int | None = None
+    # Seconds live connections get to finish after SIGTERM before they are closed.
+    drain_duration: float = 5.0
+    secret_ttl_seconds: int = 24 * 3600
+    pool_max_streams: int = 100
+    pool_idle_timeout: float = 300.0
+    log_level: str = "info"
+    log_format: str = "console"
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def parse_duration(value: str, variable: str) -> float:
+    """Seconds from ``5``, ``5s``, ``500ms``, ``10m``, ``24h`` or ``1d``."""
+    match = _DURATION_RE.match(value)
+    if match is None:
+        raise ConfigError(variable, f"{value!r} is not a duration; write e.g. 5s, 500ms, 10m or 24h")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_host_port(value: str, variable: str, *, default_host: str) -> HostPort:
+    """``host:port``, ``[v6]:port`` or ``:port`` (``default_host``); the host must be an IP literal."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(variable, f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:{DEFAULT_ADMIN_PORT})")
+    host = host or default_host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(variable, f"host {host!r} is not an IP address; listeners bind IP literals") from None
+    return HostPort(host, int(port))
+
+
+def parse_grpc_target(value: str, variable: str) -> str:
+    """A gRPC ``host:port`` from ``host:port`` or ``https://host:port`` (Istio writes the scheme)."""
+    text = value.strip()
+    if text.startswith("http://"):
+        raise ConfigError(
+            variable, f"{value!r} is plaintext; the control plane is reached over TLS (use https:// or host:port)"
+        )
+    text = text.removeprefix("https://").rstrip("/")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(variable, f"{value!r} is not HOST:PORT (e.g. {DEFAULT_XDS_ADDRESS})")
+    return text
+
+
+def _bool(value: str, variable: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(variable, f"{value!r} is not a boolean; use true or false")
+
+
+def _port(value: str, variable: str, *, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if not value.strip().isdigit() or not low <= int(value) <= 65535:
+        raise ConfigError(variable, f"{value!r} is not a TCP port ({low}..65535)")
+    return int(value)
+
+
+def _positive_int(value: str, variable: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(variable, f"{value!r} is not a positive integer")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None) -> ZtunnelConfig:
+    """Build the config from ``flags`` over ``env`` (default ``os.environ``) over the defaults.
+
+    Raises ``ConfigError`` naming the first variable that cannot be used.
+    """
+    e: dict[str, str] = dict(os.environ if env is None else env)
+    e.update({k: v for k, v in (flags or {}).items() if v is not None})
+
+    node = e.get(NODE_NAME, "").strip()
+    if not node:
+        raise ConfigError(
+            NODE_NAME, "not set; ztunnel serves the workloads of one node (set it from the pod's spec.nodeName)"
+        )
+    try:
+        mode = ProxyMode(e.get(PROXY_MODE, ProxyMode.DEDICATED.value).strip().lower())
+    except ValueError:
+        raise ConfigError(PROXY_MODE, f"{e[PROXY_MODE]!r} is not one of dedicated, shared") from None
+
+    trust_domain = e.get(TRUST_DOMAIN, "cluster.local").strip()
+    try:
+        SpiffeId(trust_domain, "default", "default")
+    except InvalidSpiffeId as exc:
+        raise ConfigError(TRUST_DOMAIN, str(exc)) from None
+
+    local_path = Path(e[LOCAL_XDS_PATH]) if e.get(LOCAL_XDS_PATH, "").strip() else None
+    xds_raw = e.get(XDS_ADDRESS)
+    if xds_raw is None:  # unset: the default control plane, unless a local config file replaces it
+        xds_address = None if local_path is not None else DEFAULT_XDS_ADDRESS
+    elif not xds_raw.strip():  # set to "": explicitly no control plane (Istio's convention)
+        xds_address = None
+    else:
+        if local_path is not None:
+            raise ConfigError(
+                XDS_ADDRESS, f"set together with {LOCAL_XDS_PATH}; use one source of configuration"
+            )
+        xds_address = parse_grpc_target(xds_raw, XDS_ADDRESS)
+    if xds_address is None and local_path is None:
+        raise ConfigError(
+            XDS_ADDRESS, f"is empty and {LOCAL_XDS_PATH} is not set; ztunnel needs one source of configuration"
+        )
+
+    fake_ca = _bool(e.get(FAKE_CA, "false"), FAKE_CA)
+    fake_ca_dir = Path(e[FAKE_CA_DIR]) if e.get(FAKE_CA_DIR, "").strip() else None
+    if fake_ca_dir is not None and not fake_ca:
+        raise ConfigError(FAKE_CA_DIR, f"only makes sense with {FAKE_CA}=true")
+    ca_raw = e.get(CA_ADDRESS)
+    if fake_ca:
+        ca_address = None
+    elif ca_raw is not None and ca_raw.strip():
+        ca_address = parse_grpc_target(ca_raw, CA_ADDRESS)
+    elif ca_raw is None and xds_address is not None:
+        ca_address = xds_address  # Istio's default: the CA lives with the control plane
+    else:
+        raise ConfigError(CA_ADDRESS, f"no CA: set {CA_ADDRESS} (or {XDS_ADDRESS}), or {FAKE_CA}=true for tests")
+
+    cred_raw = e.get(NODE_CREDENTIAL_DIR, "").strip()
+    cred_dir = Path(cred_raw) if cred_raw else None
+    if cred_dir is None and (xds_address is not None or ca_address is not None):
+        raise ConfigError(
+            NODE_CREDENTIAL_DIR,
+            "not set; the xDS and CA connections authenticate with this node's credential (key.pem, "
+            "cert-chain.pem, root-cert.pem; write one with `istiod-lite node-credential NODE --out DIR`)",
+        )
+
+    socks_raw = e.get(SOCKS5_ADDR)
+    socks5 = (
+        None
+        if socks_raw is not None and not socks_raw.strip()
+        else parse_host_port(socks_raw or f"127.0.0.1:{DEFAULT_SOCKS5_PORT}", SOCKS5_ADDR, default_host="127.0.0.1")
+    )
+    target_raw = e.get(INBOUND_PLAINTEXT_TARGET_PORT, "").strip()
+
+    drain_raw = e.get(DRAIN_DURATION) or e.get(CONNECTION_TERMINATION_DEADLINE) or "5s"
+    drain_var = DRAIN_DURATION if e.get(DRAIN_DURATION) else CONNECTION_TERMINATION_DEADLINE
+    ttl = parse_duration(e.get(SECRET_TTL, "24h"), SECRET_TTL)
+    if ttl < 1:
+        raise ConfigError(SECRET_TTL, "must be at least 1s")
+    idle = parse_duration(e.get(POOL_UNUSED_RELEASE_TIMEOUT, "5m"), POOL_UNUSED_RELEASE_TIMEOUT)
+
+    level = e.get(LOG_LEVEL, "info").strip().lower()
+    if level not in LEVELS:
+        raise ConfigError(LOG_LEVEL, f"{level!r} is not one of {', '.join(LEVELS)}")
+    fmt = e.get(LOG_FORMAT, "console").strip().lower()
+    if fmt not in ("console", "json"):
+        raise ConfigError(LOG_FORMAT, f"{fmt!r} is not console or json")
+
+    return ZtunnelConfig(
+        node_name=node,
+        proxy_mode=mode,
+        cluster_id=e.get(CLUSTER_ID, "Kubernetes").strip() or "Kubernetes",
+        trust_domain=trust_domain,
+        xds_address=xds_address,
+        ca_address=ca_address,
+        fake_ca=fake_ca,
+        fake_ca_dir=fake_ca_dir,
+        local_xds_path=local_path,
+        node_credential_dir=cred_dir,
+        admin_addr=parse_host_port(
+            e.get(ADMIN_ADDR, f"127.0.0.1:{DEFAULT_ADMIN_PORT}"), ADMIN_ADDR, default_host="127.0.0.1"
+        ),
+        stats_addr=parse_host_port(
+            e.get(STATS_ADDR, f"0.0.0.0:{DEFAULT_STATS_PORT}"), STATS_ADDR, default_host="0.0.0.0"
+        ),
+        readiness_addr=parse_host_port(
+            e.get(READINESS_ADDR, f"0.0.0.0:{DEFAULT_READINESS_PORT}"), READINESS_ADDR, default_host="0.0.0.0"
+        ),
+        socks5_addr=socks5,
+        hbone_port=_port(e.get(HBONE_PORT, str(DEFAULT_HBONE_PORT)), HBONE_PORT),
+        inbound_plaintext_port=_port(
+            e.get(INBOUND_PLAINTEXT_PORT, str(DEFAULT_INBOUND_PLAINTEXT_PORT)), INBOUND_PLAINTEXT_PORT
+        ),
+        inbound_plaintext_target_port=_port(target_raw, INBOUND_PLAINTEXT_TARGET_PORT) if target_raw else None,
+        drain_duration=parse_duration(drain_raw, drain_var),
+        secret_ttl_seconds=int(ttl),
+        pool_max_streams=_positive_int(
+            e.get(POOL_MAX_STREAMS_PER_CONNECTION, "100"), POOL_MAX_STREAMS_PER_CONNECTION
+        ),
+        pool_idle_timeout=idle,
+        log_level=level,
+        log_format=fmt,
+    )
