@@ -96,7 +96,7 @@ class Socks5Server:
         self._buf = bytearray()  # unparsed greeting/request bytes
         self._leftover = bytearray()  # client bytes after its request: the first bytes of the stream
         self._out = bytearray()
-        self.client_eof = False  # the client half-closed after its request (before or after our reply)
+        self.client_eof = False  # the client half-closed after its request, before our reply
 
     @property
     def state(self) -> State:
