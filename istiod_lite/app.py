@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -31,8 +31,9 @@ from istiod_lite.ca.service import CaServicer, add_to_server, server_credentials
 from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
 from istiod_lite.config import IstiodConfig
 from istiod_lite.push import PushServer
-from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity
-from istiod_lite.registry.incremental import RegistrySettings, empty, update
+from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
+from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
+from istiod_lite.registry.index import Value
 from meshcore.aio.httpserver import HttpServer, Request, Response, metrics_handler
 from meshcore.model.convert import (
     ADDRESS_TYPE_URL,
@@ -172,9 +173,12 @@ class ControlPlane:
     # -- registry -> push --------------------------------------------------------------------------
 
     def _load_all(self) -> None:
+        """Read the whole store and push what differs from the current snapshot (all of it at start)."""
         self._revision, resources = self.store.snapshot()  # one transaction: no change seen twice
-        self._state = empty(self._registry_settings)
-        self._apply(resources, ())
+        started = time.perf_counter()
+        state = build(resources, self._registry_settings)
+        changed, removed = diff(self.snapshot, state.snapshot)
+        self._publish(state, changed, removed, started)
 
     async def _watch(self) -> None:
         """Follow the store's change log in order; one incremental registry update per batch of changes."""
@@ -189,36 +193,43 @@ class ControlPlane:
                 for ev in events:
                     latest[ev.resource.ref] = None if ev.type == "DELETED" else ev.resource
                     self._revision = ev.revision
-                self._apply(
-                    [r for r in latest.values() if r is not None],
-                    [ref for ref, r in latest.items() if r is None],
-                )
+                try:
+                    started = time.perf_counter()
+                    state, changed, removed = update(
+                        self._state,
+                        [r for r in latest.values() if r is not None],
+                        [ref for ref, r in latest.items() if r is None],
+                    )
+                    self._publish(state, changed, removed, started)
+                except Exception:  # a registry bug must not stop config updates: start over from the store
+                    log.exception("incremental registry update failed; rebuilding from the whole store")
+                    self._load_all()
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
-    def _apply(self, changed: Iterable[Resource], deleted: Iterable[ResourceRef]) -> None:
-        """Update the registry with one batch and hand only what changed to the push server."""
-        started = time.perf_counter()
-        self._state, changed_models, removed = update(self._state, changed, deleted)
-        self.snapshot = self._state.snapshot
-        addresses = {**changed_models[WORKLOAD], **changed_models[SERVICE]}
+    def _publish(
+        self, state: RegistryState, changed: dict[str, dict[str, Value]], removed: dict[str, set[str]], started: float
+    ) -> None:
+        """Make ``state`` current and hand only what changed to the push server."""
+        addresses = {**changed[WORKLOAD], **changed[SERVICE]}
         self.push.set_resources(
             ADDRESS_TYPE_URL,
-            {name: address_to_proto(m) for name, m in addresses.items()},
+            {name: address_to_proto(m) for name, m in addresses.items()},  # type: ignore[arg-type]
             removed[WORKLOAD] | removed[SERVICE],
         )
         self.push.set_resources(
             AUTHORIZATION_TYPE_URL,
-            {name: authorization_to_proto(m) for name, m in changed_models[AUTHORIZATION].items()},
+            {name: authorization_to_proto(m) for name, m in changed[AUTHORIZATION].items()},  # type: ignore[arg-type]
             removed[AUTHORIZATION],
         )
+        self._state, self.snapshot = state, state.snapshot
         self._recomputes.inc()
         self._recompute_time.observe(time.perf_counter() - started)
-        counts = self._state.problem_counts
+        counts = state.problem_counts
         for sev in Severity:
             self._problems.labels(sev.name).set(counts.get(sev, 0))
-        for p in self._state.fresh_problems:
+        for p in state.fresh_problems:
             log.warning("resource problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
-        n_changed = sum(len(v) for v in changed_models.values())
+        n_changed = sum(len(v) for v in changed.values())
         n_removed = sum(len(v) for v in removed.values())
         if n_changed or n_removed:
             log.info("registry updated", revision=self._revision, changed=n_changed, removed=n_removed)
