@@ -215,14 +215,19 @@ class PolicyWatcher:
         self._cell = cell
         self._connections = connections
         self.closed_total = 0  # connections closed because of a policy change, for metrics and tests
+        # The snapshot connections were last checked against: changes published after construction are
+        # never missed, even before ``run`` gets scheduled.
+        self._version = cell.version
+        self._previous = cell.current()
 
     async def run(self) -> None:
         """Watch the cell until cancelled."""
-        version, previous = self._cell.version, self._cell.current()
+        version, previous = self._version, self._previous
         while True:
             version, state = await self._cell.changed(version)
             self.check(previous, state)
             previous = state
+            self._version, self._previous = version, state
 
     def check(self, previous: ProxyState, state: ProxyState) -> list[TrackedConnection]:
         """Re-evaluate the inbound connections affected by going from ``previous`` to ``state``; close
