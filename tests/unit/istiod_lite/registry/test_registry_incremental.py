@@ -378,7 +378,7 @@ def test_enrolling_a_namespace_switches_its_pods_to_hbone() -> None:
     assert changes[WORKLOAD][uid("demo", "web")].tunnel_protocol == TunnelProtocol.HBONE
 
 
-def test_settings_match_computes_keywords() -> None:
+def test_settings_give_the_same_result_as_compute_keywords() -> None:
     custom = RegistrySettings(trust_domain="example.org", cluster_id="east", network="n1", root_namespace="mesh")
     resources = [pod("web", labels={"app": "web"}), authz("all", "mesh", selector={"matchLabels": {"app": "web"}})]
     state = build(resources, custom)
