@@ -135,6 +135,7 @@ class ConnectionManager:
         self._live: dict[int, TrackedConnection] = {}
         self._empty = asyncio.Event()
         self._empty.set()
+        self._released = asyncio.Event()  # replaced after every release: wakes ``wait_none``
 
     def now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
@@ -169,6 +170,8 @@ class ConnectionManager:
             conn.flush_metrics()
             if not self._live:
                 self._empty.set()
+            event, self._released = self._released, asyncio.Event()
+            event.set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -179,22 +182,36 @@ class ConnectionManager:
     def inbound(self) -> list[TrackedConnection]:
         return [c for c in self._live.values() if c.direction is Direction.INBOUND]
 
-    def of_workload(self, uid: str) -> list[TrackedConnection]:
-        return [c for c in self._live.values() if c.workload.uid == uid]
+    def of_workload(self, uid: str, direction: Direction | None = None) -> list[TrackedConnection]:
+        return [
+            c for c in self._live.values()
+            if c.workload.uid == uid and (direction is None or c.direction is direction)
+        ]
 
     def flush_metrics(self) -> None:
         """Bring the byte counters of live connections up to date (before a metrics scrape)."""
         for conn in self._live.values():
             conn.flush_metrics()
 
-    def close_all(self, reason: str, *, workload_uid: str | None = None) -> int:
-        """Close every live connection (of ``workload_uid`` only, when given); returns how many."""
-        targets = self.of_workload(workload_uid) if workload_uid is not None else self.connections()
+    def close_all(
+        self, reason: str, *, workload_uid: str | None = None, direction: Direction | None = None
+    ) -> int:
+        """Close every live connection (of ``workload_uid`` / ``direction`` only, when given); returns
+        how many."""
+        if workload_uid is not None:
+            targets = self.of_workload(workload_uid, direction)
+        else:
+            targets = [c for c in self._live.values() if direction is None or c.direction is direction]
         return sum(1 for conn in targets if conn.close(reason))
 
     async def wait_empty(self) -> None:
         """Return once no connection is live."""
         await self._empty.wait()
+
+    async def wait_none(self, workload_uid: str, direction: Direction | None = None) -> None:
+        """Return once ``workload_uid`` has no live connection (in ``direction``, when given)."""
+        while self.of_workload(workload_uid, direction):
+            await self._released.wait()
 
     def to_json(self) -> list[dict[str, object]]:
         now = self.now()

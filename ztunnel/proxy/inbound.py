@@ -266,7 +266,7 @@ class _InboundConnection:
                     await relay(downstream, upstream, conn.counters)
                 except asyncio.CancelledError:
                     if not conn.closed_by_us():
-                        error = "ztunnel is shutting down"
+                        error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
                         inputs.metrics.connection_failed(REASON_SHUTDOWN)
                         raise
                     error, policy = conn.close_reason, conn.close_policy

@@ -120,6 +120,10 @@ class PlaintextListener:
                 local=SockAddr(str(local[0]), int(local[1])),
             )
             await serve_inbound(self._inputs, self._served, self._sockets, request, _PlainAnswer(stream))
+        except asyncio.CancelledError:
+            # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
+            # calls task.exception() on a finished handler, which raises for a cancelled one.
+            stream.abort()
         except Exception:  # a bug must cost this connection only, never the listener
             log.exception("plaintext inbound connection failed", workload=self._served.uid)
             stream.abort()

@@ -14,6 +14,7 @@ finish and closes the rest at the deadline (logged with the reason); ``aclose`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import structlog
@@ -21,6 +22,7 @@ import structlog
 from meshcore.aio.hbone_server import HboneServer, serve_hbone
 from meshcore.model import Workload
 from meshcore.tls.verify import verify_peer
+from ztunnel.proxy.connections import Direction
 from ztunnel.proxy.inbound import hbone_handler
 from ztunnel.proxy.inbound_plaintext import PlaintextDestination, PlaintextListener
 from ztunnel.proxy.inputs import ProxyInputs
@@ -105,17 +107,24 @@ class Proxy:
             listener.close()
 
     async def drain(self, deadline: float) -> None:
-        """Stop accepting, let connections finish until ``deadline`` (loop time), then close the rest."""
+        """Stop accepting, let inbound connections finish until ``deadline`` (loop time), then close the
+        rest. Outbound connections belong to the outbound listener, which drains them itself."""
         self.close_listeners()
         uid = self.workload.uid
+        connections = self.inputs.connections
+        # HBONE servers send GOAWAY and wait for their tunnels; their hard close comes a little after
+        # ours, so connections still open at the deadline are logged with the drain as the reason.
         tasks = [asyncio.ensure_future(s.drain(deadline + HARD_CLOSE_GRACE)) for s in self._hbone]
-        tasks += [asyncio.ensure_future(p.drain(deadline)) for p in self._plaintext]
         try:
-            if tasks:
-                await asyncio.wait(tasks, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
-            closed = self.inputs.connections.close_all(DRAIN_CLOSE_MESSAGE, workload_uid=uid)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await connections.wait_none(uid, Direction.INBOUND)
+            closed = connections.close_all(DRAIN_CLOSE_MESSAGE, workload_uid=uid, direction=Direction.INBOUND)
             if closed:
                 log.warning("closed connections still open at the drain deadline", workload=uid, count=closed)
+                with contextlib.suppress(TimeoutError):  # let them log their close before the hard stop
+                    async with asyncio.timeout(HARD_CLOSE_GRACE):
+                        await connections.wait_none(uid, Direction.INBOUND)
         finally:
             await self.aclose()
             for task in tasks:

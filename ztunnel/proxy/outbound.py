@@ -266,7 +266,7 @@ async def serve_outbound(
                 await relay(client, upstream.stream, conn.counters)
             except asyncio.CancelledError:
                 if not conn.closed_by_us():
-                    error = "ztunnel is shutting down"
+                    error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
                     raise
                 error = conn.close_reason
             except (ConnectionError, OSError) as exc:
@@ -356,6 +356,10 @@ class Socks5Listener:
         client = AsyncioByteStream(reader, writer)
         try:
             await self._serve(client, reader, writer)
+        except asyncio.CancelledError:
+            # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
+            # calls task.exception() on a finished handler, which raises for a cancelled one.
+            pass
         except Exception:  # a bug must cost this connection only, never the listener
             log.exception("socks5 connection failed")
         finally:
