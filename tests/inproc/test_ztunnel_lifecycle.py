@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,3 +244,51 @@ async def test_xds_config_from_a_fake_control_plane_makes_the_node_ready(logs):
             assert zt.manager.statuses()[wl.uid].state == "Up"
         finally:
             await zt.stop()
+
+
+async def test_the_ztunnel_process_becomes_ready_and_drains_on_sigterm(tmp_path: Path):
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    net = loopback_block()
+    path = tmp_path / "mesh.yaml"
+    path.write_text(MESH.format(client=net + "11", server=net + "12", deny_port=1, server_node="node-1"))
+    ready_port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))},
+        "NODE_NAME": "node-1", "LOCAL_XDS_PATH": str(path), "FAKE_CA": "true", "ADMIN_ADDR": "127.0.0.1:0",
+        "STATS_ADDR": "127.0.0.1:0", "READINESS_ADDR": f"127.0.0.1:{ready_port}", "SOCKS5_ADDR": f"{net}1:0",
+        "DRAIN_DURATION": "200ms", "LOG_FORMAT": "json",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ztunnel", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(OSError):
+                    if (await http(("127.0.0.1", ready_port), "GET", "/healthz/ready"))[0] == 200:
+                        break
+                assert proc.returncode is None, "ztunnel exited before becoming ready"
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+        lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+        assert [e["event"] for e in lines if e["event"] in ("draining", "ztunnel stopped")] == ["draining", "ztunnel stopped"]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_bad_setting_stops_the_process_with_one_line_and_exit_code_2():
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ztunnel", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 2 and err.decode().startswith("ztunnel: NODE_NAME: not set")
