@@ -129,3 +129,11 @@ def test_load_reads_the_file_and_names_it_in_errors(tmp_path):
     path.write_text("workloads: [{name: x, workloadIps: [bad]}]")
     with pytest.raises(LocalConfigError, match=str(path)):
         load_local_config(path)
+
+
+def test_the_documented_example_file_loads():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[4] / "examples" / "ztunnel-local.yaml"
+    state = load_local_config(example)
+    assert {w.name for w in state.workloads.values()} == {"client", "echo"} and len(state.policies) == 1
