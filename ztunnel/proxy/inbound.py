@@ -221,6 +221,14 @@ class _InboundConnection:
         self.metrics.opened()
 
     async def run(self, state: ProxyState, sockets: SocketFactory, answer: InboundAnswer) -> None:
+        try:
+            await self._run(state, sockets, answer)
+        except asyncio.CancelledError:
+            if not self.metrics.is_closed:  # cancelled before the relay took over the accounting
+                self.finish("connection cancelled before it was established (ztunnel is stopping)")
+            raise
+
+    async def _run(self, state: ProxyState, sockets: SocketFactory, answer: InboundAnswer) -> None:
         inputs, ctx = self.inputs, self.ctx
         decision = authorize(state, ctx)
         if not decision.allowed:

@@ -237,7 +237,10 @@ async def serve_outbound(
 
     try:
         upstream = await open_upstream(inputs, src, client_addr, route)
-    except (ProxyError, HboneConnectionError, TunnelRefused, PeerNotTrusted, SecretError, OSError) as exc:
+    except asyncio.CancelledError:
+        finish("connection cancelled while connecting upstream (ztunnel is stopping)", ResponseFlags.CONNECT)
+        raise
+    except Exception as exc:  # anything dialling raises ends this connection only, classified once
         failure = classify_outbound_failure(exc)
         inputs.metrics.connection_failed(failure.reason)
         finish(failure.message, failure.flags)
@@ -269,6 +272,7 @@ async def serve_outbound(
                     error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
                     raise
                 error = conn.close_reason
+                inputs.metrics.connection_failed("Shutdown")
             except (ConnectionError, OSError) as exc:
                 error = describe_error(exc)
                 inputs.metrics.connection_failed("StreamReset" if isinstance(exc, TunnelResetError) else "IoError")
