@@ -2,8 +2,8 @@
 
 Sub-commands mirror ``istioctl ztunnel-config``: ``workloads``, ``services``, ``policies``,
 ``certificates``, ``connections`` and ``all``, with Istio's aliases and table columns, or the raw
-items with ``-o json|yaml``. The data comes from ``GET <admin>/config_dump`` (and ``/connections`` for
-live connections), or from a saved dump with ``-f``; nothing here talks to the store or imports
+items with ``-o json|yaml``. The data comes from ``GET <admin>/config_dump`` (live connections from its
+``workloadState``, or ``/connections`` when a dump has none), or from a saved dump with ``-f``; nothing here talks to the store or imports
 ztunnel: the admin HTTP endpoint is ztunnel's public face. Turning a dump into rows is done by pure
 functions (``*_table``) that tolerate both Istio's spellings (``"Allow"``, ``"Healthy"``) and enum
 numbers, and never fail on a missing field (it prints ``NA``). An unreachable or non-ztunnel endpoint
@@ -130,17 +130,28 @@ def load_dump(base: str, file: Path | None) -> dict[str, Any]:
 
 
 def load_connections(base: str, dump: Mapping[str, Any], file: Path | None) -> list[dict[str, Any]]:
-    """Live connections: ``/connections`` when the ztunnel has it, else the dump's ``workloadState``."""
-    if file is None:
-        try:
-            live = fetch_json(base, "/connections")
-        except CliError:
-            live = None
-        if isinstance(live, dict):
-            live = live.get("connections")
-        if isinstance(live, list):
-            return [c for c in live if isinstance(c, dict)]
-    return connections_from_workload_state(dump)
+    """Live connections: the dump's ``workloadState`` (what istioctl reads), else ``/connections``."""
+    if isinstance(dump.get("workloadState"), dict) or file is not None:
+        return connections_from_workload_state(dump)
+    live = fetch_json(base, "/connections")
+    if not isinstance(live, list):
+        raise CliError(f"ztunnel admin endpoint {base}/connections did not return a list")
+    return [connection_from_admin(c) for c in live if isinstance(c, dict)]
+
+
+def connection_from_admin(c: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``/connections`` entry in istioctl's terms: inbound LOCAL is the app the tunnel was delivered
+    to; outbound LOCAL is the app that opened it and REMOTE the next hop; REMOTE TARGET the original
+    destination."""
+    inbound = str(c.get("direction", "")).lower() == "inbound"
+    return {
+        "workload": c.get("workload", ""),
+        "direction": "inbound" if inbound else "outbound",
+        "local": c.get("target", "") if inbound else c.get("remote", ""),
+        "remote": c.get("remote", "") if inbound else c.get("target", ""),
+        "target": c.get("originalDst", ""),
+        "protocol": c.get("protocol", ""),
+    }
 
 
 def connections_from_workload_state(dump: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -283,7 +294,8 @@ def filter_services(dump: Mapping[str, Any], *, namespace: str | None = None) ->
 
 
 def service_table(services: Iterable[Mapping[str, Any]], dump: Mapping[str, Any]) -> Table:
-    """ENDPOINTS is healthy/total, healthy meaning the endpoint's workload is known and Healthy."""
+    """ENDPOINTS is healthy/total: healthy means the workload is known and Healthy (the endpoint's own
+    ``status`` when the dump gives one)."""
     all_services = _items(dump, "services")
     status_by_uid = {str(w.get("uid")): w.get("status") for w in _items(dump, "workloads")}
     rows = []
@@ -292,8 +304,13 @@ def service_table(services: Iterable[Mapping[str, Any]], dump: Mapping[str, Any]
         eps = list(endpoints.values()) if isinstance(endpoints, dict) else list(endpoints)
         healthy = 0
         for ep in eps:
-            uid = str(ep.get("workloadUid")) if isinstance(ep, dict) else None
-            if uid in status_by_uid and _label(status_by_uid[uid], WorkloadStatus, _STATUSES) == "Healthy":
+            if not isinstance(ep, dict):
+                continue
+            uid = str(ep.get("workloadUid"))
+            if uid not in status_by_uid:  # an endpoint whose workload this ztunnel does not know
+                continue
+            status = ep.get("status", status_by_uid[uid])
+            if _label(status, WorkloadStatus, _STATUSES) == "Healthy":
                 healthy += 1
         vips = ",".join(_strip_network(str(v)) for v in s.get("vips") or ()) or "None"
         rows.append(

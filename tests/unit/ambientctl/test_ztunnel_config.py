@@ -149,24 +149,32 @@ DUMP: dict[str, Any] = {
     ],
 }
 
+# Shaped like ztunnel's /connections (ztunnel/proxy/connections.py TrackedConnection.to_json).
 CONNECTIONS = [
     {
         "workload": "web-0.shop",
         "direction": "outbound",
-        "local": "127.0.0.11:40000",
-        "remote": "127.0.0.12:15008",
-        "target": "10.96.0.20:5432",
+        "local": "127.0.42.1:15080",
+        "remote": "127.0.0.11:40000",
+        "target": "127.0.0.12:15008",
+        "originalDst": "10.96.0.20:5432",
         "protocol": "HBONE",
+        "identity": None,
+        "bytesReceived": 10,
+        "bytesSent": 20,
     },
     {
         "workload": "db-0.shop",
         "direction": "inbound",
-        "local": "127.0.0.12:5432",
-        "remote": "127.0.0.11:40000",
+        "local": "127.0.0.12:15008",
+        "remote": "127.0.0.11:50000",
         "target": "127.0.0.12:5432",
+        "originalDst": "db.shop.svc.cluster.local",
         "protocol": "HBONE",
+        "identity": "spiffe://cluster.local/ns/shop/sa/web",
     },
 ]
+RECORDS = [zc.connection_from_admin(c) for c in CONNECTIONS]
 
 
 # --- pure tables ----------------------------------------------------------------------------------
@@ -349,10 +357,26 @@ def test_serial_numbers_are_hex(serial: Any, expected: str) -> None:
     assert zc._serial_hex(serial) == expected
 
 
+def test_admin_connections_map_to_istio_local_remote_target() -> None:
+    assert RECORDS[0] == {
+        "workload": "web-0.shop",
+        "direction": "outbound",
+        "local": "127.0.0.11:40000",
+        "remote": "127.0.0.12:15008",
+        "target": "10.96.0.20:5432",
+        "protocol": "HBONE",
+    }
+    assert (RECORDS[1]["local"], RECORDS[1]["remote"], RECORDS[1]["target"]) == (
+        "127.0.0.12:5432",
+        "127.0.0.11:50000",
+        "db.shop.svc.cluster.local",
+    )
+
+
 def test_connections_show_names_unless_raw() -> None:
-    _, named = zc.connection_table(zc.filter_connections(CONNECTIONS), DUMP, raw=False)
+    _, named = zc.connection_table(zc.filter_connections(RECORDS), DUMP, raw=False)
     assert named == [
-        ["db-0.shop", "Inbound", "db-0.shop:5432", "web-0.shop:40000", "db-0.shop:5432", "HBONE"],
+        ["db-0.shop", "Inbound", "db-0.shop:5432", "web-0.shop:50000", "db.shop.svc.cluster.local", "HBONE"],
         [
             "web-0.shop",
             "Outbound",
@@ -362,13 +386,13 @@ def test_connections_show_names_unless_raw() -> None:
             "HBONE",
         ],
     ]
-    _, raw = zc.connection_table(zc.filter_connections(CONNECTIONS), DUMP, raw=True)
+    _, raw = zc.connection_table(zc.filter_connections(RECORDS), DUMP, raw=True)
     assert raw[1][2:5] == ["127.0.0.11:40000", "127.0.0.12:15008", "10.96.0.20:5432"]
 
 
 def test_connection_filters_by_direction_and_namespace() -> None:
-    assert [c["workload"] for c in zc.filter_connections(CONNECTIONS, direction="inbound")] == ["db-0.shop"]
-    assert zc.filter_connections(CONNECTIONS, namespace="other") == []
+    assert [c["workload"] for c in zc.filter_connections(RECORDS, direction="inbound")] == ["db-0.shop"]
+    assert zc.filter_connections(RECORDS, namespace="other") == []
 
 
 def test_connections_can_come_from_istio_workload_state() -> None:
@@ -489,6 +513,34 @@ def test_cli_services_policies_certificates(admin: str) -> None:
     certs = ok("zc", "certs", "--admin", admin).splitlines()
     assert certs[0].split()[:3] == ["CERTIFICATE", "NAME", "TYPE"]
     assert certs[3].split()[:3] == ["spiffe://cluster.local/ns/shop/sa/db", "NA", "Initializing"]
+
+
+def test_cli_connections_prefer_the_dumps_workload_state() -> None:
+    state = {
+        "u": {
+            "info": {"name": "web-0", "namespace": "shop"},
+            "connections": {
+                "inbound": [],
+                "outbound": [
+                    {"src": "127.0.0.11:7", "originalDst": "10.96.0.10:80", "actualDst": "127.0.0.9:15008"}
+                ],
+            },
+        }
+    }
+    routes = {
+        "/config_dump": (200, json.dumps({**DUMP, "workloadState": state}).encode()),
+        "/connections": (500, b"must not be asked"),
+    }
+    for base in _serve(routes):
+        lines = ok("zc", "cons", "--admin", base, "--raw").splitlines()
+        assert lines[1].split() == [
+            "web-0.shop",
+            "Outbound",
+            "127.0.0.11:7",
+            "127.0.0.9:15008",
+            "10.96.0.10:80",
+            "NA",
+        ]
 
 
 def test_cli_connections_from_the_connections_endpoint(admin: str) -> None:
