@@ -6,10 +6,11 @@ get none: a host-network pod's IP is its node's, shared with every other host-ne
 cannot name one workload. Pods *outside* the mesh are still Workloads (tunnel NONE) so ztunnel knows
 them as plaintext destinations and as sources.
 
-Mesh membership (tunnel HBONE) is decided by labels: the pod's ``istio.io/dataplane-mode`` wins
-(``ambient`` in, ``none`` out), else its namespace's ``istio.io/dataplane-mode=ambient``. Pods with a
-sidecar (``sidecar.istio.io/status`` annotation) are never captured. A pod labelled
-``networking.istio.io/tunnel=http`` (a waypoint) speaks HBONE itself: HBONE with ``native_tunnel``.
+Mesh membership (tunnel HBONE) is decided by labels, by the rule the node agent shares
+(``meshcore.enrollment``): the pod's ``istio.io/dataplane-mode`` wins (``ambient`` in, ``none`` out), else
+its namespace's ``istio.io/dataplane-mode=ambient``. Pods with a sidecar (``sidecar.istio.io/status``
+annotation) are never captured. A pod labelled ``networking.istio.io/tunnel=http`` (a waypoint) speaks
+HBONE itself: HBONE with ``native_tunnel``.
 Istio instead waits for istio-cni's ``ambient.istio.io/redirection`` annotation; deciding on the label
 means peers switch to HBONE as soon as a pod is enrolled, so a capture gap fails closed, never plaintext.
 
@@ -27,14 +28,11 @@ from typing import Any
 
 from istiod_lite.registry.errors import InvalidPod, Problem, Reason, Severity
 from istiod_lite.registry.services import ServiceInfo, canonical_ip
+from meshcore.enrollment import in_ambient_mesh  # shared with the node agent, which must agree
 from meshcore.identity import InvalidSpiffeId, SpiffeId
 from meshcore.model import Port, TunnelProtocol, Workload, WorkloadStatus, WorkloadType
 from meshcore.store.resource import Resource, ResourceRef
 
-DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
-DATAPLANE_MODE_AMBIENT = "ambient"
-DATAPLANE_MODE_NONE = "none"
-SIDECAR_STATUS_ANNOTATION = "sidecar.istio.io/status"
 TUNNEL_LABEL = "networking.istio.io/tunnel"  # "http": the pod terminates HBONE itself (waypoints)
 
 _CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
@@ -49,24 +47,6 @@ _ACTIVE_PHASES = frozenset({"Running", "Pending", ""})
 def pod_uid(cluster_id: str, namespace: str, name: str) -> str:
     """The xDS resource name of a pod's Workload: ``<cluster>//Pod/<ns>/<name>``."""
     return f"{cluster_id}//Pod/{namespace}/{name}"
-
-
-def in_ambient_mesh(
-    pod_labels: Mapping[str, str],
-    pod_annotations: Mapping[str, str],
-    namespace_labels: Mapping[str, str],
-    *,
-    host_network: bool = False,
-) -> bool:
-    """Whether ztunnel captures this pod's traffic (pod label wins over namespace label)."""
-    if host_network or SIDECAR_STATUS_ANNOTATION in pod_annotations:
-        return False
-    pod_mode = pod_labels.get(DATAPLANE_MODE_LABEL)
-    if pod_mode == DATAPLANE_MODE_NONE:
-        return False
-    if pod_mode == DATAPLANE_MODE_AMBIENT:
-        return True
-    return namespace_labels.get(DATAPLANE_MODE_LABEL) == DATAPLANE_MODE_AMBIENT
 
 
 def canonical_service(labels: Mapping[str, str], workload_name: str) -> tuple[str, str]:
