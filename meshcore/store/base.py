@@ -71,6 +71,16 @@ class Store(Protocol):
         """
         ...
 
+    def set_annotations(
+        self, ref: ResourceRef, add: Mapping[str, str], remove: Iterable[str]
+    ) -> ApplyResult:
+        """Read-modify-write of one object's annotations in one transaction (status-like marks such as
+        the node agent's ``ambient.istio.io/redirection``), leaving every other field as stored.
+
+        A missing object raises ``ResourceNotFound``.
+        """
+        ...
+
     def snapshot(
         self, kind: str | None = None, namespace: str | None = None
     ) -> tuple[int, builtins.list[Resource]]:

@@ -274,6 +274,23 @@ class SqliteStore:
             self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
             return ApplyResult(ref, "created" if old is None else "configured", stored)
 
+    def set_annotations(
+        self, ref: ResourceRef, add: Mapping[str, str], remove: Iterable[str]
+    ) -> ApplyResult:
+        removed = set(remove)
+        with self._writing() as db:
+            old = self._select(db, ref)
+            if old is None:
+                raise ResourceNotFound(str(ref))
+            annotations = {k: v for k, v in old.annotations.items() if k not in removed}
+            annotations.update(add)
+            if annotations == old.annotations:
+                return ApplyResult(ref, "unchanged", old)
+            revision = _revision(db) + 1
+            stored = msgspec.structs.replace(old, annotations=annotations, resource_version=revision)
+            self._write(db, revision, "MODIFIED", stored)
+            return ApplyResult(ref, "configured", stored)
+
     def revision(self) -> int:
         with self._reading() as db:
             return _revision(db)
