@@ -1,0 +1,230 @@
+"""Settings of the CNI plugin (its network config JSON on stdin) and of the node agent (environment/flags).
+
+Plugin: ``decode_plugin_config(stdin)`` -> ``PluginConfig``; keys as in a conflist entry (``cniVersion``,
+``name``, ``type``, ``prevResult``) plus ours: ``state_dir`` (the embedded store, read to decide whether a
+pod is enrolled), ``cni_event_address`` (the agent's event socket, Istio's key name) and ``event_timeout``
+(seconds the plugin waits for the agent to capture an enrolled pod). Unknown keys are ignored, as CNI
+plugins must. Agent: ``parse_config(env, flags)`` -> ``NodeAgentConfig``; flags win over the environment,
+which wins over the defaults; a bad value raises ``ConfigError`` naming the variable. ``INPOD_UDS`` is
+the ZDS socket path ztunnel connects to (Istio's name and default). Pure: reads only what it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from meshcore.logs import LEVELS
+from ztunnel.cni.errors import CniConfigInvalid, CniDecodeFailed, CniVersionUnsupported, ConfigError
+from ztunnel.config import ConfigError as ZtunnelConfigError
+from ztunnel.config import HostPort, parse_duration, parse_host_port
+from ztunnel.redirect import RedirectOptions
+
+# -- the plugin --------------------------------------------------------------------------------------------
+
+SUPPORTED_CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+DEFAULT_EVENT_SOCKET = (
+    "/var/run/ambient-cni/pluginevent.sock"  # istio-cni: /var/run/istio-cni/pluginevent.sock
+)
+DEFAULT_EVENT_TIMEOUT = 30.0
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class PluginConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """One plugin entry of a conflist as the runtime hands it over (with ``prevResult`` when chained)."""
+
+    cni_version: str = msgspec.field(name="cniVersion")
+    name: str = ""
+    type: str = ""
+    # Directory of the embedded store (``<state_dir>/store.db``); None: the default state directory.
+    state_dir: str | None = None
+    cni_event_address: str = DEFAULT_EVENT_SOCKET
+    event_timeout: float = DEFAULT_EVENT_TIMEOUT
+    # The previous plugin's result, passed through untouched (kept as raw JSON so nothing is lost);
+    # empty when the runtime sent none (see ``prev_result_json``).
+    prev_result: msgspec.Raw = msgspec.field(name="prevResult", default_factory=msgspec.Raw)
+
+    @property
+    def prev_result_json(self) -> bytes | None:
+        """The previous result's JSON bytes, or None when there is none (absent or null)."""
+        data = bytes(self.prev_result).strip()
+        return None if data in (b"", b"null") else data
+
+
+def decode_plugin_config(data: bytes) -> PluginConfig:
+    """The network config on stdin; ``CniDecodeFailed`` for non-JSON, ``CniConfigInvalid`` for a bad
+    field, ``CniVersionUnsupported`` for a cniVersion we do not speak."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise CniDecodeFailed(f"{len(data)} bytes, over the {MAX_CONFIG_BYTES}-byte limit")
+    if not data.strip():
+        raise CniDecodeFailed("stdin is empty")
+    try:
+        raw: Any = msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
+        raise CniDecodeFailed(str(e)) from None
+    if not isinstance(raw, dict):
+        raise CniDecodeFailed(f"expected a JSON object, got {type(raw).__name__}")
+    try:
+        conf = msgspec.json.decode(data, type=PluginConfig)
+    except msgspec.ValidationError as e:
+        raise CniConfigInvalid(str(e)) from None
+    if conf.cni_version not in SUPPORTED_CNI_VERSIONS:
+        raise CniVersionUnsupported(conf.cni_version, SUPPORTED_CNI_VERSIONS)
+    if not conf.event_timeout > 0:
+        raise CniConfigInvalid(
+            f"event_timeout must be a positive number of seconds, got {conf.event_timeout}"
+        )
+    if not conf.cni_event_address:
+        raise CniConfigInvalid("cni_event_address must be the path of the node agent's event socket")
+    return conf
+
+
+# -- the node agent ----------------------------------------------------------------------------------------
+
+NODE_NAME = "NODE_NAME"
+STATE_DIR = "AMBIENT_STATE_DIR"  # as meshcore.store.paths
+INPOD_UDS = "INPOD_UDS"  # Istio's name (ztunnel env / istio-cni flag ztunnel-uds-address)
+CNI_EVENT_ADDRESS = "CNI_EVENT_ADDRESS"
+NETNS_MAP_PATH = "NETNS_MAP_PATH"
+MONITORING_ADDR = "MONITORING_ADDR"
+ZDS_ACK_TIMEOUT = "ZDS_ACK_TIMEOUT"
+RETRY_INITIAL = "RETRY_INITIAL"
+RETRY_MAX = "RETRY_MAX"
+MAX_PARALLEL = "MAX_PARALLEL"
+AMBIENT_IPV6 = "AMBIENT_IPV6"  # istio-cni's values.ambient.ipv6
+AMBIENT_DNS_CAPTURE = "AMBIENT_DNS_CAPTURE"  # istio-cni's values.ambient.dnsCapture
+NFT_PATH = "NFT_PATH"
+PROC_ROOT = "PROC_ROOT"
+LOG_LEVEL = "LOG_LEVEL"
+LOG_FORMAT = "LOG_FORMAT"
+
+DEFAULT_INPOD_UDS = "/var/run/ztunnel/ztunnel.sock"
+DEFAULT_NETNS_MAP = "/var/run/ambient-cni/pods.json"  # tmpfs: netns paths do not survive a reboot either
+DEFAULT_MONITORING_PORT = 15014  # istio-cni's monitoring port
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAgentConfig:
+    """Everything the node agent needs; built by ``parse_config`` (or directly, in tests)."""
+
+    # Pods with spec.nodeName == node_name are this agent's.
+    node_name: str
+    # The embedded store's state directory; None: meshcore.store's default resolution.
+    state_dir: Path | None = None
+    # ZDS: the agent listens here, ztunnel connects (SOCK_SEQPACKET, 0600).
+    zds_socket: Path = Path(DEFAULT_INPOD_UDS)
+    # Plugin -> agent events (SOCK_STREAM, 0600).
+    event_socket: Path = Path(DEFAULT_EVENT_SOCKET)
+    # Where pod -> netns paths learnt from CNI events are kept across agent restarts.
+    netns_map_path: Path = Path(DEFAULT_NETNS_MAP)
+    # /metrics and /readyz; None: no HTTP endpoint.
+    monitoring_addr: HostPort | None = HostPort("0.0.0.0", DEFAULT_MONITORING_PORT)
+    # How long ztunnel gets to acknowledge one ZDS message (istio-cni uses 5 s deadlines).
+    zds_ack_timeout: float = 5.0
+    # A failed pod is retried after retry_initial, doubling up to retry_max.
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    # Pods captured or released at the same time (each runs nft once in its netns).
+    max_parallel: int = 16
+    redirect: RedirectOptions = field(default_factory=RedirectOptions)
+    nft: str = "nft"
+    # Scanned for a pod's processes when no CNI event told us its netns.
+    proc_root: Path = Path("/proc")
+    log_level: str = "info"
+    log_format: str = "console"
+
+
+def _bool(value: str, variable: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(variable, f"{value!r} is not a boolean; use true or false")
+
+
+def _seconds(value: str, variable: str) -> float:
+    try:
+        seconds = parse_duration(value, variable)
+    except ZtunnelConfigError as e:
+        raise ConfigError(variable, str(e).removeprefix(f"{variable}: ")) from None
+    if seconds <= 0:
+        raise ConfigError(variable, f"{value!r} must be more than zero")
+    return seconds
+
+
+def _path(value: str, variable: str) -> Path:
+    if not value.strip():
+        raise ConfigError(variable, "must be a path, got an empty value")
+    return Path(value).expanduser()
+
+
+def parse_config(
+    env: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None
+) -> NodeAgentConfig:
+    """The agent's configuration from ``flags`` over ``env`` (``os.environ`` by default) over defaults."""
+    source = {**(os.environ if env is None else env), **(flags or {})}
+
+    def get(name: str) -> str | None:
+        value = source.get(name)
+        return None if value is None else str(value)
+
+    node = (get(NODE_NAME) or "").strip()
+    if not node:
+        raise ConfigError(
+            NODE_NAME, "required: the name of the node this agent serves (spec.nodeName of its pods)"
+        )
+    kwargs: dict[str, Any] = {"node_name": node}
+    if (v := get(STATE_DIR)) is not None and v.strip():
+        kwargs["state_dir"] = _path(v, STATE_DIR)
+    for var, key in (
+        (INPOD_UDS, "zds_socket"),
+        (CNI_EVENT_ADDRESS, "event_socket"),
+        (NETNS_MAP_PATH, "netns_map_path"),
+        (PROC_ROOT, "proc_root"),
+    ):
+        if (v := get(var)) is not None:
+            kwargs[key] = _path(v, var)
+    if (v := get(MONITORING_ADDR)) is not None:
+        try:
+            kwargs["monitoring_addr"] = (
+                parse_host_port(v, MONITORING_ADDR, default_host="0.0.0.0") if v.strip() else None
+            )
+        except ZtunnelConfigError as e:
+            raise ConfigError(MONITORING_ADDR, str(e).removeprefix(f"{MONITORING_ADDR}: ")) from None
+    for var, key in (
+        (ZDS_ACK_TIMEOUT, "zds_ack_timeout"),
+        (RETRY_INITIAL, "retry_initial"),
+        (RETRY_MAX, "retry_max"),
+    ):
+        if (v := get(var)) is not None:
+            kwargs[key] = _seconds(v, var)
+    if kwargs.get("retry_initial", 0.5) > kwargs.get("retry_max", 30.0):
+        raise ConfigError(RETRY_INITIAL, "must not be longer than RETRY_MAX")
+    if (v := get(MAX_PARALLEL)) is not None:
+        if not v.strip().isdigit() or int(v) < 1:
+            raise ConfigError(MAX_PARALLEL, f"{v!r} is not a positive integer")
+        kwargs["max_parallel"] = int(v)
+    ipv6 = _bool(get(AMBIENT_IPV6) or "false", AMBIENT_IPV6)
+    dns = _bool(get(AMBIENT_DNS_CAPTURE) or "false", AMBIENT_DNS_CAPTURE)
+    kwargs["redirect"] = RedirectOptions(ipv6=ipv6, dns_capture=dns)
+    if (v := get(NFT_PATH)) is not None:
+        if not v.strip():
+            raise ConfigError(NFT_PATH, "must name the nft binary, got an empty value")
+        kwargs["nft"] = v.strip()
+    level = (get(LOG_LEVEL) or "info").strip().lower()
+    if level not in LEVELS:
+        raise ConfigError(LOG_LEVEL, f"{level!r} is not one of {', '.join(LEVELS)}")
+    fmt = (get(LOG_FORMAT) or "console").strip().lower()
+    if fmt not in ("console", "json"):
+        raise ConfigError(LOG_FORMAT, f"{fmt!r} is not console or json")
+    kwargs["log_level"], kwargs["log_format"] = level, fmt
+    return NodeAgentConfig(**kwargs)
