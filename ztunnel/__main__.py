@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         cfg.READINESS_ADDR: "readiness HOST:PORT (default 0.0.0.0:15021)",
         cfg.SOCKS5_ADDR: "SOCKS5 HOST:PORT (default 127.0.0.1:15080, '' to disable)",
         cfg.INBOUND_PLAINTEXT_TARGET_PORT: "dedicated mode: app port behind <workload ip>:15006",
+        cfg.INPOD_UDS: "shared mode: the node agent's ZDS socket (default /var/run/ztunnel/ztunnel.sock)",
         cfg.DRAIN_DURATION: "how long live connections may finish on shutdown (default 5s)",
         cfg.LOG_LEVEL: "debug, info, warning or error",
         cfg.LOG_FORMAT: "console or json",

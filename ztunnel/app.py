@@ -5,7 +5,9 @@ client (node credential, Istio's node metadata) or by the ``LOCAL_XDS_PATH`` fil
 over the CA (``CaCertificateProvider`` with the node credential, or the fake CA); ``TlsContexts`` over
 it; ``TcpMetrics`` and ztunnel's collector on a per-instance ``CollectorRegistry``; the ``HbonePool``
 (mTLS connector, sockets from the factory); the ``ConnectionManager`` and ``PolicyWatcher``; dedicated
-mode's ``DedicatedProxyManager`` and SOCKS5 listener; admin (15000), stats (15020) and readiness (15021).
+mode's ``DedicatedProxyManager`` and SOCKS5 listener, or shared (in-pod) mode's ``WorkloadProxyManager``
+(pods handed over by the node agent on ``INPOD_UDS``, each with its own listeners, sockets and pool inside
+its netns; no dedicated listeners); admin (15000), stats (15020) and readiness (15021).
 Tests swap the CA (``ca``: any ``CertificateProvider``), the config source (``xds``: a function of the
 cell returning something with ``run()``, ``close()`` and a ``ready`` event, e.g. an ``XdsClient`` on a
 ``FakeXdsServer``) and the sockets. No module-level state: two instances in one process are independent.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -31,7 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from meshcore.aio.ca_client import CaCertificateProvider, CaClient, CertificateProvider, load_node_credential
 from meshcore.aio.hbone_server import HboneServerCounters
 from meshcore.aio.httpserver import HttpServer, Request, Response
-from meshcore.aio.pool import HbonePool, PoolKey, mtls_connector
+from meshcore.aio.pool import HbonePool, PoolKey, PoolStats, mtls_connector
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.xds_client import XdsClient
@@ -43,6 +46,7 @@ from ztunnel.admin import LogLevel, admin_routes, config_dump
 from ztunnel.config import ProxyMode, ZtunnelConfig
 from ztunnel.dedicated import DedicatedProxyManager, select_local_workloads
 from ztunnel.fake_ca import fake_certificate_provider
+from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.metrics import ZtunnelCollector
 from ztunnel.proxy.connections import ConnectionManager, Direction, PolicyWatcher
 from ztunnel.proxy.contexts import TlsContexts
@@ -88,10 +92,6 @@ class Ztunnel:
         xds: XdsFactory | None = None,
         socket_factory: SocketFactory | None = None,
     ) -> None:
-        if config.proxy_mode is not ProxyMode.DEDICATED:
-            raise StartupError(
-                f"PROXY_MODE={config.proxy_mode.value} (in-pod) is not available yet; run with PROXY_MODE=dedicated"
-            )
         self.config = config
         self._ca_override = ca
         self._xds_factory = xds
@@ -116,7 +116,7 @@ class Ztunnel:
         self.tls: TlsContexts
         self.pool: HbonePool
         self.inputs: ProxyInputs
-        self.manager: DedicatedProxyManager
+        self.manager: DedicatedProxyManager | WorkloadProxyManager
         self.socks5: Socks5Listener | None = None
         self.admin_address: tuple[str, int] | None = None
         self.stats_address: tuple[str, int] | None = None
@@ -150,11 +150,14 @@ class Ztunnel:
             metrics=self.metrics, connections=self.connections, hbone_counters=self.hbone_counters,
             sockets=self.sockets,
         )
-        self.manager = DedicatedProxyManager(self.inputs, self.sockets)
+        if config.proxy_mode is ProxyMode.SHARED:
+            self.manager = WorkloadProxyManager(self.inputs, config.inpod_uds)
+        else:
+            self.manager = DedicatedProxyManager(self.inputs, self.sockets)
         self.registry.register(
             ZtunnelCollector(
                 hbone=self.hbone_counters,
-                pool=self.pool.stats,
+                pool=self._pool_stats,
                 proxies=self._proxy_counts,
                 policy_closes=lambda: self.watcher.closed_total,
                 open_connections=self._open_counts,
@@ -180,7 +183,7 @@ class Ztunnel:
         self._spawn(self.tls.run(), "tls-refresh")
         self._spawn(self.manager.run(), "proxies")
 
-        if config.socks5_addr is not None:
+        if config.socks5_addr is not None and isinstance(self.manager, DedicatedProxyManager):
             addr = config.socks5_addr
             try:
                 sock = self.sockets.listen(addr.host, addr.port)
@@ -266,9 +269,20 @@ class Ztunnel:
     # ------------------------------------------------------------------------------------ observers
 
     def readiness(self) -> ReadinessReport:
+        held = {i for i in self.secrets.identities if self.secrets.find_certificate(i) is not None}
+        if isinstance(self.manager, WorkloadProxyManager):
+            report = check_readiness(
+                config_synced=self.synced.is_set(),
+                wanted_identities=self.manager.wanted_identities(),
+                held_identities=held,
+                pending_proxies=self.manager.pending(),
+            )
+            if self.manager.snapshot_received.is_set():
+                return report
+            waiting = f"the node agent's pod snapshot (ZDS on {self.manager.uds_path})"
+            return ReadinessReport(False, (waiting, *report.pending))
         state = self.cell.current()
         local = select_local_workloads(state, self.config.node_name)
-        held = {i for i in self.secrets.identities if self.secrets.find_certificate(i) is not None}
         return check_readiness(
             config_synced=self.synced.is_set(),
             wanted_identities={w.identity for w in local.values()},
@@ -377,6 +391,13 @@ class Ztunnel:
     async def _metrics(self, _: Request) -> Response:
         self.connections.flush_metrics()  # bytes of live connections up to now
         return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+    def _pool_stats(self) -> PoolStats:
+        """The shared pool's statistics, plus every pod's pool in shared mode."""
+        stats = [self.pool.stats()]
+        if isinstance(self.manager, WorkloadProxyManager):
+            stats += self.manager.pool_stats()
+        return PoolStats(*(sum(getattr(s, f.name) for s in stats) for f in dataclasses.fields(PoolStats)))
 
     def _proxy_counts(self) -> dict[str, int]:
         counts = {"Up": 0, "Pending": 0}

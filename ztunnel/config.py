@@ -46,6 +46,7 @@ POOL_MAX_STREAMS_PER_CONNECTION = "POOL_MAX_STREAMS_PER_CONNECTION"
 POOL_UNUSED_RELEASE_TIMEOUT = "POOL_UNUSED_RELEASE_TIMEOUT"
 LOG_LEVEL = "LOG_LEVEL"
 LOG_FORMAT = "LOG_FORMAT"
+INPOD_UDS = "INPOD_UDS"  # shared mode: the node agent's ZDS socket (Istio's name)
 
 # Ports as in ztunnel's ARCHITECTURE.md (reference §1).
 DEFAULT_XDS_ADDRESS = "localhost:15012"
@@ -55,6 +56,7 @@ DEFAULT_READINESS_PORT = 15021
 DEFAULT_SOCKS5_PORT = 15080
 DEFAULT_HBONE_PORT = 15008
 DEFAULT_INBOUND_PLAINTEXT_PORT = 15006
+DEFAULT_INPOD_UDS = "/var/run/ztunnel/ztunnel.sock"
 
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -128,6 +130,8 @@ class ZtunnelConfig:
     pool_idle_timeout: float = 300.0
     log_level: str = "info"
     log_format: str = "console"
+    # Shared (in-pod) mode: the unix socket where the node agent hands pods over (ZDS).
+    inpod_uds: str = DEFAULT_INPOD_UDS
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -186,6 +190,15 @@ def _port(value: str, variable: str, *, allow_zero: bool = False) -> int:
     if not value.strip().isdigit() or not low <= int(value) <= 65535:
         raise ConfigError(variable, f"{value!r} is not a TCP port ({low}..65535)")
     return int(value)
+
+
+def _socket_path(value: str, variable: str) -> str:
+    path = value.strip()
+    if not path:
+        raise ConfigError(variable, f"is empty; the node agent's socket is usually {DEFAULT_INPOD_UDS}")
+    if len(path.encode()) > 107:  # sun_path holds 108 bytes with the terminating NUL
+        raise ConfigError(variable, f"{path!r} is longer than a unix socket path may be (107 bytes)")
+    return path
 
 
 def _positive_int(value: str, variable: str) -> int:
@@ -317,4 +330,5 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
         pool_idle_timeout=idle,
         log_level=level,
         log_format=fmt,
+        inpod_uds=_socket_path(e.get(INPOD_UDS, DEFAULT_INPOD_UDS), INPOD_UDS),
     )

@@ -6,7 +6,9 @@ own namespace (dedicated mode: listeners bound to the workload IPs, upstream soc
 source workload's IP when it is local, so the peer sees the workload's address as in-pod mode does).
 In-pod mode supplies a factory that creates each socket inside the pod's namespace with SO_MARK 0x539
 (``meshcore.aio.netns.socket_in_netns``); nothing else changes. Factories return non-blocking sockets
-and never connect them: dialling and accepting are the caller's (asyncio) business.
+and never connect them: dialling and accepting are the caller's (asyncio) business. A factory may also
+offer ``for_original_source(client_ip)`` (in-pod mode: the inbound dial to the app keeps the client's
+address); ``upstream_sockets`` picks it when present, so dedicated mode dials exactly as before.
 """
 
 from __future__ import annotations
@@ -79,3 +81,10 @@ class DedicatedSocketFactory:
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setblocking(False)
         return sock
+
+
+def upstream_sockets(sockets: SocketFactory, client_ip: str) -> SocketFactory:
+    """The factory for an inbound connection's dial to the app: ``sockets.for_original_source(client_ip)``
+    when the factory offers it (ztunnel's original-source mode), else ``sockets`` itself."""
+    original_source = getattr(sockets, "for_original_source", None)
+    return original_source(client_ip) if original_source is not None else sockets

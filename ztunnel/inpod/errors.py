@@ -4,10 +4,13 @@
 protocol does not allow. ztunnel answers it with a nack (``Ack.error`` = the message), counts it, and
 reconnects; nothing else is disturbed. ``ZdsUsageError`` is a *local* bug (our code called the sans-IO
 connection out of order) and should fail loudly. When decoding raises, the caller still owns and must
-close every fd that arrived with the bad packet.
+close every fd that arrived with the bad packet. ``PodError`` subclasses concern one handed-over pod:
+its AddWorkload is nacked with the message, or it stays pending; every other pod is untouched.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class ZdsError(Exception):
@@ -76,3 +79,29 @@ class ZdsClosed(ZdsError):
 
     def __init__(self) -> None:
         super().__init__("ZDS peer closed the connection")
+
+
+# -- per-pod proxies (manager, sockets) -------------------------------------------------------------------
+
+
+class PodError(Exception):
+    """A handed-over pod cannot be served (yet); only that pod is affected, the others carry on."""
+
+
+class PodNetnsUnavailable(PodError, OSError):
+    """The pod's network namespace cannot be used: the fd is not a netns, ztunnel cannot enter it (it
+    needs CAP_SYS_ADMIN), or the pod left and its handle is closed. An ``OSError``, so the data path
+    treats it like any socket failure (the connection fails, the listener carries on)."""
+
+    def __init__(self, pod: str, reason: str) -> None:
+        super().__init__(errno.ENOENT, f"network namespace of pod {pod} is unusable: {reason}")
+        self.pod = pod
+        self.reason = reason
+
+
+class PodIdentityInvalid(PodError):
+    """The node agent's WorkloadInfo does not make a SPIFFE identity (namespace or service account)."""
+
+    def __init__(self, uid: str, reason: str) -> None:
+        super().__init__(f"pod {uid}: its namespace/service account do not form a workload identity: {reason}")
+        self.uid = uid

@@ -52,7 +52,7 @@ from ztunnel.proxy.errors import (
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.proxy.routing import ILLEGAL_PORTS, SockAddr
 from ztunnel.proxy.telemetry import describe_error, workload_baggage, workload_from_baggage
-from ztunnel.sockets import SocketFactory
+from ztunnel.sockets import SocketFactory, upstream_sockets
 
 BAGGAGE = "baggage"
 FORWARDED = "forwarded"
@@ -236,8 +236,9 @@ class _InboundConnection:
             self.finish(decision.message, ResponseFlags.DENY, policy=decision.policy)
             await answer.reject(401)
             return
+        dialer = upstream_sockets(sockets, self.request.src.ip)  # in-pod: the app sees the client's address
         try:
-            upstream = await tcp.dial(sockets, ctx.upstream.ip, ctx.upstream.port)
+            upstream = await tcp.dial(dialer, ctx.upstream.ip, ctx.upstream.port)
         except UpstreamConnectFailed as exc:
             inputs.metrics.connection_failed(exc.reason)
             self.finish(str(exc), ResponseFlags.CONNECT)

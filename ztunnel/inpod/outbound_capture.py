@@ -1,0 +1,176 @@
+"""The in-pod outbound listener (15001): the pod's own TCP, redirected here by its nftables rules.
+
+For each accepted connection: read where the app was going (SO_ORIGINAL_DST; the accepted socket's
+local address is 127.0.0.1:15001 after REDIRECT), refuse a self-call (``capture_destination``, pure: a
+destination on one of ztunnel's ports that is this pod, loopback, or the listener itself because the
+connection was not redirected at all), take the source workload as the *current* snapshot has this pod
+(none: refused as ``UnknownSource``, never proxied under another identity), then hand over to
+``serve_outbound``, dedicated mode's core, unchanged: routing, HBONE through the pod's pool, passthrough,
+metrics and the access log. The app has no protocol to be told "refused" in, so every refusal is a reset.
+The listener owns its connection tasks: ``drain`` waits for them until a deadline, ``aclose`` cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Callable, Collection
+
+import structlog
+
+from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
+from meshcore.model import Workload
+from meshcore.telemetry import Reporter, early_deny_fields, log_early_deny
+from ztunnel.inpod.sockets import read_original_dst
+from ztunnel.proxy.errors import SelfCall, UnknownSource
+from ztunnel.proxy.inputs import ProxyInputs
+from ztunnel.proxy.outbound import OutboundFailure, Upstream, classify_outbound_failure, serve_outbound
+from ztunnel.proxy.routing import ILLEGAL_PORTS, SockAddr
+
+log = structlog.get_logger("ztunnel.inpod.outbound")
+
+SourceWorkload = Callable[[], Workload | None]
+"""This pod's workload in the latest snapshot, or None while xDS does not know it."""
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def capture_destination(
+    original: SockAddr | None,
+    local: SockAddr,
+    pod_ips: Collection[str],
+    own_ports: Collection[int] = ILLEGAL_PORTS,
+) -> SockAddr:
+    """Where a connection accepted on 15001 was going (pure).
+
+    ``original`` is SO_ORIGINAL_DST (None: not redirected), ``local`` the accepted socket's address.
+    Raises ``SelfCall`` when that is one of ztunnel's own ports on this pod, on loopback, or the listener
+    itself (an app that dialled 15001 directly): serving it would loop back into ztunnel."""
+    if original is None or original == local:
+        raise SelfCall(str(local), "the connection was not redirected: it dialled ztunnel's outbound port itself")
+    if original.port in own_ports and (_is_loopback(original.ip) or original.ip in pod_ips):
+        raise SelfCall(str(original), f"port {original.port} is one of ztunnel's own listeners in this pod")
+    return original
+
+
+class _CaptureFront:
+    """A captured app is told nothing on success (its bytes just flow) and gets a reset on failure."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncioByteStream) -> None:
+        self._stream = stream
+
+    async def connected(self, upstream: Upstream) -> bytes:
+        return b""
+
+    async def failed(self, failure: OutboundFailure) -> None:
+        self._stream.abort()
+
+
+class OutboundCaptureListener:
+    """Serves one pod's redirected outbound connections on a listening socket from its factory."""
+
+    def __init__(
+        self,
+        inputs: ProxyInputs,
+        listener: socket.socket,
+        source: SourceWorkload,
+        *,
+        own_ports: Collection[int] = ILLEGAL_PORTS,
+    ) -> None:
+        self._inputs = inputs
+        self._listener = listener
+        self._source = source
+        self._own_ports = frozenset(own_ports)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self._listener.getsockname()
+        return str(name[0]), int(name[1])
+
+    @property
+    def active(self) -> int:
+        """Connections being served now."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, sock=self._listener, limit=DEFAULT_READ)
+
+    def close(self) -> None:
+        """Stop accepting; connections carry on."""
+        if self._server is not None:
+            self._server.close()
+        else:
+            self._listener.close()
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting and wait for live connections until ``deadline`` (loop time)."""
+        self.close()
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.wait(set(self._tasks))
+
+    async def aclose(self) -> None:
+        """Stop accepting and end every connection now."""
+        self.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        stream = AsyncioByteStream(reader, writer)
+        try:
+            await self._serve(stream, writer)
+        except asyncio.CancelledError:
+            # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
+            # calls task.exception() on a finished handler, which raises for a cancelled one.
+            stream.abort()
+        except Exception:  # a bug must cost this connection only, never the listener
+            log.exception("captured outbound connection failed")
+            stream.abort()
+        finally:
+            self._tasks.discard(task)
+            if not writer.is_closing():
+                writer.transport.abort()
+
+    async def _serve(self, stream: AsyncioByteStream, writer: asyncio.StreamWriter) -> None:
+        inputs = self._inputs
+        peer = writer.get_extra_info("peername")
+        name = writer.get_extra_info("sockname")
+        client = SockAddr(str(peer[0]), int(peer[1]))
+        local = SockAddr(str(name[0]), int(name[1]))
+        original = read_original_dst(writer.get_extra_info("socket"))
+        src = self._source()
+        try:
+            dst = capture_destination(original, local, src.addresses if src else (), self._own_ports)
+            if src is None:
+                raise UnknownSource(client.ip)
+        except (SelfCall, UnknownSource) as exc:
+            failure = classify_outbound_failure(exc)
+            inputs.metrics.connection_failed(failure.reason)
+            log_early_deny(
+                inputs.access_log,
+                early_deny_fields(
+                    src_addr=client, dst_addr=original or local, reporter=Reporter.SOURCE, error=failure.message
+                ),
+            )
+            stream.abort()
+            return
+        await serve_outbound(inputs, src, stream, client, local, dst, _CaptureFront(stream))
