@@ -3,8 +3,9 @@ one ztunnel (this process, host netns) in shared mode, fed by a fake node agent 
 fds cross with SCM_RIGHTS) and a static config naming both workloads.
 
 An app in pod A dials pod B's IP as plain TCP: A's 15001 captures it, HBONE carries it from inside A to
-B's 15008, B's ztunnel side dials B's app from inside B keeping A's address. nft counters on A's veth
-show the pods exchanged only port-15008 traffic. Also: a DENY policy refuses, self-calls to 15008/15001
+B's 15008, B's ztunnel side dials B's app from inside B keeping A's address. nft counters at POSTROUTING
+on A's veth (what really left; at OUTPUT the app's redirected packets still show the veth) prove the pods
+exchanged only port-15008 traffic. Also: a DENY policy refuses, self-calls to 15008/15001
 are refused, plaintext from outside the mesh is served by B's 15006 (original destination), DelWorkload
 closes B's listeners, and a restarted ztunnel is given the pods again by the agent's snapshot."""
 
