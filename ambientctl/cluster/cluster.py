@@ -6,7 +6,10 @@ Rules: (1) intent is recorded before the kernel changes, so a crash leaves a rec
 (2) a failed ``up`` or ``add_pod`` removes what it made before raising (nothing half-built stays);
 (3) ``down`` removes what is recorded *and* sweeps everything named with the prefix, so it also
 cleans up after a lost state file; (4) ``up`` on a running cluster changes nothing and reports it.
-Files live in ``<state-dir>/cluster/``: state.json, lock, logs/<name>.log, run/<name>.pid.
+Pods get their network from the node's CNI plugins as a kubelet's pods do (``cni.CniRuntime``: ADD
+after the netns exists and before the process starts, a failure fails that pod alone; DEL before the
+netns goes). Files live in ``<state-dir>/cluster/``: state.json, lock, logs/<name>.log, run/<name>.pid,
+nodes/<node>/ (the mesh's per-node files: CNI config, sockets, credentials; removed by ``down``).
 The store is not touched here (``kubelet.py`` registers pods and services there).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +28,7 @@ import structlog
 
 from meshcore.store import name_problem
 
+from .cni import CniRuntime
 from .errors import (
     ClusterAlreadyUp,
     ClusterDegraded,
@@ -58,6 +63,7 @@ from .spec import DEFAULT_PREFIX, ClusterSpec, PodSpec, ServicePort, validate_cl
 from .state import ClusterState, PodRecord, ProcessRecord, ServiceRecord, StateFile, object_key
 
 CLUSTER_DIR = "cluster"
+NODES_DIR = "nodes"
 EXEC_TIMEOUT_S = 60.0
 
 log = structlog.get_logger("ambientctl.cluster")
@@ -145,11 +151,15 @@ class Cluster:
         net: NetworkDriver | None = None,
         supervisor: ProcessSupervisor | None = None,
         host_check: Callable[[], None] = check_host,
+        cni: CniRuntime | None = None,
     ) -> None:
         self.directory = state_dir / CLUSTER_DIR
         self.prefix = prefix
         self.net = net or NetworkDriver()
         self.procs = supervisor or ProcessSupervisor(self.directory / "run", self.directory / "logs")
+        # Per-node files of the mesh (CNI config, sockets, credentials): ``nodes_dir/<node>/``.
+        self.nodes_dir = self.directory / NODES_DIR
+        self.cni = cni or CniRuntime(self.nodes_dir)
         self._state = StateFile(self.directory)
         self._host_check = host_check
 
@@ -254,6 +264,8 @@ class Cluster:
             self._state.save(state)  # intent first: a crash from here on is cleaned by `down`
             try:
                 self.net.apply(plan_pod(layout, node, record, list(state.services.values())))
+                # As a kubelet: the network plugins run once the sandbox exists, before any container.
+                self.cni.add(record, str(self.net.netns_path(record.netns)))
                 if pod.command:
                     process = self.procs.start(
                         f"pod/{key}",
@@ -417,8 +429,9 @@ class Cluster:
     def start_component(
         self, name: str, netns: str, argv: Sequence[str], env: Mapping[str, str] | None = None
     ) -> ProcessRecord:
-        """Start a mesh process (istiod_lite in the fabric, ztunnel/node agent in a node) with its log in
-        ``logs/<name>.log``; a running component of that name is left alone and returned."""
+        """Start a mesh process (istiod_lite in the fabric, ztunnel/node agent in a node; ``netns=""``: on
+        the host, the kubelet) with its log in ``logs/<name>.log``; a running component of that name is
+        left alone and returned."""
         problem = name_problem(name, label=False)
         if problem:
             raise InvalidClusterSpec(f"component {name}", "name", problem)
@@ -426,7 +439,7 @@ class Cluster:
             state = self._require_up()
             layout = build_layout(state.spec)
             known = {*layout.netns_names, *(p.netns for p in state.pods.values())}
-            if netns not in known:
+            if netns and netns not in known:
                 raise ClusterError(
                     f"component {name}: {netns} is not a namespace of this cluster ({', '.join(sorted(known))})"
                 )
@@ -436,6 +449,12 @@ class Cluster:
             record = self.procs.start(name, netns, argv, log_name=name, env=env)
             self._state.save(msgspec.structs.replace(state, processes={**state.processes, name: record}))
             return record
+
+    def find_component(self, name: str) -> ProcessRecord | None:
+        """The component's process, if it is recorded and running."""
+        state = self._state.load()
+        record = None if state is None else state.processes.get(name)
+        return record if record is not None and self.procs.is_running(record) else None
 
     def stop_component(self, name: str) -> bool:
         with self._state.lock():
@@ -490,6 +509,8 @@ class Cluster:
             self.procs.stop(record.process)
         self.procs.remove_pidfile(_pod_log_name(record.spec))
         path = self.net.netns_path(record.netns)
+        if self.net.netns_exists(record.netns):
+            self.cni.delete(record, str(path))  # never raises: teardown must go on
         self.procs.sweep_netns([path])
         self.net.delete_netns(record.netns)
         self.net.remove_netns_files(record.netns)
@@ -516,6 +537,7 @@ class Cluster:
         for link in links:
             self.net.delete_host_link(link)
         self.procs.clear_pidfiles()
+        shutil.rmtree(self.nodes_dir, ignore_errors=True)
         log.info("cluster removed", prefix=prefix, netns=len(removed), processes=len(stopped))
         return DownReport(
             had_state=state is not None,

@@ -1,9 +1,13 @@
 """The local cluster's kubelet and service controllers: mirror pods and services between the store and
 the network namespaces, as Kubernetes' kubelet, VIP allocator, endpoints controller and kube-proxy do.
 
-Pods: ``run_pod`` creates the pod in the cluster, then registers it in the store (``spec.nodeName``,
-``status.podIP``, phase ``Running``, ``Ready``), which is what istiod_lite watches; ``sync_pods`` runs
-exactly the store's Pod manifests (apply or delete one, then sync). Services: the store is the source of truth; ``sync_services`` allocates missing VIPs (written back as ``spec.clusterIP``),
+Pods: a pod is bound to its node in the store (``spec.nodeName``: the scheduler's write) before the
+cluster creates it, so the node's CNI plugin and node agent know it as theirs when its sandbox comes
+up; once it runs, its status is written (``status.podIP``, phase ``Running``, ``Ready``), which is what
+istiod_lite watches. ``run_pod`` does this for one pod; ``sync_pods`` runs exactly the store's Pod
+manifests (apply or delete one, then sync). A pod that fails (a CNI plugin refused it, say) is marked
+``Pending`` with the reason in its Ready condition and retried with a doubling delay
+(``next_retry`` says when), while the other pods sync. Services: the store is the source of truth; ``sync_services`` allocates missing VIPs (written back as ``spec.clusterIP``),
 selects endpoints by label among the cluster's pods and has the cluster program DNAT and hosts files.
 A service that cannot be realised (a clusterIP outside the service subnet, say) is rejected alone,
 logged and reported; the others still sync. The pure pieces (``pod_resource``, ``select_endpoints``,
@@ -12,7 +16,9 @@ logged and reported; the others still sync. The pure pieces (``pod_resource``, `
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -31,6 +37,16 @@ log = structlog.get_logger("ambientctl.cluster.kubelet")
 
 CONTAINER_NAME = "main"
 LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
+RETRY_INITIAL_S = 1.0
+RETRY_MAX_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Backoff:
+    pod: PodSpec  # the spec that failed: a changed spec is tried at once
+    attempts: int
+    retry_at: float
+    error: str
 
 
 class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,18 +60,35 @@ class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
 class Kubelet:
     """Keeps the store and the local cluster in step for pods and services."""
 
-    def __init__(self, cluster: Cluster, store: Store) -> None:
+    def __init__(
+        self, cluster: Cluster, store: Store, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.cluster = cluster
         self.store = store
+        self._clock = clock
+        self._backoff: dict[str, _Backoff] = {}
 
     def run_pod(self, pod: PodSpec) -> Resource:
-        """Create the pod in the cluster and register it in the store; returns the stored Pod."""
-        self.cluster.add_pod(pod)
+        """Bind the pod in the store, create it in the cluster, register its status; returns the stored
+        Pod. If the cluster cannot run it, the Pod is taken out of the store again and the error raised."""
+        ref = ResourceRef("Pod", pod.namespace, pod.name)
+        existed = self.store.get(ref) is not None
+        self.store.apply([pending_pod_resource(pod)])
+        try:
+            self.cluster.add_pod(pod)
+        except BaseException:
+            if not existed:
+                self.store.delete([ref])
+            raise
         record = self.cluster.find_pod(pod.name, pod.namespace)
         assert record is not None, "add_pod returned but the pod is not recorded"
         (result,) = self.store.apply([pod_resource(record)])
         self.sync_services()
         return result.resource
+
+    def next_retry(self) -> float | None:
+        """When (on this kubelet's clock) the earliest failed pod is due for another try."""
+        return min((b.retry_at for b in self._backoff.values()), default=None)
 
     def delete_pod(self, name: str, namespace: str) -> None:
         """Remove the pod from the cluster (if there) and the store; endpoints follow."""
@@ -75,6 +108,9 @@ class Kubelet:
         stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
         synced: dict[str, str] = {}
         rejected: dict[str, str] = {}
+        now = self._clock()
+        for key in [k for k in self._backoff if k not in stored]:
+            del self._backoff[key]
         for key, resource in sorted(stored.items()):
             current = running.get(key)
             default_node = (
@@ -82,6 +118,16 @@ class Kubelet:
             )
             try:
                 pod = pod_spec_from_resource(resource, default_node)
+            except (ClusterError, StoreError, ValueError) as e:
+                rejected[key] = str(e)
+                log.warning("pod not run", pod=key, error=str(e))
+                continue
+            waiting = self._backoff.get(key)
+            if waiting is not None and waiting.pod == pod and waiting.retry_at > now:
+                rejected[key] = f"{waiting.error} (retrying in {waiting.retry_at - now:.1f} s)"
+                continue
+            try:
+                resource = self._bind(resource, pod.node)
                 if current is not None and msgspec.structs.replace(current.spec, labels=pod.labels) != pod:
                     # A changed pod restarts (pods are immutable); a relabelled one does not (add_pod).
                     self.cluster.remove_pod(pod.name, pod.namespace)
@@ -89,8 +135,9 @@ class Kubelet:
                 self.cluster.add_pod(pod)
             except (ClusterError, StoreError, ValueError) as e:
                 rejected[key] = str(e)
-                log.warning("pod not run", pod=key, error=str(e))
+                self._failed(key, pod, resource, str(e), now)
                 continue
+            self._backoff.pop(key, None)
             record = self.cluster.find_pod(pod.name, pod.namespace)
             assert record is not None, "add_pod returned but the pod is not recorded"
             running[key] = record
@@ -103,6 +150,27 @@ class Kubelet:
                 removed.append(key)
         self.sync_services()
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
+
+    def _bind(self, stored: Resource, node: str) -> Resource:
+        """Write the scheduler's decision (``spec.nodeName``) before the pod is created on that node."""
+        if stored.spec.get("nodeName") == node:
+            return stored
+        bound = msgspec.structs.replace(stored, spec={**stored.spec, "nodeName": node})
+        (result,) = self.store.apply([bound])
+        return result.resource
+
+    def _failed(self, key: str, pod: PodSpec, stored: Resource, error: str, now: float) -> None:
+        previous = self._backoff.get(key)
+        attempts = previous.attempts + 1 if previous is not None and previous.pod == pod else 1
+        delay = min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** min(attempts - 1, 16))
+        self._backoff[key] = _Backoff(pod=pod, attempts=attempts, retry_at=now + delay, error=error)
+        log.warning("pod not run", pod=key, error=error, attempt=attempts, retry_in=delay)
+        status = pending_status(error)
+        if stored.status != status:
+            try:
+                self.store.apply([msgspec.structs.replace(stored, status=status)])
+            except StoreError as e:
+                log.warning("pod status not written", pod=key, error=str(e))
 
     def _register(self, stored: Resource, record: PodRecord) -> None:
         """Write nodeName and the running status into a stored manifest, keeping the rest as applied."""
@@ -169,7 +237,18 @@ class Kubelet:
 
 def pod_resource(record: PodRecord) -> Resource:
     """The Pod object a kubelet would report for a running pod of the local cluster."""
-    pod = record.spec
+    doc = _pod_document(record.spec)
+    doc["status"] = {
+        "phase": "Running",
+        "podIP": record.ip,
+        "podIPs": [{"ip": record.ip}],
+        "hostIP": record.node_ip,
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    return build_resource(doc, source="local cluster kubelet")
+
+
+def _pod_document(pod: PodSpec) -> dict[str, Any]:
     container: dict[str, Any] = {"name": CONTAINER_NAME, "image": LOCAL_IMAGE}
     if pod.command:
         container["command"] = list(pod.command)
@@ -178,20 +257,30 @@ def pod_resource(record: PodRecord) -> Resource:
             {"containerPort": p.port, "protocol": p.protocol, **({"name": p.name} if p.name else {})}
             for p in pod.ports
         ]
-    doc = {
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": dict(pod.labels)},
         "spec": {"nodeName": pod.node, "serviceAccountName": pod.service_account, "containers": [container]},
-        "status": {
-            "phase": "Running",
-            "podIP": record.ip,
-            "podIPs": [{"ip": record.ip}],
-            "hostIP": record.node_ip,
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
     }
+
+
+def pending_pod_resource(pod: PodSpec) -> Resource:
+    """The Pod object of a pod bound to its node but not running yet (phase ``Pending``)."""
+    doc = _pod_document(pod)
+    doc["status"] = {"phase": "Pending"}
     return build_resource(doc, source="local cluster kubelet")
+
+
+def pending_status(reason: str) -> dict[str, Any]:
+    """The status of a pod whose sandbox could not be created (``reason`` says why)."""
+    return {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "SandboxFailed", "message": reason},
+        ],
+    }
 
 
 def schedule(nodes: Sequence[str], pods: Iterable[PodRecord]) -> str:

@@ -2,7 +2,8 @@
 node agent) later, all through ``ProcessSupervisor``.
 
 A process is started as ``ip netns exec <netns> argv...`` (so /etc/netns/<netns>/hosts applies) in a
-session of its own, stdout+stderr appended to ``logs/<log_name>.log`` (0600), and recorded in
+session of its own (``netns=""``: on the host, as is, for the one component that must share the host's
+mount namespace: the kubelet, whose new network namespaces must be visible to every process), stdout+stderr appended to ``logs/<log_name>.log`` (0600), and recorded in
 ``run/<log_name>.pid`` (a JSON ``ProcessRecord``). A record carries the process's start time, so a pid
 reused by an unrelated process is never signalled. Stopping is SIGTERM to the process group, a bounded
 wait, then SIGKILL. ``sweep_netns`` kills whatever still runs inside given namespaces (found through
@@ -58,19 +59,21 @@ class ProcessSupervisor:
         log_name: str,
         env: Mapping[str, str] | None = None,
     ) -> ProcessRecord:
-        """Start ``argv`` inside ``netns``; returns once the process exists (not once it is ready)."""
+        """Start ``argv`` inside ``netns`` (``""``: the host's); returns once the process exists (not once
+        it is ready)."""
         environment = dict(os.environ if env is None else env)
         self.check_command(name, argv, environment)
         ip_tool = shutil.which(self.ip_tool)
-        if ip_tool is None:
+        if ip_tool is None and netns:
             raise ProcessStartFailed(name, f"{self.ip_tool} not found: apt-get install iproute2")
+        enter = [ip_tool, "netns", "exec", netns] if netns and ip_tool else []
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.log_path(log_name)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             child = subprocess.Popen(
-                [ip_tool, "netns", "exec", netns, *argv],
+                [*enter, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,

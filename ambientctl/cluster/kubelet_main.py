@@ -1,0 +1,98 @@
+"""``python -m ambientctl.cluster.kubelet_main``: the local cluster's long-running kubelet.
+
+Started by ``cluster up`` (as the component ``kubelet``, on the host: it creates network namespaces
+that every other process must see, so it keeps the host's mount namespace). It watches the store and,
+whenever a Pod or Service changed (or a failed pod's retry is due), runs ``Kubelet.sync_pods``: new
+Pod manifests start live (network, CNI ADD, command), deleted ones stop (CNI DEL), Services follow.
+After its first full sync it writes ``<cluster dir>/run/kubelet.ready`` (what ``cluster up`` waits for).
+SIGTERM/SIGINT stop it between passes; pods keep running (as when a kubelet restarts).
+Must not: exit on a failed pass (it is logged; the next change or retry tries again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from meshcore.logs import configure_logging
+from meshcore.store import SqliteStore, StoreError, store_path
+
+from .cluster import Cluster
+from .errors import ClusterError
+from .kubelet import Kubelet
+from .spec import DEFAULT_PREFIX
+
+log = structlog.get_logger("ambientctl.cluster.kubelet")
+
+READY_FILE = "kubelet.ready"
+POLL_S = 0.1
+WATCHED_KINDS = frozenset({"Pod", "Service"})
+
+
+def ready_path(cluster: Cluster) -> Path:
+    return cluster.procs.run_dir / READY_FILE
+
+
+def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: float = POLL_S) -> None:
+    """Sync on every relevant change until ``stop`` is set."""
+    kubelet = Kubelet(cluster, store)
+    revision = -1
+    first = True
+    while not stop.is_set():
+        due = kubelet.next_retry()
+        retry = due is not None and due <= time.monotonic()
+        try:
+            current = store.revision()
+            changed = revision < 0 or any(
+                e.resource.kind in WATCHED_KINDS for e in store.changes_since(revision)
+            )
+            revision = current
+            if changed or retry:
+                report = kubelet.sync_pods()
+                if report.synced or report.removed or report.rejected:
+                    log.info(
+                        "pods synced",
+                        running=len(report.synced),
+                        removed=list(report.removed),
+                        failing=report.rejected,
+                    )
+            if first:
+                ready_path(cluster).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                ready_path(cluster).write_text(f"{time.time()}\n")
+                log.info("kubelet ready")
+                first = False
+        except (ClusterError, StoreError) as e:
+            log.warning("sync pass failed; retrying on the next change", error=str(e))
+        due = kubelet.next_retry()
+        wait = poll if due is None else max(0.0, min(poll, due - time.monotonic()))
+        stop.wait(wait)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="kubelet", description="the local cluster's kubelet")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = Cluster(args.state_dir, prefix=args.prefix)
+    try:
+        with SqliteStore(store_path(args.state_dir)) as store:
+            run(cluster, store, stop)
+    except (ClusterError, StoreError) as e:
+        print(f"kubelet: {e}", file=sys.stderr)
+        sys.exit(2)
+    log.info("kubelet stopped")
+
+
+if __name__ == "__main__":
+    main()
