@@ -172,6 +172,7 @@ class WorkloadProxyManager:
         self._run_task: asyncio.Task[Any] | None = None
         self.snapshot_received = asyncio.Event()  # the node agent's first snapshot has been processed
         self.connected = False
+        self._unreachable_warned = False
         self.connections_made = 0  # ZDS connections that completed the hello
         self.protocol_errors = 0
         self.version = 0
@@ -278,10 +279,14 @@ class WorkloadProxyManager:
                 sock = await ZdsSocket.connect(self._uds_path)
             except OSError as exc:
                 delay = self._backoff.next()
-                log.debug("node agent not reachable; retrying", path=self._uds_path, error=exc.strerror or str(exc),
-                          retry_in=delay)
+                # Warn once per outage (then debug): pods stay unserved until the node agent answers.
+                say = log.debug if self._unreachable_warned else log.warning
+                self._unreachable_warned = True
+                say("node agent not reachable; retrying (is the node agent running, and is INPOD_UDS its socket?)",
+                    path=self._uds_path, error=exc.strerror or str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 continue
+            self._unreachable_warned = False
             try:
                 await self._serve(sock)
             except ZdsClosed:

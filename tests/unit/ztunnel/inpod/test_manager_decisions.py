@@ -1,6 +1,6 @@
 """Pure decisions of in-pod mode: which xDS workload a handed-over pod is, which pods a snapshot drops,
 reconnect delays, where a captured connection was going (and when it is a self-call), SO_ORIGINAL_DST
-decoding and which wildcard addresses a pod listens on."""
+decoding, which wildcard addresses a pod listens on, and the INPOD_UDS setting."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from meshcore.state import ProxyState
 from meshcore.testing.builders import workload
+from ztunnel.config import DEFAULT_INPOD_UDS, ConfigError, ProxyMode, parse_config
 from ztunnel.inpod.manager import Backoff, find_pod_workload, pods_left_out
 from ztunnel.inpod.outbound_capture import capture_destination
 from ztunnel.inpod.pod import WAITING_FOR_XDS, listen_hosts
@@ -167,3 +168,30 @@ def test_parse_original_dst_never_raises_anything_but_value_error(raw: bytes) ->
 )
 def test_listen_hosts(addresses, hosts) -> None:
     assert listen_hosts(msgspec.structs.replace(WEB, addresses=addresses)) == hosts
+
+
+BASE_ENV = {"NODE_NAME": "node-1", "LOCAL_XDS_PATH": "/dev/null", "FAKE_CA": "true", "PROXY_MODE": "shared"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, DEFAULT_INPOD_UDS),
+        ({"INPOD_UDS": "/run/cni/zds.sock"}, "/run/cni/zds.sock"),
+    ],
+    ids=["the node agent's socket defaults to Istio's path", "INPOD_UDS names another socket"],
+)
+def test_inpod_uds_setting(extra, expected) -> None:
+    config = parse_config({**BASE_ENV, **extra})
+    assert config.proxy_mode is ProxyMode.SHARED and config.inpod_uds == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "/tmp/" + "x" * 120],
+    ids=["an empty socket path is refused", "a path longer than a unix socket allows is refused"],
+)
+def test_bad_inpod_uds_names_the_variable(value) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE_ENV, "INPOD_UDS": value})
+    assert info.value.variable == "INPOD_UDS"
