@@ -5,9 +5,10 @@ fds cross with SCM_RIGHTS) and a static config naming both workloads.
 An app in pod A dials pod B's IP as plain TCP: A's 15001 captures it, HBONE carries it from inside A to
 B's 15008, B's ztunnel side dials B's app from inside B keeping A's address. nft counters at POSTROUTING
 on A's veth (what really left; at OUTPUT the app's redirected packets still show the veth) prove the pods
-exchanged only port-15008 traffic. Also: a DENY policy refuses, self-calls to 15008/15001
+exchanged only port-15008 traffic. Also: a DENY policy refuses (and closes a live connection when pushed later), self-calls to 15008/15001
 are refused, plaintext from outside the mesh is served by B's 15006 (original destination), DelWorkload
-closes B's listeners, and a restarted ztunnel is given the pods again by the agent's snapshot."""
+closes B's listeners, a restarted ztunnel is given the pods again by the agent's snapshot, and an
+AddWorkload whose fd is not a netns is nacked without disturbing the other pods."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -233,16 +235,33 @@ async def test_an_app_reaches_another_pod_through_hbone_and_keeps_its_source_add
     assert mesh.zt.readiness().ready
 
 
+DENY_CLIENT = policy(
+    "deny-client",
+    Match(principals=(StringMatch("exact", "cluster.local/ns/default/sa/client"),)),
+    action=Action.DENY,
+)
+
+
 async def test_a_deny_policy_refuses_new_connections(mesh: Mesh) -> None:
-    deny = policy(
-        "deny-client",
-        Match(principals=(StringMatch("exact", "cluster.local/ns/default/sa/client"),)),
-        action=Action.DENY,
-    )
-    mesh.zt.cell.publish(mesh.zt.cell.current().updated(put=[deny]))
+    mesh.zt.cell.publish(mesh.zt.cell.current().updated(put=[DENY_CLIENT]))
     assert await refused(mesh.a, mesh.b.ip, APP_PORT)
     assert mesh.app.peers == []
     assert mesh.failures("PolicyDenied") == 1 and mesh.failures("TunnelDenied") == 1
+
+
+async def test_a_deny_policy_pushed_later_closes_a_live_connection(mesh: Mesh) -> None:
+    reader, writer = await dial(mesh.a, mesh.b.ip, APP_PORT)
+    try:
+        writer.write(b"ping")
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.readexactly(4) == b"ping"
+        mesh.zt.cell.publish(mesh.zt.cell.current().updated(put=[DENY_CLIENT]))
+        async with asyncio.timeout(TIMEOUT):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+    finally:
+        writer.close()
+    assert mesh.failures("PolicyChange") == 1
 
 
 async def test_self_calls_to_ztunnel_ports_are_refused(mesh: Mesh) -> None:
@@ -288,3 +307,14 @@ async def test_a_restarted_ztunnel_is_given_the_pods_again_and_serves_them(mesh:
     await mesh.zt.wait_ready(TIMEOUT)
     assert await exchange(mesh.a, mesh.b.ip, APP_PORT) == PAYLOAD
     assert mesh.app.peers == [mesh.a.ip]
+
+
+async def test_an_add_whose_fd_is_not_a_netns_is_nacked_and_the_other_pods_carry_on(mesh: Mesh) -> None:
+    not_a_netns = Path(f"{mesh.uds}.not-a-netns")
+    await asyncio.to_thread(not_a_netns.touch)
+    ack = await mesh.conn.add("0b1e-uid-bogus", WorkloadInfo("bogus", "default", "bogus"), not_a_netns)
+    assert not ack.ok
+    assert "0b1e-uid-bogus" in ack.error and "not a network namespace" in ack.error
+    assert mesh.zt.manager.pod("0b1e-uid-bogus") is None
+    assert await exchange(mesh.a, mesh.b.ip, APP_PORT) == PAYLOAD
+    assert mesh.zt.readiness().ready
