@@ -7,8 +7,8 @@ B's 15008, B's ztunnel side dials B's app from inside B keeping A's address. nft
 on A's veth (what really left; at OUTPUT the app's redirected packets still show the veth) prove the pods
 exchanged only port-15008 traffic. Also: a DENY policy refuses (and closes a live connection when pushed
 later), self-calls to 15008/15001 are refused, plaintext from outside the mesh is served by B's 15006
-(original destination), DelWorkload closes B's listeners, a restarted ztunnel is given the pods again by the agent's snapshot, and an
-AddWorkload whose fd is not a netns is nacked without disturbing the other pods."""
+(original destination), DelWorkload closes B's listeners, a restarted ztunnel is given the pods again by
+the agent's snapshot, and an AddWorkload whose fd is not a netns is nacked without disturbing the others."""
 
 from __future__ import annotations
 
