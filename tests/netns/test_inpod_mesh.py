@@ -227,6 +227,9 @@ async def test_an_app_reaches_another_pod_through_hbone_and_keeps_its_source_add
         inbound = next(c for c in mesh.zt.connections.connections() if c.direction.value == "inbound")
         assert str(inbound.identity) == "spiffe://cluster.local/ns/default/sa/client"
         assert inbound.target == f"{mesh.b.ip}:{APP_PORT}"
+        state = mesh.zt.config_dump()["workloadState"]
+        server = state["Kubernetes//Pod/default/server"]
+        assert server["state"] == "Up" and server["connections"]["inbound"][0]["actualDst"] == inbound.target
     finally:
         writer.close()
     assert mesh.app.peers == [mesh.a.ip]  # B's app sees pod A, not ztunnel or pod B itself

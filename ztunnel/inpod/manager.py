@@ -1,21 +1,16 @@
-"""``WorkloadProxyManager``: in-pod (shared) mode, the pods the node agent hands over over ZDS.
+"""``WorkloadProxyManager``: in-pod (shared) mode, serving the pods the node agent hands over on ZDS.
 
-Two loops, both owned here. The ZDS loop connects to the node agent's socket (``INPOD_UDS``; retried
-from 10 ms doubling to 15 s, as ztunnel), greets, and answers every request with exactly one ack:
-- AddWorkload: adopt the netns fd (``open_pod``: ``NetnsHandle`` + ``InpodSocketFactory``, entered once
-  to prove it works), register a ``PodProxy``, prefetch its identity's certificate, ack. The listeners
-  start in the background once xDS describes the pod, so an ack never waits on the CA. A re-sent Add for
-  the same netns keeps the running proxy; a new netns for the same uid replaces it. Failure: a nack
-  saying why; that pod is not served, nothing else changes.
-- KeepWorkload: the pod stays (snapshot only). DelWorkload: stop accepting, ack, drain in background.
-- SnapshotSent: every pod neither added nor kept in this snapshot is removed; readiness may pass now.
-A ZDS protocol error closes what fds arrived, nacks and reconnects; a lost connection reconnects. Pods
-keep being served meanwhile: the next snapshot reconciles them.
-The state loop matches each pod to its xDS workload on every snapshot (``find_pod_workload``, pure: the
-xDS uid equal to the pod uid, else Istio's rule, equal name, namespace and service account) and tells
-the pod; it also keeps the SecretManager tracking exactly the pods' identities.
-Choice (brief): a pod xDS does not know yet is Pending with no listeners (its redirected traffic is
-refused, fail closed) and starts when its workload appears, rather than resolving per connection.
+The ZDS loop connects to ``INPOD_UDS`` (retried 10 ms doubling to 15 s, as ztunnel), greets, and answers
+each request with exactly one ack. AddWorkload: adopt the netns fd (``open_pod`` enters it once to prove
+it works), register a ``PodProxy``, prefetch its certificate, ack; listeners start in the background,
+so an ack never waits on the CA. The same uid with the same netns keeps the running proxy; another netns
+replaces it. KeepWorkload keeps a pod; DelWorkload stops accepting, acks, drains in the background;
+SnapshotSent removes every pod neither added nor kept since the hello. A pod that cannot be served is
+nacked alone; a protocol error closes the fds that came with it, nacks and reconnects, pods kept.
+The state loop gives each pod its workload on every snapshot (``find_pod_workload``, pure) and keeps the
+SecretManager tracking exactly the pods' identities. Choice (brief): a pod xDS does not know yet is
+Pending with no listeners (redirected traffic refused: fail closed) and starts when its workload appears,
+rather than resolving the workload per connection. Every task is owned here; ``close`` ends them.
 """
 
 from __future__ import annotations
