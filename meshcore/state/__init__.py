@@ -4,8 +4,17 @@
 Pure (sans-IO): no asyncio, sockets, gRPC or clocks. Publication to readers is ``meshcore.aio.state_cell``.
 """
 
-from meshcore.state.apply import SUPPORTED_TYPE_URLS, Rejection, apply_delta
+from meshcore.state.apply import SUPPORTED_TYPE_URLS, DeltaApplier, Rejection, apply_delta
 from meshcore.state.errors import StateError, UnsupportedTypeUrl
-from meshcore.state.snapshot import ProxyState
+from meshcore.state.snapshot import ProxyState, StateEditor
 
-__all__ = ["SUPPORTED_TYPE_URLS", "ProxyState", "Rejection", "StateError", "UnsupportedTypeUrl", "apply_delta"]
+__all__ = [
+    "SUPPORTED_TYPE_URLS",
+    "DeltaApplier",
+    "ProxyState",
+    "Rejection",
+    "StateEditor",
+    "StateError",
+    "UnsupportedTypeUrl",
+    "apply_delta",
+]
