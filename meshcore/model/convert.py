@@ -8,14 +8,18 @@ NACK tells the operator what to fix. ``*_to_proto`` raises ``ConversionError`` f
 encoded (a non-IP address string). Empty ``trust_domain``/``service_account`` on the wire mean
 ``cluster.local``/``default``, as in ztunnel. Proto fields the model does not carry yet (extensions,
 network_gateway, application_tunnel, capacity, weighted_waypoints, ...) are dropped on decode.
-Must not do I/O or logging; callers decide what a rejection costs.
+Decoding is a hot path (a full push is ~10,000 workloads per proxy): ``DecodeCache`` lets a batch decode
+share and validate once the values many resources repeat (port lists, ``services`` maps, identities); the
+models are frozen, so shared values are never mutated. Must not do I/O or logging; callers decide what a
+rejection costs.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from sys import intern
 from typing import TypeVar
 
 from meshcore.identity import InvalidSpiffeId, SpiffeId
@@ -70,10 +74,30 @@ class ConversionError(ValueError):
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _ip_str(raw: bytes) -> str | None:
+    """The canonical (``ipaddress``) text form of a raw 4- or 16-byte address; None for any other length.
+    IPv4, by far the common case, is formatted directly: ``ipaddress`` costs four times as much."""
+    n = len(raw)
+    if n == 4:
+        return "%d.%d.%d.%d" % (*raw,)  # noqa: UP031 - the fastest formatting for four small ints
+    if n == 16:
+        return str(ipaddress.IPv6Address(raw))
+    return None
+
+
 def _ip_from_bytes(raw: bytes, field: str) -> str:
-    if len(raw) not in (4, 16):
+    ip = _ip_str(raw)
+    if ip is None:
         raise ConversionError(field, f"IP address must be 4 or 16 raw bytes, got {len(raw)}")
-    return str(ipaddress.ip_address(raw))
+    return ip
+
+
+def _ips_from_bytes(values: Sequence[bytes], field: str) -> tuple[str, ...]:
+    ips = tuple(map(_ip_str, values))
+    if None in ips:
+        for i, raw in enumerate(values):
+            _ip_from_bytes(raw, f"{field}[{i}]")  # raises for the first bad one
+    return ips  # type: ignore[return-value]  # no None left
 
 
 def _ip_to_bytes(ip: str, field: str) -> bytes:
@@ -97,6 +121,16 @@ def _enum(cls: type[_E], value: int, field: str) -> _E:
         raise ConversionError(field, f"unknown {cls.__name__} value {value} (known: {known})") from None
 
 
+def _members(cls: type[_E]) -> dict[int, _E]:
+    return {m.value: m for m in cls}
+
+
+# value -> member tables: a dict lookup instead of EnumMeta.__call__ on the decode hot path.
+_TUNNEL_PROTOCOLS = _members(TunnelProtocol)
+_WORKLOAD_TYPES = _members(WorkloadType)
+_WORKLOAD_STATUSES = _members(WorkloadStatus)
+
+
 def _required(value: str, field: str) -> str:
     if not value:
         raise ConversionError(field, "is required but empty")
@@ -108,6 +142,53 @@ def _namespaced_key(key: str, field: str) -> str:
     if not sep or not ns or not host:
         raise ConversionError(field, f"key {key!r} is not of the form <namespace>/<hostname>")
     return key
+
+
+# ----------------------------------------------------------------------------------------- decode cache
+
+
+class DecodeCache:
+    """Memo for one batch of decodes (one xDS response): a value seen before is reused, not rebuilt or
+    re-validated. Keys are raw wire values (a ``services`` entry by its serialized ``PortList``), so a hit
+    is exactly what a fresh decode would return; a failure is never cached (every bad resource raises with
+    its own field path). Not thread-safe: one per batch, dropped with it."""
+
+    __slots__ = ("_identities", "_port_lists", "_services")
+
+    def __init__(self) -> None:
+        self._port_lists: dict[tuple[tuple[int, int, int], ...], tuple[Port, ...]] = {}
+        self._services: dict[tuple[tuple[str, bytes], ...], dict[str, tuple[Port, ...]]] = {}
+        self._identities: set[tuple[str, str, str]] = set()
+
+    def ports(self, pbs: Sequence[workload_pb2.Port], field: str) -> tuple[Port, ...]:
+        key = tuple([(p.service_port, p.target_port, p.app_protocol) for p in pbs])
+        ports = self._port_lists.get(key)
+        if ports is None:
+            ports = self._port_lists[key] = _ports_from_proto(pbs, field)
+        return ports
+
+    def services(self, pbs: Mapping[str, workload_pb2.PortList], field: str) -> dict[str, tuple[Port, ...]]:
+        """A workload's ``services`` map, keys in sorted order (as every decode returns them)."""
+        names = sorted(pbs)
+        key = tuple([(name, pbs[name].SerializeToString()) for name in names])
+        services = self._services.get(key)
+        if services is None:
+            services = {}
+            for name in names:
+                where = f"{field}[{name!r}]"
+                services[_namespaced_key(name, where)] = self.ports(pbs[name].ports, f"{where}.ports")
+            self._services[key] = services
+        return services
+
+    def check_identity(self, trust_domain: str, namespace: str, service_account: str, field: str) -> None:
+        parts = (trust_domain, namespace, service_account)
+        if parts in self._identities:
+            return
+        try:
+            SpiffeId(trust_domain, namespace, service_account)
+        except InvalidSpiffeId as e:
+            raise ConversionError(field, f"invalid identity: {e}") from None
+        self._identities.add(parts)
 
 
 # ------------------------------------------------------------------------------------- shared messages
@@ -208,41 +289,58 @@ def workload_to_proto(w: Workload) -> workload_pb2.Workload:
     return pb
 
 
-def workload_from_proto(pb: workload_pb2.Workload) -> Workload:
-    """Decode and validate a workload; raises ``ConversionError`` naming the bad field."""
-    tunnel = _enum(TunnelProtocol, pb.tunnel_protocol, "workload.tunnel_protocol")
-    if tunnel == TunnelProtocol.LEGACY_ISTIO_MTLS:
+def workload_from_proto(pb: workload_pb2.Workload, cache: DecodeCache | None = None) -> Workload:
+    """Decode and validate a workload; raises ``ConversionError`` naming the bad field.
+
+    Pass one ``cache`` to every call of a batch to share repeated values (see ``DecodeCache``).
+    """
+    c = cache if cache is not None else DecodeCache()
+    tunnel = _TUNNEL_PROTOCOLS.get(pb.tunnel_protocol)
+    if tunnel is None:
+        tunnel = _enum(TunnelProtocol, pb.tunnel_protocol, "workload.tunnel_protocol")  # raises
+    if tunnel is TunnelProtocol.LEGACY_ISTIO_MTLS:
         raise ConversionError("workload.tunnel_protocol", "unsupported tunnel protocol LEGACY_ISTIO_MTLS")
-    trust_domain = pb.trust_domain or DEFAULT_TRUST_DOMAIN
-    service_account = pb.service_account or DEFAULT_SERVICE_ACCOUNT
-    namespace = _required(pb.namespace, "workload.namespace")
-    try:
-        SpiffeId(trust_domain, namespace, service_account)
-    except InvalidSpiffeId as e:
-        raise ConversionError("workload.identity", f"invalid identity: {e}") from None
-    services: dict[str, tuple[Port, ...]] = {}
-    for key in sorted(pb.services):
-        field = f"workload.services[{key!r}]"
-        services[_namespaced_key(key, field)] = _ports_from_proto(pb.services[key].ports, f"{field}.ports")
+    # Fields many workloads share are interned: one string object per value, not one per workload (a
+    # proxy holds 10,000s of workloads).
+    trust_domain = intern(pb.trust_domain or DEFAULT_TRUST_DOMAIN)
+    service_account = intern(pb.service_account or DEFAULT_SERVICE_ACCOUNT)
+    namespace = intern(pb.namespace or _required("", "workload.namespace"))
+    if (trust_domain, namespace, service_account) not in c._identities:
+        c.check_identity(trust_domain, namespace, service_account, "workload.identity")
+    services = c.services(pb.services, "workload.services") if pb.services else {}
+    uid = pb.uid or _required("", "workload.uid")
+    name = pb.name or _required("", "workload.name")
+    raw_addresses = pb.addresses
+    if len(raw_addresses) == 1 and (ip := _ip_str(raw_addresses[0])) is not None:
+        addresses: tuple[str, ...] = (ip,)
+    else:
+        addresses = _ips_from_bytes(raw_addresses, "workload.addresses")
+    waypoint = _gateway_from_proto(pb.waypoint, "workload.waypoint") if pb.HasField("waypoint") else None
+    workload_type = _WORKLOAD_TYPES.get(pb.workload_type)
+    if workload_type is None:
+        workload_type = _enum(WorkloadType, pb.workload_type, "workload.workload_type")  # raises
+    status = _WORKLOAD_STATUSES.get(pb.status)
+    if status is None:
+        status = _enum(WorkloadStatus, pb.status, "workload.status")  # raises
     return Workload(
-        uid=_required(pb.uid, "workload.uid"),
-        name=_required(pb.name, "workload.name"),
+        uid=uid,
+        name=name,
         namespace=namespace,
         service_account=service_account,
         trust_domain=trust_domain,
-        addresses=tuple(_ip_from_bytes(a, f"workload.addresses[{i}]") for i, a in enumerate(pb.addresses)),
-        network=pb.network,
+        addresses=addresses,
+        network=intern(pb.network),
         tunnel_protocol=tunnel,
-        waypoint=_gateway_from_proto(pb.waypoint, "workload.waypoint") if pb.HasField("waypoint") else None,
-        node=pb.node,
-        canonical_name=pb.canonical_name,
-        canonical_revision=pb.canonical_revision,
-        workload_type=_enum(WorkloadType, pb.workload_type, "workload.workload_type"),
+        waypoint=waypoint,
+        node=intern(pb.node),
+        canonical_name=intern(pb.canonical_name),
+        canonical_revision=intern(pb.canonical_revision),
+        workload_type=workload_type,
         workload_name=pb.workload_name,
         native_tunnel=pb.native_tunnel,
-        authorization_policies=tuple(pb.authorization_policies),
-        status=_enum(WorkloadStatus, pb.status, "workload.status"),
-        cluster_id=pb.cluster_id,
+        authorization_policies=tuple(pb.authorization_policies) if pb.authorization_policies else (),
+        status=status,
+        cluster_id=intern(pb.cluster_id),
         hostname=pb.hostname,
         services=services,
         locality=(
@@ -283,8 +381,11 @@ def service_to_proto(s: Service) -> workload_pb2.Service:
     return pb
 
 
-def service_from_proto(pb: workload_pb2.Service) -> Service:
-    """Decode and validate a service; raises ``ConversionError`` naming the bad field."""
+def service_from_proto(pb: workload_pb2.Service, cache: DecodeCache | None = None) -> Service:
+    """Decode and validate a service; raises ``ConversionError`` naming the bad field.
+
+    Pass one ``cache`` to every call of a batch to share repeated values (see ``DecodeCache``).
+    """
     load_balancing = None
     if pb.HasField("load_balancing"):
         lb = pb.load_balancing
@@ -304,7 +405,7 @@ def service_from_proto(pb: workload_pb2.Service) -> Service:
         addresses=tuple(
             _network_address_from_proto(a, f"service.addresses[{i}]") for i, a in enumerate(pb.addresses)
         ),
-        ports=_ports_from_proto(pb.ports, "service.ports"),
+        ports=(cache or DecodeCache()).ports(pb.ports, "service.ports"),
         subject_alt_names=tuple(pb.subject_alt_names),
         waypoint=_gateway_from_proto(pb.waypoint, "service.waypoint") if pb.HasField("waypoint") else None,
         load_balancing=load_balancing,
@@ -321,13 +422,16 @@ def address_to_proto(model: Workload | Service) -> workload_pb2.Address:
     return workload_pb2.Address(service=service_to_proto(model))
 
 
-def address_from_proto(pb: workload_pb2.Address) -> Workload | Service:
-    """Unwrap and validate an ``Address``; one with neither a workload nor a service is an error."""
+def address_from_proto(pb: workload_pb2.Address, cache: DecodeCache | None = None) -> Workload | Service:
+    """Unwrap and validate an ``Address``; one with neither a workload nor a service is an error.
+
+    Pass one ``cache`` to every call of a batch to share repeated values (see ``DecodeCache``).
+    """
     kind = pb.WhichOneof("type")
     if kind == "workload":
-        return workload_from_proto(pb.workload)
+        return workload_from_proto(pb.workload, cache)
     if kind == "service":
-        return service_from_proto(pb.service)
+        return service_from_proto(pb.service, cache)
     raise ConversionError("address", "holds neither a workload nor a service")
 
 
@@ -505,6 +609,7 @@ __all__ = [
     "DEFAULT_SERVICE_ACCOUNT",
     "DEFAULT_TRUST_DOMAIN",
     "ConversionError",
+    "DecodeCache",
     "address_from_proto",
     "address_to_proto",
     "authorization_from_proto",

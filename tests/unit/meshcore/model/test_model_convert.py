@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshcore.model import (
@@ -35,6 +35,7 @@ from meshcore.model import (
 )
 from meshcore.model.convert import (
     ConversionError,
+    DecodeCache,
     address_from_proto,
     address_to_proto,
     authorization_from_proto,
@@ -340,3 +341,64 @@ def test_empty_address_is_rejected() -> None:
 def test_model_with_a_non_ip_address_cannot_be_encoded() -> None:
     with pytest.raises(ConversionError, match=r"workload.addresses\[0\]"):
         workload_to_proto(builders.workload("a", "not-an-ip"))
+
+
+# ------------------------------------------------------------------------------------------ decode cache
+
+
+@given(st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16))
+def test_raw_addresses_decode_to_the_same_text_as_ipaddress(raw: bytes) -> None:
+    pb = workload_pb2.Workload(uid="u", name="n", namespace="ns", addresses=[raw])
+    assert workload_from_proto(pb).addresses == (str(ipaddress.ip_address(raw)),)
+
+
+@settings(max_examples=40)
+@given(st.lists(workloads | services, min_size=1, max_size=5))
+def test_a_batch_decoded_with_one_cache_equals_each_decoded_alone(models: list[Workload | Service]) -> None:
+    wires = [workload_pb2.Address.FromString(address_to_proto(m).SerializeToString()) for m in models]
+    cache = DecodeCache()
+    assert [address_from_proto(pb, cache) for pb in wires] == [address_from_proto(pb) for pb in wires] == models
+
+
+def test_a_batch_shares_equal_services_maps_and_keeps_different_ones_apart() -> None:
+    ports = {"default/a.svc": (Port(80, 8080),)}
+    a1, a2 = (builders.workload(n, ip, services=ports) for n, ip in (("a1", "10.0.0.1"), ("a2", "10.0.0.2")))
+    b = builders.workload("b", "10.0.0.3", services={"default/a.svc": (Port(80, 9090),)})
+    cache = DecodeCache()
+    d1, d2, db = (workload_from_proto(workload_to_proto(w), cache) for w in (a1, a2, b))
+    assert d1.services is d2.services and d1.services == ports
+    assert db.services == b.services and db.services is not d1.services
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "field"),
+    [
+        (_wl(), _wl(service_account="Not_Valid"), "workload.identity"),
+        (
+            _wl(services={"ns/h": workload_pb2.PortList(ports=[workload_pb2.Port(service_port=80)])}),
+            _wl(services={"ns/h": workload_pb2.PortList(ports=[workload_pb2.Port(service_port=70000)])}),
+            r"workload.services\['ns/h'\].ports\[0\].service_port",
+        ),
+        (
+            _wl(services={"ns/h": workload_pb2.PortList()}),
+            _wl(services={"no-slash": workload_pb2.PortList()}),
+            r"workload.services\['no-slash'\]",
+        ),
+        (_wl(), _wl(addresses=[bytes(4), bytes(3)]), r"workload.addresses\[1\]"),
+    ],
+    ids=[
+        "a bad identity is rejected after good ones were cached",
+        "a bad port is rejected after a good port list was cached",
+        "a bad services key is rejected after a good map was cached",
+        "a bad second address is rejected naming its index",
+    ],
+)
+def test_a_shared_cache_never_lets_a_bad_workload_through(
+    good: workload_pb2.Workload, bad: workload_pb2.Workload, field: str
+) -> None:
+    cache = DecodeCache()
+    workload_from_proto(good, cache)
+    with pytest.raises(ConversionError, match=field):
+        workload_from_proto(bad, cache)
+    with pytest.raises(ConversionError, match=field):
+        workload_from_proto(bad, cache)  # a failure is not cached either
