@@ -7,6 +7,9 @@ closing, protocol violation) ends the stream; it reconnects with capped exponent
 to 15 s, jittered; reset once a stream delivers a response) and resends ``initial_resource_versions``. The
 snapshot is never cleared on disconnect: the proxy keeps serving the config it has through an outage.
 ``ready`` is set once every subscribed type has had its first response processed, and stays set.
+A big response (a full push: 10,000+ resources) is decoded on the event loop in steps of ``APPLY_STEP``
+resources, yielding to other tasks between steps, so the proxy keeps serving connections meanwhile without
+the GIL hand-offs a worker thread would cost; readers see nothing until the whole response is applied.
 Owns no tasks: the caller runs ``run()`` in its TaskGroup and calls ``close()`` to stop it.
 """
 
@@ -23,15 +26,14 @@ import structlog
 
 from meshcore.aio.state_cell import StateCell
 from meshcore.proto import discovery_pb2, discovery_pb2_grpc
-from meshcore.state import SUPPORTED_TYPE_URLS, ProxyState, Rejection, apply_delta
+from meshcore.state import SUPPORTED_TYPE_URLS, DeltaApplier, ProxyState, Rejection
 from meshcore.xds import ZTUNNEL_TYPE_URLS, Backoff, DeltaXdsClientProtocol, ProtocolError, nack_message
 
 log = structlog.get_logger("meshcore.xds")
 
 MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel's limit (reference §5)
-# Decoding a large push blocks for a while; above this many resources it runs in a worker thread so the
-# event loop keeps serving connections (the snapshot is immutable and we are its only writer).
-OFFLOAD_THRESHOLD = 200
+# Resources decoded between two yields to the event loop (~10-20 us each: a few ms per step).
+APPLY_STEP = 256
 
 RejectionHook = Callable[[str, list[Rejection]], None]
 
@@ -177,12 +179,10 @@ class XdsClient:
         received = self._protocol.receive(response)
         before = self._cell.current()
         bodies = received.bodies
-        if len(bodies) > OFFLOAD_THRESHOLD:
-            after, rejected = await asyncio.to_thread(
-                apply_delta, before, received.type_url, bodies, received.removals
-            )
-        else:
-            after, rejected = apply_delta(before, received.type_url, bodies, received.removals)
+        applier = DeltaApplier(before, received.type_url, bodies, received.removals)
+        while not applier.step(APPLY_STEP):  # noqa: ASYNC110 - the step is the work; sleep(0) only yields
+            await asyncio.sleep(0)  # let connections run; we are the cell's only writer, `before` stays current
+        after, rejected = applier.finish()
         rejections = [Rejection(name, reason) for name, reason in received.malformed.items()] + rejected
         if after is not before:
             self._cell.publish(after)

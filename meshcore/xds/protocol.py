@@ -57,8 +57,8 @@ class DeltaXdsClientProtocol:
     """The client side of one delta-ADS session across reconnects (see the module docstring)."""
 
     def __init__(self, node_id: str, node_metadata: Mapping[str, Any], type_urls: Sequence[str]) -> None:
-        if not type_urls:
-            raise ValueError("subscribe to at least one type URL")
+        if not type_urls or not all(type_urls):
+            raise ValueError("subscribe to at least one type URL, and no empty one")
         self.node_id = node_id
         self.type_urls: tuple[str, ...] = tuple(dict.fromkeys(type_urls))
         self._node = discovery_pb2.Node(id=node_id)
@@ -82,6 +82,11 @@ class DeltaXdsClientProtocol:
     def ready(self) -> bool:
         """True once every subscribed type has been answered once (ztunnel's xDS readiness)."""
         return len(self._acked) == len(self.type_urls)
+
+    @property
+    def unanswered(self) -> frozenset[str]:
+        """Types with a received response that has not been ACKed or NACKed yet (being applied)."""
+        return frozenset(self._pending)
 
     def versions(self, type_url: str) -> Mapping[str, str]:
         """name -> version of the ``type_url`` resources we hold (what the next ``start`` reports)."""
@@ -127,17 +132,18 @@ class DeltaXdsClientProtocol:
         malformed: dict[str, str] = {}
         for i, res in enumerate(response.resources):
             name = res.name
-            if not name:
+            body = res.resource  # an absent body reads as an empty Any, whose type_url never matches
+            if body.type_url == type_url and name and name not in updates and name not in malformed:
+                updates[name] = (res.version, body.value)  # the common case, checked once
+            elif not name:
                 malformed[f"<unnamed resource #{i}>"] = "resource has no name"
             elif name in updates or name in malformed:
                 updates.pop(name, None)
                 malformed[name] = "resource name appears more than once in one response"
             elif not res.HasField("resource"):
                 malformed[name] = "resource has no body"
-            elif res.resource.type_url != type_url:
-                malformed[name] = f"resource body has type {res.resource.type_url!r}, expected {type_url!r}"
             else:
-                updates[name] = (res.version, res.resource.value)
+                malformed[name] = f"resource body has type {body.type_url!r}, expected {type_url!r}"
         removals = tuple(response.removed_resources)
         self._pending[type_url] = _Pending(
             nonce=response.nonce,

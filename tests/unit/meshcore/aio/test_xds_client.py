@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from meshcore.aio.state_cell import StateCell
-from meshcore.aio.xds_client import XdsClient
+from meshcore.aio.xds_client import APPLY_STEP, XdsClient
 from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from meshcore.proto import workload_pb2
 from meshcore.state import ProxyState, Rejection
@@ -174,3 +174,26 @@ async def test_close_stops_run_promptly_even_while_backing_off() -> None:
         client.close()
         await asyncio.wait_for(task, 1)
     assert not client.ready.is_set()
+
+
+async def test_the_event_loop_keeps_running_while_a_big_push_is_applied(mesh: Mesh) -> None:
+    await asyncio.wait_for(mesh.client.ready.wait(), 2)
+    big = {w.uid: w for w in (builders.workload(f"w{i}", f"10.1.{i >> 8}.{i & 255}") for i in range(2000))}
+    ticks_while_applying = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:  # runs whenever the loop gets a turn; counts turns taken mid-apply
+        nonlocal ticks_while_applying
+        while not done.is_set():
+            await asyncio.sleep(0)
+            if ADDRESS_TYPE_URL in mesh.client.protocol.unanswered:
+                ticks_while_applying += 1
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(ticker())
+        [nonce] = await mesh.server.push(ADDRESS_TYPE_URL, big)
+        state = await mesh.cell.wait_for(lambda s: len(s.workloads) == 2000, timeout=10)
+        await mesh.server.wait_for_request(is_ack(nonce), timeout=5)  # type: ignore[arg-type]
+        done.set()
+    assert state.find_workload_by_addr("10.1.7.207") == big["Kubernetes//Pod/default/w1999"]
+    assert ticks_while_applying >= max(1, 2000 // APPLY_STEP - 1), "the apply must yield to the loop between steps"

@@ -60,6 +60,23 @@ def test_receive_returns_updates_with_versions_and_removals() -> None:
     assert got.removals == ("gone",) and dict(got.malformed) == {}
 
 
+def test_a_response_is_unanswered_from_receive_until_its_ack() -> None:
+    p = proto()
+    p.start(0.0)
+    assert p.unanswered == frozenset()
+    p.receive(response("n1", res("a", "v1")))
+    p.receive(response("p1", type_url=AUTHORIZATION_TYPE_URL))
+    assert p.unanswered == {ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL}
+    p.ack(ADDRESS_TYPE_URL, "n1")
+    p.nack(AUTHORIZATION_TYPE_URL, "p1", "bad")
+    assert p.unanswered == frozenset()
+
+
+def test_an_empty_type_url_cannot_be_subscribed() -> None:
+    with pytest.raises(ValueError, match="no empty one"):
+        DeltaXdsClientProtocol(NODE_ID, {}, (ADDRESS_TYPE_URL, ""))
+
+
 def test_ack_echoes_type_and_nonce_with_no_error() -> None:
     p = proto()
     p.start(0.0)
@@ -99,7 +116,9 @@ def test_unanswered_response_is_forgotten_on_reconnect() -> None:
     p = proto()
     p.start(0.0)
     p.receive(response("n1", res("a", "v1")))
+    assert p.unanswered == {ADDRESS_TYPE_URL}
     reqs = p.start(1.0)  # stream died before we ACKed
+    assert p.unanswered == frozenset()
     assert dict(reqs[0].initial_resource_versions) == {}
     p.receive(response("n9", res("a", "v1")))  # no ResponseOutOfOrder: the old pending is gone
 
