@@ -348,8 +348,11 @@ class NodeAgent:
             now = self._clock()
             waiting = [f.retry_at for uid, f in self._failures.items() if uid not in self._inflight]
             timeout = max(0.0, min(waiting) - now) + 0.001 if waiting else None
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that races
+            # with the event, and the loop would then schedule work on a TaskGroup shutting down.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._dirty.wait()
 
     def _reconcile_once(self) -> None:
         netns_ids = {key: entry.netns_id for key, entry in self.netns_map.items()}
@@ -452,6 +455,7 @@ class NodeAgent:
         finally:
             os.close(fd)
         self._captured[pod.uid] = _Capture(pod, entry.path, entry.netns_id)
+        self._update_gauges()
         log.info("pod redirected", pod=str(pod), uid=pod.uid, netns=entry.path)
         await self._hand_over(pod.uid)
 
@@ -470,6 +474,7 @@ class NodeAgent:
                 await self._annotate(pod, REDIRECTION_PENDING)
             raise
         record.handed_over = True
+        self._update_gauges()
         log.info("pod handed to ztunnel", pod=str(pod), uid=uid)
         await self._annotate(pod, "enabled")
 
@@ -514,6 +519,7 @@ class NodeAgent:
             for problem in await self._zds.delete(action.uid):
                 log.warning("ztunnel did not acknowledge a pod's removal", pod=label, problem=problem)
             del self._captured[action.uid]
+            self._update_gauges()
             log.info("pod released", pod=label, uid=action.uid)
         if action.unannotate and action.pod is not None and action.pod.annotation is not None:
             await self._annotate(action.pod, None)

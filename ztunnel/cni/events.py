@@ -184,8 +184,13 @@ class EventServer:
 
     async def _answer(self, reader: asyncio.StreamReader) -> EventReply:
         try:
-            line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
+            async with asyncio.timeout(READ_TIMEOUT):
+                line = await reader.readuntil(b"\n")
             event = decode_event(line.rstrip(b"\n"))
+        except TimeoutError:
+            problem = f"no complete event line within {READ_TIMEOUT:g}s"
+            log.warning("bad plugin event", error=problem)
+            return EventReply(ok=False, error=problem)
         except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError, EventMalformed) as e:
             problem = str(e) if isinstance(e, EventMalformed) else f"malformed plugin event: {e}"
             log.warning("bad plugin event", error=problem)
@@ -193,7 +198,8 @@ class EventServer:
                 self._on_bad_event(problem)
             return EventReply(ok=False, error=problem)
         try:
-            return await asyncio.wait_for(self._handler(event), self._handler_timeout)
+            async with asyncio.timeout(self._handler_timeout):
+                return await self._handler(event)
         except TimeoutError:
             error = f"the node agent did not finish within {self._handler_timeout:g}s; it keeps trying"
         except Exception as e:  # a broken handler answers this event with an error, not the server

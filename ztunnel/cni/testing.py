@@ -96,6 +96,7 @@ class FakeZtunnel:
                     return
                 self._record(event)
                 if self.silent:
+                    self._wake()
                     continue
                 uid = getattr(event, "uid", "")
                 error = self.nack.get(uid, "") if isinstance(event, AddWorkload) else ""
@@ -123,4 +124,3 @@ class FakeZtunnel:
             self.serving &= set(snapshot)
         elif isinstance(event, DelWorkload):
             self.serving.discard(event.uid)
-        self._wake()

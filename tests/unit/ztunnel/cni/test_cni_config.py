@@ -1,0 +1,70 @@
+"""Node agent settings: defaults, environment, flags over environment, and one clear error per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ztunnel.cni.config import NodeAgentConfig, parse_config
+from ztunnel.cni.errors import ConfigError
+from ztunnel.config import HostPort
+from ztunnel.redirect import RedirectOptions
+
+
+def test_defaults_follow_istio() -> None:
+    config = parse_config({"NODE_NAME": "node-1"})
+    assert config == NodeAgentConfig(node_name="node-1")
+    assert config.zds_socket == Path("/var/run/ztunnel/ztunnel.sock")
+    assert config.monitoring_addr == HostPort("0.0.0.0", 15014)
+
+
+def test_environment_and_flags() -> None:
+    config = parse_config(
+        {
+            "NODE_NAME": "n",
+            "INPOD_UDS": "/tmp/a/ztunnel.sock",
+            "MONITORING_ADDR": "",
+            "ZDS_ACK_TIMEOUT": "500ms",
+            "AMBIENT_DNS_CAPTURE": "true",
+            "MAX_PARALLEL": "4",
+        },
+        flags={"INPOD_UDS": "/tmp/b/ztunnel.sock", "LOG_LEVEL": "DEBUG"},
+    )
+    assert config.zds_socket == Path("/tmp/b/ztunnel.sock")
+    assert config.monitoring_addr is None
+    assert config.zds_ack_timeout == 0.5
+    assert config.redirect == RedirectOptions(dns_capture=True)
+    assert (config.max_parallel, config.log_level) == (4, "debug")
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "NODE_NAME"),
+        ({"NODE_NAME": "n", "ZDS_ACK_TIMEOUT": "soon"}, "ZDS_ACK_TIMEOUT"),
+        ({"NODE_NAME": "n", "ZDS_ACK_TIMEOUT": "0s"}, "ZDS_ACK_TIMEOUT"),
+        ({"NODE_NAME": "n", "RETRY_INITIAL": "1m", "RETRY_MAX": "1s"}, "RETRY_INITIAL"),
+        ({"NODE_NAME": "n", "MONITORING_ADDR": "localhost:15014"}, "MONITORING_ADDR"),
+        ({"NODE_NAME": "n", "MAX_PARALLEL": "0"}, "MAX_PARALLEL"),
+        ({"NODE_NAME": "n", "AMBIENT_IPV6": "maybe"}, "AMBIENT_IPV6"),
+        ({"NODE_NAME": "n", "INPOD_UDS": " "}, "INPOD_UDS"),
+        ({"NODE_NAME": "n", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ],
+    ids=[
+        "the node name is required",
+        "a duration must be a duration",
+        "a timeout must be positive",
+        "the first retry cannot wait longer than the cap",
+        "listeners bind IP literals",
+        "at least one pod at a time",
+        "booleans are true or false",
+        "a socket path cannot be blank",
+        "the log format is console or json",
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(env)
+    assert info.value.variable == variable
+    assert str(info.value).startswith(variable + ": ")
