@@ -1,6 +1,7 @@
 """``cluster up|down|status|exec|logs``: the local cluster (nodes and pods as network namespaces).
 
-Thin: parse options, call ``ambientctl.cluster.Cluster``, print. Every ``ClusterError`` (not root, a
+Thin: parse options, call ``ambientctl.cluster.Cluster`` (and ``Mesh`` for the mesh processes: ``up``
+starts istiod-lite, a node agent and a ztunnel per node and the kubelet, unless ``--no-mesh``), print. Every ``ClusterError`` (not root, a
 tool missing, a bad cluster.yaml, a pod not found) becomes one ``error:`` line and exit code 1.
 ``exec`` keeps the terminal (stdin, stdout, stderr pass through) and exits with the command's code.
 """
@@ -24,6 +25,7 @@ from ambientctl.cluster import (
     ClusterStatus,
     load_cluster_spec,
 )
+from ambientctl.cluster.mesh import Mesh, MeshStatus
 from ambientctl.cluster.spec import validate_cluster_spec
 
 from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table
@@ -72,14 +74,28 @@ def up(
         Path | None, typer.Option("-f", "--file", help="cluster.yaml: nodes, prefix, networking.")
     ] = None,
     output: OutputOption = OutputFormat.table,
+    mesh: Annotated[
+        bool,
+        typer.Option(
+            "--mesh/--no-mesh",
+            help="Start the mesh (istiod-lite, node agents, ztunnels) and the kubelet; "
+            "--no-mesh: the network only.",
+        ),
+    ] = True,
 ) -> None:
-    """Create the local cluster (or report the one that is up)."""
+    """Create the local cluster (or report the one that is up) and start the mesh on it."""
+    started: MeshStatus | None = None
     with _cluster_errors():
         spec = load_cluster_spec(file) if file is not None else None
         if nodes is not None:
             spec = msgspec.structs.replace(spec or ClusterSpec(), nodes=nodes)
             validate_cluster_spec(spec, "--nodes")
-        current = _cluster(ctx, spec.prefix if spec else DEFAULT_PREFIX).up(spec)
+        cluster = _cluster(ctx, spec.prefix if spec else DEFAULT_PREFIX)
+        current = cluster.up(spec)
+        if mesh:
+            # Idempotent: components already running are left alone, stopped ones are started again.
+            started = Mesh(cluster).start()
+            current = msgspec.structs.replace(cluster.status(), changed=current.changed)
     if output is not OutputFormat.table:
         print_documents([_document(current)], output, single=True)
         return
@@ -88,7 +104,11 @@ def up(
     else:
         typer.echo(f"cluster already up: {len(current.nodes)} node(s), prefix {current.prefix} (unchanged)")
     _print_nodes(current)
-    typer.echo(f"istiod_lite address: {current.istiod_address}")
+    if started is not None:
+        typer.echo(f"mesh up: istiod-lite at {started.istiod_address}, ztunnel and node agent on every node")
+        typer.echo("  " + ", ".join(f"{step} {took:.1f}s" for step, took in started.timings))
+    else:
+        typer.echo(f"istiod_lite address: {current.istiod_address}")
 
 
 def down(ctx: typer.Context, prefix: PrefixOption = DEFAULT_PREFIX) -> None:

@@ -310,8 +310,8 @@ def test_the_cli_brings_a_cluster_up_shows_it_runs_commands_and_takes_it_down(
 
     down = ""
     try:
-        assert "cluster up: 2 node(s)" in ctl("up", "-f", str(spec))
-        assert "(unchanged)" in ctl("up")
+        assert "cluster up: 2 node(s)" in ctl("up", "-f", str(spec), "--no-mesh")
+        assert "(unchanged)" in ctl("up", "--no-mesh")
         Cluster(tmp_path, prefix=prefix).add_pod(PodSpec("web", "shop", "node-2"))
         status = ctl("status")
         assert "node-2" in status and "10.244.2.2" in status and "shop" in status
