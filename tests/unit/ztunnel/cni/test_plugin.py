@@ -302,3 +302,14 @@ def test_the_plugin_process_reports_garbage_stdin_as_cni_error_json() -> None:
     )
     assert done.returncode == 1
     assert error_of(done.stdout)["code"] == 6
+
+
+def test_the_example_conflist_configures_this_plugin() -> None:
+    conflist = json.loads((REPO / "daemonset" / "cni-conflist.json").read_text())
+    (entry,) = [p for p in conflist["plugins"] if p["type"] == "ambient-cni"]
+    entry = {**entry, "cniVersion": conflist["cniVersion"], "name": conflist["name"], "prevResult": PREV}
+    out, status, agent = call(env("ADD"), entry, enrolled=enrolled_is(False))
+    assert (status, json.loads(out)) == (0, PREV)
+    ((event, _),) = agent.events
+    assert event.pod_name == "web"
+    assert conflist["plugins"][-1]["type"] == "ambient-cni"  # chained last, after the pod network
