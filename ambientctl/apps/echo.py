@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     server = ThreadingHTTPServer((args.host, args.port), EchoHandler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"echo listening on {args.host}:{args.port}", flush=True)
+    print(f"echo listening on {args.host}:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

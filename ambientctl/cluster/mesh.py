@@ -126,11 +126,14 @@ def node_files(nodes_dir: Path, node: str) -> NodeFiles:
     )
 
 
-def base_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """What every component inherits: a clean environment, not the caller's (as a DaemonSet's pod)."""
-    keep = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
+def base_env(environ: Mapping[str, str], python: str) -> dict[str, str]:
+    """What every component inherits: a clean environment, not the caller's (as a DaemonSet's pod).
+
+    The mesh's Python environment comes first on PATH, so pods the kubelet starts can run
+    ``python -m ambientctl.apps.echo`` (or any console script of the mesh) by name."""
+    keep = ("HOME", "PYTHONPATH", "VIRTUAL_ENV")
     env = {k: environ[k] for k in keep if k in environ}
-    env.setdefault("PATH", os.defpath)
+    env["PATH"] = os.pathsep.join([os.path.dirname(python), environ.get("PATH", os.defpath)])
     env["LANG"] = "C.UTF-8"
     return env
 
@@ -326,7 +329,7 @@ class Mesh:
         self.cluster = cluster
         self.settings = settings or MeshSettings()
         self.python = python
-        self.env = base_env(os.environ if environ is None else environ)
+        self.env = base_env(os.environ if environ is None else environ, python)
 
     @property
     def state_dir(self) -> Path:
