@@ -625,9 +625,15 @@ class NodeAgent:
         self._dirty.set()
         if uids:
             # Release before the runtime deletes the netns: ztunnel closes its sockets in the pod first.
+            # A release that fails is retried later; DEL itself never fails, so stop waiting then.
+            seen = {u: self._errors.get(u, (0, ""))[0] for u in uids}
+
+            def settled() -> bool:
+                return all(u not in self._captured or self._errors.get(u, (0, ""))[0] > seen[u] for u in uids)
+
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(EVENT_WAIT):
-                    await self.wait_until(lambda: not any(u in self._captured for u in uids))
+                    await self.wait_until(settled)
         return EventReply(ok=True)
 
     def _read_pod(self, namespace: str, name: str) -> tuple[Resource | None, Resource | None]:

@@ -291,4 +291,3 @@ async def test_a_pod_scheduled_after_its_sandbox_started_is_captured_from_the_re
         assert await cni(config, "add", "web") == EventReply(ok=True, captured=False)
         uid = pod(store, "web")
         await eventually(lambda: uid in zt.serving, "captured once registered")
-
