@@ -221,7 +221,7 @@ class NodeAgent:
         for problem in self.netns_map.load():
             log.warning("pod netns map", problem=problem)
         self._own_netns = current_netns_id()
-        revision = await asyncio.to_thread(self._relist)
+        revision = await self._relist()
         zds_path = self.config.zds_socket
         zds_path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         listener = open_listener(str(zds_path))
@@ -293,8 +293,9 @@ class NodeAgent:
 
     # -- the view of the store -------------------------------------------------------------------------
 
-    def _relist(self) -> int:
-        revision, objects = self.store.snapshot()
+    async def _relist(self) -> int:
+        """Replace the view with a fresh list (read on a thread, applied on the loop)."""
+        revision, objects = await asyncio.to_thread(self.store.snapshot)
         self._pods = {}
         self._ns_labels = {}
         for obj in objects:
@@ -334,7 +335,7 @@ class NodeAgent:
                 log.warning("store watch failed; re-listing", error=str(e))
                 await asyncio.sleep(WATCH_RETRY)
                 with contextlib.suppress(StoreError):
-                    revision = await asyncio.to_thread(self._relist)
+                    revision = await self._relist()
 
     def _facts(self) -> dict[str, PodFacts]:
         return node_pods(self._pods.values(), self._ns_labels, self.config.node_name)
@@ -355,10 +356,15 @@ class NodeAgent:
                     await self._dirty.wait()
 
     def _reconcile_once(self) -> None:
+        facts = self._facts()
+        for uid in [u for u in self._failures if u not in facts and u not in self._captured]:
+            del self._failures[uid]  # the pod is gone and nothing of it is left to release
+        for uid in [u for u in self._errors if u not in facts and u not in self._captured]:
+            del self._errors[uid]
         netns_ids = {key: entry.netns_id for key, entry in self.netns_map.items()}
         captured = {uid: Captured(c.netns_id, c.handed_over) for uid, c in self._captured.items()}
         actions = plan(
-            self._facts(),
+            facts,
             captured,
             self._failures,
             netns_ids,
