@@ -1,0 +1,153 @@
+"""The operator's flow through the real CLI: ``cluster up`` (with the mesh), ``apply -f`` a Pod with a command
+(it starts live), ``cluster exec``, ``delete`` (it stops live), ``cluster logs``, then ``cluster down``
+leaves no network namespace, link, /etc/netns entry, file or process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ambientctl.cluster.testing import random_prefix, wait_for
+from meshcore.store import ResourceRef, SqliteStore, store_path
+
+pytestmark = pytest.mark.timeout(120)
+
+MANIFEST = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec:
+  containers:
+  - name: web
+    image: local
+    command: [python, -m, ambientctl.apps.echo]
+    args: [--port, "8080"]
+    ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: shopper, namespace: shop}
+spec:
+  containers: [{name: main, image: local, command: [sleep, infinity]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"""
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="e2c", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def ctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "ambientctl", "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def leftovers(prefix: str) -> list[str]:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    found = [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith(prefix)]
+    found += [f"link {line.split(':')[1].strip()}" for line in links.splitlines() if f": {prefix}" in line]
+    etc = Path("/etc/netns")
+    found += (
+        [f"/etc/netns/{p.name}" for p in etc.iterdir() if p.name.startswith(prefix)] if etc.is_dir() else []
+    )
+    return found
+
+
+def test_an_operator_runs_pods_from_manifests_live_and_down_leaves_nothing(state_dir: Path) -> None:
+    prefix = random_prefix()
+    spec = state_dir / "cluster.yaml"
+    spec.write_text(f"nodes: 2\nprefix: {prefix}\n")
+    pids: list[int] = []
+    try:
+        up = ctl(state_dir, "cluster", "up", "-f", str(spec)).stdout
+        assert "cluster up: 2 node(s)" in up and "mesh up: istiod-lite at 172.30.0.254:15012" in up
+        assert "(unchanged)" in ctl(state_dir, "cluster", "up").stdout
+
+        manifest = state_dir / "shop.yaml"
+        manifest.write_text(MANIFEST)
+        assert "pod/web created" in ctl(state_dir, "apply", "-f", str(manifest)).stdout
+        with SqliteStore(store_path(state_dir)) as store:
+
+            def running(name: str) -> bool:
+                pod = store.get(ResourceRef("Pod", "shop", name))
+                return pod is not None and pod.status.get("phase") == "Running"
+
+            wait_for("web and shopper running", lambda: running("web") and running("shopper"), 45)
+            wait_for(
+                "both captured",
+                lambda: all(
+                    (p := store.get(ResourceRef("Pod", "shop", n))) is not None
+                    and p.annotations.get("ambient.istio.io/redirection") == "enabled"
+                    for n in ("web", "shopper")
+                ),
+            )
+        client = [sys.executable, "-m", "ambientctl.apps.client", "get", "http://web.shop/", "--count", "3"]
+        answer = json.loads(ctl(state_dir, "cluster", "exec", "shopper", "-n", "shop", "--", *client).stdout)
+        assert answer["ok"] == 3 and {r["pod"] for r in answer["results"]} == {"web"}
+
+        status = json.loads(ctl(state_dir, "cluster", "status", "-o", "json").stdout)
+        components = {p["name"]: p for p in status["processes"]}
+        assert set(components) == {
+            "istiod",
+            "kubelet",
+            "node-agent-node-1",
+            "node-agent-node-2",
+            "ztunnel-node-1",
+            "ztunnel-node-2",
+        }
+        assert all(p["running"] for p in components.values())
+        pids = [p["pid"] for p in components.values()] + [p["pid"] for p in status["pods"] if p["pid"]]
+        web = next(p for p in status["pods"] if p["name"] == "web")
+        assert len(ctl(state_dir, "cluster", "logs", "ztunnel-node-1", "--tail", "5").stdout.splitlines()) == 5
+
+        assert 'pod "web" deleted' in ctl(state_dir, "delete", "pod", "web", "-n", "shop").stdout
+        wait_for(
+            "web stopped and its namespace gone",
+            lambda: not alive(web["pid"]) and not os.path.exists(f"/run/netns/{web['netns']}"),
+        )
+    finally:
+        down = ctl(state_dir, "cluster", "down", check=False)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(prefix) == []
+    assert [pid for pid in pids if alive(pid)] == []
+    assert not (state_dir / "cluster" / "nodes").exists()  # sockets, CNI config, node credentials
