@@ -81,11 +81,13 @@ class Redirector(Protocol):
 
 
 class NftRedirector:
-    """``ztunnel.redirect`` on a worker thread: nft + netlink inside the pod netns."""
+    """``ztunnel.redirect`` on a worker thread: nft + netlink inside the pod netns. ``nft``: None for
+    libnftables (the ``nft`` binary where it is missing), or the path of the nft binary to run."""
 
-    def __init__(self, options: redirect.RedirectOptions, nft: str = "nft") -> None:
+    def __init__(self, options: redirect.RedirectOptions, nft: str | None = None) -> None:
         self._ruleset = redirect.render(options)
-        self._nft = nft
+        self._nft = redirect.nft_runner(nft)
+        log.info("redirection backend", nft=repr(self._nft))
 
     async def apply(self, netns_fd: int) -> None:
         await asyncio.to_thread(redirect.apply, netns_fd, self._ruleset, nft=self._nft)
@@ -683,7 +685,7 @@ def _parser() -> argparse.ArgumentParser:
         cfg.ZDS_ACK_TIMEOUT: "how long ztunnel gets to ack one ZDS message (default 5s)",
         cfg.AMBIENT_IPV6: "also redirect IPv6 (true/false)",
         cfg.AMBIENT_DNS_CAPTURE: "redirect DNS to ztunnel's 15053 (true/false)",
-        cfg.NFT_PATH: "the nft binary (default nft)",
+        cfg.NFT_PATH: "run this nft binary instead of libnftables (default: the library, else nft)",
         cfg.LOG_LEVEL: "debug, info, warning or error",
         cfg.LOG_FORMAT: "console or json",
     }

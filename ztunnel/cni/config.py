@@ -135,7 +135,9 @@ class NodeAgentConfig:
     # Pods captured or released at the same time (each runs nft once in its netns).
     max_parallel: int = 16
     redirect: RedirectOptions = field(default_factory=RedirectOptions)
-    nft: str = "nft"
+    # None: nftables through libnftables in-process (the `nft` binary where the library is missing);
+    # a path (NFT_PATH): always run that nft binary.
+    nft: str | None = None
     # Scanned for a pod's processes when no CNI event told us its netns.
     proc_root: Path = Path("/proc")
     log_level: str = "info"

@@ -2,21 +2,25 @@
 ``apply``/``remove``/``check`` them inside a pod's network namespace (``apply``; nftables + pyroute2).
 
 Usage: ``apply(netns_path, render(RedirectOptions()))`` when a pod enrols, ``remove(netns_path)`` when it
-leaves, ``check(netns_path, ruleset)`` -> ``list[Drift]`` to verify. Errors derive from ``RedirectError``
-and concern only that one pod.
+leaves, ``check(netns_path, ruleset)`` -> ``list[Drift]`` to verify. nft runs in-process through
+libnftables (``libnft``) or, where it is missing, as the ``nft`` binary (``nft_runner``). Errors derive
+from ``RedirectError`` and concern only that one pod.
 """
 
-from ztunnel.redirect.apply import apply, check, remove
+from ztunnel.redirect.apply import NftBinary, NftRunner, NftSetting, apply, check, nft_runner, remove
 from ztunnel.redirect.drift import Drift, DriftKind, find_drift
 from ztunnel.redirect.errors import (
     ApplyFailed,
     CheckFailed,
+    LibnftablesUnavailable,
     ListingInvalid,
     NetnsGone,
     NftablesMissing,
+    NftCommandFailed,
     RedirectError,
     RemoveFailed,
 )
+from ztunnel.redirect.libnft import Libnftables
 from ztunnel.redirect.rules import IpRoute, IpRule, RedirectOptions, RuleSet, render
 
 __all__ = [
@@ -26,8 +30,14 @@ __all__ = [
     "DriftKind",
     "IpRoute",
     "IpRule",
+    "LibnftablesUnavailable",
+    "Libnftables",
     "ListingInvalid",
     "NetnsGone",
+    "NftBinary",
+    "NftCommandFailed",
+    "NftRunner",
+    "NftSetting",
     "NftablesMissing",
     "RedirectError",
     "RedirectOptions",
@@ -36,6 +46,7 @@ __all__ = [
     "apply",
     "check",
     "find_drift",
+    "nft_runner",
     "remove",
     "render",
 ]

@@ -1,18 +1,24 @@
 """Install, remove and verify a pod's redirection inside its network namespace (the I/O half of redirect).
 
 How we get into the pod: every step runs on the ``NetnsHandle``'s worker thread, which has setns()ed
-into the pod netns (meshcore.aio.netns). From there ``nft -f -`` is started with ``subprocess``; a child
-process inherits the namespaces of the thread that forks it, so nft runs in the pod netns without
-``ip netns exec``/``nsenter`` and without a preexec_fn. ip rules and routes go through a pyroute2
-``IPRoute`` opened on that same thread, so its netlink socket belongs to the pod netns.
-Invariants: ``apply`` is idempotent (the nft text replaces our tables; rules/routes are added only when
-missing) and all-or-nothing (nft is one transaction, done last; ip rules/routes this call added are
-deleted again if anything fails); ``remove`` deletes our tables, rules and routes and nothing else;
-``check`` changes nothing. Blocking calls: from asyncio, run them with ``asyncio.to_thread``.
+into the pod netns (meshcore.aio.netns). ip rules and routes go through a pyroute2 ``IPRoute`` opened on
+that thread, so its netlink socket belongs to the pod netns. nftables goes through an ``NftRunner``:
+``Libnftables`` (in-process, ``libnft``; its context is created on that same thread, so its netlink
+socket is the pod's too) or, where the library is missing, ``NftBinary`` (``nft -f -`` started from that
+thread: a child inherits the forking thread's namespaces, so no ``ip netns exec`` is needed). Both take
+one nft text as one kernel transaction and raise the same ``NftCommandFailed``.
+Invariants: ``apply`` is idempotent (the nft text replaces our tables; rules/routes are added with
+NLM_F_EXCL and an existing identical one is kept) and all-or-nothing (nft is one transaction, done
+last; ip rules/routes this call added are deleted again if anything fails); ``remove`` deletes our
+tables, rules and routes and nothing else; ``check`` changes nothing. In a pod with none of our tables
+(the usual first install), in-process runners apply ``nft_create_text``, which skips deletes that would
+each cost the kernel an RCU grace period. Blocking calls: from asyncio, run them with
+``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -20,7 +26,7 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from pyroute2 import IPRoute
@@ -32,14 +38,19 @@ from ztunnel.redirect.drift import Drift, find_drift
 from ztunnel.redirect.errors import (
     ApplyFailed,
     CheckFailed,
+    LibnftablesUnavailable,
     ListingInvalid,
     NetnsGone,
     NftablesMissing,
+    NftCommandFailed,
     RemoveFailed,
 )
+from ztunnel.redirect.libnft import Libnftables, summarize_error
 from ztunnel.redirect.rules import (
     CONNMARK,
+    FAMILY,
     INPOD_MASK,
+    MANAGED_TABLES,
     ROUTE_TABLE,
     RULE_PRIORITY,
     IpFamily,
@@ -80,20 +91,69 @@ def _handle(target: NetnsTarget) -> Iterator[NetnsHandle]:
         yield handle
 
 
-def _run_nft(nft: str, args: list[str], stdin: str | None, timeout: float) -> str:
-    """Run nft in the calling thread's netns; returns stdout, raises ``RuntimeError(reason)``."""
-    try:
-        done = subprocess.run(
-            [nft, *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except FileNotFoundError as e:
-        raise NftablesMissing(nft) from e
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"nft {' '.join(args)} did not finish within {timeout:g}s") from e
-    if done.returncode != 0:
-        err = " ".join(done.stderr.split())[:500] or f"exit status {done.returncode}"
-        raise RuntimeError(f"nft {' '.join(args)} failed: {err}")
-    return done.stdout
+# -- nft backends -----------------------------------------------------------------------------------------
+
+
+class NftRunner(Protocol):
+    """Runs nft text as one transaction in the *calling thread's* netns and returns what nft printed.
+
+    Raises ``NftCommandFailed`` (nothing changed) or ``NftablesMissing``. ``in_process``: a call costs no
+    process, so a read before a write is cheap."""
+
+    in_process: bool
+
+    def run(self, commands: str, *, json: bool = False) -> str: ...
+
+
+class NftBinary:
+    """``nft -f -`` (``nft -j -f -`` for JSON) as a child of the calling thread, bounded by ``timeout``."""
+
+    in_process = False
+
+    def __init__(self, path: str = DEFAULT_NFT, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"NftBinary({self.path!r})"
+
+    def run(self, commands: str, *, json: bool = False) -> str:
+        args = [self.path, *(["-j"] if json else []), "-f", "-"]
+        try:
+            done = subprocess.run(
+                args, input=commands, capture_output=True, text=True, timeout=self.timeout, check=False
+            )
+        except FileNotFoundError as e:
+            raise NftablesMissing(self.path) from e
+        except subprocess.TimeoutExpired as e:
+            raise NftCommandFailed(f"{self.path} did not finish within {self.timeout:g}s") from e
+        if done.returncode != 0:
+            raise NftCommandFailed(summarize_error(done.stderr, f"exit status {done.returncode}"))
+        return done.stdout
+
+
+NftSetting = str | NftRunner | None
+"""How to run nft: None for libnftables (the ``nft`` binary where it is missing), a path for that nft
+binary, or a runner."""
+
+
+def nft_runner(nft: NftSetting = None, *, timeout: float = DEFAULT_TIMEOUT) -> NftRunner:
+    """The runner ``nft`` asks for (see ``NftSetting``); build it once and pass it to every call."""
+    if nft is None:
+        try:
+            return Libnftables.load()
+        except LibnftablesUnavailable as e:
+            log.info("redirect.libnftables_unavailable", error=str(e))
+            return NftBinary(DEFAULT_NFT, timeout)
+    if isinstance(nft, str):
+        return NftBinary(nft, timeout)
+    return nft
+
+
+def _managed_tables_present(runner: NftRunner, managed: tuple[str, ...]) -> bool:
+    listing = runner.run(f"list tables {FAMILY}")
+    names = {words[2] for words in map(str.split, listing.splitlines()) if len(words) >= 3}
+    return not names.isdisjoint(managed)
 
 
 # -- netlink helpers (run on the netns worker) --------------------------------------------------------
@@ -141,15 +201,16 @@ def _rule_args(rule: IpRule) -> dict[str, Any]:
     }
 
 
-def _route_args(ipr: IPRoute, route: IpRoute) -> dict[str, Any]:
-    found = ipr.link_lookup(ifname=route.dev)
-    if not found:
-        raise RuntimeError(f"no device {route.dev!r} for {route}")
+def _route_args(route: IpRoute) -> dict[str, Any]:
+    try:
+        oif = socket.if_nametoindex(route.dev)  # an ioctl on a socket of the calling thread's netns
+    except OSError:
+        raise RuntimeError(f"no device {route.dev!r} for {route}") from None
     return {
         "family": _AF[route.family],
         "dst": route.dst,
         "type": route.kind,
-        "oif": found[0],
+        "oif": oif,
         "table": route.table,
         # iproute2 gives local routes host scope; the kernel rejects universe scope for them (EINVAL).
         "scope": _RT_SCOPE_HOST,
@@ -159,32 +220,62 @@ def _route_args(ipr: IPRoute, route: IpRoute) -> dict[str, Any]:
 # -- apply ----------------------------------------------------------------------------------------------
 
 
-def _netlink_step(what: object, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-    """One netlink change, its failure worded as the ``ip`` command that failed and a likely cause."""
+def _netlink_failure(what: object, e: NetlinkError, detail: str = "") -> RuntimeError:
+    """A netlink change's failure worded as the ``ip`` command that failed and a likely cause."""
+    hint = detail
+    if not hint and isinstance(what, IpRoute) and what.family == 6:
+        hint = " (is IPv6 disabled on lo in this pod? render with ipv6=False)"
+    return RuntimeError(f"`{what}` failed: {os.strerror(e.code) if e.code else e}{hint}")
+
+
+def _add_rule(ipr: IPRoute, rule: IpRule) -> bool:
+    """Add ``rule`` unless exactly it exists (NLM_F_EXCL compares every attribute); True if added."""
     try:
-        fn(*args, **kwargs)
+        ipr.rule("add", **_rule_args(rule))
     except NetlinkError as e:
-        hint = ""
-        if isinstance(what, IpRoute) and what.family == 6:
-            hint = " (is IPv6 disabled on lo in this pod? render with ipv6=False)"
-        raise RuntimeError(f"`{what}` failed: {os.strerror(e.code) if e.code else e}{hint}") from e
+        if e.code == errno.EEXIST:
+            return False
+        raise _netlink_failure(rule, e) from e
+    return True
 
 
-def _apply_here(ruleset: RuleSet, nft: str, timeout: float) -> None:
+def _add_route(ipr: IPRoute, route: IpRoute) -> dict[str, Any] | None:
+    """Add ``route`` unless exactly it exists; its arguments if added (for the undo), else None."""
+    args = _route_args(route)
+    try:
+        ipr.route("add", **args)
+    except NetlinkError as e:
+        # EEXIST names the key (table, destination), not the whole route: compare what is there.
+        if e.code == errno.EEXIST and route in _observed_routes(ipr, route.family):
+            return None
+        detail = " (another route for this destination is in the table)" if e.code == errno.EEXIST else ""
+        raise _netlink_failure(route, e, detail) from e
+    return args
+
+
+def _install_nft(runner: NftRunner, ruleset: RuleSet) -> None:
+    if runner.in_process and not _managed_tables_present(runner, ruleset.managed_tables):
+        try:
+            runner.run(ruleset.nft_create_text)
+            return
+        except NftCommandFailed as e:
+            # A table appeared meanwhile, or the rules are bad: the replacing text settles which.
+            log.debug("redirect.create_text_refused", error=e.reason)
+    runner.run(ruleset.nft_text)
+
+
+def _apply_here(ruleset: RuleSet, runner: NftRunner) -> None:
     undo: list[Callable[[], object]] = []
     with IPRoute() as ipr:
         try:
             for rule in ruleset.ip_rules:
-                if rule not in _observed_rules(ipr, rule.family):
-                    _netlink_step(rule, ipr.rule, "add", **_rule_args(rule))
+                if _add_rule(ipr, rule):
                     undo.append(functools.partial(ipr.rule, "del", **_rule_args(rule)))
             for route in ruleset.ip_routes:
-                if route not in _observed_routes(ipr, route.family):
-                    args = _route_args(ipr, route)
-                    _netlink_step(route, ipr.route, "add", **args)
+                if (args := _add_route(ipr, route)) is not None:
                     undo.append(functools.partial(ipr.route, "del", **args))
             # Last, so a failure before it needs no nft undo; nft itself is all-or-nothing.
-            _run_nft(nft, ["-f", "-"], ruleset.nft_text, timeout)
+            _install_nft(runner, ruleset)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -200,16 +291,20 @@ def _in_pod(target: NetnsTarget, fn: Callable[..., T], *args: Any) -> tuple[str,
 
 
 def apply(
-    netns: NetnsTarget, ruleset: RuleSet, *, nft: str = DEFAULT_NFT, timeout: float = DEFAULT_TIMEOUT
+    netns: NetnsTarget, ruleset: RuleSet, *, nft: NftSetting = None, timeout: float = DEFAULT_TIMEOUT
 ) -> None:
     """Install ``ruleset`` in the pod netns. Idempotent; on failure nothing it did is left behind.
 
-    Raises ``NetnsGone``, ``NftablesMissing`` or ``ApplyFailed(reason)``."""
+    ``nft``: see ``NftSetting`` (``timeout`` bounds the nft binary). Raises ``NetnsGone``,
+    ``NftablesMissing`` or ``ApplyFailed(reason)``."""
     label = str(netns)
+    runner = nft_runner(nft, timeout=timeout)
     try:
-        label, _ = _in_pod(netns, _apply_here, ruleset, nft, timeout)
+        label, _ = _in_pod(netns, _apply_here, ruleset, runner)
     except (NetnsGone, NftablesMissing):
         raise
+    except NftCommandFailed as e:
+        raise ApplyFailed(label, str(e)) from e
     except aio_netns.NetnsError as e:
         raise ApplyFailed(label, str(e)) from e
     except NetlinkError as e:
@@ -231,11 +326,12 @@ def _ours(rule: IpRule) -> bool:
     )
 
 
-def _remove_here(nft: str, timeout: float) -> list[str]:
+def _remove_here(runner: NftRunner) -> list[str]:
     problems: list[str] = []
     try:
-        _run_nft(nft, ["-f", "-"], render_removal(), timeout)
-    except RuntimeError as e:
+        if not runner.in_process or _managed_tables_present(runner, MANAGED_TABLES):
+            runner.run(render_removal())
+    except NftCommandFailed as e:
         problems.append(str(e))
     with IPRoute() as ipr:
         family: IpFamily
@@ -249,18 +345,19 @@ def _remove_here(nft: str, timeout: float) -> list[str]:
             for route in _observed_routes(ipr, family):
                 if route.dst in ("0.0.0.0/0", "::/0") and route.dev == "lo":
                     try:
-                        ipr.route("del", **_route_args(ipr, route))
+                        ipr.route("del", **_route_args(route))
                     except (NetlinkError, RuntimeError) as e:
                         problems.append(f"{route}: {e}")
     return problems
 
 
-def remove(netns: NetnsTarget, *, nft: str = DEFAULT_NFT, timeout: float = DEFAULT_TIMEOUT) -> None:
+def remove(netns: NetnsTarget, *, nft: NftSetting = None, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Remove our nft tables, ip rules and table-100 routes from the pod netns (whatever options they
     were applied with). Idempotent. Raises ``NetnsGone``, ``NftablesMissing`` or ``RemoveFailed``."""
     label = str(netns)
+    runner = nft_runner(nft, timeout=timeout)
     try:
-        label, problems = _in_pod(netns, _remove_here, nft, timeout)
+        label, problems = _in_pod(netns, _remove_here, runner)
     except (NetnsGone, NftablesMissing):
         raise
     except (aio_netns.NetnsError, NetlinkError, OSError) as e:
@@ -273,8 +370,8 @@ def remove(netns: NetnsTarget, *, nft: str = DEFAULT_NFT, timeout: float = DEFAU
 # -- check ----------------------------------------------------------------------------------------------
 
 
-def _observe_here(nft: str, timeout: float) -> tuple[str, list[IpRule], list[IpRoute]]:
-    listing = _run_nft(nft, ["-j", "list", "ruleset"], None, timeout)
+def _observe_here(runner: NftRunner) -> tuple[str, list[IpRule], list[IpRoute]]:
+    listing = runner.run("list ruleset", json=True)
     with IPRoute() as ipr:
         families: tuple[IpFamily, IpFamily] = (4, 6)
         rules = [r for f in families for r in _observed_rules(ipr, f)]
@@ -283,16 +380,17 @@ def _observe_here(nft: str, timeout: float) -> tuple[str, list[IpRule], list[IpR
 
 
 def check(
-    netns: NetnsTarget, ruleset: RuleSet, *, nft: str = DEFAULT_NFT, timeout: float = DEFAULT_TIMEOUT
+    netns: NetnsTarget, ruleset: RuleSet, *, nft: NftSetting = None, timeout: float = DEFAULT_TIMEOUT
 ) -> list[Drift]:
     """How the pod netns differs from ``ruleset`` (empty: exactly as ``apply`` leaves it). Changes
     nothing. Raises ``NetnsGone``, ``NftablesMissing`` or ``CheckFailed``."""
     label = str(netns)
+    runner = nft_runner(nft, timeout=timeout)
     try:
-        label, (text, rules, routes) = _in_pod(netns, _observe_here, nft, timeout)
+        label, (text, rules, routes) = _in_pod(netns, _observe_here, runner)
         return find_drift(ruleset, json.loads(text) if text.strip() else {"nftables": []}, rules, routes)
     except (NetnsGone, NftablesMissing):
         raise
-    except (aio_netns.NetnsError, NetlinkError, RuntimeError, OSError, ValueError) as e:
+    except (aio_netns.NetnsError, NetlinkError, NftCommandFailed, RuntimeError, OSError, ValueError) as e:
         reason = e.reason if isinstance(e, ListingInvalid) else str(e)
         raise CheckFailed(label, reason) from e

@@ -64,3 +64,24 @@ class ListingInvalid(RedirectError, ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"unexpected nft JSON listing: {reason}")
         self.reason = reason
+
+
+class NftCommandFailed(RedirectError):
+    """nft (the binary or libnftables) refused a command; ``reason`` is its own message. Raised by the
+    nft backends inside a pod netns; ``apply``/``remove``/``check`` report it as their own error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"nft failed: {reason}")
+        self.reason = reason
+
+
+class LibnftablesUnavailable(RedirectError):
+    """libnftables could not be loaded; callers fall back to the ``nft`` binary."""
+
+    def __init__(self, soname: str, reason: str) -> None:
+        super().__init__(
+            f"cannot load {soname}: {reason}; falling back to the nft binary "
+            "(Debian/Ubuntu: `apt-get install libnftables1` for the faster in-process path)"
+        )
+        self.soname = soname
+        self.reason = reason

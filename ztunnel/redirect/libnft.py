@@ -1,0 +1,115 @@
+"""ctypes binding to libnftables (``libnftables.so.1``): nft commands run in-process, in the caller's netns.
+
+Why: ``nft -f -`` costs a fork, an exec and the loading of nft and five libraries for every pod (~10 ms of
+CPU each on a small node); the library does the same parse and the same single netlink transaction
+inside our process, with the GIL released while it works.
+Rules:
+- A context opens its netlink socket in ``nft_ctx_new``, in the network namespace of the *thread* that
+  calls it. ``run`` therefore creates, uses and frees its context on the calling thread within one call:
+  call it from the pod netns's worker thread (``NetnsHandle.run``), and never keep a context across
+  calls, threads or namespaces.
+- libnftables links libxtables, whose state is process-wide and not thread-safe, and its one-time
+  initialisation in ``nft_ctx_new`` is unguarded. Every call into the library holds ``_LIBRARY_LOCK``,
+  the one process-wide object here, because the state it guards is process-wide too.
+- Output and errors are buffered in the context, never written to our stdout/stderr; a failure is
+  raised as ``NftCommandFailed`` with nft's own message, condensed by ``summarize_error`` exactly as the
+  ``nft`` binary's stderr is, so both backends report the same errors.
+Must not: load the library at import time (importing works where nftables is not installed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+from ztunnel.redirect.errors import LibnftablesUnavailable, NftCommandFailed
+
+SONAME = "libnftables.so.1"
+NFT_CTX_DEFAULT = 0  # flags of nft_ctx_new: a context with a netlink socket
+NFT_CTX_OUTPUT_JSON = 1 << 4  # nft_ctx_output_set_flags: what `nft -j` sets
+ERROR_LIMIT = 500
+
+# libxtables (linked by libnftables) keeps process-wide state; see the module docstring.
+_LIBRARY_LOCK = threading.Lock()
+
+_c_ctx = ctypes.c_void_p
+_SIGNATURES: dict[str, tuple[list[type], type | None]] = {
+    "nft_ctx_new": ([ctypes.c_uint32], _c_ctx),
+    "nft_ctx_free": ([_c_ctx], None),
+    "nft_ctx_buffer_output": ([_c_ctx], ctypes.c_int),
+    "nft_ctx_buffer_error": ([_c_ctx], ctypes.c_int),
+    "nft_ctx_get_output_buffer": ([_c_ctx], ctypes.c_char_p),
+    "nft_ctx_get_error_buffer": ([_c_ctx], ctypes.c_char_p),
+    "nft_ctx_output_set_flags": ([_c_ctx, ctypes.c_uint], None),
+    "nft_run_cmd_from_buffer": ([_c_ctx, ctypes.c_char_p], ctypes.c_int),
+}
+
+
+def _is_marker(line: str) -> bool:
+    """nft's caret line under the input it quotes (``      ^^^^~~~``)."""
+    stripped = line.strip()
+    return bool(stripped) and set(stripped) <= {"^", "~"}
+
+
+def summarize_error(text: str, status: str, limit: int = ERROR_LIMIT) -> str:
+    """nft's error output as one line: its messages and the input lines they quote, joined with ``; ``,
+    caret marker lines and blank lines dropped, cut to ``limit`` characters; ``status`` (how nft ended)
+    when it printed nothing."""
+    parts = [" ".join(line.split()) for line in text.splitlines() if line.strip() and not _is_marker(line)]
+    summary = "; ".join(parts) or f"no message ({status})"
+    return summary if len(summary) <= limit else summary[: limit - 3] + "..."
+
+
+class Libnftables:
+    """The loaded library; ``run`` is its one operation. Build with ``load()``."""
+
+    in_process = True
+
+    def __init__(self, cdll: ctypes.CDLL, soname: str) -> None:
+        self._lib = cdll
+        self.soname = soname
+
+    @classmethod
+    def load(cls, soname: str = SONAME) -> Libnftables:
+        """dlopen ``soname`` and declare the functions we call; ``LibnftablesUnavailable`` if it is not
+        installed or lacks one of them (a libnftables older than 0.9.1)."""
+        try:
+            cdll = ctypes.CDLL(soname)
+            for name, (argtypes, restype) in _SIGNATURES.items():
+                fn = getattr(cdll, name)
+                fn.argtypes = argtypes
+                fn.restype = restype
+        except (OSError, AttributeError) as e:
+            raise LibnftablesUnavailable(soname, str(e)) from e
+        return cls(cdll, soname)
+
+    def __repr__(self) -> str:
+        return f"Libnftables({self.soname!r})"
+
+    def run(self, commands: str, *, json: bool = False) -> str:
+        """Run ``commands`` (nft's input language, as ``nft -f``) as one transaction in the calling
+        thread's netns and return what nft printed (JSON when ``json``, as ``nft -j``).
+
+        Raises ``NftCommandFailed`` (nothing was changed: nft commits all or nothing)."""
+        data = commands.encode()
+        if b"\0" in data:
+            raise NftCommandFailed("nft input contains a NUL byte")
+        lib = self._lib
+        with _LIBRARY_LOCK:
+            ctx = lib.nft_ctx_new(NFT_CTX_DEFAULT)
+            if not ctx:
+                raise NftCommandFailed("nft_ctx_new failed (out of memory or no netlink socket)")
+            try:
+                if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+                    raise NftCommandFailed("libnftables could not buffer its output")
+                if json:
+                    lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON)
+                status = lib.nft_run_cmd_from_buffer(ctx, data)
+                output: bytes | None = lib.nft_ctx_get_output_buffer(ctx)
+                errors: bytes | None = lib.nft_ctx_get_error_buffer(ctx)
+            finally:
+                lib.nft_ctx_free(ctx)
+        if status != 0:
+            text = (errors or b"").decode(errors="replace")
+            raise NftCommandFailed(summarize_error(text, f"libnftables status {status}"))
+        return (output or b"").decode(errors="replace")
