@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
     cluster_app.command("status")(status)
     cluster_app.command("exec")(exec_in_pod)
     cluster_app.command("logs")(logs)
+    cluster_app.command("capture")(capture)
     app.add_typer(cluster_app, name="cluster")
 
 
@@ -213,6 +214,54 @@ def logs(
         lines = lines[-tail:] if tail else []
     for line in lines:
         typer.echo(line)
+
+
+def capture(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node whose link to capture (node-1, ...).")],
+    seconds: Annotated[float, typer.Option("--seconds", help="How long to capture.", min=0.1, max=600)] = 5.0,
+    marker: Annotated[
+        list[str] | None, typer.Option("--marker", help="Plaintext to look for on the wire (repeatable).")
+    ] = None,
+    max_packets: Annotated[int, typer.Option("--max-packets", help="Stop after this many.", min=1)] = 100_000,
+) -> None:
+    """Capture a node's link for a while and show the TCP flows between pods, and which were TLS."""
+    import time
+
+    from ambientctl.capture import CaptureError, LinkCapture, summarize
+
+    with _cluster_errors():
+        layout = _cluster(ctx).layout()
+        found = layout.find_node(node)
+        if found is None:
+            raise CliError(f"node {node!r} is not in the cluster ({', '.join(n.name for n in layout.nodes)})")
+        markers = [m.encode() for m in marker or []]
+        try:
+            with LinkCapture(found.netns, "eth0", max_packets=max_packets, time_limit=seconds + 1) as cap:
+                note(f"capturing {node}'s link ({found.netns} eth0) for {seconds:g} s")
+                time.sleep(seconds)  # the operator's chosen window
+        except CaptureError as e:
+            raise CliError(str(e)) from None
+        summary = summarize(cap.stop(), markers=markers, between=[n.pod_cidr for n in layout.nodes])
+    typer.echo(
+        f"{summary.packets} packets on {node}'s link in {seconds:g} s ({summary.ignored} not between pods)"
+    )
+    if summary.flows:
+        rows = [
+            [
+                f.client,
+                f.server,
+                str(f.packets),
+                str(f.payload_bytes),
+                {True: "yes", False: "NO", None: "-"}[f.tls],
+            ]
+            for f in summary.flows
+        ]
+        print_table(["CLIENT", "SERVER", "PACKETS", "PAYLOAD", "TLS"], rows)
+    for m in markers:
+        typer.echo(
+            f"marker {m.decode()!r}: {'SEEN in plaintext' if m in summary.markers_found else 'not seen'}"
+        )
 
 
 def _print_nodes(current: ClusterStatus) -> None:

@@ -121,9 +121,37 @@ def test_an_operator_runs_pods_from_manifests_live_and_down_leaves_nothing(state
                     for n in ("web", "shopper")
                 ),
             )
+        # web and shopper may share a node: capture both nodes' links while the request runs.
+        captures = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ambientctl",
+                    "--state-dir",
+                    str(state_dir),
+                    "cluster",
+                    "capture",
+                    node,
+                ]
+                + ["--seconds", "4", "--marker", "shop-secret-1"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for node in ("node-1", "node-2")
+        ]
+        for cap in captures:
+            assert cap.stderr is not None and cap.stderr.readline().startswith("capturing node-")
         client = [sys.executable, "-m", "ambientctl.apps.client", "get", "http://web.shop/", "--count", "3"]
+        client += ["--data", "shop-secret-1"]
         answer = json.loads(ctl(state_dir, "cluster", "exec", "shopper", "-n", "shop", "--", *client).stdout)
         assert answer["ok"] == 3 and {r["pod"] for r in answer["results"]} == {"web"}
+        outputs = [cap.communicate(timeout=30)[0] for cap in captures]
+        for cap, out in zip(captures, outputs, strict=True):
+            assert cap.returncode == 0 and "marker 'shop-secret-1': not seen" in out, out
+            flows = [line.split() for line in out.splitlines()[2:-1]]  # after the summary and header lines
+            assert flows and all(f[1].endswith(":15008") and f[-1] == "yes" for f in flows), out
 
         status = json.loads(ctl(state_dir, "cluster", "status", "-o", "json").stdout)
         components = {p["name"]: p for p in status["processes"]}
@@ -138,7 +166,9 @@ def test_an_operator_runs_pods_from_manifests_live_and_down_leaves_nothing(state
         assert all(p["running"] for p in components.values())
         pids = [p["pid"] for p in components.values()] + [p["pid"] for p in status["pods"] if p["pid"]]
         web = next(p for p in status["pods"] if p["name"] == "web")
-        assert len(ctl(state_dir, "cluster", "logs", "ztunnel-node-1", "--tail", "5").stdout.splitlines()) == 5
+        assert (
+            len(ctl(state_dir, "cluster", "logs", "ztunnel-node-1", "--tail", "5").stdout.splitlines()) == 5
+        )
 
         assert 'pod "web" deleted' in ctl(state_dir, "delete", "pod", "web", "-n", "shop").stdout
         wait_for(
