@@ -144,6 +144,20 @@ def _namespaced_key(key: str, field: str) -> str:
     return key
 
 
+# The field order ``workload_from_proto`` passes positionally; checked at import so a model change cannot
+# silently shift values into the wrong fields.
+_WORKLOAD_FIELDS = (
+    "uid", "name", "namespace", "service_account", "trust_domain", "addresses", "network", "tunnel_protocol",
+    "waypoint", "node", "canonical_name", "canonical_revision", "workload_type", "workload_name",
+    "native_tunnel", "authorization_policies", "status", "cluster_id", "hostname", "services", "locality",
+)  # fmt: skip
+if Workload.__struct_fields__ != _WORKLOAD_FIELDS:
+    raise ImportError(
+        f"meshcore.model.Workload fields are now {Workload.__struct_fields__}; update workload_from_proto's "
+        "positional construction and _WORKLOAD_FIELDS in meshcore/model/convert.py to match"
+    )
+
+
 # ----------------------------------------------------------------------------------------- decode cache
 
 
@@ -157,7 +171,8 @@ class DecodeCache:
 
     def __init__(self) -> None:
         self._port_lists: dict[tuple[tuple[int, int, int], ...], tuple[Port, ...]] = {}
-        self._services: dict[tuple[tuple[str, bytes], ...], dict[str, tuple[Port, ...]]] = {}
+        # One entry: (name, serialized PortList); more: a tuple of those pairs, sorted by name.
+        self._services: dict[tuple[str, bytes] | tuple[tuple[str, bytes], ...], dict[str, tuple[Port, ...]]] = {}
         self._identities: set[tuple[str, str, str]] = set()
 
     def ports(self, pbs: Sequence[workload_pb2.Port], field: str) -> tuple[Port, ...]:
@@ -169,12 +184,16 @@ class DecodeCache:
 
     def services(self, pbs: Mapping[str, workload_pb2.PortList], field: str) -> dict[str, tuple[Port, ...]]:
         """A workload's ``services`` map, keys in sorted order (as every decode returns them)."""
-        names = sorted(pbs)
-        key = tuple([(name, pbs[name].SerializeToString()) for name in names])
+        key: tuple[str, bytes] | tuple[tuple[str, bytes], ...]
+        if len(pbs) == 1:  # the common case: a pod behind one service
+            [name] = pbs
+            key = (name, pbs[name].SerializeToString())
+        else:
+            key = tuple([(name, pbs[name].SerializeToString()) for name in sorted(pbs)])
         services = self._services.get(key)
         if services is None:
             services = {}
-            for name in names:
+            for name in sorted(pbs):
                 where = f"{field}[{name!r}]"
                 services[_namespaced_key(name, where)] = self.ports(pbs[name].ports, f"{where}.ports")
             self._services[key] = services
@@ -322,28 +341,29 @@ def workload_from_proto(pb: workload_pb2.Workload, cache: DecodeCache | None = N
     status = _WORKLOAD_STATUSES.get(pb.status)
     if status is None:
         status = _enum(WorkloadStatus, pb.status, "workload.status")  # raises
+    # Positional: msgspec matches 21 keyword names one by one, which costs more than decoding them.
     return Workload(
-        uid=uid,
-        name=name,
-        namespace=namespace,
-        service_account=service_account,
-        trust_domain=trust_domain,
-        addresses=addresses,
-        network=intern(pb.network),
-        tunnel_protocol=tunnel,
-        waypoint=waypoint,
-        node=intern(pb.node),
-        canonical_name=intern(pb.canonical_name),
-        canonical_revision=intern(pb.canonical_revision),
-        workload_type=workload_type,
-        workload_name=pb.workload_name,
-        native_tunnel=pb.native_tunnel,
-        authorization_policies=tuple(pb.authorization_policies) if pb.authorization_policies else (),
-        status=status,
-        cluster_id=intern(pb.cluster_id),
-        hostname=pb.hostname,
-        services=services,
-        locality=(
+        uid,
+        name,
+        namespace,
+        service_account,
+        trust_domain,
+        addresses,
+        intern(pb.network),
+        tunnel,
+        waypoint,
+        intern(pb.node),
+        intern(pb.canonical_name),
+        intern(pb.canonical_revision),
+        workload_type,
+        pb.workload_name,
+        pb.native_tunnel,
+        tuple(pb.authorization_policies) if pb.authorization_policies else (),
+        status,
+        intern(pb.cluster_id),
+        pb.hostname,
+        services,
+        (
             Locality(region=pb.locality.region, zone=pb.locality.zone, subzone=pb.locality.subzone)
             if pb.HasField("locality")
             else None

@@ -39,11 +39,13 @@ class FrozenMap(Mapping[_K, _V]):
     _len: int
 
     def __init__(self, source: Mapping[_K, _V] | Iterable[tuple[_K, _V]] = ()) -> None:
-        editor: MapEditor[_K, _V] = MapEditor(None)
-        items = source.items() if isinstance(source, Mapping) else source
-        for key, value in items:
-            editor[key] = value
-        self._shards, self._mask, self._len = editor._shards, editor._mask, editor._len
+        self._shards, self._mask, self._len = _split(dict(source))
+
+    @classmethod
+    def adopt(cls, items: dict[_K, _V]) -> FrozenMap[_K, _V]:
+        """A map of ``items``, which the caller hands over and must never mutate again (a small dict becomes
+        the only shard as is; a big one is split into new shards)."""
+        return cls._of(*_split(items))
 
     @classmethod
     def _of(cls, shards: list[dict[_K, _V]], mask: int, length: int) -> FrozenMap[_K, _V]:
@@ -88,6 +90,20 @@ class FrozenMap(Mapping[_K, _V]):
 
     # Mapping's __eq__ (compare as dicts) applies; being mutable-free does not make it hashable.
     __hash__ = None  # type: ignore[assignment]
+
+
+def _split(items: dict[_K, _V]) -> tuple[list[dict[_K, _V]], int, int]:
+    """Shards for ``items`` (the count incremental growth would reach), their mask, and the length."""
+    count = 1
+    while len(items) > _MAX_AVERAGE * count:
+        count *= _GROWTH
+    if count == 1:
+        return [items], 0, len(items)
+    mask = count - 1
+    shards: list[dict[_K, _V]] = [{} for _ in range(count)]
+    for key, value in items.items():
+        shards[hash(key) & mask][key] = value
+    return shards, mask, len(items)
 
 
 class _Items(ItemsView[_K, _V]):

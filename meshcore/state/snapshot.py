@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from meshcore.identity import SpiffeId
 from meshcore.model import Authorization, Port, Scope, Service, Workload
 from meshcore.state.frozenmap import FrozenMap, MapEditor
 
 IpLike = str | ipaddress.IPv4Address | ipaddress.IPv6Address
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 Model = Workload | Service | Authorization
 
 
@@ -195,7 +197,7 @@ class ProxyState:
 # ------------------------------------------------------------------------------------------------ builder
 
 
-def _add_to_tuple(index: MapEditor[tuple[str, str], tuple[str, ...]], key: tuple[str, str], member: str) -> None:
+def _add_to_tuple(index: _Map[tuple[str, str], tuple[str, ...]], key: tuple[str, str], member: str) -> None:
     members = index.get(key)
     if members is None:
         index[key] = (member,)
@@ -203,7 +205,7 @@ def _add_to_tuple(index: MapEditor[tuple[str, str], tuple[str, ...]], key: tuple
         index[key] = (*(m for m in members if m != member), member)
 
 
-def _drop_from_tuple(index: MapEditor[tuple[str, str], tuple[str, ...]], key: tuple[str, str], member: str) -> None:
+def _drop_from_tuple(index: _Map[tuple[str, str], tuple[str, ...]], key: tuple[str, str], member: str) -> None:
     members = index.get(key)
     if members is None or member not in members:
         return
@@ -215,6 +217,9 @@ def _drop_from_tuple(index: MapEditor[tuple[str, str], tuple[str, ...]], key: tu
 
 
 _MapField = MapEditor[Any, Any]
+# What StateEditor edits a map through: a MapEditor over the base's map, or a plain dict when starting fresh
+# (both offer get / [] / in / del / pop(key, default)).
+_Map = MapEditor[_K, _V] | dict[_K, _V]
 
 
 class StateEditor:
@@ -231,15 +236,18 @@ class StateEditor:
     _DICTS = ("_global_policies", "_ns_policies")
 
     def __init__(self, base: ProxyState | None) -> None:
-        maps: dict[str, _MapField] = {
-            f: MapEditor(None) if base is None else getattr(base, f).edit() for f in self._MAPS
+        # From an empty state (the first full push) plain dicts are faster to fill than MapEditors and are
+        # handed to FrozenMap whole at the end; otherwise edits go through MapEditors of the base's maps.
+        self._fresh = base is None or not (base._workloads or base._services or base._policies)
+        maps: dict[str, _MapField | dict[Any, Any]] = {
+            f: {} if self._fresh else getattr(base, f).edit() for f in self._MAPS
         }
         self._maps = maps
-        self._workloads: MapEditor[str, Workload] = maps["_workloads"]
-        self._services: MapEditor[str, Service] = maps["_services"]
-        self._policies: MapEditor[str, Authorization] = maps["_policies"]
-        self._wl_by_addr: MapEditor[tuple[str, str], tuple[str, ...]] = maps["_wl_by_addr"]
-        self._svc_by_vip: MapEditor[tuple[str, str], tuple[str, ...]] = maps["_svc_by_vip"]
+        self._workloads: _Map[str, Workload] = maps["_workloads"]
+        self._services: _Map[str, Service] = maps["_services"]
+        self._policies: _Map[str, Authorization] = maps["_policies"]
+        self._wl_by_addr: _Map[tuple[str, str], tuple[str, ...]] = maps["_wl_by_addr"]
+        self._svc_by_vip: _Map[tuple[str, str], tuple[str, ...]] = maps["_svc_by_vip"]
         self._dicts: dict[str, Any] = {f: ({} if base is None else getattr(base, f)) for f in self._DICTS}
         self._copied: set[str] = set() if base is not None else set(self._DICTS)
         # Per-key member sets created by this builder: safe to mutate in place (no snapshot shares them yet),
@@ -285,6 +293,8 @@ class StateEditor:
 
     def put(self, m: Model) -> None:
         """Upsert a workload, service or policy (it replaces whatever had its resource name)."""
+        if self._finished:
+            raise RuntimeError("StateEditor.finish() was already called; edit the new state instead")
         if isinstance(m, Workload):
             self.put_workload(m)
         elif isinstance(m, Service):
@@ -327,7 +337,7 @@ class StateEditor:
         self._add_member(self._maps["_by_identity"], owned, (w.trust_domain, w.namespace, w.service_account), uid)
 
     def _remove_workload(self, uid: str) -> None:
-        old = self._workloads.pop(uid)
+        old = self._workloads.pop(uid, None)
         if old is None:
             return
         self.changed = True
@@ -353,7 +363,7 @@ class StateEditor:
             _add_to_tuple(self._svc_by_vip, (a.network, a.address), key)
 
     def _remove_service(self, key: str) -> None:
-        old = self._services.pop(key)
+        old = self._services.pop(key, None)
         if old is None:
             return
         self.changed = True
@@ -362,6 +372,8 @@ class StateEditor:
 
     def remove_address(self, name: str) -> None:
         """Remove the workload (uid) or service (``ns/hostname``) called ``name``; unknown names are a no-op."""
+        if self._finished:
+            raise RuntimeError("StateEditor.finish() was already called; edit the new state instead")
         self._remove_workload(name)
         self._remove_service(name)
 
@@ -380,7 +392,10 @@ class StateEditor:
             self._add_member(self._d("_ns_policies"), self._owned, a.namespace, key)
 
     def remove_policy(self, key: str) -> None:
-        old = self._policies.pop(key)
+        """Remove the policy ``ns/name``; an unknown name is a no-op."""
+        if self._finished:
+            raise RuntimeError("StateEditor.finish() was already called; edit the new state instead")
+        old = self._policies.pop(key, None)
         if old is None:
             return
         self.changed = True
@@ -390,9 +405,8 @@ class StateEditor:
             self._drop_member(self._d("_ns_policies"), self._owned, old.namespace, key)
 
     def _build(self, version: int) -> ProxyState:
-        parts: dict[str, Any] = {f: editor.finish() for f, editor in self._maps.items()}
+        parts: dict[str, Any] = {
+            f: FrozenMap.adopt(m) if isinstance(m, dict) else m.finish() for f, m in self._maps.items()
+        }
         parts.update(self._dicts)
-        # Everything is shared with the new state now: any later write must copy again.
-        self._owned = {}
-        self._copied = set()
         return ProxyState._create(version, parts)

@@ -128,30 +128,34 @@ class DeltaXdsClientProtocol:
                 f"response {response.nonce!r} of type {type_url!r} arrived before the previous one "
                 f"({pending.nonce!r}) was ACKed or NACKed"
             )
-        updates: dict[str, tuple[str, bytes]] = {}
+        versions: dict[str, str] = {}
+        bodies: dict[str, bytes] = {}
         malformed: dict[str, str] = {}
         for i, res in enumerate(response.resources):
             name = res.name
             body = res.resource  # an absent body reads as an empty Any, whose type_url never matches
-            if body.type_url == type_url and name and name not in updates and name not in malformed:
-                updates[name] = (res.version, body.value)  # the common case, checked once
+            if body.type_url == type_url and name and name not in bodies and name not in malformed:
+                versions[name] = res.version  # the common case, checked once
+                bodies[name] = body.value
             elif not name:
                 malformed[f"<unnamed resource #{i}>"] = "resource has no name"
-            elif name in updates or name in malformed:
-                updates.pop(name, None)
+            elif name in bodies or name in malformed:
+                versions.pop(name, None)
+                bodies.pop(name, None)
                 malformed[name] = "resource name appears more than once in one response"
             elif not res.HasField("resource"):
                 malformed[name] = "resource has no body"
             else:
                 malformed[name] = f"resource body has type {body.type_url!r}, expected {type_url!r}"
         removals = tuple(response.removed_resources)
-        self._pending[type_url] = _Pending(
-            nonce=response.nonce,
-            versions={name: version for name, (version, _) in updates.items()},
-            removals=removals,
-        )
+        self._pending[type_url] = _Pending(nonce=response.nonce, versions=versions, removals=removals)
         return Received(
-            type_url=type_url, nonce=response.nonce, updates=updates, removals=removals, malformed=malformed
+            type_url=type_url,
+            nonce=response.nonce,
+            versions=versions,
+            bodies=bodies,
+            removals=removals,
+            malformed=malformed,
         )
 
     def ack(self, type_url: str, nonce: str) -> discovery_pb2.DeltaDiscoveryRequest:

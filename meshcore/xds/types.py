@@ -22,8 +22,10 @@ class Received:
     type_url: str
     # Nonce to echo in the ACK/NACK.
     nonce: str
-    # name -> (version, serialized resource body: the Any's value bytes).
-    updates: Mapping[str, tuple[str, bytes]]
+    # name -> version, and name -> serialized resource body (the Any's value bytes), for the same names.
+    # Two flat maps rather than one of pairs: a full push holds 10,000s of them.
+    versions: Mapping[str, str]
+    bodies: Mapping[str, bytes]
     # Names the control plane removed.
     removals: tuple[str, ...]
     # name -> reason for resources rejected before decoding (no body, wrong Any type, duplicate name).
@@ -31,6 +33,6 @@ class Received:
     malformed: Mapping[str, str] = field(default_factory=dict)
 
     @property
-    def bodies(self) -> dict[str, bytes]:
-        """name -> serialized body, the shape ``apply_delta`` takes."""
-        return {name: body for name, (_, body) in self.updates.items()}
+    def updates(self) -> dict[str, tuple[str, bytes]]:
+        """name -> (version, body) of every update."""
+        return {name: (version, self.bodies[name]) for name, version in self.versions.items()}

@@ -76,13 +76,25 @@ def test_authorization_removals_go_through_the_applier_too() -> None:
     assert rejected == [] and after.policies == {} and after.version == state.version + 1
 
 
-def test_an_editor_can_be_finished_only_once() -> None:
-    editor = ProxyState.empty().edit()
+@pytest.mark.parametrize(
+    "base",
+    [ProxyState.empty(), ProxyState.of(builders.workload("b", "10.0.0.2"))],
+    ids=["an editor of the empty state", "an editor of a populated state"],
+)
+def test_an_editor_is_done_once_finished(base: ProxyState) -> None:
+    editor = base.edit()
     editor.put(builders.workload("a", "10.0.0.1"))
     state = editor.finish()
-    assert state.version == 1 and state.find_workload_by_addr("10.0.0.1") is not None
-    with pytest.raises(RuntimeError, match="already called"):
-        editor.finish()
+    assert state.version == base.version + 1 and state.find_workload_by_addr("10.0.0.1") is not None
+    for late_use in (
+        editor.finish,
+        lambda: editor.put(builders.workload("c", "10.0.0.3")),
+        lambda: editor.remove_address("Kubernetes//Pod/default/a"),
+        lambda: editor.remove_policy("default/p"),
+    ):
+        with pytest.raises(RuntimeError, match="already called"):
+            late_use()
+    assert state.find_workload_by_addr("10.0.0.1") is not None and state.find_workload_by_addr("10.0.0.3") is None
 
 
 def test_an_editor_that_changed_nothing_returns_the_state_it_started_from() -> None:
