@@ -131,18 +131,19 @@ def summarize(
         size = 0
         saw_start = True
         for src, dst in ((client, server), (server, client)):
-            d = directions.get((src[0], src[1], dst[0], dst[1]))
-            if d is None:
+            half = directions.get((src[0], src[1], dst[0], dst[1]))
+            if half is None:
                 continue
-            if d.syn_seq is None:
+            if half.syn_seq is None:
                 saw_start = False
-            stream = reassemble(d.segments, None if d.syn_seq is None else (d.syn_seq + 1) % _SEQ_MOD)
-            size += sum(len(s) for s in d.segments.values())
+            start = None if half.syn_seq is None else (half.syn_seq + 1) % _SEQ_MOD
+            stream = reassemble(half.segments, start)
+            size += sum(len(s) for s in half.segments.values())
             for marker in markers:
                 if marker and marker in stream:
                     found.add(marker)
             if stream:
-                verdicts.append(looks_like_tls(stream, known_start=d.syn_seq is not None))
+                verdicts.append(looks_like_tls(stream, known_start=half.syn_seq is not None))
         flows.append(
             Flow(
                 client=f"{client[0]}:{client[1]}",

@@ -5,7 +5,8 @@ that every other process must see, so it keeps the host's mount namespace). It w
 whenever a Pod or Service changed (or a failed pod's retry is due), runs ``Kubelet.sync_pods``: new
 Pod manifests start live (network, CNI ADD, command), deleted ones stop (CNI DEL), Services follow.
 After its first full sync it writes ``<cluster dir>/run/kubelet.ready`` (what ``cluster up`` waits for).
-SIGTERM/SIGINT stop it between passes; pods keep running (as when a kubelet restarts).
+SIGTERM/SIGINT stop it between passes; pods keep running (as when a kubelet restarts). It also exits
+when its cluster is no longer up (removed behind its back), so it never outlives the cluster.
 Must not: exit on a failed pass (it is logged; the next change or retry tries again).
 """
 
@@ -24,7 +25,7 @@ from meshcore.logs import configure_logging
 from meshcore.store import SqliteStore, StoreError, store_path
 
 from .cluster import Cluster
-from .errors import ClusterError
+from .errors import ClusterError, ClusterNotUp
 from .kubelet import Kubelet
 from .spec import DEFAULT_PREFIX
 
@@ -32,6 +33,7 @@ log = structlog.get_logger("ambientctl.cluster.kubelet")
 
 READY_FILE = "kubelet.ready"
 POLL_S = 0.1
+LIVENESS_EVERY_S = 2.0  # how often an idle kubelet checks that its cluster still exists
 WATCHED_KINDS = frozenset({"Pod", "Service"})
 
 
@@ -44,6 +46,7 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
     kubelet = Kubelet(cluster, store)
     revision = -1
     first = True
+    checked = time.monotonic()
     while not stop.is_set():
         due = kubelet.next_retry()
         retry = due is not None and due <= time.monotonic()
@@ -62,11 +65,18 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
                         removed=list(report.removed),
                         failing=report.rejected,
                     )
+            if time.monotonic() - checked >= LIVENESS_EVERY_S:
+                checked = time.monotonic()
+                if cluster.status().phase == "down":
+                    raise ClusterNotUp(str(cluster.directory.parent))
             if first:
                 ready_path(cluster).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 ready_path(cluster).write_text(f"{time.time()}\n")
                 log.info("kubelet ready")
                 first = False
+        except ClusterNotUp:
+            log.info("the cluster is not up any more: kubelet exits")
+            return
         except (ClusterError, StoreError) as e:
             log.warning("sync pass failed; retrying on the next change", error=str(e))
         due = kubelet.next_retry()
