@@ -3,7 +3,9 @@
 A fabric netns holds the bridge the nodes hang off (and, later, istiod_lite on its address); each node
 is a netns with a routed /24 of pods and kube-proxy-style DNAT for service VIPs; each pod is a netns
 with a veth to its node and its command running inside. The topology is drawn in ``plan``; ``Cluster``
-(``cluster``) is the API; ``kubelet`` mirrors pods and services into the store as a kubelet would.
+(``cluster``) is the API; ``kubelet`` mirrors pods and services into the store as a kubelet would
+(``kubelet_main`` is the long-running component), calling the node's CNI plugins (``cni``); ``mesh``
+starts istiod_lite, the node agents and ztunnels on it; ``testing`` is the end-to-end test kit.
 Everything made is named with one prefix ("am-") so ``down`` can always remove all of it.
 """
 
