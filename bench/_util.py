@@ -213,30 +213,44 @@ async def open_idle_tunnels(
     port: int,
     *,
     source: str | None = None,
-    concurrency: int = 200,
+    concurrency: int = 50,
     deadline: float = 300.0,
 ) -> list[asyncio.StreamWriter]:
-    """Open ``count`` connections through SOCKS5, each proven end to end by a 1-byte echo; keep them open."""
+    """Open ``count`` connections through SOCKS5, each proven end to end by a 1-byte echo; keep them open.
+
+    At most ``concurrency`` are being opened at once: more than the proxy's accept backlog would only
+    measure the backlog (asyncio's ``start_server`` listens with 100 unless told otherwise).
+    """
     sem = asyncio.Semaphore(concurrency)
     request = socks5_request(host, port)
 
     async def one() -> asyncio.StreamWriter:
         async with sem:
-            reader, writer = await asyncio.open_connection(*proxy, local_addr=(source, 0) if source else None)
+            phase = "connecting to the SOCKS5 port"
+            writer: asyncio.StreamWriter | None = None
             try:
+                reader, writer = await asyncio.open_connection(*proxy, local_addr=(source, 0) if source else None)
+                phase = "SOCKS5 greeting"
                 writer.write(b"\x05\x01\x00")
                 if await reader.readexactly(2) != b"\x05\x00":
                     raise BenchError("SOCKS5 proxy refused the no-authentication method")
+                phase = "SOCKS5 CONNECT"
                 writer.write(request)
                 head = await reader.readexactly(5)
                 await reader.readexactly(socks5_reply_length(head) - 5)
                 if head[1] != 0:
                     raise BenchError(f"SOCKS5 CONNECT failed with reply code {head[1]}")
+                phase = "1-byte echo"
                 writer.write(b"x")
                 if await reader.readexactly(1) != b"x":
                     raise BenchError("echo returned a different byte")
+            except (OSError, asyncio.IncompleteReadError) as e:
+                if writer is not None:
+                    writer.close()
+                raise BenchError(f"{phase}: {e!r}") from e
             except BaseException:
-                writer.close()
+                if writer is not None:
+                    writer.close()
                 raise
             return writer
 

@@ -297,6 +297,9 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="run the ztunnels under cProfile, write DIR/node-N.prof"
     )
+    parser.add_argument(
+        "--workdir", type=Path, metavar="DIR", help="keep certificates, configs and logs here (default: a temp dir)"
+    )
     parser.add_argument("--serve", nargs=3, metavar=("HOST", "ECHO", "SINK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -314,8 +317,12 @@ def main() -> int:
 
     results: list[Result] = []
     extra: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-l4-") as tmpdir, ExitStack() as stack:
-        tmp = Path(tmpdir)
+    with ExitStack() as stack:
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = args.workdir
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-l4-")))
         echo_port, sink_port = free_port(SERVER_IP), free_port(SERVER_IP)
         server = stack.enter_context(
             child(
