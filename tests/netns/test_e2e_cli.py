@@ -1,6 +1,7 @@
 """The operator's flow through the real CLI: ``cluster up`` (with the mesh), ``apply -f`` a Pod with a command
-(it starts live), ``cluster exec``, ``delete`` (it stops live), ``cluster logs``, then ``cluster down``
-leaves no network namespace, link, /etc/netns entry, file or process behind.
+(it starts live), ``cluster exec``, ``cluster capture``, ``delete`` (it stops live), ``cluster logs``,
+stopping the mesh alone, then ``cluster down`` leaves no network namespace, link, /etc/netns entry, file
+or process behind.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from ambientctl.cluster import Cluster
+from ambientctl.cluster.mesh import Mesh
 from ambientctl.cluster.testing import random_prefix, wait_for
 from meshcore.store import ResourceRef, SqliteStore, store_path
 
@@ -175,6 +178,12 @@ def test_an_operator_runs_pods_from_manifests_live_and_down_leaves_nothing(state
             "web stopped and its namespace gone",
             lambda: not alive(web["pid"]) and not os.path.exists(f"/run/netns/{web['netns']}"),
         )
+
+        cluster = Cluster(state_dir, prefix=prefix)
+        Mesh(cluster).stop()  # the mesh alone goes; the network and pods stay
+        assert [p.name for p in cluster.status().processes if p.running] == []
+        assert not list((state_dir / "cluster" / "nodes").glob("*/net.d/*.conflist"))
+        assert alive(next(p["pid"] for p in status["pods"] if p["name"] == "shopper"))
     finally:
         down = ctl(state_dir, "cluster", "down", check=False)
     assert down.returncode == 0, down.stderr
