@@ -3,8 +3,8 @@
 Composition root and run loop. Inputs: the store (Pods with ``spec.nodeName`` == this node, Namespace
 labels; list-then-watch), plugin events (``events``: a pod's netns path, and "capture it now" for CNI
 ADD), ztunnel connections (``zds_server``). Each pass, the pure ``enroll.plan`` turns the view into
-actions; each pod's actions run in their own task (at most ``max_parallel`` at once, never two for one
-pod), so one pod's failure (netns gone, nft error, a nack) is logged, counted and retried with backoff
+actions; each pod's actions run in their own task (never two for one pod; at most ``max_parallel`` pods
+in the kernel step at once), so one pod's failure (netns gone, nft error, a nack) is logged, counted and retried with backoff
 while every other pod carries on. Capture order (istio-cni's): open the netns, apply redirection
 (all-or-nothing, ``ztunnel.redirect``), send ZDS AddWorkload and wait for the ack, annotate the pod.
 If ztunnel is absent or refuses, the rules stay and the pod is annotated ``pending``: its traffic fails
@@ -20,12 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,19 +83,29 @@ class Redirector(Protocol):
 
 
 class NftRedirector:
-    """``ztunnel.redirect`` on a worker thread: nft + netlink inside the pod netns. ``nft``: None for
-    libnftables (the ``nft`` binary where it is missing), or the path of the nft binary to run."""
+    """``ztunnel.redirect`` inside the pod netns. ``nft``: None for libnftables (the ``nft`` binary where
+    it is missing), or the path of the nft binary to run.
 
-    def __init__(self, options: redirect.RedirectOptions, nft: str | None = None) -> None:
+    Calls run on this redirector's own threads (at most ``workers``), not on the shared
+    ``asyncio.to_thread`` pool: slow store writes queued there (an fsync each) must not delay a capture,
+    and each call starts the pod's netns worker thread from there, never from the event loop."""
+
+    def __init__(self, options: redirect.RedirectOptions, nft: str | None = None, workers: int = 4) -> None:
         self._ruleset = redirect.render(options)
         self._nft = redirect.nft_runner(nft)
-        log.info("redirection backend", nft=repr(self._nft))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="redirect")
+        log.info("redirection backend", nft=repr(self._nft), workers=workers)
 
     async def apply(self, netns_fd: int) -> None:
-        await asyncio.to_thread(redirect.apply, netns_fd, self._ruleset, nft=self._nft)
+        call = functools.partial(redirect.apply, netns_fd, self._ruleset, nft=self._nft)
+        await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     async def remove(self, netns_fd: int) -> None:
-        await asyncio.to_thread(redirect.remove, netns_fd, nft=self._nft)
+        call = functools.partial(redirect.remove, netns_fd, nft=self._nft)
+        await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class AgentMetrics:
@@ -172,7 +184,7 @@ class NodeAgent:
         self.store = store
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = AgentMetrics(self.registry)
-        self._redirector = redirector or NftRedirector(config.redirect, config.nft)
+        self._redirector = redirector or NftRedirector(config.redirect, config.nft, config.max_parallel)
         self._clock = clock
         self.netns_map = NetnsMap(config.netns_map_path)
         self._pods: dict[ResourceRef, Resource] = {}
@@ -384,9 +396,8 @@ class NodeAgent:
 
     async def _run_actions(self, uid: str, actions: Sequence[Action]) -> None:
         try:
-            async with self._parallel:
-                for action in actions:
-                    await self._do(action)
+            for action in actions:
+                await self._do(action)
             self._failures.pop(uid, None)
         except PodCaptureError as e:
             self._fail(uid, e.reason, str(e))
@@ -455,7 +466,8 @@ class NodeAgent:
             self.netns_map.forget(pod.namespace, pod.name)
             raise
         try:
-            await self._redirector.apply(fd)
+            async with self._parallel:  # only the kernel work is bounded; ZDS and the store are not
+                await self._redirector.apply(fd)
         except redirect.NetnsGone as e:
             raise PodNetnsGone(str(pod), entry.path, str(e)) from None
         except redirect.RedirectError as e:
@@ -515,7 +527,8 @@ class NodeAgent:
                 fd = -1  # the sandbox is gone, and its rules with it
             if fd >= 0:
                 try:
-                    await self._redirector.remove(fd)
+                    async with self._parallel:
+                        await self._redirector.remove(fd)
                 except redirect.NetnsGone:
                     pass
                 except redirect.RedirectError as e:

@@ -132,7 +132,8 @@ class NodeAgentConfig:
     # A failed pod is retried after retry_initial, doubling up to retry_max.
     retry_initial: float = 0.5
     retry_max: float = 30.0
-    # Pods captured or released at the same time (each runs nft once in its netns).
+    # Pods whose redirection is installed or removed at the same time (the kernel step; the ZDS hand-off
+    # and the annotation are not bounded by it).
     max_parallel: int = 16
     redirect: RedirectOptions = field(default_factory=RedirectOptions)
     # None: nftables through libnftables in-process (the `nft` binary where the library is missing);
