@@ -105,6 +105,8 @@ class NftRedirector:
         await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
+        """Stop the threads once idle; queued calls are dropped (their pods are retried by the next
+        agent)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -275,6 +277,8 @@ class NodeAgent:
             self._listener.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.config.zds_socket)
+        if isinstance(self._redirector, NftRedirector):
+            self._redirector.close()  # a call still running finishes; its pod stays all-or-nothing
 
     @property
     def ztunnel_ready(self) -> bool:

@@ -7,9 +7,7 @@ libnftables (``libnft``) or, where it is missing, as the ``nft`` binary (``nft_r
 from ``RedirectError`` and concern only that one pod.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+from ztunnel.redirect.apply import NftBinary, NftRunner, NftSetting, apply, check, nft_runner, remove
 from ztunnel.redirect.drift import Drift, DriftKind, find_drift
 from ztunnel.redirect.errors import (
     ApplyFailed,
@@ -22,30 +20,8 @@ from ztunnel.redirect.errors import (
     RedirectError,
     RemoveFailed,
 )
+from ztunnel.redirect.libnft import Libnftables
 from ztunnel.redirect.rules import IpRoute, IpRule, RedirectOptions, RuleSet, render
-
-if TYPE_CHECKING:
-    from ztunnel.redirect.apply import NftBinary, NftRunner, NftSetting, apply, check, nft_runner, remove
-    from ztunnel.redirect.libnft import Libnftables
-
-# The I/O half (pyroute2, ctypes) is imported on first use: the CNI plugin, a short-lived process a
-# kubelet starts per pod, needs only RedirectOptions and must not pay ~150 ms to import pyroute2.
-_LAZY = {
-    **dict.fromkeys(
-        ("NftBinary", "NftRunner", "NftSetting", "apply", "check", "nft_runner", "remove"), "apply"
-    ),
-    "Libnftables": "libnft",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
 
 __all__ = [
     "ApplyFailed",

@@ -51,6 +51,7 @@ from ztunnel.redirect.errors import (
     NftCommandFailed,
     RemoveFailed,
 )
+from ztunnel.redirect.libnft import SONAME as LIBNFTABLES
 from ztunnel.redirect.libnft import Libnftables, summarize_error
 from ztunnel.redirect.rules import (
     CONNMARK,
@@ -116,7 +117,8 @@ class NftRunner(Protocol):
 
 
 class NftBinary:
-    """``nft -f -`` (``nft -j -f -`` for JSON) as a child of the calling thread, bounded by ``timeout``."""
+    """``nft -f -`` (``nft -j <command>`` for JSON) as a child of the calling thread, bounded by
+    ``timeout``."""
 
     in_process = False
 
@@ -128,10 +130,17 @@ class NftBinary:
         return f"NftBinary({self.path!r})"
 
     def run(self, commands: str, *, json: bool = False) -> str:
-        args = [self.path, *(["-j"] if json else []), "-f", "-"]
+        # With -j, `nft -f -` first tries the input as JSON, which uses up stdin: a JSON listing is
+        # asked for as arguments instead (one command, ``nft -j list ruleset``).
+        args = [self.path, "-j", *commands.split()] if json else [self.path, "-f", "-"]
         try:
             done = subprocess.run(
-                args, input=commands, capture_output=True, text=True, timeout=self.timeout, check=False
+                args,
+                input=None if json else commands,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
             )
         except FileNotFoundError as e:
             raise NftablesMissing(self.path) from e
@@ -147,11 +156,14 @@ NftSetting = str | NftRunner | None
 binary, or a runner."""
 
 
-def nft_runner(nft: NftSetting = None, *, timeout: float = DEFAULT_TIMEOUT) -> NftRunner:
-    """The runner ``nft`` asks for (see ``NftSetting``); build it once and pass it to every call."""
+def nft_runner(
+    nft: NftSetting = None, *, timeout: float = DEFAULT_TIMEOUT, library: str = LIBNFTABLES
+) -> NftRunner:
+    """The runner ``nft`` asks for (see ``NftSetting``; ``library`` is the libnftables to try); build it
+    once and pass it to every call."""
     if nft is None:
         try:
-            return Libnftables.load()
+            return Libnftables.load(library)
         except LibnftablesUnavailable as e:
             log.info("redirect.libnftables_unavailable", error=str(e))
             return NftBinary(DEFAULT_NFT, timeout)

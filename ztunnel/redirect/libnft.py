@@ -11,6 +11,8 @@ Rules:
 - libnftables links libxtables, whose state is process-wide and not thread-safe, and its one-time
   initialisation in ``nft_ctx_new`` is unguarded. Every call into the library holds ``_LIBRARY_LOCK``,
   the one process-wide object here, because the state it guards is process-wide too.
+- Input goes through a memfd read as a file (as ``nft -f`` reads it), not ``nft_run_cmd_from_buffer``:
+  for a buffer, nft quotes the buffer's first line under every error instead of the line at fault.
 - Output and errors are buffered in the context, never written to our stdout/stderr; a failure is
   raised as ``NftCommandFailed`` with nft's own message, condensed by ``summarize_error`` exactly as the
   ``nft`` binary's stderr is, so both backends report the same errors.
@@ -20,6 +22,8 @@ Must not: load the library at import time (importing works where nftables is not
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 import threading
 
 from ztunnel.redirect.errors import LibnftablesUnavailable, NftCommandFailed
@@ -28,6 +32,9 @@ SONAME = "libnftables.so.1"
 NFT_CTX_DEFAULT = 0  # flags of nft_ctx_new: a context with a netlink socket
 NFT_CTX_OUTPUT_JSON = 1 << 4  # nft_ctx_output_set_flags: what `nft -j` sets
 ERROR_LIMIT = 500
+# The binary prefixes each message with where it read the input ("/dev/stdin:2:19-26: "); the library,
+# reading a buffer, does not. Dropped so that both backends word an error alike.
+_LOCATION = re.compile(r"^\S+:\d+:\d+(?:-\d+)?: ")
 
 # libxtables (linked by libnftables) keeps process-wide state; see the module docstring.
 _LIBRARY_LOCK = threading.Lock()
@@ -41,7 +48,7 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "nft_ctx_get_output_buffer": ([_c_ctx], ctypes.c_char_p),
     "nft_ctx_get_error_buffer": ([_c_ctx], ctypes.c_char_p),
     "nft_ctx_output_set_flags": ([_c_ctx, ctypes.c_uint], None),
-    "nft_run_cmd_from_buffer": ([_c_ctx, ctypes.c_char_p], ctypes.c_int),
+    "nft_run_cmd_from_filename": ([_c_ctx, ctypes.c_char_p], ctypes.c_int),
 }
 
 
@@ -53,9 +60,13 @@ def _is_marker(line: str) -> bool:
 
 def summarize_error(text: str, status: str, limit: int = ERROR_LIMIT) -> str:
     """nft's error output as one line: its messages and the input lines they quote, joined with ``; ``,
-    caret marker lines and blank lines dropped, cut to ``limit`` characters; ``status`` (how nft ended)
-    when it printed nothing."""
-    parts = [" ".join(line.split()) for line in text.splitlines() if line.strip() and not _is_marker(line)]
+    caret marker lines, blank lines and input locations dropped, cut to ``limit`` characters; ``status``
+    (how nft ended) when it printed nothing."""
+    parts = [
+        " ".join(_LOCATION.sub("", line).split())
+        for line in text.splitlines()
+        if line.strip() and not _is_marker(line)
+    ]
     summary = "; ".join(parts) or f"no message ({status})"
     return summary if len(summary) <= limit else summary[: limit - 3] + "..."
 
@@ -94,6 +105,18 @@ class Libnftables:
         data = commands.encode()
         if b"\0" in data:
             raise NftCommandFailed("nft input contains a NUL byte")
+        # From a file, not nft_run_cmd_from_buffer: for a buffer, nft quotes the buffer's *first* line
+        # under every error; for a file it quotes the line at fault, as the binary does.
+        memfd = os.memfd_create("nft-commands", os.MFD_CLOEXEC)
+        try:
+            with open(memfd, "wb", closefd=False) as f:
+                f.write(data)
+            path = f"/proc/self/fd/{memfd}".encode()
+            return self._run_file(path, json)
+        finally:
+            os.close(memfd)
+
+    def _run_file(self, path: bytes, json: bool) -> str:
         lib = self._lib
         with _LIBRARY_LOCK:
             ctx = lib.nft_ctx_new(NFT_CTX_DEFAULT)
@@ -104,7 +127,7 @@ class Libnftables:
                     raise NftCommandFailed("libnftables could not buffer its output")
                 if json:
                     lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON)
-                status = lib.nft_run_cmd_from_buffer(ctx, data)
+                status = lib.nft_run_cmd_from_filename(ctx, path)
                 output: bytes | None = lib.nft_ctx_get_output_buffer(ctx)
                 errors: bytes | None = lib.nft_ctx_get_error_buffer(ctx)
             finally:
