@@ -16,9 +16,11 @@ import ipaddress
 import math
 import os
 import resource
+import signal
 import socket
 import struct
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -229,7 +231,9 @@ async def open_idle_tunnels(
             phase = "connecting to the SOCKS5 port"
             writer: asyncio.StreamWriter | None = None
             try:
-                reader, writer = await asyncio.open_connection(*proxy, local_addr=(source, 0) if source else None)
+                reader, writer = await asyncio.open_connection(
+                    *proxy, local_addr=(source, 0) if source else None
+                )
                 phase = "SOCKS5 greeting"
                 writer.write(b"\x05\x01\x00")
                 if await reader.readexactly(2) != b"\x05\x00":
@@ -342,6 +346,68 @@ def wait_port(host: str, port: int, *, timeout: float, alive: Callable[[], bool]
             if time.monotonic() > deadline:
                 raise BenchError(f"nothing listening on {host}:{port} after {timeout}s") from None
             time.sleep(0.05)
+
+
+# --- allocation tracing (a process runs ``traced_main``; the bench asks for snapshots with SIGUSR1) ----
+
+
+def traced_main(dump_dir: str, main: Callable[[], object], depth: int = 6) -> None:
+    """Run ``main`` under tracemalloc; each SIGUSR1 writes ``<dump_dir>/<pid>-<n>.snap``."""
+    tracemalloc.start(depth)
+    taken = [0]
+
+    def dump(_signum: int, _frame: object) -> None:
+        path = os.path.join(dump_dir, f"{os.getpid()}-{taken[0]}.snap")
+        taken[0] += 1
+        tracemalloc.take_snapshot().dump(path + ".tmp")
+        os.rename(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR1, dump)
+    main()
+
+
+def request_snapshot(
+    pid: int, dump_dir: str, n: int, poke: Callable[[], None], timeout: float = 120.0
+) -> str:
+    """SIGUSR1 ``pid`` and wait for its ``n``-th snapshot; ``poke`` makes its event loop run Python code
+    (a signal handler runs only between bytecodes)."""
+    path = os.path.join(dump_dir, f"{pid}-{n}.snap")
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise BenchError(f"no allocation snapshot from pid {pid} after {timeout}s")
+        poke()
+        time.sleep(0.2)
+    return path
+
+
+def allocation_growth(before: str, after: str, per: int, top: int = 12) -> list[str]:
+    """Where live allocations grew between two snapshots, in bytes per ``per``: by file, then by line."""
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    old = tracemalloc.Snapshot.load(before).filter_traces(keep)
+    new = tracemalloc.Snapshot.load(after).filter_traces(keep)
+    by_file = new.compare_to(old, "filename")
+    total = sum(d.size_diff for d in by_file)
+    lines = [f"total growth {total / per:,.0f} B per tunnel; by file:"]
+    lines += [
+        f"{d.size_diff / per:8,.0f} B {d.count_diff / per:6.2f} blocks  {_short(d.traceback[0].filename)}"
+        for d in by_file[:top]
+    ]
+    lines.append("by line (innermost frame):")
+    lines += [
+        f"{d.size_diff / per:8,.0f} B {d.count_diff / per:6.2f} blocks  "
+        f"{_short(d.traceback[0].filename)}:{d.traceback[0].lineno}"
+        for d in new.compare_to(old, "lineno")[:top]
+    ]
+    return lines
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
 
 
 @dataclass

@@ -8,13 +8,14 @@ single-stream throughput (best of 3), 1 KiB request/response latency (p50, p99 o
 proxies' CPU seconds per 1000 requests, and for ztunnel the memory per idle tunnel with many open and
 whether a new connection on a warm pool opened a new TLS connection. Never part of the test run.
 
-    .venv/bin/python bench/l4.py [--quick] [--tunnels 10000] [--profile DIR]
+    .venv/bin/python bench/l4.py [--quick] [--tunnels 10000] [--profile DIR | --memory-profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import pstats
@@ -26,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -292,23 +293,43 @@ def main() -> int:
     )
     parser.add_argument("--mib", type=int, help="MiB per throughput run (default 256, quick 32)")
     parser.add_argument("--round-trips", type=int, help="1 KiB round trips (default 5000, quick 500)")
-    parser.add_argument("--tunnels", type=int, help="idle tunnels for the memory figure (default 10000)")
+    parser.add_argument(
+        "--tunnels",
+        type=int,
+        help="idle tunnels for the memory figure (default 10000, quick 1000; 0 skips it)",
+    )
     parser.add_argument("--only", choices=["direct", "stunnel", "ztunnel"], action="append")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="run the ztunnels under cProfile, write DIR/node-N.prof"
     )
     parser.add_argument(
-        "--workdir", type=Path, metavar="DIR", help="keep certificates, configs and logs here (default: a temp dir)"
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="keep certificates, configs and logs here (default: a temp dir)",
     )
+    parser.add_argument(
+        "--memory-profile",
+        type=Path,
+        metavar="DIR",
+        help="run the ztunnels under tracemalloc and show what the idle tunnels allocate (slower; RSS inflated)",
+    )
+    parser.add_argument("--traced-ztunnel", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=3, metavar=("HOST", "ECHO", "SINK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         u.serve(args.serve[0], int(args.serve[1]), int(args.serve[2]))
         return 0
+    if args.traced_ztunnel:
+        from ztunnel.__main__ import main as ztunnel_main
+
+        sys.argv = ["ztunnel"]
+        u.traced_main(args.traced_ztunnel, ztunnel_main)
+        return 0
 
     nbytes = (args.mib or (32 if args.quick else 256)) << 20
     trips = args.round_trips or (500 if args.quick else 5000)
-    tunnels = args.tunnels or (1000 if args.quick else 10000)
+    tunnels = args.tunnels if args.tunnels is not None else (1000 if args.quick else 10000)
     only = set(args.only or ["direct", "stunnel", "ztunnel"])
     u.raise_nofile(2 * tunnels + 1000)
     print(f"# L4 loopback benchmark: {machine()}")
@@ -344,7 +365,16 @@ def main() -> int:
             print(results_table(results[-1:]).render().splitlines()[-1], flush=True)
         if "ztunnel" in only:
             results.append(
-                run_ztunnel(tmp, echo_port, sink_port, nbytes, trips, tunnels, extra, args.profile)
+                run_ztunnel(
+                    tmp,
+                    echo_port,
+                    sink_port,
+                    nbytes,
+                    trips,
+                    tunnels,
+                    extra,
+                    Profiling(args.profile, args.memory_profile),
+                )
             )
 
     print()
@@ -411,39 +441,44 @@ def wait_ready(ip: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
+@dataclass
+class Profiling:
+    """How to run the ztunnels: under cProfile (``cpu``) or tracemalloc (``memory``), or neither."""
+
+    cpu: Path | None = None
+    memory: Path | None = None
+
+    def argv(self, node: str) -> list[str]:
+        if self.cpu is not None:
+            self.cpu.mkdir(parents=True, exist_ok=True)
+            return [sys.executable, "-m", "cProfile", "-o", str(self.cpu / f"{node}.prof"), "-m", "ztunnel"]
+        if self.memory is not None:
+            self.memory.mkdir(parents=True, exist_ok=True)
+            return [sys.executable, __file__, "--traced-ztunnel", str(self.memory)]
+        return [sys.executable, "-m", "ztunnel"]
+
+
 @contextmanager
-def ztunnel_pair(
-    tmp: Path, echo_port: int, sink_port: int, profile: Path | None
-) -> Iterator[tuple[Path_, list[int]]]:
+def ztunnel_pair(tmp: Path, echo_port: int, sink_port: int, profiling: Profiling) -> Iterator[Path_]:
+    """Both ztunnels running and ready; the path's ``proxy_pids`` are node-2's then node-1's."""
     (tmp / "mesh.yaml").write_text(LOCAL_CONFIG)
     (tmp / "fake-ca").mkdir(exist_ok=True)
     with ExitStack() as stack:
         procs = []
         for node in ("node-2", "node-1"):
-            argv = [sys.executable, "-m", "ztunnel"]
-            if profile is not None:
-                profile.mkdir(parents=True, exist_ok=True)
-                argv = [
-                    sys.executable,
-                    "-m",
-                    "cProfile",
-                    "-o",
-                    str(profile / f"{node}.prof"),
-                    "-m",
-                    "ztunnel",
-                ]
             log = tmp / f"{node}-ztunnel.log"
-            proc = stack.enter_context(child(argv, log, env=ztunnel_env(tmp, node)))
+            proc = stack.enter_context(child(profiling.argv(node), log, env=ztunnel_env(tmp, node)))
             wait_ready(NODE_IPS[node], proc, log)
             procs.append(proc)
         socks = (NODE_IPS["node-1"], SOCKS5_PORT)
-        path = Path_(
+        # For attaching perf from outside: ``perf record -g -p $(cat DIR/ztunnel.pids)``.
+        (tmp / "ztunnel.pids").write_text(",".join(str(p.pid) for p in procs))
+        yield Path_(
             "ztunnel pair",
             u.socks5_connector(socks, SERVER_IP, echo_port, source=CLIENT_IP),
             u.socks5_connector(socks, SERVER_IP, sink_port, source=CLIENT_IP),
             [p.pid for p in procs],
         )
-        yield path, [p.pid for p in procs]
 
 
 def warm_pool_handshakes(path: Path_) -> tuple[int, int]:
@@ -459,22 +494,48 @@ def warm_pool_handshakes(path: Path_) -> tuple[int, int]:
     return before, after
 
 
-def idle_tunnel_memory(path: Path_, pids: list[int], echo_port: int, count: int) -> tuple[float, int, int]:
+def _poke(node: str) -> Callable[[], None]:
+    def poke() -> None:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://{NODE_IPS[node]}:{READY_PORT}/healthz/ready", timeout=5).close()
+
+    return poke
+
+
+def idle_tunnel_memory(
+    path: Path_, echo_port: int, count: int, profiling: Profiling
+) -> tuple[float, int, int]:
     """(bytes per idle tunnel over both ztunnels, tunnels opened, HBONE connections carrying them)."""
-    base = sum(u.rss_bytes(pid) for pid in pids)
+    pids = dict(zip(("node-2", "node-1"), path.proxy_pids, strict=True))
+    snaps: dict[str, list[str]] = {node: [] for node in pids}
+
+    def snapshot() -> None:
+        if profiling.memory is not None:
+            for node, pid in pids.items():
+                n = len(snaps[node])
+                snaps[node].append(u.request_snapshot(pid, str(profiling.memory), n, _poke(node)))
+
+    snapshot()
+    base = sum(u.rss_bytes(pid) for pid in pids.values())
 
     async def hold() -> tuple[int, int, int]:
         socks = (NODE_IPS["node-1"], SOCKS5_PORT)
         writers = await u.open_idle_tunnels(count, socks, SERVER_IP, echo_port, source=CLIENT_IP)
         try:
             await asyncio.sleep(1.0)  # let the proxies finish their bookkeeping for the last ones
-            rss = sum(u.rss_bytes(pid) for pid in pids)
-            return rss, len(writers), u.established_to(SERVER_IP, HBONE_PORT)
+            rss = sum(u.rss_bytes(pid) for pid in pids.values())
+            hbone = u.established_to(SERVER_IP, HBONE_PORT)
+            await asyncio.to_thread(snapshot)
+            return rss, len(writers), hbone
         finally:
             for w in writers:
                 w.close()
 
     rss, opened, hbone = asyncio.run(hold())
+    for node, (before, after) in snaps.items():
+        print(f"\n# {node}'s ztunnel: live allocations added per idle tunnel, by call site (tracemalloc)")
+        for line in u.allocation_growth(before, after, opened):
+            print(f"#   {line}")
     return (rss - base) / opened, opened, hbone
 
 
@@ -486,9 +547,9 @@ def run_ztunnel(
     trips: int,
     tunnels: int,
     extra: dict[str, str],
-    profile: Path | None,
+    profiling: Profiling,
 ) -> Result:
-    with ztunnel_pair(tmp, echo_port, sink_port, profile) as (path, pids):
+    with ztunnel_pair(tmp, echo_port, sink_port, profiling) as path:
         result = measure(path, nbytes, trips)
         print(results_table([result]).render().splitlines()[-1], flush=True)
         before, after = warm_pool_handshakes(path)
@@ -499,16 +560,17 @@ def run_ztunnel(
         )
         print(f"# warm pool: {extra['new connection on a warm pool']}", flush=True)
         if tunnels:
-            per, opened, hbone = idle_tunnel_memory(path, pids, echo_port, tunnels)
+            per, opened, hbone = idle_tunnel_memory(path, echo_port, tunnels, profiling)
             ok = per < IDLE_TUNNEL_BYTES
+            traced = " (RSS inflated by tracemalloc)" if profiling.memory is not None else ""
             extra["memory per idle tunnel"] = (
                 f"{per / 1024:.1f} KiB over both ztunnels at {opened} tunnels on {hbone} HBONE connections"
-                f" (target < {IDLE_TUNNEL_BYTES // 1024} KiB): {_ok(ok)}"
+                f" (target < {IDLE_TUNNEL_BYTES // 1024} KiB): {_ok(ok)}{traced}"
             )
             print(f"# idle tunnels: {extra['memory per idle tunnel']}", flush=True)
-    if profile is not None:
+    if profiling.cpu is not None:
         for node in ("node-1", "node-2"):
-            prof = profile / f"{node}.prof"
+            prof = profiling.cpu / f"{node}.prof"
             if not prof.exists():
                 print(f"# no profile for {node}: did ztunnel exit cleanly on SIGTERM?", flush=True)
                 continue
