@@ -1,4 +1,6 @@
-"""The README's main job: `ambientctl demo` runs with real processes and exits 0 with every check passing."""
+"""`ambientctl demo --control-plane` (no root needed) runs with real processes and passes every check.
+
+The cluster demo (the README's main job) is tested in tests/netns/test_e2e_demo.py."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ def free_port() -> int:
 
 def test_demo_runs_every_step_and_passes():
     result = subprocess.run(
-        [sys.executable, "-m", "ambientctl", "demo", "--xds-port", str(free_port()),
+        [sys.executable, "-m", "ambientctl", "demo", "--control-plane", "--xds-port", str(free_port()),
          "--monitoring-port", str(free_port())],
         capture_output=True, text=True, timeout=120, check=False,
     )
