@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from meshcore.identity import SpiffeId
 from meshcore.model import Authorization, Port, Scope, Service, Workload
@@ -216,6 +216,39 @@ def _drop_from_tuple(index: _Map[tuple[str, str], tuple[str, ...]], key: tuple[s
         del index[key]
 
 
+def _index_fresh(workloads: dict[str, Workload], services: dict[str, Service]) -> dict[str, dict[Any, Any]]:
+    """The address, endpoint and identity indexes of a fresh editor's maps, built in one pass.
+
+    A replaced or removed entry was popped first, so insertion order is the order of the last put: the same
+    member order as maintaining the indexes put by put (``StateEditor.put_workload``)."""
+    by_addr: dict[tuple[str, str], tuple[str, ...]] = {}
+    endpoints: dict[str, dict[str, None]] = {}
+    by_identity: dict[tuple[str, str, str], dict[str, None]] = {}
+    for uid, w in workloads.items():
+        network = w.network
+        for ip in w.addresses:
+            held = by_addr.get((network, ip))
+            by_addr[(network, ip)] = (uid,) if held is None else (*held, uid)
+        for service in w.services:
+            members = endpoints.get(service)
+            if members is None:
+                endpoints[service] = {uid: None}
+            else:
+                members[uid] = None
+        identity = (w.trust_domain, w.namespace, w.service_account)
+        members = by_identity.get(identity)
+        if members is None:
+            by_identity[identity] = {uid: None}
+        else:
+            members[uid] = None
+    by_vip: dict[tuple[str, str], tuple[str, ...]] = {}
+    for key, svc in services.items():
+        for a in svc.addresses:
+            held = by_vip.get((a.network, a.address))
+            by_vip[(a.network, a.address)] = (key,) if held is None else (*held, key)
+    return {"_wl_by_addr": by_addr, "_endpoints": endpoints, "_by_identity": by_identity, "_svc_by_vip": by_vip}
+
+
 _MapField = MapEditor[Any, Any]
 # What StateEditor edits a map through: a MapEditor over the base's map, or a plain dict when starting fresh
 # (both offer get / [] / in / del / pop(key, default)).
@@ -236,8 +269,9 @@ class StateEditor:
     _DICTS = ("_global_policies", "_ns_policies")
 
     def __init__(self, base: ProxyState | None) -> None:
-        # From an empty state (the first full push) plain dicts are faster to fill than MapEditors and are
-        # handed to FrozenMap whole at the end; otherwise edits go through MapEditors of the base's maps.
+        # From an empty state (the first full push) the editor fills plain dicts, builds the derived indexes
+        # in one pass at the end and hands everything to FrozenMap whole; otherwise every edit maintains the
+        # indexes through MapEditors of the base's maps.
         self._fresh = base is None or not (base._workloads or base._services or base._policies)
         maps: dict[str, _MapField | dict[Any, Any]] = {
             f: {} if self._fresh else getattr(base, f).edit() for f in self._MAPS
@@ -248,6 +282,8 @@ class StateEditor:
         self._policies: _Map[str, Authorization] = maps["_policies"]
         self._wl_by_addr: _Map[tuple[str, str], tuple[str, ...]] = maps["_wl_by_addr"]
         self._svc_by_vip: _Map[tuple[str, str], tuple[str, ...]] = maps["_svc_by_vip"]
+        self._endpoints: _Map[str, dict[str, None]] = maps["_endpoints"]
+        self._by_identity: _Map[tuple[str, str, str], dict[str, None]] = maps["_by_identity"]
         self._dicts: dict[str, Any] = {f: ({} if base is None else getattr(base, f)) for f in self._DICTS}
         self._copied: set[str] = set() if base is not None else set(self._DICTS)
         # Per-key member sets created by this builder: safe to mutate in place (no snapshot shares them yet),
@@ -316,39 +352,40 @@ class StateEditor:
     def put_workload(self, w: Workload) -> None:
         uid = w.uid
         old = self._workloads.get(uid)
-        if old == w:
-            return
         # Address names are one namespace: a workload replaces whatever address had its name.
         if old is not None:
+            if old == w:
+                return
             self._remove_workload(uid)
         elif uid in self._services:
             self._remove_service(uid)
         self.changed = True
         self._workloads[uid] = w
+        if self._fresh:
+            return  # indexes are built in one pass by _build
         by_addr = self._wl_by_addr
         network = w.network
         for ip in w.addresses:
             _add_to_tuple(by_addr, (network, ip), uid)
         owned = self._owned
-        if w.services:
-            endpoints = self._maps["_endpoints"]
-            for key in w.services:
-                self._add_member(endpoints, owned, key, uid)
-        self._add_member(self._maps["_by_identity"], owned, (w.trust_domain, w.namespace, w.service_account), uid)
+        for key in w.services:
+            self._add_member(self._endpoints, owned, key, uid)
+        self._add_member(self._by_identity, owned, (w.trust_domain, w.namespace, w.service_account), uid)
 
     def _remove_workload(self, uid: str) -> None:
         old = self._workloads.pop(uid, None)
         if old is None:
             return
         self.changed = True
+        if self._fresh:
+            return
         for ip in old.addresses:
             _drop_from_tuple(self._wl_by_addr, (old.network, ip), uid)
         owned = self._owned
-        endpoints = self._maps["_endpoints"]
         for key in old.services:
-            self._drop_member(endpoints, owned, key, uid)
+            self._drop_member(self._endpoints, owned, key, uid)
         identity = (old.trust_domain, old.namespace, old.service_account)
-        self._drop_member(self._maps["_by_identity"], owned, identity, uid)
+        self._drop_member(self._by_identity, owned, identity, uid)
 
     # -- services
 
@@ -359,6 +396,8 @@ class StateEditor:
         self.remove_address(key)
         self.changed = True
         self._services[key] = s
+        if self._fresh:
+            return
         for a in s.addresses:
             _add_to_tuple(self._svc_by_vip, (a.network, a.address), key)
 
@@ -367,6 +406,8 @@ class StateEditor:
         if old is None:
             return
         self.changed = True
+        if self._fresh:
+            return
         for a in old.addresses:
             _drop_from_tuple(self._svc_by_vip, (a.network, a.address), key)
 
@@ -405,6 +446,10 @@ class StateEditor:
             self._drop_member(self._d("_ns_policies"), self._owned, old.namespace, key)
 
     def _build(self, version: int) -> ProxyState:
+        if self._fresh:
+            # A fresh editor's maps are plain dicts (see __init__).
+            workloads = cast(dict[str, Workload], self._workloads)
+            self._maps.update(_index_fresh(workloads, cast(dict[str, Service], self._services)))
         parts: dict[str, Any] = {
             f: FrozenMap.adopt(m) if isinstance(m, dict) else m.finish() for f, m in self._maps.items()
         }

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshcore.identity import SpiffeId
 from meshcore.model import Port, Workload
 from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, address_to_proto, resource_name
 from meshcore.proto import workload_pb2
@@ -128,3 +129,65 @@ def test_a_one_workload_change_copies_one_shard_per_touched_index() -> None:
         old_shards, new_shards = getattr(big, index)._shards, getattr(new, index)._shards
         copied = sum(a is not b for a, b in zip(old_shards, new_shards, strict=True))
         assert copied <= 1, f"{index}: {copied} of {len(old_shards)} shards copied"
+
+
+_IPS = [f"10.0.0.{i}" for i in range(1, 4)]
+_SVC_KEYS = ["default/a", "default/b"]
+_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("workload"),
+            st.builds(
+                lambda n, ip, sa, svcs: builders.workload(
+                    f"w{n}", ip, service_account=sa, services={k: (Port(80),) for k in svcs}
+                ),
+                st.integers(0, 6),
+                st.sampled_from(_IPS),
+                st.sampled_from(["sa1", "sa2"]),
+                st.lists(st.sampled_from(_SVC_KEYS), unique=True, max_size=2),
+            ),
+        ),
+        # a service named like a workload uid, or a VIP shared by several services
+        st.tuples(
+            st.just("service"),
+            st.builds(
+                lambda n, ip: builders.service(f"s{n}", ip),
+                st.integers(0, 3),
+                st.sampled_from(["10.96.0.1", "10.96.0.2"]),
+            ),
+        ),
+        st.tuples(st.just("remove"), st.integers(0, 6).map(lambda n: f"Kubernetes//Pod/default/w{n}")),
+        st.tuples(st.just("remove"), st.integers(0, 3).map(lambda n: f"default/s{n}.default.svc.cluster.local")),
+    ),
+    max_size=25,
+)
+
+
+def _views(s: ProxyState) -> tuple[object, ...]:
+    """Everything a reader can see, in the order it sees it (the newest holder of an address wins)."""
+    return (
+        dict(s.workloads),
+        dict(s.services),
+        [s.find_workload_by_addr(ip) for ip in _IPS],
+        [s.find_service_by_vip(ip) for ip in ("10.96.0.1", "10.96.0.2")],
+        [s.endpoints(k) for k in _SVC_KEYS],
+        [s.find_workloads_by_identity(SpiffeId("cluster.local", "default", sa)) for sa in ("sa1", "sa2")],
+    )
+
+
+@settings(deadline=None, max_examples=150)
+@given(ops=_ops)
+def test_a_fresh_state_indexes_in_one_pass_exactly_as_edit_by_edit(ops: list[tuple[str, object]]) -> None:
+    unrelated = builders.policy("unrelated")  # makes the second base non-empty, so it edits index by index
+
+    def run(base: ProxyState) -> ProxyState:
+        editor = base.edit()
+        for op, arg in ops:
+            if op == "remove":
+                editor.remove_address(arg)  # type: ignore[arg-type]
+            else:
+                editor.put(arg)  # type: ignore[arg-type]
+        return editor.finish()
+
+    fresh, incremental = run(ProxyState.empty()), run(ProxyState.of(unrelated))
+    assert _views(fresh) == _views(incremental)
