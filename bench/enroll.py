@@ -71,6 +71,7 @@ SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 TIMEOUT = 120.0
 TARGET_ENABLE_S = 1.0  # issue 4: enable-to-captured under 1 s for 100 running pods
 BACKENDS = {"binary": "nft", "library": None}  # NFT_PATH for the agent; None: unset (libnftables)
+LABELS = {"binary": "nft binary", "library": "libnftables", "before": "before (nft binary)"}
 
 
 @dataclass
@@ -168,10 +169,11 @@ def pod_doc(name: str, index: int) -> dict[str, object]:
 
 @contextlib.contextmanager
 def agent_process(
-    state: Path, nft: str | None, max_parallel: int | None, profile: Path | None
+    state: Path, nft: str | None, src: Path, max_parallel: int | None, profile: Path | None
 ) -> Iterator[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
+        "PYTHONPATH": str(src),
         "NODE_NAME": NODE,
         "AMBIENT_STATE_DIR": str(state),
         "INPOD_UDS": str(state / "ztunnel.sock"),
@@ -191,7 +193,7 @@ def agent_process(
     wrap = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     proc = subprocess.Popen(
         [sys.executable, *wrap, "-m", "ztunnel.cni.agent"],
-        cwd=REPO,
+        cwd=src,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -291,7 +293,7 @@ def cni_env(pod: Pod, command: str = "ADD") -> dict[str, str]:
     }
 
 
-def run_plugin(state: Path, pod: Pod) -> subprocess.CompletedProcess[bytes]:
+def run_plugin(state: Path, pod: Pod, src: Path) -> subprocess.CompletedProcess[bytes]:
     conf = {
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -304,8 +306,8 @@ def run_plugin(state: Path, pod: Pod) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "ztunnel.cni.plugin"],
         input=json.dumps(conf).encode(),
-        env=cni_env(pod),
-        cwd=REPO,
+        env={**cni_env(pod), "PYTHONPATH": str(src)},
+        cwd=src,
         capture_output=True,
         timeout=60,
         check=False,
@@ -337,10 +339,12 @@ async def run_backend(backend: str, args: argparse.Namespace, pods: list[Pod], e
             for pod, res in zip(pods, results[1:], strict=True):
                 pod.uid = res.resource.uid
             profile = args.profile / f"agent-{backend}.prof" if args.profile else None
-            with agent_process(state, BACKENDS[backend], args.max_parallel, profile) as proc:
+            src = args.baseline if backend == "before" else REPO
+            nft = "nft" if backend == "before" else BACKENDS[backend]
+            with agent_process(state, nft, src, args.max_parallel, profile) as proc:
                 fake = await connect_fake_ztunnel(state / "ztunnel.sock", proc)
                 try:
-                    await measure(result, state, store, proc, fake, pods, extra)
+                    await measure(result, state, src, store, proc, fake, pods, extra)
                 finally:
                     await fake.close()
         finally:
@@ -354,6 +358,7 @@ async def run_backend(backend: str, args: argparse.Namespace, pods: list[Pod], e
 async def measure(
     result: Run,
     state: Path,
+    src: Path,
     store: SqliteStore,
     proc: subprocess.Popen[bytes],
     fake: FakeZtunnel,
@@ -397,7 +402,7 @@ async def measure(
             reply = await asyncio.to_thread(send_event, events, event(pod, wait=True), 30)
             ok, detail = reply.ok and reply.captured, str(reply)
         else:
-            done = await asyncio.to_thread(run_plugin, state, pod)
+            done = await asyncio.to_thread(run_plugin, state, pod, src)
             ok, detail = done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")
         t_ready = time.perf_counter() - t1
         if not ok:
@@ -465,13 +470,13 @@ def report(results: dict[str, list[Run]], args: argparse.Namespace) -> str:
         ["plugin process ADD -> plugin exits 0, p50 / p99"]
         + [dist(pooled(rs, "plugin_ready_s")) for rs in cols],
     ]
-    table = u.Table(["measure"] + [f"nft {b}" for b in results], rows)
+    table = u.Table(["measure"] + [LABELS[b] for b in results], rows)
     lines = [table.markdown(), ""]
     for backend, rs in results.items():
         worst = max(r.captured_conn_s for r in rs)
         verdict = "met" if worst < TARGET_ENABLE_S else "MISSED"
         lines.append(
-            f"target enable-to-captured < {TARGET_ENABLE_S:g} s for {n} pods, nft {backend}: "
+            f"target enable-to-captured < {TARGET_ENABLE_S:g} s for {n} pods, {LABELS[backend]}: "
             f"median {med(rs, 'captured_conn_s'):.3f} s, worst {worst:.3f} s of {len(rs)} ({verdict})"
         )
     return "\n".join(lines)
@@ -488,6 +493,8 @@ def header(argv: list[str]) -> str:
 
 async def amain(args: argparse.Namespace) -> int:
     backends = [args.only] if args.only else list(BACKENDS)
+    if args.baseline is not None:
+        backends.insert(0, "before")
     results: dict[str, list[Run]] = {b: [] for b in backends}
     for rep in range(args.repeat):
         for backend in backends:  # alternated, so a busy spell of the machine hits both
@@ -504,7 +511,7 @@ async def amain(args: argparse.Namespace) -> int:
                     drop_pod(pod)
             results[backend].append(run)
             print(
-                f"-- run {rep + 1}/{args.repeat}, nft {backend}: {len(pods)} pods captured, last connection "
+                f"-- run {rep + 1}/{args.repeat}, {LABELS[backend]}: {len(pods)} pods captured, last connection "
                 f"at {ms(run.captured_conn_s)}; agent CPU {run.agent_cpu_s:.2f} s + nft {run.nft_cpu_s:.2f} s; "
                 f"load {os.getloadavg()[0]:.1f}",
                 flush=True,
@@ -518,6 +525,12 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=100, help="running pods enrolled at once (default 100)")
     parser.add_argument("--add-pods", type=int, default=30, help="pods added one by one (default 30)")
     parser.add_argument("--only", choices=sorted(BACKENDS), help="measure one nft backend only")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the agent and plugin of this source tree (e.g. `git archive <commit>` unpacked), "
+        "with the nft binary, as the 'before' column",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per backend, alternated (default 3)")
     parser.add_argument("--max-parallel", type=int, help="the agent's MAX_PARALLEL (default: its own)")
     parser.add_argument("--profile", type=Path, help="run the agents under cProfile, stats written here")

@@ -20,6 +20,7 @@ from ztunnel.redirect import (
     apply,
     check,
     nft_runner,
+    remove,
     render,
 )
 from ztunnel.redirect.rules import MANAGED_TABLES, TABLE_NAT, BaseChain, NftChain, NftTable, RuleSet
@@ -56,15 +57,25 @@ def test_a_context_made_on_the_pod_worker_changes_the_pod_and_not_the_host(make_
     assert _run(None, "nft", "list", "tables") == host_before
 
 
-def test_pods_applied_at_once_from_several_threads_each_get_their_own_rules(make_netns, lib) -> None:
+def test_pods_changed_at_once_from_several_threads_each_get_their_own_rules(make_netns, lib) -> None:
     pods = [make_netns("h18par") for _ in range(6)]
     host_before = _run(None, "nft", "list", "tables")
     with ThreadPoolExecutor(max_workers=6) as pool:
         list(pool.map(lambda ns: apply(ns.path, RULESET, nft=lib), pods))
-    for ns in pods:
-        assert check(ns.path, RULESET, nft=lib) == []
+        for ns in pods:
+            assert check(ns.path, RULESET, nft=lib) == []
+            with NetnsHandle.open(ns.path) as handle:
+                assert _run(handle, "ip", "rule").count("lookup 100") == 1
+        # removals (each waits in the kernel for its deleted tables) and applies, all at once
+        jobs = [pool.submit(remove, ns.path, nft=lib) for ns in pods[:3]]
+        jobs += [pool.submit(apply, ns.path, RULESET, nft=lib) for ns in pods[3:]]
+        for job in jobs:
+            job.result()
+    for ns in pods[:3]:
         with NetnsHandle.open(ns.path) as handle:
-            assert _run(handle, "ip", "rule").count("lookup 100") == 1
+            assert _our_tables(_run(handle, "nft", "list", "tables")) == set()
+    for ns in pods[3:]:
+        assert check(ns.path, RULESET, nft=lib) == []
     assert _our_tables(_run(None, "nft", "list", "tables")) == _our_tables(host_before)
 
 

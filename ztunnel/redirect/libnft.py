@@ -8,9 +8,13 @@ Rules:
   calls it. ``run`` therefore creates, uses and frees its context on the calling thread within one call:
   call it from the pod netns's worker thread (``NetnsHandle.run``), and never keep a context across
   calls, threads or namespaces.
-- libnftables links libxtables, whose state is process-wide and not thread-safe, and its one-time
-  initialisation in ``nft_ctx_new`` is unguarded. Every call into the library holds ``_LIBRARY_LOCK``,
-  the one process-wide object here, because the state it guards is process-wide too.
+- Contexts are independent (parser, cache, netlink socket and sequence numbers are per context), but
+  libnftables links libxtables, whose state is process-wide and not thread-safe: its one-time
+  initialisation in ``nft_ctx_new`` is unguarded, and listings print iptables-nft (xt) expressions
+  through it. ``_LIBRARY_LOCK`` (the one process-wide object here, as the state it guards is) is held
+  for creating a context and for every listing; changes and freeing run concurrently, so the kernel's
+  waits (an RCU grace period for deleted tables, socket release) of many pods overlap, as separate nft
+  processes' would.
 - Input goes through a memfd read as a file (as ``nft -f`` reads it), not ``nft_run_cmd_from_buffer``:
   for a buffer, nft quotes the buffer's first line under every error instead of the line at fault.
 - Output and errors are buffered in the context, never written to our stdout/stderr; a failure is
@@ -21,6 +25,7 @@ Must not: load the library at import time (importing works where nftables is not
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -112,26 +117,29 @@ class Libnftables:
             with open(memfd, "wb", closefd=False) as f:
                 f.write(data)
             path = f"/proc/self/fd/{memfd}".encode()
-            return self._run_file(path, json)
+            return self._run_file(path, json, listing=json or commands.lstrip().startswith("list"))
         finally:
             os.close(memfd)
 
-    def _run_file(self, path: bytes, json: bool) -> str:
+    def _run_file(self, path: bytes, json: bool, listing: bool) -> str:
         lib = self._lib
         with _LIBRARY_LOCK:
             ctx = lib.nft_ctx_new(NFT_CTX_DEFAULT)
-            if not ctx:
-                raise NftCommandFailed("nft_ctx_new failed (out of memory or no netlink socket)")
-            try:
-                if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
-                    raise NftCommandFailed("libnftables could not buffer its output")
-                if json:
-                    lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON)
+        if not ctx:
+            raise NftCommandFailed("nft_ctx_new failed (out of memory or no netlink socket)")
+        try:
+            if lib.nft_ctx_buffer_output(ctx) != 0 or lib.nft_ctx_buffer_error(ctx) != 0:
+                raise NftCommandFailed("libnftables could not buffer its output")
+            if json:
+                lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON)
+            with _LIBRARY_LOCK if listing else contextlib.nullcontext():
                 status = lib.nft_run_cmd_from_filename(ctx, path)
-                output: bytes | None = lib.nft_ctx_get_output_buffer(ctx)
-                errors: bytes | None = lib.nft_ctx_get_error_buffer(ctx)
-            finally:
-                lib.nft_ctx_free(ctx)
+            output: bytes | None = lib.nft_ctx_get_output_buffer(ctx)
+            errors: bytes | None = lib.nft_ctx_get_error_buffer(ctx)
+        finally:
+            # Not under the lock: freeing closes the netlink socket, which after a commit can wait in
+            # the kernel, and would hold up every other pod's apply.
+            lib.nft_ctx_free(ctx)
         if status != 0:
             text = (errors or b"").decode(errors="replace")
             raise NftCommandFailed(summarize_error(text, f"libnftables status {status}"))
