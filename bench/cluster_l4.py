@@ -8,14 +8,14 @@ a node agent and a shared-mode ztunnel per node, the kubelet) runs namespace ``b
   the client pod's netns (``socket_in_netns``, unmarked), so they are the pod's own connections: the
   pod's address, its routes, and its redirection once the namespace is enrolled.
 Paths, in this order (named as ``bench/l4.py`` names them, whose tables and targets are reused):
-- (a) direct, no mesh: the namespace is not enrolled; client pod -> veth -> node-1 -> bridge -> node-2 -> veth ->
-  server pod, plaintext.
+- (a) direct, no mesh: the namespace is not enrolled; client pod -> veth -> node-1 -> bridge -> node-2
+  -> veth -> server pod, plaintext.
 - (b) stunnel pair on the same path: a client-mode stunnel inside the client pod netns (127.0.0.1) and
   a server-mode stunnel inside the server pod netns (mutual TLS 1.3, P-256, as ``bench/l4.py``), so the
   node link carries TLS between the two pods; still not enrolled.
-- (c) ztunnel pair, the mesh: ``istio.io/dataplane-mode=ambient`` on the namespace, both pods captured live (no
-  restart); the same connection is redirected to node-1's ztunnel inside the client pod, carried as
-  HBONE to the server pod's 15008, and delivered by node-2's ztunnel. Checked by node-2's
+- (c) ztunnel pair, the mesh: ``istio.io/dataplane-mode=ambient`` on the namespace, both pods captured
+  live (no restart); the same connection is redirected to node-1's ztunnel inside the client pod,
+  carried as HBONE to the server pod's 15008, and delivered by node-2's ztunnel. Checked by node-2's
   ``istio_tcp_connections_opened_total`` growing by at least the measured connections.
 Measured per path with ``bench/l4.py``'s own functions: single-stream throughput (best of 3), 1 KiB
 request/response p50/p99 on one connection, CPU seconds per 1000 requests of the proxy processes (the

@@ -1,10 +1,11 @@
 """Benchmark: how fast the node agent captures pods — `namespace enable` with N running pods, and pod ADD.
 
-Per nft backend (the `nft` binary, then libnftables; both in one run, each with a fresh store, agent and
-pods), on this machine's real kernel:
+Variants, alternated ``--repeat`` times in one run, each with a fresh store, agent and pods, on this
+machine's real kernel: the agent with the ``nft`` binary (``NFT_PATH=nft``), with libnftables (the
+default), and with ``--baseline DIR`` also an older source tree's agent and plugin ("before").
 - N pods, each a network namespace with ``lo`` and a veth ``eth0`` (an address and a default route, so
-  an outbound connection has somewhere to go; its peer stays in the pod, so nothing touches the host), and a listener on 15001 in each (the stand-in for the
-  in-pod ztunnel's outbound listener, open before the pod is handed over, as ztunnel's are).
+  an outbound connection has somewhere to go; the peer stays in the pod, nothing touches the host), and
+  a listener on 15001 (the stand-in for the in-pod ztunnel's, open before the pod is handed over).
 - The node agent runs as its own process (``python -m ztunnel.cni.agent``: its own GIL, as deployed)
   on a fresh embedded store; a ``FakeZtunnel`` in this process takes the ZDS hand-offs and acks them.
 - The pods are in the store (Running, on node-1) and the agent knows their netns from CNI ADD events,
@@ -12,18 +13,21 @@ pods), on this machine's real kernel:
 - enable: the store label write ``istio.io/dataplane-mode=ambient`` on the namespace is t=0; measured
   until each pod's AddWorkload reaches the fake ztunnel, and until a TCP connection made inside the last
   pod handed over, to an outside address (10.255.0.1:80), is accepted by that pod's 15001 listener with
-  SO_ORIGINAL_DST = 10.255.0.1:80: the first captured connection of the last pod. Also the agent's CPU.
+  SO_ORIGINAL_DST = 10.255.0.1:80: the first captured connection of the last pod. Also the agent's CPU
+  (its threads, and its nft child processes).
 - disable: the label removed; until every pod got its DelWorkload.
 - pod ADD to ready, per pod in the enabled namespace (one at a time): the pod is added to the store,
   then the CNI ADD is made, either as the plugin's event (what ``ztunnel.cni.plugin`` sends the agent,
   without the plugin process) or as the plugin process itself (``python -m ztunnel.cni.plugin``, what a
   kubelet runs, Python start included). Measured until the AddWorkload reaches the fake ztunnel and
   until the ADD returns (the agent answers after the ack and the pod annotation).
+Figures are medians over the repetitions; ADD latencies are pooled over them.
 
 Needs root (netns, nftables). Everything it makes is removed at the end, also on failure. Never part of
 the test run.
 
     .venv/bin/python bench/enroll.py [--pods 100] [--add-pods 30] [--repeat 3] [--only binary|library]
+        [--baseline DIR] [--max-parallel N] [--log-dir DIR] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -111,6 +115,15 @@ def make_pod(name: str, index: int) -> Pod:
     """A pod netns: lo up, veth eth0 with 10.201.x.y/16 and a default route, a listener on :15001."""
     pod = Pod(name=name, netns=f"bench-enroll-{os.getpid()}-{index}")
     pyroute2_netns.create(pod.netns)
+    try:
+        _wire_pod(pod, index)
+    except BaseException:
+        drop_pod(pod)
+        raise
+    return pod
+
+
+def _wire_pod(pod: Pod, index: int) -> None:
     with NetNS(pod.netns) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         ipr.link("add", ifname="eth0", kind="veth", peer="peer0")  # both ends stay in the pod
@@ -125,7 +138,6 @@ def make_pod(name: str, index: int) -> Pod:
     sock.bind(("0.0.0.0", OUTBOUND_PORT))
     sock.listen(16)
     pod.listener = sock
-    return pod
 
 
 def drop_pod(pod: Pod) -> None:
@@ -456,7 +468,8 @@ def report(results: dict[str, list[Run]], args: argparse.Namespace) -> str:
         ],
         [f"node agent CPU for the {n} captures: its own threads (event loop) + nft processes"]
         + [
-            f"{med(rs, 'agent_cpu_s'):.2f} s ({med(rs, 'agent_loop_cpu_s'):.2f} s) + {med(rs, 'nft_cpu_s'):.2f} s"
+            f"{med(rs, 'agent_cpu_s'):.2f} s ({med(rs, 'agent_loop_cpu_s'):.2f} s)"
+            f" + {med(rs, 'nft_cpu_s'):.2f} s"
             for rs in cols
         ],
         [f"disable -> DelWorkload of every pod ({n} + {args.add_pods})"]
@@ -511,8 +524,9 @@ async def amain(args: argparse.Namespace) -> int:
                     drop_pod(pod)
             results[backend].append(run)
             print(
-                f"-- run {rep + 1}/{args.repeat}, {LABELS[backend]}: {len(pods)} pods captured, last connection "
-                f"at {ms(run.captured_conn_s)}; agent CPU {run.agent_cpu_s:.2f} s + nft {run.nft_cpu_s:.2f} s; "
+                f"-- run {rep + 1}/{args.repeat}, {LABELS[backend]}: {len(pods)} pods captured, "
+                f"last connection at {ms(run.captured_conn_s)}; "
+                f"agent CPU {run.agent_cpu_s:.2f} s + nft {run.nft_cpu_s:.2f} s; "
                 f"load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )

@@ -4,9 +4,10 @@ Composition root and run loop. Inputs: the store (Pods with ``spec.nodeName`` ==
 labels; list-then-watch), plugin events (``events``: a pod's netns path, and "capture it now" for CNI
 ADD), ztunnel connections (``zds_server``). Each pass, the pure ``enroll.plan`` turns the view into
 actions; each pod's actions run in their own task (never two for one pod; at most ``max_parallel`` pods
-in the kernel step at once), so one pod's failure (netns gone, nft error, a nack) is logged, counted and retried with backoff
-while every other pod carries on. Capture order (istio-cni's): open the netns, apply redirection
-(all-or-nothing, ``ztunnel.redirect``), send ZDS AddWorkload and wait for the ack, annotate the pod.
+in the kernel step at once), so one pod's failure (netns gone, nft error, a nack) is logged, counted and
+retried with backoff while every other pod carries on. Capture order (istio-cni's): open the netns,
+apply redirection (all-or-nothing, ``ztunnel.redirect``), send ZDS AddWorkload and wait for the ack,
+annotate the pod.
 If ztunnel is absent or refuses, the rules stay and the pod is annotated ``pending``: its traffic fails
 closed (nothing listens on 15001/15006 yet) and the next snapshot or retry hands it over. Release order:
 remove the rules, then DelWorkload, then the annotation. Netns fds are opened per operation, checked
