@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 
 from meshcore.aio.hbone_conn import READ_SIZE, Address, HboneDriver, HboneStream
+from meshcore.aio.listener import ConnectionTasks
 from meshcore.hbone import (
     SERVER_SETTINGS,
     Authority,
@@ -223,7 +224,7 @@ class HboneServer:
         self._settings = settings
         self._handshake_timeout = handshake_timeout
         self._drivers: set[_ServerDriver] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = ConnectionTasks()
         self._accepting: asyncio.Task[None] | None = None
 
     def _start(self) -> None:
@@ -255,10 +256,7 @@ class HboneServer:
         self.close()
         for driver in list(self._drivers):
             driver.drain()
-        if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.wait(set(self._tasks))
+        await self._tasks.wait(deadline)
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -266,11 +264,9 @@ class HboneServer:
         self.close()
         for driver in list(self._drivers):
             driver.close("server shutting down")
-        for task in list(self._tasks):
-            task.cancel()
-        pending = [t for t in (self._accepting, *self._tasks) if t is not None]
-        if pending:
-            await asyncio.wait(pending)
+        if self._accepting is not None:
+            await asyncio.wait([self._accepting])  # cancelled by close(): it starts no connection after this
+        await self._tasks.cancel()
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -281,9 +277,7 @@ class HboneServer:
                 log.error("hbone.accept_failed", reason=_describe(exc))
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
-            task = asyncio.create_task(self._handle(sock, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._handle(sock, addr))
 
     async def _handle(self, sock: socket.socket, addr: object) -> None:
         self.counters.connections_accepted += 1

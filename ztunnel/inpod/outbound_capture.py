@@ -7,19 +7,19 @@ connection was not redirected at all), take the source workload as the *current*
 (none: refused as ``UnknownSource``, never proxied under another identity), then hand over to
 ``serve_outbound``, dedicated mode's core, unchanged: routing, HBONE through the pod's pool, passthrough,
 metrics and the access log. The app has no protocol to be told "refused" in, so every refusal is a reset.
-The listener owns its connection tasks: ``drain`` waits for them until a deadline, ``aclose`` cancels.
+The listener owns its connection tasks (``TrackedListener``): ``drain`` waits for them until a deadline,
+``aclose`` cancels.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable, Collection
 
 import structlog
 
+from meshcore.aio.listener import TrackedListener
 from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
 from meshcore.model import Workload
 from meshcore.telemetry import Reporter, early_deny_fields, log_early_deny
@@ -75,7 +75,7 @@ class _CaptureFront:
         self._stream.abort()
 
 
-class OutboundCaptureListener:
+class OutboundCaptureListener(TrackedListener):
     """Serves one pod's redirected outbound connections on a listening socket from its factory."""
 
     def __init__(
@@ -86,71 +86,16 @@ class OutboundCaptureListener:
         *,
         own_ports: Collection[int] = ILLEGAL_PORTS,
     ) -> None:
+        super().__init__(listener, limit=DEFAULT_READ)
         self._inputs = inputs
-        self._listener = listener
         self._source = source
         self._own_ports = frozenset(own_ports)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def address(self) -> tuple[str, int]:
-        name = self._listener.getsockname()
-        return str(name[0]), int(name[1])
+    def _log_failure(self) -> None:
+        log.exception("captured outbound connection failed")
 
-    @property
-    def active(self) -> int:
-        """Connections being served now."""
-        return len(self._tasks)
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, sock=self._listener, limit=DEFAULT_READ)
-
-    def close(self) -> None:
-        """Stop accepting; connections carry on."""
-        if self._server is not None:
-            self._server.close()
-        else:
-            self._listener.close()
-
-    async def drain(self, deadline: float) -> None:
-        """Stop accepting and wait for live connections until ``deadline`` (loop time)."""
-        self.close()
-        if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.wait(set(self._tasks))
-
-    async def aclose(self) -> None:
-        """Stop accepting and end every connection now."""
-        self.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        stream = AsyncioByteStream(reader, writer)
-        try:
-            await self._serve(stream, writer)
-        except asyncio.CancelledError:
-            # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
-            # calls task.exception() on a finished handler, which raises for a cancelled one.
-            stream.abort()
-        except Exception:  # a bug must cost this connection only, never the listener
-            log.exception("captured outbound connection failed")
-            stream.abort()
-        finally:
-            self._tasks.discard(task)
-            if not writer.is_closing():
-                writer.transport.abort()
-
-    async def _serve(self, stream: AsyncioByteStream, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, stream: AsyncioByteStream) -> None:
+        writer = stream.writer
         inputs = self._inputs
         peer = writer.get_extra_info("peername")
         name = writer.get_extra_info("sockname")

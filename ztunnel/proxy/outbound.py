@@ -27,10 +27,11 @@ from typing import Protocol
 
 import structlog
 
+from meshcore.aio.listener import TrackedListener
 from meshcore.aio.pool import PoolKey
 from meshcore.aio.relay import relay
 from meshcore.aio.secrets import SecretError
-from meshcore.aio.streams import AsyncioByteStream, ByteStream
+from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream, ByteStream
 from meshcore.hbone import (
     HboneConnectionError,
     PeerNotTrusted,
@@ -317,63 +318,25 @@ class _Socks5Front:
             await self._writer.drain()
 
 
-class Socks5Listener:
+class Socks5Listener(TrackedListener):
     """Dedicated mode's outbound listener (ztunnel's SOCKS5 on 15080): one for the whole node."""
 
     def __init__(self, inputs: ProxyInputs, listener: socket.socket, source_for: SourceLookup) -> None:
+        super().__init__(listener, limit=DEFAULT_READ)
         self._inputs = inputs
-        self._listener = listener
         self._source_for = source_for
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        name = listener.getsockname()
-        self.address = SockAddr(str(name[0]), int(name[1]))
+        self._local = SockAddr(*super().address)
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, sock=self._listener, limit=256 * 1024)
+    @property
+    def address(self) -> SockAddr:
+        """Where SOCKS5 clients connect; ``str()`` is ``ip:port``."""
+        return self._local
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    def _log_failure(self) -> None:
+        log.exception("socks5 connection failed")
 
-    async def drain(self, deadline: float) -> None:
-        """Stop accepting, let live connections run until ``deadline`` (loop time)."""
-        self.close()
-        if self._tasks:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.wait(set(self._tasks))
-
-    async def aclose(self) -> None:
-        self.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        client = AsyncioByteStream(reader, writer)
-        try:
-            await self._serve(client, reader, writer)
-        except asyncio.CancelledError:
-            # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
-            # calls task.exception() on a finished handler, which raises for a cancelled one.
-            pass
-        except Exception:  # a bug must cost this connection only, never the listener
-            log.exception("socks5 connection failed")
-        finally:
-            self._tasks.discard(task)
-            if not writer.is_closing():
-                writer.transport.abort()
-
-    async def _serve(
-        self, client: AsyncioByteStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve(self, client: AsyncioByteStream) -> None:
+        reader, writer = client.reader, client.writer
         inputs = self._inputs
         peer = writer.get_extra_info("peername")
         client_addr = SockAddr(str(peer[0]), int(peer[1]))

@@ -1,0 +1,136 @@
+"""TCP listeners that own the tasks serving their connections: start, close, drain(deadline), aclose.
+
+``ConnectionTasks`` is the bookkeeping every listener needs: the set of per-connection tasks, waited for
+until a deadline (a drain) or cancelled and awaited (a hard close). ``TrackedListener`` is the base of
+the ``asyncio.start_server`` listeners on a socket made elsewhere (a proxy's socket factory, a pod's
+network namespace): a subclass writes ``_serve(stream)`` for one connection; the base tracks its task,
+resets the connection if ``_serve`` left it open, and keeps a bug or a cancel to that connection, never
+the listener. Listeners that accept sockets themselves (the HBONE server runs its own TLS handshake) use
+``ConnectionTasks`` alone. Nothing here reads a byte or logs a healthy connection: that is the subclass's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
+
+log = structlog.get_logger("meshcore.listener")
+
+
+class ConnectionTasks:
+    """The tasks serving one listener's connections."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: asyncio.Task[None]) -> None:
+        """Track ``task`` until ``discard`` (a handler that runs in a task someone else made)."""
+        self._tasks.add(task)
+
+    def discard(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` in a task tracked until it is done."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait(self, deadline: float) -> None:
+        """Wait for every task until ``deadline`` (loop time); those still running keep running."""
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.wait(set(self._tasks))
+
+    async def cancel(self) -> None:
+        """Cancel every task and wait until they have all ended."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+
+class TrackedListener:
+    """Serves each connection accepted on ``listener`` with ``_serve``, in a task the listener owns.
+
+    ``limit`` is the StreamReader buffer (and the largest ``readuntil``) of every accepted connection.
+    """
+
+    def __init__(self, listener: socket.socket, *, limit: int = DEFAULT_READ) -> None:
+        self._listener = listener
+        self._limit = limit
+        self._server: asyncio.Server | None = None
+        self._tasks = ConnectionTasks()
+        name = listener.getsockname()
+        self._address = (str(name[0]), int(name[1]))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the listener is bound (host, port)."""
+        return self._address
+
+    @property
+    def active(self) -> int:
+        """Connections being served now."""
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, sock=self._listener, limit=self._limit)
+
+    def close(self) -> None:
+        """Stop accepting (releasing the listening socket, started or not); connections carry on."""
+        if self._server is not None:
+            self._server.close()
+        else:
+            self._listener.close()
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting and wait for live connections until ``deadline`` (loop time)."""
+        self.close()
+        await self._tasks.wait(deadline)
+
+    async def aclose(self) -> None:
+        """Stop accepting and end every connection now."""
+        self.close()
+        await self._tasks.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, stream: AsyncioByteStream) -> None:
+        """Serve one accepted connection; the base resets it afterwards if it is still open."""
+        raise NotImplementedError
+
+    def _log_failure(self) -> None:
+        """Log the bug that ended one connection; called in the ``except`` block, so with its traceback."""
+        log.exception("listener connection failed", listener=self._address)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(AsyncioByteStream(reader, writer))
+        except asyncio.CancelledError:
+            # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
+            # calls task.exception() on a finished handler, which raises for a cancelled one.
+            pass
+        except Exception:  # a bug must cost this connection only, never the listener
+            self._log_failure()
+        finally:
+            self._tasks.discard(task)
+            if not writer.is_closing():
+                writer.transport.abort()
