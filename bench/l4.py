@@ -532,7 +532,10 @@ def idle_tunnel_memory(
                 w.close()
 
     rss, opened, hbone = asyncio.run(hold())
-    for node, (before, after) in snaps.items():
+    for node, taken in snaps.items():
+        if not taken:
+            continue
+        before, after = taken
         print(f"\n# {node}'s ztunnel: live allocations added per idle tunnel, by call site (tracemalloc)")
         for line in u.allocation_growth(before, after, opened):
             print(f"#   {line}")
