@@ -106,11 +106,7 @@ class DedicatedProxyManager:
 
     async def run(self) -> None:
         """Reconcile now and on every new snapshot, until cancelled."""
-        version = self._cell.version
-        self.reconcile(self._cell.current())
-        while True:
-            version, state = await self._cell.changed(version)
-            self.reconcile(state)
+        await self._cell.follow(self.reconcile)
 
     def reconcile(self, state: ProxyState) -> None:
         """Make the proxies and certificates match the local workloads of ``state``."""

@@ -1,7 +1,8 @@
 """StateCell: one writer publishes immutable snapshots, many readers take the current one or await changes.
 
 The writer (the xDS client) calls ``publish(new)``; readers on the data path call ``current()`` once per
-connection and never await it. Watchers (policy re-evaluation, readiness, tests) ``await changed(since)``.
+connection and never await it. Watchers (policy re-evaluation, readiness, tests) ``await changed(since)``;
+reconcilers ``await follow(apply)``.
 Invariants: the version strictly increases by one per publish; ``current()`` is always the snapshot of the
 latest version; a waiter is never woken for a version it has already seen. Snapshots must be immutable:
 the cell hands the same object to every reader. Single event loop only (no thread safety needed or given).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -50,6 +51,15 @@ class StateCell(Generic[T]):
         while self._version <= since_version:
             await self._changed.wait()
         return self._version, self._state
+
+    async def follow(self, apply: Callable[[T], object]) -> NoReturn:
+        """Call ``apply`` with the current snapshot, then with every newer one, until cancelled. For
+        reconcilers: one busy in ``apply`` skips intermediate snapshots, never the latest."""
+        version = self._version
+        apply(self._state)
+        while True:
+            version, state = await self.changed(version)
+            apply(state)
 
     async def wait_for(self, predicate: Callable[[T], bool], timeout: float) -> T:  # noqa: ASYNC109
         """The first snapshot (current or future) for which ``predicate`` holds; ``TimeoutError`` after

@@ -217,7 +217,7 @@ class WorkloadProxyManager:
         """Follow the node agent and the state until cancelled (``drain``/``close`` cancel it)."""
         self._run_task = asyncio.current_task()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._follow_state())
+            group.create_task(self._cell.follow(self.reconcile))
             group.create_task(self._zds_loop())
 
     async def drain(self, deadline: float) -> None:
@@ -247,13 +247,6 @@ class WorkloadProxyManager:
             self._run_task.cancel()
 
     # ------------------------------------------------------------------------------- state follower
-
-    async def _follow_state(self) -> None:
-        version = self._cell.version
-        self.reconcile(self._cell.current())
-        while True:
-            version, state = await self._cell.changed(version)
-            self.reconcile(state)
 
     def reconcile(self, state: ProxyState) -> None:
         """Give every pod its workload in ``state`` and track exactly the pods' identities."""

@@ -57,3 +57,26 @@ async def test_wait_for_times_out_when_nothing_matches() -> None:
     cell = StateCell(0)
     with pytest.raises(TimeoutError):
         await cell.wait_for(lambda v: v > 0, timeout=0.02)
+
+
+async def test_follow_applies_the_current_snapshot_then_each_newer_one_until_cancelled() -> None:
+    cell = StateCell(0)
+    seen: list[int] = []
+    latest = asyncio.Event()
+
+    def apply(value: int) -> None:
+        seen.append(value)
+        if value == 3:
+            latest.set()
+
+    follower = asyncio.create_task(cell.follow(apply))
+    await asyncio.sleep(0)  # it applies the current snapshot at once
+    assert seen == [0]
+    for value in (1, 2, 3):  # all published before the follower wakes: it applies only the latest
+        cell.publish(value)
+    async with asyncio.timeout(1):
+        await latest.wait()
+    assert seen == [0, 3]
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
