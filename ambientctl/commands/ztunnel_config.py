@@ -7,8 +7,8 @@ items with ``-o json|yaml``. The data comes from ``GET <admin>/config_dump`` (li
 ztunnel: the admin HTTP endpoint is ztunnel's public face. Turning a dump into rows is done by pure
 functions (``*_table``) that tolerate both Istio's spellings (``"Allow"``, ``"Healthy"``) and enum
 numbers, and never fail on a missing field (it prints ``NA``). An unreachable or non-ztunnel endpoint
-is one actionable error line. ``--node NAME`` will map a node of the local cluster to its ztunnel;
-``node_admin_address`` is that hook and knows no node yet.
+is one actionable error line. ``--node NAME`` reads the ztunnel of that node of the local cluster
+(its admin port listens on 127.0.0.1 inside the node's network namespace, so the request is made there).
 """
 
 from __future__ import annotations
@@ -67,9 +67,38 @@ class Direction(StrEnum):
 # --- where the dump comes from ----------------------------------------------------------------------
 
 
+NODE_SCHEME = "node://"
+
+
 def node_admin_address(node: str) -> str | None:
-    """The admin URL of the ztunnel on ``node``; None while no local cluster can answer (the hook)."""
-    return None
+    """The admin "address" of the local cluster's ztunnel on ``node``: ``node://NAME``, read in its netns."""
+    return f"{NODE_SCHEME}{node}"
+
+
+def _local_cluster_dump(node: str) -> Any:
+    """GET /config_dump on the node's ztunnel from inside the node's netns (admin is 127.0.0.1 there)."""
+    from typer._click.globals import get_current_context
+
+    from ambientctl.cluster import ClusterError
+    from ambientctl.cluster.cluster import Cluster
+    from ambientctl.cluster.mesh import Mesh
+
+    from .common import cli_state
+
+    ctx = get_current_context(silent=True)
+    state_dir = cli_state(ctx).state_dir() if ctx is not None else None
+    if state_dir is None:
+        raise CliError("--node needs the local cluster's state directory (--state-dir)")
+    try:
+        status, body = Mesh(Cluster(state_dir)).ztunnel_get(node, "/config_dump")
+    except (ClusterError, OSError) as e:
+        raise CliError(f"cannot read the ztunnel of node {node!r} in the local cluster: {e}") from None
+    if status != 200:
+        raise CliError(f"the ztunnel of node {node!r} answered HTTP {status} for /config_dump")
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise CliError(f"the ztunnel of node {node!r} did not return JSON ({e})") from None
 
 
 def admin_base(admin: str | None, node: str | None) -> str:
@@ -85,6 +114,8 @@ def admin_base(admin: str | None, node: str | None) -> str:
             )
         admin = found
     url = (admin or DEFAULT_ADMIN).rstrip("/")
+    if url.startswith(NODE_SCHEME):
+        return url
     if "://" not in url:
         url = "http://" + url
     if not url.startswith("http://"):
@@ -122,6 +153,8 @@ def load_dump(base: str, file: Path | None) -> dict[str, Any]:
             raise CliError(f"cannot read config dump {file}: {e.strerror}") from None
         except ValueError as e:
             raise CliError(f"{file} is not a JSON config dump ({e})") from None
+    elif base.startswith(NODE_SCHEME):
+        dump = _local_cluster_dump(base[len(NODE_SCHEME):])
     else:
         dump = fetch_json(base, "/config_dump")
     if not isinstance(dump, dict):

@@ -610,9 +610,9 @@ def test_cli_wrong_endpoint_is_reported(routes: dict[str, tuple[int, bytes]], me
         assert message in fails("zc", "policies", "--admin", base)
 
 
-def test_cli_node_without_a_local_cluster_says_what_to_pass() -> None:
-    line = fails("zc", "workloads", "--node", "node-1")
-    assert "node-1" in line and "--admin" in line
+def test_cli_node_without_a_local_cluster_says_so(tmp_path: Path) -> None:
+    line = fails("--state-dir", str(tmp_path), "zc", "workloads", "--node", "node-1")
+    assert "node-1" in line and "local cluster" in line
 
 
 def test_cli_admin_and_node_together_are_refused() -> None:
