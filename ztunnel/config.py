@@ -6,7 +6,8 @@ Variable names are the constants below, Istio's where Istio has one (``XDS_ADDRE
 the environment, which wins over the defaults, so there is one parsing path for both. ``parse_config``
 checks everything up front and raises ``ConfigError`` naming the variable to fix: a bad setting stops
 the process at start with one clear line, never later on the data path. Pure: reads only the mapping it
-is given (``os.environ`` by default), never files or sockets.
+is given (``os.environ`` by default), never files or sockets. The ``parse_*`` helpers (one setting each)
+are the node agent's too (``ztunnel.cni.config``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class ConfigError(ValueError):
     def __init__(self, variable: str, message: str) -> None:
         super().__init__(f"{variable}: {message}")
         self.variable = variable
+        self.detail = message
 
 
 class ProxyMode(enum.StrEnum):
@@ -176,7 +178,8 @@ def parse_grpc_target(value: str, variable: str) -> str:
     return text
 
 
-def _bool(value: str, variable: str) -> bool:
+def parse_bool(value: str, variable: str) -> bool:
+    """``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off``/empty, any case."""
     v = value.strip().lower()
     if v in _TRUE:
         return True
@@ -201,10 +204,24 @@ def _socket_path(value: str, variable: str) -> str:
     return path
 
 
-def _positive_int(value: str, variable: str) -> int:
+def parse_positive_int(value: str, variable: str) -> int:
     if not value.strip().isdigit() or int(value) < 1:
         raise ConfigError(variable, f"{value!r} is not a positive integer")
     return int(value)
+
+
+def parse_log_level(value: str, variable: str) -> str:
+    level = value.strip().lower()
+    if level not in LEVELS:
+        raise ConfigError(variable, f"{level!r} is not one of {', '.join(LEVELS)}")
+    return level
+
+
+def parse_log_format(value: str, variable: str) -> str:
+    fmt = value.strip().lower()
+    if fmt not in ("console", "json"):
+        raise ConfigError(variable, f"{fmt!r} is not console or json")
+    return fmt
 
 
 # ------------------------------------------------------------------------------------------- parsing
@@ -251,7 +268,7 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
             XDS_ADDRESS, f"is empty and {LOCAL_XDS_PATH} is not set; ztunnel needs one source of configuration"
         )
 
-    fake_ca = _bool(e.get(FAKE_CA, "false"), FAKE_CA)
+    fake_ca = parse_bool(e.get(FAKE_CA, "false"), FAKE_CA)
     fake_ca_dir = Path(e[FAKE_CA_DIR]) if e.get(FAKE_CA_DIR, "").strip() else None
     if fake_ca_dir is not None and not fake_ca:
         raise ConfigError(FAKE_CA_DIR, f"only makes sense with {FAKE_CA}=true")
@@ -289,12 +306,8 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
         raise ConfigError(SECRET_TTL, "must be at least 1s")
     idle = parse_duration(e.get(POOL_UNUSED_RELEASE_TIMEOUT, "5m"), POOL_UNUSED_RELEASE_TIMEOUT)
 
-    level = e.get(LOG_LEVEL, "info").strip().lower()
-    if level not in LEVELS:
-        raise ConfigError(LOG_LEVEL, f"{level!r} is not one of {', '.join(LEVELS)}")
-    fmt = e.get(LOG_FORMAT, "console").strip().lower()
-    if fmt not in ("console", "json"):
-        raise ConfigError(LOG_FORMAT, f"{fmt!r} is not console or json")
+    level = parse_log_level(e.get(LOG_LEVEL, "info"), LOG_LEVEL)
+    fmt = parse_log_format(e.get(LOG_FORMAT, "console"), LOG_FORMAT)
 
     return ZtunnelConfig(
         node_name=node,
@@ -324,7 +337,7 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
         inbound_plaintext_target_port=_port(target_raw, INBOUND_PLAINTEXT_TARGET_PORT) if target_raw else None,
         drain_duration=parse_duration(drain_raw, drain_var),
         secret_ttl_seconds=int(ttl),
-        pool_max_streams=_positive_int(
+        pool_max_streams=parse_positive_int(
             e.get(POOL_MAX_STREAMS_PER_CONNECTION, "100"), POOL_MAX_STREAMS_PER_CONNECTION
         ),
         pool_idle_timeout=idle,

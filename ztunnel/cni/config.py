@@ -12,17 +12,25 @@ the ZDS socket path ztunnel connects to (Istio's name and default). Pure: reads 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from meshcore.logs import LEVELS
 from ztunnel.cni.errors import CniConfigInvalid, CniDecodeFailed, CniVersionUnsupported, ConfigError
 from ztunnel.config import ConfigError as ZtunnelConfigError
-from ztunnel.config import HostPort, parse_duration, parse_host_port
+from ztunnel.config import (
+    HostPort,
+    parse_bool,
+    parse_duration,
+    parse_host_port,
+    parse_log_format,
+    parse_log_level,
+    parse_positive_int,
+)
 from ztunnel.redirect import RedirectOptions
 
 # -- the plugin --------------------------------------------------------------------------------------------
@@ -107,9 +115,6 @@ DEFAULT_INPOD_UDS = "/var/run/ztunnel/ztunnel.sock"
 DEFAULT_NETNS_MAP = "/var/run/ambient-cni/pods.json"  # tmpfs: netns paths do not survive a reboot either
 DEFAULT_MONITORING_PORT = 15014  # istio-cni's monitoring port
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
-
 
 @dataclass(frozen=True, slots=True)
 class NodeAgentConfig:
@@ -145,20 +150,19 @@ class NodeAgentConfig:
     log_format: str = "console"
 
 
-def _bool(value: str, variable: str) -> bool:
-    v = value.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ConfigError(variable, f"{value!r} is not a boolean; use true or false")
+T = TypeVar("T")
+
+
+def _setting(parse: Callable[[str, str], T], value: str, variable: str) -> T:
+    """``parse`` (one of ztunnel's setting parsers), its error raised as the node agent's."""
+    try:
+        return parse(value, variable)
+    except ZtunnelConfigError as e:
+        raise ConfigError(variable, e.detail) from None
 
 
 def _seconds(value: str, variable: str) -> float:
-    try:
-        seconds = parse_duration(value, variable)
-    except ZtunnelConfigError as e:
-        raise ConfigError(variable, str(e).removeprefix(f"{variable}: ")) from None
+    seconds = _setting(parse_duration, value, variable)
     if seconds <= 0:
         raise ConfigError(variable, f"{value!r} must be more than zero")
     return seconds
@@ -197,12 +201,8 @@ def parse_config(
         if (v := get(var)) is not None:
             kwargs[key] = _path(v, var)
     if (v := get(MONITORING_ADDR)) is not None:
-        try:
-            kwargs["monitoring_addr"] = (
-                parse_host_port(v, MONITORING_ADDR, default_host="0.0.0.0") if v.strip() else None
-            )
-        except ZtunnelConfigError as e:
-            raise ConfigError(MONITORING_ADDR, str(e).removeprefix(f"{MONITORING_ADDR}: ")) from None
+        listen = partial(parse_host_port, default_host="0.0.0.0")
+        kwargs["monitoring_addr"] = _setting(listen, v, MONITORING_ADDR) if v.strip() else None
     for var, key in (
         (ZDS_ACK_TIMEOUT, "zds_ack_timeout"),
         (RETRY_INITIAL, "retry_initial"),
@@ -213,21 +213,14 @@ def parse_config(
     if kwargs.get("retry_initial", 0.5) > kwargs.get("retry_max", 30.0):
         raise ConfigError(RETRY_INITIAL, "must not be longer than RETRY_MAX")
     if (v := get(MAX_PARALLEL)) is not None:
-        if not v.strip().isdigit() or int(v) < 1:
-            raise ConfigError(MAX_PARALLEL, f"{v!r} is not a positive integer")
-        kwargs["max_parallel"] = int(v)
-    ipv6 = _bool(get(AMBIENT_IPV6) or "false", AMBIENT_IPV6)
-    dns = _bool(get(AMBIENT_DNS_CAPTURE) or "false", AMBIENT_DNS_CAPTURE)
+        kwargs["max_parallel"] = _setting(parse_positive_int, v, MAX_PARALLEL)
+    ipv6 = _setting(parse_bool, get(AMBIENT_IPV6) or "false", AMBIENT_IPV6)
+    dns = _setting(parse_bool, get(AMBIENT_DNS_CAPTURE) or "false", AMBIENT_DNS_CAPTURE)
     kwargs["redirect"] = RedirectOptions(ipv6=ipv6, dns_capture=dns)
     if (v := get(NFT_PATH)) is not None:
         if not v.strip():
             raise ConfigError(NFT_PATH, "must name the nft binary, got an empty value")
         kwargs["nft"] = v.strip()
-    level = (get(LOG_LEVEL) or "info").strip().lower()
-    if level not in LEVELS:
-        raise ConfigError(LOG_LEVEL, f"{level!r} is not one of {', '.join(LEVELS)}")
-    fmt = (get(LOG_FORMAT) or "console").strip().lower()
-    if fmt not in ("console", "json"):
-        raise ConfigError(LOG_FORMAT, f"{fmt!r} is not console or json")
-    kwargs["log_level"], kwargs["log_format"] = level, fmt
+    kwargs["log_level"] = _setting(parse_log_level, get(LOG_LEVEL) or "info", LOG_LEVEL)
+    kwargs["log_format"] = _setting(parse_log_format, get(LOG_FORMAT) or "console", LOG_FORMAT)
     return NodeAgentConfig(**kwargs)
