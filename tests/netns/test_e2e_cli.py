@@ -172,6 +172,10 @@ def test_an_operator_runs_pods_from_manifests_live_and_down_leaves_nothing(state
         assert (
             len(ctl(state_dir, "cluster", "logs", "ztunnel-node-1", "--tail", "5").stdout.splitlines()) == 5
         )
+        # The node's ztunnel, read from inside its netns: it knows web as an HBONE workload.
+        web_node = web["node"]
+        zc = json.loads(ctl(state_dir, "zc", "workloads", "--node", web_node, "-o", "json").stdout)
+        assert any(w["name"] == "web" and w["protocol"] == "HBONE" for w in zc), zc
 
         assert 'pod "web" deleted' in ctl(state_dir, "delete", "pod", "web", "-n", "shop").stdout
         wait_for(
