@@ -38,16 +38,13 @@ class SharedFakeCa:
 
     async def fetch(self, identity: SpiffeId) -> certs.CertBundle:
         now = datetime.now(UTC)
-        key = certs.generate_key()
-        leaf = certs.build_workload_certificate(
-            key.public_key(),
+        return certs.issue_workload_bundle(
             identity,
             issuer_cert=self.root,
             issuer_key=self._key,
             not_before=now - timedelta(minutes=1),
             not_after=now + self.ttl,
         )
-        return certs.CertBundle.from_ca_response(certs.key_to_pem(key), [certs.cert_to_pem(leaf), self.roots_pem])
 
 
 def _ensure_root(directory: Path, trust_domain: str) -> Path:

@@ -67,17 +67,12 @@ class FakeCa:
     ) -> certs.CertBundle:
         """A bundle for ``identity`` valid ``[not_before, not_before + ttl]`` (defaults: now, ``self.ttl``)."""
         start = not_before if not_before is not None else self._clock()
-        key = certs.generate_key()
-        leaf = certs.build_workload_certificate(
-            key.public_key(),
+        return certs.issue_workload_bundle(
             identity,
             issuer_cert=self.root,
             issuer_key=self._key,
             not_before=start,
             not_after=start + (ttl if ttl is not None else self.ttl),
-        )
-        return certs.CertBundle.from_ca_response(
-            certs.key_to_pem(key), [certs.cert_to_pem(leaf), self.roots_pem]
         )
 
     def issue_with_sans(self, uris: list[str], ttl: timedelta | None = None) -> certs.CertBundle:

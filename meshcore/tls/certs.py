@@ -387,3 +387,25 @@ class CertBundle:
             not_before=leaf[0].not_valid_before_utc,
             not_after=leaf[0].not_valid_after_utc,
         )
+
+
+def issue_workload_bundle(
+    identity: SpiffeId,
+    *,
+    issuer_cert: x509.Certificate,
+    issuer_key: SigningKey,
+    not_before: datetime,
+    not_after: datetime,
+) -> CertBundle:
+    """A fresh key and its workload certificate for ``identity``, signed by the root ``issuer_cert``: what
+    a CA that makes the key itself hands out (the fake CAs; istiod_lite's CA signs the caller's CSR)."""
+    key = generate_key()
+    leaf = build_workload_certificate(
+        key.public_key(),
+        identity,
+        issuer_cert=issuer_cert,
+        issuer_key=issuer_key,
+        not_before=not_before,
+        not_after=not_after,
+    )
+    return CertBundle.from_ca_response(key_to_pem(key), [cert_to_pem(leaf), cert_to_pem(issuer_cert)])

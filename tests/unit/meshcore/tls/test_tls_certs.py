@@ -197,3 +197,19 @@ def test_bundle_refuses_a_leaf_not_signed_by_the_returned_roots():
     bundle = FakeCa().issue(ALICE)
     with pytest.raises(InvalidCertificate, match="not signed"):
         certs.CertBundle.from_ca_response(bundle.key_pem, [bundle.chain_pem[0], FakeCa().roots_pem])
+
+
+def test_an_issued_workload_bundle_holds_a_fresh_key_certified_by_the_root_for_exactly_its_window():
+    key = certs.generate_key()
+    root = certs.build_ca_certificate(
+        key, common_name="t", organization="t", not_before=NOW, not_after=NOW + timedelta(days=1)
+    )
+    bundle = certs.issue_workload_bundle(
+        ALICE, issuer_cert=root, issuer_key=key, not_before=NOW, not_after=NOW + timedelta(hours=1)
+    )
+    leaf = certs.load_chain(bundle.chain_pem)[0]
+    leaf.verify_directly_issued_by(root)
+    assert certs.public_key_matches(certs.load_private_key(bundle.key_pem), leaf)
+    assert not certs.public_key_matches(key, leaf)
+    assert (bundle.identity, bundle.roots_pem) == (ALICE, certs.cert_to_pem(root))
+    assert (bundle.not_before, bundle.not_after) == (NOW, NOW + timedelta(hours=1))
