@@ -25,7 +25,6 @@ selector widens the policy to its whole namespace. Each such case is an ERROR pr
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -36,13 +35,12 @@ from meshcore.model import (
     Action,
     Authorization,
     Clause,
-    IpNet,
     Match,
     Rule,
     Scope,
     ServiceAccountMatch,
-    StringMatch,
 )
+from meshcore.model.policy_text import parse_ip_net, string_match
 from meshcore.store.resource import Resource, ResourceRef
 
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
@@ -106,26 +104,6 @@ class PolicyInfo(msgspec.Struct, frozen=True):
 
 class _MalformedRule(Exception):
     """A rule that cannot be read; the message names the field."""
-
-
-def string_match(value: str) -> StringMatch:
-    """Istio's AuthorizationPolicy string syntax: ``*``, ``*suffix``, ``prefix*`` or exact."""
-    if value == "*":
-        return StringMatch("presence")
-    if value.startswith("*"):
-        return StringMatch("suffix", value[1:])
-    if value.endswith("*"):
-        return StringMatch("prefix", value[:-1])
-    return StringMatch("exact", value)
-
-
-def parse_ip_net(value: str) -> IpNet:
-    """``10.0.0.0/8`` or a single address (a /32 or /128); raises ValueError otherwise."""
-    if "/" in value:
-        net = ipaddress.ip_network(value, strict=False)
-        return IpNet(str(net.network_address), net.prefixlen)
-    ip = ipaddress.ip_address(value)
-    return IpNet(str(ip), ip.max_prefixlen)
 
 
 def parse_port(value: object) -> int:

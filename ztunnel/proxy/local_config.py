@@ -22,7 +22,6 @@ file is fixed before ztunnel starts, never half-applied. Shape::
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +47,7 @@ from meshcore.model import (
     Workload,
     WorkloadStatus,
     WorkloadType,
+    policy_text,
 )
 from meshcore.model.convert import (
     ADDRESS_TYPE_URL,
@@ -176,21 +176,14 @@ def string_match(spec: StringSpec, where: str) -> StringMatch:
         if kind not in kinds:
             raise ValueError(f"{where}: {kind!r} is not one of {', '.join(kinds)}")
         return StringMatch(kinds[kind], "" if kind == "Presence" else str(value))  # type: ignore[arg-type]
-    if spec == "*":
-        return StringMatch("presence")
-    if spec.startswith("*"):
-        return StringMatch("suffix", spec[1:])
-    if spec.endswith("*"):
-        return StringMatch("prefix", spec[:-1])
-    return StringMatch("exact", spec)
+    return policy_text.string_match(spec)
 
 
 def _ip_net(text: str, where: str) -> IpNet:
     try:
-        net = ipaddress.ip_network(text, strict=False)
+        return policy_text.parse_ip_net(text)
     except ValueError:
         raise ValueError(f"{where}: {text!r} is not an IP address or CIDR") from None
-    return IpNet(str(net.network_address), net.prefixlen)
 
 
 def _sa(text: str, where: str) -> ServiceAccountMatch:
