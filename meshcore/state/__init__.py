@@ -1,6 +1,9 @@
 """The proxy's view of the mesh: an immutable ``ProxyState`` snapshot with lookup indexes, and
 ``apply_delta`` which builds the next snapshot from one delta-xDS response (bad resources rejected alone).
 
+``DeltaApplier`` does what ``apply_delta`` does in bounded steps (for an event loop that must keep
+serving); ``StateEditor`` is the copy-on-write draft both use; ``FrozenMap`` (``frozenmap``) is the sharded
+immutable map behind the snapshot's indexes, so a one-resource delta copies only what it touches.
 Pure (sans-IO): no asyncio, sockets, gRPC or clocks. Publication to readers is ``meshcore.aio.state_cell``.
 """
 
