@@ -22,11 +22,10 @@ import structlog
 from meshcore.aio.listener import TrackedListener
 from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
 from meshcore.model import Workload
-from meshcore.telemetry import Reporter, early_deny_fields, log_early_deny
 from ztunnel.inpod.sockets import read_original_dst
 from ztunnel.proxy.errors import SelfCall, UnknownSource
 from ztunnel.proxy.inputs import ProxyInputs
-from ztunnel.proxy.outbound import OutboundFailure, Upstream, classify_outbound_failure, serve_outbound
+from ztunnel.proxy.outbound import OutboundFailure, Upstream, refuse_outbound, serve_outbound
 from ztunnel.proxy.routing import ILLEGAL_PORTS, SockAddr
 
 log = structlog.get_logger("ztunnel.inpod.outbound")
@@ -108,14 +107,6 @@ class OutboundCaptureListener(TrackedListener):
             if src is None:
                 raise UnknownSource(client.ip)
         except (SelfCall, UnknownSource) as exc:
-            failure = classify_outbound_failure(exc)
-            inputs.metrics.connection_failed(failure.reason)
-            log_early_deny(
-                inputs.access_log,
-                early_deny_fields(
-                    src_addr=client, dst_addr=original or local, reporter=Reporter.SOURCE, error=failure.message
-                ),
-            )
-            stream.abort()
+            await refuse_outbound(inputs, exc, stream, client, original or local, _CaptureFront(stream))
             return
         await serve_outbound(inputs, src, stream, client, local, dst, _CaptureFront(stream))

@@ -184,6 +184,26 @@ async def open_upstream(inputs: ProxyInputs, src: Workload, client: SockAddr, ro
     return Upstream(tcp_stream, route, None, (str(local[0]), int(local[1])) if local else None)
 
 
+async def refuse_outbound(
+    inputs: ProxyInputs,
+    exc: Exception,
+    client: AsyncioByteStream,
+    client_addr: SockAddr,
+    dst: SockAddr,
+    front: OutboundFront,
+) -> None:
+    """Refuse a connection before any upstream was tried: classify ``exc`` once, count it, log its one
+    early-deny line, tell the client through ``front`` and close it."""
+    failure = classify_outbound_failure(exc)
+    inputs.metrics.connection_failed(failure.reason)
+    log_early_deny(
+        inputs.access_log,
+        early_deny_fields(src_addr=client_addr, dst_addr=dst, reporter=Reporter.SOURCE, error=failure.message),
+    )
+    await front.failed(failure)
+    await client.aclose()
+
+
 async def serve_outbound(
     inputs: ProxyInputs,
     src: Workload,
@@ -199,14 +219,7 @@ async def serve_outbound(
     try:
         route = build_route(inputs.cell.current(), src, dst.ip, dst.port, hbone_port=inputs.config.hbone_port)
     except RouteError as exc:
-        failure = classify_outbound_failure(exc)
-        inputs.metrics.connection_failed(failure.reason)
-        log_early_deny(
-            inputs.access_log,
-            early_deny_fields(src_addr=client_addr, dst_addr=dst, reporter=Reporter.SOURCE, error=failure.message),
-        )
-        await front.failed(failure)
-        await client.aclose()
+        await refuse_outbound(inputs, exc, client, client_addr, dst, front)
         return
 
     hbone = route.protocol is RouteProtocol.HBONE
@@ -360,14 +373,7 @@ class Socks5Listener(TrackedListener):
         front = _Socks5Front(server, writer)
         src = self._source_for(client_addr.ip)
         if src is None:
-            failure = classify_outbound_failure(UnknownSource(client_addr.ip))
-            inputs.metrics.connection_failed(failure.reason)
-            log_early_deny(
-                inputs.access_log,
-                early_deny_fields(src_addr=client_addr, dst_addr=dst, reporter=Reporter.SOURCE, error=failure.message),
-            )
-            await front.failed(failure)
-            await client.aclose()
+            await refuse_outbound(inputs, UnknownSource(client_addr.ip), client, client_addr, dst, front)
             return
         await serve_outbound(inputs, src, client, client_addr, self.address, dst, front)
 
