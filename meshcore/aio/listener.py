@@ -23,6 +23,10 @@ from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
 
 log = structlog.get_logger("meshcore.listener")
 
+# The accept queue length (``listen(2)`` backlog). asyncio re-``listen()``s a socket handed to
+# ``start_server`` with 100 unless told otherwise, which resets clients of a burst.
+LISTEN_BACKLOG = 1024
+
 
 class ConnectionTasks:
     """The tasks serving one listener's connections."""
@@ -67,12 +71,16 @@ class ConnectionTasks:
 class TrackedListener:
     """Serves each connection accepted on ``listener`` with ``_serve``, in a task the listener owns.
 
-    ``limit`` is the StreamReader buffer (and the largest ``readuntil``) of every accepted connection.
+    ``limit`` is the StreamReader buffer (and the largest ``readuntil``) of every accepted connection;
+    ``backlog`` the accept queue the socket listens with once started.
     """
 
-    def __init__(self, listener: socket.socket, *, limit: int = DEFAULT_READ) -> None:
+    def __init__(
+        self, listener: socket.socket, *, limit: int = DEFAULT_READ, backlog: int = LISTEN_BACKLOG
+    ) -> None:
         self._listener = listener
         self._limit = limit
+        self._backlog = backlog
         self._server: asyncio.Server | None = None
         self._tasks = ConnectionTasks()
         name = listener.getsockname()
@@ -89,7 +97,9 @@ class TrackedListener:
         return len(self._tasks)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, sock=self._listener, limit=self._limit)
+        self._server = await asyncio.start_server(
+            self._handle, sock=self._listener, limit=self._limit, backlog=self._backlog
+        )
 
     def close(self) -> None:
         """Stop accepting (releasing the listening socket, started or not); connections carry on."""
