@@ -182,6 +182,8 @@ class XdsClient:
         applier = DeltaApplier(before, received.type_url, bodies, received.removals)
         while not applier.step(APPLY_STEP):  # noqa: ASYNC110 - the step is the work; sleep(0) only yields
             await asyncio.sleep(0)  # let connections run; we are the cell's only writer, `before` stays current
+            if self._closing:
+                return  # close() was called mid-apply: drop the draft, nothing was published
         after, rejected = applier.finish()
         rejections = [Rejection(name, reason) for name, reason in received.malformed.items()] + rejected
         if after is not before:

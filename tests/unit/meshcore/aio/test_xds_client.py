@@ -197,3 +197,18 @@ async def test_the_event_loop_keeps_running_while_a_big_push_is_applied(mesh: Me
         done.set()
     assert state.find_workload_by_addr("10.1.7.207") == big["Kubernetes//Pod/default/w1999"]
     assert ticks_while_applying >= max(1, 2000 // APPLY_STEP - 1), "the apply must yield to the loop between steps"
+
+
+async def test_close_during_a_big_apply_stops_it_without_publishing(mesh: Mesh) -> None:
+    await asyncio.wait_for(mesh.client.ready.wait(), 2)
+    before = mesh.cell.current()
+    big = {w.uid: w for w in (builders.workload(f"w{i}", f"10.2.{i >> 8}.{i & 255}") for i in range(3000))}
+    await mesh.server.push(ADDRESS_TYPE_URL, big)
+    async with asyncio.timeout(5):  # poll until the client is mid-apply (it yields between steps)
+        while ADDRESS_TYPE_URL not in mesh.client.protocol.unanswered:  # noqa: ASYNC110 (bounded poll)
+            await asyncio.sleep(0)
+    mesh.client.close()
+    async with asyncio.timeout(2):
+        while mesh.client.connected:  # noqa: ASYNC110 (bounded poll: run() ends once the stream is closed)
+            await asyncio.sleep(0.005)
+    assert mesh.cell.current() is before
