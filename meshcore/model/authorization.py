@@ -25,7 +25,7 @@ class Action(enum.IntEnum):
     DENY = 1
 
 
-class StringMatch(msgspec.Struct, frozen=True):
+class StringMatch(msgspec.Struct, frozen=True, gc=False):
     """exact / prefix / suffix match on a string, or presence (any non-empty value)."""
 
     kind: Literal["exact", "prefix", "suffix", "presence"]
@@ -41,19 +41,19 @@ class StringMatch(msgspec.Struct, frozen=True):
         return s != ""
 
 
-class IpNet(msgspec.Struct, frozen=True):
+class IpNet(msgspec.Struct, frozen=True, gc=False):
     """An address and prefix length, e.g. ``10.0.0.0``/8."""
 
     address: str
     length: int
 
 
-class ServiceAccountMatch(msgspec.Struct, frozen=True):
+class ServiceAccountMatch(msgspec.Struct, frozen=True, gc=False):
     namespace: str
     service_account: str
 
 
-class Match(msgspec.Struct, frozen=True):
+class Match(msgspec.Struct, frozen=True, gc=False):
     namespaces: tuple[StringMatch, ...] = ()
     not_namespaces: tuple[StringMatch, ...] = ()
     principals: tuple[StringMatch, ...] = ()
@@ -68,15 +68,15 @@ class Match(msgspec.Struct, frozen=True):
     not_service_accounts: tuple[ServiceAccountMatch, ...] = ()
 
 
-class Clause(msgspec.Struct, frozen=True):
+class Clause(msgspec.Struct, frozen=True, gc=False):
     matches: tuple[Match, ...] = ()
 
 
-class Rule(msgspec.Struct, frozen=True):
+class Rule(msgspec.Struct, frozen=True, gc=False):
     clauses: tuple[Clause, ...] = ()
 
 
-class Authorization(msgspec.Struct, frozen=True):
+class Authorization(msgspec.Struct, frozen=True, gc=False):
     name: str
     namespace: str
     scope: Scope = Scope.WORKLOAD_SELECTOR

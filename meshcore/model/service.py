@@ -26,13 +26,13 @@ class HealthPolicy(enum.IntEnum):
     ALLOW_ALL = 1
 
 
-class LoadBalancing(msgspec.Struct, frozen=True):
+class LoadBalancing(msgspec.Struct, frozen=True, gc=False):
     routing_preference: tuple[int, ...] = ()
     mode: LoadBalancingMode = LoadBalancingMode.UNSPECIFIED_MODE
     health_policy: HealthPolicy = HealthPolicy.ONLY_HEALTHY
 
 
-class Service(msgspec.Struct, frozen=True):
+class Service(msgspec.Struct, frozen=True, gc=False):
     name: str
     namespace: str
     hostname: str
