@@ -1,24 +1,45 @@
-"""Frame-boundary scanner that lifts graceful GOAWAY frames out of the inbound bytes before h2 sees them.
+"""Frame-boundary scanner in front of h2: lifts graceful GOAWAYs and tunnel DATA out of the inbound bytes.
 
-Why: h2 ends the connection on *any* received GOAWAY (it drops queued output and refuses every later
-send), but RFC 9113 §6.8 lets a peer drain gracefully: GOAWAY(NO_ERROR, last_stream_id) means "open no
-new streams; streams up to last_stream_id carry on". ztunnel and Envoy drain that way, so treating it as
-fatal would cut live tunnels. The scanner reads only the 9-byte frame headers (bodies are skipped by
-length, so it costs a few integer operations per frame), passes every other byte to h2 unchanged and in
-order, and reports a well-formed NO_ERROR GOAWAY on stream 0 as a ``Goaway`` value. Anything unusual (an
-error code, a bad length, a GOAWAY inside a header block) is handed to h2 untouched so h2 enforces the
-rules. A partial frame header is held back, never half-passed, so a GOAWAY split across reads is seen.
+Why GOAWAY: h2 ends the connection on *any* received GOAWAY (it drops queued output and refuses every
+later send), but RFC 9113 §6.8 lets a peer drain gracefully: GOAWAY(NO_ERROR, last_stream_id) means
+"open no new streams; streams up to last_stream_id carry on". ztunnel and Envoy drain that way, so
+treating it as fatal would cut live tunnels. A well-formed NO_ERROR GOAWAY on stream 0 becomes a
+``Goaway`` value; anything unusual (an error code, a GOAWAY inside a header block) is h2's to judge.
+
+Why DATA: tunnel bytes are the hot path, and h2 parses every DATA frame into objects and copies its
+payload several times. With ``take_data`` set, the scanner asks it about each DATA frame header
+(``take_data(stream_id, flags, length) -> bool``) *after* every earlier byte has been consumed (``feed``
+is a generator, so the caller has handed the previous segments to h2 by then and h2's state is
+current). Taken frames come out as ``(stream_id, memoryview)`` payload pieces as they arrive (a 1 MiB
+frame spread over several reads is delivered piece by piece, never reassembled), their padding as a
+``Padding`` value, and an END_STREAM flag as a zero-length DATA frame for h2 (which keeps h2's stream
+states right at no flow-control cost). A frame not taken is dropped and only its zero-length copy goes
+to h2, so h2 still answers a DATA frame on an idle or closed stream as the RFC says. The caller does
+all DATA flow control then (h2 never sees the bytes).
+
+Only the 9-byte frame headers are read; bodies are skipped by length. A partial frame header is held
+back, never half-passed. A frame longer than our SETTINGS_MAX_FRAME_SIZE is reported as
+``FrameTooLarge`` from its header alone, and broken padding as ``FrameError``: both end the connection.
 """
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 _FRAME_HEADER_LEN = 9
+_HEADER = struct.Struct(">BHBBI")  # length (3 bytes as 1 + 2), type, flags, stream id (with reserved bit)
+_DATA = 0x0
 _GOAWAY = 0x7
 _HEADER_BLOCK_TYPES = frozenset({0x1, 0x5, 0x9})  # HEADERS, PUSH_PROMISE, CONTINUATION
+END_STREAM = 0x1
 _END_HEADERS = 0x4
+PADDED = 0x8
 CLIENT_PREFACE_LEN = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"; validated by h2
+
+TakeData = Callable[[int, int, int], bool]
+"""``take_data(stream_id, flags, length)``: True to have the frame's payload lifted out for the caller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,40 +59,98 @@ class FrameTooLarge:
     length: int
 
 
-Segment = memoryview | bytes | Goaway | FrameTooLarge
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A taken DATA frame is malformed (padding longer than the frame): a connection PROTOCOL_ERROR."""
+
+    reason: str
 
 
-class GoawayScanner:
-    """Splits inbound bytes into runs for h2 and graceful ``Goaway`` values, preserving order."""
+@dataclass(frozen=True, slots=True)
+class Padding:
+    """``size`` bytes of a taken DATA frame (its pad-length byte and padding) that carry no payload."""
 
-    def __init__(self, *, skip_preface: bool, max_frame_size: int) -> None:
+    stream_id: int
+    size: int
+
+
+Segment = memoryview | bytes | tuple[int, memoryview] | Goaway | FrameTooLarge | FrameError | Padding
+
+
+def end_stream_frame(stream_id: int) -> bytes:
+    """A zero-length DATA frame with END_STREAM: how h2 learns a taken frame ended its stream."""
+    return _HEADER.pack(0, 0, _DATA, END_STREAM, stream_id)
+
+
+class FrameScanner:
+    """Splits inbound bytes into runs for h2, lifted GOAWAYs and (with ``take_data``) tunnel payload."""
+
+    def __init__(self, *, skip_preface: bool, max_frame_size: int, take_data: TakeData | None = None) -> None:
         self._preface_left = CLIENT_PREFACE_LEN if skip_preface else 0
         self._max_frame_size = max_frame_size
+        self._take_data = take_data
         self._body_left = 0  # bytes of the current passed-through frame body still to come
         self._held = bytearray()  # an incomplete frame header, held back until it is whole
         self._goaway: bytearray | None = None  # a GOAWAY frame (header and body) being collected
         self._goaway_left = 0
         self._in_header_block = False  # HEADERS without END_HEADERS seen: only CONTINUATION may follow
-        self._broken = False  # an oversized frame was seen: the connection is over, stop scanning
+        self._broken = False  # an oversized or malformed frame was seen: the connection is over
+        # The taken DATA frame being read: payload still to deliver, bytes to drop after it (padding or
+        # a frame not taken), whether its pad-length byte is still to come, and its END_STREAM flag.
+        self._data_stream = 0
+        self._data_left = 0
+        self._drop_left = 0
+        self._pad_pending = False
+        self._data_end = False
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Segment]:
-        """Scan ``data``; return what h2 must receive, in order, with graceful GOAWAYs lifted out."""
-        out: list[Segment] = []
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Segment]:
+        """Scan ``data``; yield what h2 must receive and what was lifted out, in order.
+
+        Consume each segment before asking for the next: ``take_data`` is called between them."""
         if self._broken:
-            return out
+            return
         view = memoryview(data)
         n = len(view)
         pos = 0
-        start = 0  # first byte of ``view`` not yet emitted to h2
+        start = 0  # first byte of ``view`` not yet yielded (or dropped)
         while pos < n:
-            if self._preface_left:
-                take = min(self._preface_left, n - pos)
-                pos += take
-                self._preface_left -= take
-            elif self._body_left:
+            if self._body_left:
                 take = min(self._body_left, n - pos)
                 pos += take
                 self._body_left -= take
+            elif self._pad_pending:
+                pad = view[pos]
+                pos += 1
+                start = pos
+                self._pad_pending = False
+                if pad > self._data_left:
+                    self._broken = True
+                    yield FrameError(f"DATA frame padding of {pad} bytes is longer than the frame")
+                    return
+                self._data_left -= pad
+                self._drop_left = pad
+                yield Padding(self._data_stream, pad + 1)
+                if not self._data_left and not self._drop_left:
+                    yield from self._end_data()
+            elif self._data_left:
+                take = min(self._data_left, n - pos)
+                yield (self._data_stream, view[pos : pos + take])
+                pos += take
+                start = pos
+                self._data_left -= take
+                if not self._data_left and not self._drop_left:
+                    yield from self._end_data()
+            elif self._drop_left:
+                take = min(self._drop_left, n - pos)
+                pos += take
+                start = pos
+                self._drop_left -= take
+                if not self._drop_left:
+                    yield from self._end_data()
+            elif self._preface_left:
+                take = min(self._preface_left, n - pos)
+                pos += take
+                self._preface_left -= take
             elif self._goaway is not None:
                 take = min(self._goaway_left, n - pos)
                 self._goaway += view[pos : pos + take]
@@ -79,57 +158,77 @@ class GoawayScanner:
                 start = pos
                 self._goaway_left -= take
                 if not self._goaway_left:
-                    out.append(self._finish_goaway(self._goaway))
+                    yield self._finish_goaway(self._goaway)
                     self._goaway = None
             else:
-                pos, start = self._frame_header(view, pos, start, out)
-                if self._broken:
-                    return out
+                # At a frame boundary: classify the next frame.
+                need = _FRAME_HEADER_LEN - len(self._held)
+                if n - pos < need:
+                    if pos > start:
+                        yield view[start:pos]
+                    self._held += view[pos:]
+                    return
+                if self._held:
+                    header: bytes | memoryview = bytes(self._held) + bytes(view[pos : pos + need])
+                    self._held.clear()
+                    length_hi, length_lo, frame_type, flags, stream_id = _HEADER.unpack(header)
+                else:
+                    header = view[pos : pos + _FRAME_HEADER_LEN]
+                    length_hi, length_lo, frame_type, flags, stream_id = _HEADER.unpack_from(view, pos)
+                header_start = pos - (_FRAME_HEADER_LEN - need)
+                pos += need
+                length = (length_hi << 16) | length_lo
+                stream_id &= 0x7FFFFFFF
+                if length > self._max_frame_size:
+                    if header_start > start:
+                        yield view[start:header_start]
+                    self._broken = True
+                    yield FrameTooLarge(length)
+                    return
+                if self._in_header_block:
+                    pass  # only CONTINUATION may follow: h2 rejects anything else
+                elif frame_type == _DATA and stream_id and self._take_data is not None:
+                    if header_start > start:
+                        yield view[start:header_start]
+                    start = pos
+                    if self._take_data(stream_id, flags, length):
+                        self._data_stream = stream_id
+                        self._data_end = bool(flags & END_STREAM)
+                        self._pad_pending = bool(flags & PADDED) and length > 0
+                        if flags & PADDED and not length:
+                            self._broken = True
+                            yield FrameError("PADDED DATA frame without a pad-length byte")
+                            return
+                        self._data_left = length - 1 if self._pad_pending else length
+                        if not length:
+                            yield from self._end_data()
+                    else:
+                        # Dropped: h2 still sees the frame, empty, to judge the stream it names.
+                        yield _HEADER.pack(0, 0, _DATA, flags & END_STREAM, stream_id)
+                        self._data_stream = stream_id
+                        self._data_end = False
+                        self._drop_left = length
+                    continue
+                elif frame_type == _GOAWAY and stream_id == 0 and length >= 8:
+                    if header_start > start:
+                        yield view[start:header_start]
+                    self._goaway = bytearray(header)
+                    self._goaway_left = length
+                    start = pos
+                    continue
+                if need < _FRAME_HEADER_LEN:  # part of this header came from an earlier read: yield it whole
+                    yield header
+                    start = pos
+                if frame_type in _HEADER_BLOCK_TYPES:
+                    self._in_header_block = not flags & _END_HEADERS
+                self._body_left = length
         if start < n:
-            out.append(view[start:n])
-        return out
+            yield view[start:n]
 
-    def _frame_header(self, view: memoryview, pos: int, start: int, out: list[Segment]) -> tuple[int, int]:
-        """At a frame boundary: classify the next frame. Returns the new (pos, start)."""
-        need = _FRAME_HEADER_LEN - len(self._held)
-        if len(view) - pos < need:
-            if pos > start:
-                out.append(view[start:pos])
-            self._held += view[pos:]
-            return len(view), len(view)
-        if self._held:
-            header = bytes(self._held) + bytes(view[pos : pos + need])
-            self._held.clear()
-        else:
-            header = bytes(view[pos : pos + need])
-        header_start, pos = pos - (_FRAME_HEADER_LEN - need), pos + need
-        length = int.from_bytes(header[0:3], "big")
-        frame_type, flags = header[3], header[4]
-        stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
-        if length > self._max_frame_size:
-            if header_start > start:
-                out.append(view[start:header_start])
-            out.append(FrameTooLarge(length))
-            self._broken = True
-            return pos, pos
-        if (
-            frame_type == _GOAWAY
-            and stream_id == 0
-            and length >= 8
-            and not self._in_header_block
-        ):
-            if header_start > start:
-                out.append(view[start:header_start])
-            self._goaway = bytearray(header)
-            self._goaway_left = length
-            return pos, pos
-        if need < _FRAME_HEADER_LEN:  # part of this header came from an earlier read: emit it whole
-            out.append(header)
-            start = pos
-        if frame_type in _HEADER_BLOCK_TYPES:
-            self._in_header_block = not flags & _END_HEADERS
-        self._body_left = length
-        return pos, start
+    def _end_data(self) -> Iterator[Segment]:
+        if self._data_end:
+            self._data_end = False
+            yield end_stream_frame(self._data_stream)
 
     @staticmethod
     def _finish_goaway(frame: bytearray) -> Segment:
@@ -139,3 +238,6 @@ class GoawayScanner:
             return bytes(frame)  # an error GOAWAY ends the connection: h2 handles it
         last_stream_id = int.from_bytes(body[0:4], "big") & 0x7FFFFFFF
         return Goaway(last_stream_id, bytes(body[8:]))
+
+
+GoawayScanner = FrameScanner  # the name of its first version, which lifted GOAWAYs only

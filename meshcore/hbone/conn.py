@@ -8,6 +8,11 @@ Invariants:
   1 MiB. Received bytes hold window until ``acknowledge``; padding and bytes of reset or refused
   tunnels are released here, so an app that acknowledges what it consumed never leaks window.
 - ``send`` never exceeds the window: it queues what fits and returns the count.
+- Tunnel DATA bypasses h2's frame objects both ways (the hot path): ``send`` writes the 9-byte header and
+  the payload itself and charges h2's outbound windows; received DATA is lifted out by the frame
+  scanner (``_frames``) and this class does the inbound flow control (WINDOW_UPDATE once half a window
+  is consumed, as h2 would), so h2 handles only HEADERS, SETTINGS, PING, RST_STREAM and GOAWAY.
+  Output is kept as a list of chunks (``take_output``) so a payload reaches the transport uncopied.
 - A request that is not a plain CONNECT to ``ip:port`` is answered 400 here (as ztunnel does) and
   reported as ``TunnelRequestRefused``; it never ends the connection. Framing errors do (GOAWAY).
 - Peer bytes never raise (garbage becomes ``ConnectionClosed``); our misuse raises ``LocalHboneError``.
@@ -15,6 +20,7 @@ Invariants:
 """
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -44,7 +50,7 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 
 from meshcore.hbone import _h2_speedups
-from meshcore.hbone._frames import FrameTooLarge, Goaway, GoawayScanner
+from meshcore.hbone._frames import FrameError, FrameScanner, FrameTooLarge, Goaway, Padding
 from meshcore.hbone.errors import (
     ConnectionDrained,
     HboneConnectionError,
@@ -78,6 +84,11 @@ _MAX_WINDOW = (1 << 31) - 1
 _REQUEST_FLAGS = HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
 )
+_DATA_HEADER = struct.Struct(">IBI")  # length << 8 | type DATA (0), flags, stream id
+_WINDOW_UPDATE = struct.Struct(">IBII")  # 4 << 8 | type WINDOW_UPDATE (8), flags, stream id, increment
+_WINDOW_UPDATE_TYPE = (4 << 8) | 0x8
+# A payload up to this size is copied behind its frame header: one buffer, so one TLS record, not two.
+_JOIN_BELOW = 16 * KiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +128,16 @@ SERVER_SETTINGS = HboneSettings()
 class _Tunnel:
     """Per-stream bookkeeping; lives until the stream is finished and every received byte acknowledged."""
 
-    __slots__ = ("accepted", "eof_received", "eof_sent", "unacked")
+    __slots__ = ("accepted", "consumed", "eof_received", "eof_sent", "unacked")
 
     def __init__(self) -> None:
         self.accepted = False
         self.eof_sent = False
         self.eof_received = False
         self.unacked = 0  # received bytes the app has not acknowledged yet
+        # Received bytes consumed (acknowledged, or padding) but not yet given back in a WINDOW_UPDATE;
+        # the peer may send ``stream_window - unacked - consumed`` more.
+        self.consumed = 0
 
 
 class _HboneConn:
@@ -154,10 +168,16 @@ class _HboneConn:
         self._h2.decoder.max_header_list_size = settings.max_header_list_size
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(settings.connection_window - _H2_DEFAULT_WINDOW)
-        self._scanner = GoawayScanner(
-            skip_preface=not self._client_side, max_frame_size=settings.max_frame_size
+        self._scanner = FrameScanner(
+            skip_preface=not self._client_side, max_frame_size=settings.max_frame_size,
+            take_data=self._take_data,
         )
-        self._pending = bytearray()  # output queued outside h2 (our own GOAWAY), ahead of h2's newer bytes
+        # Output in order: h2's bytes (moved here before any frame of ours is added), our DATA, WINDOW_UPDATE
+        # and graceful GOAWAY frames.
+        self._out: list[bytes | memoryview] = []
+        self._recv_window = settings.connection_window  # connection-level bytes the peer may still send
+        self._recv_consumed = 0  # consumed connection-level bytes not yet given back
+        self._events: list[HboneEvent] = []  # the list ``receive_data`` is filling (for ``_take_data``)
         self._tunnels: dict[int, _Tunnel] = {}
         self._closed = False
         self._draining = False  # GOAWAY sent or received: no new tunnels
@@ -195,44 +215,62 @@ class _HboneConn:
     # --- I/O boundary ----------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[HboneEvent]:
-        """Feed bytes from the transport; returns what happened. Never raises for peer input."""
+        """Feed bytes from the transport; returns what happened. Never raises for peer input.
+
+        ``DataReceived.data`` may be a view into ``data`` (kept alive by the view, never copied)."""
         if self._closed:
             return []
+        if type(data) is not bytes:
+            data = bytes(data)  # payload views must not see the caller reuse its buffer
         events: list[HboneEvent] = []
+        self._events = events
+        tunnels = self._tunnels
         for segment in self._scanner.feed(data):
-            if isinstance(segment, Goaway):
+            if self._closed:  # _take_data can end the connection (flow-control violation)
+                break
+            if type(segment) is tuple:
+                stream_id, payload = segment
+                tunnel = tunnels.get(stream_id)
+                if tunnel is None:  # reset by the app while the frame was arriving
+                    self._consume_connection(len(payload))
+                else:
+                    tunnel.unacked += len(payload)
+                    events.append(DataReceived(stream_id, payload))
+            elif isinstance(segment, (memoryview, bytes)):
+                self._receive_h2(segment, events)
+            elif isinstance(segment, Padding):
+                self._consume(segment.stream_id, segment.size)
+            elif isinstance(segment, Goaway):
                 self._on_graceful_goaway(segment, events)
-                continue
-            if isinstance(segment, FrameTooLarge):
+            elif isinstance(segment, FrameTooLarge):
                 self._h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
                 reason = (
                     f"peer sent a {segment.length}-byte frame, above our limit of "
                     f"{self.settings.max_frame_size}: not HTTP/2, or a broken peer"
                 )
                 events.append(self._mark_closed(reason, int(ErrorCodes.FRAME_SIZE_ERROR)))
-                return events
-            try:
-                h2_events = self._h2.receive_data(segment)
-            except ProtocolError as exc:  # h2 has queued GOAWAY with the matching error code
-                events.append(self._mark_closed(f"peer violated HTTP/2: {exc}", int(exc.error_code)))
-                return events
-            except Exception as exc:  # noqa: BLE001 - any h2/hpack failure on peer bytes ends only this connection
-                self._h2.close_connection(ErrorCodes.INTERNAL_ERROR)
-                reason = f"could not process peer bytes: {type(exc).__name__}: {exc}"
-                events.append(self._mark_closed(reason, int(ErrorCodes.INTERNAL_ERROR)))
-                return events
-            for event in h2_events:
-                self._translate(event, events)
-            if self._closed:
-                break
+            elif isinstance(segment, FrameError):
+                self._h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+                events.append(self._mark_closed(f"peer violated HTTP/2: {segment.reason}", 1))
         return events
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport now (possibly empty)."""
-        if not self._pending:
-            return self._h2.data_to_send()
-        out = bytes(self._pending) + self._h2.data_to_send()
-        self._pending.clear()
+        out = self.take_output()
+        if len(out) == 1:
+            return bytes(out[0]) if type(out[0]) is not bytes else out[0]
+        return b"".join(out)
+
+    def take_output(self) -> list[bytes | memoryview]:
+        """What to write to the transport now, as chunks in order (for ``writelines``; possibly empty).
+
+        Payloads of large DATA frames are views of what was passed to ``send``, never copied."""
+        data = self._h2.data_to_send()
+        if not self._out:
+            return [data] if data else []
+        if data:
+            self._out.append(data)
+        out, self._out = self._out, []
         return out
 
     # --- commands on tunnels ---------------------------------------------------------------------
@@ -241,20 +279,45 @@ class _HboneConn:
         """Queue as much of ``data`` as the flow-control windows allow; return how many bytes.
 
         Fewer than ``len(data)`` means the window is full: wait for ``WindowOpened`` and send the rest.
+        The queued frames refer to ``data`` (large payloads are not copied): do not change it until it
+        has been written.
         """
-        tunnel = self._tunnel(stream_id)
-        if not tunnel.accepted:
-            raise LocalHboneError(f"stream {stream_id}: cannot send before the tunnel is accepted")
-        if tunnel.eof_sent:
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is None or not tunnel.accepted or tunnel.eof_sent:
+            tunnel = self._tunnel(stream_id)  # raises the right error
+            if not tunnel.accepted:
+                raise LocalHboneError(f"stream {stream_id}: cannot send before the tunnel is accepted")
             raise LocalHboneError(f"stream {stream_id}: cannot send after send_eof")
-        size = min(len(data), self._h2.local_flow_control_window(stream_id))
-        frame = self._h2.max_outbound_frame_size
-        view = memoryview(data)
+        if self._closed:
+            raise HboneConnectionError("the HBONE connection is closed")
+        h2 = self._h2
+        stream = h2.streams.get(stream_id)
+        if stream is None:  # pragma: no cover - h2 keeps a stream we may still send on
+            raise LocalHboneError(f"stream {stream_id} is closed in HTTP/2")
+        size = min(len(data), h2.outbound_flow_control_window, stream.outbound_flow_control_window)
+        if size <= 0:
+            return 0
+        # h2's queued frames (HEADERS, WINDOW_UPDATE...) go first.
+        pending = h2.data_to_send()
+        out = self._out
+        if pending:
+            out.append(pending)
+        frame = h2.max_outbound_frame_size
+        view = data if size == len(data) and type(data) is bytes else memoryview(data)[:size]
         offset = 0
+        pack = _DATA_HEADER.pack
         while offset < size:
             end = min(offset + frame, size)
-            self._h2.send_data(stream_id, view[offset:end])
+            n = end - offset
+            piece = view if n == size else view[offset:end]
+            if n < _JOIN_BELOW:
+                out.append(pack(n << 8, 0, stream_id) + piece)
+            else:
+                out.append(pack(n << 8, 0, stream_id))
+                out.append(piece)
             offset = end
+        h2.outbound_flow_control_window -= size
+        stream.outbound_flow_control_window -= size
         return size
 
     def send_eof(self, stream_id: int) -> None:
@@ -286,7 +349,7 @@ class _HboneConn:
                 f"stream {stream_id}: acknowledged {size} bytes but only {tunnel.unacked} are outstanding"
             )
         tunnel.unacked -= size
-        self._h2.acknowledge_received_data(size, stream_id)
+        self._consume(stream_id, size)
         self._maybe_forget(stream_id, tunnel)
 
     # --- connection-level commands ---------------------------------------------------------------
@@ -330,8 +393,7 @@ class _HboneConn:
         last = self._h2.highest_inbound_stream_id
         self._goaway_sent_last_id = last
         # Sent outside h2 (whose GOAWAY is terminal); h2's queued bytes go first to keep frame order.
-        self._pending += self._h2.data_to_send()
-        self._pending += GoAwayFrame(0, last_stream_id=last, error_code=0).serialize()
+        self._append(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
 
     def close(self, error_code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
         """End the connection now (terminal GOAWAY). Flush ``data_to_send()`` then close the transport."""
@@ -369,8 +431,70 @@ class _HboneConn:
     def _release(self, stream_id: int, tunnel: _Tunnel) -> None:
         """Give back window for bytes the app will never acknowledge (tunnel reset or refused)."""
         if tunnel.unacked:
-            self._h2.acknowledge_received_data(tunnel.unacked, stream_id)
+            self._consume_connection(tunnel.unacked)
             tunnel.unacked = 0
+
+    def _receive_h2(self, segment: bytes | memoryview, events: list[HboneEvent]) -> None:
+        try:
+            h2_events = self._h2.receive_data(segment)
+        except ProtocolError as exc:  # h2 has queued GOAWAY with the matching error code
+            events.append(self._mark_closed(f"peer violated HTTP/2: {exc}", int(exc.error_code)))
+            return
+        except Exception as exc:  # noqa: BLE001 - any h2/hpack failure on peer bytes ends only this connection
+            self._h2.close_connection(ErrorCodes.INTERNAL_ERROR)
+            reason = f"could not process peer bytes: {type(exc).__name__}: {exc}"
+            events.append(self._mark_closed(reason, int(ErrorCodes.INTERNAL_ERROR)))
+            return
+        for event in h2_events:
+            self._translate(event, events)
+
+    # --- inbound flow control (DATA never reaches h2) --------------------------------------------
+
+    def _take_data(self, stream_id: int, flags: int, length: int) -> bool:
+        """The scanner met a DATA frame header: charge the windows, say whether a tunnel takes it."""
+        self._recv_window -= length
+        if self._recv_window < 0:
+            self._h2.close_connection(ErrorCodes.FLOW_CONTROL_ERROR)
+            reason = f"peer sent {length} bytes of DATA beyond the connection flow-control window"
+            self._events.append(self._mark_closed(reason, int(ErrorCodes.FLOW_CONTROL_ERROR)))
+            return False
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is None or tunnel.eof_received or self._closed:
+            self._consume_connection(length)  # refused, rejected, reset or unknown: h2 judges the stream
+            return False
+        if self._client_side and not tunnel.accepted:
+            self._fail_stream(stream_id, ErrorCodes.PROTOCOL_ERROR, self._events, by_peer=False)
+            self._consume_connection(length)
+            return False
+        if length > self.settings.stream_window - tunnel.unacked - tunnel.consumed:
+            self._fail_stream(stream_id, ErrorCodes.FLOW_CONTROL_ERROR, self._events, by_peer=False)
+            self._consume_connection(length)
+            return False
+        return True
+
+    def _consume(self, stream_id: int, size: int) -> None:
+        """``size`` received bytes of ``stream_id`` are done with: give window back when half is used."""
+        tunnel = self._tunnels.get(stream_id)
+        if tunnel is not None and not tunnel.eof_received:
+            tunnel.consumed += size
+            if tunnel.consumed >= self.settings.stream_window // 2:
+                self._append(_WINDOW_UPDATE.pack(_WINDOW_UPDATE_TYPE, 0, stream_id, tunnel.consumed))
+                tunnel.consumed = 0
+        self._consume_connection(size)
+
+    def _consume_connection(self, size: int) -> None:
+        self._recv_consumed += size
+        if self._recv_consumed >= self.settings.connection_window // 2 and not self._closed:
+            self._append(_WINDOW_UPDATE.pack(_WINDOW_UPDATE_TYPE, 0, 0, self._recv_consumed))
+            self._recv_window += self._recv_consumed
+            self._recv_consumed = 0
+
+    def _append(self, frame: bytes) -> None:
+        """Queue a frame of ours after whatever h2 has queued so far."""
+        pending = self._h2.data_to_send()
+        if pending:
+            self._out.append(pending)
+        self._out.append(frame)
 
     def _maybe_forget(self, stream_id: int, tunnel: _Tunnel) -> None:
         if tunnel.eof_sent and tunnel.eof_received and not tunnel.unacked:
@@ -431,22 +555,8 @@ class _HboneConn:
         # Everything else (SETTINGS ACKs, PINGs h2 answers itself, PRIORITY, unknown frames) needs nothing.
 
     def _on_data(self, event: H2DataReceived, events: list[HboneEvent]) -> None:
-        stream_id = event.stream_id or 0
-        data = event.data or b""
-        flow_len = event.flow_controlled_length or 0
-        tunnel = self._tunnels.get(stream_id)
-        if tunnel is None:  # refused, rejected or reset: nobody will consume it
-            self._h2.acknowledge_received_data(flow_len, stream_id)
-            return
-        if self._client_side and not tunnel.accepted:
-            self._fail_stream(stream_id, ErrorCodes.PROTOCOL_ERROR, events, by_peer=False)
-            self._h2.acknowledge_received_data(flow_len, stream_id)
-            return
-        if flow_len > len(data):  # padding: never seen by the app, released here
-            self._h2.acknowledge_received_data(flow_len - len(data), stream_id)
-        if data:
-            tunnel.unacked += len(data)
-            events.append(DataReceived(stream_id, data))
+        # h2 only ever sees the scanner's empty DATA frames (the bytes never reach it): nothing to report.
+        pass
 
     def _on_ping_ack(self, opaque: bytes, events: list[HboneEvent]) -> None:
         sent_at = self._pings.pop(opaque, None)

@@ -56,10 +56,13 @@ class TunnelRejected:
 
 @dataclass(frozen=True, slots=True)
 class DataReceived:
-    """Tunnel bytes arrived. Call ``acknowledge(stream_id, len(data))`` once the app consumed them."""
+    """Tunnel bytes arrived. Call ``acknowledge(stream_id, len(data))`` once the app consumed them.
+
+    ``data`` is often a read-only view into the bytes the connection received (not a copy): it stays
+    valid, but take ``bytes(data)`` where a ``bytes`` object is needed."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
