@@ -63,6 +63,7 @@ from meshcore.logs import configure_logging  # noqa: E402
 from meshcore.store import ResourceRef, SqliteStore, build_resource  # noqa: E402
 from ztunnel.cni.events import PluginEvent, send_event  # noqa: E402
 from ztunnel.cni.testing import FakeZtunnel  # noqa: E402
+from ztunnel.inpod.errors import ZdsClosed  # noqa: E402
 from ztunnel.inpod.protocol import AddWorkload, DelWorkload  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,8 +261,8 @@ def children_cpu(pid: int) -> float:
 
 
 class AddClock:
-    """Arrival time (perf_counter) of each AddWorkload/DelWorkload at the fake ztunnel, read after each
-    packet it gets (``FakeZtunnel.wait_until`` wakes on every one)."""
+    """Arrival time (perf_counter) of each AddWorkload/DelWorkload at the fake ztunnel: ``follow`` (run it
+    as a task) stamps every packet as the fake wakes its waiters, right after it acked it."""
 
     def __init__(self, fake: FakeZtunnel) -> None:
         self.fake = fake
@@ -277,6 +278,12 @@ class AddClock:
             elif isinstance(req, DelWorkload):
                 self.deleted.setdefault(req.uid, now)
         self.seen = len(self.fake.requests)
+
+    async def follow(self) -> None:
+        with contextlib.suppress(ZdsClosed):
+            while True:
+                await self.fake.wait_until(lambda: len(self.fake.requests) > self.seen)
+                self.poll()
 
     async def until(self, done: object, what: str) -> None:
         def check() -> bool:
@@ -385,6 +392,26 @@ async def measure(
             raise u.BenchError(f"CNI ADD of not-enrolled pod {pod.name}: {reply}")
 
     clock = AddClock(fake)
+    follower = asyncio.create_task(clock.follow())
+    try:
+        await measure_with(result, events, src, store, proc, pods, extra, clock)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+
+
+async def measure_with(
+    result: Run,
+    events: str,
+    src: Path,
+    store: SqliteStore,
+    proc: subprocess.Popen[bytes],
+    pods: list[Pod],
+    extra: list[Pod],
+    clock: AddClock,
+) -> None:
+    state = Path(events).parent
     ns_ref = ResourceRef("Namespace", "", NAMESPACE)
     cpu0, loop0, kids0 = u.cpu_seconds(proc.pid), main_thread_cpu(proc.pid), children_cpu(proc.pid)
     t0 = time.perf_counter()
