@@ -16,7 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 
-from meshcore.aio.hbone_conn import READ_SIZE, HboneDriver, HboneStream
+from meshcore.aio.hbone_conn import HboneDriver, HboneStream, adopt_streams
 from meshcore.hbone import (
     CLIENT_SETTINGS,
     HboneClientConn,
@@ -43,15 +43,8 @@ class HboneClient(HboneDriver):
 
     conn: HboneClientConn
 
-    def __init__(
-        self,
-        conn: HboneClientConn,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        peer_identity: SpiffeId,
-    ) -> None:
-        super().__init__(conn, reader, writer, peer_identity=peer_identity)
+    def __init__(self, conn: HboneClientConn, *, peer_identity: SpiffeId | None = None) -> None:
+        super().__init__(conn, peer_identity=peer_identity)
         self._opening: dict[int, asyncio.Future[None]] = {}
 
     @classmethod
@@ -91,11 +84,12 @@ class HboneClient(HboneDriver):
             raise HboneConnectionError(f"TCP connect to HBONE server {where} failed: {exc}") from exc
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(HboneClientConn(settings, now=loop.time()))
         try:
             async with asyncio.timeout(handshake_timeout + 1):
-                reader, writer = await asyncio.open_connection(
-                    sock=sock, ssl=ssl_context, server_hostname="",  # no SNI, as ztunnel
-                    ssl_handshake_timeout=handshake_timeout, limit=READ_SIZE,
+                transport, _ = await loop.create_connection(
+                    lambda: client, sock=sock, ssl=ssl_context, server_hostname="",  # no SNI, as ztunnel
+                    ssl_handshake_timeout=handshake_timeout,
                 )
         except TimeoutError:
             _close(sock)
@@ -103,15 +97,16 @@ class HboneClient(HboneDriver):
         except (OSError, ssl.SSLError) as exc:
             _close(sock)
             raise HboneConnectionError(f"TLS handshake with HBONE server {where} failed: {exc}") from exc
-        ssl_object = writer.get_extra_info("ssl_object")
+        ssl_object = transport.get_extra_info("ssl_object")
         try:
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
                 raise PeerNotTrusted("the server did not negotiate ALPN h2")
-            identity = verify(ssl_object.getpeercert(binary_form=True))
+            client.peer_identity = verify(ssl_object.getpeercert(binary_form=True))
         except Exception as exc:
-            writer.transport.abort()
+            transport.abort()
             raise PeerNotTrusted(f"HBONE server at {where} is not trusted: {exc}") from exc
-        return cls.from_streams(reader, writer, peer_identity=identity, settings=settings)
+        client.start()
+        return client
 
     @classmethod
     def from_streams(
@@ -122,10 +117,12 @@ class HboneClient(HboneDriver):
         peer_identity: SpiffeId,
         settings: HboneSettings = CLIENT_SETTINGS,
     ) -> HboneClient:
-        """Start HTTP/2 over an already secured (or, in tests, plaintext) stream pair."""
+        """Start HTTP/2 over an already secured (or, in tests, plaintext) stream pair; the client takes
+        over its transport (the pair is not to be used afterwards)."""
         loop = asyncio.get_running_loop()
-        client = cls(HboneClientConn(settings, now=loop.time()), reader, writer, peer_identity=peer_identity)
-        client._start()
+        client = cls(HboneClientConn(settings, now=loop.time()), peer_identity=peer_identity)
+        adopt_streams(client, reader, writer)
+        client.start()
         return client
 
     @property
@@ -150,7 +147,7 @@ class HboneClient(HboneDriver):
         stream_id = self.conn.open_tunnel(authority, headers)
         stream = HboneStream(self, stream_id, authority=authority, request_headers=headers)
         self._streams[stream_id] = stream
-        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[None] = self.loop.create_future()
         self._opening[stream_id] = answered
         self.flush()
         self._notify()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from meshcore.aio.hbone_conn import READ_SIZE, Address, HboneDriver, HboneStream
+from meshcore.aio.hbone_conn import Address, HboneDriver, HboneStream, adopt_streams
 from meshcore.aio.listener import ConnectionTasks
 from meshcore.hbone import (
     SERVER_SETTINGS,
@@ -109,14 +109,12 @@ class _ServerDriver(HboneDriver):
     def __init__(
         self,
         conn: HboneServerConn,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         *,
-        peer_identity: SpiffeId,
+        peer_identity: SpiffeId | None,
         on_tunnel: OnTunnel,
         counters: HboneServerCounters,
     ) -> None:
-        super().__init__(conn, reader, writer, peer_identity=peer_identity)
+        super().__init__(conn, peer_identity=peer_identity)
         self._on_tunnel = on_tunnel
         self._counters = counters
         self._handlers: set[asyncio.Task[None]] = set()
@@ -125,7 +123,7 @@ class _ServerDriver(HboneDriver):
         """Serve until the connection ends; then stop the handlers still running. Owns them all."""
         self._counters.connections_open += 1
         try:
-            self._start()
+            self.start()
             await self.wait_closed()
         finally:
             self._counters.connections_open -= 1
@@ -188,11 +186,11 @@ async def serve_hbone_connection(
     counters: HboneServerCounters,
     settings: HboneSettings = SERVER_SETTINGS,
 ) -> None:
-    """Serve HBONE on one already secured (or, in tests, plaintext) connection until it ends."""
+    """Serve HBONE on one already secured (or, in tests, plaintext) connection until it ends; the server
+    takes over the pair's transport."""
     conn = HboneServerConn(settings, now=asyncio.get_running_loop().time())
-    driver = _ServerDriver(
-        conn, reader, writer, peer_identity=peer_identity, on_tunnel=on_tunnel, counters=counters
-    )
+    driver = _ServerDriver(conn, peer_identity=peer_identity, on_tunnel=on_tunnel, counters=counters)
+    adopt_streams(driver, reader, writer)
     await driver.run()
 
 
@@ -284,39 +282,34 @@ class HboneServer:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_SIZE)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        conn = HboneServerConn(self._settings, now=loop.time())
+        driver = _ServerDriver(conn, peer_identity=None, on_tunnel=self._on_tunnel, counters=self.counters)
         try:
             async with asyncio.timeout(self._handshake_timeout + 1):
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol, sock, ssl=self._ssl_context, ssl_handshake_timeout=self._handshake_timeout
+                    lambda: driver, sock, ssl=self._ssl_context, ssl_handshake_timeout=self._handshake_timeout
                 )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             self.counters.handshake_failures += 1
             log.warning("hbone.handshake_failed", addr=addr, reason=_describe(exc))
             sock.close()
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:
-            await self._serve(reader, writer, addr)
+            await self._serve(driver, transport, addr)
         finally:
-            if not writer.is_closing():
-                writer.transport.abort()
+            if not transport.is_closing():
+                transport.abort()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: object) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
+    async def _serve(self, driver: _ServerDriver, transport: asyncio.BaseTransport, addr: object) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
         try:
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ALPN_H2:
                 raise ValueError("the client did not negotiate ALPN h2")
-            identity = self._verify_client(ssl_object.getpeercert(binary_form=True))
+            driver.peer_identity = self._verify_client(ssl_object.getpeercert(binary_form=True))
         except Exception as exc:  # noqa: BLE001 - any verification failure refuses this peer only
             self.counters.untrusted_peers += 1
             log.warning("hbone.peer_rejected", addr=addr, reason=_describe(exc))
             return
-        conn = HboneServerConn(self._settings, now=asyncio.get_running_loop().time())
-        driver = _ServerDriver(
-            conn, reader, writer, peer_identity=identity, on_tunnel=self._on_tunnel, counters=self.counters
-        )
         self._drivers.add(driver)
         try:
             await driver.run()

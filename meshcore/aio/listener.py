@@ -5,8 +5,11 @@ until a deadline (a drain) or cancelled and awaited (a hard close). ``TrackedLis
 the ``asyncio.start_server`` listeners on a socket made elsewhere (a proxy's socket factory, a pod's
 network namespace): a subclass writes ``_serve(stream)`` for one connection; the base tracks its task,
 resets the connection if ``_serve`` left it open, and keeps a bug or a cancel to that connection, never
-the listener. Listeners that accept sockets themselves (the HBONE server runs its own TLS handshake) use
-``ConnectionTasks`` alone. Nothing here reads a byte or logs a healthy connection: that is the subclass's.
+the listener. ``TcpListener`` is the same with ``TcpStream`` connections (an ``asyncio.Protocol``, no
+StreamReader: what the data path relays); ``TrackedListener`` hands out ``AsyncioByteStream``s for
+subclasses that want ``readline`` and friends. Listeners that accept sockets themselves (the HBONE
+server runs its own TLS handshake) use ``ConnectionTasks`` alone. Nothing here reads a byte or logs a
+healthy connection: that is the subclass's.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
-from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
+from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream, TcpStream
 
 log = structlog.get_logger("meshcore.listener")
 
@@ -68,11 +71,14 @@ class ConnectionTasks:
             await asyncio.wait(set(self._tasks))
 
 
-class TrackedListener:
+S = TypeVar("S", AsyncioByteStream, TcpStream)
+
+
+class _Listener(Generic[S]):
     """Serves each connection accepted on ``listener`` with ``_serve``, in a task the listener owns.
 
-    ``limit`` is the StreamReader buffer (and the largest ``readuntil``) of every accepted connection;
-    ``backlog`` the accept queue the socket listens with once started.
+    ``limit`` is the StreamReader buffer (and the largest ``readuntil``) of every accepted connection
+    (``TrackedListener`` only); ``backlog`` the accept queue the socket listens with once started.
     """
 
     def __init__(
@@ -97,9 +103,7 @@ class TrackedListener:
         return len(self._tasks)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._handle, sock=self._listener, limit=self._limit, backlog=self._backlog
-        )
+        raise NotImplementedError
 
     def close(self) -> None:
         """Stop accepting (releasing the listening socket, started or not); connections carry on."""
@@ -120,7 +124,7 @@ class TrackedListener:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _serve(self, stream: AsyncioByteStream) -> None:
+    async def _serve(self, stream: S) -> None:
         """Serve one accepted connection; the base resets it afterwards if it is still open."""
         raise NotImplementedError
 
@@ -128,12 +132,9 @@ class TrackedListener:
         """Log the bug that ended one connection; called in the ``except`` block, so with its traceback."""
         log.exception("listener connection failed", listener=self._address)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _run(self, task: asyncio.Task[None], stream: S) -> None:
         try:
-            await self._serve(AsyncioByteStream(reader, writer))
+            await self._serve(stream)
         except asyncio.CancelledError:
             # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
             # calls task.exception() on a finished handler, which raises for a cancelled one.
@@ -142,5 +143,39 @@ class TrackedListener:
             self._log_failure()
         finally:
             self._tasks.discard(task)
-            if not writer.is_closing():
-                writer.transport.abort()
+            stream.abort_if_open()
+
+
+class TrackedListener(_Listener[AsyncioByteStream]):
+    """A listener whose connections are ``AsyncioByteStream``s (StreamReader/StreamWriter)."""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, sock=self._listener, limit=self._limit, backlog=self._backlog
+        )
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        await self._run(task, AsyncioByteStream(reader, writer))
+
+
+class TcpListener(_Listener[TcpStream]):
+    """A listener whose connections are ``TcpStream``s (the data path's streams)."""
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TcpStream(self._accepted), sock=self._listener, backlog=self._backlog
+        )
+
+    def _accepted(self, stream: TcpStream) -> None:
+        task = self._tasks.spawn(self._run_accepted(stream))
+        # Cancelled before it started (aclose right after an accept): the connection is still reset.
+        task.add_done_callback(lambda _: stream.abort_if_open())
+
+    async def _run_accepted(self, stream: TcpStream) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        await self._run(task, stream)

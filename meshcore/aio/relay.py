@@ -2,11 +2,18 @@
 
 Each direction copies until its source reports EOF, then half-closes its destination (``send_eof``)
 while the other direction keeps running; ``relay`` returns when both are done. If either direction
-fails, the other is cancelled and the first error is raised (a plain exception, not a group); the
-caller owns both streams and closes them either way. Reads start at 16 KiB and double whenever a read
-fills the buffer, up to 256 KiB (performance-anchors §4.3), so idle connections stay small and bulk
-ones make few large calls. Per chunk the loop does one read, one write and an integer add: no logging,
-no dicts. ``RelayCounters`` is updated live, so metrics can read it while the relay runs.
+fails, the other stops and the first error is raised (a plain exception, not a group); the caller owns
+both streams and closes them either way. ``RelayCounters`` is updated live, so metrics can read it while
+the relay runs.
+
+Two ways to do it, same contract:
+- **splice** (both streams are ``PipeEnd``s: ``TcpStream``, ``HboneStream``): no task and no read call.
+  Each received chunk is handed by the source's callback straight to the other side's ``pipe_write``;
+  a congested sink (full socket buffer, closed HBONE window) makes its pipe pause the source, and
+  ``writable()`` resumes it. The relay itself only awaits one future. Per chunk: one call chain, an
+  integer add, no logging, no dicts, no copies.
+- **copy** (any other ``ByteStream``): two tasks of ``receive_some``/``send_all``; reads start at 16 KiB
+  and double whenever a read fills the buffer, up to 256 KiB (performance-anchors §4.3).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from meshcore.aio.streams import ByteStream
+from meshcore.aio.streams import ByteStream, PipeEnd
 
 MIN_BUFFER = 16 * 1024
 MAX_BUFFER = 256 * 1024
@@ -31,6 +38,9 @@ class RelayCounters:
 async def relay(a: ByteStream, b: ByteStream, counters: RelayCounters | None = None) -> tuple[int, int]:
     """Copy a->b and b->a until both directions reach EOF; returns ``(bytes a->b, bytes b->a)``."""
     counters = counters if counters is not None else RelayCounters()
+    if isinstance(a, PipeEnd) and isinstance(b, PipeEnd):
+        await _splice(a, b, counters)
+        return counters.a_to_b, counters.b_to_a
     forward = asyncio.ensure_future(_copy(a, b, counters, forward=True))
     backward = asyncio.ensure_future(_copy(b, a, counters, forward=False))
     tasks = (forward, backward)
@@ -63,3 +73,97 @@ async def _copy(src: ByteStream, dst: ByteStream, counters: RelayCounters, *, fo
         if n == size and size < MAX_BUFFER:
             size = min(size * 2, MAX_BUFFER)
     await dst.send_eof()
+
+
+# --- splice ----------------------------------------------------------------------------------------
+
+
+class _Splice:
+    """Both directions of one relay: done when both flushed their EOF, failed at the first error."""
+
+    __slots__ = ("counters", "done", "open")
+
+    def __init__(self, counters: RelayCounters, done: asyncio.Future[None]) -> None:
+        self.counters = counters
+        self.done = done
+        self.open = 2  # directions still running
+
+    def finish_one(self) -> None:
+        self.open -= 1
+        if not self.open and not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(error)
+
+
+class _Pipe:
+    """One direction: ``src`` calls ``data``/``eof``/``fail``, ``dst`` calls ``writable``/``flushed``."""
+
+    __slots__ = ("dst", "ended", "forward", "paused", "splice", "src")
+
+    def __init__(self, src: PipeEnd, dst: PipeEnd, splice: _Splice, *, forward: bool) -> None:
+        self.src = src
+        self.dst = dst
+        self.splice = splice
+        self.forward = forward
+        self.paused = False
+        self.ended = False  # EOF passed on to the sink
+
+    def data(self, chunk: bytes | memoryview) -> None:
+        if self.splice.done.done():
+            return  # failed: the relay is unwinding
+        try:
+            more = self.dst.pipe_write(chunk)
+        except Exception as exc:  # noqa: BLE001 - the sink broke (or a bug): this relay ends with it
+            self.splice.fail(exc)
+            return
+        if self.forward:
+            self.splice.counters.a_to_b += len(chunk)
+        else:
+            self.splice.counters.b_to_a += len(chunk)
+        if not more and not self.paused:
+            self.paused = True
+            self.src.pipe_pause()
+
+    def eof(self) -> None:
+        if self.ended or self.splice.done.done():
+            return
+        self.ended = True
+        try:
+            now = self.dst.pipe_eof()
+        except Exception as exc:  # noqa: BLE001 - as in ``data``
+            self.splice.fail(exc)
+            return
+        if now:
+            self.splice.finish_one()
+
+    def flushed(self) -> None:
+        self.splice.finish_one()
+
+    def fail(self, error: BaseException) -> None:
+        self.splice.fail(error)
+
+    def writable(self) -> None:
+        if self.paused and not self.splice.done.done():
+            self.paused = False
+            self.src.pipe_resume()
+
+
+async def _splice(a: PipeEnd, b: PipeEnd, counters: RelayCounters) -> None:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    splice = _Splice(counters, done)
+    forward = _Pipe(a, b, splice, forward=True)
+    backward = _Pipe(b, a, splice, forward=False)
+    try:
+        b.pipe_in(forward)
+        a.pipe_in(backward)
+        a.pipe_out(forward)  # may deliver buffered bytes, an EOF or an error right away
+        b.pipe_out(backward)
+        await done
+    finally:
+        a.unpipe()
+        b.unpipe()
+        if done.done() and not done.cancelled():
+            done.exception()  # retrieved: an error that lost the race with a cancel is not reported later

@@ -7,7 +7,7 @@ connection was not redirected at all), take the source workload as the *current*
 (none: refused as ``UnknownSource``, never proxied under another identity), then hand over to
 ``serve_outbound``, dedicated mode's core, unchanged: routing, HBONE through the pod's pool, passthrough,
 metrics and the access log. The app has no protocol to be told "refused" in, so every refusal is a reset.
-The listener owns its connection tasks (``TrackedListener``): ``drain`` waits for them until a deadline,
+The listener owns its connection tasks (``TcpListener``): ``drain`` waits for them until a deadline,
 ``aclose`` cancels.
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Callable, Collection
 
 import structlog
 
-from meshcore.aio.listener import TrackedListener
-from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
+from meshcore.aio.listener import TcpListener
+from meshcore.aio.streams import TcpStream
 from meshcore.model import Workload
 from ztunnel.inpod.sockets import read_original_dst
 from ztunnel.proxy.errors import SelfCall, UnknownSource
@@ -64,7 +64,7 @@ class _CaptureFront:
 
     __slots__ = ("_stream",)
 
-    def __init__(self, stream: AsyncioByteStream) -> None:
+    def __init__(self, stream: TcpStream) -> None:
         self._stream = stream
 
     async def connected(self, upstream: Upstream) -> bytes:
@@ -74,7 +74,7 @@ class _CaptureFront:
         self._stream.abort()
 
 
-class OutboundCaptureListener(TrackedListener):
+class OutboundCaptureListener(TcpListener):
     """Serves one pod's redirected outbound connections on a listening socket from its factory."""
 
     def __init__(
@@ -85,7 +85,7 @@ class OutboundCaptureListener(TrackedListener):
         *,
         own_ports: Collection[int] = ILLEGAL_PORTS,
     ) -> None:
-        super().__init__(listener, limit=DEFAULT_READ)
+        super().__init__(listener)
         self._inputs = inputs
         self._source = source
         self._own_ports = frozenset(own_ports)
@@ -93,14 +93,13 @@ class OutboundCaptureListener(TrackedListener):
     def _log_failure(self) -> None:
         log.exception("captured outbound connection failed")
 
-    async def _serve(self, stream: AsyncioByteStream) -> None:
-        writer = stream.writer
+    async def _serve(self, stream: TcpStream) -> None:
         inputs = self._inputs
-        peer = writer.get_extra_info("peername")
-        name = writer.get_extra_info("sockname")
+        peer = stream.get_extra_info("peername")
+        name = stream.get_extra_info("sockname")
         client = SockAddr(str(peer[0]), int(peer[1]))
         local = SockAddr(str(name[0]), int(name[1]))
-        original = read_original_dst(writer.get_extra_info("socket"))
+        original = read_original_dst(stream.get_extra_info("socket"))
         src = self._source()
         try:
             dst = capture_destination(original, local, src.addresses if src else (), self._own_ports)

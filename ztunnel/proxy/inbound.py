@@ -25,7 +25,7 @@ from typing import Protocol
 
 from meshcore.aio.hbone_server import OnTunnel, TunnelRequest
 from meshcore.aio.relay import relay
-from meshcore.aio.streams import AsyncioByteStream, ByteStream
+from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.hbone import Headers, TunnelResetError, find_header, parse_forwarded
 from meshcore.identity import SpiffeId
 from meshcore.model import Service, Workload
@@ -253,7 +253,7 @@ class _InboundConnection:
             return
         await self.relay(downstream, upstream)
 
-    async def relay(self, downstream: ByteStream, upstream: AsyncioByteStream) -> None:
+    async def relay(self, downstream: ByteStream, upstream: TcpStream) -> None:
         inputs, ctx, request = self.inputs, self.ctx, self.request
         error: str | None = None
         flags = ResponseFlags.NONE

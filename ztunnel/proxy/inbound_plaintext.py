@@ -6,7 +6,7 @@ connection was meant to go. That is the one thing the two modes differ in, so it
 (SO_ORIGINAL_DST); dedicated mode has no redirection, so ``fixed_port`` sends what arrives on
 ``<workload ip>:15006`` to ``<workload ip>:<INBOUND_PLAINTEXT_TARGET_PORT>``. A refused connection is
 reset (plaintext has no status to answer with). The listener owns its connection tasks
-(``TrackedListener``): ``drain`` waits for them until a deadline, ``aclose`` cancels what is left.
+(``TcpListener``): ``drain`` waits for them until a deadline, ``aclose`` cancels what is left.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from meshcore.aio.listener import TrackedListener
-from meshcore.aio.streams import AsyncioByteStream, ByteStream
+from meshcore.aio.listener import TcpListener
+from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.model import Workload
 from ztunnel.proxy.inbound import InboundRequest, serve_inbound
 from ztunnel.proxy.inputs import ProxyInputs
@@ -25,8 +25,6 @@ from ztunnel.proxy.routing import SockAddr
 from ztunnel.sockets import SocketFactory
 
 log = structlog.get_logger("ztunnel.inbound_plaintext")
-
-READ_LIMIT = 64 * 1024  # StreamReader buffer per connection (asyncio's default)
 
 PlaintextDestination = Callable[[socket.socket, Workload], SockAddr]
 """Where an accepted plaintext connection was meant to go, given its socket and the served workload."""
@@ -44,7 +42,7 @@ def fixed_port(port: int) -> PlaintextDestination:
 class _PlainAnswer:
     __slots__ = ("_stream",)
 
-    def __init__(self, stream: AsyncioByteStream) -> None:
+    def __init__(self, stream: TcpStream) -> None:
         self._stream = stream
 
     async def accept(self, headers: Iterable[tuple[str, str]]) -> ByteStream:
@@ -54,7 +52,7 @@ class _PlainAnswer:
         self._stream.abort()  # an RST: the only refusal plain TCP has
 
 
-class PlaintextListener(TrackedListener):
+class PlaintextListener(TcpListener):
     """Serves one workload's plaintext inbound on a listening socket from the proxy's factory."""
 
     def __init__(
@@ -65,19 +63,18 @@ class PlaintextListener(TrackedListener):
         listener: socket.socket,
         destination: PlaintextDestination,
     ) -> None:
-        super().__init__(listener, limit=READ_LIMIT)
+        super().__init__(listener)
         self._inputs = inputs
         self._served = served
         self._sockets = sockets
         self._destination = destination
 
-    async def _serve(self, stream: AsyncioByteStream) -> None:
-        writer = stream.writer
-        peer = writer.get_extra_info("peername")
-        local = writer.get_extra_info("sockname")
+    async def _serve(self, stream: TcpStream) -> None:
+        peer = stream.get_extra_info("peername")
+        local = stream.get_extra_info("sockname")
         request = InboundRequest(
             src=SockAddr(str(peer[0]), int(peer[1])),
-            dst=self._destination(writer.get_extra_info("socket"), self._served),
+            dst=self._destination(stream.get_extra_info("socket"), self._served),
             identity=None,
             hbone=False,
             local=SockAddr(str(local[0]), int(local[1])),

@@ -27,11 +27,11 @@ from typing import Protocol
 
 import structlog
 
-from meshcore.aio.listener import TrackedListener
+from meshcore.aio.listener import TcpListener
 from meshcore.aio.pool import PoolKey
 from meshcore.aio.relay import relay
 from meshcore.aio.secrets import SecretError
-from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream, ByteStream
+from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.hbone import (
     HboneConnectionError,
     PeerNotTrusted,
@@ -180,14 +180,14 @@ async def open_upstream(inputs: ProxyInputs, src: Workload, client: SockAddr, ro
         stream = await inputs.pool.open_tunnel(key, route.authority, headers)
         return Upstream(stream, route, stream.peer_identity, stream.local_address)
     tcp_stream = await tcp.dial(inputs.sockets, hop.ip, hop.port, source_ip=client.ip)
-    local = tcp_stream.writer.get_extra_info("sockname")
+    local = tcp_stream.get_extra_info("sockname")
     return Upstream(tcp_stream, route, None, (str(local[0]), int(local[1])) if local else None)
 
 
 async def refuse_outbound(
     inputs: ProxyInputs,
     exc: Exception,
-    client: AsyncioByteStream,
+    client: TcpStream,
     client_addr: SockAddr,
     dst: SockAddr,
     front: OutboundFront,
@@ -207,7 +207,7 @@ async def refuse_outbound(
 async def serve_outbound(
     inputs: ProxyInputs,
     src: Workload,
-    client: AsyncioByteStream,
+    client: TcpStream,
     client_addr: SockAddr,
     local_addr: SockAddr,
     dst: SockAddr,
@@ -296,7 +296,7 @@ async def serve_outbound(
             await upstream.stream.aclose()
         else:
             client.abort()
-            if isinstance(upstream.stream, AsyncioByteStream):
+            if isinstance(upstream.stream, TcpStream):
                 upstream.stream.abort()
             else:
                 await upstream.stream.aclose()
@@ -311,31 +311,29 @@ SourceLookup = Callable[[str], Workload | None]
 
 
 class _Socks5Front:
-    __slots__ = ("_server", "_writer")
+    __slots__ = ("_client", "_server")
 
-    def __init__(self, server: Socks5Server, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: Socks5Server, client: TcpStream) -> None:
         self._server = server
-        self._writer = writer
+        self._client = client
 
     async def connected(self, upstream: Upstream) -> bytes:
         ip, port = upstream.local or ("0.0.0.0", 0)
         self._server.reply_success(ip, port)
-        self._writer.write(self._server.data_to_send())
-        await self._writer.drain()
+        await self._client.send_all(self._server.data_to_send())
         return self._server.take_leftover()
 
     async def failed(self, failure: OutboundFailure) -> None:
         self._server.reply_failure(failure.reply)
         with contextlib.suppress(ConnectionError, OSError):
-            self._writer.write(self._server.data_to_send())
-            await self._writer.drain()
+            await self._client.send_all(self._server.data_to_send())
 
 
-class Socks5Listener(TrackedListener):
+class Socks5Listener(TcpListener):
     """Dedicated mode's outbound listener (ztunnel's SOCKS5 on 15080): one for the whole node."""
 
     def __init__(self, inputs: ProxyInputs, listener: socket.socket, source_for: SourceLookup) -> None:
-        super().__init__(listener, limit=DEFAULT_READ)
+        super().__init__(listener)
         self._inputs = inputs
         self._source_for = source_for
         self._local = SockAddr(*super().address)
@@ -348,20 +346,18 @@ class Socks5Listener(TrackedListener):
     def _log_failure(self) -> None:
         log.exception("socks5 connection failed")
 
-    async def _serve(self, client: AsyncioByteStream) -> None:
-        reader, writer = client.reader, client.writer
+    async def _serve(self, client: TcpStream) -> None:
         inputs = self._inputs
-        peer = writer.get_extra_info("peername")
+        peer = client.get_extra_info("peername")
         client_addr = SockAddr(str(peer[0]), int(peer[1]))
         server = Socks5Server()
         try:
-            request = await _handshake(server, reader, writer)
+            request = await _handshake(server, client)
         except Socks5Error as exc:
             inputs.metrics.connection_failed(exc.reason)
             log.warning("socks5 handshake refused", client=str(client_addr), error=str(exc))
             with contextlib.suppress(ConnectionError, OSError):
-                writer.write(server.data_to_send())
-                await writer.drain()
+                await client.send_all(server.data_to_send())
             await client.aclose()
             return
         except (TimeoutError, ConnectionError, OSError) as exc:
@@ -370,7 +366,7 @@ class Socks5Listener(TrackedListener):
             client.abort()
             return
         dst = SockAddr(request.host, request.port)
-        front = _Socks5Front(server, writer)
+        front = _Socks5Front(server, client)
         src = self._source_for(client_addr.ip)
         if src is None:
             await refuse_outbound(inputs, UnknownSource(client_addr.ip), client, client_addr, dst, front)
@@ -378,16 +374,15 @@ class Socks5Listener(TrackedListener):
         await serve_outbound(inputs, src, client, client_addr, self.address, dst, front)
 
 
-async def _handshake(server: Socks5Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> ConnectRequested:
+async def _handshake(server: Socks5Server, client: TcpStream) -> ConnectRequested:
     """Run the SOCKS5 greeting and request; returns the CONNECT request. Raises ``Socks5Error``."""
     async with asyncio.timeout(HANDSHAKE_TIMEOUT):
         while True:
-            data = await reader.read(READ_SIZE)
+            data = await client.receive_some(READ_SIZE)
             events = server.receive_data(data)
             out = server.data_to_send()
             if out:
-                writer.write(out)
-                await writer.drain()
+                await client.send_all(out)
             for event in events:
                 if isinstance(event, ConnectRequested):
                     return event

@@ -1,7 +1,7 @@
 """Plain TCP dialling for the data path: to the application (inbound) and to passthrough destinations.
 
 ``dial`` takes its socket from the proxy's ``SocketFactory`` (so in-pod mode dials from inside the pod's
-namespace with no change here), connects with a deadline, and returns an ``AsyncioByteStream``. Every
+namespace with no change here), connects with a deadline, and returns a ``TcpStream``. Every
 failure becomes ``UpstreamConnectFailed`` saying where and why (refused, timed out, unreachable), which
 the callers turn into a 503 (inbound) or a SOCKS5 failure reply (outbound). Nothing is logged here: the
 caller owns the access-log line for the connection.
@@ -13,7 +13,7 @@ import asyncio
 import errno
 import socket
 
-from meshcore.aio.streams import DEFAULT_READ, AsyncioByteStream
+from meshcore.aio.streams import TcpStream
 from ztunnel.proxy.errors import UpstreamConnectFailed
 from ztunnel.sockets import SocketFactory
 
@@ -31,7 +31,7 @@ async def dial(
     *,
     source_ip: str | None = None,
     timeout: float = CONNECT_TIMEOUT,  # noqa: ASYNC109 - a connect deadline, not a cancel scope
-) -> AsyncioByteStream:
+) -> TcpStream:
     """Connect to ``host:port`` (an IP literal); raises ``UpstreamConnectFailed``."""
     target = format_addr(host, port)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -43,7 +43,7 @@ async def dial(
     try:
         async with asyncio.timeout(timeout):
             await loop.sock_connect(sock, (host, port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=DEFAULT_READ)
+        stream = await TcpStream.from_socket(sock)
     except TimeoutError:
         sock.close()
         raise UpstreamConnectFailed(target, f"timed out after {timeout:g}s", timed_out=True) from None
@@ -57,4 +57,4 @@ async def dial(
     except BaseException:
         sock.close()
         raise
-    return AsyncioByteStream(reader, writer)
+    return stream

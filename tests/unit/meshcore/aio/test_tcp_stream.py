@@ -1,0 +1,92 @@
+"""TcpStream read by hand (pull mode) and served by a TcpListener: the paths SOCKS5 and the listeners use."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from meshcore.aio.listener import TcpListener
+from meshcore.aio.streams import PULL_BUFFER_HIGH, TcpStream
+
+DEADLINE = 5.0
+
+
+async def pair() -> tuple[TcpStream, TcpStream]:
+    left, right = socket.socketpair()
+    return await TcpStream.from_socket(left), await TcpStream.from_socket(right)
+
+
+async def test_receive_some_returns_at_most_what_was_asked_and_keeps_the_rest_in_order():
+    a, b = await pair()
+    try:
+        await a.send_all(b"0123456789")
+        async with asyncio.timeout(DEADLINE):
+            assert await b.receive_some(4) == b"0123"
+            assert await b.receive_some(100) == b"456789"
+        await a.send_eof()
+        async with asyncio.timeout(DEADLINE):
+            assert await b.receive_some() == b""
+            assert await b.receive_some() == b""  # EOF stays EOF
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_full_unread_buffer_stops_reading_from_the_socket_until_drained():
+    a, b = await pair()
+    try:
+        writer = asyncio.create_task(a.send_all(bytes(8 * PULL_BUFFER_HIGH)))
+        async with asyncio.timeout(DEADLINE):
+            while not b._read_paused:  # noqa: SLF001, ASYNC110 - bounded poll
+                await asyncio.sleep(0.005)
+        assert b._buffered < 2 * PULL_BUFFER_HIGH  # noqa: SLF001 - it stopped, not buffered everything
+        total = 0
+        async with asyncio.timeout(DEADLINE):
+            while total < 8 * PULL_BUFFER_HIGH:
+                total += len(await b.receive_some())
+        await asyncio.wait_for(writer, DEADLINE)
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_sending_after_eof_or_loss_raises():
+    a, b = await pair()
+    await a.send_eof()
+    with pytest.raises(BrokenPipeError):
+        await a.send_all(b"x")
+    b.abort()
+    await a.aclose()
+
+
+class Upper(TcpListener):
+    async def _serve(self, stream: TcpStream) -> None:
+        data = await stream.receive_some()
+        if data == b"boom":
+            raise RuntimeError("a bug in one connection")
+        await stream.send_all(data.upper())
+        await stream.aclose()
+
+    def _log_failure(self) -> None:
+        self.failures = getattr(self, "failures", 0) + 1
+
+
+async def test_tcp_listener_serves_each_connection_and_a_bug_costs_only_that_one():
+    listener = Upper(socket.create_server(("127.0.0.1", 0)))
+    await listener.start()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            bad = await TcpStream.open(*listener.address)
+            await bad.send_all(b"boom")
+            assert await bad.receive_some() == b""  # reset or closed, never answered
+            good = await TcpStream.open(*listener.address)
+            await good.send_all(b"hello")
+            assert await good.receive_some() == b"HELLO"
+        assert listener.failures == 1
+        await bad.aclose()
+        await good.aclose()
+    finally:
+        await listener.aclose()
+    assert listener.active == 0
