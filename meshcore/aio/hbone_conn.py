@@ -375,6 +375,7 @@ class HboneDriver(asyncio.Protocol):
         self._streams: dict[int, HboneStream] = {}
         self._watchers: list[Callable[[], None]] = []
         self._closed = asyncio.Event()
+        self._is_closed = False  # _closed.is_set(), as a plain attribute for the hot path
         self._transport_lost: asyncio.Future[None] = self.loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -385,6 +386,7 @@ class HboneDriver(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._blocked: list[HboneStream] = []  # spliced streams waiting for the transport to drain
         self._writer: asyncio.StreamWriter | None = None  # adopted (adopt_streams): its __del__ closes the transport
+        conn.data_handler = self._on_stream_data
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -401,7 +403,7 @@ class HboneDriver(asyncio.Protocol):
                 self._early = []
             self._early.append(data)
             return
-        if self.closed:
+        if self._is_closed:
             return
         try:
             self.dispatch(self.conn.receive_data(data))
@@ -455,7 +457,7 @@ class HboneDriver(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        return self._is_closed
 
     @property
     def draining(self) -> bool:
@@ -476,7 +478,8 @@ class HboneDriver(asyncio.Protocol):
     # --- commands from streams -------------------------------------------------------------------
 
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
-        self._check_usable()
+        if self._is_closed:
+            raise HboneConnectionError(f"the HBONE connection is closed: {self.close_reason}")
         sent = self.conn.send(stream_id, data)
         if sent:
             self.flush()
@@ -500,7 +503,7 @@ class HboneDriver(asyncio.Protocol):
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         """``consumed`` without the write: for callbacks inside ``data_received``, which flushes after."""
-        if not self.conn.closed:
+        if not self._is_closed:
             self.conn.acknowledge(stream_id, size)
 
     def forget(self, stream_id: int) -> None:
@@ -570,6 +573,14 @@ class HboneDriver(asyncio.Protocol):
         if self.closed:
             raise HboneConnectionError(f"the HBONE connection is closed: {self.close_reason}")
 
+    def _on_stream_data(self, stream_id: int, data: bytes | memoryview) -> None:
+        """The connection's ``data_handler``: tunnel bytes, without an event (see ``_HboneConn``)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream._on_data(data)
+        else:  # the app already let go of this tunnel: discard, give the window back
+            self.conn.acknowledge(stream_id, len(data))
+
     def dispatch(self, events: Iterable[HboneEvent]) -> None:
         streams = self._streams
         for event in events:
@@ -623,6 +634,7 @@ class HboneDriver(asyncio.Protocol):
         if self.closed:
             return
         self.close_reason = reason
+        self._is_closed = True
         self._closed.set()
         if self._timer is not None:
             self._timer.cancel()

@@ -81,20 +81,23 @@ async def _copy(src: ByteStream, dst: ByteStream, counters: RelayCounters, *, fo
 class _Splice:
     """Both directions of one relay: done when both flushed their EOF, failed at the first error."""
 
-    __slots__ = ("counters", "done", "open")
+    __slots__ = ("counters", "done", "open", "over")
 
     def __init__(self, counters: RelayCounters, done: asyncio.Future[None]) -> None:
         self.counters = counters
         self.done = done
         self.open = 2  # directions still running
+        self.over = False  # done, failed or cancelled (``done.done()`` as a plain attribute)
 
     def finish_one(self) -> None:
         self.open -= 1
         if not self.open and not self.done.done():
+            self.over = True
             self.done.set_result(None)
 
     def fail(self, error: BaseException) -> None:
         if not self.done.done():
+            self.over = True
             self.done.set_exception(error)
 
 
@@ -112,23 +115,24 @@ class _Pipe:
         self.ended = False  # EOF passed on to the sink
 
     def data(self, chunk: bytes | memoryview) -> None:
-        if self.splice.done.done():
+        splice = self.splice
+        if splice.over:
             return  # failed: the relay is unwinding
         try:
             more = self.dst.pipe_write(chunk)
         except Exception as exc:  # noqa: BLE001 - the sink broke (or a bug): this relay ends with it
-            self.splice.fail(exc)
+            splice.fail(exc)
             return
         if self.forward:
-            self.splice.counters.a_to_b += len(chunk)
+            splice.counters.a_to_b += len(chunk)
         else:
-            self.splice.counters.b_to_a += len(chunk)
+            splice.counters.b_to_a += len(chunk)
         if not more and not self.paused:
             self.paused = True
             self.src.pipe_pause()
 
     def eof(self) -> None:
-        if self.ended or self.splice.done.done():
+        if self.ended or self.splice.over:
             return
         self.ended = True
         try:
@@ -146,7 +150,7 @@ class _Pipe:
         self.splice.fail(error)
 
     def writable(self) -> None:
-        if self.paused and not self.splice.done.done():
+        if self.paused and not self.splice.over:
             self.paused = False
             self.src.pipe_resume()
 
@@ -163,6 +167,7 @@ async def _splice(a: PipeEnd, b: PipeEnd, counters: RelayCounters) -> None:
         b.pipe_out(backward)
         await done
     finally:
+        splice.over = True
         a.unpipe()
         b.unpipe()
         if done.done() and not done.cancelled():

@@ -24,8 +24,9 @@ back, never half-passed. A frame longer than our SETTINGS_MAX_FRAME_SIZE is repo
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 _FRAME_HEADER_LEN = 9
@@ -103,10 +104,52 @@ class FrameScanner:
         self._pad_pending = False
         self._data_end = False
 
-    def feed(self, data: bytes | bytearray | memoryview) -> Iterator[Segment]:
-        """Scan ``data``; yield what h2 must receive and what was lifted out, in order.
+    def feed(self, data: bytes | bytearray | memoryview) -> Iterable[Segment]:
+        """Scan ``data``; return what h2 must receive and what was lifted out, in order.
 
         Consume each segment before asking for the next: ``take_data`` is called between them."""
+        if (
+            self._take_data is not None
+            and not (self._body_left or self._data_left or self._drop_left or self._pad_pending)
+            and not (self._held or self._preface_left or self._in_header_block or self._broken)
+            and self._goaway is None
+        ):
+            whole, rest = self._whole_data_frames(data)
+            if whole:
+                return itertools.chain(whole, self._scan(rest)) if rest else whole
+        return self._scan(data)
+
+    def _whole_data_frames(self, data: bytes | bytearray | memoryview) -> tuple[list[Segment], memoryview | None]:
+        """The hot path: ``data`` starts with complete, unpadded DATA frames (a busy tunnel's usual
+        read). Lift them out without the general scan; return them and what is left (None: nothing)."""
+        out: list[Segment] = []
+        view = memoryview(data)
+        n = len(view)
+        pos = 0
+        take_data = self._take_data
+        assert take_data is not None
+        while n - pos >= _FRAME_HEADER_LEN:
+            length_hi, length_lo, frame_type, flags, stream_id = _HEADER.unpack_from(view, pos)
+            length = (length_hi << 16) | length_lo
+            end = pos + _FRAME_HEADER_LEN + length
+            if frame_type != _DATA or flags & ~END_STREAM or end > n or length > self._max_frame_size:
+                break
+            stream_id &= 0x7FFFFFFF
+            if not stream_id:
+                break
+            if take_data(stream_id, flags, length):
+                if length:
+                    out.append((stream_id, view[pos + _FRAME_HEADER_LEN : end]))
+                if flags:  # END_STREAM: h2 must see it before any later frame is judged
+                    out.append(end_stream_frame(stream_id))
+            else:
+                out.append(_HEADER.pack(0, 0, _DATA, flags, stream_id))
+            pos = end
+            if flags:
+                break
+        return out, (view[pos:] if pos < n else None)
+
+    def _scan(self, data: bytes | bytearray | memoryview) -> Iterator[Segment]:
         if self._broken:
             return
         view = memoryview(data)

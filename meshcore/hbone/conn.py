@@ -21,7 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from h2.config import H2Configuration
@@ -178,6 +178,9 @@ class _HboneConn:
         self._recv_window = settings.connection_window  # connection-level bytes the peer may still send
         self._recv_consumed = 0  # consumed connection-level bytes not yet given back
         self._events: list[HboneEvent] = []  # the list ``receive_data`` is filling (for ``_take_data``)
+        # Set by a driver to take tunnel bytes by call instead of ``DataReceived`` (the hot path): used
+        # only while nothing precedes them in the events of the same ``receive_data`` call.
+        self.data_handler: Callable[[int, bytes | memoryview], None] | None = None
         self._tunnels: dict[int, _Tunnel] = {}
         self._closed = False
         self._draining = False  # GOAWAY sent or received: no new tunnels
@@ -225,21 +228,25 @@ class _HboneConn:
         events: list[HboneEvent] = []
         self._events = events
         tunnels = self._tunnels
+        handler = self.data_handler
         for segment in self._scanner.feed(data):
             if self._closed:  # _take_data can end the connection (flow-control violation)
                 break
             if type(segment) is tuple:
                 stream_id, payload = segment
-                tunnel = tunnels.get(stream_id)
-                if tunnel is None:  # reset by the app while the frame was arriving
-                    self._consume_connection(len(payload))
-                else:
-                    tunnel.unacked += len(payload)
-                    events.append(DataReceived(stream_id, payload))
+                # Charged to ``unacked`` with its frame header; a tunnel reset meanwhile released it all.
+                if stream_id in tunnels:
+                    if handler is not None and not events:
+                        handler(stream_id, payload)
+                    else:
+                        events.append(DataReceived(stream_id, payload))
             elif isinstance(segment, (memoryview, bytes)):
                 self._receive_h2(segment, events)
             elif isinstance(segment, Padding):
-                self._consume(segment.stream_id, segment.size)
+                tunnel = tunnels.get(segment.stream_id)
+                if tunnel is not None:
+                    tunnel.unacked -= segment.size
+                    self._consume(segment.stream_id, segment.size)
             elif isinstance(segment, Goaway):
                 self._on_graceful_goaway(segment, events)
             elif isinstance(segment, FrameTooLarge):
@@ -265,12 +272,12 @@ class _HboneConn:
         """What to write to the transport now, as chunks in order (for ``writelines``; possibly empty).
 
         Payloads of large DATA frames are views of what was passed to ``send``, never copied."""
-        data = self._h2.data_to_send()
-        if not self._out:
-            return [data] if data else []
-        if data:
-            self._out.append(data)
-        out, self._out = self._out, []
+        if self._h2._data_to_send:  # noqa: SLF001 - checked first: data_to_send() allocates even when empty
+            self._out.append(self._h2.data_to_send())
+        out = self._out
+        if not out:
+            return []
+        self._out = []
         return out
 
     # --- commands on tunnels ---------------------------------------------------------------------
@@ -297,11 +304,9 @@ class _HboneConn:
         size = min(len(data), h2.outbound_flow_control_window, stream.outbound_flow_control_window)
         if size <= 0:
             return 0
-        # h2's queued frames (HEADERS, WINDOW_UPDATE...) go first.
-        pending = h2.data_to_send()
         out = self._out
-        if pending:
-            out.append(pending)
+        if h2._data_to_send:  # noqa: SLF001 - h2's queued frames (HEADERS, WINDOW_UPDATE...) go first
+            out.append(h2.data_to_send())
         frame = h2.max_outbound_frame_size
         view = data if size == len(data) and type(data) is bytes else memoryview(data)[:size]
         offset = 0
@@ -349,8 +354,16 @@ class _HboneConn:
                 f"stream {stream_id}: acknowledged {size} bytes but only {tunnel.unacked} are outstanding"
             )
         tunnel.unacked -= size
-        self._consume(stream_id, size)
-        self._maybe_forget(stream_id, tunnel)
+        if not tunnel.eof_received:
+            tunnel.consumed += size
+            if tunnel.consumed >= self.settings.stream_window // 2:
+                self._append(_WINDOW_UPDATE.pack(_WINDOW_UPDATE_TYPE, 0, stream_id, tunnel.consumed))
+                tunnel.consumed = 0
+        self._recv_consumed += size
+        if self._recv_consumed >= self.settings.connection_window // 2:
+            self._consume_connection(0)
+        if tunnel.eof_sent:
+            self._maybe_forget(stream_id, tunnel)
 
     # --- connection-level commands ---------------------------------------------------------------
 
@@ -470,6 +483,7 @@ class _HboneConn:
             self._fail_stream(stream_id, ErrorCodes.FLOW_CONTROL_ERROR, self._events, by_peer=False)
             self._consume_connection(length)
             return False
+        tunnel.unacked += length  # the whole frame, as it arrives; its padding is given back when seen
         return True
 
     def _consume(self, stream_id: int, size: int) -> None:
@@ -491,9 +505,8 @@ class _HboneConn:
 
     def _append(self, frame: bytes) -> None:
         """Queue a frame of ours after whatever h2 has queued so far."""
-        pending = self._h2.data_to_send()
-        if pending:
-            self._out.append(pending)
+        if self._h2._data_to_send:  # noqa: SLF001 - see take_output
+            self._out.append(self._h2.data_to_send())
         self._out.append(frame)
 
     def _maybe_forget(self, stream_id: int, tunnel: _Tunnel) -> None:

@@ -251,3 +251,21 @@ def test_a_dropped_frame_reaches_h2_empty_with_its_end_stream_flag():
     frame = DataFrame(5, data=b"q" * 100, flags=["END_STREAM"]).serialize()
     segments = [bytes(s) for s in scanner.feed(frame)]  # type: ignore[arg-type]
     assert segments == [end_stream_frame(5)]
+
+
+def test_the_data_handler_takes_bytes_only_when_no_event_precedes_them():
+    config = H2Configuration(client_side=True, header_encoding=None)
+    raw = H2Connection(config)
+    raw.initiate_connection()
+    server = HboneServerConn(now=0.0)
+    server.receive_data(raw.data_to_send())
+    handled: list[tuple[int, bytes]] = []
+    server.data_handler = lambda sid, data: handled.append((sid, bytes(data)))
+    sid = raw.get_next_available_stream_id()
+    raw.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", b"10.0.0.2:80")])
+    raw.send_data(sid, b"early")  # in the same read as the request: must follow its event
+    events = server.receive_data(raw.data_to_send())
+    assert [type(e).__name__ for e in events] == ["TunnelRequested", "DataReceived"] and not handled
+    raw.send_data(sid, b"later", end_stream=True)
+    events = server.receive_data(raw.data_to_send())
+    assert handled == [(sid, b"later")] and events == [EofReceived(sid)]  # the EOF still comes after
