@@ -132,7 +132,7 @@ class _Listener(Generic[S]):
         """Log the bug that ended one connection; called in the ``except`` block, so with its traceback."""
         log.exception("listener connection failed", listener=self._address)
 
-    async def _run(self, task: asyncio.Task[None], stream: S) -> None:
+    async def _run(self, stream: S) -> None:
         try:
             await self._serve(stream)
         except asyncio.CancelledError:
@@ -142,6 +142,8 @@ class _Listener(Generic[S]):
         except Exception:  # a bug must cost this connection only, never the listener
             self._log_failure()
         finally:
+            task = asyncio.current_task()
+            assert task is not None
             self._tasks.discard(task)
             stream.abort_if_open()
 
@@ -158,7 +160,7 @@ class TrackedListener(_Listener[AsyncioByteStream]):
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        await self._run(task, AsyncioByteStream(reader, writer))
+        await self._run(AsyncioByteStream(reader, writer))
 
 
 class TcpListener(_Listener[TcpStream]):
@@ -171,11 +173,6 @@ class TcpListener(_Listener[TcpStream]):
         )
 
     def _accepted(self, stream: TcpStream) -> None:
-        task = self._tasks.spawn(self._run_accepted(stream))
+        task = self._tasks.spawn(self._run(stream))
         # Cancelled before it started (aclose right after an accept): the connection is still reset.
         task.add_done_callback(lambda _: stream.abort_if_open())
-
-    async def _run_accepted(self, stream: TcpStream) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        await self._run(task, stream)

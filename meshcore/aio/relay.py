@@ -39,7 +39,24 @@ async def relay(a: ByteStream, b: ByteStream, counters: RelayCounters | None = N
     """Copy a->b and b->a until both directions reach EOF; returns ``(bytes a->b, bytes b->a)``."""
     counters = counters if counters is not None else RelayCounters()
     if isinstance(a, PipeEnd) and isinstance(b, PipeEnd):
-        await _splice(a, b, counters)
+        # Spliced in this frame (no helper coroutine: an idle tunnel keeps every frame it awaits in).
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        splice = _Splice(counters, done)
+        a_to_b = _Pipe(a, b, splice, forward=True)
+        b_to_a = _Pipe(b, a, splice, forward=False)
+        try:
+            b.pipe_in(a_to_b)
+            a.pipe_in(b_to_a)
+            a.pipe_out(a_to_b)  # may deliver buffered bytes, an EOF or an error right away
+            b.pipe_out(b_to_a)
+            del a_to_b, b_to_a
+            await done
+        finally:
+            splice.over = True
+            a.unpipe()
+            b.unpipe()
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: an error that lost the race with a cancel is not reported later
         return counters.a_to_b, counters.b_to_a
     forward = asyncio.ensure_future(_copy(a, b, counters, forward=True))
     backward = asyncio.ensure_future(_copy(b, a, counters, forward=False))
@@ -153,22 +170,3 @@ class _Pipe:
         if self.paused and not self.splice.over:
             self.paused = False
             self.src.pipe_resume()
-
-
-async def _splice(a: PipeEnd, b: PipeEnd, counters: RelayCounters) -> None:
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    splice = _Splice(counters, done)
-    forward = _Pipe(a, b, splice, forward=True)
-    backward = _Pipe(b, a, splice, forward=False)
-    try:
-        b.pipe_in(forward)
-        a.pipe_in(backward)
-        a.pipe_out(forward)  # may deliver buffered bytes, an EOF or an error right away
-        b.pipe_out(backward)
-        await done
-    finally:
-        splice.over = True
-        a.unpipe()
-        b.unpipe()
-        if done.done() and not done.cancelled():
-            done.exception()  # retrieved: an error that lost the race with a cancel is not reported later

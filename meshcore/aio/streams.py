@@ -230,7 +230,10 @@ class TcpStream(asyncio.Protocol):
         chunks = self._chunks
         first = chunks[0]
         if len(first) <= max_bytes:
-            del chunks[0]
+            if len(chunks) == 1:
+                self._chunks = None  # an idle connection keeps no list
+            else:
+                del chunks[0]
         else:
             chunks[0] = first[max_bytes:]
             first = first[:max_bytes]

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import structlog
 
@@ -69,6 +69,17 @@ class TrackedConnection:
     task: asyncio.Task[object] | None = None
     _flushed_received: int = 0
     _flushed_sent: int = 0
+    _manager: ConnectionManager | None = None  # registered with (a ``with`` block), until the block ends
+
+    def __enter__(self) -> TrackedConnection:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager._release(self)
 
     def close(self, reason: str, *, policy: str | None = None) -> bool:
         """Close the connection (cancel its task) for ``reason``; False if already closing."""
@@ -140,7 +151,6 @@ class ConnectionManager:
     def now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    @contextmanager
     def track(
         self,
         *,
@@ -154,24 +164,26 @@ class ConnectionManager:
         identity: SpiffeId | None,
         facts: ConnFacts | None = None,
         metrics: BoundTcpMetrics | None = None,
-    ) -> Iterator[TrackedConnection]:
-        """Register the current task's connection while the block runs; metrics are flushed on exit."""
+    ) -> TrackedConnection:
+        """Register the current task's connection; use as ``with manager.track(...) as conn:``. It stays
+        registered while the block runs; metrics are flushed on exit. (A plain object rather than a
+        generator-based context manager: it lives as long as the connection, so it is kept small.)"""
         conn = TrackedConnection(
             id=next(self._ids), workload=workload, direction=direction, local=local, remote=remote,
             target=target, original_dst=original_dst, protocol=protocol, identity=identity, facts=facts,
-            metrics=metrics, started=self.now(), task=asyncio.current_task(),
+            metrics=metrics, started=self.now(), task=asyncio.current_task(), _manager=self,
         )
         self._live[conn.id] = conn
         self._empty.clear()
-        try:
-            yield conn
-        finally:
-            del self._live[conn.id]
-            conn.flush_metrics()
-            if not self._live:
-                self._empty.set()
-            event, self._released = self._released, asyncio.Event()
-            event.set()
+        return conn
+
+    def _release(self, conn: TrackedConnection) -> None:
+        del self._live[conn.id]
+        conn.flush_metrics()
+        if not self._live:
+            self._empty.set()
+        event, self._released = self._released, asyncio.Event()
+        event.set()
 
     def __len__(self) -> int:
         return len(self._live)

@@ -43,6 +43,8 @@ from meshcore.hbone import (
 from meshcore.identity import SpiffeId
 from meshcore.model import Workload
 from meshcore.telemetry import (
+    BoundTcpMetrics,
+    ConnectionLabels,
     Reporter,
     ResponseFlags,
     access_log_fields,
@@ -237,17 +239,7 @@ async def serve_outbound(
     )
     metrics = inputs.metrics.bind(labels)
     metrics.opened()
-
-    def finish(error: str | None, flags: ResponseFlags = ResponseFlags.NONE) -> None:
-        metrics.closed(flags)
-        dst_wl = route.destination_workload
-        fields = access_log_fields(
-            labels, src_addr=client_addr, dst_addr=route.next_hop, hbone_addr=route.hbone_target,
-            src_workload=src.name, dst_workload=dst_wl.name if dst_wl is not None else None,
-            request_bytes=metrics.received, response_bytes=metrics.sent,
-            duration=loop.time() - started, error=error,
-        )
-        log_connection(inputs.access_log, fields)
+    finish = _Accounting(inputs, labels, metrics, route, client_addr, src.name, started).finish
 
     try:
         upstream = await open_upstream(inputs, src, client_addr, route)
@@ -301,6 +293,37 @@ async def serve_outbound(
             else:
                 await upstream.stream.aclose()
         finish(error)
+
+
+class _Accounting:
+    """Closes one outbound connection's books: metrics and its access-log line (a small object, not a
+    closure over ``serve_outbound``'s frame: it lives as long as the connection)."""
+
+    __slots__ = ("client_addr", "inputs", "labels", "metrics", "route", "src_name", "started")
+
+    def __init__(
+        self, inputs: ProxyInputs, labels: ConnectionLabels, metrics: BoundTcpMetrics, route: Route,
+        client_addr: SockAddr, src_name: str, started: float,
+    ) -> None:
+        self.inputs = inputs
+        self.labels = labels
+        self.metrics = metrics
+        self.route = route
+        self.client_addr = client_addr
+        self.src_name = src_name
+        self.started = started
+
+    def finish(self, error: str | None, flags: ResponseFlags = ResponseFlags.NONE) -> None:
+        metrics, route = self.metrics, self.route
+        metrics.closed(flags)
+        dst_wl = route.destination_workload
+        fields = access_log_fields(
+            self.labels, src_addr=self.client_addr, dst_addr=route.next_hop, hbone_addr=route.hbone_target,
+            src_workload=self.src_name, dst_workload=dst_wl.name if dst_wl is not None else None,
+            request_bytes=metrics.received, response_bytes=metrics.sent,
+            duration=asyncio.get_running_loop().time() - self.started, error=error,
+        )
+        log_connection(self.inputs.access_log, fields)
 
 
 # ------------------------------------------------------------------------------------------- SOCKS5
