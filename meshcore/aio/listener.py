@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -124,8 +124,11 @@ class _Listener(Generic[S]):
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _serve(self, stream: S) -> None:
-        """Serve one accepted connection; the base resets it afterwards if it is still open."""
+    async def _serve(self, stream: S) -> Awaitable[None] | None:
+        """Serve one accepted connection; the base resets it afterwards if it is still open.
+
+        May hand back the rest of its work as an awaitable (its last step, not yet awaited): the base
+        awaits it in its own frame, so a long-lived connection keeps one coroutine less."""
         raise NotImplementedError
 
     def _log_failure(self) -> None:
@@ -134,7 +137,9 @@ class _Listener(Generic[S]):
 
     async def _run(self, stream: S) -> None:
         try:
-            await self._serve(stream)
+            rest = await self._serve(stream)
+            if rest is not None:
+                await rest
         except asyncio.CancelledError:
             # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
             # calls task.exception() on a finished handler, which raises for a cancelled one.
@@ -175,4 +180,4 @@ class TcpListener(_Listener[TcpStream]):
     def _accepted(self, stream: TcpStream) -> None:
         task = self._tasks.spawn(self._run(stream))
         # Cancelled before it started (aclose right after an accept): the connection is still reset.
-        task.add_done_callback(lambda _: stream.abort_if_open())
+        task.add_done_callback(stream.abort_if_open)

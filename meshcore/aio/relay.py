@@ -19,6 +19,7 @@ Two ways to do it, same contract:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from meshcore.aio.streams import ByteStream, PipeEnd
@@ -37,27 +38,22 @@ class RelayCounters:
 
 async def relay(a: ByteStream, b: ByteStream, counters: RelayCounters | None = None) -> tuple[int, int]:
     """Copy a->b and b->a until both directions reach EOF; returns ``(bytes a->b, bytes b->a)``."""
+    return await start_relay(a, b, counters)
+
+
+def start_relay(
+    a: ByteStream, b: ByteStream, counters: RelayCounters | None = None
+) -> Awaitable[tuple[int, int]]:
+    """``relay`` started now, as an awaitable: for two ``PipeEnd``s a future (cancel it to stop the
+    splice), else a coroutine. For callers that keep many idle relays: awaiting a future directly
+    spares the coroutine frame ``relay`` would keep per connection."""
     counters = counters if counters is not None else RelayCounters()
     if isinstance(a, PipeEnd) and isinstance(b, PipeEnd):
-        # Spliced in this frame (no helper coroutine: an idle tunnel keeps every frame it awaits in).
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        splice = _Splice(counters, done)
-        a_to_b = _Pipe(a, b, splice, forward=True)
-        b_to_a = _Pipe(b, a, splice, forward=False)
-        try:
-            b.pipe_in(a_to_b)
-            a.pipe_in(b_to_a)
-            a.pipe_out(a_to_b)  # may deliver buffered bytes, an EOF or an error right away
-            b.pipe_out(b_to_a)
-            del a_to_b, b_to_a
-            await done
-        finally:
-            splice.over = True
-            a.unpipe()
-            b.unpipe()
-            if done.done() and not done.cancelled():
-                done.exception()  # retrieved: an error that lost the race with a cancel is not reported later
-        return counters.a_to_b, counters.b_to_a
+        return _Splice(a, b, counters).done
+    return _copy_both(a, b, counters)
+
+
+async def _copy_both(a: ByteStream, b: ByteStream, counters: RelayCounters) -> tuple[int, int]:
     forward = asyncio.ensure_future(_copy(a, b, counters, forward=True))
     backward = asyncio.ensure_future(_copy(b, a, counters, forward=False))
     tasks = (forward, backward)
@@ -96,26 +92,43 @@ async def _copy(src: ByteStream, dst: ByteStream, counters: RelayCounters, *, fo
 
 
 class _Splice:
-    """Both directions of one relay: done when both flushed their EOF, failed at the first error."""
+    """Both directions of one relay: ``done`` resolves when both flushed their EOF, fails at the first
+    error; however it ends (cancelled included), both streams leave the splice."""
 
-    __slots__ = ("counters", "done", "open", "over")
+    __slots__ = ("a", "b", "counters", "done", "open", "over")
 
-    def __init__(self, counters: RelayCounters, done: asyncio.Future[None]) -> None:
+    def __init__(self, a: PipeEnd, b: PipeEnd, counters: RelayCounters) -> None:
+        self.a = a
+        self.b = b
         self.counters = counters
-        self.done = done
+        self.done: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self.open = 2  # directions still running
         self.over = False  # done, failed or cancelled (``done.done()`` as a plain attribute)
+        self.done.add_done_callback(self._ended)
+        a_to_b = _Pipe(a, b, self, forward=True)
+        b_to_a = _Pipe(b, a, self, forward=False)
+        b.pipe_in(a_to_b)
+        a.pipe_in(b_to_a)
+        a.pipe_out(a_to_b)  # may deliver buffered bytes, an EOF or an error right away
+        b.pipe_out(b_to_a)
 
     def finish_one(self) -> None:
         self.open -= 1
         if not self.open and not self.done.done():
             self.over = True
-            self.done.set_result(None)
+            self.done.set_result((self.counters.a_to_b, self.counters.b_to_a))
 
     def fail(self, error: BaseException) -> None:
         if not self.done.done():
             self.over = True
             self.done.set_exception(error)
+
+    def _ended(self, done: asyncio.Future[tuple[int, int]]) -> None:
+        self.over = True
+        self.a.unpipe()
+        self.b.unpipe()
+        if not done.cancelled():
+            done.exception()  # retrieved: an error that lost the race with a cancel is not reported later
 
 
 class _Pipe:

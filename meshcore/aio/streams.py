@@ -280,8 +280,9 @@ class TcpStream(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def abort_if_open(self) -> None:
-        """``abort`` unless the connection is already closing (what a listener does after serving)."""
+    def abort_if_open(self, _done: object = None) -> None:
+        """``abort`` unless the connection is already closing (what a listener does after serving; also
+        usable as a task's done callback)."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.abort()
 

@@ -182,6 +182,7 @@ class _HboneConn:
         # only while nothing precedes them in the events of the same ``receive_data`` call.
         self.data_handler: Callable[[int, bytes | memoryview], None] | None = None
         self._tunnels: dict[int, _Tunnel] = {}
+        self._decoded: dict[bytes, str] = {}  # see _decode
         self._closed = False
         self._draining = False  # GOAWAY sent or received: no new tunnels
         self._goaway_sent_last_id: int | None = None
@@ -588,9 +589,24 @@ class _HboneConn:
         raise NotImplementedError  # pragma: no cover - clients override
 
 
-def _regular_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+_DECODED_LIMIT = 16  # header strings remembered per connection (unique ones keep evicting the rest)
+
+
+def _decode(cache: dict[bytes, str], raw: bytes) -> str:
+    """``raw`` as latin-1 text, the same ``str`` object as last time when it was seen before: every
+    tunnel keeps its headers, and names and a peer's ``baggage`` repeat on every one of them."""
+    text = cache.get(raw)
+    if text is None:
+        text = raw.decode("latin-1")
+        if len(cache) >= _DECODED_LIMIT:
+            cache.clear()
+        cache[raw] = text
+    return text
+
+
+def _regular_headers(headers: Iterable[tuple[bytes, bytes]], cache: dict[bytes, str]) -> Headers:
     return tuple(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in headers if not name.startswith(b":")
+        (_decode(cache, name), _decode(cache, value)) for name, value in headers if not name.startswith(b":")
     )
 
 
@@ -654,7 +670,7 @@ class HboneClientConn(_HboneConn):
         raw = event.headers or []
         status_text = next((bytes(v) for k, v in raw if k == b":status"), b"")
         status = int(status_text) if status_text.isdigit() else 0
-        headers = _regular_headers(raw)
+        headers = _regular_headers(raw, self._decoded)
         if status == 200:
             tunnel.accepted = True
             events.append(TunnelAccepted(stream_id, headers))
@@ -724,7 +740,7 @@ class HboneServerConn(_HboneConn):
             events.append(TunnelRequestRefused(stream_id, exc.status_hint, str(exc)))
             return
         self._tunnels[stream_id] = _Tunnel()
-        events.append(TunnelRequested(stream_id, str(target), target, _regular_headers(raw)))
+        events.append(TunnelRequested(stream_id, str(target), target, _regular_headers(raw, self._decoded)))
 
 
 def _request_problem(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshcore.aio.hbone_server import OnTunnel, TunnelRequest
-from meshcore.aio.relay import relay
+from meshcore.aio.relay import start_relay
 from meshcore.aio.streams import ByteStream
 from meshcore.hbone import Headers, TunnelResetError, find_header, parse_forwarded
 from meshcore.identity import SpiffeId
@@ -205,6 +205,8 @@ def serve_inbound(
 class _InboundConnection:
     """Phases 2-5 of one connection whose context is known: it has labels and an access-log line."""
 
+    __slots__ = ("ctx", "inputs", "labels", "loop", "metrics", "request", "started")
+
     def __init__(self, inputs: ProxyInputs, ctx: InboundContext, request: InboundRequest) -> None:
         self.inputs = inputs
         self.ctx = ctx
@@ -270,7 +272,7 @@ class _InboundConnection:
                 metrics=self.metrics,
             ) as conn:
                 try:
-                    await relay(downstream, upstream, conn.counters)
+                    await start_relay(downstream, upstream, conn.counters)
                 except asyncio.CancelledError:
                     if not conn.closed_by_us():
                         error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +29,7 @@ import structlog
 
 from meshcore.aio.listener import TcpListener
 from meshcore.aio.pool import PoolKey
-from meshcore.aio.relay import relay
+from meshcore.aio.relay import start_relay
 from meshcore.aio.secrets import SecretError
 from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.hbone import (
@@ -272,7 +272,7 @@ async def serve_outbound(
                 if early:
                     await upstream.stream.send_all(early)
                     conn.counters.a_to_b += len(early)
-                await relay(client, upstream.stream, conn.counters)
+                await start_relay(client, upstream.stream, conn.counters)
             except asyncio.CancelledError:
                 if not conn.closed_by_us():
                     error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
@@ -369,7 +369,7 @@ class Socks5Listener(TcpListener):
     def _log_failure(self) -> None:
         log.exception("socks5 connection failed")
 
-    async def _serve(self, client: TcpStream) -> None:
+    async def _serve(self, client: TcpStream) -> Awaitable[None] | None:
         inputs = self._inputs
         peer = client.get_extra_info("peername")
         client_addr = SockAddr(str(peer[0]), int(peer[1]))
@@ -382,19 +382,20 @@ class Socks5Listener(TcpListener):
             with contextlib.suppress(ConnectionError, OSError):
                 await client.send_all(server.data_to_send())
             await client.aclose()
-            return
+            return None
         except (TimeoutError, ConnectionError, OSError) as exc:
             inputs.metrics.connection_failed("Socks5HandshakeAborted")
             log.warning("socks5 handshake did not complete", client=str(client_addr), error=describe_error(exc))
             client.abort()
-            return
+            return None
         dst = SockAddr(request.host, request.port)
         front = _Socks5Front(server, client)
         src = self._source_for(client_addr.ip)
         if src is None:
             await refuse_outbound(inputs, UnknownSource(client_addr.ip), client, client_addr, dst, front)
-            return
-        await serve_outbound(inputs, src, client, client_addr, self.address, dst, front)
+            return None
+        # Handed back for the listener to await: this frame ends instead of idling with the connection.
+        return serve_outbound(inputs, src, client, client_addr, self.address, dst, front)
 
 
 async def _handshake(server: Socks5Server, client: TcpStream) -> ConnectRequested:
