@@ -20,7 +20,8 @@ Paths, in this order (named as ``bench/l4.py`` names them, whose tables and targ
 Measured per path with ``bench/l4.py``'s own functions: single-stream throughput (best of 3), 1 KiB
 request/response p50/p99 on one connection, CPU seconds per 1000 requests of the proxy processes (the
 two stunnels; the two ztunnels, which serve every pod of their node). Also reported: the time from the
-namespace label write to the first captured connection of the client pod.
+namespace label write to the first connection of the client pod through the mesh, and from applying a
+new pod to the enrolled namespace to it running and captured (the kubelet's whole pod start).
 
 Needs root, nftables and Debian's stunnel4. The cluster and everything started are removed at the end,
 also on failure. Never part of the test run.
@@ -34,6 +35,7 @@ import argparse
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +51,14 @@ import _util as u  # noqa: E402  (bench/ is not a package)
 import l4  # noqa: E402
 
 from ambientctl.cluster.mesh import ZTUNNEL_STATS_PORT, ztunnel_name  # noqa: E402
-from ambientctl.cluster.testing import AMBIENT, MeshCluster, namespace, sleeper_pod, wait_for  # noqa: E402
+from ambientctl.cluster.testing import (  # noqa: E402
+    AMBIENT,
+    REDIRECTION,
+    MeshCluster,
+    namespace,
+    sleeper_pod,
+    wait_for,
+)
 from meshcore.aio.netns import NetnsHandle, socket_in_netns  # noqa: E402
 from meshcore.logs import configure_logging  # noqa: E402
 
@@ -72,6 +81,26 @@ spec:
     image: local
     command: [python, {BENCH / "l4.py"}, --serve, 0.0.0.0, "{ECHO_PORT}", "{SINK_PORT}"]
 """
+
+
+def source_revision(root: Path) -> str:
+    """The commit the measured code is at (``+dirty`` with uncommitted changes), for the report header."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return rev + ("+dirty" if dirty else "")
 
 
 def netns_connector(handle: NetnsHandle, host: str, port: int) -> u.Connector:
@@ -198,6 +227,24 @@ def enable_and_wait(mc: MeshCluster, client: NetnsHandle, server_ip: str) -> flo
     return took
 
 
+def pod_start(mc: MeshCluster) -> float:
+    """Seconds from applying a new pod to the enrolled namespace until it is Running and annotated
+    captured (kubelet: netns and veth, CNI chain with ambient-cni, node agent, ztunnel's ack)."""
+    start = time.perf_counter()
+    mc.apply(sleeper_pod("late", NS, "node-1", sa="client"))
+
+    def ready() -> bool:
+        pod = mc.pod("late", NS)
+        return (
+            pod is not None
+            and pod.status.get("phase") == "Running"
+            and pod.annotations.get(REDIRECTION) == "enabled"
+        )
+
+    wait_for("the new pod running and captured", ready, START_TIMEOUT, poll=0.01)
+    return time.perf_counter() - start
+
+
 # --- main ---------------------------------------------------------------------------------------------
 
 
@@ -213,7 +260,10 @@ def main() -> int:
     configure_logging("warning")
     nbytes = (args.mib or (32 if args.quick else 256)) << 20
     trips = args.round_trips or (500 if args.quick else 5000)
-    print(f"# L4 across two nodes of the local cluster: {l4.machine()}, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"# L4 across two nodes of the local cluster: {l4.machine()}, load {os.getloadavg()[0]:.1f}, "
+        f"at {source_revision(BENCH.parent)}"
+    )
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# throughput: {nbytes >> 20} MiB one way, best of 3; latency: {trips} x 1 KiB round trips")
 
@@ -265,6 +315,8 @@ def main() -> int:
             raise u.BenchError(f"only {opened:g} connections reached node-2's ztunnel: not through the mesh")
         extra["connections node-2's ztunnel received during the mesh run"] = f"{opened:g}"
         print(l4.results_table(results[-1:]).render().splitlines()[-1], flush=True)
+        took = pod_start(mc)
+        extra["new pod applied -> Running and captured (enrolled namespace)"] = f"{took * 1e3:.0f} ms"
 
     print()
     print(l4.results_table(results).render())
