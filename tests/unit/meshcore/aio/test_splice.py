@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from meshcore.aio.hbone_server import TunnelRequest
-from meshcore.aio.relay import RelayCounters, relay
+from meshcore.aio.relay import RelayCounters, relay, start_relay
 from meshcore.aio.streams import PipeEnd, TcpStream
 from meshcore.hbone import TunnelResetError
 from meshcore.testing.pairs import hbone_socketpair
@@ -243,3 +243,19 @@ async def read_all_with_eof(reader: TcpStream, writer: TcpStream) -> bytes:
     data = await read_all(reader)
     await writer.send_eof()
     return data
+
+
+async def test_start_relay_hands_back_a_future_whose_cancel_ends_the_splice():
+    client, a = await tcp_pair()
+    b, server = await tcp_pair()
+    try:
+        running = start_relay(a, b)
+        assert isinstance(running, asyncio.Future)  # no coroutine frame kept per idle relay
+        running.cancel()
+        await asyncio.sleep(0)
+        await client.send_all(b"not relayed any more")
+        async with asyncio.timeout(DEADLINE):
+            assert await a.receive_some() == b"not relayed any more"
+    finally:
+        for stream in (client, a, b, server):
+            await stream.aclose()

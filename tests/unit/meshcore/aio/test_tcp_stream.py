@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable
 
 import pytest
 
@@ -90,3 +91,38 @@ async def test_tcp_listener_serves_each_connection_and_a_bug_costs_only_that_one
     finally:
         await listener.aclose()
     assert listener.active == 0
+
+
+class HandsBack(TcpListener):
+    """Answers after the handler returned: the listener awaits what ``_serve`` handed back."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__(listener)
+        self.go = asyncio.Event()
+
+    async def _serve(self, stream: TcpStream) -> Awaitable[None] | None:
+        await stream.receive_some()
+        return self._answer(stream)
+
+    async def _answer(self, stream: TcpStream) -> None:
+        await self.go.wait()
+        await stream.send_all(b"late")
+        await stream.aclose()
+
+
+async def test_a_handler_may_hand_back_its_last_step_and_the_listener_tracks_it():
+    listener = HandsBack(socket.create_server(("127.0.0.1", 0)))
+    await listener.start()
+    try:
+        async with asyncio.timeout(DEADLINE):
+            client = await TcpStream.open(*listener.address)
+            await client.send_all(b"hi")
+            while listener.active != 1:  # noqa: ASYNC110 - bounded poll
+                await asyncio.sleep(0.005)
+            listener.go.set()
+            assert await client.receive_some() == b"late"
+            while listener.active:  # noqa: ASYNC110 - bounded poll
+                await asyncio.sleep(0.005)
+        await client.aclose()
+    finally:
+        await listener.aclose()

@@ -269,3 +269,14 @@ def test_the_data_handler_takes_bytes_only_when_no_event_precedes_them():
     raw.send_data(sid, b"later", end_stream=True)
     events = server.receive_data(raw.data_to_send())
     assert handled == [(sid, b"later")] and events == [EofReceived(sid)]  # the EOF still comes after
+
+
+def test_header_strings_repeated_across_tunnels_are_shared_not_copied():
+    client, server = hbone_pair()
+    baggage = [("baggage", "k8s.namespace.name=default,k8s.pod.name=sleep-1")]
+    first = client.open_tunnel("10.0.0.2:80", baggage)
+    second = client.open_tunnel("10.0.0.2:81", baggage)
+    _, events = transfer(client, server)
+    one, two = (e.headers for e in events if e.stream_id in (first, second))
+    assert one == two == (("baggage", "k8s.namespace.name=default,k8s.pod.name=sleep-1"),)
+    assert one[0][0] is two[0][0] and one[0][1] is two[0][1]  # one str per connection, not per tunnel
