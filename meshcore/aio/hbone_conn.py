@@ -384,7 +384,7 @@ class HboneDriver(asyncio.Protocol):
         self._early: list[bytes] | None = None  # bytes received before ``start``
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._blocked: list[HboneStream] = []  # spliced streams waiting for the transport to drain
+        self._blocked: set[HboneStream] = set()  # spliced streams waiting for the transport to drain
         self._writer: asyncio.StreamWriter | None = None  # adopted (adopt_streams): its __del__ closes the transport
         conn.data_handler = self._on_stream_data
 
@@ -435,12 +435,12 @@ class HboneDriver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_drainers()
-        blocked, self._blocked = self._blocked, []
+        blocked, self._blocked = self._blocked, set()
         for stream in blocked:
             if not self.write_paused:
                 stream._on_window()
             else:
-                self._blocked.append(stream)
+                self._blocked.add(stream)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -514,7 +514,7 @@ class HboneDriver(asyncio.Protocol):
 
     def block(self, stream: HboneStream) -> None:
         """``stream`` waits for the transport to drain (its ``_on_window`` runs then)."""
-        self._blocked.append(stream)
+        self._blocked.add(stream)
 
     async def drain_transport(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""

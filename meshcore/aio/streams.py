@@ -6,7 +6,8 @@ our direction ends, the other keeps flowing) and ``aclose``. Errors surface as `
 subclasses.
 
 ``TcpStream`` is the data path's TCP connection: an ``asyncio.Protocol`` with no StreamReader behind it
-(received ``bytes`` are kept as they arrive, never copied into a buffer), TCP_NODELAY, and the pipe
+(received ``bytes`` are kept as they arrive, never copied into a buffer), TCP_NODELAY (the event loop
+sets it), and the pipe
 interface (``PipeEnd``) through which ``relay`` splices two streams with callbacks: each received chunk
 goes straight to the other side's transport, back-pressure pauses the source (``pause_reading`` or a
 withheld HBONE window) instead of a task waiting. ``AsyncioByteStream`` wraps a StreamReader/StreamWriter
@@ -149,11 +150,9 @@ class TcpStream(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = self._transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: asyncio and uvloop set it on every TCP transport. (Asking uvloop for the socket
+        # here would also cost a socket object per connection.)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
         if self._on_connected is not None:
             on_connected, self._on_connected = self._on_connected, None
             on_connected(self)
