@@ -167,6 +167,10 @@ class HboneStream:
 
         Bytes received but never read are dropped and acknowledged, so they do not keep holding the
         connection's flow-control window."""
+        self.close()
+
+    def close(self) -> None:
+        """``aclose``, which never waits, for callbacks."""
         unread = self._withheld
         self._withheld = 0
         if self._chunks:

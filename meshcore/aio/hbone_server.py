@@ -6,7 +6,9 @@ gets counted and logged once, instead of vanishing into asyncio's handler), chec
 Then one ``HboneServerConn`` per connection; every valid ``CONNECT`` becomes a ``TunnelRequest`` passed
 to ``await on_tunnel(request)`` in its own task, which must ``accept()`` (200, after its upstream
 connected) or ``reject(status)``. A handler that returns without answering gets 503, one that raises
-is counted and logged; its tunnel is reset, never the listener. Bad peers (garbage, failed handshakes,
+is counted and logged; its tunnel is reset, never the listener. A handler may return the future of a
+relay that carries the tunnel on with callbacks: its task ends there, the future stays with the
+connection (cancelled if the connection ends first). Bad peers (garbage, failed handshakes,
 wrong identity, HTTP/2 violations) cost only their own connection. ``close`` stops accepting;
 ``drain(deadline)`` sends GOAWAY, lets live tunnels finish, and closes what is left at the deadline.
 """
@@ -19,6 +21,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -100,7 +103,10 @@ class TunnelRequest:
         self._stream._fail(ConnectionRefusedError(f"tunnel rejected with {status}"))
 
 
-OnTunnel = Callable[[TunnelRequest], Awaitable[None]]
+OnTunnel = Callable[[TunnelRequest], Awaitable["asyncio.Future[Any] | None"]]
+"""Serves one tunnel. May end by returning a future that carries the tunnel on (a relay spliced with
+callbacks): the server then leaves the stream to it, keeps the future with the connection's handlers
+and cancels it when the connection ends."""
 
 
 class _ServerDriver(HboneDriver):
@@ -117,7 +123,7 @@ class _ServerDriver(HboneDriver):
         super().__init__(conn, peer_identity=peer_identity)
         self._on_tunnel = on_tunnel
         self._counters = counters
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Future[Any]] = set()  # handler tasks, and relays they handed over
 
     async def run(self) -> None:
         """Serve until the connection ends; then stop the handlers still running. Owns them all."""
@@ -127,10 +133,11 @@ class _ServerDriver(HboneDriver):
             await self.wait_closed()
         finally:
             self._counters.connections_open -= 1
-            for task in self._handlers:
+            for task in list(self._handlers):
                 task.cancel()
             if self._handlers:
-                await asyncio.wait(self._handlers)
+                await asyncio.wait(set(self._handlers))
+                await asyncio.sleep(0)  # a cancelled relay's done callbacks (its tunnel's close) run now
             await self.aclose()
 
     def dispatch(self, events: Iterable[HboneEvent]) -> None:
@@ -160,8 +167,13 @@ class _ServerDriver(HboneDriver):
         )
 
     async def _run_handler(self, request: TunnelRequest) -> None:
+        handed_over = False
         try:
-            await self._on_tunnel(request)
+            outcome = await self._on_tunnel(request)
+            if isinstance(outcome, asyncio.Future) and not outcome.done():
+                self._handlers.add(outcome)  # the tunnel lives on with it: no task, no frame
+                outcome.add_done_callback(self._handlers.discard)
+                handed_over = True
         except ConnectionError as exc:  # the tunnel or its upstream broke: the handler did nothing wrong
             log.debug("hbone.tunnel_ended_with_error", authority=request.authority, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - one tunnel's failure must not reach the listener
@@ -171,10 +183,11 @@ class _ServerDriver(HboneDriver):
                 error=f"{type(exc).__name__}: {exc}",
             )
         finally:
-            if not request.answered and not self.closed:
-                with contextlib.suppress(Exception):
-                    await request.reject(503)
-            await request._stream.aclose()
+            if not handed_over:
+                if not request.answered and not self.closed:
+                    with contextlib.suppress(Exception):
+                        await request.reject(503)
+                await request._stream.aclose()
 
 
 async def serve_hbone_connection(

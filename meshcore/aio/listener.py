@@ -32,12 +32,13 @@ LISTEN_BACKLOG = 1024
 
 
 class ConnectionTasks:
-    """The tasks serving one listener's connections."""
+    """The tasks serving one listener's connections, and the futures of connections that carry on
+    without a task (a relay spliced with callbacks: see ``_Listener._run``)."""
 
     __slots__ = ("_tasks",)
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -52,9 +53,13 @@ class ConnectionTasks:
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` in a task tracked until it is done."""
         task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.track(task)
         return task
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        """Track ``future`` (a task, or a connection's relay) until it is done; ``cancel`` cancels it."""
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
 
     async def wait(self, deadline: float) -> None:
         """Wait for every task until ``deadline`` (loop time); those still running keep running."""
@@ -69,6 +74,7 @@ class ConnectionTasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks))
+            await asyncio.sleep(0)  # a cancelled relay's done callbacks (its connection's close) run now
 
 
 S = TypeVar("S", AsyncioByteStream, TcpStream)
@@ -124,11 +130,14 @@ class _Listener(Generic[S]):
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _serve(self, stream: S) -> Awaitable[None] | None:
+    async def _serve(self, stream: S) -> Awaitable[object] | None:
         """Serve one accepted connection; the base resets it afterwards if it is still open.
 
         May hand back the rest of its work as an awaitable (its last step, not yet awaited): the base
-        awaits it in its own frame, so a long-lived connection keeps one coroutine less."""
+        awaits it in its own frame, so a long-lived connection keeps one coroutine less. If that step
+        ends with a future (a relay that runs on callbacks, owning the connection from then on), the
+        connection is left to it: the listener tracks the future (``drain`` waits for it, ``aclose``
+        cancels it) and the task ends, so an idle connection costs no task and no frame."""
         raise NotImplementedError
 
     def _log_failure(self) -> None:
@@ -136,10 +145,14 @@ class _Listener(Generic[S]):
         log.exception("listener connection failed", listener=self._address)
 
     async def _run(self, stream: S) -> None:
+        handed_over = False
         try:
             rest = await self._serve(stream)
             if rest is not None:
-                await rest
+                outcome = await rest
+                if isinstance(outcome, asyncio.Future) and not outcome.done():
+                    self._tasks.track(outcome)
+                    handed_over = True
         except asyncio.CancelledError:
             # Only ``aclose`` cancels these tasks. End normally: Python 3.11's start_server callback
             # calls task.exception() on a finished handler, which raises for a cancelled one.
@@ -150,7 +163,8 @@ class _Listener(Generic[S]):
             task = asyncio.current_task()
             assert task is not None
             self._tasks.discard(task)
-            stream.abort_if_open()
+            if not handed_over:
+                stream.abort_if_open()
 
 
 class TrackedListener(_Listener[AsyncioByteStream]):
@@ -180,4 +194,4 @@ class TcpListener(_Listener[TcpStream]):
     def _accepted(self, stream: TcpStream) -> None:
         task = self._tasks.spawn(self._run(stream))
         # Cancelled before it started (aclose right after an accept): the connection is still reset.
-        task.add_done_callback(stream.abort_if_open)
+        task.add_done_callback(stream.abort_if_cancelled)

@@ -279,11 +279,30 @@ class TcpStream(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def abort_if_open(self, _done: object = None) -> None:
-        """``abort`` unless the connection is already closing (what a listener does after serving; also
-        usable as a task's done callback)."""
+    def close(self) -> None:
+        """``aclose`` without waiting (for callbacks): flush, FIN, and an abort if the connection is not
+        gone ``CLOSE_TIMEOUT`` seconds later."""
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        if not transport.is_closing():
+            transport.close()
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort_unless_lost)
+
+    def _abort_unless_lost(self) -> None:
+        if not self._lost:
+            self.abort()  # a peer that stopped reading must not pin us
+
+    def abort_if_open(self) -> None:
+        """``abort`` unless the connection is already closing (what a listener does after serving)."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.abort()
+
+    def abort_if_cancelled(self, task: asyncio.Future[Any]) -> None:
+        """Done callback of the task meant to serve this connection: a task cancelled before it ran its
+        first step never reached its own cleanup, so the connection is reset here."""
+        if task.cancelled():
+            self.abort_if_open()
 
     # --- PipeEnd ---------------------------------------------------------------------------------
 

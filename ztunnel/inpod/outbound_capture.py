@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 
@@ -93,7 +93,7 @@ class OutboundCaptureListener(TcpListener):
     def _log_failure(self) -> None:
         log.exception("captured outbound connection failed")
 
-    async def _serve(self, stream: TcpStream) -> None:
+    async def _serve(self, stream: TcpStream) -> Awaitable[object] | None:
         inputs = self._inputs
         peer = stream.get_extra_info("peername")
         name = stream.get_extra_info("sockname")
@@ -107,5 +107,6 @@ class OutboundCaptureListener(TcpListener):
                 raise UnknownSource(client.ip)
         except (SelfCall, UnknownSource) as exc:
             await refuse_outbound(inputs, exc, stream, client, original or local, _CaptureFront(stream))
-            return
-        await serve_outbound(inputs, src, stream, client, local, dst, _CaptureFront(stream))
+            return None
+        # Handed back for the listener to await: once relaying, the connection carries on without a task.
+        return serve_outbound(inputs, src, stream, client, local, dst, _CaptureFront(stream))

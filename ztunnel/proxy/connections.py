@@ -2,9 +2,11 @@
 
 Every proxied connection (inbound and outbound) is registered while it relays, with what an operator
 wants to see (workload, direction, local, remote, target, peer identity, protocol, bytes so far) and a
-close handle. ``close(reason)`` records why and cancels the connection's task; the task catches that
-cancellation (``closed_by_us``), logs its access line with the reason and ends normally, so a closed
-connection is always accounted for exactly once.
+close handle. ``close(reason)`` records why and cancels the connection's task, or once the connection
+is relaying, the relay's future (relays run on callbacks, with no task per connection). Whoever ends it
+(the task catching the cancellation with ``closed_by_us``, or the relay's done callback) logs its
+access line with the reason, so a closed connection is always accounted for exactly once.
+``close_now`` closes a relayed stream from such a callback.
 
 ``PolicyWatcher`` follows the StateCell: on every new snapshot whose policies (or a tracked workload)
 changed, it re-evaluates each inbound connection's ``ConnFacts`` with ``evaluate_l4`` and closes those
@@ -20,11 +22,14 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import structlog
 
+from meshcore.aio.hbone_conn import HboneStream
 from meshcore.aio.relay import RelayCounters
 from meshcore.aio.state_cell import StateCell
+from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.identity import SpiffeId
 from meshcore.model import Workload
 from meshcore.policy import POLICY_CHANGE_MESSAGE, ConnFacts, Decision, evaluate_l4
@@ -66,7 +71,9 @@ class TrackedConnection:
     close_reason: str | None = None
     # The policy (``namespace/name``) that caused the close, when one did.
     close_policy: str | None = None
-    task: asyncio.Task[object] | None = None
+    # What ``close`` cancels: the task serving the connection, or once a relay carries it on its own,
+    # the relay's future.
+    task: asyncio.Future[Any] | None = None
     _flushed_received: int = 0
     _flushed_sent: int = 0
     _manager: ConnectionManager | None = None  # registered with (a ``with`` block), until the block ends
@@ -82,7 +89,7 @@ class TrackedConnection:
             manager._release(self)
 
     def close(self, reason: str, *, policy: str | None = None) -> bool:
-        """Close the connection (cancel its task) for ``reason``; False if already closing."""
+        """Close the connection (cancel its task or relay) for ``reason``; False if already closing."""
         if self.close_reason is not None:
             return False
         self.close_reason = reason
@@ -135,6 +142,20 @@ class TrackedConnection:
         """The entry istioctl reads from ``workloadState[*].connections`` (src, originalDst, actualDst)."""
         return {"src": self.remote, "originalDst": self.original_dst, "actualDst": self.target,
                 "protocol": self.protocol}
+
+
+def close_now(stream: ByteStream, *, reset: bool) -> None:
+    """Close one side of a finished relay without waiting (relays end in callbacks): gracefully, or
+    reset after an error. A TCP connection that does not finish closing in time is aborted later."""
+    if isinstance(stream, TcpStream):
+        if reset:
+            stream.abort()
+        else:
+            stream.close()
+    elif isinstance(stream, HboneStream):
+        stream.close()  # a finished tunnel is left as it is; one still open is reset (CANCEL)
+    else:  # pragma: no cover - the data path only relays TCP connections and HBONE tunnels
+        raise TypeError(f"cannot close a {type(stream).__name__} without awaiting it")
 
 
 class ConnectionManager:

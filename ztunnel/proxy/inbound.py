@@ -23,9 +23,11 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from meshcore.aio.hbone_server import OnTunnel, TunnelRequest
 from meshcore.aio.relay import start_relay
-from meshcore.aio.streams import ByteStream
+from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.hbone import Headers, TunnelResetError, find_header, parse_forwarded
 from meshcore.identity import SpiffeId
 from meshcore.model import Service, Workload
@@ -41,7 +43,7 @@ from meshcore.telemetry import (
     log_early_deny,
 )
 from ztunnel.proxy import tcp
-from ztunnel.proxy.connections import Direction
+from ztunnel.proxy.connections import Direction, TrackedConnection, close_now
 from ztunnel.proxy.errors import (
     InboundAddressMismatch,
     InboundError,
@@ -53,6 +55,8 @@ from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.proxy.routing import ILLEGAL_PORTS, SockAddr
 from ztunnel.proxy.telemetry import describe_error, workload_baggage, workload_from_baggage
 from ztunnel.sockets import SocketFactory, upstream_sockets
+
+log = structlog.get_logger("ztunnel.inbound")
 
 BAGGAGE = "baggage"
 FORWARDED = "forwarded"
@@ -180,9 +184,10 @@ def serve_inbound(
     sockets: SocketFactory,
     request: InboundRequest,
     answer: InboundAnswer,
-) -> Awaitable[None]:
+) -> Awaitable[asyncio.Future[tuple[int, int]] | None]:
     """Run the phases for one inbound connection (see the module docstring): ``await`` what this returns.
-    Never raises for peer input.
+    Never raises for peer input. The awaited result is the relay's future once the connection relays
+    (it then carries on without the caller's task), else None.
 
     Phase 1 runs now; the rest is the returned coroutine, handed back rather than awaited here so an
     idle connection's task holds one frame less."""
@@ -205,7 +210,9 @@ def serve_inbound(
 class _InboundConnection:
     """Phases 2-5 of one connection whose context is known: it has labels and an access-log line."""
 
-    __slots__ = ("ctx", "inputs", "labels", "loop", "metrics", "request", "started")
+    __slots__ = (
+        "conn", "ctx", "downstream", "inputs", "labels", "loop", "metrics", "request", "started", "upstream",
+    )
 
     def __init__(self, inputs: ProxyInputs, ctx: InboundContext, request: InboundRequest) -> None:
         self.inputs = inputs
@@ -224,9 +231,15 @@ class _InboundConnection:
         )
         self.metrics = inputs.metrics.bind(self.labels)
         self.metrics.opened()
+        self.conn: TrackedConnection | None = None
+        self.downstream: ByteStream | None = None
+        self.upstream: TcpStream | None = None
 
-    async def run(self, state: ProxyState, sockets: SocketFactory, answer: InboundAnswer) -> None:
-        """Phases 2-5 in one frame (an idle connection's task keeps every frame it awaits in)."""
+    async def run(
+        self, state: ProxyState, sockets: SocketFactory, answer: InboundAnswer
+    ) -> asyncio.Future[tuple[int, int]] | None:
+        """Phases 2-4, then hand the connection to its relay (phase 5): the returned future completes
+        when the relay does and ``relay_done`` closes the books; the caller's task can end meanwhile."""
         inputs, ctx, request = self.inputs, self.ctx, self.request
         try:
             decision = authorize(state, ctx)
@@ -234,7 +247,7 @@ class _InboundConnection:
                 inputs.metrics.connection_failed(REASON_DENIED)
                 self.finish(decision.message, ResponseFlags.DENY, policy=decision.policy)
                 await answer.reject(401)
-                return
+                return None
             dialer = upstream_sockets(sockets, request.src.ip)  # in-pod: the app sees the client's address
             try:
                 upstream = await tcp.dial(dialer, ctx.upstream.ip, ctx.upstream.port)
@@ -242,60 +255,72 @@ class _InboundConnection:
                 inputs.metrics.connection_failed(exc.reason)
                 self.finish(str(exc), ResponseFlags.CONNECT)
                 await answer.reject(503)
-                return
+                return None
             try:
                 downstream = await answer.accept([(BAGGAGE, workload_baggage(ctx.workload))])
             except (ConnectionError, OSError) as exc:  # the client reset or left while we dialled
                 upstream.abort()
                 inputs.metrics.connection_failed(REASON_RESET)
                 self.finish(f"the client went away before the tunnel was established: {describe_error(exc)}")
-                return
+                return None
         except asyncio.CancelledError:
             if not self.metrics.is_closed:  # cancelled before the relay took over the accounting
                 self.finish("connection cancelled before it was established (ztunnel is stopping)")
             raise
         del state, sockets, answer, decision, dialer
+        conn = self.conn = inputs.connections.track(
+            workload=ctx.workload,
+            direction=Direction.INBOUND,
+            local=str(request.local) if request.local is not None else str(request.dst),
+            remote=str(request.src),
+            target=str(ctx.upstream),
+            original_dst=ctx.service.hostname if ctx.service is not None else "",
+            protocol="HBONE" if request.hbone else "TCP",
+            identity=request.identity,
+            facts=ctx.facts,
+            metrics=self.metrics,
+        )
+        self.downstream, self.upstream = downstream, upstream
+        relaying = asyncio.ensure_future(start_relay(downstream, upstream, conn.counters))
+        conn.task = relaying  # ``conn.close`` (a policy change, a drain) cancels the relay from now on
+        relaying.add_done_callback(self.relay_done)
+        return relaying
+
+    def relay_done(self, relaying: asyncio.Future[tuple[int, int]]) -> None:
+        """Phase 5's end: classify how the relay ended, stop tracking, close both sides, count, log."""
+        inputs, conn = self.inputs, self.conn
+        assert conn is not None
         error: str | None = None
         flags = ResponseFlags.NONE
         policy: str | None = None
-        try:
-            with inputs.connections.track(
-                workload=ctx.workload,
-                direction=Direction.INBOUND,
-                local=str(request.local) if request.local is not None else str(request.dst),
-                remote=str(request.src),
-                target=str(ctx.upstream),
-                original_dst=ctx.service.hostname if ctx.service is not None else "",
-                protocol="HBONE" if request.hbone else "TCP",
-                identity=request.identity,
-                facts=ctx.facts,
-                metrics=self.metrics,
-            ) as conn:
-                try:
-                    await start_relay(downstream, upstream, conn.counters)
-                except asyncio.CancelledError:
-                    if not conn.closed_by_us():
-                        error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
-                        inputs.metrics.connection_failed(REASON_SHUTDOWN)
-                        raise
-                    error, policy = conn.close_reason, conn.close_policy
-                    if error == POLICY_CHANGE_MESSAGE:
-                        flags = ResponseFlags.DENY
-                        inputs.metrics.connection_failed(REASON_POLICY_CHANGE)
-                    else:
-                        inputs.metrics.connection_failed(REASON_SHUTDOWN)
-                except (ConnectionError, OSError) as exc:
-                    error = describe_error(exc)
-                    reason = REASON_RESET if isinstance(exc, TunnelResetError) else REASON_IO
-                    inputs.metrics.connection_failed(reason)
-        finally:
+        if relaying.cancelled():
+            if conn.close_reason is not None:
+                error, policy = conn.close_reason, conn.close_policy
+                if error == POLICY_CHANGE_MESSAGE:
+                    flags = ResponseFlags.DENY
+                    inputs.metrics.connection_failed(REASON_POLICY_CHANGE)
+                else:
+                    inputs.metrics.connection_failed(REASON_SHUTDOWN)
+            else:
+                error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
+                inputs.metrics.connection_failed(REASON_SHUTDOWN)
+        elif (exc := relaying.exception()) is not None:
+            error = describe_error(exc)
+            inputs.metrics.connection_failed(REASON_RESET if isinstance(exc, TunnelResetError) else REASON_IO)
+            if not isinstance(exc, (ConnectionError, OSError)):  # a bug: this connection only
+                log.error("inbound relay failed", error=error, exc_info=exc)
+        self.conn = None
+        conn.__exit__(None, None, None)
+        downstream, upstream = self.downstream, self.upstream
+        self.downstream = self.upstream = None
+        if upstream is not None:
             if error is None:
-                await downstream.aclose()
-                await upstream.aclose()
+                upstream.close()
             else:
                 upstream.abort()
-                await downstream.aclose()
-            self.finish(error, flags, policy=policy)
+        if downstream is not None:
+            close_now(downstream, reset=False)  # a tunnel still open is reset; a TCP client gets a FIN
+        self.finish(error, flags, policy=policy)
 
     def finish(self, error: str | None, flags: ResponseFlags = ResponseFlags.NONE, **extra: object) -> None:
         """Count the close and write the access-log line (once per connection)."""
@@ -349,7 +374,7 @@ def hbone_request(request: TunnelRequest) -> InboundRequest:
 def hbone_handler(inputs: ProxyInputs, served: Workload, sockets: SocketFactory) -> OnTunnel:
     """The ``on_tunnel`` callback of ``served``'s 15008 listener."""
 
-    def on_tunnel(request: TunnelRequest) -> Awaitable[None]:
+    def on_tunnel(request: TunnelRequest) -> Awaitable[asyncio.Future[tuple[int, int]] | None]:
         return serve_inbound(inputs, served, sockets, hbone_request(request), _TunnelAnswer(request))
 
     return on_tunnel

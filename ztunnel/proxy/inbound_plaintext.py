@@ -12,7 +12,7 @@ reset (plaintext has no status to answer with). The listener owns its connection
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -69,7 +69,7 @@ class PlaintextListener(TcpListener):
         self._sockets = sockets
         self._destination = destination
 
-    async def _serve(self, stream: TcpStream) -> None:
+    async def _serve(self, stream: TcpStream) -> Awaitable[object] | None:
         peer = stream.get_extra_info("peername")
         local = stream.get_extra_info("sockname")
         request = InboundRequest(
@@ -79,7 +79,8 @@ class PlaintextListener(TcpListener):
             hbone=False,
             local=SockAddr(str(local[0]), int(local[1])),
         )
-        await serve_inbound(self._inputs, self._served, self._sockets, request, _PlainAnswer(stream))
+        # Handed back for the listener to await: once relaying, the connection carries on without a task.
+        return serve_inbound(self._inputs, self._served, self._sockets, request, _PlainAnswer(stream))
 
     def _log_failure(self) -> None:
         log.exception("plaintext inbound connection failed", workload=self._served.uid)

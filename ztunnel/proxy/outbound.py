@@ -54,7 +54,7 @@ from meshcore.telemetry import (
     log_early_deny,
 )
 from ztunnel.proxy import tcp
-from ztunnel.proxy.connections import Direction
+from ztunnel.proxy.connections import Direction, TrackedConnection, close_now
 from ztunnel.proxy.errors import (
     InvalidDestination,
     NoHealthyUpstream,
@@ -214,15 +214,19 @@ async def serve_outbound(
     local_addr: SockAddr,
     dst: SockAddr,
     front: OutboundFront,
-) -> None:
-    """Route, connect, relay and account for one outbound connection (see the module docstring)."""
+) -> asyncio.Future[tuple[int, int]] | None:
+    """Route, connect, relay and account for one outbound connection (see the module docstring).
+
+    Once the relay runs, the connection is handed over to it: the returned future (cancel it to end the
+    connection) completes when the relay does, and its callback closes the streams, counts and logs.
+    The caller's task can end there (an idle connection then costs no task or frame)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
         route = build_route(inputs.cell.current(), src, dst.ip, dst.port, hbone_port=inputs.config.hbone_port)
     except RouteError as exc:
         await refuse_outbound(inputs, exc, client, client_addr, dst, front)
-        return
+        return None
 
     hbone = route.protocol is RouteProtocol.HBONE
     dst_identity = None
@@ -239,7 +243,8 @@ async def serve_outbound(
     )
     metrics = inputs.metrics.bind(labels)
     metrics.opened()
-    finish = _Accounting(inputs, labels, metrics, route, client_addr, src.name, started).finish
+    books = _Outbound(inputs, labels, metrics, route, client_addr, src.name, started)
+    finish = books.finish
 
     try:
         upstream = await open_upstream(inputs, src, client_addr, route)
@@ -252,54 +257,51 @@ async def serve_outbound(
         finish(failure.message, failure.flags)
         await front.failed(failure)
         await client.aclose()
-        return
+        return None
 
-    error: str | None = None
+    conn = books.conn = inputs.connections.track(
+        workload=src,
+        direction=Direction.OUTBOUND,
+        local=str(local_addr),
+        remote=str(client_addr),
+        target=str(route.next_hop),
+        original_dst=str(dst),
+        protocol=route.protocol.value,
+        identity=upstream.peer_identity,
+        metrics=metrics,
+    )
+    books.client, books.upstream = client, upstream.stream
     try:
-        with inputs.connections.track(
-            workload=src,
-            direction=Direction.OUTBOUND,
-            local=str(local_addr),
-            remote=str(client_addr),
-            target=str(route.next_hop),
-            original_dst=str(dst),
-            protocol=route.protocol.value,
-            identity=upstream.peer_identity,
-            metrics=metrics,
-        ) as conn:
-            try:
-                early = await front.connected(upstream)
-                if early:
-                    await upstream.stream.send_all(early)
-                    conn.counters.a_to_b += len(early)
-                await start_relay(client, upstream.stream, conn.counters)
-            except asyncio.CancelledError:
-                if not conn.closed_by_us():
-                    error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
-                    raise
-                error = conn.close_reason
-                inputs.metrics.connection_failed("Shutdown")
-            except (ConnectionError, OSError) as exc:
-                error = describe_error(exc)
-                inputs.metrics.connection_failed("StreamReset" if isinstance(exc, TunnelResetError) else "IoError")
-    finally:
-        if error is None:
-            await client.aclose()
-            await upstream.stream.aclose()
-        else:
-            client.abort()
-            if isinstance(upstream.stream, TcpStream):
-                upstream.stream.abort()
-            else:
-                await upstream.stream.aclose()
-        finish(error)
+        early = await front.connected(upstream)
+        if early:
+            await upstream.stream.send_all(early)
+            conn.counters.a_to_b += len(early)
+    except asyncio.CancelledError:
+        if not conn.closed_by_us():
+            books.end("connection cancelled: its HBONE connection closed or ztunnel is stopping")
+            raise
+        inputs.metrics.connection_failed("Shutdown")
+        books.end(conn.close_reason)
+        return None
+    except (ConnectionError, OSError) as exc:
+        inputs.metrics.connection_failed("StreamReset" if isinstance(exc, TunnelResetError) else "IoError")
+        books.end(describe_error(exc))
+        return None
+    relaying = asyncio.ensure_future(start_relay(client, upstream.stream, conn.counters))
+    conn.task = relaying  # ``conn.close`` cancels the relay from now on
+    relaying.add_done_callback(books.relay_done)
+    return relaying
 
 
-class _Accounting:
-    """Closes one outbound connection's books: metrics and its access-log line (a small object, not a
-    closure over ``serve_outbound``'s frame: it lives as long as the connection)."""
+class _Outbound:
+    """What one outbound connection needs once it is relaying: how it ends (``relay_done``: classify,
+    close both streams, count) and its books (metrics and the access-log line). A small object that
+    lives as long as the connection, instead of a task and its frames."""
 
-    __slots__ = ("client_addr", "inputs", "labels", "metrics", "route", "src_name", "started")
+    __slots__ = (
+        "client", "client_addr", "conn", "inputs", "labels", "metrics", "route", "src_name", "started",
+        "upstream",
+    )
 
     def __init__(
         self, inputs: ProxyInputs, labels: ConnectionLabels, metrics: BoundTcpMetrics, route: Route,
@@ -312,6 +314,45 @@ class _Accounting:
         self.client_addr = client_addr
         self.src_name = src_name
         self.started = started
+        self.conn: TrackedConnection | None = None
+        self.client: TcpStream | None = None
+        self.upstream: ByteStream | None = None
+
+    def relay_done(self, relaying: asyncio.Future[tuple[int, int]]) -> None:
+        """The relay ended: on its own, failed, or cancelled (``conn.close``, or the listener closing)."""
+        conn = self.conn
+        assert conn is not None
+        error: str | None = None
+        if relaying.cancelled():
+            if conn.close_reason is not None:
+                error = conn.close_reason
+                self.inputs.metrics.connection_failed("Shutdown")
+            else:
+                error = "connection cancelled: its HBONE connection closed or ztunnel is stopping"
+        elif (exc := relaying.exception()) is not None:
+            error = describe_error(exc)
+            self.inputs.metrics.connection_failed(
+                "StreamReset" if isinstance(exc, TunnelResetError) else "IoError"
+            )
+            if not isinstance(exc, (ConnectionError, OSError)):  # a bug: this connection only
+                log.error("outbound relay failed", error=error, exc_info=exc)
+        self.end(error)
+
+    def end(self, error: str | None) -> None:
+        """Stop tracking the connection, close both streams (reset them on an error), count and log."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.__exit__(None, None, None)
+        client, upstream = self.client, self.upstream
+        self.client = self.upstream = None
+        if client is not None:
+            if error is None:
+                client.close()
+            else:
+                client.abort()
+        if upstream is not None:
+            close_now(upstream, reset=error is not None)
+        self.finish(error)
 
     def finish(self, error: str | None, flags: ResponseFlags = ResponseFlags.NONE) -> None:
         metrics, route = self.metrics, self.route
@@ -369,7 +410,7 @@ class Socks5Listener(TcpListener):
     def _log_failure(self) -> None:
         log.exception("socks5 connection failed")
 
-    async def _serve(self, client: TcpStream) -> Awaitable[None] | None:
+    async def _serve(self, client: TcpStream) -> Awaitable[object] | None:
         inputs = self._inputs
         peer = client.get_extra_info("peername")
         client_addr = SockAddr(str(peer[0]), int(peer[1]))

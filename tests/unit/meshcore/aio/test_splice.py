@@ -259,3 +259,35 @@ async def test_start_relay_hands_back_a_future_whose_cancel_ends_the_splice():
     finally:
         for stream in (client, a, b, server):
             await stream.aclose()
+
+
+async def test_a_tunnel_handler_may_hand_its_relay_over_and_the_connection_ending_stops_it():
+    ends: list[TcpStream] = []
+    stopped = asyncio.Event()
+
+    async def relay_to_a_socketpair(request: TunnelRequest) -> asyncio.Future[tuple[int, int]]:
+        near, far = await tcp_pair()
+        ends.append(far)
+        tunnel = await request.accept()
+        running = start_relay(tunnel, near)
+        assert isinstance(running, asyncio.Future)
+        running.add_done_callback(lambda _: (near.close(), stopped.set()))
+        return running
+
+    client, server_task = await hbone_socketpair(relay_to_a_socketpair)
+    try:
+        tunnel = await client.open_tunnel("10.0.0.2:80")
+        await tunnel.send_all(b"through a handed-over relay")
+        async with asyncio.timeout(DEADLINE):
+            while not ends:  # noqa: ASYNC110 - bounded poll
+                await asyncio.sleep(0.005)
+            assert await ends[0].receive_some() == b"through a handed-over relay"
+            await ends[0].send_all(b"back")
+            assert await tunnel.receive_some() == b"back"  # the handler's task is gone, the tunnel is not
+            await client.aclose()  # the HBONE connection ends: the relay is stopped with it
+            await stopped.wait()
+    finally:
+        await client.aclose()
+        await asyncio.wait_for(server_task, DEADLINE)
+        for far in ends:
+            await far.aclose()

@@ -9,6 +9,7 @@ from collections.abc import Awaitable
 import pytest
 
 from meshcore.aio.listener import TcpListener
+from meshcore.aio.relay import start_relay
 from meshcore.aio.streams import PULL_BUFFER_HIGH, TcpStream
 
 DEADLINE = 5.0
@@ -124,5 +125,50 @@ async def test_a_handler_may_hand_back_its_last_step_and_the_listener_tracks_it(
             while listener.active:  # noqa: ASYNC110 - bounded poll
                 await asyncio.sleep(0.005)
         await client.aclose()
+    finally:
+        await listener.aclose()
+
+
+class Relayer(TcpListener):
+    """Relays each connection to the other end of a socketpair, handing the relay over to the listener."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        super().__init__(listener)
+        self.far_ends: list[TcpStream] = []
+
+    async def _serve(self, stream: TcpStream) -> Awaitable[object] | None:
+        return self._start(stream)
+
+    async def _start(self, stream: TcpStream) -> asyncio.Future[tuple[int, int]]:
+        near, far = await pair()
+        self.far_ends.append(far)
+        running = start_relay(stream, near)
+        assert isinstance(running, asyncio.Future)
+        running.add_done_callback(lambda _: (stream.close(), near.close()))  # the relay's owner closes
+        return running
+
+
+async def test_a_relay_handed_over_runs_without_a_task_and_the_listener_still_owns_it():
+    listener = Relayer(socket.create_server(("127.0.0.1", 0)))
+    await listener.start()
+    before = len(asyncio.all_tasks())
+    try:
+        async with asyncio.timeout(DEADLINE):
+            client = await TcpStream.open(*listener.address)
+            await client.send_all(b"ping")
+            while not listener.far_ends:  # noqa: ASYNC110 - bounded poll
+                await asyncio.sleep(0.005)
+            far = listener.far_ends[0]
+            assert await far.receive_some() == b"ping"
+            while len(asyncio.all_tasks()) != before:  # noqa: ASYNC110 - the handler's task ends
+                await asyncio.sleep(0.005)
+            assert listener.active == 1  # the relay's future is what the listener tracks now
+            await far.send_all(b"pong")
+            assert await client.receive_some() == b"pong"
+            await listener.aclose()  # cancels the relay, whose callback closes the connection
+            assert await client.receive_some() == b""
+            assert listener.active == 0
+        await client.aclose()
+        await far.aclose()
     finally:
         await listener.aclose()
