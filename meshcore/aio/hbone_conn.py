@@ -279,9 +279,12 @@ class HboneStream:
 
     def _on_data(self, data: bytes | memoryview) -> None:
         source = self._source
-        if source is not None:
+        if source is not None:  # spliced: straight to the other side, acknowledged unless it is congested
             source.data(data)
-            self._ack(len(data))
+            if self._paused:
+                self._withheld += len(data)
+            else:
+                self._driver.conn.acknowledge(self.stream_id, len(data))
             return
         if self._chunks is None:
             self._chunks = [data]
@@ -410,7 +413,9 @@ class HboneDriver(asyncio.Protocol):
         if self._is_closed:
             return
         try:
-            self.dispatch(self.conn.receive_data(data))
+            events = self.conn.receive_data(data)
+            if events:
+                self.dispatch(events)
         except Exception as exc:  # a bug in event handling: lose this connection, not the process
             log.exception("hbone.driver_failed", peer=str(self.peer_identity), addr=self.peer_address)
             self.conn.close(reason="internal error")

@@ -103,17 +103,15 @@ class FrameScanner:
         self._drop_left = 0
         self._pad_pending = False
         self._data_end = False
+        # At a frame boundary with nothing held or pending (where the hot path may start). Preface
+        # skipping is not clean; every full scan recomputes it when it ends.
+        self._clean = not skip_preface
 
     def feed(self, data: bytes | bytearray | memoryview) -> Iterable[Segment]:
         """Scan ``data``; return what h2 must receive and what was lifted out, in order.
 
         Consume each segment before asking for the next: ``take_data`` is called between them."""
-        if (
-            self._take_data is not None
-            and not (self._body_left or self._data_left or self._drop_left or self._pad_pending)
-            and not (self._held or self._preface_left or self._in_header_block or self._broken)
-            and self._goaway is None
-        ):
+        if self._clean and self._take_data is not None:
             whole, rest = self._whole_data_frames(data)
             if whole:
                 return itertools.chain(whole, self._scan(rest)) if rest else whole
@@ -150,6 +148,16 @@ class FrameScanner:
         return out, (view[pos:] if pos < n else None)
 
     def _scan(self, data: bytes | bytearray | memoryview) -> Iterator[Segment]:
+        self._clean = False
+        try:
+            yield from self._scan_all(data)
+        finally:
+            self._clean = not (
+                self._body_left or self._data_left or self._drop_left or self._pad_pending or self._held
+                or self._preface_left or self._in_header_block or self._broken or self._goaway is not None
+            )
+
+    def _scan_all(self, data: bytes | bytearray | memoryview) -> Iterator[Segment]:
         if self._broken:
             return
         view = memoryview(data)

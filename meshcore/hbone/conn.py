@@ -176,6 +176,9 @@ class _HboneConn:
         # and graceful GOAWAY frames.
         self._out: list[bytes | memoryview] = []
         self._recv_window = settings.connection_window  # connection-level bytes the peer may still send
+        self._stream_window = settings.stream_window
+        self._stream_window_half = settings.stream_window // 2  # WINDOW_UPDATE once this much is consumed
+        self._connection_window_half = settings.connection_window // 2
         self._recv_consumed = 0  # consumed connection-level bytes not yet given back
         self._events: list[HboneEvent] = []  # the list ``receive_data`` is filling (for ``_take_data``)
         # Set by a driver to take tunnel bytes by call instead of ``DataReceived`` (the hot path): used
@@ -357,11 +360,11 @@ class _HboneConn:
         tunnel.unacked -= size
         if not tunnel.eof_received:
             tunnel.consumed += size
-            if tunnel.consumed >= self.settings.stream_window // 2:
+            if tunnel.consumed >= self._stream_window_half:
                 self._append(_WINDOW_UPDATE.pack(_WINDOW_UPDATE_TYPE, 0, stream_id, tunnel.consumed))
                 tunnel.consumed = 0
         self._recv_consumed += size
-        if self._recv_consumed >= self.settings.connection_window // 2:
+        if self._recv_consumed >= self._connection_window_half:
             self._consume_connection(0)
         if tunnel.eof_sent:
             self._maybe_forget(stream_id, tunnel)
@@ -480,7 +483,7 @@ class _HboneConn:
             self._fail_stream(stream_id, ErrorCodes.PROTOCOL_ERROR, self._events, by_peer=False)
             self._consume_connection(length)
             return False
-        if length > self.settings.stream_window - tunnel.unacked - tunnel.consumed:
+        if length > self._stream_window - tunnel.unacked - tunnel.consumed:
             self._fail_stream(stream_id, ErrorCodes.FLOW_CONTROL_ERROR, self._events, by_peer=False)
             self._consume_connection(length)
             return False
