@@ -280,3 +280,35 @@ def test_header_strings_repeated_across_tunnels_are_shared_not_copied():
     one, two = (e.headers for e in events if e.stream_id in (first, second))
     assert one == two == (("baggage", "k8s.namespace.name=default,k8s.pod.name=sleep-1"),)
     assert one[0][0] is two[0][0] and one[0][1] is two[0][1]  # one str per connection, not per tunnel
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["data", "ping", "padded"]), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=8),
+)
+def test_the_hot_path_and_the_full_scan_agree_on_any_mix_and_split(kinds, cuts):
+    from hyperframe.frame import PingFrame
+
+    wire, payload, to_h2 = b"", b"", b""
+    for i, kind in enumerate(kinds):
+        body = bytes([i]) * (100 + i)
+        if kind == "ping":
+            frame = PingFrame(0, opaque_data=b"12345678").serialize()
+            wire += frame
+            to_h2 += frame
+        else:
+            data = DataFrame(1, data=body, pad_length=3) if kind == "padded" else DataFrame(1, data=body)
+            if kind == "padded":
+                data.flags.add("PADDED")
+            wire += data.serialize()
+            payload += body
+    scanner = FrameScanner(skip_preface=False, max_frame_size=1 << 20, take_data=lambda *_: True)
+    got, h2_bytes = bytearray(), bytearray()
+    for chunk in _split(wire, cuts):
+        for segment in scanner.feed(chunk):
+            if isinstance(segment, tuple):
+                got += segment[1]
+            elif isinstance(segment, (bytes, memoryview)):
+                h2_bytes += segment
+    assert bytes(got) == payload and bytes(h2_bytes) == to_h2
