@@ -221,7 +221,7 @@ async def open_idle_tunnels(
     """Open ``count`` connections through SOCKS5, each proven end to end by a 1-byte echo; keep them open.
 
     At most ``concurrency`` are being opened at once: more than the proxy's accept backlog would only
-    measure the backlog (asyncio's ``start_server`` listens with 100 unless told otherwise).
+    measure the backlog (ztunnel's listeners use 1024; asyncio's ``start_server`` default is 100).
     """
     sem = asyncio.Semaphore(concurrency)
     request = socks5_request(host, port)
