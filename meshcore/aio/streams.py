@@ -287,7 +287,8 @@ class TcpStream(asyncio.Protocol):
             return
         if not transport.is_closing():
             transport.close()
-        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort_unless_lost)
+        if transport.get_write_buffer_size():  # nothing buffered: the close completes by itself
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort_unless_lost)
 
     def _abort_unless_lost(self) -> None:
         if not self._lost:

@@ -172,3 +172,20 @@ async def test_a_relay_handed_over_runs_without_a_task_and_the_listener_still_ow
         await far.aclose()
     finally:
         await listener.aclose()
+
+
+async def test_close_without_waiting_aborts_a_connection_whose_peer_stopped_reading(monkeypatch):
+    from meshcore.aio import streams
+
+    monkeypatch.setattr(streams, "CLOSE_TIMEOUT", 0.05)
+    a, b = await pair()
+    try:
+        a.transport.write(bytes(32 << 20))  # more than the socket buffers: some stays in the transport
+        assert a.transport.get_write_buffer_size() > 0
+        a.close()  # graceful first: flush, then FIN
+        async with asyncio.timeout(DEADLINE):
+            while not a._lost:  # noqa: SLF001, ASYNC110 - bounded poll: aborted after the close timeout
+                await asyncio.sleep(0.01)
+    finally:
+        a.abort()
+        b.abort()
