@@ -7,8 +7,10 @@
    a denial answers 401 and logs "connection complete" with the deciding policy's message.
 3. dial the application through the proxy's ``SocketFactory``: failure answers 503.
 4. only now answer 200 (``baggage`` describing the destination), then relay with byte counters while the
-   connection is registered with the ``ConnectionManager`` (so the PolicyWatcher can close it).
-5. metrics (reporter=destination) and one access-log line, whatever happened.
+   connection is registered with the ``ConnectionManager`` (so the PolicyWatcher can close it). The
+   relay runs on callbacks: its future is handed back and the handler's task ends.
+5. metrics (reporter=destination) and one access-log line, whatever happened (for a relaying
+   connection, from the relay's done callback).
 
 ``serve_inbound`` is shared by the HBONE listener (15008: identity from the verified client certificate)
 and the plaintext one (15006: no identity); a front only says how to answer (``InboundAnswer``). Every

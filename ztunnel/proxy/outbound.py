@@ -8,8 +8,10 @@ chosen pod's ``ip:port``, Istio's ``baggage`` / ``forwarded`` / ``traceparent`` 
 passthrough. The client is told it is connected only once the upstream is (the tunnel answered 200,
 or TCP connected); every failure is classified once (``classify_outbound_failure``: metric reason,
 SOCKS5 reply code, response flag) and logged once. Then relay with byte counters, metrics with
-reporter=source, and one access-log line. Outbound connections are tracked for ``/connections`` but
-never re-authorized here: policy is enforced at the destination.
+reporter=source, and one access-log line. The relay runs on callbacks: ``serve_outbound`` returns its
+future and the connection's task ends (``_Outbound.relay_done`` closes the books when it completes).
+Outbound connections are tracked for ``/connections`` but never re-authorized here: policy is enforced
+at the destination.
 
 SOCKS5 in dedicated mode identifies the source by address: the app connects from its own IP, and a
 client whose address is not a mesh workload served by this ztunnel is refused with reply 0x02 and an
