@@ -303,9 +303,12 @@ class HboneServer:
                     lambda: driver, sock, ssl=self._ssl_context, ssl_handshake_timeout=self._handshake_timeout
                 )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
+            # The socket belongs to the loop's transport from the moment it was handed over, and the loop
+            # closes that transport on any failure (also on our timeout's cancellation). Closing ``sock``
+            # here as well would free its fd number while the transport's deferred cleanup still refers to
+            # it: a connection accepted meanwhile can reuse the number and be closed or unregistered.
             self.counters.handshake_failures += 1
             log.warning("hbone.handshake_failed", addr=addr, reason=_describe(exc))
-            sock.close()
             return
         try:
             await self._serve(driver, transport, addr)

@@ -305,6 +305,32 @@ async def test_non_tls_clients_are_counted_and_the_listener_keeps_serving(ca, ga
         await client.aclose()
 
 
+async def test_failed_handshakes_leave_no_fd_and_never_touch_a_live_connection(ca):
+    """Regression: the handshake-failure path closed the socket the transport still owned, so a
+    connection accepted meanwhile could get the freed fd number and be closed by the stale cleanup."""
+    import os
+
+    counters = HboneServerCounters()
+    async with mtls_server(ca, echo, counters) as server:
+        client = await mtls_client(ca, server.port)
+        stream = await client.open_tunnel("127.0.0.1:9")
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write_eof()
+            with contextlib.suppress(ConnectionError):
+                async with asyncio.timeout(5):
+                    await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        await poll(lambda: counters.handshake_failures == 30)
+        await poll(lambda: len(os.listdir("/proc/self/fd")) <= before)
+        await stream.send_all(b"still here")
+        await stream.send_eof()
+        assert await read_all(stream) == b"still here"
+        await client.aclose()
+
+
 async def test_drain_lets_a_live_tunnel_finish_and_refuses_new_ones(ca):
     go = asyncio.Event()
 
