@@ -30,56 +30,8 @@ from istiod_lite.registry.incremental import RegistrySettings, RegistryState, bu
 from meshcore.identity import SpiffeId
 from meshcore.model import TunnelProtocol
 from meshcore.store.resource import Resource, ResourceRef
-
-AMBIENT = {"istio.io/dataplane-mode": "ambient"}
-
-
-def ns(name: str, **labels: str) -> Resource:
-    return Resource(kind="Namespace", name=name, labels=labels)
-
-
-def pod(
-    name: str,
-    namespace: str = "demo",
-    *,
-    labels: dict[str, str] | None = None,
-    node: str = "node-1",
-    sa: str | None = None,
-    ip: str | None = "10.244.0.1",
-    phase: str = "Running",
-    named_ports: dict[str, int] | None = None,
-) -> Resource:
-    status: dict[str, Any] = {"phase": phase}
-    if ip is not None:
-        status["podIP"] = ip
-    containers = [
-        {"name": "app", "ports": [{"name": k, "containerPort": v} for k, v in (named_ports or {}).items()]}
-    ]
-    return Resource(
-        kind="Pod",
-        name=name,
-        namespace=namespace,
-        labels=labels or {},
-        spec={"nodeName": node, "serviceAccountName": sa or name, "containers": containers},
-        status=status,
-    )
-
-
-def svc(name: str, namespace: str = "demo", *, selector: dict[str, str] | None, **spec: Any) -> Resource:
-    return Resource(
-        kind="Service",
-        name=name,
-        namespace=namespace,
-        spec={"selector": selector, "ports": [{"port": 80, "targetPort": 8080}], **spec},
-    )
-
-
-def authz(name: str, namespace: str = "demo", **spec: Any) -> Resource:
-    return Resource(kind="AuthorizationPolicy", name=name, namespace=namespace, spec=spec)
-
-
-def uid(namespace: str, name: str) -> str:
-    return f"Kubernetes//Pod/{namespace}/{name}"
+from meshcore.testing.resources import AMBIENT, authz, ns, pod, svc
+from meshcore.testing.resources import pod_uid as uid
 
 
 def assert_same(incremental: RegistrySnapshot, full: RegistrySnapshot) -> None:

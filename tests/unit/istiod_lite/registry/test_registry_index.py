@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from istiod_lite.registry import (
@@ -20,56 +18,8 @@ from istiod_lite.registry.index import SelectorIndex
 from meshcore.identity import SpiffeId
 from meshcore.model import Port, Scope, TunnelProtocol
 from meshcore.store.resource import Resource
-
-
-def ns(name: str, **labels: str) -> Resource:
-    return Resource(kind="Namespace", name=name, labels=labels)
-
-
-def pod(
-    name: str,
-    namespace: str = "demo",
-    *,
-    labels: dict[str, str] | None = None,
-    node: str = "node-1",
-    sa: str | None = None,
-    ip: str | None = "10.244.0.1",
-    phase: str = "Running",
-    named_ports: dict[str, int] | None = None,
-    uid: str = "",
-) -> Resource:
-    status: dict[str, Any] = {"phase": phase}
-    if ip is not None:
-        status["podIP"] = ip  # duplicates across pods do not matter to the registry
-    containers = [
-        {"name": "app", "ports": [{"name": k, "containerPort": v} for k, v in (named_ports or {}).items()]}
-    ]
-    return Resource(
-        kind="Pod",
-        name=name,
-        namespace=namespace,
-        uid=uid,
-        labels=labels or {},
-        spec={"nodeName": node, "serviceAccountName": sa or name, "containers": containers},
-        status=status,
-    )
-
-
-def svc(name: str, namespace: str = "demo", *, selector: dict[str, str] | None, **spec: Any) -> Resource:
-    return Resource(
-        kind="Service",
-        name=name,
-        namespace=namespace,
-        spec={"selector": selector, "ports": [{"port": 80, "targetPort": 8080}], **spec},
-    )
-
-
-def authz(name: str, namespace: str = "demo", **spec: Any) -> Resource:
-    return Resource(kind="AuthorizationPolicy", name=name, namespace=namespace, spec=spec)
-
-
-def uid(namespace: str, name: str) -> str:
-    return f"Kubernetes//Pod/{namespace}/{name}"
+from meshcore.testing.resources import authz, ns, pod, svc
+from meshcore.testing.resources import pod_uid as uid
 
 
 @pytest.mark.parametrize(
