@@ -5,12 +5,11 @@ and checks that each netns fd it receives names the pod's namespace."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,11 @@ from pyroute2 import netns as pyroute2_netns
 
 from meshcore.aio.netns import NetnsId
 from meshcore.store import ResourceRef, SqliteStore, build_resource
-from ztunnel.cni.agent import NodeAgent
 from ztunnel.cni.config import NodeAgentConfig
 from ztunnel.cni.events import PluginEvent, send_event
-from ztunnel.cni.testing import FakeZtunnel
+from ztunnel.cni.testing import FakeZtunnel, agent_config
+from ztunnel.cni.testing import agent_running as _agent_running
+from ztunnel.cni.testing import eventually as _eventually
 from ztunnel.redirect import DriftKind, RedirectOptions, check, render
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,12 +40,7 @@ PREV = {
 
 
 async def eventually(predicate: Callable[[], Any], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"{what} not reached within {TIMEOUT}s")
-        await asyncio.sleep(0.02)
+    await _eventually(predicate, what, within=TIMEOUT)
 
 
 async def drift(path: str) -> set[DriftKind]:
@@ -61,31 +56,11 @@ def store(tmp_path: Path):
 
 @pytest.fixture
 def config(tmp_path: Path) -> NodeAgentConfig:
-    return NodeAgentConfig(
-        node_name="node-1",
-        state_dir=tmp_path,
-        zds_socket=tmp_path / "run" / "ztunnel.sock",
-        event_socket=tmp_path / "run" / "pluginevent.sock",
-        netns_map_path=tmp_path / "run" / "pods.json",
-        monitoring_addr=None,
-        retry_initial=0.05,
-        retry_max=0.5,
-        proc_root=tmp_path / "no-proc",
-    )
+    return agent_config(tmp_path, state_dir=tmp_path, retry_initial=0.05, retry_max=0.5)
 
 
-@contextlib.asynccontextmanager
-async def agent_running(config: NodeAgentConfig, store: SqliteStore) -> AsyncIterator[NodeAgent]:
-    agent = NodeAgent(config, store)  # the real redirector: nft and netlink in the pod netns
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            await agent.started.wait()
-        yield agent
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def agent_running(config: NodeAgentConfig, store: SqliteStore) -> Any:
+    return _agent_running(config, store, within=TIMEOUT)  # the real redirector: nft in the pod netns
 
 
 def add_namespace(store: SqliteStore, labels: dict[str, str]) -> None:

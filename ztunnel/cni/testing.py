@@ -4,7 +4,9 @@ It connects to the agent's ZDS socket, greets, and answers every request with an
 uids in ``nack``, or nothing at all when ``silent``), recording what arrived: the requests in order, the
 uids of each snapshot, and for every AddWorkload the ``NetnsId`` of the fd it carried (then closed), so a
 test can check the fd names the pod's namespace. Tests wait with ``wait_until`` (woken on every packet,
-bounded with ``asyncio.timeout``), never by sleeping. Imported by tests only.
+bounded with ``asyncio.timeout``), never by sleeping. Also: ``agent_config`` (a node agent config with
+every path under a test's directory), ``agent_running`` (a NodeAgent task for the
+length of a ``async with``) and ``eventually`` (poll a condition with a deadline). Imported by tests only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from meshcore.aio.netns import NetnsId
+from meshcore.store import Store
+from ztunnel.cni.agent import NodeAgent, Redirector
+from ztunnel.cni.config import NodeAgentConfig
 from ztunnel.inpod.errors import ZdsClosed, ZdsError
 from ztunnel.inpod.protocol import AddWorkload, DelWorkload, SnapshotSent, ZdsClientConnection, ZdsEvent
 from ztunnel.inpod.transport import ZdsSocket
@@ -124,3 +130,44 @@ class FakeZtunnel:
             self.serving &= set(snapshot)
         elif isinstance(event, DelWorkload):
             self.serving.discard(event.uid)
+
+
+def agent_config(directory: Path, **overrides: Any) -> NodeAgentConfig:
+    """A node-1 agent config whose sockets, netns map and /proc root are under ``directory``."""
+    settings: dict[str, Any] = {
+        "node_name": "node-1",
+        "zds_socket": directory / "run" / "ztunnel.sock",
+        "event_socket": directory / "run" / "pluginevent.sock",
+        "netns_map_path": directory / "run" / "pods.json",
+        "monitoring_addr": None,
+        "proc_root": directory / "no-proc",
+        **overrides,
+    }
+    return NodeAgentConfig(**settings)
+
+
+@contextlib.asynccontextmanager
+async def agent_running(
+    config: NodeAgentConfig, store: Store, redirector: Redirector | None = None, *, within: float = 10.0
+) -> AsyncIterator[NodeAgent]:
+    """Run a NodeAgent (the real redirector unless one is given) until the block ends."""
+    agent = NodeAgent(config, store, redirector=redirector)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(within):
+            await agent.started.wait()
+        yield agent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(predicate: Callable[[], Any], what: str = "condition", within: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; AssertionError naming ``what`` after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s")
+        await asyncio.sleep(0.01)

@@ -5,9 +5,8 @@ fake ztunnel, and a recording redirector instead of nft (the kernel half is test
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,11 @@ import pytest
 
 from meshcore.aio.netns import NetnsId
 from meshcore.store import ResourceRef, SqliteStore, build_resource
-from ztunnel.cni.agent import NodeAgent
 from ztunnel.cni.config import NodeAgentConfig
 from ztunnel.cni.events import EventReply, PluginEvent, send_event
 from ztunnel.cni.podnetns import NetnsEntry, NetnsMap
-from ztunnel.cni.testing import FakeZtunnel
+from ztunnel.cni.testing import FakeZtunnel, agent_config, agent_running
+from ztunnel.cni.testing import eventually as _eventually
 from ztunnel.redirect import ApplyFailed
 
 TIMEOUT = 5.0
@@ -50,13 +49,7 @@ class Redirector:
 
 
 async def eventually(predicate: Callable[[], Any], what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds, failing after ``TIMEOUT`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + TIMEOUT
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"{what} not reached within {TIMEOUT}s")
-        await asyncio.sleep(0.01)
+    await _eventually(predicate, what, within=TIMEOUT)
 
 
 @pytest.fixture
@@ -68,33 +61,11 @@ def store(tmp_path: Path):
 
 @pytest.fixture
 def config(tmp_path: Path) -> NodeAgentConfig:
-    return NodeAgentConfig(
-        node_name="node-1",
-        zds_socket=tmp_path / "run" / "ztunnel.sock",
-        event_socket=tmp_path / "run" / "pluginevent.sock",
-        netns_map_path=tmp_path / "run" / "pods.json",
-        monitoring_addr=None,
-        zds_ack_timeout=1.0,
-        retry_initial=0.05,
-        retry_max=0.2,
-        proc_root=tmp_path / "no-proc",
-    )
+    return agent_config(tmp_path, zds_ack_timeout=1.0, retry_initial=0.05, retry_max=0.2)
 
 
-@contextlib.asynccontextmanager
-async def running(
-    config: NodeAgentConfig, store: SqliteStore, redirector: Redirector
-) -> AsyncIterator[NodeAgent]:
-    agent = NodeAgent(config, store, redirector=redirector)
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            await agent.started.wait()
-        yield agent
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(config: NodeAgentConfig, store: SqliteStore, redirector: Redirector) -> Any:
+    return agent_running(config, store, redirector, within=TIMEOUT)
 
 
 def namespace(store: SqliteStore, labels: dict[str, str] | None = None, name: str = "demo") -> None:

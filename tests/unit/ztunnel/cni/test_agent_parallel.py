@@ -14,9 +14,8 @@ import pytest
 
 from meshcore.store import ResourceRef, SqliteStore, build_resource
 from ztunnel.cni.agent import NodeAgent
-from ztunnel.cni.config import NodeAgentConfig
 from ztunnel.cni.events import PluginEvent, send_event
-from ztunnel.cni.testing import FakeZtunnel
+from ztunnel.cni.testing import FakeZtunnel, agent_config
 
 TIMEOUT = 5.0
 PODS = 6
@@ -64,15 +63,10 @@ def store(tmp_path: Path):
 async def test_only_the_kernel_step_is_bounded_and_an_unanswering_ztunnel_holds_up_no_capture(
     tmp_path: Path, store: SqliteStore
 ) -> None:
-    config = NodeAgentConfig(
-        node_name="node-1",
-        zds_socket=tmp_path / "run" / "ztunnel.sock",
-        event_socket=tmp_path / "run" / "pluginevent.sock",
-        netns_map_path=tmp_path / "run" / "pods.json",
-        monitoring_addr=None,
+    config = agent_config(
+        tmp_path,
         zds_ack_timeout=3.0,  # longer than the whole test: a held slot would show
         max_parallel=2,
-        proc_root=tmp_path / "no-proc",
     )
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}}
     pods = [
