@@ -19,10 +19,12 @@ import resource
 import signal
 import socket
 import struct
+import subprocess
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 CHUNK = 1 << 20
@@ -425,3 +427,23 @@ class Table:
         out = ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
         out += ["| " + " | ".join(r) + " |" for r in self.rows]
         return "\n".join(out)
+
+
+def source_revision(root: Path) -> str:
+    """The commit the measured code is at (``+dirty`` with uncommitted changes), for the report header."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return rev + ("+dirty" if dirty else "")

@@ -35,7 +35,6 @@ import argparse
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,26 +80,6 @@ spec:
     image: local
     command: [python, {BENCH / "l4.py"}, --serve, 0.0.0.0, "{ECHO_PORT}", "{SINK_PORT}"]
 """
-
-
-def source_revision(root: Path) -> str:
-    """The commit the measured code is at (``+dirty`` with uncommitted changes), for the report header."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown revision"
-    return rev + ("+dirty" if dirty else "")
 
 
 def netns_connector(handle: NetnsHandle, host: str, port: int) -> u.Connector:
@@ -262,7 +241,7 @@ def main() -> int:
     trips = args.round_trips or (500 if args.quick else 5000)
     print(
         f"# L4 across two nodes of the local cluster: {l4.machine()}, load {os.getloadavg()[0]:.1f}, "
-        f"at {source_revision(BENCH.parent)}"
+        f"at {u.source_revision(BENCH.parent)}"
     )
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"# throughput: {nbytes >> 20} MiB one way, best of 3; latency: {trips} x 1 KiB round trips")

@@ -522,32 +522,12 @@ def report(results: dict[str, list[Run]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def source_revision(root: Path) -> str:
-    """The commit the measured code is at (``+dirty`` with uncommitted changes), for the report header."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown revision"
-    return rev + ("+dirty" if dirty else "")
-
-
 def header(argv: list[str]) -> str:
     load = os.getloadavg()
     return (
         f"# bench/enroll.py — {os.cpu_count()} cores (shared), {platform.machine()}, Linux "
         f"{platform.release()}, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"load {load[0]:.1f}, at {source_revision(REPO)}\n"
+        f"load {load[0]:.1f}, at {u.source_revision(REPO)}\n"
         f"# command: .venv/bin/python bench/enroll.py {' '.join(argv)}"
     )
 
