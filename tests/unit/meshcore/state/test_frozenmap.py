@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,17 +86,12 @@ def test_a_frozen_map_equals_a_dict_with_the_same_items() -> None:
 
 def test_one_edit_of_a_large_map_shares_almost_everything() -> None:
     base = FrozenMap((f"k{i}", i) for i in range(20_000))
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        editor = base.edit()
-        editor["k7"] = -7
-        new = editor.finish()
-        best = min(best, time.perf_counter() - t0)
+    editor = base.edit()
+    editor["k7"] = -7
+    new = editor.finish()
     shared = sum(a is b for a, b in zip(base._shards, new._shards, strict=True))
     assert shared == len(base._shards) - 1, "only the edited shard is copied"
     assert base["k7"] == 7 and new["k7"] == -7
-    assert best < 0.001, f"a one-key edit of 20,000 keys took {best * 1e6:.0f} us"
 
 
 def test_growing_the_shard_count_leaves_earlier_maps_intact() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import msgspec
 import pytest
@@ -208,16 +207,14 @@ def _many(n: int) -> list[Workload]:
     ]
 
 
-def test_one_workload_delta_on_ten_thousand_workloads_takes_a_few_ms() -> None:
+def test_one_workload_delta_on_ten_thousand_workloads_adds_it_and_its_endpoint() -> None:
+    # How much such a delta copies is asserted in test_state_editor.py; its time is measured by
+    # bench/xds_apply.py, not here.
     big = ProxyState.empty().updated(put=_many(10_000))
     extra = builders.workload("extra", "10.200.0.1", services={"ns1/s1": (Port(80, 8080),)})
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        new = big.updated(put=[extra])
-        best = min(best, time.perf_counter() - t0)
+    new = big.updated(put=[extra])
     assert len(new.workloads) == 10_001 and len(new.endpoints("ns1/s1")) == 101
-    assert best < 0.010, f"one-workload delta took {best * 1000:.2f} ms"
+    assert len(big.workloads) == 10_000 and len(big.endpoints("ns1/s1")) == 100
 
 
 def test_vip_index_covers_every_service_address() -> None:
