@@ -5,7 +5,9 @@ connection: ``data_received`` feeds the connection and dispatches its events to 
 StreamReader in between; writes go out as soon as they are produced (one ``write``/``writelines`` per
 command or per received batch, so frames coalesce naturally and large payloads are not copied); the
 keepalive timer follows ``next_deadline()``. When the connection ends, for whatever reason, every
-stream fails with ``HboneConnectionError`` and the transport is closed: nothing waits forever.
+stream fails with ``HboneConnectionError`` and the transport is closed: nothing waits forever. A peer
+that keeps sending SETTINGS or PING frames while it reads nothing (so their ACKs pile up in our write
+buffer) is cut off after ``MAX_QUEUED_CONTROL_FRAMES`` with GOAWAY(ENHANCE_YOUR_CALM).
 
 ``HboneStream`` is a ``ByteStream``: received bytes are acknowledged (flow control) only when the app
 takes them with ``receive_some``, so a slow reader throttles its own peer and nobody else; ``send_all``
@@ -53,6 +55,10 @@ READ_SIZE = 256 * 1024
 WRITE_BUFFER_HIGH = 1024 * 1024
 CLOSE_TIMEOUT = 5.0  # seconds a graceful transport close may take before it is aborted
 CANCEL = 0x8  # HTTP/2 error code CANCEL
+ENHANCE_YOUR_CALM = 0xB  # HTTP/2 error code for a peer that abuses the connection
+# SETTINGS/PING frames a peer may send, each queueing an ACK, while our writes to it are blocked (it does
+# not read): past this the connection ends (nghttp2's bound on queued ACKs is 1000).
+MAX_QUEUED_CONTROL_FRAMES = 1000
 _JOIN_BELOW = 64 * 1024  # several output chunks totalling less than this are written as one buffer
 
 Address = tuple[str, int]
@@ -390,6 +396,7 @@ class HboneDriver(asyncio.Protocol):
         self._started = False
         self._early: list[bytes] | None = None  # bytes received before ``start``
         self.write_paused = False
+        self._control_at_pause = 0  # conn.peer_control_frames when writes were last paused
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._blocked: set[HboneStream] = set()  # spliced streams waiting for the transport to drain
         self._writer: asyncio.StreamWriter | None = None  # adopted (adopt_streams): its __del__ closes the transport
@@ -413,9 +420,14 @@ class HboneDriver(asyncio.Protocol):
         if self._is_closed:
             return
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(data, self.loop.time())
             if events:
                 self.dispatch(events)
+            if self.write_paused and (
+                self.conn.peer_control_frames - self._control_at_pause > MAX_QUEUED_CONTROL_FRAMES
+            ):
+                self._on_control_flood()
+                return
         except Exception as exc:  # a bug in event handling: lose this connection, not the process
             log.exception("hbone.driver_failed", peer=str(self.peer_identity), addr=self.peer_address)
             self.conn.close(reason="internal error")
@@ -440,6 +452,17 @@ class HboneDriver(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._control_at_pause = self.conn.peer_control_frames
+
+    def _on_control_flood(self) -> None:
+        reason = (
+            f"peer sent more than {MAX_QUEUED_CONTROL_FRAMES} SETTINGS/PING frames while not reading our "
+            "replies (control frame flood)"
+        )
+        log.warning("hbone.control_flood", peer=str(self.peer_identity), addr=self.peer_address, reason=reason)
+        self.close(reason, error_code=ENHANCE_YOUR_CALM)
+        if self._transport is not None:
+            self._transport.abort()  # its write buffer is full of ACKs it will never read
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -563,11 +586,11 @@ class HboneDriver(asyncio.Protocol):
         if not self._streams:
             self.close("drained: no tunnels left")
 
-    def close(self, reason: str = "closed by this side") -> None:
+    def close(self, reason: str = "closed by this side", *, error_code: int = 0) -> None:
         """End the connection now: GOAWAY, fail every stream, close the transport. Idempotent."""
         if self.closed:
             return
-        self.conn.close(reason=reason)
+        self.conn.close(error_code, reason=reason)
         self.flush()
         self._lost(reason)
 

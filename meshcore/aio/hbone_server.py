@@ -11,6 +11,12 @@ relay that carries the tunnel on with callbacks: its task ends there, the future
 connection (cancelled if the connection ends first). Bad peers (garbage, failed handshakes,
 wrong identity, HTTP/2 violations) cost only their own connection. ``close`` stops accepting;
 ``drain(deadline)`` sends GOAWAY, lets live tunnels finish, and closes what is left at the deadline.
+
+A tunnel the client resets before it was answered cancels its handler (and so the upstream dial) at
+once, with the reason as the cancellation message. Tunnels waiting for an answer are bounded per
+connection (the advertised stream limit): past it a CONNECT is refused with RST_STREAM(REFUSED_STREAM),
+so resets can never pile up dials; a client resetting faster than the connection's reset budget gets
+GOAWAY(ENHANCE_YOUR_CALM) (``meshcore.hbone.conn``).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from meshcore.aio.hbone_conn import Address, HboneDriver, HboneStream, adopt_streams
+from meshcore.aio.hbone_conn import ENHANCE_YOUR_CALM, Address, HboneDriver, HboneStream, adopt_streams
 from meshcore.aio.listener import ConnectionTasks
 from meshcore.hbone import (
     SERVER_SETTINGS,
@@ -38,6 +44,7 @@ from meshcore.hbone import (
     LocalHboneError,
     TunnelRequested,
     TunnelRequestRefused,
+    TunnelResetError,
 )
 from meshcore.identity import SpiffeId
 
@@ -46,6 +53,7 @@ log = structlog.get_logger("meshcore.hbone.server")
 HANDSHAKE_TIMEOUT = 10.0
 ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() fails (e.g. out of file descriptors)
 ALPN_H2 = "h2"
+REFUSED_STREAM = 0x7  # HTTP/2 error code: the stream was not processed, the client may retry it
 
 VerifyClient = Callable[[bytes | None], SpiffeId]
 """Given the client's DER leaf certificate, return its identity or raise (wrong trust domain...)."""
@@ -63,6 +71,9 @@ class HboneServerCounters:
     tunnels_requested: int = 0  # valid CONNECTs handed to on_tunnel
     tunnels_refused: int = 0  # invalid requests answered 400 by the connection itself
     handler_errors: int = 0  # on_tunnel raised
+    tunnels_cancelled: int = 0  # the client reset a tunnel before it was answered (its handler cancelled)
+    tunnels_over_limit: int = 0  # CONNECTs refused (REFUSED_STREAM): too many waiting for an answer
+    abusive_connections: int = 0  # ended with ENHANCE_YOUR_CALM (rapid reset, CONTINUATION or control flood)
 
 
 class TunnelRequest:
@@ -85,6 +96,7 @@ class TunnelRequest:
         if self.answered:
             raise LocalHboneError(f"tunnel {self.authority} was already answered")
         self.answered = True
+        self._driver.answered(self.stream_id)
         if self._stream._error is not None:
             raise self._stream._error  # the client reset it, or the connection died, meanwhile
         self._driver.conn.accept(self.stream_id, headers)
@@ -96,6 +108,7 @@ class TunnelRequest:
         if self.answered:
             raise LocalHboneError(f"tunnel {self.authority} was already answered")
         self.answered = True
+        self._driver.answered(self.stream_id)
         if self._stream.finished or self._driver.closed:
             return  # nobody left to tell
         self._driver.conn.reject(self.stream_id, status, headers)
@@ -124,6 +137,8 @@ class _ServerDriver(HboneDriver):
         self._on_tunnel = on_tunnel
         self._counters = counters
         self._handlers: set[asyncio.Future[Any]] = set()  # handler tasks, and relays they handed over
+        self._pending: dict[int, asyncio.Task[None]] = {}  # handlers of tunnels not answered yet
+        self._max_pending = conn.settings.max_concurrent_streams
 
     async def run(self) -> None:
         """Serve until the connection ends; then stop the handlers still running. Owns them all."""
@@ -144,6 +159,8 @@ class _ServerDriver(HboneDriver):
         for event in events:
             if isinstance(event, ConnectionClosed) and event.error_code != 0:
                 self._counters.connection_errors += 1
+                if event.error_code == ENHANCE_YOUR_CALM and not event.by_peer:
+                    self._counters.abusive_connections += 1
                 log.warning(
                     "hbone.connection_error", peer=str(self.peer_identity), addr=self.peer_address,
                     reason=event.reason,
@@ -151,13 +168,35 @@ class _ServerDriver(HboneDriver):
         super().dispatch(events)
 
     def _on_tunnel_requested(self, event: TunnelRequested) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._counters.tunnels_over_limit += 1
+            self.conn.reset(event.stream_id, REFUSED_STREAM)
+            return
         self._counters.tunnels_requested += 1
-        stream = HboneStream(self, event.stream_id, authority=event.authority, request_headers=event.headers)
-        self._streams[event.stream_id] = stream
+        stream_id = event.stream_id
+        stream = HboneStream(self, stream_id, authority=event.authority, request_headers=event.headers)
+        self._streams[stream_id] = stream
         self._notify()
         task = asyncio.create_task(self._run_handler(TunnelRequest(self, stream, event)))
         self._handlers.add(task)
+        self._pending[stream_id] = task
         task.add_done_callback(self._handlers.discard)
+        task.add_done_callback(lambda _: self._pending.pop(stream_id, None))
+
+    def answered(self, stream_id: int) -> None:
+        """The tunnel's handler answered it: no longer pending."""
+        self._pending.pop(stream_id, None)
+
+    def _on_stream_failed(self, stream_id: int, error: BaseException) -> None:
+        task = self._pending.pop(stream_id, None)
+        if task is None or task.done():
+            return
+        self._counters.tunnels_cancelled += 1
+        if isinstance(error, TunnelResetError) and error.by_peer:
+            why = "the client reset the stream before the tunnel was established"
+        else:
+            why = f"the HBONE connection ended before the tunnel was established: {error}"
+        task.cancel(why)
 
     def _on_tunnel_refused(self, event: TunnelRequestRefused) -> None:
         self._counters.tunnels_refused += 1

@@ -20,6 +20,14 @@ all DATA flow control then (h2 never sees the bytes).
 Only the 9-byte frame headers are read; bodies are skipped by length. A partial frame header is held
 back, never half-passed. A frame longer than our SETTINGS_MAX_FRAME_SIZE is reported as
 ``FrameTooLarge`` from its header alone, and broken padding as ``FrameError``: both end the connection.
+
+Header blocks (HEADERS or PUSH_PROMISE plus their CONTINUATIONs) are bounded by ``max_header_block``:
+h2 buffers a whole block until END_HEADERS, so a peer that never ends one (the CONTINUATION flood) would
+make it hold up to 64 frames of ``max_frame_size`` each. The frame header that would take the block past
+the bound is reported as ``HeaderBlockTooLarge`` before its body is passed on (so at most
+``max_header_block`` bytes were ever buffered), and the connection is over. SETTINGS and PING frames
+that ask for an ACK are counted (``control_frames``) so a shell can bound the answers queued for a peer
+that does not read.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ _HEADER = struct.Struct(">BHBBI")  # length (3 bytes as 1 + 2), type, flags, str
 _DATA = 0x0
 _GOAWAY = 0x7
 _HEADER_BLOCK_TYPES = frozenset({0x1, 0x5, 0x9})  # HEADERS, PUSH_PROMISE, CONTINUATION
+_ANSWERED_TYPES = frozenset({0x4, 0x6})  # SETTINGS, PING: each one (without ACK) makes us send an ACK
+_ACK = 0x1
 END_STREAM = 0x1
 _END_HEADERS = 0x4
 PADDED = 0x8
@@ -61,6 +71,14 @@ class FrameTooLarge:
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderBlockTooLarge:
+    """A header block grew past ``max_header_block`` bytes (CONTINUATION flood): the connection ends."""
+
+    size: int  # the block's size had the frame been accepted
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class FrameError:
     """A taken DATA frame is malformed (padding longer than the frame): a connection PROTOCOL_ERROR."""
 
@@ -75,7 +93,10 @@ class Padding:
     size: int
 
 
-Segment = memoryview | bytes | tuple[int, memoryview] | Goaway | FrameTooLarge | FrameError | Padding
+Segment = (
+    memoryview | bytes | tuple[int, memoryview] | Goaway | FrameTooLarge | HeaderBlockTooLarge | FrameError
+    | Padding
+)
 
 
 def end_stream_frame(stream_id: int) -> bytes:
@@ -86,9 +107,19 @@ def end_stream_frame(stream_id: int) -> bytes:
 class FrameScanner:
     """Splits inbound bytes into runs for h2, lifted GOAWAYs and (with ``take_data``) tunnel payload."""
 
-    def __init__(self, *, skip_preface: bool, max_frame_size: int, take_data: TakeData | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        skip_preface: bool,
+        max_frame_size: int,
+        take_data: TakeData | None = None,
+        max_header_block: int | None = None,
+    ) -> None:
         self._preface_left = CLIENT_PREFACE_LEN if skip_preface else 0
         self._max_frame_size = max_frame_size
+        self._max_header_block = max_header_block if max_header_block is not None else 1 << 62
+        self._header_block = 0  # bytes of the header block being received (frame bodies)
+        self.control_frames = 0  # SETTINGS and PING frames received that we must answer (flood guard)
         self._take_data = take_data
         self._body_left = 0  # bytes of the current passed-through frame body still to come
         self._held = bytearray()  # an incomplete frame header, held back until it is whole
@@ -267,11 +298,22 @@ class FrameScanner:
                     self._goaway_left = length
                     start = pos
                     continue
+                if frame_type in _ANSWERED_TYPES and not flags & _ACK:
+                    self.control_frames += 1
+                if frame_type in _HEADER_BLOCK_TYPES:
+                    block = self._header_block + length if self._in_header_block else length
+                    if block > self._max_header_block:  # refused before its body reaches h2
+                        if header_start > start:
+                            yield view[start:header_start]
+                        self._broken = True
+                        self._header_block = 0
+                        yield HeaderBlockTooLarge(block, self._max_header_block)
+                        return
+                    self._header_block = block
+                    self._in_header_block = not flags & _END_HEADERS
                 if need < _FRAME_HEADER_LEN:  # part of this header came from an earlier read: yield it whole
                     yield header
                     start = pos
-                if frame_type in _HEADER_BLOCK_TYPES:
-                    self._in_header_block = not flags & _END_HEADERS
                 self._body_left = length
         if start < n:
             yield view[start:n]

@@ -17,6 +17,11 @@ Invariants:
   reported as ``TunnelRequestRefused``; it never ends the connection. Framing errors do (GOAWAY).
 - Peer bytes never raise (garbage becomes ``ConnectionClosed``); our misuse raises ``LocalHboneError``.
 - A peer's graceful GOAWAY (NO_ERROR) drains instead of killing live tunnels (see ``_frames``).
+- Abuse ends the connection with GOAWAY(ENHANCE_YOUR_CALM) and a reason (``ConnectionClosed``):
+  a header block past ``max_header_block_size`` (CONTINUATION flood; refused before h2 buffers more),
+  and, on the server, streams reset by the peer before they were answered faster than
+  ``reset_rate``/s beyond a burst of ``reset_burst`` (HTTP/2 rapid reset, CVE-2023-44487; nghttp2's
+  token bucket). Time for the bucket arrives as ``receive_data(data, now=...)``.
 """
 from __future__ import annotations
 
@@ -50,7 +55,14 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 
 from meshcore.hbone import _h2_speedups
-from meshcore.hbone._frames import FrameError, FrameScanner, FrameTooLarge, Goaway, Padding
+from meshcore.hbone._frames import (
+    FrameError,
+    FrameScanner,
+    FrameTooLarge,
+    Goaway,
+    HeaderBlockTooLarge,
+    Padding,
+)
 from meshcore.hbone.errors import (
     ConnectionDrained,
     HboneConnectionError,
@@ -102,6 +114,12 @@ class HboneSettings:
     max_header_list_size: int = 64 * KiB  # SETTINGS_MAX_HEADER_LIST_SIZE; clients use 16 KiB
     ping_interval: float | None = 10.0  # keepalive PING period; None disables keepalive
     ping_timeout: float = 20.0  # no PING ACK within this long: the connection is dead
+    # Raw bytes of one header block (HEADERS + CONTINUATION), refused past this (Envoy's default for
+    # max request headers is 60 KiB; ours matches max_header_list_size).
+    max_header_block_size: int = 64 * KiB
+    # Streams the peer may reset before we answered them (rapid reset): a burst, then this rate.
+    reset_burst: int = 200
+    reset_rate: float = 50.0
 
     def __post_init__(self) -> None:
         if not 16384 <= self.max_frame_size <= (1 << 24) - 1:
@@ -119,6 +137,10 @@ class HboneSettings:
             raise ValueError("max_header_list_size below 1 KiB cannot carry a CONNECT request")
         if self.ping_interval is not None and (self.ping_interval <= 0 or self.ping_timeout <= 0):
             raise ValueError("ping_interval and ping_timeout must be positive")
+        if self.max_header_block_size < 1024:
+            raise ValueError("max_header_block_size below 1 KiB cannot carry a CONNECT request")
+        if self.reset_burst < 1 or self.reset_rate <= 0:
+            raise ValueError("reset_burst must be at least 1 and reset_rate positive")
 
 
 CLIENT_SETTINGS = HboneSettings(max_header_list_size=16 * KiB)
@@ -170,7 +192,7 @@ class _HboneConn:
         self._h2.increment_flow_control_window(settings.connection_window - _H2_DEFAULT_WINDOW)
         self._scanner = FrameScanner(
             skip_preface=not self._client_side, max_frame_size=settings.max_frame_size,
-            take_data=self._take_data,
+            take_data=self._take_data, max_header_block=settings.max_header_block_size,
         )
         # Output in order: h2's bytes (moved here before any frame of ours is added), our DATA, WINDOW_UPDATE
         # and graceful GOAWAY frames.
@@ -194,6 +216,10 @@ class _HboneConn:
         self._keepalive_ping: bytes | None = None
         self._keepalive_sent_at = 0.0
         self._next_ping_at = now + settings.ping_interval if settings.ping_interval else None
+        self._now = now  # the latest time a caller gave us
+        self._reset_tokens = float(settings.reset_burst)  # rapid-reset bucket (server side)
+        self._reset_refilled_at = now
+        self.premature_resets = 0  # streams the peer reset before we answered them
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -206,6 +232,11 @@ class _HboneConn:
     def draining(self) -> bool:
         """A GOAWAY was sent or received: no new tunnels; existing ones carry on."""
         return self._draining
+
+    @property
+    def peer_control_frames(self) -> int:
+        """SETTINGS and PING frames received so far that each made us queue an ACK."""
+        return self._scanner.control_frames
 
     @property
     def open_tunnels(self) -> int:
@@ -221,12 +252,16 @@ class _HboneConn:
 
     # --- I/O boundary ----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[HboneEvent]:
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float | None = None) -> list[HboneEvent]:
         """Feed bytes from the transport; returns what happened. Never raises for peer input.
 
-        ``DataReceived.data`` may be a view into ``data`` (kept alive by the view, never copied)."""
+        ``now`` (the caller's clock, as given to ``handle_timer``) times the rapid-reset bucket; without
+        it the last known time is used. ``DataReceived.data`` may be a view into ``data`` (kept alive by
+        the view, never copied)."""
         if self._closed:
             return []
+        if now is not None:
+            self._now = now
         if type(data) is not bytes:
             data = bytes(data)  # payload views must not see the caller reuse its buffer
         events: list[HboneEvent] = []
@@ -253,6 +288,14 @@ class _HboneConn:
                     self._consume(segment.stream_id, segment.size)
             elif isinstance(segment, Goaway):
                 self._on_graceful_goaway(segment, events)
+            elif isinstance(segment, HeaderBlockTooLarge):
+                self._h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"header block too large")
+                reason = (
+                    f"peer sent a header block of {segment.size} bytes or more (HEADERS + CONTINUATION), "
+                    f"above our limit of {segment.limit} (max_header_block_size): CONTINUATION flood"
+                )
+                events.append(self._mark_closed(reason, int(ErrorCodes.ENHANCE_YOUR_CALM)))
+                self._drop_h2_header_buffer()
             elif isinstance(segment, FrameTooLarge):
                 self._h2.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
                 reason = (
@@ -463,6 +506,8 @@ class _HboneConn:
             events.append(self._mark_closed(reason, int(ErrorCodes.INTERNAL_ERROR)))
             return
         for event in h2_events:
+            if self._closed:  # ended by an event of this batch (rapid reset): the rest is moot
+                break
             self._translate(event, events)
 
     # --- inbound flow control (DATA never reaches h2) --------------------------------------------
@@ -552,6 +597,8 @@ class _HboneConn:
             if tunnel is not None:
                 self._release(stream_id, tunnel)
                 events.append(TunnelReset(stream_id, int(event.error_code or 0), by_peer=True))
+                if not self._client_side and not tunnel.accepted:
+                    self._on_premature_reset(events)
         elif isinstance(event, RequestReceived):
             self._on_request(event, events)
         elif isinstance(event, ResponseReceived):
@@ -570,6 +617,29 @@ class _HboneConn:
             reason = f"peer sent GOAWAY with error code {code}" + (f": {detail}" if detail else "")
             events.append(self._mark_closed(reason, code, by_peer=True))
         # Everything else (SETTINGS ACKs, PINGs h2 answers itself, PRIORITY, unknown frames) needs nothing.
+
+    def _on_premature_reset(self, events: list[HboneEvent]) -> None:
+        """The peer reset a stream we had not answered yet: charge the rapid-reset bucket."""
+        self.premature_resets += 1
+        settings = self.settings
+        elapsed = max(0.0, self._now - self._reset_refilled_at)
+        self._reset_refilled_at = self._now
+        self._reset_tokens = min(float(settings.reset_burst), self._reset_tokens + elapsed * settings.reset_rate)
+        self._reset_tokens -= 1.0
+        if self._reset_tokens < 0 and not self._closed:
+            self._h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too many stream resets")
+            reason = (
+                f"peer reset {self.premature_resets} streams before they were answered, faster than "
+                f"{settings.reset_rate:g}/s after a burst of {settings.reset_burst}: HTTP/2 rapid reset"
+            )
+            events.append(self._mark_closed(reason, int(ErrorCodes.ENHANCE_YOUR_CALM)))
+
+    def _drop_h2_header_buffer(self) -> None:
+        """Free the partial header block h2 holds (the connection is over; nothing will decode it)."""
+        buffer = getattr(self._h2, "incoming_buffer", None)
+        if buffer is not None and hasattr(buffer, "_headers_buffer"):
+            buffer._headers_buffer = []  # noqa: SLF001 - h2 has no public way to drop it
+            buffer._data = bytearray()  # noqa: SLF001
 
     def _on_data(self, event: H2DataReceived, events: list[HboneEvent]) -> None:
         # h2 only ever sees the scanner's empty DATA frames (the bytes never reach it): nothing to report.

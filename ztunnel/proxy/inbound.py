@@ -265,9 +265,15 @@ class _InboundConnection:
                 inputs.metrics.connection_failed(REASON_RESET)
                 self.finish(f"the client went away before the tunnel was established: {describe_error(exc)}")
                 return None
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if not self.metrics.is_closed:  # cancelled before the relay took over the accounting
-                self.finish("connection cancelled before it was established (ztunnel is stopping)")
+                # The HBONE server cancels with the reason (the client reset the stream...); a bare
+                # cancellation is ztunnel stopping.
+                why = exc.args[0] if exc.args and isinstance(exc.args[0], str) else (
+                    "connection cancelled before it was established: ztunnel is stopping"
+                )
+                inputs.metrics.connection_failed(REASON_RESET if exc.args else REASON_SHUTDOWN)
+                self.finish(why)
             raise
         del state, sockets, answer, decision, dialer
         conn = self.conn = inputs.connections.track(
