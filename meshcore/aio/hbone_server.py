@@ -183,6 +183,10 @@ class _ServerDriver(HboneDriver):
         task.add_done_callback(self._handlers.discard)
         task.add_done_callback(lambda _: self._pending.pop(stream_id, None))
 
+    def _on_control_flood(self) -> None:
+        self._counters.abusive_connections += 1
+        super()._on_control_flood()
+
     def answered(self, stream_id: int) -> None:
         """The tunnel's handler answered it: no longer pending."""
         self._pending.pop(stream_id, None)
