@@ -55,8 +55,28 @@ class SourceNotReadable(ResourceError):
     """A file or directory given with ``-f`` cannot be read."""
 
 
+class ResourceTooLarge(ResourceError):
+    """A resource over one of the size limits of ``limits.py``; nothing of its write was stored.
+
+    ``ref`` is the resource (``Kind/ns/name``), ``reason`` a stable label for counters and logs
+    (``annotations_too_large``, ``object_too_large``), ``size`` and ``limit`` are bytes.
+    """
+
+    def __init__(self, ref: str, reason: str, measured: str, size: int, limit: int, hint: str) -> None:
+        self.ref = ref
+        self.reason = reason
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{ref}: {measured} {size} bytes, over the limit of {limit} bytes; {hint}")
+
+
 class NotAStore(StoreError):
     """The store path exists but is not an ambient-mesh store (another file or another database)."""
+
+
+class StoreDamaged(NotAStore):
+    """The store file cannot be read as a store: SQLite finds no database in it, or a damaged one, or a
+    stored object does not decode. The message names the file and says how to recover."""
 
 
 class StoreSchemaTooNew(StoreError):
@@ -65,3 +85,15 @@ class StoreSchemaTooNew(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store could not be opened or written (permissions, disk, lock held too long)."""
+
+
+class StoreLocked(StoreUnavailable):
+    """Another process held a lock on the store longer than the busy timeout.
+
+    ``holders`` describes the processes ``/proc/locks`` shows holding locks on the store's files
+    (``pid 123 (sqlite3 store.db)``); empty when that cannot be known (another PID namespace or host).
+    """
+
+    def __init__(self, message: str, holders: tuple[str, ...] = ()) -> None:
+        self.holders = holders
+        super().__init__(message)

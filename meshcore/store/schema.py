@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from .errors import InvalidResource
+from .limits import ANNOTATIONS_HINT, MAX_ANNOTATIONS_BYTES, annotations_over_limit
 from .resource import KINDS, Resource
 
 # Accepted apiVersions per API group ("" is the core group). Versions Istio and Gateway API still serve.
@@ -316,6 +317,12 @@ def _build(doc: object) -> Resource:
     _check_api_version(kind, typed.api_version, expected_api)
     meta = typed.metadata
     _check_name("$.metadata.name", meta.name, label=kind in _LABEL_NAMED_KINDS)
+    over = annotations_over_limit(meta.annotations or {})
+    if over is not None:
+        raise _Problem(
+            "$.metadata.annotations",
+            f"{over} bytes in total, over the limit of {MAX_ANNOTATIONS_BYTES} bytes; {ANNOTATIONS_HINT}",
+        )
     if namespaced:
         namespace = meta.namespace or "default"
         _check_name("$.metadata.namespace", namespace, label=True)

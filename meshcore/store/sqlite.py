@@ -4,8 +4,10 @@ Invariants: every write appends one ``changes`` row and updates ``objects`` in t
 an object's resource_version is its change's revision; revisions commit in increasing order, so the
 watch is a plain ``WHERE revision > ?`` poll. The file is created 0600 and marked as ours
 (``application_id``, schema in ``user_version``); any other file or a newer schema is refused
-(``NotAStore``/``StoreSchemaTooNew``) and never modified. Resources are validated by ``schema``
-before ``apply``; here only their kind is checked.
+(``NotAStore``/``StoreSchemaTooNew``) and never modified; a file SQLite finds damaged is
+``StoreDamaged``, a lock held past the busy timeout ``StoreLocked`` (naming the holder when
+``/proc/locks`` shows it). Resources are validated by ``schema`` before ``apply``; here only their kind
+and the size limits of ``limits.py`` are checked, on every write path.
 """
 
 # Theory of operation:
@@ -27,6 +29,7 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,13 +39,34 @@ import msgspec
 import structlog
 
 from .base import ApplyAction, ApplyResult, EventType, Store, WatchEvent
-from .errors import NotAStore, ResourceNotFound, StoreError, StoreSchemaTooNew, StoreUnavailable, UnknownKind
+from .errors import (
+    NotAStore,
+    ResourceNotFound,
+    ResourceTooLarge,
+    StoreDamaged,
+    StoreError,
+    StoreLocked,
+    StoreSchemaTooNew,
+    StoreUnavailable,
+    UnknownKind,
+)
+from .limits import (
+    ANNOTATIONS_HINT,
+    MAX_ANNOTATIONS_BYTES,
+    MAX_OBJECT_BYTES,
+    OBJECT_HINT,
+    annotations_over_limit,
+)
+from .locks import find_lock_holders
 from .resource import KINDS, Resource, ResourceRef
 
 # "AMSH": marks a SQLite file as an ambient-mesh store.
 APPLICATION_ID = 0x414D5348
 SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 5.0
+# SQLite's primary result codes (the low byte of an extended code) that say what went wrong.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
+_RECOVER = "restore it from a backup, or move it aside to start with an empty store"
 
 _SCHEMA = (
     """CREATE TABLE objects (
@@ -72,6 +96,8 @@ class SqliteStore:
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Resource)
         self._closed = False
+        # Writes refused by the size limits, by reason (annotations_too_large, object_too_large).
+        self.rejected_writes: Counter[str] = Counter()
         _create_private(self.path)
         self._db = self._connect()
         try:
@@ -99,9 +125,8 @@ class SqliteStore:
             if app_id == 0 and version == 0:
                 app_id, version = self._initialise()
         except sqlite3.DatabaseError as e:
-            raise NotAStore(
-                f"{self.path} is not an ambient-mesh store ({e}); use another --state-dir"
-            ) from None
+            other = NotAStore(f"{self.path} is not an ambient-mesh store ({e}); use another --state-dir")
+            raise self._failure(e, other) from None
         if app_id != APPLICATION_ID:
             raise NotAStore(
                 f"{self.path} is an SQLite database of another application (application_id {app_id:#x}); "
@@ -115,7 +140,7 @@ class SqliteStore:
         try:
             db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot use store {self.path}: {e}") from None
+            raise self._failure(e, StoreUnavailable(f"cannot use store {self.path}: {e}")) from None
 
     def _header(self) -> tuple[int, int]:
         app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
@@ -167,11 +192,34 @@ class SqliteStore:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.OperationalError as e:
-            hint = " (another process held the write lock too long; retry)" if "locked" in str(e) else ""
-            raise StoreUnavailable(f"store {self.path}: {e}{hint}") from None
         except sqlite3.Error as e:
-            raise StoreUnavailable(f"store {self.path}: {e}") from None
+            raise self._failure(e, StoreUnavailable(f"store {self.path}: {e}")) from None
+        except msgspec.DecodeError as e:
+            raise StoreDamaged(
+                f"{self.path}: a stored object cannot be read ({e}); the store is damaged: {_RECOVER}"
+            ) from None
+
+    def _failure(self, e: sqlite3.Error, otherwise: StoreError) -> StoreError:
+        """The error for ``e``: a locked or a damaged store says so; anything else is ``otherwise``."""
+        code = getattr(e, "sqlite_errorcode", 0) & 0xFF
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in str(e):
+            holders = tuple(
+                str(h) for h in find_lock_holders(_store_files(self.path), exclude_pid=os.getpid())
+            )
+            who = ", ".join(holders) or (
+                "another process (none is listed in /proc/locks: it may run in another PID namespace, "
+                "container or host)"
+            )
+            return StoreLocked(
+                f"store {self.path} is locked by {who}, which held its lock for more than "
+                f"{self._busy_timeout:g}s; stop that process or let it finish, then retry",
+                holders,
+            )
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return StoreDamaged(
+                f"{self.path} is damaged or is not an ambient-mesh store (SQLite: {e}); {_RECOVER}"
+            )
+        return otherwise
 
     def _live(self) -> sqlite3.Connection:
         if self._closed:
@@ -361,6 +409,7 @@ class SqliteStore:
 
     def _write(self, db: sqlite3.Connection, revision: int, type_: EventType, stored: Resource) -> None:
         body = self._encoder.encode(stored)
+        self._check_size(stored, len(body))
         db.execute(
             "INSERT INTO changes (revision, type, kind, namespace, name, body) VALUES (?, ?, ?, ?, ?, ?)",
             (revision, type_, *_key(stored.ref), body),
@@ -370,6 +419,36 @@ class SqliteStore:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (*_key(stored.ref), revision, stored.uid, body),
         )
+
+    def _check_size(self, stored: Resource, body_size: int) -> None:
+        """Refuse (count, log, raise) an object over a limit; called inside the write transaction, so the
+        whole call rolls back and nothing of it is stored."""
+        error: ResourceTooLarge | None = None
+        over = annotations_over_limit(stored.annotations)
+        if over is not None:
+            error = ResourceTooLarge(
+                str(stored.ref),
+                "annotations_too_large",
+                "its annotations total",
+                over,
+                MAX_ANNOTATIONS_BYTES,
+                ANNOTATIONS_HINT,
+            )
+        elif body_size > MAX_OBJECT_BYTES:
+            error = ResourceTooLarge(
+                str(stored.ref),
+                "object_too_large",
+                "the stored object is",
+                body_size,
+                MAX_OBJECT_BYTES,
+                OBJECT_HINT,
+            )
+        if error is not None:
+            self.rejected_writes[error.reason] += 1
+            log.warning(
+                "write refused", ref=error.ref, reason=error.reason, size=error.size, limit=error.limit
+            )
+            raise error
 
     def _changes(self, db: sqlite3.Connection, since: int, limit: int | None) -> builtins.list[WatchEvent]:
         rows = db.execute(
@@ -403,6 +482,11 @@ def _same_content(old: Resource, new: Resource) -> bool:
         and old.status == new.status
         and old.api_version == new.api_version
     )
+
+
+def _store_files(path: Path) -> list[Path]:
+    """The database and the files SQLite keeps beside it in WAL mode (locks live on these)."""
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
 
 
 def _create_private(path: Path) -> None:
