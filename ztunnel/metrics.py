@@ -3,7 +3,8 @@
 ``ZtunnelCollector`` reads, at scrape time, the plain counters the data path keeps anyway (HBONE server
 counters, pool stats, proxies, policy closes), so nothing on the hot path touches Prometheus. Families:
 ``ztunnel_inbound_hbone_failures_total{reason}`` (TLS handshake, untrusted peer, HTTP/2 protocol error,
-bad request, handler error), ``ztunnel_pool_handshakes_total``, ``ztunnel_pool_dial_failures_total``,
+bad request, handler error, abusive peer (GOAWAY ENHANCE_YOUR_CALM: rapid reset, CONTINUATION or control
+frame flood), too many pending tunnels, reset before answer), ``ztunnel_pool_handshakes_total``, ``ztunnel_pool_dial_failures_total``,
 ``ztunnel_pool_connections``, ``ztunnel_pool_streams``, ``ztunnel_workload_proxies{state}``,
 ``ztunnel_policy_closed_connections_total``, ``istio_tcp_connections_open{direction}`` and ``istio_build``.
 Per-connection failures by reason are ``ztunnel_connection_failures_total`` (``TcpMetrics``).
@@ -49,10 +50,14 @@ class ZtunnelCollector(Collector):
         )
         for reason, value in (
             ("tls_handshake", h.handshake_failures),
+            ("listener_limit", h.connections_refused),
             ("untrusted_peer", h.untrusted_peers),
             ("h2_protocol", h.connection_errors),
             ("bad_request", h.tunnels_refused),
             ("handler_error", h.handler_errors),
+            ("abusive_peer", h.abusive_connections),
+            ("too_many_pending", h.tunnels_over_limit),
+            ("reset_before_answer", h.tunnels_cancelled),
         ):
             failures.add_metric([reason], value)
         yield failures

@@ -11,6 +11,9 @@ relay that carries the tunnel on with callbacks: its task ends there, the future
 connection (cancelled if the connection ends first). Bad peers (garbage, failed handshakes,
 wrong identity, HTTP/2 violations) cost only their own connection. ``close`` stops accepting;
 ``drain(deadline)`` sends GOAWAY, lets live tunnels finish, and closes what is left at the deadline.
+Connections held and TLS handshakes in progress are bounded per listener (``max_connections``,
+``max_pending_handshakes``): past either, a new connection is reset at accept, counted
+(``connections_refused``) and logged once per interval with the running total.
 
 A tunnel the client resets before it was answered cancels its handler (and so the upstream dial) at
 once, with the reason as the cancellation message. Tunnels waiting for an answer are bounded per
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +55,11 @@ from meshcore.identity import SpiffeId
 log = structlog.get_logger("meshcore.hbone.server")
 
 HANDSHAKE_TIMEOUT = 10.0
+# Per-listener limits (Envoy's overload manager bounds downstream connections the same way): past them a
+# new TCP connection is closed at once (RST) and counted, and the served ones carry on.
+MAX_CONNECTIONS = 16384  # TCP connections held by the listener (handshaking or served)
+MAX_PENDING_HANDSHAKES = 1024  # of which still in the TLS handshake (~70 KB each)
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between "connection refused" log lines (each carries the total)
 ACCEPT_BACKOFF = 0.1  # seconds to wait after accept() fails (e.g. out of file descriptors)
 ALPN_H2 = "h2"
 REFUSED_STREAM = 0x7  # HTTP/2 error code: the stream was not processed, the client may retry it
@@ -66,6 +75,7 @@ class HboneServerCounters:
     connections_accepted: int = 0  # TCP connections accepted
     connections_open: int = 0  # HTTP/2 connections currently served
     handshake_failures: int = 0  # TLS handshake failed or timed out (non-TLS clients land here)
+    connections_refused: int = 0  # closed at accept: over max_connections or max_pending_handshakes
     untrusted_peers: int = 0  # handshake fine but ALPN or client identity refused
     connection_errors: int = 0  # HTTP/2 connections ended by a protocol error
     tunnels_requested: int = 0  # valid CONNECTs handed to on_tunnel
@@ -268,8 +278,15 @@ class HboneServer:
         counters: HboneServerCounters,
         settings: HboneSettings,
         handshake_timeout: float,
+        max_connections: int = MAX_CONNECTIONS,
+        max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
     ) -> None:
         self.counters = counters
+        self._max_connections = max_connections
+        self._max_pending_handshakes = max_pending_handshakes
+        self._held = 0  # accepted TCP connections not yet closed
+        self._handshaking = 0
+        self._last_refusal_log = float("-inf")
         self._listener = listener
         self._address = listener.getsockname()
         self._ssl_context = ssl_context
@@ -331,33 +348,61 @@ class HboneServer:
                 log.error("hbone.accept_failed", reason=_describe(exc))
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
+            if self._held >= self._max_connections or self._handshaking >= self._max_pending_handshakes:
+                self._refuse(sock, addr)
+                continue
+            self._held += 1
+            self._handshaking += 1
             self._tasks.spawn(self._handle(sock, addr))
 
-    async def _handle(self, sock: socket.socket, addr: object) -> None:
-        self.counters.connections_accepted += 1
+    def _refuse(self, sock: socket.socket, addr: object) -> None:
+        self.counters.connections_refused += 1
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = asyncio.get_running_loop()
-        conn = HboneServerConn(self._settings, now=loop.time())
-        driver = _ServerDriver(conn, peer_identity=None, on_tunnel=self._on_tunnel, counters=self.counters)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no TIME_WAIT
+        sock.close()
+        now = asyncio.get_running_loop().time()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:  # one line per interval, not per connection
+            self._last_refusal_log = now
+            log.warning(
+                "hbone.connection_refused", addr=addr, held=self._held, handshaking=self._handshaking,
+                max_connections=self._max_connections, max_pending_handshakes=self._max_pending_handshakes,
+                refused_total=self.counters.connections_refused,
+                reason="listener at its connection or pending-handshake limit",
+            )
+
+    async def _handle(self, sock: socket.socket, addr: object) -> None:
+        handshaking = True
         try:
-            async with asyncio.timeout(self._handshake_timeout + 1):
-                transport, _ = await loop.connect_accepted_socket(
-                    lambda: driver, sock, ssl=self._ssl_context, ssl_handshake_timeout=self._handshake_timeout
-                )
-        except (ssl.SSLError, OSError, TimeoutError) as exc:
-            # The socket belongs to the loop's transport from the moment it was handed over, and the loop
-            # closes that transport on any failure (also on our timeout's cancellation). Closing ``sock``
-            # here as well would free its fd number while the transport's deferred cleanup still refers to
-            # it: a connection accepted meanwhile can reuse the number and be closed or unregistered.
-            self.counters.handshake_failures += 1
-            log.warning("hbone.handshake_failed", addr=addr, reason=_describe(exc))
-            return
-        try:
-            await self._serve(driver, transport, addr)
+            self.counters.connections_accepted += 1
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            loop = asyncio.get_running_loop()
+            conn = HboneServerConn(self._settings, now=loop.time())
+            driver = _ServerDriver(conn, peer_identity=None, on_tunnel=self._on_tunnel, counters=self.counters)
+            try:
+                async with asyncio.timeout(self._handshake_timeout + 1):
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: driver, sock, ssl=self._ssl_context, ssl_handshake_timeout=self._handshake_timeout
+                    )
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                # The socket belongs to the loop's transport from the moment it was handed over, and the
+                # loop closes that transport on any failure (also on our timeout's cancellation). Closing
+                # ``sock`` here as well would free its fd number while the transport's deferred cleanup
+                # still refers to it: a connection accepted meanwhile can reuse the number and be closed.
+                self.counters.handshake_failures += 1
+                log.warning("hbone.handshake_failed", addr=addr, reason=_describe(exc))
+                return
+            handshaking = False
+            self._handshaking -= 1
+            try:
+                await self._serve(driver, transport, addr)
+            finally:
+                if not transport.is_closing():
+                    transport.abort()
         finally:
-            if not transport.is_closing():
-                transport.abort()
+            self._held -= 1
+            if handshaking:
+                self._handshaking -= 1
 
     async def _serve(self, driver: _ServerDriver, transport: asyncio.BaseTransport, addr: object) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -409,6 +454,8 @@ async def serve_hbone(
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     sock: socket.socket | None = None,
     backlog: int = 1024,
+    max_connections: int = MAX_CONNECTIONS,
+    max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
 ) -> HboneServer:
     """Listen on ``host:port`` (``host=None``: every address) or on the bound, listening ``sock``
     (e.g. made inside a pod's network namespace; the server then owns and closes it) and serve HBONE;
@@ -418,6 +465,7 @@ async def serve_hbone(
         listener, ssl_context, verify_client, on_tunnel,
         counters=counters if counters is not None else HboneServerCounters(),
         settings=settings, handshake_timeout=handshake_timeout,
+        max_connections=max_connections, max_pending_handshakes=max_pending_handshakes,
     )
     server._start()
     return server

@@ -231,3 +231,42 @@ async def test_a_ping_flood_from_a_peer_that_does_not_read_is_cut_off(ca):
         async with asyncio.timeout(10):
             await good_task
         assert good.failures == [] and good.round_trips >= 1
+
+
+async def test_idle_handshakes_past_the_pending_limit_are_refused_and_a_good_client_is_served(ca):
+    app = App()
+    await app.start()
+    counters = HboneServerCounters()
+
+    async def refuse(request: TunnelRequest) -> None:
+        await request.reject(503)
+
+    server = await serve_hbone(
+        "127.0.0.1", 0, server_context(ca.issue(SERVER_ID)),
+        lambda der: verify_peer(der, trust_domain=ca.trust_domain), refuse,
+        counters=counters, handshake_timeout=30.0, max_pending_handshakes=50,
+    )
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(200):  # TCP connections that never start TLS
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            idle.append(writer)
+        await poll(lambda: counters.connections_refused >= 150)
+        for writer in idle[:100]:  # some give up: room for a good client again
+            writer.transport.abort()
+        await poll(lambda: server._handshaking < 50)  # noqa: SLF001 - the bound under test
+        client = await HboneClient.connect(
+            "127.0.0.1", server.port, ssl_context=client_context(ca.issue(CLIENT_ID)),
+            verify=lambda der: verify_peer(der, expected=[SERVER_ID]),
+        )
+        try:
+            with pytest.raises(Exception, match="503"):
+                await client.open_tunnel("127.0.0.1:80")  # served: the handler answered
+        finally:
+            await client.aclose()
+    finally:
+        for writer in idle:
+            writer.transport.abort()
+        await server.aclose()
+        await app.stop()
+    assert counters.connections_refused >= 150
