@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # /proc/<pid>/cmdline can be long (a JVM's); a message needs the start of it.
-MAX_COMMAND_CHARS = 160
+MAX_COMMAND_CHARS = 200
 
 FileId = tuple[int, int, int]  # (device major, device minor, inode), as /proc/locks prints them
 
@@ -81,5 +81,6 @@ def _command(proc: Path, pid: int) -> str:
         raw = (proc / str(pid) / "cmdline").read_bytes()
     except OSError:
         return ""
-    command = " ".join(arg.decode(errors="replace") for arg in raw.split(b"\0") if arg)
+    # Whitespace collapsed: a `python -c` script's newlines must not break a one-line error message.
+    command = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
     return command if len(command) <= MAX_COMMAND_CHARS else command[: MAX_COMMAND_CHARS - 3] + "..."
