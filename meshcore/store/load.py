@@ -2,8 +2,9 @@
 
 Multi-document YAML (``---``), empty documents skipped but counted (so "document 3" is the third
 ``---`` section a person sees), ``kind: List`` unpacked. All or nothing: the first invalid document
-raises ``InvalidResource`` and nothing is returned, so a caller never applies half a file. Reading is
-the only I/O here; validation is ``schema.build_resource``.
+raises ``InvalidResource`` and nothing is returned, so a caller never applies half a file. A key given
+twice in one mapping is refused with both lines (PyYAML would keep the last silently; kubectl refuses
+it too). Reading is the only I/O here; validation is ``schema.build_resource``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,35 @@ from .resource import Resource
 from .schema import build_resource
 
 # The libyaml parser when PyYAML was built with it (much faster on big files); same safe semantics.
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """The safe loader, refusing a key that appears twice in one mapping.
+
+    Checked on the mapping's own keys before ``<<`` merges are flattened: a key given explicitly may
+    override a merged one (that is what merge keys are for), but two explicit ones are a mistake.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first at line {first[key].start_mark.line + 1}); "
+                        "a mapping holds each key once: remove or merge one of them",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node
+        result: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return result
 
 STDIN = "-"
 YAML_SUFFIXES = (".yaml", ".yml", ".json")

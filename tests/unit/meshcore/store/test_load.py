@@ -55,6 +55,54 @@ def test_unparseable_yaml_reports_line_and_column() -> None:
     assert "mapping values are not allowed" in message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            NS + "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\nmetadata:\n  name: b\n",
+            "dup.yaml: document 2: invalid YAML at line 9, column 1: duplicate key 'metadata' (first at line 7)",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n    app: x\n    app: y\n",
+            "dup.yaml: document 1: invalid YAML at line 7, column 5: duplicate key 'app' (first at line 6)",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, name: b}\n",
+            "dup.yaml: document 1: invalid YAML at line 3, column 21: duplicate key 'name' (first at line 3)",
+        ),
+        (
+            '{"apiVersion": "v1", "kind": "Namespace", "kind": "Pod", "metadata": {"name": "a"}}\n',
+            "dup.yaml: document 1: invalid YAML at line 1, column 43: duplicate key 'kind' (first at line 1)",
+        ),
+    ],
+    ids=[
+        "two metadata keys in one document are refused, naming both lines",
+        "a label given twice is refused",
+        "a duplicate in a flow mapping is refused",
+        "a duplicate in JSON is refused",
+    ],
+)
+def test_a_key_given_twice_in_one_mapping_is_refused_not_silently_overwritten(text: str, expected: str) -> None:
+    with pytest.raises(InvalidResource) as caught:
+        load_documents(text, "dup.yaml")
+    assert str(caught.value).startswith(expected)
+    assert "remove or merge one of them" in str(caught.value)
+
+
+def test_a_key_may_override_one_merged_in_with_yaml_merge_keys() -> None:
+    text = (
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  <<: {name: merged, labels: {a: b}}\n  name: own\n"
+    )
+    (ns,) = load_documents(text, "merge.yaml")
+    assert (ns.name, ns.labels) == ("own", {"a": "b"})
+
+
+def test_equal_keys_in_different_mappings_are_fine() -> None:
+    text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels: {name: x}\n  annotations: {name: y}\n"
+    (ns,) = load_documents(text, "ok.yaml")
+    assert (ns.labels, ns.annotations) == ({"name": "x"}, {"name": "y"})
+
+
 def test_a_file_with_one_bad_document_returns_nothing(tmp_path: Path) -> None:
     f = tmp_path / "mixed.yaml"
     f.write_text(NS + "---\n" + BAD_SVC)
