@@ -37,6 +37,7 @@ from meshcore.aio.httpserver import HttpServer, Request, Response
 from meshcore.aio.pool import HbonePool, PoolKey, PoolStats, mtls_connector
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
+from meshcore.aio.tls_contexts import TlsContexts
 from meshcore.aio.xds_client import XdsClient
 from meshcore.logs import set_level
 from meshcore.state import ProxyState
@@ -49,7 +50,6 @@ from ztunnel.fake_ca import fake_certificate_provider
 from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.metrics import ZtunnelCollector
 from ztunnel.proxy.connections import ConnectionManager, Direction, PolicyWatcher
-from ztunnel.proxy.contexts import TlsContexts
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.proxy.local_config import load_local_config
 from ztunnel.proxy.outbound import Socks5Listener

@@ -21,6 +21,7 @@ import structlog
 from meshcore.aio.secrets import CertificateUnavailable, SecretError, SecretManagerClosed
 from meshcore.aio.state_cell import StateCell
 from meshcore.model import Workload
+from meshcore.routing import canonical_ip
 from meshcore.state import ProxyState
 from ztunnel.proxy.inbound_plaintext import fixed_port
 from ztunnel.proxy.inputs import ProxyInputs
@@ -82,9 +83,9 @@ class DedicatedProxyManager:
         state = self._cell.current()
         if state is not self._index_state:
             local = select_local_workloads(state, self._node)
-            self._by_ip = {_canonical(a): w for w in local.values() for a in w.addresses}
+            self._by_ip = {canonical_ip(a): w for w in local.values() for a in w.addresses}
             self._index_state = state
-        return self._by_ip.get(_canonical(ip))
+        return self._by_ip.get(canonical_ip(ip))
 
     def statuses(self) -> dict[str, ProxyStatus]:
         """uid -> status of every local workload's proxy."""
@@ -222,5 +223,3 @@ class DedicatedProxyManager:
         self._bump()
 
 
-def _canonical(ip: str) -> str:
-    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip

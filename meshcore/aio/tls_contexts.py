@@ -20,7 +20,7 @@ from meshcore.identity import SpiffeId
 from meshcore.tls.certs import CertBundle
 from meshcore.tls.contexts import client_context, load_key_and_chain, server_context
 
-log = structlog.get_logger("ztunnel.tls")
+log = structlog.get_logger("meshcore.tls")
 
 
 class _Cached:

@@ -20,7 +20,6 @@ outcome is counted and logged once; nothing a peer sends can raise out of a hand
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +33,7 @@ from meshcore.hbone import Headers, TunnelResetError, find_header, parse_forward
 from meshcore.identity import SpiffeId
 from meshcore.model import Service, Workload
 from meshcore.policy import POLICY_CHANGE_MESSAGE, ConnFacts, Decision, evaluate_l4
+from meshcore.routing import canonical_ip
 from meshcore.state import ProxyState
 from meshcore.telemetry import (
     Reporter,
@@ -105,11 +105,6 @@ class InboundContext:
     service: Service | None
 
 
-def _canonical(ip: str) -> str:
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 def guess_inbound_service(
@@ -144,8 +139,8 @@ def build_inbound_context(
     workload = state.find_workload(served.uid)
     if workload is None:
         raise InboundWorkloadUnknown(served.uid)
-    requested = _canonical(request.dst.ip)
-    if requested not in {_canonical(a) for a in workload.addresses}:
+    requested = canonical_ip(request.dst.ip)
+    if requested not in {canonical_ip(a) for a in workload.addresses}:
         here = request.local.ip if request.local is not None else ", ".join(workload.addresses) or "no address"
         raise InboundAddressMismatch(requested, here)
     if request.dst.port in own_ports:
@@ -370,11 +365,11 @@ def hbone_request(request: TunnelRequest) -> InboundRequest:
     peer = request.peer_address or ("0.0.0.0", 0)
     local = request.local_address
     return InboundRequest(
-        src=SockAddr(_canonical(peer[0]), peer[1]),
+        src=SockAddr(canonical_ip(peer[0]), peer[1]),
         dst=SockAddr(request.target.host, request.target.port),
         identity=request.peer_identity,
         hbone=True,
-        local=SockAddr(_canonical(local[0]), local[1]) if local is not None else None,
+        local=SockAddr(canonical_ip(local[0]), local[1]) if local is not None else None,
         headers=request.headers,
     )
 

@@ -19,11 +19,11 @@ from meshcore.aio.hbone_server import HboneServerCounters
 from meshcore.aio.pool import HbonePool
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
+from meshcore.aio.tls_contexts import TlsContexts
 from meshcore.state import ProxyState
 from meshcore.telemetry import TcpMetrics
 from ztunnel.config import ZtunnelConfig
 from ztunnel.proxy.connections import ConnectionManager
-from ztunnel.proxy.contexts import TlsContexts
 from ztunnel.sockets import SocketFactory
 
 

@@ -24,20 +24,18 @@ from __future__ import annotations
 import enum
 import ipaddress
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from meshcore.identity import SpiffeId
 from meshcore.model import (
     DEFAULT_HBONE_PORT,
     GatewayAddress,
-    HealthPolicy,
     LoadBalancingMode,
-    Port,
     Service,
     Workload,
 )
+from meshcore.routing import SockAddr, address_of, expected_identities, service_endpoints, service_port
 from meshcore.state import ProxyState
 from ztunnel.proxy.errors import (
     InvalidDestination,
@@ -66,16 +64,6 @@ class RouteKind(enum.Enum):
     DIRECT = "Direct"  # to the destination workload itself (HBONE if it is in the mesh, else TCP)
     WAYPOINT = "ToServerWaypoint"  # to the destination's waypoint, which forwards it
     PASSTHROUGH = "Passthrough"  # destination unknown to the mesh: TCP to it as dialled
-
-
-class SockAddr(NamedTuple):
-    """An IP literal and a port; ``str()`` is the ``ip:port`` / ``[ip]:port`` authority form."""
-
-    ip: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,32 +142,6 @@ def _parse_destination(dst_ip: str, dst_port: int) -> ipaddress.IPv4Address | ip
     return ip
 
 
-def _target_port(svc_port: Port, endpoint_ports: Sequence[Port]) -> int | None:
-    """The port an endpoint serves ``svc_port`` on, or None when it does not serve it.
-
-    The endpoint's own mapping wins (a named targetPort resolved for that pod); then the service's
-    numeric target port; 0 everywhere means "same as the service port". An endpoint that lists ports
-    for the service but not this one, when the service has no numeric target, lacks the named port:
-    Istio skips it. An endpoint listing no ports at all serves every service port as declared.
-    """
-    for p in endpoint_ports:
-        if p.service_port == svc_port.service_port:
-            return p.target_port or svc_port.target_port or svc_port.service_port
-    if svc_port.target_port:
-        return svc_port.target_port
-    return None if endpoint_ports else svc_port.service_port
-
-
-def _identities(first: SpiffeId, sans: Iterable[str]) -> tuple[SpiffeId, ...]:
-    """``first`` plus every parseable SPIFFE SAN, without duplicates (unparseable SANs cannot match)."""
-    out = [first]
-    for san in sans:
-        parsed = SpiffeId.try_parse(san)
-        if parsed is not None and parsed not in out:
-            out.append(parsed)
-    return tuple(out)
-
-
 @dataclass(frozen=True, slots=True)
 class _Ctx:
     """One routing decision's inputs, so the helpers do not pass six arguments around."""
@@ -199,15 +161,12 @@ class _Ctx:
 
     def address_of(self, wl: Workload) -> str | None:
         """The workload's address of the destination's IP family, else its first one."""
-        for a in wl.addresses:
-            if (":" in a) == self.v6:
-                return a
-        return wl.addresses[0] if wl.addresses else None
+        return address_of(wl, self.v6)
 
     # -- services
 
     def to_service(self, svc: Service) -> Route:
-        svc_port = next((p for p in svc.ports if p.service_port == self.dst.port), None)
+        svc_port = service_port(svc, self.dst.port)
         if svc_port is None:
             exposed = ", ".join(str(p.service_port) for p in svc.ports) or "none"
             raise UnknownServicePort(
@@ -217,32 +176,17 @@ class _Ctx:
             )
         if svc.waypoint is not None and not self.src_is_waypoint(svc.waypoint):
             return self.via_waypoint(svc.waypoint, destination_service=svc, destination_workload=None)
-        lb = svc.load_balancing
-        allow_unhealthy = lb is not None and lb.health_policy == HealthPolicy.ALLOW_ALL
-        candidates: list[tuple[Workload, str, int]] = []
-        skipped = {"unhealthy": 0, "on another network": 0, "not serving the port": 0, "without an IP": 0}
-        for wl, ports in self.state.endpoints(svc.key):
-            target = _target_port(svc_port, ports)
-            addr = self.address_of(wl)
-            if not (wl.healthy or allow_unhealthy):
-                skipped["unhealthy"] += 1
-            elif wl.network != self.src.network:
-                skipped["on another network"] += 1  # needs double HBONE via a network gateway
-            elif target is None:
-                skipped["not serving the port"] += 1
-            elif addr is None:
-                skipped["without an IP"] += 1  # hostname-only workloads need DNS
-            else:
-                candidates.append((wl, addr, target))
-        if not candidates:
+        usable, skipped = service_endpoints(self.state, svc, svc_port, network=self.src.network, v6=self.v6)
+        if not usable:
+            lb = svc.load_balancing
             if lb is not None and lb.mode == LoadBalancingMode.PASSTHROUGH:
                 return Route(Protocol.TCP, RouteKind.PASSTHROUGH, self.dst, None, (), None, svc)
-            why = ", ".join(f"{n} {what}" for what, n in skipped.items() if n) or "it has no endpoints"
+            why = ", ".join(f"{n} {what}" for what, n in skipped.items()) or "it has no endpoints"
             raise NoHealthyUpstream(
                 str(self.dst), f"service {svc.key} has no usable endpoint for port {self.dst.port} ({why})"
             )
-        wl, addr, target = candidates[self.choose(len(candidates))]
-        return self.direct(wl, addr, target, svc)
+        chosen = usable[self.choose(len(usable))]
+        return self.direct(chosen.workload, chosen.address, chosen.port, svc)
 
     # -- workloads
 
@@ -261,7 +205,7 @@ class _Ctx:
             RouteKind.DIRECT,
             SockAddr(ip, self.hbone_port),
             SockAddr(ip, port),
-            _identities(wl.identity, svc.subject_alt_names if svc is not None else ()),
+            expected_identities(wl.identity, svc.subject_alt_names if svc is not None else ()),
             wl,
             svc,
         )
@@ -334,7 +278,7 @@ class _Ctx:
         if svc is None and gw.address is not None:
             addr = gw.address.address  # a waypoint named by its pod address: dial exactly that
         sans = svc.subject_alt_names if svc is not None else ()
-        return wl, addr, _identities(wl.identity, sans)
+        return wl, addr, expected_identities(wl.identity, sans)
 
 
 def _describe(gw: GatewayAddress) -> str:

@@ -32,7 +32,7 @@ from ztunnel.inpod.pod import OUTBOUND_PORT, WAITING_FOR_XDS
 from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.inpod.testing import AgentConnection, FakeNodeAgent, LoopbackPods
 from ztunnel.proxy.connections import ConnectionManager
-from ztunnel.proxy.contexts import TlsContexts
+from meshcore.aio.tls_contexts import TlsContexts
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.sockets import DedicatedSocketFactory
 from ztunnel.testing import loopback_block

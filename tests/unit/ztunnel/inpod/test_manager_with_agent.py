@@ -30,7 +30,7 @@ from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.inpod.testing import LoopbackPods
 from ztunnel.inpod.transport import open_listener
 from ztunnel.proxy.connections import ConnectionManager
-from ztunnel.proxy.contexts import TlsContexts
+from meshcore.aio.tls_contexts import TlsContexts
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.sockets import DedicatedSocketFactory
 from ztunnel.testing import loopback_block
