@@ -3,12 +3,16 @@
 Headers are upper-case like kubectl's; empty values print ``<none>`` as kubectl does. A NAMESPACE
 column comes first with ``-A`` for namespaced kinds. Pods show DATAPLANE-MODE: the pod's own
 ``istio.io/dataplane-mode`` label, else its namespace's (what the operator set with ``namespace
-enable``), else ``<none>``; the control plane, not this table, decides what is captured.
+enable``), else ``<none>``; the control plane, not this table, decides what is captured. Gateways show
+kubectl's columns (the Gateway API CRD's printer columns): CLASS, ADDRESS (the first of
+``status.addresses``), PROGRAMMED (the condition's status; ``Unknown`` until a controller wrote one, as
+the CRD's default status says) and AGE (``<unknown>``: the store records no creation time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from meshcore.store import Resource, is_namespaced, spec_as, status_as
 from meshcore.store.schema import (
@@ -21,8 +25,9 @@ from meshcore.store.schema import (
 )
 
 DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
-WAYPOINT_FOR_LABEL = "istio.io/waypoint-for"
 NONE = "<none>"
+# kubectl's AGE for an object without metadata.creationTimestamp.
+UNKNOWN_AGE = "<unknown>"
 
 Row = list[str]
 # (headers after NAME, row function after name) per kind.
@@ -88,10 +93,36 @@ def _policy_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
     return [spec.action, target, str(len(spec.rules or ()))]
 
 
+def gateway_conditions(gateway: Resource) -> list[dict[str, Any]]:
+    """A Gateway's well-formed status conditions (entries a controller wrote badly are skipped)."""
+    found = gateway.status.get("conditions")
+    if not isinstance(found, list):
+        return []
+    return [c for c in found if isinstance(c, dict) and isinstance(c.get("type"), str)]
+
+
+def gateway_condition(gateway: Resource, type_: str) -> dict[str, Any] | None:
+    return next((c for c in gateway_conditions(gateway) if c["type"] == type_), None)
+
+
+def gateway_programmed(gateway: Resource) -> str:
+    """``True``/``False``/``Unknown``: the Programmed condition (``Unknown`` before any was written)."""
+    found = gateway_condition(gateway, "Programmed")
+    return str(found.get("status") or "Unknown") if found else "Unknown"
+
+
+def gateway_address(gateway: Resource) -> str | None:
+    """The first ``status.addresses[].value`` (kubectl prints one value for this column)."""
+    addresses = gateway.status.get("addresses")
+    for entry in addresses if isinstance(addresses, list) else ():
+        if isinstance(entry, dict) and entry.get("value"):
+            return str(entry["value"])
+    return None
+
+
 def _gateway_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
     spec = spec_as(r, GatewaySpec)
-    listeners = ",".join(f"{lst.name}:{lst.port}/{lst.protocol}" for lst in spec.listeners or ())
-    return [spec.gateway_class_name, _or_none(listeners), _or_none(r.labels.get(WAYPOINT_FOR_LABEL))]
+    return [spec.gateway_class_name, _or_none(gateway_address(r)), gateway_programmed(r), UNKNOWN_AGE]
 
 
 def _route_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
@@ -105,6 +136,6 @@ _COLUMNS: dict[str, _Columns] = {
     "Pod": (["STATUS", "IP", "NODE", "SERVICE ACCOUNT", "DATAPLANE-MODE"], _pod_row),
     "Service": (["CLUSTER-IP", "PORT(S)", "SELECTOR"], _service_row),
     "AuthorizationPolicy": (["ACTION", "TARGET", "RULES"], _policy_row),
-    "Gateway": (["CLASS", "LISTENERS", "WAYPOINT-FOR"], _gateway_row),
+    "Gateway": (["CLASS", "ADDRESS", "PROGRAMMED", "AGE"], _gateway_row),
     "HTTPRoute": (["HOSTNAMES", "PARENTS", "RULES"], _route_row),
 }

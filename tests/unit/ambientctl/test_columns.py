@@ -73,7 +73,22 @@ NAMESPACES = {
                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
                 },
             ),
-            ["x", "istio-waypoint", "mesh:15008/HBONE", "service"],
+            ["x", "istio-waypoint", "<none>", "Unknown", "<unknown>"],
+        ),
+        (
+            res(
+                "Gateway",
+                GW_API,
+                spec={"gatewayClassName": "istio-waypoint", "listeners": []},
+                status={
+                    "addresses": [{"type": "IPAddress", "value": "10.96.0.50"}, {"value": "fd00::50"}],
+                    "conditions": [
+                        {"type": "Accepted", "status": "True"},
+                        {"type": "Programmed", "status": "True", "reason": "Programmed"},
+                    ],
+                },
+            ),
+            ["x", "istio-waypoint", "10.96.0.50", "True", "<unknown>"],
         ),
         (
             res(
@@ -91,7 +106,8 @@ NAMESPACES = {
         "a headless service lists every port with its protocol",
         "a policy bound with targetRefs shows the target",
         "a policy without selector or target applies to the namespace",
-        "a waypoint gateway shows its class, listener and waypoint-for label",
+        "a gateway no controller has acted on shows no address and PROGRAMMED Unknown",
+        "a programmed gateway shows its first status address and PROGRAMMED True",
         "an HTTPRoute shows its parent service and rule count",
         "a service account shows only its name",
     ],
