@@ -261,23 +261,37 @@ _ACTIONS = {"ALLOW": "Allow", "DENY": "Deny"}
 _SCOPES = {"GLOBAL": "Global", "NAMESPACE": "Namespace", "WORKLOADSELECTOR": "WorkloadSelector"}
 
 
+def _waypoint_destination(waypoint: Any) -> str:
+    """The dump's waypoint as one string: ztunnel writes ``{"destination": "network/ip"}`` or
+    ``{"destination": "namespace/hostname"}``; older shapes nest an address or hostname object."""
+    if not isinstance(waypoint, dict):
+        return str(waypoint)
+    dest = waypoint.get("destination") or waypoint.get("address") or waypoint.get("hostname") or ""
+    if isinstance(dest, dict):
+        host = dest.get("hostname")
+        if isinstance(host, dict):  # {"hostname": {"namespace": ..., "hostname": ...}}
+            return f"{host.get('namespace', '')}/{host.get('hostname', '')}"
+        dest = dest.get("address") or host or ""
+    return str(dest)
+
+
 def _waypoint_name(waypoint: Any, services: Sequence[Mapping[str, Any]]) -> str:
-    """``None`` when unset; else the service the waypoint address points at, else the address itself."""
+    """istioctl's WAYPOINT: ``None`` when unset; else the name of the service the waypoint points at
+    (one of its VIPs, whatever the network, or its ``namespace/hostname``); else the bare address or
+    hostname (istioctl prints ``NA`` there, which hides what ztunnel was told)."""
     if not waypoint:
         return "None"
-    if isinstance(waypoint, dict):
-        dest = waypoint.get("destination") or waypoint.get("address") or waypoint.get("hostname") or ""
-        if isinstance(dest, dict):  # {"address": "net/ip"} or {"hostname": {...}}
-            dest = dest.get("address") or dest.get("hostname") or ""
-    else:
-        dest = str(waypoint)
-    dest = str(dest)
-    ip = _strip_network(dest)
+    dest = _waypoint_destination(waypoint)
+    bare = _strip_network(dest)
+    if not bare:
+        return NA
     for svc in services:
-        vips = [_strip_network(str(v)) for v in svc.get("vips") or ()]
-        if ip in vips or dest == svc.get("hostname"):
-            return str(svc.get("name") or dest)
-    return dest or NA
+        vips = {_strip_network(str(v)) for v in svc.get("vips") or ()}
+        hostname = svc.get("hostname")
+        by_host = bool(hostname) and dest in (hostname, f"{svc.get('namespace', '')}/{hostname}")
+        if by_host or bare in vips:
+            return str(svc.get("name") or bare)
+    return bare
 
 
 def _matches(value: Any, wanted: str | None) -> bool:

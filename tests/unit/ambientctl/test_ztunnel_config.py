@@ -16,6 +16,10 @@ from typer.testing import CliRunner, Result
 
 from ambientctl.cli import app
 from ambientctl.commands import ztunnel_config as zc
+from meshcore.model import GatewayAddress, NamespacedHostname, NetworkAddress
+from meshcore.state import ProxyState
+from meshcore.testing import builders as b
+from ztunnel.admin import service_json, workload_json
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -185,7 +189,7 @@ def test_workload_rows_are_sorted_by_namespace_then_name_with_istio_columns() ->
     assert headers == ["NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"]
     assert rows == [
         ["legacy", "app-0", "None", "node-1", "None", "TCP"],
-        ["shop", "db-0", "127.0.0.12", "node-2", "/127.0.0.50", "HBONE"],
+        ["shop", "db-0", "127.0.0.12", "node-2", "127.0.0.50", "HBONE"],
         ["shop", "db-1", "127.0.0.13", "node-2", "None", "TCP"],
         ["shop", "web-0", "127.0.0.11", "node-1", "None", "HBONE"],
     ]
@@ -199,7 +203,12 @@ def test_workload_rows_are_sorted_by_namespace_then_name_with_istio_columns() ->
         ({"destination": "net1/fd00::50"}, "waypoint"),
         ({"destination": "waypoint.shop.svc.cluster.local"}, "waypoint"),
         ({"address": {"address": "/10.96.0.50"}}, "waypoint"),
-        ({"destination": "/10.1.2.3"}, "/10.1.2.3"),
+        ({"destination": "shop/waypoint.shop.svc.cluster.local", "hboneMtlsPort": 15008}, "waypoint"),
+        ({"hostname": {"hostname": {"namespace": "shop", "hostname": "waypoint.shop.svc.cluster.local"}}}, "waypoint"),
+        ({"destination": "other/waypoint.shop.svc.cluster.local"}, "waypoint.shop.svc.cluster.local"),
+        ({"destination": "/10.1.2.3"}, "10.1.2.3"),
+        ({"destination": "shop/gone.shop.svc.cluster.local"}, "gone.shop.svc.cluster.local"),
+        ({"destination": "", "hboneMtlsPort": 15008}, "NA"),
     ],
     ids=[
         "no waypoint prints None",
@@ -207,13 +216,43 @@ def test_workload_rows_are_sorted_by_namespace_then_name_with_istio_columns() ->
         "an IPv6 VIP with a network prefix is found too",
         "a waypoint given by hostname prints the service name",
         "a nested address object is understood",
-        "an address no service owns prints the address itself",
+        "ztunnel's namespace/hostname destination prints the service name",
+        "a nested namespaced hostname object is understood",
+        "a hostname of another namespace is not taken for the service",
+        "an address no service owns prints the bare address",
+        "a hostname no service has prints the bare hostname",
+        "a waypoint with an empty destination prints NA",
     ],
 )
 def test_waypoint_column_names_the_waypoint_service(waypoint: Any, expected: str) -> None:
     workload = {"name": "x", "namespace": "shop", "workloadIps": ["1.1.1.1"], "waypoint": waypoint}
     _, rows = zc.workload_table([workload], DUMP["services"])
     assert rows[0][4] == expected
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [
+        GatewayAddress(address=NetworkAddress("10.96.0.50")),
+        GatewayAddress(hostname=NamespacedHostname("shop", "waypoint.shop.svc.cluster.local")),
+    ],
+    ids=["a waypoint bound by address", "a waypoint bound by hostname"],
+)
+def test_waypoint_column_reads_what_ztunnels_config_dump_writes(gateway: GatewayAddress) -> None:
+    # The dump made by ztunnel's own admin code (not a hand-written copy of its shape).
+    waypoint_svc = b.service("waypoint", "10.96.0.50", {15008: 15008}, namespace="shop")
+    db_svc = b.service("db", "10.96.0.20", {5432: 5432}, namespace="shop", waypoint=gateway)
+    db = b.workload("db-0", "10.0.0.12", namespace="shop", waypoint=gateway)
+    web = b.workload("web-0", "10.0.0.11", namespace="shop")
+    state = ProxyState.of(db, web, waypoint_svc, db_svc)
+    dump = {
+        "workloads": [workload_json(w) for w in (db, web)],
+        "services": [service_json(s, state) for s in (db_svc, waypoint_svc)],
+    }
+    _, workload_rows = zc.workload_table(zc.filter_workloads(dump), dump["services"])
+    assert [(r[1], r[4]) for r in workload_rows] == [("db-0", "waypoint"), ("web-0", "None")]
+    _, service_rows = zc.service_table(zc.filter_services(dump), dump)
+    assert [(r[1], r[3]) for r in service_rows] == [("db", "waypoint"), ("waypoint", "None")]
 
 
 @pytest.mark.parametrize(
