@@ -11,6 +11,8 @@ A big response (a full push: 10,000+ resources) is decoded on the event loop in 
 resources, yielding to other tasks between steps, so the proxy keeps serving connections meanwhile without
 the GIL hand-offs a worker thread would cost; readers see nothing until the whole response is applied.
 Owns no tasks: the caller runs ``run()`` in its TaskGroup and calls ``close()`` to stop it.
+What it applies is a registry of resource kinds (``meshcore.state.kinds``): ztunnel's Address and
+Authorization over ``ProxyState`` by default; the waypoint passes its own kinds over its own snapshot.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 import structlog
 
 from meshcore.aio.state_cell import StateCell
 from meshcore.proto import discovery_pb2, discovery_pb2_grpc
-from meshcore.state import SUPPORTED_TYPE_URLS, DeltaApplier, ProxyState, Rejection
+from meshcore.state import SUPPORTED_TYPE_URLS, Rejection
+from meshcore.state.kinds import PROXY_STATE_KINDS, ResourceKind
 from meshcore.xds import ZTUNNEL_TYPE_URLS, Backoff, DeltaXdsClientProtocol, ProtocolError, nack_message
 
 log = structlog.get_logger("meshcore.xds")
@@ -36,10 +39,11 @@ MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel's limit (reference §5)
 APPLY_STEP = 256
 
 RejectionHook = Callable[[str, list[Rejection]], None]
+S = TypeVar("S")
 
 
-class XdsClient:
-    """Delta-xDS client for Address and Authorization resources (see the module docstring)."""
+class XdsClient(Generic[S]):
+    """Delta-xDS client for the kinds it is given (see the module docstring)."""
 
     def __init__(
         self,
@@ -47,10 +51,11 @@ class XdsClient:
         channel_credentials: grpc.ChannelCredentials | None,
         node_id: str,
         metadata: Mapping[str, Any],
-        cell: StateCell[ProxyState],
+        cell: StateCell[S],
         type_urls: Sequence[str] = ZTUNNEL_TYPE_URLS,
         on_rejections: RejectionHook | None = None,
         *,
+        kinds: Sequence[ResourceKind[S]] | None = None,
         authorization: str | Callable[[], str] | None = None,
         cluster_id: str | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
@@ -61,9 +66,15 @@ class XdsClient:
         """``channel_credentials=None`` means an insecure channel (tests only). ``authorization`` is the
         full header value (``Bearer <token>``) or a function returning it, called per connection so a
         rotated token is picked up. ``channel_options`` go to gRPC (e.g. ``grpc.ssl_target_name_override``)."""
-        unsupported = [t for t in type_urls if t not in SUPPORTED_TYPE_URLS]
-        if unsupported:
-            raise ValueError(f"XdsClient cannot apply type URLs {unsupported}; supported: {SUPPORTED_TYPE_URLS}")
+        if kinds is None:  # ztunnel's: Address and Authorization over ProxyState
+            unsupported = [t for t in type_urls if t not in SUPPORTED_TYPE_URLS]
+            if unsupported:
+                raise ValueError(f"XdsClient cannot apply type URLs {unsupported}; supported: {SUPPORTED_TYPE_URLS}")
+            by_url = {k.type_url: k for k in PROXY_STATE_KINDS}
+            kinds = cast(Sequence[ResourceKind[S]], [by_url[t] for t in type_urls])
+        else:
+            type_urls = [k.type_url for k in kinds]
+        self._kinds: dict[str, ResourceKind[S]] = {k.type_url: k for k in kinds}
         self.target = target
         self._credentials = channel_credentials
         self._cell = cell
@@ -179,7 +190,10 @@ class XdsClient:
         received = self._protocol.receive(response)
         before = self._cell.current()
         bodies = received.bodies
-        applier = DeltaApplier(before, received.type_url, bodies, received.removals)
+        kind = self._kinds.get(received.type_url)
+        if kind is None:  # the protocol only lets subscribed types through
+            raise ProtocolError(f"response for type {received.type_url!r}, which this client did not subscribe to")
+        applier = kind.start(before, bodies, received.removals)
         while not applier.step(APPLY_STEP):  # noqa: ASYNC110 - the step is the work; sleep(0) only yields
             await asyncio.sleep(0)  # let connections run; we are the cell's only writer, `before` stays current
             if self._closing:
@@ -207,4 +221,4 @@ class XdsClient:
         await call.write(reply)
         if self._protocol.ready and not self.ready.is_set():
             self.ready.set()
-            log.info("xds ready", target=self.target, version=after.version)
+            log.info("xds ready", target=self.target, version=getattr(after, "version", None))
