@@ -16,6 +16,7 @@ wait is bounded by ``--waypoint-timeout``. Result lines are istioctl's (stdout);
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -221,6 +222,8 @@ def parse_duration(text: str) -> float:
         if not parts or "".join(n + u for n, u in parts) != text:
             raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 2m, 1m30s, 500ms") from None
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if not math.isfinite(seconds):  # float() also reads "nan" and "inf"
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 2m, 1m30s, 500ms")
     if seconds <= 0:
         raise ValueError(f"{text!r}: the timeout must be more than zero")
     return seconds
