@@ -1,4 +1,5 @@
-"""Data-plane models: frozen msgspec Structs for workloads, services and authorization policies.
+"""Data-plane models: frozen msgspec Structs for workloads, services and authorization policies (L4,
+and L7 for waypoints).
 
 Pure values with Istio's enum numbers; ``convert`` maps them to and from Istio's protobuf messages.
 """
@@ -13,6 +14,17 @@ from meshcore.model.authorization import (
     Scope,
     ServiceAccountMatch,
     StringMatch,
+)
+from meshcore.model.l7 import (
+    L7Action,
+    L7Authorization,
+    L7Condition,
+    L7ConditionKey,
+    L7Operation,
+    L7Rule,
+    L7Source,
+    L7Target,
+    PathMatch,
 )
 from meshcore.model.service import HealthPolicy, LoadBalancing, LoadBalancingMode, Service
 from meshcore.model.workload import (
@@ -38,12 +50,21 @@ __all__ = [
     "GatewayAddress",
     "HealthPolicy",
     "IpNet",
+    "L7Action",
+    "L7Authorization",
+    "L7Condition",
+    "L7ConditionKey",
+    "L7Operation",
+    "L7Rule",
+    "L7Source",
+    "L7Target",
     "LoadBalancing",
     "LoadBalancingMode",
     "Locality",
     "Match",
     "NamespacedHostname",
     "NetworkAddress",
+    "PathMatch",
     "Port",
     "Rule",
     "Scope",

@@ -3,7 +3,8 @@
 A decision carries everything the caller needs to act and to explain: allowed or not, the reason
 (``DenyReason``, ztunnel's ``AuthorizationRejectionError``), the ``namespace/name`` of the policy that
 decided, the access-log error string exactly as ztunnel writes it, and the dry-run policies that
-matched (they never change the outcome, only the log). Pure values; the I/O shell logs and counts.
+matched (they never change the outcome, only the log) and, for L7, the AUDIT policies that matched.
+Pure values; the I/O shell logs and counts.
 """
 
 from __future__ import annotations
@@ -56,14 +57,25 @@ class Decision:
     message: str = ""
     # Dry-run policies that matched this connection, in evaluation order.
     dry_run_hits: tuple[DryRunHit, ...] = ()
+    # ``namespace/name`` of the AUDIT policies that matched (L7 only); they never change the outcome.
+    audited_by: tuple[str, ...] = ()
 
     @classmethod
-    def allow(cls, policy: str | None = None, dry_run_hits: tuple[DryRunHit, ...] = ()) -> Decision:
-        return cls(allowed=True, policy=policy, dry_run_hits=dry_run_hits)
+    def allow(
+        cls,
+        policy: str | None = None,
+        dry_run_hits: tuple[DryRunHit, ...] = (),
+        audited_by: tuple[str, ...] = (),
+    ) -> Decision:
+        return cls(allowed=True, policy=policy, dry_run_hits=dry_run_hits, audited_by=audited_by)
 
     @classmethod
     def deny(
-        cls, reason: DenyReason, policy: str | None = None, dry_run_hits: tuple[DryRunHit, ...] = ()
+        cls,
+        reason: DenyReason,
+        policy: str | None = None,
+        dry_run_hits: tuple[DryRunHit, ...] = (),
+        audited_by: tuple[str, ...] = (),
     ) -> Decision:
         """A denial whose message is ztunnel's access-log error for ``reason``."""
         if reason is DenyReason.EXPLICITLY_DENIED:
@@ -78,4 +90,5 @@ class Decision:
             policy=policy,
             message=POLICY_REJECTION_PREFIX + text,
             dry_run_hits=dry_run_hits,
+            audited_by=audited_by,
         )
