@@ -127,6 +127,10 @@ class _Metrics:
 class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """Delta ADS for ztunnels and waypoints. Register with ``add_AggregatedDiscoveryServiceServicer_to_server``.
 
+    ``type_urls`` is the set of served type URLs (default: Address and Authorization); a proxy subscribing
+    to any other ends its stream with INVALID_ARGUMENT. ``metric_types`` gives served types their short
+    ``type`` label on pilot_* metrics (Istio's ``wds``/``wads`` are built in; others use the full URL).
+
     Must be used from one event loop: ``set_resources``, the gRPC handlers and ``close`` share state
     without locks.
     """
@@ -139,13 +143,17 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
         *,
         debounce_max: float = 1.0,
         type_urls: Iterable[str] = SERVED_TYPES,
+        metric_types: Mapping[str, str] | None = None,
         close_grace: float = 5.0,
     ) -> None:
         self.close_grace = close_grace
         self._metrics = _Metrics(registry)
         self._log = logger if logger is not None else structlog.get_logger("istiod_lite.push")
         self._debouncer = Debouncer(debounce, max(debounce, debounce_max))
-        self._types = tuple(type_urls)
+        self._types = tuple(dict.fromkeys(type_urls))
+        if not self._types:
+            raise ValueError("PushServer needs at least one type URL to serve")
+        self._metric_types = {**METRIC_TYPES, **(metric_types or {})}
         self._stored: dict[str, dict[str, _Stored]] = {t: {} for t in self._types}
         self._versions: dict[str, dict[str, str]] = {t: {} for t in self._types}
         self._pending: dict[str, dict[str, float]] = {}  # type -> name -> when first set in this burst
@@ -272,7 +280,7 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     started = time.monotonic()
                     yield response
                     sent = time.monotonic()
-                    label = METRIC_TYPES.get(type_url, type_url)
+                    label = self._metric_types.get(type_url, type_url)
                     self._metrics.send_time.observe(sent - started)
                     self._metrics.pushes.labels(label).inc()
                     self._metrics.resources_pushed.labels(label).inc(count)
@@ -331,7 +339,7 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 initial_versions=len(request.initial_resource_versions),
             )
         if outcome.nack is not None:
-            self._metrics.rejects.labels(METRIC_TYPES.get(type_url, type_url)).inc()
+            self._metrics.rejects.labels(self._metric_types.get(type_url, type_url)).inc()
             stream.log.warning(
                 "proxy rejected xds response",
                 type_url=type_url,

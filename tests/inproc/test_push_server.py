@@ -21,7 +21,7 @@ from meshcore.model.convert import (
     authorization_to_proto,
     resource_name,
 )
-from meshcore.proto import discovery_pb2, discovery_pb2_grpc, workload_pb2
+from meshcore.proto import discovery_pb2, discovery_pb2_grpc, waypoint_pb2, workload_pb2
 from meshcore.testing import builders
 
 WAIT = 5.0
@@ -138,12 +138,18 @@ class Harness:
             await self.server.wait_synced(streams=streams)
 
 
+L7_TYPE_URL = "type.googleapis.com/ambientmesh.waypoint.v1.L7Authorization"
+
+
 @pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     registry = CollectorRegistry()
     logs = LogCapture()
     server = PushServer(
-        registry, debounce=0.05, logger=structlog.wrap_logger(structlog.ReturnLogger(), processors=[logs])
+        registry,
+        debounce=0.05,
+        logger=structlog.wrap_logger(structlog.ReturnLogger(), processors=[logs]),
+        **getattr(request, "param", {}),
     )
     grpc_server = grpc.aio.server()
     discovery_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
@@ -411,3 +417,27 @@ def _last_value(received: list[discovery_pb2.DeltaDiscoveryResponse]) -> workloa
     address = workload_pb2.Address()
     received[-1].resources[0].resource.Unpack(address)
     return address
+
+
+@pytest.mark.parametrize(
+    "harness", [{"type_urls": (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_TYPE_URL), "metric_types": {L7_TYPE_URL: "l7"}}],
+    indirect=True,
+    ids=["a server constructed with a third type url"],
+)
+async def test_a_type_url_passed_to_the_constructor_is_served(harness: Harness) -> None:
+    policy = waypoint_pb2.L7Authorization(name="deny-admin", namespace="default")
+    harness.server.set_resources(L7_TYPE_URL, {"default/deny-admin": policy})
+    p = harness.proxy("waypoint-1")
+    await p.send(L7_TYPE_URL)
+    response = await p.recv_ack()
+
+    assert response.type_url == L7_TYPE_URL
+    [resource] = response.resources
+    decoded = waypoint_pb2.L7Authorization()
+    assert resource.resource.Unpack(decoded) and decoded == policy
+    assert harness.metric("pilot_xds_pushes_total", type="l7") == 1
+
+
+async def test_the_default_server_does_not_serve_other_type_urls(harness: Harness) -> None:
+    with pytest.raises(ValueError, match="serves only"):
+        harness.server.set_resources(L7_TYPE_URL, {"default/x": waypoint_pb2.L7Authorization(name="x")})
