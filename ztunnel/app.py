@@ -40,20 +40,20 @@ from meshcore.aio.state_cell import StateCell
 from meshcore.aio.tls_contexts import TlsContexts
 from meshcore.aio.xds_client import XdsClient
 from meshcore.logs import set_level
+from meshcore.readiness import ReadinessReport, check_readiness, readiness_handler
 from meshcore.state import ProxyState
 from meshcore.telemetry import TcpMetrics
+from meshcore.testing.shared_ca import fake_certificate_provider
 from meshcore.tls.contexts import channel_credentials, channel_options
 from ztunnel.admin import LogLevel, admin_routes, config_dump
 from ztunnel.config import ProxyMode, ZtunnelConfig
 from ztunnel.dedicated import DedicatedProxyManager, select_local_workloads
-from ztunnel.fake_ca import fake_certificate_provider
 from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.metrics import ZtunnelCollector
 from ztunnel.proxy.connections import ConnectionManager, Direction, PolicyWatcher
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.proxy.local_config import load_local_config
 from ztunnel.proxy.outbound import Socks5Listener
-from ztunnel.readiness import ReadinessReport, check_readiness, readiness_handler
 from ztunnel.sockets import DedicatedSocketFactory, SocketFactory
 
 log = structlog.get_logger("ztunnel")

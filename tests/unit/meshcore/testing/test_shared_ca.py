@@ -8,7 +8,7 @@ from pathlib import Path
 
 from meshcore.identity import SpiffeId
 from meshcore.tls import certs
-from ztunnel.fake_ca import CERT_FILE, KEY_FILE, ROOT_DIR, SharedFakeCa
+from meshcore.testing.shared_ca import CERT_FILE, KEY_FILE, ROOT_DIR, SharedFakeCa
 
 ALICE = SpiffeId("cluster.local", "default", "alice")
 

@@ -6,7 +6,7 @@ import pytest
 
 from meshcore.aio.httpserver import Request
 from meshcore.identity import SpiffeId
-from ztunnel.readiness import check_readiness, readiness_handler
+from meshcore.readiness import check_readiness, readiness_handler
 
 A = SpiffeId("cluster.local", "default", "a")
 B = SpiffeId("cluster.local", "default", "b")

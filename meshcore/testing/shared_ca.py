@@ -1,7 +1,7 @@
 """``FAKE_CA``: sign workload certificates in-process, for tests and local runs without istiod_lite.
 
-``fake_certificate_provider`` returns the test kit's in-memory ``FakeCa`` (its own root: fine for one
-process) or, with ``FAKE_CA_DIR``, a ``SharedFakeCa`` whose root key and certificate live in that
+``fake_certificate_provider`` (the binaries' explicit FAKE_CA mode: ztunnel's and the waypoint's) returns
+the test kit's in-memory ``FakeCa`` (its own root: fine for one process) or, with ``FAKE_CA_DIR``, a ``SharedFakeCa`` whose root key and certificate live in that
 directory, so several ztunnel processes pointed at it (the L4 benchmark's two nodes) trust each other.
 The first process creates the root atomically (written to a private temporary directory, then renamed
 into place; a loser of the race uses the winner's). The key file is 0600 in a 0700 directory. Never for
