@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from meshcore.identity import SpiffeId
-from meshcore.tls import certs
 from meshcore.testing.shared_ca import CERT_FILE, KEY_FILE, ROOT_DIR, SharedFakeCa
+from meshcore.tls import certs
 
 ALICE = SpiffeId("cluster.local", "default", "alice")
 

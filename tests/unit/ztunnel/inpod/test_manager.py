@@ -20,6 +20,7 @@ from meshcore.aio.hbone_server import HboneServerCounters
 from meshcore.aio.pool import HbonePool, mtls_connector
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
+from meshcore.aio.tls_contexts import TlsContexts
 from meshcore.identity import SpiffeId
 from meshcore.proto import zds_pb2
 from meshcore.state import ProxyState
@@ -32,7 +33,6 @@ from ztunnel.inpod.pod import OUTBOUND_PORT, WAITING_FOR_XDS
 from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.inpod.testing import AgentConnection, FakeNodeAgent, LoopbackPods
 from ztunnel.proxy.connections import ConnectionManager
-from meshcore.aio.tls_contexts import TlsContexts
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.sockets import DedicatedSocketFactory
 from ztunnel.testing import loopback_block

@@ -18,6 +18,7 @@ from meshcore.aio.hbone_server import HboneServerCounters
 from meshcore.aio.pool import HbonePool, mtls_connector
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
+from meshcore.aio.tls_contexts import TlsContexts
 from meshcore.state import ProxyState
 from meshcore.telemetry import TcpMetrics
 from meshcore.testing.builders import workload
@@ -30,7 +31,6 @@ from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.inpod.testing import LoopbackPods
 from ztunnel.inpod.transport import open_listener
 from ztunnel.proxy.connections import ConnectionManager
-from meshcore.aio.tls_contexts import TlsContexts
 from ztunnel.proxy.inputs import ProxyInputs
 from ztunnel.sockets import DedicatedSocketFactory
 from ztunnel.testing import loopback_block
