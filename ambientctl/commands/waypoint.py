@@ -53,6 +53,8 @@ REVISION_LABEL = "istio.io/rev"
 USE_WAYPOINT_LABEL = "istio.io/use-waypoint"
 DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
 FOR_SERVICE_ACCOUNT_ANNOTATION = "istio.io/for-service-account"
+# On what the waypoint controller makes for a Gateway (its pod and Service).
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 # What this command owns on a Gateway (as istioctl's server-side apply field manager does); other
 # labels and annotations are left as they are.
 MANAGED_LABELS = (WAYPOINT_FOR_LABEL, REVISION_LABEL)
@@ -267,8 +269,10 @@ def merge_for_apply(existing: Resource | None, wanted: Resource) -> Resource:
 
 
 def apply_waypoint(store: SqliteStore, waypoint: Resource) -> ApplyResult:
-    """Create or update the waypoint Gateway (see ``merge_for_apply``); refuses a second per-SA
-    waypoint for the same service account in the namespace (which one would serve it is ambiguous)."""
+    """Create or update the waypoint Gateway (see ``merge_for_apply``). Refuses a second per-SA
+    waypoint for the same service account in the namespace (which one would serve it is ambiguous) and
+    a name already taken by a Service other than the waypoint's own (the controller names the
+    waypoint's Service after the Gateway)."""
     sa = waypoint.annotations.get(FOR_SERVICE_ACCOUNT_ANNOTATION)
     if sa:
         for other in store.list("Gateway", waypoint.namespace):
@@ -278,6 +282,14 @@ def apply_waypoint(store: SqliteStore, waypoint: Resource) -> ApplyResult:
                     f"({FOR_SERVICE_ACCOUNT_ANNOTATION}: {sa}); apply with --name {other.name}, or delete it "
                     f"first with `ambientctl waypoint delete {other.name} -n {waypoint.namespace}`"
                 )
+    service = store.get(ResourceRef("Service", waypoint.namespace, waypoint.name))
+    if service is not None and service.labels.get(GATEWAY_NAME_LABEL) != waypoint.name:
+        # The controller names the waypoint's Service after the Gateway (<name>.<ns>.svc...:15008).
+        raise CliError(
+            f"service {waypoint.namespace}/{waypoint.name} already exists and is not this waypoint's: the "
+            f"waypoint's Service takes the waypoint's name; pass another --name "
+            f"(e.g. --name {waypoint.name}-waypoint)"
+        )
     merged = merge_for_apply(store.get(waypoint.ref), waypoint)
     return store.apply([to_resource(merged.to_dict())])[0]
 

@@ -251,6 +251,35 @@ def test_a_second_waypoint_for_one_service_account_is_refused(ctl: Ctl) -> None:
     ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
 
 
+def test_a_name_taken_by_an_application_service_is_refused_with_another_name_to_use(ctl: Ctl) -> None:
+    app_service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+    }
+    ctl.put(app_service)
+    result = ctl.fails("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
+    assert "service shop/reviews already exists" in result.stderr
+    assert "--name reviews-waypoint" in result.stderr
+    assert ctl.get("Gateway", "shop", "reviews") is None
+    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "reviews-waypoint")
+
+
+def test_the_waypoints_own_service_does_not_block_a_reapply(ctl: Ctl) -> None:
+    ctl.ok("waypoint", "apply", "-n", "shop")
+    own = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "waypoint",
+            "namespace": "shop",
+            "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"},
+        },
+    }
+    ctl.put(own)
+    ctl.ok("waypoint", "apply", "-n", "shop", "--for", "all")
+
+
 def test_enroll_namespace_labels_it_after_applying(ctl: Ctl) -> None:
     ctl.put(namespace("shop", **{"istio.io/dataplane-mode": "ambient"}))
     result = ctl.ok("waypoint", "apply", "-n", "shop", "--enroll-namespace")
