@@ -1,4 +1,4 @@
-"""istiod_lite.registry: cluster resources -> Istio's workloads, services and L4 policies.
+"""istiod_lite.registry: cluster resources -> Istio's workloads, services (with their waypoints) and L4 policies.
 
 Pure code: input is ``meshcore.store.resource.Resource`` values, output is ``meshcore.model`` values
 in a ``RegistrySnapshot`` plus the problems found. No I/O, no store access, no logging; the caller

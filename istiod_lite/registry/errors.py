@@ -34,6 +34,12 @@ class Reason(enum.StrEnum):
     UNRESOLVED_TARGET_PORT = "UnresolvedTargetPort"
     INVALID_VALUE = "InvalidValue"
     INVALID_RESOURCE = "InvalidResource"
+    # Waypoints (registry.waypoints): a Gateway that is no usable waypoint, and labels naming one.
+    INVALID_WAYPOINT = "InvalidWaypoint"
+    WAYPOINT_CONFLICT = "WaypointConflict"
+    WAYPOINT_NOT_READY = "WaypointNotReady"
+    WAYPOINT_NOT_FOUND = "WaypointNotFound"
+    WAYPOINT_NOT_ALLOWED = "WaypointNotAllowed"
 
 
 class Problem(msgspec.Struct, frozen=True):

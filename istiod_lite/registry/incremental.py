@@ -9,7 +9,13 @@ change, not of the cluster (one pod on 10,000: well under a millisecond; ``compu
   selector, ports or key changed: a new VIP alone touches no Workload);
 - a Namespace whose labels changed -> its pods and Services;
 - an AuthorizationPolicy -> that policy, and the pods its old or new selector matches when which pods it
-  selects changed (every namespace for a root-namespace policy); a rules-only edit touches no Workload.
+  selects changed (every namespace for a root-namespace policy); a rules-only edit touches no Workload;
+- a waypoint Gateway whose waypoint changed (address, traffic type, service account...; not its status
+  conditions) -> the pods of its namespace, the pods that name its namespace in
+  ``istio.io/use-waypoint-namespace`` (or whose namespace does), and the waypoint binding of every Service
+  (a cheap lookup each); a Gateway of another class touches nothing;
+- a pod whose Workload joins or leaves a Service, or changes service account -> that Service's waypoint
+  binding when the set of accounts its endpoints run as changed (per-service-account waypoints).
 
 Invariants: the result always equals a full ``compute`` of the same resources (property-tested); a state
 is never mutated once returned (copy-on-write per table and per namespace), so old snapshots stay valid
@@ -35,11 +41,22 @@ from istiod_lite.registry.index import (
     ScheduledPod,
     SelectorIndex,
     Value,
+    bind_service_info,
     build_pod,
     check_settings,
 )
 from istiod_lite.registry.policies import PolicyInfo, convert_policy
-from istiod_lite.registry.services import ServiceInfo, ServicePortSpec, build_service
+from istiod_lite.registry.services import ServiceInfo, ServicePortSpec, build_service, service_hostname
+from istiod_lite.registry.waypoints import (
+    USE_WAYPOINT_NAMESPACE,
+    Binding,
+    Source,
+    Waypoint,
+    gateway_problems,
+    namespace_problem,
+    service_account_waypoints,
+    waypoint_from_gateway,
+)
 from istiod_lite.registry.workloads import pod_uid
 from meshcore.identity import SpiffeId
 from meshcore.model import Authorization, Scope, Service, Workload
@@ -51,7 +68,7 @@ Removals = dict[str, set[str]]
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
-_USED_KINDS = frozenset({"Namespace", "Pod", "Service", "AuthorizationPolicy"})
+_USED_KINDS = frozenset({"Namespace", "Pod", "Service", "AuthorizationPolicy", "Gateway"})
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -80,9 +97,11 @@ class _Namespace:
     service_index: SelectorIndex[ServiceInfo] = field(default_factory=SelectorIndex)
     policy_infos: Mapping[str, PolicyInfo] = field(default_factory=dict)  # the policies for ztunnel
     policy_index: SelectorIndex[str] = field(default_factory=SelectorIndex)
+    gateways: Mapping[str, Waypoint] = field(default_factory=dict)  # the istio-waypoint Gateways, by name
+    account_waypoints: Mapping[str, Waypoint] = field(default_factory=dict)  # service account -> waypoint
 
     def is_empty(self) -> bool:
-        return not (self.labels or self.pods or self.services or self.policy_infos)
+        return not (self.labels or self.pods or self.services or self.policy_infos or self.gateways)
 
 
 _EMPTY_NAMESPACE = _Namespace()
@@ -110,6 +129,27 @@ class RegistryState:
     node_identities: dict[str, Mapping[SpiffeId, int]] = field(default_factory=dict, repr=False)
     identities_by_node: dict[str, frozenset[SpiffeId]] = field(default_factory=dict, repr=False)
     problems_by_source: dict[ResourceRef, tuple[Problem, ...]] = field(default_factory=dict, repr=False)
+    # service key -> service account -> how many of its endpoint Workloads run as it.
+    endpoint_accounts: dict[str, Mapping[str, int]] = field(default_factory=dict, repr=False)
+    waypoints: dict[str, Waypoint] = field(default_factory=dict, repr=False)
+    bindings: dict[str, Binding] = field(default_factory=dict, repr=False)
+
+
+class _Waypoints:
+    """The ``WaypointTable`` of a set of namespaces."""
+
+    __slots__ = ("_namespaces",)
+
+    def __init__(self, namespaces: Mapping[str, _Namespace]) -> None:
+        self._namespaces = namespaces
+
+    def waypoint(self, namespace: str, name: str) -> Waypoint | None:
+        ns = self._namespaces.get(namespace)
+        return ns.gateways.get(name) if ns is not None else None
+
+    def for_service_account(self, namespace: str, service_account: str) -> Waypoint | None:
+        ns = self._namespaces.get(namespace)
+        return ns.account_waypoints.get(service_account) if ns is not None else None
 
 
 def empty(settings: RegistrySettings | None = None) -> RegistryState:
@@ -187,8 +227,10 @@ class _NamespaceDraft:
         self.services = _Cow(base.services)
         self.service_infos = _Cow(base.service_infos)
         self.policy_infos = _Cow(base.policy_infos)
+        self.gateways = _Cow(base.gateways)
         self.service_index = base.service_index
         self.policy_index = base.policy_index
+        self.account_waypoints = base.account_waypoints
         self.services_changed = False
         self.policies_changed = False
 
@@ -204,6 +246,8 @@ class _NamespaceDraft:
                 selector = _policy_selector(policy)
                 if selector is not None:
                     self.policy_index.add(selector, policy.authorization.key)
+        if self.gateways.copied:
+            self.account_waypoints = service_account_waypoints(self.gateways.current.values())
         return _Namespace(
             self.labels,
             self.pods.current,
@@ -212,6 +256,8 @@ class _NamespaceDraft:
             self.service_index,
             self.policy_infos.current,
             self.policy_index,
+            self.gateways.current,
+            self.account_waypoints,
         )
 
 
@@ -248,6 +294,13 @@ class _Batch:
         self.touched: dict[str, set[str]] = {WORKLOAD: set(), SERVICE: set(), AUTHORIZATION: set()}
         self.node_counts: dict[str, dict[SpiffeId, int]] = {}  # node -> identity -> active pods
         self.touched_sources: set[ResourceRef] = set()
+        self.waypoints = _Cow(state.waypoints)
+        self.bindings = _Cow(state.bindings)
+        self.account_counts: dict[str, dict[str, int]] = {}  # service key -> this batch's copy of its counts
+        self.accounts_before: dict[str, frozenset[str]] = {}  # service key -> its accounts before the batch
+        self.rebind: set[tuple[str, str]] = set()  # (namespace, name) of Services to bind again
+        self.rebind_all = False  # a waypoint changed: bind every Service again
+        self.waypoint_namespaces: set[str] = set()  # namespaces whose waypoints changed
 
     def draft(self, namespace: str) -> _NamespaceDraft:
         d = self.drafts.get(namespace)
@@ -279,6 +332,7 @@ class _Batch:
     def run(self, batch: Mapping[ResourceRef, Resource | None]) -> tuple[RegistryState, Changes, Removals]:
         services: list[tuple[str, str]] = []
         policies: list[tuple[ResourceRef, Resource | None]] = []
+        gateways: list[tuple[ResourceRef, Resource | None]] = []
         relabelled: list[str] = []
         for ref, resource in batch.items():
             if ref.kind == "Namespace":
@@ -293,6 +347,8 @@ class _Batch:
             elif ref.kind == "Service":
                 self.draft(ref.namespace).services.put(ref.name, resource)
                 services.append((ref.namespace, ref.name))
+            elif ref.kind == "Gateway":
+                gateways.append((ref, resource))
             else:
                 policies.append((ref, resource))
         for namespace in relabelled:  # Services read their namespace's labels, and so do pods
@@ -300,8 +356,12 @@ class _Batch:
             self.dirty_pods.update((namespace, name) for name in self.pods_of(namespace))
         for namespace, name in dict.fromkeys(services):
             self.rebuild_service(namespace, name)
+            self.rebind.add((namespace, name))
         for ref, resource in policies:
             self.rebuild_policy(ref, resource)
+        for ref, resource in gateways:
+            self.rebuild_gateway(ref, resource)
+        self.probe_waypoint_users()
         self.find_probed_pods()
         namespaces = dict(self.old.namespaces)
         for name, d in self.drafts.items():
@@ -312,6 +372,8 @@ class _Batch:
                 namespaces[name] = done
         for namespace, name in self.dirty_pods:
             self.rebuild_pod(namespaces, namespace, name)
+        self.rebind_services(namespaces)
+        self.check_namespaces(namespaces, relabelled)
         return self.finish(namespaces)
 
     def rebuild_service(self, namespace: str, name: str) -> None:
@@ -372,6 +434,41 @@ class _Batch:
                 if selector is not None:
                     self.probe(scope, selector)
 
+    def rebuild_gateway(self, ref: ResourceRef, resource: Resource | None) -> None:
+        d = self.draft(ref.namespace)
+        s = self.settings
+        new = (
+            waypoint_from_gateway(resource, network=s.network, domain_suffix=s.domain_suffix)
+            if resource is not None
+            else None
+        )
+        old = d.gateways.current.get(ref.name)
+        if new == old:
+            return
+        self.set_problems(ref, ())  # the namespace's Gateways are checked again in probe_waypoint_users
+        d.gateways.put(ref.name, new)
+        self.waypoints.put(f"{ref.namespace}/{ref.name}", new)
+        self.waypoint_namespaces.add(ref.namespace)
+
+    def probe_waypoint_users(self) -> None:
+        """For each namespace whose waypoints changed: its Gateways' problems, and who may use them."""
+        if not self.waypoint_namespaces:
+            return
+        self.rebind_all = True
+        for namespace in self.waypoint_namespaces:
+            named = self.draft(namespace).gateways.current
+            refs = {name: ResourceRef("Gateway", namespace, name) for name in named}
+            found = gateway_problems(refs, named)
+            for name, ref in refs.items():
+                self.set_problems(ref, found.get(name, ()))
+            self.probe(namespace, {})  # its pods: per-SA and same-namespace use-waypoint
+            self.probe(None, {USE_WAYPOINT_NAMESPACE: namespace})  # pods naming it
+            for other in dict.fromkeys(itertools.chain(self.old.namespaces, self.drafts)):
+                d = self.drafts.get(other)
+                labels = d.labels if d is not None else self.old.namespaces[other].labels
+                if labels.get(USE_WAYPOINT_NAMESPACE) == namespace:
+                    self.probe(other, {})  # pods of a namespace naming it
+
     def find_probed_pods(self) -> None:
         """Mark dirty every pod a changed selector matches (before or after the change)."""
         namespaces: Iterable[str] = self.probes
@@ -405,6 +502,7 @@ class _Batch:
                 trust_domain=s.trust_domain,
                 cluster_id=s.cluster_id,
                 network=s.network,
+                waypoints=_Waypoints(namespaces),
             )
         self.set_problems(ResourceRef("Pod", namespace, name), entry.problems)
 
@@ -417,7 +515,67 @@ class _Batch:
         uid = pod_uid(s.cluster_id, namespace, name)
         if entry.workload is not None or uid in self.workloads.current:
             self.touched[WORKLOAD].add(uid)
+            self.count_accounts(self.workloads.current.get(uid), -1)
+            self.count_accounts(entry.workload, +1)
             self.workloads.put(uid, entry.workload)
+        binding = entry.binding if entry.binding.source != Source.NONE else None
+        if binding is not None or uid in self.bindings.current:
+            self.bindings.put(uid, binding)
+
+    def count_accounts(self, workload: Workload | None, delta: int) -> None:
+        """Follow which service accounts each Service's endpoints run as (per-SA service binding)."""
+        if workload is None:
+            return
+        for key in workload.services:
+            counts = self.account_counts.get(key)
+            if counts is None:
+                before = self.old.endpoint_accounts.get(key, {})
+                self.accounts_before[key] = frozenset(before)
+                counts = self.account_counts[key] = dict(before)
+            left = counts.get(workload.service_account, 0) + delta
+            if left > 0:
+                counts[workload.service_account] = left
+            else:
+                counts.pop(workload.service_account, None)
+
+    def rebind_services(self, namespaces: Mapping[str, _Namespace]) -> None:
+        """Bind waypoints to the Services this batch may have changed the decision of."""
+        for key, counts in self.account_counts.items():
+            if frozenset(counts) != self.accounts_before[key]:
+                namespace, _, hostname = key.partition("/")
+                self.rebind.add((namespace, hostname.split(".", 1)[0]))
+        if self.rebind_all:
+            for namespace, ns in namespaces.items():
+                self.rebind.update((namespace, name) for name in ns.service_infos)
+        table = _Waypoints(namespaces)
+        for namespace, name in self.rebind:
+            ns = namespaces.get(namespace, _EMPTY_NAMESPACE)
+            info = ns.service_infos.get(name)
+            source = ResourceRef("Service/waypoint", namespace, name)  # its binding problems, kept apart
+            if info is None:
+                self.set_problems(source, ())
+                self.bindings.put(f"{namespace}/{service_hostname(name, namespace, self.settings.domain_suffix)}", None)
+                continue
+            key = info.service.key
+            counts = self.account_counts.get(key)
+            accounts = counts if counts is not None else self.old.endpoint_accounts.get(key, {})
+            service, binding, problem = bind_service_info(info, ns.labels, accounts, table)
+            self.set_problems(source, (problem,) if problem is not None else ())
+            self.services.put(key, service)
+            self.touched[SERVICE].add(key)
+            keep = binding if binding.source != Source.NONE else None
+            if keep is not None or key in self.bindings.current:
+                self.bindings.put(key, keep)
+
+    def check_namespaces(self, namespaces: Mapping[str, _Namespace], relabelled: Iterable[str]) -> None:
+        """Problems of namespaces whose ``istio.io/use-waypoint`` names a missing or closed waypoint."""
+        names: Iterable[str] = namespaces if self.waypoint_namespaces else relabelled
+        table = _Waypoints(namespaces)
+        for name in dict.fromkeys(itertools.chain(names, relabelled)):
+            ref = ResourceRef("Namespace", "", name)
+            ns = namespaces.get(name)
+            problem = namespace_problem(ref, ns.labels, table) if ns is not None else None
+            self.set_problems(ref, (problem,) if problem is not None else ())
 
     def count_identity(self, scheduled: ScheduledPod | None, delta: int) -> None:
         if scheduled is None or not scheduled.node:
@@ -465,6 +623,15 @@ class _Batch:
 
         workloads, services, policies = self.workloads.result(), self.services.result(), self.policies.result()
         scheduled = self.scheduled.result()
+        waypoints, bindings = self.waypoints.result(), self.bindings.result()
+        endpoint_accounts = old.endpoint_accounts
+        if self.account_counts:
+            endpoint_accounts = dict(endpoint_accounts)
+            for key, counts in self.account_counts.items():
+                if counts:
+                    endpoint_accounts[key] = counts
+                else:
+                    endpoint_accounts.pop(key, None)
         state = RegistryState(
             settings=self.settings,
             snapshot=RegistrySnapshot(
@@ -474,6 +641,8 @@ class _Batch:
                 problems=problems,
                 pods=MappingProxyType(scheduled),
                 identities_by_node=MappingProxyType(identities_by_node),
+                waypoints=MappingProxyType(waypoints),
+                waypoint_bindings=MappingProxyType(bindings),
             ),
             fresh_problems=tuple(fresh),
             problem_counts=MappingProxyType(by_severity),
@@ -485,6 +654,9 @@ class _Batch:
             node_identities=node_identities,
             identities_by_node=identities_by_node,
             problems_by_source=by_source,
+            endpoint_accounts=endpoint_accounts,
+            waypoints=waypoints,
+            bindings=bindings,
         )
         changes: Changes = {}
         removals: Removals = {}

@@ -5,6 +5,9 @@
 the push layer only what changed. Both share ``build_pod``, so one pod converts the same either way. Lookups avoid O(pods x services): Services and selector policies are indexed per
 namespace by one label pair of their selector, so a pod only checks the selectors that share a label
 with it. Selector policies in the root namespace apply to matching pods of every namespace.
+Waypoints (``registry.waypoints``): Gateways of class ``istio-waypoint`` are read first; each pod's
+Workload gets its waypoint from ``bind_workload``, and each Service from ``bind_service`` once the
+service accounts of its endpoints are known. ``waypoints`` and ``waypoint_bindings`` are the debug view.
 
 Invariants: a snapshot is immutable (read-only mappings) and can be shared between threads and pushes;
 one bad resource is skipped or replaced by a fail-closed stand-in and reported in ``problems``, never
@@ -20,13 +23,29 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
+import msgspec
+
 from istiod_lite.registry.errors import InvalidPod, Problem, RegistryError
 from istiod_lite.registry.policies import PolicyInfo, convert_policy
 from istiod_lite.registry.services import ServiceInfo, build_service
+from istiod_lite.registry.waypoints import (
+    UNBOUND,
+    Binding,
+    SimpleWaypointTable,
+    Source,
+    Waypoint,
+    WaypointTable,
+    bind_service,
+    bind_workload,
+    binding_problem,
+    gateway_problems,
+    namespace_problem,
+    waypoint_from_gateway,
+)
 from istiod_lite.registry.workloads import build_workload, is_active, pod_service_account
 from meshcore.identity import InvalidSpiffeId, SpiffeId
 from meshcore.model import Authorization, Scope, Service, Workload
-from meshcore.store.resource import Resource
+from meshcore.store.resource import Resource, ResourceRef
 
 WORKLOAD = "workload"
 SERVICE = "service"
@@ -92,6 +111,11 @@ class RegistrySnapshot:
     identities_by_node: Mapping[str, frozenset[SpiffeId]] = field(
         default_factory=lambda: MappingProxyType({}), repr=False
     )
+    # "ns/name" -> every Gateway of class istio-waypoint (refused ones too, with the reason).
+    waypoints: Mapping[str, Waypoint] = field(default_factory=lambda: MappingProxyType({}))
+    # xDS name (workload uid, service key) -> its waypoint decision, for every workload and Service
+    # for which something asked for a waypoint (bound or not, with the reason): the debug view.
+    waypoint_bindings: Mapping[str, Binding] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     def identities_on_node(self, node: str) -> frozenset[SpiffeId]:
         """Identities of the active pods scheduled on ``node``, in the mesh or not.
@@ -126,6 +150,7 @@ def compute(
     pods: list[Resource] = []
     service_resources: list[Resource] = []
     policy_resources: list[Resource] = []
+    gateways: list[tuple[Resource, Waypoint]] = []
     for r in resources:
         if r.kind == "Pod":
             pods.append(r)
@@ -135,9 +160,26 @@ def compute(
             policy_resources.append(r)
         elif r.kind == "Namespace":
             namespace_labels[r.name] = r.labels
+        elif r.kind == "Gateway":
+            wp = waypoint_from_gateway(r, network=network, domain_suffix=domain_suffix)
+            if wp is not None:
+                gateways.append((r, wp))
     problems: list[Problem] = []
+    waypoints = SimpleWaypointTable(wp for _, wp in gateways)
+    by_namespace: dict[str, dict[str, Waypoint]] = defaultdict(dict)
+    for r, wp in gateways:
+        by_namespace[r.namespace][r.name] = wp
+    for namespace, named in by_namespace.items():
+        refs = {name: ResourceRef("Gateway", namespace, name) for name in named}
+        for found in gateway_problems(refs, named).values():
+            problems.extend(found)
+    for name, labels in namespace_labels.items():
+        ns_problem = namespace_problem(ResourceRef("Namespace", "", name), labels, waypoints)
+        if ns_problem is not None:
+            problems.append(ns_problem)
 
     services: dict[str, Service] = {}
+    service_infos: list[ServiceInfo] = []
     service_index: dict[str, SelectorIndex[ServiceInfo]] = defaultdict(SelectorIndex)
     for r in service_resources:
         try:
@@ -151,6 +193,7 @@ def compute(
             problems.append(e.to_problem())
             continue
         services[info.service.key] = info.service
+        service_infos.append(info)
         if info.selector:  # a Service without a selector has manually managed endpoints: none here
             service_index[r.namespace].add(info.selector, info)
 
@@ -165,6 +208,7 @@ def compute(
     root_policies = policy_index.get(root_namespace)
 
     workloads: dict[str, Workload] = {}
+    bindings: dict[str, Binding] = {}
     scheduled: dict[tuple[str, str], ScheduledPod] = {}
     by_node: dict[str, set[SpiffeId]] = defaultdict(set)
     for pod in pods:
@@ -177,6 +221,7 @@ def compute(
             trust_domain=trust_domain,
             cluster_id=cluster_id,
             network=network,
+            waypoints=waypoints,
         )
         problems.extend(entry.problems)
         if entry.scheduled is not None:
@@ -185,6 +230,22 @@ def compute(
                 by_node[entry.scheduled.node].add(entry.scheduled.identity)
         if entry.workload is not None:
             workloads[entry.workload.uid] = entry.workload
+            if entry.binding.source != Source.NONE:
+                bindings[entry.workload.uid] = entry.binding
+
+    accounts: dict[str, set[str]] = defaultdict(set)  # service key -> accounts its endpoints run as
+    for wl in workloads.values():
+        for key in wl.services:
+            accounts[key].add(wl.service_account)
+    for info in service_infos:
+        service, binding, found_problem = bind_service_info(
+            info, namespace_labels.get(info.service.namespace, {}), accounts.get(info.service.key, ()), waypoints
+        )
+        services[info.service.key] = service
+        if binding.source != Source.NONE:
+            bindings[info.service.key] = binding
+        if found_problem is not None:
+            problems.append(found_problem)
 
     return RegistrySnapshot(
         workloads=MappingProxyType(workloads),
@@ -193,6 +254,8 @@ def compute(
         problems=tuple(problems),
         pods=MappingProxyType(scheduled),
         identities_by_node=MappingProxyType({n: frozenset(ids) for n, ids in by_node.items()}),
+        waypoints=MappingProxyType({wp.key: wp for _, wp in gateways}),
+        waypoint_bindings=MappingProxyType(bindings),
     )
 
 
@@ -206,11 +269,13 @@ def check_settings(trust_domain: str, cluster_id: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class PodEntry:
-    """What one pod contributes: where it runs (None if inactive or nameless), its Workload, problems."""
+    """What one pod contributes: where it runs (None if inactive or nameless), its Workload, problems,
+    and its waypoint decision (``UNBOUND`` when it has no Workload)."""
 
     scheduled: ScheduledPod | None
     workload: Workload | None
     problems: tuple[Problem, ...]
+    binding: Binding = UNBOUND
 
 
 _NO_POD = PodEntry(None, None, ())
@@ -226,9 +291,11 @@ def build_pod(
     trust_domain: str,
     cluster_id: str,
     network: str,
+    waypoints: WaypointTable,
 ) -> PodEntry:
     """One pod against its namespace's Service and policy indexes (``root_policies``: the root
-    namespace's selector policies, None for pods of the root namespace itself). Never raises for bad input.
+    namespace's selector policies, None for pods of the root namespace itself) and the known waypoints.
+    Never raises for bad input.
     """
     if not is_active(pod):
         return _NO_POD
@@ -243,6 +310,13 @@ def build_pod(
     keys = policies.matching(pod.labels) if policies is not None else []
     if root_policies is not None:
         keys += root_policies.matching(pod.labels)
+    binding = bind_workload(
+        namespace=pod.namespace,
+        labels=pod.labels,
+        service_account=identity.service_account,
+        namespace_labels=namespace_labels,
+        waypoints=waypoints,
+    )
     try:
         workload, found = build_workload(
             pod,
@@ -252,10 +326,36 @@ def build_pod(
             trust_domain=trust_domain,
             cluster_id=cluster_id,
             network=network,
+            waypoint=binding.waypoint,
         )
     except RegistryError as e:
         return PodEntry(scheduled, None, (e.to_problem(),))
-    return PodEntry(scheduled, workload, tuple(found))
+    if workload is None:
+        return PodEntry(scheduled, None, tuple(found))
+    label_problem = binding_problem(pod.ref, binding)
+    if label_problem is not None:
+        found.append(label_problem)
+    return PodEntry(scheduled, workload, tuple(found), binding)
+
+
+def bind_service_info(
+    info: ServiceInfo,
+    namespace_labels: Mapping[str, str],
+    service_accounts: Iterable[str],
+    waypoints: WaypointTable,
+) -> tuple[Service, Binding, Problem | None]:
+    """A converted Service with its waypoint bound, the decision, and the problem of its own label."""
+    service = info.service
+    binding = bind_service(
+        namespace=service.namespace,
+        request=info.waypoint_request,
+        namespace_labels=namespace_labels,
+        service_accounts=frozenset(service_accounts),
+        waypoints=waypoints,
+    )
+    if binding.waypoint != service.waypoint:
+        service = msgspec.structs.replace(service, waypoint=binding.waypoint)
+    return service, binding, binding_problem(ResourceRef("Service", service.namespace, service.name), binding)
 
 
 def _add_policy(

@@ -9,7 +9,8 @@ because two pods behind one Service may number the same name differently. A miss
 then the port name prefix (``http-web`` -> HTTP/1.1, ``grpc-web*`` is HTTP/1.1, ``tcp``, ``tls``...).
 
 Only a Service with a non-empty selector selects pods (Kubernetes: no selector = manual endpoints).
-Waypoint binding (``istio.io/use-waypoint``) is not resolved yet: ``service_waypoint`` is its one place.
+Waypoint binding is not decided here (it depends on the Service's endpoints and on the Gateways): the
+Service's own waypoint labels are kept in ``ServiceInfo.waypoint_request`` for ``registry.waypoints``.
 An unusable cluster IP or port raises ``InvalidService``; the caller skips that Service and reports it.
 """
 
@@ -23,9 +24,15 @@ from typing import Any
 import msgspec
 
 from istiod_lite.registry.errors import InvalidService
+from istiod_lite.registry.waypoints import (
+    MANAGED_BY_MESH_CONTROLLER,
+    MANAGED_GATEWAY_LABEL,
+    NO_REQUEST,
+    WaypointRequest,
+    request_from_labels,
+)
 from meshcore.model import (
     AppProtocol,
-    GatewayAddress,
     LoadBalancing,
     LoadBalancingMode,
     NetworkAddress,
@@ -41,9 +48,6 @@ SCOPE_SUBZONE = 3
 SCOPE_NODE = 4
 SCOPE_NETWORK = 6
 
-# Label Istio puts on the Service in front of a waypoint Deployment.
-MANAGED_GATEWAY_LABEL = "gateway.istio.io/managed"
-MANAGED_BY_MESH_CONTROLLER = "istio.io-mesh-controller"
 
 # A dotted-quad IPv4 address already in canonical form (no leading zeros): the common case, checked
 # without building an ipaddress object (which costs ~20x more on a 10,000-pod recompute).
@@ -83,11 +87,16 @@ class ServicePortSpec(msgspec.Struct, frozen=True):
 
 
 class ServiceInfo(msgspec.Struct, frozen=True):
-    """A converted Service plus what workload building needs: its selector and its port specs."""
+    """A converted Service plus what workload building needs: its selector and its port specs.
+
+    ``service.waypoint`` is always None here: binding needs the accounts its endpoints run as, which only
+    the registry knows; it binds from ``waypoint_request`` (the Service's own waypoint labels).
+    """
 
     service: Service
     selector: dict[str, str]  # empty: selects no pods
     ports: tuple[ServicePortSpec, ...]
+    waypoint_request: WaypointRequest = NO_REQUEST
 
 
 def canonical_ip(value: object) -> str:
@@ -117,17 +126,6 @@ def app_protocol_of(port_name: str, app_protocol: str | None, transport: str = "
     return _PROTOCOLS.get(name.split("-", 1)[0], AppProtocol.UNKNOWN)
 
 
-def service_waypoint(resource: Resource, namespace_labels: Mapping[str, str]) -> GatewayAddress | None:
-    """The waypoint a Service's traffic goes through. Not resolved yet: always None.
-
-    When waypoints land, this reads ``istio.io/use-waypoint`` (and ``-namespace``) from the Service,
-    falling back to its namespace's labels (a Service label wins; ``none`` opts out), and returns the
-    waypoint Service's address with ``hbone_mtls_port`` 15008.
-    """
-    del resource, namespace_labels
-    return None
-
-
 def build_service(
     resource: Resource,
     *,
@@ -149,10 +147,11 @@ def build_service(
         hostname=service_hostname(resource.name, resource.namespace, domain_suffix),
         addresses=tuple(NetworkAddress(ip, network) for ip in _cluster_ips(resource)),
         ports=tuple(Port(p.port, p.target_port, p.app_protocol) for p in ports),
-        waypoint=service_waypoint(resource, namespace_labels or {}),
         load_balancing=_load_balancing(resource),
     )
-    return ServiceInfo(service=service, selector=dict(selector), ports=ports)
+    return ServiceInfo(
+        service=service, selector=dict(selector), ports=ports, waypoint_request=request_from_labels(resource.labels)
+    )
 
 
 def _list(resource: Resource, parent: Mapping[str, Any], key: str) -> list[Any]:

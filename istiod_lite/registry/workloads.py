@@ -17,7 +17,8 @@ means peers switch to HBONE as soon as a pod is enrolled, so a capture gap fails
 Names: ``workload_name`` is the owning Deployment (derived from the ``pod-template-hash`` label and the
 pod name, since the store keeps no ownerReferences), else the Job/CronJob from ``job-name``, else the pod
 name; ``canonical_name``/``canonical_revision`` follow Istio's label order, falling back to
-``workload_name`` and ``latest``. Waypoint binding (``istio.io/use-waypoint``) is left unset for now.
+``workload_name`` and ``latest``. ``waypoint`` is decided by the caller (``registry.waypoints.bind_workload``)
+and passed in.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from istiod_lite.registry.errors import InvalidPod, Problem, Reason, Severity
 from istiod_lite.registry.services import ServiceInfo, canonical_ip
 from meshcore.enrollment import in_ambient_mesh  # shared with the node agent, which must agree
 from meshcore.identity import InvalidSpiffeId, SpiffeId
-from meshcore.model import Port, TunnelProtocol, Workload, WorkloadStatus, WorkloadType
+from meshcore.model import GatewayAddress, Port, TunnelProtocol, Workload, WorkloadStatus, WorkloadType
 from meshcore.store.resource import Resource, ResourceRef
 
 TUNNEL_LABEL = "networking.istio.io/tunnel"  # "http": the pod terminates HBONE itself (waypoints)
@@ -159,11 +160,13 @@ def build_workload(
     trust_domain: str = "cluster.local",
     cluster_id: str = "Kubernetes",
     network: str = "",
+    waypoint: GatewayAddress | None = None,
 ) -> tuple[Workload | None, list[Problem]]:
     """The Workload for one pod (None when it has none yet), plus problems found on the way.
 
     ``services`` are the Services whose selector matches the pod; ``policy_keys`` the sorted
-    ``ns/name`` of the selector policies that select it. Raises ``InvalidPod`` for unusable input.
+    ``ns/name`` of the selector policies that select it; ``waypoint`` the pod's bound waypoint.
+    Raises ``InvalidPod`` for unusable input.
     """
     if pod.spec.get("hostNetwork") is True or not is_active(pod):
         return None, []
@@ -210,6 +213,7 @@ def build_workload(
         addresses=addresses,
         network=network,
         tunnel_protocol=TunnelProtocol.HBONE if (captured or native) else TunnelProtocol.NONE,
+        waypoint=waypoint,
         native_tunnel=native,
         node=node if isinstance(node, str) else "",
         canonical_name=canonical_name,

@@ -1,4 +1,5 @@
-"""Builders of Kubernetes-shaped store resources (Namespace, Pod, Service, AuthorizationPolicy) for tests.
+"""Builders of Kubernetes-shaped store resources (Namespace, Pod, Service, AuthorizationPolicy, waypoint
+Gateway) for tests.
 
 Defaults describe a running, ready-to-mesh pod in namespace ``demo`` on ``node-1``; tests state only what
 matters to them. Values are plain ``meshcore.store.resource.Resource`` objects, as the store returns them.
@@ -64,3 +65,34 @@ def authz(name: str, namespace: str = "demo", **spec: Any) -> Resource:
 def pod_uid(namespace: str, name: str, cluster_id: str = "Kubernetes") -> str:
     """The workload uid istiod_lite gives a pod (its xDS resource name)."""
     return f"{cluster_id}//Pod/{namespace}/{name}"
+
+
+MESH_LISTENER: dict[str, Any] = {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+
+
+def waypoint(
+    name: str = "waypoint",
+    namespace: str = "demo",
+    *,
+    address: str | None = "10.96.100.1",
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    listeners: list[dict[str, Any]] | None = None,
+    uid: str = "",
+) -> Resource:
+    """A waypoint Gateway (class ``istio-waypoint``, the HBONE listener); ``address`` goes in
+    ``status.addresses`` as an IPAddress (None: not programmed yet)."""
+    status: dict[str, Any] = {}
+    if address is not None:
+        status["addresses"] = [{"type": "IPAddress", "value": address}]
+    return Resource(
+        kind="Gateway",
+        name=name,
+        namespace=namespace,
+        api_version="gateway.networking.k8s.io/v1",
+        uid=uid,
+        labels=labels or {},
+        annotations=annotations or {},
+        spec={"gatewayClassName": "istio-waypoint", "listeners": [MESH_LISTENER] if listeners is None else listeners},
+        status=status,
+    )
