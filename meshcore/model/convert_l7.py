@@ -53,6 +53,8 @@ _VALUE_FIELDS = {
     "port": ("port_values", "not_port_values"),
     "service_account": ("service_account_values", "not_service_account_values"),
 }
+# Pseudo-headers a request.headers[...] condition may name; RequestFacts reads them from the request line.
+PSEUDO_HEADERS = (":authority", ":method", ":path")
 _HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 
 
@@ -217,6 +219,8 @@ def check_header_name(name: str) -> str | None:
     """Why ``name`` cannot be a ``request.headers[...]`` key as carried (lower-case token), or None."""
     if not name:
         return "the header name is empty"
+    if name in PSEUDO_HEADERS:
+        return None
     if not set(name) <= _HEADER_TOKEN:
         return f"header name {name!r} is not a lower-case HTTP token"
     return None
@@ -360,6 +364,7 @@ def l7_authorization_from_proto(pb: waypoint_pb2.L7Authorization) -> L7Authoriza
 __all__ = [
     "CONDITION_VALUE_TYPE",
     "L7_AUTHORIZATION_TYPE_URL",
+    "PSEUDO_HEADERS",
     "check_header_name",
     "l7_authorization_from_proto",
     "l7_authorization_to_proto",
