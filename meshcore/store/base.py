@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -78,6 +78,14 @@ class Store(Protocol):
         the node agent's ``ambient.istio.io/redirection``), leaving every other field as stored.
 
         A missing object raises ``ResourceNotFound``.
+        """
+        ...
+
+    def set_status(self, ref: ResourceRef, status: Mapping[str, Any]) -> ApplyResult:
+        """Replace one object's ``status`` in one transaction, leaving every other field as stored (the
+        status subresource: a controller's write never reverts a concurrent spec change).
+
+        Equal status writes nothing (``unchanged``). A missing object raises ``ResourceNotFound``.
         """
         ...
 

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -215,10 +215,13 @@ class SqliteStore:
                 f"{self._busy_timeout:g}s; stop that process or let it finish, then retry",
                 holders,
             )
-        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        if code == _SQLITE_NOTADB:  # no SQLite header: our store damaged, or a wrong --state-dir
             return StoreDamaged(
-                f"{self.path} is damaged or is not an ambient-mesh store (SQLite: {e}); {_RECOVER}"
+                f"{self.path} is not an ambient-mesh store or is damaged (SQLite: {e}); if it is this mesh's "
+                f"store, {_RECOVER}; otherwise use another --state-dir"
             )
+        if code == _SQLITE_CORRUPT:
+            return StoreDamaged(f"{self.path} is damaged (SQLite: {e}); {_RECOVER}")
         return otherwise
 
     def _live(self) -> sqlite3.Connection:
@@ -336,6 +339,19 @@ class SqliteStore:
                 return ApplyResult(ref, "unchanged", old)
             revision = _revision(db) + 1
             stored = msgspec.structs.replace(old, annotations=annotations, resource_version=revision)
+            self._write(db, revision, "MODIFIED", stored)
+            return ApplyResult(ref, "configured", stored)
+
+    def set_status(self, ref: ResourceRef, status: Mapping[str, Any]) -> ApplyResult:
+        new_status = msgspec.json.decode(self._encoder.encode(status))  # as a later read returns it
+        with self._writing() as db:
+            old = self._select(db, ref)
+            if old is None:
+                raise ResourceNotFound(str(ref))
+            if new_status == old.status:
+                return ApplyResult(ref, "unchanged", old)
+            revision = _revision(db) + 1
+            stored = msgspec.structs.replace(old, status=new_status, resource_version=revision)
             self._write(db, revision, "MODIFIED", stored)
             return ApplyResult(ref, "configured", stored)
 
