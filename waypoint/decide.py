@@ -1,0 +1,162 @@
+"""Per-request decisions of the waypoint, as pure functions over one ``WaypointState`` snapshot.
+
+``decide(state, me, request, pick)`` answers one HTTP request with a ``Routed`` value:
+1. Where was it going? The HBONE CONNECT authority (the original destination: a service VIP and port,
+   or a pod IP and port) is looked up in the snapshot. Unknown: 404 ``NR`` (no route), never a guess.
+2. Is it allowed? The L7 policies that apply here (``select_l7_policies``: those targeting this
+   waypoint's Gateway, and those targeting the destination service) are evaluated on the request's
+   facts (``evaluate_l7``). Denied: 403 ``RBAC: access denied``, as Istio users expect. Facts that
+   cannot be built (a request the policy engine cannot read) are denied too: fail closed.
+3. To which endpoint? A service request goes to one of the service's usable endpoints for that port
+   (healthy, on our network, serving the port), chosen per request by ``pick`` (round robin in the
+   process), so requests of one downstream connection may go to different endpoints; none usable: 503
+   ``UH``. A workload request goes to that workload as dialled.
+The ``Forward`` names an ``HboneEndpoint``: the endpoint's pod IP and target port as the CONNECT
+authority, its HBONE address, and the identities its certificate may carry. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshcore.identity import SpiffeId
+from meshcore.model import DEFAULT_HBONE_PORT, Service, Workload
+from meshcore.policy.decision import Decision
+from meshcore.policy.errors import PolicyError
+from meshcore.policy.l7 import L7PolicyCache, evaluate_l7, select_l7_policies
+from meshcore.policy.request import RequestFacts
+from meshcore.routing import SockAddr, canonical_ip, expected_identities, service_endpoints, service_port
+from waypoint.l7.model import Forward, LocalResponse, Request
+from waypoint.state import WaypointState
+
+RBAC_DENIED_BODY = b"RBAC: access denied"
+NO_HEALTHY_UPSTREAM_BODY = b"no healthy upstream"
+
+Pick = Callable[[str, int], int]
+"""``pick(key, n)``: the index (0 <= i < n) of the endpoint to use for ``key`` (a service key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    """Who this waypoint is."""
+
+    gateway: str  # namespace/name of its Gateway (what targetRefs name)
+    identity: SpiffeId
+    network: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HboneEndpoint:
+    """An upstream reached over HBONE: dial ``hbone`` with mTLS, then CONNECT ``authority``."""
+
+    authority: SockAddr  # the endpoint pod's IP and target port
+    hbone: SockAddr  # the pod IP and its HBONE port
+    identities: tuple[SpiffeId, ...]  # what the peer's certificate may carry
+
+    def __str__(self) -> str:
+        return str(self.authority)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The decision for one request and what it is about (for metrics and the access log)."""
+
+    decision: Forward | LocalResponse
+    detail: str = ""  # why a local answer was given (Envoy's response_code_details)
+    service: Service | None = None
+    workload: Workload | None = None  # the endpoint chosen (or the workload dialled)
+    policy: Decision | None = None  # the L7 authorization outcome, when it was evaluated
+
+
+def _local(status: int, body: bytes, flags: str, detail: str, **about: object) -> Routed:
+    response = LocalResponse(status, body, response_flags=flags)
+    return Routed(response, detail, **about)  # type: ignore[arg-type]
+
+
+def destination_of(request: Request) -> SockAddr | None:
+    """The CONNECT authority the request's tunnel was opened to, or None if unreadable."""
+    text = request.connection.destination
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        return SockAddr(canonical_ip(host), int(port))
+    except ValueError:
+        return None
+
+
+def request_facts(request: Request, dst: SockAddr) -> RequestFacts:
+    """What L7 policy knows about ``request`` (raises ``PolicyError`` for facts it cannot read)."""
+    headers: dict[str, list[str]] = {}
+    for name, value in request.headers:
+        headers.setdefault(name, []).append(value)
+    conn = request.connection
+    return RequestFacts(
+        source_ip=canonical_ip(conn.source_ip) if conn.source_ip else "0.0.0.0",
+        destination_ip=dst.ip,
+        destination_port=dst.port,
+        method=request.method,
+        path=request.path,
+        authority=request.authority,
+        headers=headers,
+        source_principal=conn.peer_identity,
+    )
+
+
+def decide(
+    state: WaypointState, me: Me, request: Request, pick: Pick, *, cache: L7PolicyCache | None = None
+) -> Routed:
+    """The decision for one request (see the module docstring)."""
+    dst = destination_of(request)
+    if dst is None:
+        return _local(404, b"no route", "NR", f"unreadable tunnel destination {request.connection.destination!r}")
+    found = state.proxy.find_destination(dst.ip, me.network)
+    service = found if isinstance(found, Service) else None
+    target = found if isinstance(found, Workload) else None
+    if found is None:
+        return _local(404, b"no route", "NR", f"{dst} is neither a service nor a workload this waypoint knows")
+    policies = select_l7_policies(state.l7_policies.values(), me.gateway, service.hostname if service else None)
+    try:
+        facts = request_facts(request, dst)
+    except (PolicyError, ValueError) as exc:
+        return _local(403, RBAC_DENIED_BODY, "-", f"rbac_access_denied: unreadable request ({exc})", service=service)
+    verdict = evaluate_l7(policies, facts, cache=cache)
+    if not verdict.allowed:
+        why = f"rbac_access_denied_matched_policy[{verdict.policy}]" if verdict.policy else "rbac_access_denied"
+        return _local(403, RBAC_DENIED_BODY, "-", why, service=service, workload=target, policy=verdict)
+    if service is not None:
+        port = service_port(service, dst.port)
+        if port is None:
+            exposed = ", ".join(str(p.service_port) for p in service.ports) or "none"
+            return _local(404, b"no route", "NR", f"service {service.key} exposes [{exposed}], not {dst.port}",
+                          service=service, policy=verdict)
+        usable, skipped = service_endpoints(state.proxy, service, port, network=me.network, v6=":" in dst.ip)
+        if not usable:
+            why = ", ".join(f"{n} {what}" for what, n in skipped.items()) or "it has no endpoints"
+            return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH", f"service {service.key}: no usable endpoint ({why})",
+                          service=service, policy=verdict)
+        i = pick(service.key, len(usable))
+        chosen = usable[i if 0 <= i < len(usable) else 0]
+        endpoint = HboneEndpoint(
+            SockAddr(chosen.address, chosen.port),
+            SockAddr(chosen.address, DEFAULT_HBONE_PORT),
+            expected_identities(chosen.workload.identity, service.subject_alt_names),
+        )
+        return Routed(Forward(endpoint, label=str(endpoint.authority)), "", service, chosen.workload, verdict)
+    assert target is not None
+    endpoint = HboneEndpoint(dst, SockAddr(dst.ip, DEFAULT_HBONE_PORT), (target.identity,))
+    return Routed(Forward(endpoint, label=str(dst)), "", None, target, verdict)
+
+
+class RoundRobin:
+    """``pick`` that cycles through the endpoints of each key (the process's only mutable routing state)."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+
+    def __call__(self, key: str, n: int) -> int:
+        i = self._next.get(key, 0) % n
+        self._next[key] = i + 1
+        return i
