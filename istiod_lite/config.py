@@ -3,7 +3,9 @@
 Environment variable names are the constants below (Istio's names where Istio has one). Flags override
 the environment; the environment overrides defaults. ``parse_config`` validates everything up front and
 raises ``ConfigError`` with the variable or flag to fix, so a bad setting stops the process at start with a
-clear message instead of failing later.
+clear message instead of failing later. ``check_store_state`` is the one start-up check on the state
+directory's contents: a missing or emptied ``store.db`` beside an existing CA root means this mesh had
+state, and starting empty would drop every policy, so it needs ``--allow-empty-store``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,42 @@ class IstiodConfig:
     ca_root_file: Path | None = None
     log_level: str = "info"
     log_format: str = "console"
+    # Start even if store.db is missing or empty while ca/ holds a root (--allow-empty-store).
+    allow_empty_store: bool = False
+
+
+class EmptyStoreRefused(ConfigError):
+    """``store.db`` is missing or empty but the state dir's CA root shows this mesh had state."""
+
+
+def check_store_state(config: IstiodConfig) -> bool:
+    """Refuse a missing/empty store beside an existing CA root unless ``allow_empty_store``.
+
+    Returns True when the store is missing or empty while a root exists and the flag allowed it (the
+    caller logs that), False when nothing is unusual. A store file of zero bytes counts as empty:
+    SQLite would silently initialise it. Runs before the store is opened (opening creates it).
+    """
+    from istiod_lite.ca.storage import CA_DIR, ROOT_CERT_FILE, ROOT_KEY_FILE
+    from meshcore.store.paths import store_path
+
+    store = store_path(config.state_dir)
+    ca_dir = config.state_dir / CA_DIR
+    if not any((ca_dir / name).exists() for name in (ROOT_KEY_FILE, ROOT_CERT_FILE)):
+        return False
+    try:
+        state = "is empty (0 bytes)" if store.stat().st_size == 0 else ""
+    except FileNotFoundError:
+        state = "is missing"
+    if not state:
+        return False
+    if config.allow_empty_store:
+        return True
+    raise EmptyStoreRefused(
+        f"{store} {state} but {ca_dir} holds this mesh's CA root, so this mesh had state; starting empty "
+        "would drop every namespace, pod, service and policy (and workloads would lose their certificates "
+        f"at renewal). Restore {store} from a backup, or start with --allow-empty-store to begin with an "
+        "empty store on purpose"
+    )
 
 
 def _addr(value: str, what: str) -> tuple[str, int]:
@@ -90,6 +128,7 @@ def parse_config(
     monitoring_address: str | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
+    allow_empty_store: bool = False,
     env: Mapping[str, str] | None = None,
 ) -> IstiodConfig:
     """Build the config from flags (arguments) over environment over defaults."""
@@ -136,4 +175,5 @@ def parse_config(
         ca_root_file=Path(e[CA_ROOT_CERT_FILE]) if e.get(CA_ROOT_CERT_FILE) else None,
         log_level=level,
         log_format=fmt,
+        allow_empty_store=allow_empty_store,
     )

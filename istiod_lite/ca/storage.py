@@ -7,7 +7,8 @@ stay valid. Files are written to a temporary name and renamed, so a crash never 
 a key without a certificate (or the reverse) is refused rather than silently replaced, because a new
 root invalidates every certificate in the mesh. A group/world-readable key in our own directory is
 refused too. Plugged-in files are only read (Kubernetes secret mounts are often 0644; not our call).
-Every problem is a ``CaStorageError`` naming the file and what to do.
+Every problem is a ``CaStorageError`` naming the file and what to do; a damaged root file in our own
+directory says to restore it, never to regenerate first (that would cut off every workload).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from cryptography import x509
 
 from istiod_lite.ca.authority import CertificateAuthority
-from istiod_lite.ca.errors import CaFileUnreadable, CaMaterialInvalid
+from istiod_lite.ca.errors import CaFileUnreadable, CaMaterialInvalid, CaStorageError
 from meshcore.aio.ca_client import CREDENTIAL_CHAIN_FILE, CREDENTIAL_KEY_FILE, CREDENTIAL_ROOT_FILE
 from meshcore.tls import certs
 from meshcore.tls.errors import CertificateError
@@ -31,7 +32,10 @@ CA_DIR = "ca"
 ROOT_KEY_FILE = "root-key.pem"
 ROOT_CERT_FILE = "root-cert.pem"
 ROOT_TTL = timedelta(days=3650)  # Istio's self-signed root default: 10 years
-
+_RESTORE_ROOT = (
+    "restore {ca_dir} from a backup (only if there is none: move both root-key.pem and root-cert.pem aside "
+    "to generate a new root, which invalidates every certificate issued so far)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +82,11 @@ def load_or_create_root(state_dir: Path, *, trust_domain: str, now: datetime) ->
         raise CaMaterialInvalid(
             f"{key_path} has mode {mode:04o}; the CA key must be private: chmod 600 {key_path}"
         )
-    key = _load_key(key_path)
-    root = _load_certs(cert_path)[0]
+    try:
+        key = _load_key(key_path)
+        root = _load_certs(cert_path)[0]
+    except CaStorageError as e:
+        raise type(e)(f"{e}; {_RESTORE_ROOT.format(ca_dir=ca_dir)}") from e
     if not certs.public_key_matches(key, root):
         raise CaMaterialInvalid(f"{key_path} does not match {cert_path}; restore the pair that belongs together")
     _check_issued(root, root, cert_path)

@@ -58,12 +58,25 @@ def test_a_key_from_another_root_is_refused(tmp_path):
         storage.load_or_create_root(tmp_path, trust_domain="cluster.local", now=NOW)
 
 
-def test_garbage_files_are_refused_with_the_file_name(tmp_path):
+@pytest.mark.parametrize(
+    ("damaged", "content"),
+    [("root-cert.pem", "not a certificate"), ("root-key.pem", "not a key"), ("root-cert.pem", "")],
+    ids=[
+        "a garbage root certificate is named, with the way to restore it",
+        "a garbage root key is named, with the way to restore it",
+        "an emptied root certificate is named, with the way to restore it",
+    ],
+)
+def test_garbage_root_files_are_refused_with_the_file_name_and_the_fix(tmp_path, damaged, content):
     storage.load_or_create_root(tmp_path, trust_domain="cluster.local", now=NOW)
-    cert = tmp_path / "ca" / "root-cert.pem"
-    cert.write_text("not a certificate")
-    with pytest.raises(CaMaterialInvalid, match=str(cert)):
+    path = tmp_path / "ca" / damaged
+    path.write_text(content)
+    with pytest.raises(CaMaterialInvalid) as caught:
         storage.load_or_create_root(tmp_path, trust_domain="cluster.local", now=NOW)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert f"restore {tmp_path / 'ca'} from a backup (only if there is none: move both" in message
+    assert path.read_text() == content, "a damaged root is never replaced"
 
 
 def _write_ca(tmp_path, name, key, cert):
