@@ -32,6 +32,9 @@ CA_CERT_CHAIN_FILE = "CA_CERT_CHAIN_FILE"
 CA_ROOT_CERT_FILE = "CA_ROOT_CERT_FILE"
 LOG_LEVEL = "LOG_LEVEL"
 LOG_FORMAT = "LOG_FORMAT"
+# Where the waypoint controller's pods reach istiod (their XDS_ADDRESS and CA_ADDRESS).
+WAYPOINT_XDS_ADDRESS = "WAYPOINT_XDS_ADDRESS"
+DEFAULT_WAYPOINT_XDS_ADDRESS = "istiod.istio-system.svc:15012"
 
 DEFAULT_XDS_PORT = 15012
 DEFAULT_MONITORING_PORT = 15014
@@ -63,6 +66,7 @@ class IstiodConfig:
     log_format: str = "console"
     # Start even if store.db is missing or empty while ca/ holds a root (--allow-empty-store).
     allow_empty_store: bool = False
+    waypoint_xds_address: str = DEFAULT_WAYPOINT_XDS_ADDRESS
 
 
 class EmptyStoreRefused(ConfigError):
@@ -176,4 +180,12 @@ def parse_config(
         log_level=level,
         log_format=fmt,
         allow_empty_store=allow_empty_store,
+        waypoint_xds_address=_waypoint_xds_address(e.get(WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS)),
     )
+
+
+def _waypoint_xds_address(value: str) -> str:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{WAYPOINT_XDS_ADDRESS}={value!r}: expected HOST:PORT, e.g. {DEFAULT_WAYPOINT_XDS_ADDRESS}")
+    return value.strip()
