@@ -7,8 +7,9 @@ HTTP/1.0|1.1 CRLF`` with a known method token), ``TCP`` (anything else: L4 polic
 
 - a verdict is final: more bytes never change it (each rule looks only at a prefix);
 - ``NEED_MORE`` is bounded: the preface decides within 24 bytes, a request line within
-  ``max_request_line`` bytes plus its CRLF; past that the answer is ``TCP`` (the HTTP/1 parser would
-  refuse such a line anyway, and opaque TCP must not wait for bytes a server-first protocol never sends);
+  ``max_request_line`` bytes plus its CRLF. A line that still looks like a request line at the bound
+  is ``HTTP1`` (fail closed: the HTTP/1 parser refuses it with 414; calling it TCP would let an
+  over-long request line skip L7 policy);
 - an empty input is ``NEED_MORE`` (the caller decides what EOF before any byte means: TCP).
 """
 
@@ -54,8 +55,10 @@ def detect(data: bytes, max_request_line: int = 16 * 1024) -> Detected:
         return Detected.TCP
     end = data.find(b"\r\n", space, max_request_line + 2)
     if end < 0:
-        if len(data) >= max_request_line + 2 or not _could_be_line(data, space):
+        if not _could_be_line(data[: max_request_line + 2], space):
             return Detected.TCP
+        if len(data) >= max_request_line + 2:
+            return Detected.HTTP1  # a request line too long: the HTTP/1 parser refuses it (414), fail closed
         return Detected.NEED_MORE
     return Detected.HTTP1 if _REQUEST_LINE.fullmatch(data, 0, end + 2) else Detected.TCP
 

@@ -11,7 +11,8 @@ h11 is lenient: it refuses Content-Length together with Transfer-Encoding (h11 l
 obs-fold continuation lines (h11 unfolds them), duplicate Content-Length, bad chunk sizes (also
 overflow), invalid characters in names and values, bare-LF line endings. What llhttp does not bound we
 do: request line length (414), header bytes and header count (431), HTTP versions other than 1.0/1.1
-(505), a missing or repeated Host (400), CONNECT (405), upgrades other than websocket carrying a body.
+(505), a missing or repeated Host (400), CONNECT (405), transfer codings other than plain ``chunked``
+(501, as Envoy), upgrades carrying a body (400).
 
 Rules:
 - A refusal is final for the connection: ``Refusal`` is the last event, later input is ignored; the
@@ -227,8 +228,7 @@ class Http1Server:
             return
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
-        self._failed = True
-        self.keep_alive = False
+        self._failed = True  # requests before it are still answered normally; the shell closes after the refusal
         self._events.append(Refusal(status, reason, detail))
 
     # httptools callbacks
@@ -283,7 +283,10 @@ class Http1Server:
             if name == "content-length":
                 content_length = int(value)  # llhttp validated the digits and refused duplicates
             elif name == "transfer-encoding":
-                chunked = True  # llhttp accepts only a final "chunked" in a request
+                if value.strip().lower() != "chunked":
+                    raise _Limited(501, "http1.invalid_transfer_encoding",
+                                   f"Transfer-Encoding {value[:64]!r} is not supported (only 'chunked')")
+                chunked = True
             elif name == "expect":
                 if value.strip().lower() == "100-continue":
                     expect = True
@@ -347,7 +350,7 @@ class Http1Server:
     ) -> bytes:
         """The response head for the current request; framing and ``connection`` are ours."""
         writer = self._writer
-        keep_alive = self._request_keep_alive and not close and not self._failed
+        keep_alive = self._request_keep_alive and not close
         length_header: int | None = None
         if status == 101:
             writer.mode = "close"

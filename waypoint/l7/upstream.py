@@ -133,9 +133,10 @@ class _H1Exchange(Exchange):
         return event
 
     async def receive_raw(self) -> bytes:
-        if self._events:
+        while self._events:
             event = self._events.popleft()
-            return event.data if isinstance(event, Upgraded) else b""
+            if isinstance(event, Upgraded) and event.data:
+                return event.data  # bytes that came right after the 101 (the EndOfMessage of the 101 is skipped)
         try:
             return await self._stream.receive_some(self._limits.read_size)
         except (ConnectionError, OSError):
