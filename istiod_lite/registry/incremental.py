@@ -45,6 +45,7 @@ from istiod_lite.registry.index import (
     build_pod,
     check_settings,
 )
+from istiod_lite.registry.l7policies import compile_l7_policy
 from istiod_lite.registry.policies import PolicyInfo, convert_policy
 from istiod_lite.registry.services import ServiceInfo, ServicePortSpec, build_service, service_hostname
 from istiod_lite.registry.waypoints import (
@@ -60,6 +61,7 @@ from istiod_lite.registry.waypoints import (
 from istiod_lite.registry.workloads import pod_uid
 from meshcore.identity import SpiffeId
 from meshcore.model import Authorization, Scope, Service, Workload
+from meshcore.model.l7 import L7Authorization
 from meshcore.store.resource import Resource, ResourceRef
 
 Changes = dict[str, dict[str, Value]]
@@ -133,6 +135,9 @@ class RegistryState:
     endpoint_accounts: dict[str, Mapping[str, int]] = field(default_factory=dict, repr=False)
     waypoints: dict[str, Waypoint] = field(default_factory=dict, repr=False)
     bindings: dict[str, Binding] = field(default_factory=dict, repr=False)
+    l7_policies: dict[str, L7Authorization] = field(default_factory=dict, repr=False)
+    # The waypoints' L7 policies this update changed (by name) and removed, as ``diff_l7`` reports them.
+    l7_changes: tuple[Mapping[str, L7Authorization], frozenset[str]] = (MappingProxyType({}), frozenset())
 
 
 class _Waypoints:
@@ -301,6 +306,8 @@ class _Batch:
         self.rebind: set[tuple[str, str]] = set()  # (namespace, name) of Services to bind again
         self.rebind_all = False  # a waypoint changed: bind every Service again
         self.waypoint_namespaces: set[str] = set()  # namespaces whose waypoints changed
+        self.l7 = _Cow(state.l7_policies)
+        self.l7_touched: set[str] = set()
 
     def draft(self, namespace: str) -> _NamespaceDraft:
         d = self.drafts.get(namespace)
@@ -414,9 +421,18 @@ class _Batch:
         old = d.policy_infos.current.get(ref.name)
         new: PolicyInfo | None = None
         problems: list[Problem] = []
+        l7: L7Authorization | None = None
+        l7_problems: list[Problem] = []
         if resource is not None:
             new, problems = convert_policy(resource, root_namespace=self.settings.root_namespace)
+            compiled = compile_l7_policy(resource, cluster_domain=self.settings.domain_suffix)
+            l7, l7_problems = compiled.authorization, compiled.problems
         self.set_problems(ref, problems)
+        self.set_problems(ResourceRef("AuthorizationPolicy/l7", ref.namespace, ref.name), l7_problems)
+        l7_key = f"{ref.namespace}/{ref.name}"
+        if l7 is not None or l7_key in self.l7.current:
+            self.l7.put(l7_key, l7)
+            self.l7_touched.add(l7_key)
         if new == old:
             return
         d.policy_infos.put(ref.name, new)
@@ -624,6 +640,9 @@ class _Batch:
         workloads, services, policies = self.workloads.result(), self.services.result(), self.policies.result()
         scheduled = self.scheduled.result()
         waypoints, bindings = self.waypoints.result(), self.bindings.result()
+        l7_policies = self.l7.result()
+        l7_changed = {k: v for k in self.l7_touched if (v := l7_policies.get(k)) is not None and old.l7_policies.get(k) != v}
+        l7_removed = frozenset(k for k in self.l7_touched if k not in l7_policies and k in old.l7_policies)
         endpoint_accounts = old.endpoint_accounts
         if self.account_counts:
             endpoint_accounts = dict(endpoint_accounts)
@@ -643,6 +662,7 @@ class _Batch:
                 identities_by_node=MappingProxyType(identities_by_node),
                 waypoints=MappingProxyType(waypoints),
                 waypoint_bindings=MappingProxyType(bindings),
+                l7_policies=MappingProxyType(l7_policies),
             ),
             fresh_problems=tuple(fresh),
             problem_counts=MappingProxyType(by_severity),
@@ -657,6 +677,8 @@ class _Batch:
             endpoint_accounts=endpoint_accounts,
             waypoints=waypoints,
             bindings=bindings,
+            l7_policies=l7_policies,
+            l7_changes=(MappingProxyType(l7_changed), l7_removed),
         )
         changes: Changes = {}
         removals: Removals = {}

@@ -26,6 +26,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from istiod_lite.registry.errors import InvalidPod, Problem, RegistryError
+from istiod_lite.registry.l7policies import compile_l7_policy
 from istiod_lite.registry.policies import PolicyInfo, convert_policy
 from istiod_lite.registry.services import ServiceInfo, build_service
 from istiod_lite.registry.waypoints import (
@@ -45,6 +46,7 @@ from istiod_lite.registry.waypoints import (
 from istiod_lite.registry.workloads import build_workload, is_active, pod_service_account
 from meshcore.identity import InvalidSpiffeId, SpiffeId
 from meshcore.model import Authorization, Scope, Service, Workload
+from meshcore.model.l7 import L7Authorization
 from meshcore.store.resource import Resource, ResourceRef
 
 WORKLOAD = "workload"
@@ -116,6 +118,8 @@ class RegistrySnapshot:
     # xDS name (workload uid, service key) -> its waypoint decision, for every workload and Service
     # for which something asked for a waypoint (bound or not, with the reason): the debug view.
     waypoint_bindings: Mapping[str, Binding] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # "ns/name" -> the waypoints' L7 policies (AuthorizationPolicies with targetRefs), for waypoints.
+    l7_policies: Mapping[str, L7Authorization] = field(default_factory=lambda: MappingProxyType({}))
 
     def identities_on_node(self, node: str) -> frozenset[SpiffeId]:
         """Identities of the active pods scheduled on ``node``, in the mesh or not.
@@ -198,8 +202,13 @@ def compute(
             service_index[r.namespace].add(info.selector, info)
 
     policies: dict[str, Authorization] = {}
+    l7_policies: dict[str, L7Authorization] = {}
     policy_index: dict[str, SelectorIndex[str]] = defaultdict(SelectorIndex)
     for r in policy_resources:
+        compiled = compile_l7_policy(r, cluster_domain=domain_suffix)
+        problems.extend(compiled.problems)
+        if compiled.authorization is not None:
+            l7_policies[compiled.authorization.key] = compiled.authorization
         converted, found = convert_policy(r, root_namespace=root_namespace)
         problems.extend(found)
         if converted is None:
@@ -256,6 +265,7 @@ def compute(
         identities_by_node=MappingProxyType({n: frozenset(ids) for n, ids in by_node.items()}),
         waypoints=MappingProxyType({wp.key: wp for _, wp in gateways}),
         waypoint_bindings=MappingProxyType(bindings),
+        l7_policies=MappingProxyType(l7_policies),
     )
 
 
@@ -385,3 +395,14 @@ def diff(
         changed[kind] = {name: value for name, value in after.items() if before.get(name) != value}
         removed[kind] = {name for name in before if name not in after}
     return changed, removed
+
+
+def diff_l7(
+    old: RegistrySnapshot, new: RegistrySnapshot
+) -> tuple[dict[str, L7Authorization], set[str]]:
+    """The waypoints' L7 policies to push: (changed or added by name, removed names)."""
+    before, after = old.l7_policies, new.l7_policies
+    return (
+        {name: value for name, value in after.items() if before.get(name) != value},
+        {name for name in before if name not in after},
+    )

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from istiod_lite.registry import SERVICE, WORKLOAD, RegistrySnapshot, Severity, compute, diff
 from istiod_lite.registry.errors import Reason
 from istiod_lite.registry.incremental import build, empty, update
+from istiod_lite.registry.index import diff_l7
 from meshcore.model import GatewayAddress, NetworkAddress
 from meshcore.store.resource import Resource, ResourceRef
-from meshcore.testing.resources import AMBIENT, ns, pod, svc, waypoint
+from meshcore.testing.resources import AMBIENT, authz, ns, pod, svc, waypoint
 from meshcore.testing.resources import pod_uid as uid
 
 SERVER = "demo/server.demo.svc.cluster.local"
@@ -30,6 +31,7 @@ def assert_same(incremental: RegistrySnapshot, full: RegistrySnapshot) -> None:
     assert Counter(incremental.problems) == Counter(full.problems)
     assert dict(incremental.waypoints) == dict(full.waypoints)
     assert dict(incremental.waypoint_bindings) == dict(full.waypoint_bindings)
+    assert dict(incremental.l7_policies) == dict(full.l7_policies)
 
 
 def at(ip: str) -> GatewayAddress:
@@ -129,7 +131,30 @@ def namespaces() -> st.SearchStrategy[Resource]:
     )
 
 
-OP = st.one_of(gateways(), pods(), services(), namespaces()).flatmap(lambda r: st.sampled_from((r, r.ref)))
+def l7_policies() -> st.SearchStrategy[Resource]:
+    targets = st.sampled_from(
+        (
+            [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "w1"}],
+            [{"kind": "Service", "group": "", "name": "s1"}],
+            [{"kind": "Nope", "name": "x"}],
+            None,
+        )
+    )
+    rules = st.sampled_from(([{"to": [{"operation": {"methods": ["GET"]}}]}], [{"when": "bad"}], []))
+    return st.builds(
+        lambda name, namespace, refs, rs: authz(
+            name, namespace, **({"targetRefs": refs} if refs is not None else {}), rules=rs
+        ),
+        st.sampled_from(("l1", "l2")),
+        st.sampled_from(NAMESPACES),
+        targets,
+        rules,
+    )
+
+
+OP = st.one_of(gateways(), pods(), services(), namespaces(), l7_policies()).flatmap(
+    lambda r: st.sampled_from((r, r.ref))
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -157,6 +182,8 @@ def test_any_sequence_of_waypoint_changes_equals_a_full_compute(
         full = compute(current.values())
         assert_same(new_state.snapshot, full)
         assert (changes, removals) == diff(state.snapshot, new_state.snapshot)
+        l7_changed, l7_removed = new_state.l7_changes
+        assert (dict(l7_changed), set(l7_removed)) == diff_l7(state.snapshot, new_state.snapshot)
         assert Counter(p.severity for p in full.problems) == Counter(dict(new_state.problem_counts))
         state = new_state
 
@@ -243,3 +270,18 @@ def test_the_waypoints_own_pod_is_never_bound() -> None:
     state = build([ns("demo", **{"istio.io/use-waypoint": "waypoint"}), own, wp, pod("app", ip="10.0.0.4")])
     assert state.snapshot.workloads[uid("demo", "waypoint-0")].waypoint is None
     assert state.snapshot.workloads[uid("demo", "app")].waypoint == at("10.96.7.7")
+
+
+def test_a_policy_targeting_a_waypoint_compiles_for_waypoints_and_leaves_with_its_deletion() -> None:
+    policy = authz(
+        "get-only",
+        targetRefs=[{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"}],
+        rules=[{"to": [{"operation": {"methods": ["GET"]}}]}],
+    )
+    state = build(per_sa_cluster())
+    state, _, _ = update(state, [policy], [])
+    changed, removed = state.l7_changes
+    assert set(changed) == {"demo/get-only"} and not removed
+    assert "demo/get-only" not in state.snapshot.policies  # not ztunnel's
+    state, _, _ = update(state, [], [policy.ref])
+    assert state.l7_changes[1] == {"demo/get-only"} and state.snapshot.l7_policies == {}
