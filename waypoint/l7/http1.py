@@ -20,8 +20,8 @@ Rules:
 - Requests are reported in order; a pipelined request's events follow the previous one's
   ``EndOfMessage``. The shell pulls events one request at a time (back-pressure: it reads the socket
   only when it has consumed every event).
-- The pending part of a request head is bounded by ``max_header_bytes`` (checked before parsing, so a
-  header that never ends costs at most the limit plus one read).
+- The pending part of a request head is bounded by ``max_header_bytes`` (a header line that never
+  ends costs at most the limit plus one read).
 - Responses are framed here, never by the caller's headers: ``content-length``, ``transfer-encoding``
   and ``connection`` given by the caller are replaced by ours.
 - ``websocket`` upgrades (``Connection: upgrade``) are passed through: after the request the server
@@ -78,41 +78,37 @@ def _serialize_headers(out: bytearray, headers: Headers) -> None:
 
 
 class _HeadGuard:
-    """Counts one head's bytes and headers against the limits, including a head that has not ended."""
+    """Counts one head's bytes and headers against the limits, including a line that has not ended.
 
-    __slots__ = ("limits", "in_head", "pending", "tail", "exact", "count")
+    Completed header lines are counted exactly (from the parser's callbacks); the unfinished last line
+    is what follows the last LF of the input so far. A head is refused as soon as the sum passes
+    ``max_header_bytes``, so httptools never holds more than the limit plus one read.
+    """
+
+    __slots__ = ("limits", "in_head", "partial", "exact", "count")
 
     def __init__(self, limits: HttpLimits) -> None:
         self.limits = limits
         self.in_head = False
-        self.pending = 0  # bytes of the unfinished head received in earlier chunks
-        self.tail = b""  # last bytes of the previous chunk (a CRLFCRLF may straddle chunks)
+        self.partial = 0  # bytes of the unfinished line at the end of the input so far
         self.exact = 0  # bytes of completed header lines (from callbacks)
         self.count = 0
 
     def begin(self) -> None:
         self.in_head = True
-        self.pending = 0
-        self.tail = b""
+        self.partial = 0
         self.exact = 0
         self.count = 0
 
-    def before_feed(self, data: bytes, what: str) -> None:
-        """Refuse a head that would pass the byte limit without ending inside ``data``."""
+    def after_feed(self, data: bytes, what: str) -> None:
         if not self.in_head:
             return
+        newline = data.rfind(b"\n")
+        self.partial = self.partial + len(data) if newline < 0 else len(data) - newline - 1
         limit = self.limits.max_header_bytes
-        remaining = limit - self.pending
-        if len(data) <= remaining:
-            return
-        if (self.tail + data[: remaining + 4]).find(b"\r\n\r\n") < 0:
+        if self.exact + self.partial > limit:
             raise _Limited(431, "http1.headers_too_large",
                            f"{what} head is larger than max_header_bytes ({limit} bytes) and has not ended")
-
-    def after_feed(self, data: bytes) -> None:
-        if self.in_head:
-            self.pending += len(data)
-            self.tail = data[-3:]
 
     def header(self, name: bytes, value: bytes, what: str) -> None:
         self.count += 1
@@ -200,7 +196,6 @@ class Http1Server:
 
     def _feed(self, data: bytes) -> None:
         while True:
-            self._guard.before_feed(data, "request")
             try:
                 self._parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:
@@ -224,7 +219,7 @@ class Http1Server:
                 raise _Limited(400, "http1.invalid_method", "request method is not a known HTTP method") from None
             except httptools.HttpParserError as exc:
                 raise _Limited(400, "http1.codec_error", f"malformed HTTP/1 request: {exc}") from None
-            self._guard.after_feed(data)
+            self._guard.after_feed(data, "request")
             return
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
@@ -526,7 +521,6 @@ class Http1Client:
             return
 
     def _parse(self, data: bytes) -> None:
-        self._guard.before_feed(data, "upstream response")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -540,7 +534,7 @@ class Http1Client:
             raise
         except httptools.HttpParserError as exc:
             raise _Limited(502, "http1.upstream_codec_error", f"malformed HTTP/1 response from upstream: {exc}") from None
-        self._guard.after_feed(data)
+        self._guard.after_feed(data, "upstream response")
 
     def _fail(self, reason: str, detail: str) -> None:
         self._failed = True
