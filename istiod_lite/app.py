@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Set
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -33,7 +33,8 @@ from istiod_lite.config import IstiodConfig
 from istiod_lite.push import PushServer
 from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
 from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
-from istiod_lite.registry.index import Value
+from istiod_lite.registry.index import Value, diff_l7
+from istiod_lite.waypoints import ControllerSettings, WaypointController
 from meshcore.aio.httpserver import HttpServer, Request, Response, metrics_handler
 from meshcore.model.convert import (
     ADDRESS_TYPE_URL,
@@ -41,6 +42,8 @@ from meshcore.model.convert import (
     address_to_proto,
     authorization_to_proto,
 )
+from meshcore.model.convert_l7 import L7_AUTHORIZATION_TYPE_URL, l7_authorization_to_proto
+from meshcore.model.l7 import L7Authorization
 from meshcore.proto import discovery_pb2_grpc
 from meshcore.store.paths import store_path
 from meshcore.store.resource import Resource, ResourceRef
@@ -48,6 +51,8 @@ from meshcore.store.sqlite import SqliteStore
 
 log = structlog.get_logger("istiod_lite")
 
+# What the push server serves: ztunnels' Address and Authorization, waypoints' L7 policies.
+SERVED_TYPE_URLS = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL)
 MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 MiB
 WATCH_POLL_SECONDS = 0.02
 
@@ -89,11 +94,24 @@ class ControlPlane:
         )
         self.store = SqliteStore(store_path(config.state_dir))
         self.ca = load_ca(config, clock())
-        self.push = PushServer(self.metrics, debounce=config.debounce_seconds)
+        self.push = PushServer(
+            self.metrics,
+            debounce=config.debounce_seconds,
+            type_urls=SERVED_TYPE_URLS,
+        )
         self._registry_settings = RegistrySettings(
             trust_domain=config.trust_domain, cluster_id=config.cluster_id, root_namespace=config.root_namespace
         )
         self._state = empty(self._registry_settings)
+        self.waypoints = WaypointController(
+            self.store,
+            ControllerSettings(
+                xds_address=config.waypoint_xds_address,
+                trust_domain=config.trust_domain,
+                domain_suffix=self._registry_settings.domain_suffix,
+            ),
+            metrics=self.metrics,
+        )
         self.snapshot = self._state.snapshot
         self._revision = 0
         self._grpc: grpc.aio.Server | None = None
@@ -178,7 +196,8 @@ class ControlPlane:
         started = time.perf_counter()
         state = build(resources, self._registry_settings)
         changed, removed = diff(self.snapshot, state.snapshot)
-        self._publish(state, changed, removed, started)
+        self._publish(state, changed, removed, started, diff_l7(self.snapshot, state.snapshot))
+        self.waypoints.observe(resources)  # every Gateway and what was made for one: resync them
 
     async def _watch(self) -> None:
         """Follow the store's change log in order; one incremental registry update per batch of changes."""
@@ -200,14 +219,30 @@ class ControlPlane:
                         [r for r in latest.values() if r is not None],
                         [ref for ref, r in latest.items() if r is None],
                     )
-                    self._publish(state, changed, removed, started)
+                    self._publish(state, changed, removed, started, state.l7_changes)
                 except Exception:  # a registry bug must not stop config updates: start over from the store
                     log.exception("incremental registry update failed; rebuilding from the whole store")
                     self._load_all()
+                self.waypoints.observe(ev.resource for ev in events)
+            self._reconcile_waypoints()
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
+    def _reconcile_waypoints(self) -> None:
+        """The waypoint controller's turn (its own writes come back through the watch as no-ops)."""
+        if not self.waypoints.pending:
+            return
+        try:
+            self.waypoints.reconcile_pending()
+        except Exception:  # a controller bug must not stop config updates
+            log.exception("waypoint controller failed; the affected Gateways are retried on their next change")
+
     def _publish(
-        self, state: RegistryState, changed: dict[str, dict[str, Value]], removed: dict[str, set[str]], started: float
+        self,
+        state: RegistryState,
+        changed: dict[str, dict[str, Value]],
+        removed: dict[str, set[str]],
+        started: float,
+        l7: tuple[Mapping[str, L7Authorization], Set[str]],
     ) -> None:
         """Make ``state`` current and hand only what changed to the push server."""
         addresses = {**changed[WORKLOAD], **changed[SERVICE]}
@@ -220,6 +255,9 @@ class ControlPlane:
             AUTHORIZATION_TYPE_URL,
             {name: authorization_to_proto(m) for name, m in changed[AUTHORIZATION].items()},  # type: ignore[arg-type]
             removed[AUTHORIZATION],
+        )
+        self.push.set_resources(
+            L7_AUTHORIZATION_TYPE_URL, {name: l7_authorization_to_proto(m) for name, m in l7[0].items()}, l7[1]
         )
         self._state, self.snapshot = state, state.snapshot
         self._recomputes.inc()
@@ -246,6 +284,10 @@ class ControlPlane:
                 "workloads": msgspec.to_builtins(list(snap.workloads.values())),
                 "services": msgspec.to_builtins(list(snap.services.values())),
                 "policies": msgspec.to_builtins(list(snap.policies.values())),
+                "l7Policies": msgspec.to_builtins(list(snap.l7_policies.values())),
+                "waypoints": msgspec.to_builtins(list(snap.waypoints.values())),
+                # Why each workload/service that asked for a waypoint has (or has not) got one.
+                "waypointBindings": {name: msgspec.to_builtins(b) for name, b in snap.waypoint_bindings.items()},
                 "problems": [
                     {"resource": str(p.ref), "severity": p.severity.name, "reason": p.reason.value, "message": p.message}
                     for p in snap.problems

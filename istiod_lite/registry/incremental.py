@@ -573,8 +573,8 @@ class _Batch:
                 self.bindings.put(f"{namespace}/{service_hostname(name, namespace, self.settings.domain_suffix)}", None)
                 continue
             key = info.service.key
-            counts = self.account_counts.get(key)
-            accounts = counts if counts is not None else self.old.endpoint_accounts.get(key, {})
+            fresh = self.account_counts.get(key)
+            accounts = fresh if fresh is not None else self.old.endpoint_accounts.get(key, {})
             service, binding, problem = bind_service_info(info, ns.labels, accounts, table)
             self.set_problems(source, (problem,) if problem is not None else ())
             self.services.put(key, service)
@@ -646,9 +646,9 @@ class _Batch:
         endpoint_accounts = old.endpoint_accounts
         if self.account_counts:
             endpoint_accounts = dict(endpoint_accounts)
-            for key, counts in self.account_counts.items():
-                if counts:
-                    endpoint_accounts[key] = counts
+            for key, accounts in self.account_counts.items():
+                if accounts:
+                    endpoint_accounts[key] = accounts
                 else:
                     endpoint_accounts.pop(key, None)
         state = RegistryState(
