@@ -1,0 +1,512 @@
+"""The waypoint's composition root: build every part from one ``WaypointConfig``, run them, stop them.
+
+``Waypoint(config, *, ca=None, xds=None)`` wires: a ``StateCell[WaypointState]`` fed by one delta-ADS
+stream (Address, Authorization and our L7Authorization kinds; mTLS with the waypoint's own certificate);
+a ``SecretManager`` for its one identity (the CA, or the fake CA in tests); the HBONE listener on
+``POD_IP:15008``; per tunnel, protocol detection then the HTTP engine (``waypoint.l7.session``) with
+``WaypointHandler`` deciding each request (``waypoint.decide``: L7 policy, then an endpoint) and
+upstream HBONE tunnels from an ``HbonePool`` presenting the waypoint's identity (so the destination's
+ztunnel sees the waypoint's principal); opaque TCP gets L4 treatment only: it is relayed to an endpoint
+unless a policy that applies here has HTTP-only attributes, in which case it is refused (fail closed:
+such a policy cannot be evaluated on bytes that are not HTTP). Istio's request metrics with
+``reporter="waypoint"`` and one access-log line per request; admin (15000, loopback), metrics (15020),
+readiness (15021). Tests swap the CA (``ca``) and the config source (``xds``: a function of the cell).
+
+Lifecycle: ``start()`` (fetches the certificate, connects config, binds listeners); ``drain(deadline)``
+stops accepting and lets tunnels finish; ``stop()`` ends everything. SIGTERM handling is in ``__main__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from meshcore.admin import LogLevel, admin_routes, certificate_json, config_json, service_json, workload_json
+from meshcore.aio.ca_client import CaCertificateProvider, CaClient, CertificateProvider
+from meshcore.aio.hbone_server import HboneServer, HboneServerCounters, TunnelRequest, serve_hbone
+from meshcore.aio.httpserver import HttpServer, Request, Response
+from meshcore.aio.pool import HbonePool, mtls_connector
+from meshcore.aio.relay import relay
+from meshcore.aio.secrets import SecretManager
+from meshcore.aio.state_cell import StateCell
+from meshcore.aio.tls_contexts import TlsContexts
+from meshcore.aio.xds_client import XdsClient
+from meshcore.identity import SpiffeId
+from meshcore.logs import set_level
+from meshcore.model.l7 import L7Authorization
+from meshcore.policy.l7 import L7PolicyCache, select_l7_policies
+from meshcore.readiness import ReadinessReport, check_readiness, readiness_handler
+from meshcore.routing import canonical_ip
+from meshcore.telemetry import Reporter, build_connection_labels
+from meshcore.telemetry.http import HttpMetrics
+from meshcore.testing.shared_ca import fake_certificate_provider
+from meshcore.tls.contexts import channel_credentials, channel_options
+from meshcore.tls.verify import verify_peer
+from waypoint.config import WaypointConfig
+from waypoint.decide import Me, RoundRobin, Routed, decide
+from waypoint.l7.detect import Detected
+from waypoint.l7.model import (
+    ConnectionFacts,
+    Forward,
+    HttpCounters,
+    HttpLimits,
+    LocalResponse,
+    RequestRecord,
+)
+from waypoint.l7.model import (
+    Request as HttpRequest,
+)
+from waypoint.l7.session import serve_http, sniff
+from waypoint.l7.upstream import Upstreams
+from waypoint.state import WAYPOINT_KINDS, WaypointState
+from waypoint.upstream import HboneUpstreamPool
+
+log = structlog.get_logger("waypoint")
+access_log = structlog.get_logger("waypoint.access")
+
+ACCESS_SCOPE = "access"
+_ROUTED_LIMIT = 4096  # decisions waiting for their request's completion record (bounded: a leak guard)
+
+
+class StartupError(Exception):
+    """The waypoint cannot start as configured; the message says what to change."""
+
+
+class ConfigSource(Protocol):
+    ready: asyncio.Event
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+XdsFactory = Callable[[StateCell[WaypointState]], ConfigSource]
+
+
+def node_id(config: WaypointConfig) -> str:
+    """Istio's node id for a waypoint proxy (``router~<ip>~<pod>.<ns>~<ns>.svc.<domain>``)."""
+    return f"router~{config.pod_ip}~{config.pod_name}.{config.namespace}~{config.namespace}.svc.{config.trust_domain}"
+
+
+def has_http_only_rules(policy: L7Authorization) -> bool:
+    """Whether ``policy`` uses attributes only HTTP requests have (methods, paths, hosts, headers)."""
+    for rule in policy.rules:
+        for op in rule.operations:
+            if op.methods or op.not_methods or op.paths or op.not_paths or op.hosts or op.not_hosts:
+                return True
+        for cond in rule.conditions:
+            if cond.header:
+                return True
+    return False
+
+
+class WaypointHandler:
+    """The HTTP engine's ``RequestHandler``: ``decide`` on the current snapshot; remembers the decision
+    so the completion record can be labelled with the destination it went to."""
+
+    def __init__(self, cell: StateCell[WaypointState], me: Me) -> None:
+        self._cell = cell
+        self._me = me
+        self._pick = RoundRobin()
+        self._cache = L7PolicyCache()
+        self._routed: dict[tuple[str, str, int], Routed] = {}
+        self.denied = 0
+
+    def decide(self, request: HttpRequest) -> Forward | LocalResponse:
+        routed = decide(self._cell.current(), self._me, request, self._pick, cache=self._cache)
+        if routed.policy is not None and not routed.policy.allowed:
+            self.denied += 1
+        if len(self._routed) >= _ROUTED_LIMIT:
+            self._routed.clear()
+        self._routed[(request.request_id, request.connection.source_ip, request.connection.source_port)] = routed
+        return routed.decision
+
+    def take(self, record: RequestRecord) -> Routed | None:
+        conn = record.connection
+        return self._routed.pop((record.request_id, conn.source_ip, conn.source_port), None)
+
+
+class Waypoint:
+    """One waypoint proxy (see the module docstring)."""
+
+    def __init__(
+        self, config: WaypointConfig, *, ca: CertificateProvider | None = None, xds: XdsFactory | None = None
+    ) -> None:
+        self.config = config
+        self.identity: SpiffeId = config.identity
+        self.me = Me(config.gateway, self.identity, config.network)
+        self.cell: StateCell[WaypointState] = StateCell(WaypointState())
+        self.registry = CollectorRegistry()
+        self.http_metrics = HttpMetrics(self.registry)
+        self.tcp_refused = Counter(
+            "waypoint_tcp_refused", "Opaque TCP connections refused at the waypoint, by reason", ["reason"],
+            registry=self.registry,
+        )
+        self.hbone_counters = HboneServerCounters()
+        self.http_counters = HttpCounters()
+        self.limits = HttpLimits(max_header_bytes=config.max_header_bytes, max_header_count=config.max_header_count)
+        self.handler = WaypointHandler(self.cell, self.me)
+        self.log_level = LogLevel(config.log_level, set_level)
+        self.synced = asyncio.Event()
+        self.source: ConfigSource | None = None
+        self._ca_override = ca
+        self._xds_factory = xds
+        self._ca_client: CaClient | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._http: list[HttpServer] = []
+        self._stop_requested = asyncio.Event()
+        self._started = False
+        self._stopped = False
+        self.secrets: SecretManager
+        self.tls: TlsContexts
+        self.pool: HbonePool
+        self.upstream_pool: HboneUpstreamPool
+        self.upstreams: Upstreams
+        self.hbone: HboneServer | None = None
+        self.hbone_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self.stats_address: tuple[str, int] | None = None
+        self.readiness_address: tuple[str, int] | None = None
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Bring everything up; raises ``StartupError`` (nothing left running) when it cannot."""
+        if self._started:
+            raise RuntimeError("Waypoint.start() called twice")
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        self.secrets = SecretManager(self._certificate_provider())
+        self.tls = TlsContexts(self.secrets)
+        self.secrets.track([self.identity])
+        self.pool = HbonePool(mtls_connector(self.tls.client))
+        self.upstream_pool = HboneUpstreamPool(self.pool, self.identity)
+        self.upstreams = Upstreams(self.upstream_pool, self.limits)
+        self._spawn(self.tls.run(), "tls-refresh")
+        self.source = self._config_source()
+        self._spawn(self.source.run(), "xds")
+        self._spawn(self._mark_synced(self.source), "xds-ready")
+        try:
+            server_context = await self.tls.server(self.identity)
+        except Exception as exc:
+            raise StartupError(f"cannot get a certificate for {self.identity}: {exc}") from exc
+        trust_domain = config.trust_domain
+        try:
+            self.hbone = await serve_hbone(
+                config.pod_ip, config.hbone_port, server_context,
+                lambda der: verify_peer(der, trust_domain=trust_domain), self._on_tunnel,
+                counters=self.hbone_counters,
+            )
+        except OSError as exc:
+            raise StartupError(f"HBONE {config.pod_ip}:{config.hbone_port}: cannot listen: {exc.strerror or exc}") from exc
+        self.hbone_address = (config.pod_ip, self.hbone.port)
+        self.admin_address = await self._serve_http(
+            "admin", config.admin_addr,
+            admin_routes(
+                dump=self.config_dump, connections=lambda: [], log_level=self.log_level, quit=self.request_stop,
+                title="waypoint admin", dump_contents="workloads, services, policies, l7Policies, certificates",
+            ),
+        )
+        self.stats_address = await self._serve_http(
+            "stats", config.stats_addr, {"/metrics": self._metrics, "/stats/prometheus": self._metrics}
+        )
+        self.readiness_address = await self._serve_http(
+            "readiness", config.readiness_addr, {"/healthz/ready": readiness_handler(self.readiness)}
+        )
+        log.info("waypoint started", gateway=config.gateway, identity=str(self.identity),
+                 hbone=self.hbone_address, admin=self.admin_address, stats=self.stats_address)
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting; let live tunnels finish until ``deadline`` (loop time)."""
+        if self.hbone is not None:
+            await self.hbone.drain(deadline)
+
+    async def stop(self) -> None:
+        """End everything now (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.source is not None:
+            self.source.close()
+        if self.hbone is not None:
+            await self.hbone.aclose()
+        if hasattr(self, "upstreams"):
+            await self.upstreams.aclose()
+            await self.upstream_pool.aclose()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        for server in self._http:
+            await server.close()
+        if hasattr(self, "pool"):
+            await self.pool.aclose()
+        if hasattr(self, "secrets"):
+            await self.secrets.close()
+        if self._ca_client is not None:
+            await self._ca_client.close()
+        log.info("waypoint stopped", gateway=self.config.gateway)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        await self._stop_requested.wait()
+
+    # ------------------------------------------------------------------------------------ observers
+
+    def readiness(self) -> ReadinessReport:
+        held = {i for i in self.secrets.identities if self.secrets.find_certificate(i) is not None}
+        return check_readiness(
+            config_synced=self.synced.is_set(), wanted_identities=[self.identity], held_identities=held,
+            pending_proxies={} if self.hbone is not None else {self.config.gateway: "HBONE listener not up"},
+        )
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109 - a readiness deadline
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.readiness().ready:
+                    waits = [
+                        asyncio.ensure_future(self.secrets.changed(self.secrets.version)),
+                        asyncio.ensure_future(self.synced.wait()),
+                        asyncio.ensure_future(self.cell.changed(self.cell.version)),
+                    ]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for w in waits:
+                            w.cancel()
+        except TimeoutError:
+            raise TimeoutError(f"waypoint {self.config.gateway} not ready: {self.readiness().text()}") from None
+
+    def config_dump(self) -> dict[str, object]:
+        state = self.cell.current()
+        proxy = state.proxy
+        return {
+            "gateway": self.config.gateway,
+            "identity": str(self.identity),
+            "workloads": [workload_json(w) for _, w in sorted(proxy.workloads.items())],
+            "services": [service_json(s, proxy) for _, s in sorted(proxy.services.items())],
+            "l7Policies": [_l7_json(p) for _, p in sorted(state.l7_policies.items())],
+            "certificates": [certificate_json(c) for c in self.secrets.snapshot()],
+            "config": config_json(self.config),
+            "version": state.version,
+        }
+
+    # ------------------------------------------------------------------------------------- data path
+
+    async def _on_tunnel(self, request: TunnelRequest) -> None:
+        peer = request.peer_address or ("0.0.0.0", 0)
+        facts = ConnectionFacts(
+            source_ip=canonical_ip(peer[0]), source_port=peer[1], destination=request.authority,
+            peer_identity=request.peer_identity,
+        )
+        stream = await request.accept()
+        try:
+            detected, first = await sniff(stream, self.limits)
+        except (ConnectionError, OSError):
+            await stream.aclose()
+            return
+        if detected in (Detected.HTTP1, Detected.HTTP2):
+            await serve_http(
+                stream, first_bytes=first, handler=self.handler, upstreams=self.upstreams, limits=self.limits,
+                connection=facts, on_complete=self._on_complete, counters=self.http_counters, protocol=detected,
+            )
+            return
+        await self._serve_tcp(stream, first, facts)
+
+    async def _serve_tcp(self, stream: Any, first: bytes, facts: ConnectionFacts) -> None:
+        """Opaque bytes: L4 only. Refused when a policy here needs HTTP to be evaluated (fail closed)."""
+        try:
+            state = self.cell.current()
+            probe = HttpRequest("CONNECT", "tcp", "", "", (), "tcp", "", facts)
+            routed = decide(state, self.me, probe, RoundRobin())
+            service = routed.service.hostname if routed.service is not None else None
+            http_only = [p.key for p in select_l7_policies(state.l7_policies.values(), self.me.gateway, service)
+                         if has_http_only_rules(p)]
+            if http_only:
+                self.tcp_refused.labels("http_policy_on_tcp").inc()
+                access_log.warning(
+                    "connection refused", scope=ACCESS_SCOPE, src=f"{facts.source_ip}:{facts.source_port}",
+                    dst=facts.destination, error="non-HTTP traffic reached the waypoint, and policies that apply here "
+                    f"need HTTP attributes to be evaluated: {', '.join(http_only)}",
+                )
+                return
+            if not isinstance(routed.decision, Forward):
+                self.tcp_refused.labels(routed.decision.response_flags or "denied").inc()
+                access_log.warning("connection refused", scope=ACCESS_SCOPE, dst=facts.destination,
+                                   src=f"{facts.source_ip}:{facts.source_port}", error=routed.detail)
+                return
+            upstream = await self.upstream_pool.acquire(routed.decision.endpoint)
+            try:
+                if first:
+                    await upstream.send_all(first)
+                sent, received = await relay(stream, upstream)
+            finally:
+                await upstream.aclose()
+            access_log.info("connection complete", scope=ACCESS_SCOPE, src=f"{facts.source_ip}:{facts.source_port}",
+                            dst=facts.destination, upstream=routed.decision.label, bytes_sent=received,
+                            bytes_recv=len(first) + sent, protocol="tcp")
+        except (ConnectionError, OSError) as exc:
+            access_log.warning("connection failed", scope=ACCESS_SCOPE, dst=facts.destination, error=repr(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    def _on_complete(self, record: RequestRecord) -> None:
+        routed = self.handler.take(record)
+        state = self.cell.current()
+        conn = record.connection
+        source = state.proxy.find_workload_by_addr(conn.source_ip, self.config.network) if conn.source_ip else None
+        labels = build_connection_labels(
+            Reporter.WAYPOINT,
+            source=source,
+            destination=routed.workload if routed is not None else None,
+            destination_service=routed.service if routed is not None else None,
+            source_identity=conn.peer_identity,
+            mtls=True,
+        )
+        self.http_metrics.observe(
+            labels, response_code=record.status, grpc_status=record.grpc_status, response_flags=record.response_flags,
+            request_bytes=record.request_bytes, response_bytes=record.response_bytes, duration_s=record.duration,
+        )
+        fields: dict[str, object] = {
+            "src.addr": f"{conn.source_ip}:{conn.source_port}",
+            "src.identity": str(conn.peer_identity) if conn.peer_identity else None,
+            "src.workload": source.name if source is not None else None,
+            "dst.addr": conn.destination,
+            "dst.service": routed.service.hostname if routed and routed.service else None,
+            "dst.workload": routed.workload.name if routed and routed.workload else None,
+            "upstream": record.upstream,
+            "method": record.method,
+            "path": record.path,
+            "authority": record.authority,
+            "protocol": record.protocol,
+            "response_code": record.status,
+            "response_flags": record.response_flags,
+            "request_id": record.request_id,
+            "bytes_recv": record.request_bytes,
+            "bytes_sent": record.response_bytes,
+            "duration": f"{max(0, int(record.duration * 1000))}ms",
+        }
+        if routed is not None and routed.policy is not None and routed.policy.policy:
+            fields["policy"] = routed.policy.policy
+        detail = record.detail or (routed.detail if routed is not None else "")
+        if detail:
+            fields["detail"] = detail
+        access_log.info("request complete", scope=ACCESS_SCOPE, **{k: v for k, v in fields.items() if v is not None})
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def _certificate_provider(self) -> CertificateProvider:
+        config = self.config
+        if self._ca_override is not None:
+            return self._ca_override
+        if config.fake_ca:
+            log.warning("FAKE_CA: signing the waypoint's certificate in-process; never use this in production")
+            return fake_certificate_provider(config.trust_domain, config.fake_ca_dir, config.secret_ttl_seconds)
+        assert config.ca_address is not None
+        from meshcore.aio.ca_client import token_ca_client  # the service-account token flow
+
+        try:
+            roots = Path(config.root_cert_path).read_text(encoding="ascii")
+        except OSError as exc:
+            raise StartupError(
+                f"ISTIO_ROOT_CERT_PATH={config.root_cert_path}: cannot read the mesh root certificate: {exc}"
+            ) from exc
+        self._ca_client = token_ca_client(config.ca_address, roots, config.token_path)
+        return CaCertificateProvider(self._ca_client, impersonate=False, ttl_seconds=config.secret_ttl_seconds)
+
+    def _config_source(self) -> ConfigSource:
+        if self._xds_factory is not None:
+            return self._xds_factory(self.cell)
+        config = self.config
+        if config.xds_address is None:
+            raise StartupError("XDS_ADDRESS is empty: the waypoint needs the control plane")
+        return _MtlsXdsSource(self, config.xds_address)
+
+    async def _mark_synced(self, source: ConfigSource) -> None:
+        await source.ready.wait()
+        self.synced.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"waypoint-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", task=task.get_name(), error=repr(task.exception()))
+
+    async def _serve_http(self, name: str, addr: Any, routes: dict[str, Any]) -> tuple[str, int]:
+        server = HttpServer(routes, name=name)
+        try:
+            bound = await server.start(addr.host, addr.port)
+        except OSError as exc:
+            raise StartupError(f"{name} address {addr}: cannot listen: {exc.strerror or exc}") from exc
+        self._http.append(server)
+        return bound
+
+    async def _metrics(self, _: Request) -> Response:
+        return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+
+class _MtlsXdsSource:
+    """Delta ADS to istiod over mTLS with the waypoint's own certificate (fetched first)."""
+
+    def __init__(self, waypoint: Waypoint, target: str) -> None:
+        self._waypoint = waypoint
+        self._target = target
+        self.ready = asyncio.Event()
+        self._client: XdsClient[WaypointState] | None = None
+        self._closed = False
+
+    async def run(self) -> None:
+        wp = self._waypoint
+        bundle = await wp.secrets.fetch_certificate(wp.identity)
+        if self._closed:
+            return
+        config = wp.config
+        self._client = XdsClient(
+            self._target,
+            channel_credentials(bundle.roots_pem, bundle.key_pem, bundle.chain_pem),
+            node_id(config),
+            {"NAMESPACE": config.namespace, "CLUSTER_ID": config.cluster_id, "WAYPOINT": config.gateway,
+             "SERVICE_ACCOUNT": config.service_account},
+            wp.cell,
+            kinds=WAYPOINT_KINDS,
+            cluster_id=config.cluster_id,
+            channel_options=channel_options(),
+        )
+        ready = asyncio.ensure_future(self._client.ready.wait())
+        ready.add_done_callback(lambda _: self.ready.set())
+        try:
+            await self._client.run()
+        finally:
+            ready.cancel()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._client is not None:
+            self._client.close()
+
+
+def _l7_json(p: L7Authorization) -> dict[str, object]:
+    import msgspec
+
+    return msgspec.to_builtins(p)  # type: ignore[no-any-return]
