@@ -111,3 +111,16 @@ def parse_log_format(value: str, variable: str) -> str:
     if fmt not in ("console", "json"):
         raise ConfigError(variable, f"{fmt!r} is not console or json")
     return fmt
+
+
+def parse_admin_address(value: str, variable: str, *, allow_remote: bool, allow_variable: str) -> HostPort:
+    """An admin listen address: loopback only unless ``allow_remote`` (the admin port is unauthenticated
+    and can change log levels and stop the process, so exposing it must be an explicit choice)."""
+    addr = parse_host_port(value, variable, default_host="127.0.0.1")
+    if not allow_remote and not ipaddress.ip_address(addr.host).is_loopback:
+        raise ConfigError(
+            variable,
+            f"{addr} is not a loopback address; the admin port is unauthenticated and can change log levels "
+            f"and stop the proxy, so it binds loopback only unless {allow_variable}=true",
+        )
+    return addr

@@ -32,6 +32,7 @@ from pathlib import Path
 from meshcore.config import (
     ConfigError,
     HostPort,
+    parse_admin_address,
     parse_bool,
     parse_duration,
     parse_grpc_target,
@@ -144,15 +145,10 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
     ca = parse_grpc_target(ca_raw, CA_ADDRESS) if ca_raw else xds
     if ca is None and not fake_ca:
         raise ConfigError(CA_ADDRESS, f"no CA: set {CA_ADDRESS} (or {XDS_ADDRESS}), or {FAKE_CA}=true for tests")
-    admin = parse_host_port(e.get(ADMIN_ADDR, "127.0.0.1:15000"), ADMIN_ADDR, default_host="127.0.0.1")
-    if not ipaddress.ip_address(admin.host).is_loopback and not parse_bool(
-        e.get(ADMIN_ALLOW_REMOTE, ""), ADMIN_ALLOW_REMOTE
-    ):
-        raise ConfigError(
-            ADMIN_ADDR,
-            f"{admin} is not a loopback address; the admin port can change log levels and stop the proxy, "
-            f"so it binds loopback only unless {ADMIN_ALLOW_REMOTE}=true",
-        )
+    admin = parse_admin_address(
+        e.get(ADMIN_ADDR, "127.0.0.1:15000"), ADMIN_ADDR,
+        allow_remote=parse_bool(e.get(ADMIN_ALLOW_REMOTE, ""), ADMIN_ALLOW_REMOTE), allow_variable=ADMIN_ALLOW_REMOTE,
+    )
     return WaypointConfig(
         pod_name=name,
         namespace=namespace,

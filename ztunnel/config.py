@@ -21,6 +21,7 @@ from pathlib import Path
 from meshcore.config import (
     ConfigError,
     HostPort,
+    parse_admin_address,
     parse_bool,
     parse_duration,
     parse_grpc_target,
@@ -43,6 +44,7 @@ FAKE_CA_DIR = "FAKE_CA_DIR"
 LOCAL_XDS_PATH = "LOCAL_XDS_PATH"
 NODE_CREDENTIAL_DIR = "NODE_CREDENTIAL_DIR"
 ADMIN_ADDR = "ADMIN_ADDR"
+ADMIN_ALLOW_REMOTE = "ADMIN_ALLOW_REMOTE"
 STATS_ADDR = "STATS_ADDR"
 READINESS_ADDR = "READINESS_ADDR"
 SOCKS5_ADDR = "SOCKS5_ADDR"
@@ -229,8 +231,10 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
         fake_ca_dir=fake_ca_dir,
         local_xds_path=local_path,
         node_credential_dir=cred_dir,
-        admin_addr=parse_host_port(
-            e.get(ADMIN_ADDR, f"127.0.0.1:{DEFAULT_ADMIN_PORT}"), ADMIN_ADDR, default_host="127.0.0.1"
+        admin_addr=parse_admin_address(
+            e.get(ADMIN_ADDR, f"127.0.0.1:{DEFAULT_ADMIN_PORT}"), ADMIN_ADDR,
+            allow_remote=parse_bool(e.get(ADMIN_ALLOW_REMOTE, ""), ADMIN_ALLOW_REMOTE),
+            allow_variable=ADMIN_ALLOW_REMOTE,
         ),
         stats_addr=parse_host_port(
             e.get(STATS_ADDR, f"0.0.0.0:{DEFAULT_STATS_PORT}"), STATS_ADDR, default_host="0.0.0.0"
