@@ -133,3 +133,12 @@ def test_bad_settings_name_the_variable_and_say_what_to_do(env, variable, hint):
 )
 def test_duration_forms(text, seconds):
     assert parse_duration(text, "X") == seconds
+
+
+def test_the_admin_port_refuses_a_non_loopback_address_unless_explicitly_allowed():
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, "ADMIN_ADDR": "0.0.0.0:15000"})
+    assert err.value.variable == "ADMIN_ADDR" and "ADMIN_ALLOW_REMOTE=true" in str(err.value)
+    c = parse_config({**BASE, "ADMIN_ADDR": "0.0.0.0:15000", "ADMIN_ALLOW_REMOTE": "true"})
+    assert c.admin_addr == HostPort("0.0.0.0", 15000)
+    assert parse_config({**BASE, "ADMIN_ADDR": "[::1]:15000"}).admin_addr == HostPort("::1", 15000)
