@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -46,3 +49,38 @@ def set_level(level: str) -> None:
     if level not in LEVELS:
         raise ValueError(f"log level {level!r} is not one of {', '.join(LEVELS)}")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())))
+
+
+class RateLimitedLog:
+    """One log line per cause per interval, however often the cause repeats (a flood of bad peers must
+    not become a flood of log lines). The first occurrence of a cause is logged at once; later ones within
+    ``interval`` seconds are only counted, and the next line logged for that cause carries
+    ``repeated=N`` (how many were suppressed since the last line). ``clock`` is injectable for tests."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, cause: str) -> int | None:
+        """None: suppress this occurrence. Otherwise log now; the value is how many were suppressed."""
+        now = self._clock()
+        last = self._last.get(cause)
+        if last is not None and now - last < self._interval:
+            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+            return None
+        self._last[cause] = now
+        if len(self._last) > 1024:  # causes are a fixed vocabulary; this only guards against misuse
+            self._last = {cause: now}
+        return self._suppressed.pop(cause, 0)
+
+    def log(self, logger: Any, level: str, event: str, cause: str, **fields: Any) -> bool:
+        """Log ``event`` at ``level`` unless ``cause`` was logged less than ``interval`` ago; True if it was."""
+        repeated = self.allow(cause)
+        if repeated is None:
+            return False
+        if repeated:
+            fields["repeated"] = repeated
+        getattr(logger, level)(event, **fields)
+        return True

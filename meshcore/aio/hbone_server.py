@@ -9,7 +9,8 @@ connected) or ``reject(status)``. A handler that returns without answering gets 
 is counted and logged; its tunnel is reset, never the listener. A handler may return the future of a
 relay that carries the tunnel on with callbacks: its task ends there, the future stays with the
 connection (cancelled if the connection ends first). Bad peers (garbage, failed handshakes,
-wrong identity, HTTP/2 violations) cost only their own connection. ``close`` stops accepting;
+wrong identity, HTTP/2 violations) cost only their own connection; their log lines are rate-limited to
+one per cause per ``REFUSAL_LOG_INTERVAL``, carrying ``repeated=N`` (the counters count every one). ``close`` stops accepting;
 ``drain(deadline)`` sends GOAWAY, lets live tunnels finish, and closes what is left at the deadline.
 Connections held and TLS handshakes in progress are bounded per listener (``max_connections``,
 ``max_pending_handshakes``): past either, a new connection is reset at accept, counted
@@ -51,6 +52,7 @@ from meshcore.hbone import (
     TunnelResetError,
 )
 from meshcore.identity import SpiffeId
+from meshcore.logs import RateLimitedLog
 
 log = structlog.get_logger("meshcore.hbone.server")
 
@@ -142,10 +144,12 @@ class _ServerDriver(HboneDriver):
         peer_identity: SpiffeId | None,
         on_tunnel: OnTunnel,
         counters: HboneServerCounters,
+        limiter: RateLimitedLog | None = None,
     ) -> None:
         super().__init__(conn, peer_identity=peer_identity)
         self._on_tunnel = on_tunnel
         self._counters = counters
+        self._limiter = limiter if limiter is not None else RateLimitedLog()
         self._handlers: set[asyncio.Future[Any]] = set()  # handler tasks, and relays they handed over
         self._pending: dict[int, asyncio.Task[None]] = {}  # handlers of tunnels not answered yet
         self._max_pending = conn.settings.max_concurrent_streams
@@ -171,9 +175,9 @@ class _ServerDriver(HboneDriver):
                 self._counters.connection_errors += 1
                 if event.error_code == ENHANCE_YOUR_CALM and not event.by_peer:
                     self._counters.abusive_connections += 1
-                log.warning(
-                    "hbone.connection_error", peer=str(self.peer_identity), addr=self.peer_address,
-                    reason=event.reason,
+                self._limiter.log(
+                    log, "warning", "hbone.connection_error", f"connection_error:{event.error_code}",
+                    peer=str(self.peer_identity), addr=self.peer_address, reason=event.reason,
                 )
         super().dispatch(events)
 
@@ -214,8 +218,8 @@ class _ServerDriver(HboneDriver):
 
     def _on_tunnel_refused(self, event: TunnelRequestRefused) -> None:
         self._counters.tunnels_refused += 1
-        log.info(
-            "hbone.request_refused", peer=str(self.peer_identity), addr=self.peer_address,
+        self._limiter.log(
+            log, "info", "hbone.request_refused", f"request_refused:{event.status}", peer=str(self.peer_identity), addr=self.peer_address,
             status=event.status, reason=event.reason,
         )
 
@@ -231,8 +235,8 @@ class _ServerDriver(HboneDriver):
             log.debug("hbone.tunnel_ended_with_error", authority=request.authority, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - one tunnel's failure must not reach the listener
             self._counters.handler_errors += 1
-            log.warning(
-                "hbone.tunnel_handler_failed", peer=str(self.peer_identity), authority=request.authority,
+            self._limiter.log(
+                log, "warning", "hbone.tunnel_handler_failed", f"handler_failed:{type(exc).__name__}", peer=str(self.peer_identity), authority=request.authority,
                 error=f"{type(exc).__name__}: {exc}",
             )
         finally:
@@ -287,6 +291,7 @@ class HboneServer:
         self._held = 0  # accepted TCP connections not yet closed
         self._handshaking = 0
         self._last_refusal_log = float("-inf")
+        self._limiter = RateLimitedLog(REFUSAL_LOG_INTERVAL)
         self._listener = listener
         self._address = listener.getsockname()
         self._ssl_context = ssl_context
@@ -345,7 +350,7 @@ class HboneServer:
             try:
                 sock, addr = await loop.sock_accept(self._listener)
             except OSError as exc:  # EMFILE and friends: keep the listener, back off briefly
-                log.error("hbone.accept_failed", reason=_describe(exc))
+                self._limiter.log(log, "error", "hbone.accept_failed", "accept_failed", reason=_describe(exc))
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
             if self._held >= self._max_connections or self._handshaking >= self._max_pending_handshakes:
@@ -378,7 +383,9 @@ class HboneServer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             loop = asyncio.get_running_loop()
             conn = HboneServerConn(self._settings, now=loop.time())
-            driver = _ServerDriver(conn, peer_identity=None, on_tunnel=self._on_tunnel, counters=self.counters)
+            driver = _ServerDriver(
+                conn, peer_identity=None, on_tunnel=self._on_tunnel, counters=self.counters, limiter=self._limiter
+            )
             try:
                 async with asyncio.timeout(self._handshake_timeout + 1):
                     transport, _ = await loop.connect_accepted_socket(
@@ -390,7 +397,10 @@ class HboneServer:
                 # ``sock`` here as well would free its fd number while the transport's deferred cleanup
                 # still refers to it: a connection accepted meanwhile can reuse the number and be closed.
                 self.counters.handshake_failures += 1
-                log.warning("hbone.handshake_failed", addr=addr, reason=_describe(exc))
+                self._limiter.log(
+                    log, "warning", "hbone.handshake_failed", f"handshake:{type(exc).__name__}", addr=addr,
+                    reason=_describe(exc),
+                )
                 return
             handshaking = False
             self._handshaking -= 1
@@ -412,7 +422,9 @@ class HboneServer:
             driver.peer_identity = self._verify_client(ssl_object.getpeercert(binary_form=True))
         except Exception as exc:  # noqa: BLE001 - any verification failure refuses this peer only
             self.counters.untrusted_peers += 1
-            log.warning("hbone.peer_rejected", addr=addr, reason=_describe(exc))
+            self._limiter.log(
+                log, "warning", "hbone.peer_rejected", "peer_rejected", addr=addr, reason=_describe(exc)
+            )
             return
         self._drivers.add(driver)
         try:
