@@ -86,9 +86,13 @@ class TrafficType(StrEnum):
 
 
 def resolve_name(name: str | None, service_account: str | None) -> str:
-    """The waypoint's name: ``--name``, else the service account's (per-SA), else ``waypoint``."""
+    """The waypoint's name: ``--name``, else ``<sa>-waypoint`` (per-SA), else ``waypoint``.
+
+    The per-SA default is not the service account's own name: the waypoint's pod runs as a service account
+    named after its Gateway, and sharing the served account would give the waypoint the identity of the
+    workloads it serves (their policies would apply to it, and theirs to its traffic)."""
     if not name:  # istioctl: an empty --name means the default
-        name = service_account or DEFAULT_NAME
+        name = f"{service_account}-waypoint" if service_account else DEFAULT_NAME
     if name == RESERVED_NAME:
         raise CliError(
             "invalid name provided for waypoint, 'none' is a reserved value "
@@ -97,7 +101,9 @@ def resolve_name(name: str | None, service_account: str | None) -> str:
         )
     problem = name_problem(name, label=True)
     if problem:
-        where = "--name" if name != service_account else "the service account name (pass --name)"
+        where = "--name" if service_account is None or name != f"{service_account}-waypoint" else (
+            "the service account name (pass --name)"
+        )
         raise CliError(f"waypoint {problem}; a waypoint's name becomes its Service's name: fix {where}")
     return name
 

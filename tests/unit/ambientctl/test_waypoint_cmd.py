@@ -123,7 +123,7 @@ def test_generate_prints_istioctls_gateway_without_a_namespace_when_none_is_give
     )
 
 
-def test_generate_per_service_account_names_the_waypoint_after_it_and_annotates_it(ctl: Ctl) -> None:
+def test_generate_per_service_account_names_the_waypoint_sa_waypoint_and_annotates_it(ctl: Ctl) -> None:
     out = ctl.ok(
         "waypoint",
         "generate",
@@ -145,7 +145,7 @@ def test_generate_per_service_account_names_the_waypoint_after_it_and_annotates_
         "  labels:\n"
         "    istio.io/rev: canary\n"
         "    istio.io/waypoint-for: workload\n"
-        "  name: reviews\n"
+        "  name: reviews-waypoint\n"
         "  namespace: shop\n"
         "spec:\n"
         "  gatewayClassName: istio-waypoint\n"
@@ -245,7 +245,7 @@ def test_apply_refuses_to_turn_another_gateway_into_a_waypoint(ctl: Ctl) -> None
 def test_a_second_waypoint_for_one_service_account_is_refused(ctl: Ctl) -> None:
     ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
     result = ctl.fails("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "other")
-    assert "already has waypoint 'reviews'" in result.stderr
+    assert "already has waypoint 'reviews-waypoint'" in result.stderr
     assert ctl.get("Gateway", "shop", "other") is None
     # Re-applying the same one is fine.
     ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
@@ -255,14 +255,20 @@ def test_a_name_taken_by_an_application_service_is_refused_with_another_name_to_
     app_service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "reviews", "namespace": "shop"},
+        "metadata": {"name": "reviews-waypoint", "namespace": "shop"},
     }
     ctl.put(app_service)
     result = ctl.fails("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
-    assert "service shop/reviews already exists" in result.stderr
-    assert "--name reviews-waypoint" in result.stderr
+    assert "service shop/reviews-waypoint already exists" in result.stderr
+    assert ctl.get("Gateway", "shop", "reviews-waypoint") is None
+    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "reviews-wp")
+
+
+def test_the_per_service_account_default_name_never_shares_the_served_identity(ctl: Ctl) -> None:
+    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
     assert ctl.get("Gateway", "shop", "reviews") is None
-    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "reviews-waypoint")
+    gw = ctl.get("Gateway", "shop", "reviews-waypoint")
+    assert gw is not None and gw.annotations["istio.io/for-service-account"] == "reviews"
 
 
 def test_the_waypoints_own_service_does_not_block_a_reapply(ctl: Ctl) -> None:
