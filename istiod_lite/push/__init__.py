@@ -7,5 +7,14 @@ bookkeeping) and ``debounce.py`` (when to push) are pure; ``errors.py`` holds th
 
 from istiod_lite.push.errors import InvalidRequestError, PushError, PushUsageError
 from istiod_lite.push.server import METRIC_TYPES, SERVED_TYPES, PushServer
+from istiod_lite.push.state import StreamLimits
 
-__all__ = ["METRIC_TYPES", "SERVED_TYPES", "InvalidRequestError", "PushError", "PushServer", "PushUsageError"]
+__all__ = [
+    "METRIC_TYPES",
+    "SERVED_TYPES",
+    "InvalidRequestError",
+    "PushError",
+    "PushServer",
+    "PushUsageError",
+    "StreamLimits",
+]

@@ -2,8 +2,9 @@
 
 Two families, kept apart on purpose (h11's local/remote split):
 
-- ``InvalidRequestError`` and subclasses: a proxy sent something we cannot follow (unknown type URL, no
-  node on the first request, an ACK for a nonce this stream never sent). The server ends *that stream only*
+- ``InvalidRequestError`` and subclasses: a proxy sent something we cannot follow (bytes that are not a
+  DeltaDiscoveryRequest, unknown type URL, no node on the first request, an ACK for a nonce this stream
+  never sent, more names than a limit allows). The server ends *that stream only*
   with gRPC ``INVALID_ARGUMENT`` and this message; every other stream carries on.
 - ``PushUsageError`` and subclasses: the caller of ``PushServer.set_resources`` handed us something wrong.
   That is a bug in istiod_lite, so it raises at the call site and never reaches a proxy.
@@ -57,6 +58,33 @@ class NackWithoutNonceError(InvalidRequestError):
         super().__init__(
             f"request for {type_url} carries error_detail (a NACK) but no response_nonce; a NACK must name "
             "the nonce of the response it rejects"
+        )
+
+
+class UndecodableRequestError(InvalidRequestError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"request is not a protobuf DeltaDiscoveryRequest ({detail}); send envoy.service.discovery.v3."
+            "DeltaDiscoveryRequest messages on this method"
+        )
+
+
+class TooManyNamesError(InvalidRequestError):
+    def __init__(self, type_url: str, count: int, limit: int) -> None:
+        self.type_url = type_url
+        super().__init__(
+            f"request for {type_url} lists {count} resource names (subscribe + unsubscribe + "
+            f"initial_resource_versions); at most {limit} per request are accepted (max_names_per_request): "
+            "split them across several requests, or subscribe with the wildcard"
+        )
+
+
+class TooManySubscriptionsError(InvalidRequestError):
+    def __init__(self, type_url: str, count: int, limit: int) -> None:
+        self.type_url = type_url
+        super().__init__(
+            f"stream would subscribe to {count} names of {type_url}; at most {limit} per type and stream are "
+            "accepted (max_subscribed_names): unsubscribe names no longer needed, or subscribe with the wildcard"
         )
 
 

@@ -11,8 +11,17 @@ Invariants:
   proxy's ``initial_resource_versions`` really saves the resend, and setting identical content is a no-op.
 - Each stream has its own writer (the handler's async generator) and its own pending set, keyed by name.
   A slow proxy only delays itself; its pending changes coalesce (latest content wins per name).
-- A request we cannot follow ends that stream alone with INVALID_ARGUMENT. A NACK is recorded, counted
-  and logged; later changes still flow.
+- A request we cannot follow (including bytes that are not a DeltaDiscoveryRequest, and requests past a
+  ``StreamLimits`` limit) ends that stream alone with INVALID_ARGUMENT, counted in
+  ``istiod_lite_xds_invalid_requests_total{reason}`` and logged. A NACK is recorded, counted and logged;
+  later changes still flow.
+- Every stream that was registered is unregistered exactly once, however it ends (OK, abort, client
+  cancel, reset, peer gone, server stop). grpc.aio runs the handler as an async generator that it may
+  stop resuming (cancelled while it writes a response) and may cancel again while the generator cleans
+  up, so unregistering is synchronous (no ``await`` before it) and hooked to the RPC's done callback as
+  well as the generator's ``finally``; whichever runs first wins, the other is a no-op.
+- One response carries at most ``StreamLimits.max_response_bytes`` of resources and removed names (at
+  least one entry); the rest follows in the next responses of the same stream.
 - Per-stream protocol decisions live in ``state.py``; this module only does I/O, timers and metrics.
 """
 
@@ -31,7 +40,7 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from istiod_lite.push.debounce import Debouncer
@@ -39,9 +48,10 @@ from istiod_lite.push.errors import (
     EmptyResourceNameError,
     InvalidRequestError,
     MessageTypeMismatchError,
+    UndecodableRequestError,
     UnservedTypeError,
 )
-from istiod_lite.push.state import ConnectionState, TypeSubscription
+from istiod_lite.push.state import ConnectionState, StreamLimits, TypeSubscription
 from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from meshcore.proto import discovery_pb2, discovery_pb2_grpc
 
@@ -75,6 +85,7 @@ class _Work:
 class _Stream:
     state: ConnectionState
     log: Any
+    reader: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     work: dict[str, _Work] = field(default_factory=dict)
     failure: InvalidRequestError | None = None
@@ -145,8 +156,10 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
         type_urls: Iterable[str] = SERVED_TYPES,
         metric_types: Mapping[str, str] | None = None,
         close_grace: float = 5.0,
+        limits: StreamLimits | None = None,
     ) -> None:
         self.close_grace = close_grace
+        self.limits = limits if limits is not None else StreamLimits()
         self._metrics = _Metrics(registry)
         self._log = logger if logger is not None else structlog.get_logger("istiod_lite.push")
         self._debouncer = Debouncer(debounce, max(debounce, debounce_max))
@@ -159,6 +172,7 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._pending: dict[str, dict[str, float]] = {}  # type -> name -> when first set in this burst
         self._generation = 0
         self._streams: dict[str, _Stream] = {}
+        self._readers: set[asyncio.Task[None]] = set()  # cancelled on unregister; close() waits for them
         self._conn_ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Event()
@@ -261,12 +275,7 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "istiod_lite is shutting down; reconnect elsewhere")
-        conn_id = str(next(self._conn_ids))
-        state = ConnectionState(conn_id, secrets.token_hex(4), self._types, time.time(), peer=context.peer())
-        stream = _Stream(state, self._log.bind(conn_id=conn_id, peer=state.peer))
-        self._streams[conn_id] = stream
-        self._metrics.connected.inc()
-        reader = asyncio.create_task(self._read(stream, request_iterator), name=f"xds-read-{conn_id}")
+        stream = self._register(request_iterator, context)
         try:
             while True:
                 await stream.wake.wait()
@@ -289,12 +298,39 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         self._metrics.push_time.labels(label).observe(sent - oldest_change)
                 self._progress.set()
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            del self._streams[conn_id]
-            self._metrics.connected.dec()
-            self._progress.set()
-            stream.log.info("xds stream closed", node_id=state.node_id)
+            self._unregister(stream)  # synchronous on purpose: see the module doc
+
+    def _register(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> _Stream:
+        conn_id = str(next(self._conn_ids))
+        state = ConnectionState(
+            conn_id, secrets.token_hex(4), self._types, time.time(), peer=context.peer(), limits=self.limits
+        )
+        stream = _Stream(state, self._log.bind(conn_id=conn_id, peer=state.peer))
+        reader = asyncio.create_task(self._read(stream, request_iterator), name=f"xds-read-{conn_id}")
+        stream.reader = reader
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        self._streams[conn_id] = stream
+        self._metrics.connected.inc()
+        # Runs when grpc's task for this RPC ends, whether or not the generator is ever resumed.
+        context.add_done_callback(lambda _context: self._unregister(stream))
+        return stream
+
+    def _unregister(self, stream: _Stream) -> None:
+        """Forget ``stream``: idempotent, synchronous (safe from a done callback and from ``finally``)."""
+        conn_id = stream.state.conn_id
+        if self._streams.get(conn_id) is not stream:
+            return
+        del self._streams[conn_id]
+        self._metrics.connected.dec()
+        if stream.reader is not None:
+            stream.reader.cancel()
+        self._progress.set()
+        stream.log.info("xds stream closed", node_id=stream.state.node_id)
 
     async def _read(self, stream: _Stream, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]) -> None:
         try:
@@ -304,11 +340,25 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     return
         except asyncio.CancelledError:
             raise
+        except DecodeError as exc:  # grpc's deserializer: the peer sent bytes that are not our message
+            self._reject(stream, UndecodableRequestError(str(exc)), type_url="")
         except Exception as exc:  # the peer went away mid-read: end this stream only
             stream.log.debug("xds stream read ended", error=repr(exc))
         finally:
             stream.ended = True
             stream.wake.set()
+
+    def _reject(self, stream: _Stream, error: InvalidRequestError, type_url: str) -> None:
+        """End ``stream`` with INVALID_ARGUMENT carrying ``error``'s message; count and log it once."""
+        stream.failure = error
+        self._metrics.invalid_requests.labels(type(error).__name__).inc()
+        stream.log.warning(
+            "xds request rejected, ending stream",
+            node_id=stream.state.node_id,
+            type_url=type_url,
+            reason=type(error).__name__,
+            error=str(error),
+        )
 
     def _on_request(self, stream: _Stream, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         state = stream.state
@@ -316,14 +366,7 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
         try:
             outcome = state.receive(request, time.time())
         except InvalidRequestError as exc:
-            stream.failure = exc
-            self._metrics.invalid_requests.labels(type(exc).__name__).inc()
-            stream.log.warning(
-                "xds request rejected, ending stream",
-                node_id=state.node_id,
-                type_url=request.type_url,
-                error=str(exc),
-            )
+            self._reject(stream, exc, request.type_url)
             return
         if not had_node:
             stream.log = stream.log.bind(node_id=state.node_id)
@@ -361,7 +404,11 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def _next_response(
         self, stream: _Stream
     ) -> tuple[discovery_pb2.DeltaDiscoveryResponse, str, float | None, int, int] | None:
-        """Build the next response this stream owes, recording it as sent; None when it owes nothing."""
+        """Build the next response this stream owes, recording it as sent; None when it owes nothing.
+
+        A plan larger than ``max_response_bytes`` is cut: what does not fit goes back to the stream's
+        work as dirty names (with their change times), so the next call continues where this one stopped.
+        """
         while stream.work:
             type_url = next(iter(stream.work))
             work = stream.work.pop(type_url)
@@ -370,22 +417,24 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if not plan and not work.respond:
                 continue
             stored = self._stored[type_url]
+            send, remove, size, rest = _fit(plan.send, plan.remove, stored, self.limits.max_response_bytes)
+            if rest:
+                later = stream.work_for(type_url).names
+                for name in rest:
+                    later.setdefault(name, work.names.get(name))
             nonce = stream.state.next_nonce()
             system_version = str(self._generation)
             response = discovery_pb2.DeltaDiscoveryResponse(
                 type_url=type_url,
                 nonce=nonce,
                 system_version_info=system_version,
-                removed_resources=plan.remove,
+                removed_resources=remove,
             )
-            response.resources.extend(stored[name].resource for name in plan.send)
-            stream.state.record_sent(
-                type_url, nonce, system_version, {name: versions[name] for name in plan.send}, plan.remove
-            )
-            changed_at = [t for n in (*plan.send, *plan.remove) if (t := work.names.get(n)) is not None]
+            response.resources.extend(stored[name].resource for name in send)
+            stream.state.record_sent(type_url, nonce, system_version, {name: versions[name] for name in send}, remove)
+            changed_at = [t for n in (*send, *remove) if (t := work.names.get(n)) is not None]
             oldest = min(changed_at) if changed_at else None
-            size = sum(stored[name].size for name in plan.send) + sum(len(n) for n in plan.remove)
-            return response, type_url, oldest, len(plan.send) + len(plan.remove), size
+            return response, type_url, oldest, len(send) + len(remove), size
         return None
 
     # -- operations ------------------------------------------------------------------------------------
@@ -436,9 +485,39 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 while self._streams:
                     self._progress.clear()
                     await self._progress.wait()
+                # Readers were cancelled when their streams were unregistered; let them finish.
+                await asyncio.gather(*self._readers, return_exceptions=True)
         except TimeoutError:
             still_open = [s.state.node_id or s.state.conn_id for s in self._streams.values()]
             self._log.warning("xds streams still open after close", grace_s=self.close_grace, streams=still_open)
+
+
+def _fit(
+    send: tuple[str, ...], remove: tuple[str, ...], stored: Mapping[str, _Stored], budget: int
+) -> tuple[list[str], list[str], int, list[str]]:
+    """Split a plan at ``budget`` bytes: (send, remove, their size, names left for the next response).
+
+    Takes at least one entry, so a resource larger than the budget still goes out (alone).
+    """
+    size = 0
+    taken_send: list[str] = []
+    taken_remove: list[str] = []
+    rest: list[str] = []
+    for name in send:
+        cost = stored[name].size
+        if rest or (size + cost > budget and (taken_send or taken_remove)):
+            rest.append(name)
+            continue
+        taken_send.append(name)
+        size += cost
+    for name in remove:
+        cost = len(name)
+        if rest or (size + cost > budget and (taken_send or taken_remove)):
+            rest.append(name)
+            continue
+        taken_remove.append(name)
+        size += cost
+    return taken_send, taken_remove, size, rest
 
 
 def _iso(ts: float) -> str:

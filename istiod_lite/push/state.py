@@ -18,6 +18,9 @@ Theory of operation (Envoy's delta xDS rules, as istiod applies them):
   order). A nonce sent earlier but no longer outstanding is *stale* and ignored, as istiod does.
 - Explicitly subscribed names that do not exist are answered with ``removed_resources`` so an on-demand
   lookup learns "no such resource" instead of waiting.
+- Limits (``StreamLimits``): a request may list at most ``max_names_per_request`` names and a stream may
+  hold at most ``max_subscribed_names`` explicit names per type; past either the stream ends
+  (``TooManyNamesError`` / ``TooManySubscriptionsError``), checked before any state changes for the first.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from google.protobuf import json_format
 from istiod_lite.push.errors import (
     MissingNodeError,
     NackWithoutNonceError,
+    TooManyNamesError,
+    TooManySubscriptionsError,
     UnknownNonceError,
     UnknownTypeUrlError,
 )
@@ -42,6 +47,24 @@ WILDCARD = "*"
 MAX_OUTSTANDING = 64
 # NACKs remembered per type for /debug/syncz.
 MAX_NACK_HISTORY = 16
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """What one delta-ADS stream may ask of istiod_lite (see docs/operations.md, "Limits")."""
+
+    # Names in one request: resource_names_subscribe + resource_names_unsubscribe + initial_resource_versions.
+    max_names_per_request: int = 10_000
+    # Explicitly subscribed names held per type and stream (a wildcard subscription holds none).
+    max_subscribed_names: int = 100_000
+    # Encoded bytes of resources and removed names in one response; more goes in the next responses
+    # (always at least one entry per response, so a single large resource is still sent).
+    max_response_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_names_per_request", "max_subscribed_names", "max_response_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StreamLimits.{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +140,15 @@ class ResponsePlan:
 class ConnectionState:
     """Bookkeeping of one delta-ADS stream. Not thread-safe; one owner (the stream's handler)."""
 
-    def __init__(self, conn_id: str, nonce_prefix: str, served: Iterable[str], now: float, peer: str = "") -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        nonce_prefix: str,
+        served: Iterable[str],
+        now: float,
+        peer: str = "",
+        limits: StreamLimits = StreamLimits(),
+    ) -> None:
         if "-" in nonce_prefix or not nonce_prefix:
             raise ValueError(f"nonce prefix {nonce_prefix!r} must be non-empty and contain no '-'")
         self.conn_id = conn_id
@@ -128,6 +159,7 @@ class ConnectionState:
         self.metadata: dict[str, Any] = {}
         self.subscriptions: dict[str, TypeSubscription] = {}
         self._served = frozenset(served)
+        self._limits = limits
         self._nonce_prefix = nonce_prefix
         self._seq = 0
 
@@ -135,6 +167,13 @@ class ConnectionState:
 
     def receive(self, request: discovery_pb2.DeltaDiscoveryRequest, now: float) -> RequestOutcome:
         """Apply one request. Raises ``InvalidRequestError`` if the stream must end."""
+        names = (
+            len(request.resource_names_subscribe)
+            + len(request.resource_names_unsubscribe)
+            + len(request.initial_resource_versions)
+        )
+        if names > self._limits.max_names_per_request:
+            raise TooManyNamesError(request.type_url, names, self._limits.max_names_per_request)
         if not self.node_id:
             if not request.HasField("node") or not request.node.id:
                 raise MissingNodeError()
@@ -168,6 +207,7 @@ class ConnectionState:
             # A non-wildcard proxy that claims a resource still wants it (istiod does the same).
             sub.names.update(sub.known)
         self._unsubscribe(sub, request.resource_names_unsubscribe)
+        self._check_subscribed(sub)
         self.subscriptions[sub.type_url] = sub
         return RequestOutcome(type_url=sub.type_url, first=True, full=True, respond=True)
 
@@ -227,8 +267,13 @@ class ConnectionState:
             sub.known.pop(name, None)
             dirty.add(name)
         self._unsubscribe(sub, request.resource_names_unsubscribe)
+        self._check_subscribed(sub)
         dirty = {n for n in dirty if sub.subscribes(n)}
         return full, frozenset(dirty), full or bool(dirty)
+
+    def _check_subscribed(self, sub: TypeSubscription) -> None:
+        if len(sub.names) > self._limits.max_subscribed_names:
+            raise TooManySubscriptionsError(sub.type_url, len(sub.names), self._limits.max_subscribed_names)
 
     @staticmethod
     def _unsubscribe(sub: TypeSubscription, names: Iterable[str]) -> None:

@@ -13,7 +13,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import LogCapture
 
-from istiod_lite.push import PushServer
+from istiod_lite.push import PushServer, StreamLimits
 from meshcore.model.convert import (
     ADDRESS_TYPE_URL,
     AUTHORIZATION_TYPE_URL,
@@ -441,3 +441,44 @@ async def test_a_type_url_passed_to_the_constructor_is_served(harness: Harness) 
 async def test_the_default_server_does_not_serve_other_type_urls(harness: Harness) -> None:
     with pytest.raises(ValueError, match="serves only"):
         harness.server.set_resources(L7_TYPE_URL, {"default/x": waypoint_pb2.L7Authorization(name="x")})
+
+
+@pytest.mark.parametrize(
+    "harness", [{"limits": StreamLimits(max_response_bytes=2000)}], indirect=True, ids=["a 2000 byte reply budget"]
+)
+async def test_a_reply_larger_than_the_budget_is_sent_in_several_responses(harness: Harness) -> None:
+    everything = pods(40)
+    harness.server.set_resources(ADDRESS_TYPE_URL, everything)
+    p = harness.proxy("zt-1")
+    await p.send(sub=[*everything, *(f"default/missing-{i}.example" for i in range(30))])
+    received: dict[str, workload_pb2.Address] = {}
+    removed: set[str] = set()
+    responses = 0
+    while len(received) < len(everything) or len(removed) < 30:
+        response = await p.recv_ack()
+        responses += 1
+        entries = len(response.resources) + len(response.removed_resources)
+        size = sum(r.ByteSize() for r in response.resources) + sum(len(n) for n in response.removed_resources)
+        assert entries == 1 or size <= 2000, f"response {responses} carries {size} bytes in {entries} entries"
+        for r in response.resources:
+            assert r.name not in received
+            received[r.name] = workload_pb2.Address()
+            r.resource.Unpack(received[r.name])
+        removed.update(response.removed_resources)
+        assert responses <= 100, "the split never finishes"
+    assert received == everything
+    assert removed == {f"default/missing-{i}.example" for i in range(30)}
+    assert responses > 1
+    await harness.synced(streams=1)
+    assert p.nothing_queued()
+
+
+@pytest.mark.parametrize(
+    "harness", [{"limits": StreamLimits(max_response_bytes=10)}], indirect=True, ids=["a budget below one resource"]
+)
+async def test_a_resource_larger_than_the_budget_is_still_sent_alone(harness: Harness) -> None:
+    harness.server.set_resources(ADDRESS_TYPE_URL, pods(3))
+    p = harness.proxy("zt-1")
+    await p.send()
+    names = [[r.name for r in (await p.recv_ack()).resources] for _ in range(3)]
+    assert sorted(n for [n] in names) == sorted(pods(3))

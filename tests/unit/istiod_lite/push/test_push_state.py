@@ -10,10 +10,12 @@ from istiod_lite.push.errors import (
     InvalidRequestError,
     MissingNodeError,
     NackWithoutNonceError,
+    TooManyNamesError,
+    TooManySubscriptionsError,
     UnknownNonceError,
     UnknownTypeUrlError,
 )
-from istiod_lite.push.state import MAX_OUTSTANDING, ConnectionState
+from istiod_lite.push.state import MAX_OUTSTANDING, ConnectionState, StreamLimits
 from meshcore.model.convert import ADDRESS_TYPE_URL as ADDR
 from meshcore.model.convert import AUTHORIZATION_TYPE_URL as AUTHZ
 from meshcore.proto import discovery_pb2
@@ -338,3 +340,75 @@ def test_unknown_type_message_names_the_served_types() -> None:
 def test_nonce_prefix_must_be_parseable() -> None:
     with pytest.raises(ValueError, match="nonce prefix"):
         ConnectionState("1", "a-b", (ADDR,), now=0.0)
+
+
+LIMITS = StreamLimits(max_names_per_request=4, max_subscribed_names=6)
+
+
+def limited() -> ConnectionState:
+    return ConnectionState("1", "p", (ADDR, AUTHZ), now=100.0, limits=LIMITS)
+
+
+def names(n: int, prefix: str = "n") -> list[str]:
+    return [f"default/{prefix}{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("requests", "error"),
+    [
+        ([req(sub=names(5))], TooManyNamesError),
+        ([req(sub=names(3), unsub=names(2, "u"))], TooManyNamesError),
+        ([req(sub=["*"], initial={n: "v" for n in names(5)})], TooManyNamesError),
+        ([req(sub=["*"], unsub=["*"]), req(node=None, sub=names(5))], TooManyNamesError),
+        ([req(sub=names(4)), req(node=None, sub=names(3, "m"))], TooManySubscriptionsError),
+        ([req(sub=names(4)), req(node=None, sub=names(4, "m"), unsub=names(1))], TooManyNamesError),
+    ],
+    ids=[
+        "a first request subscribing more names than allowed is rejected",
+        "subscribe and unsubscribe names count together",
+        "initial resource versions count as names",
+        "a later request with too many names is rejected",
+        "subscriptions accumulated past the per-stream limit are rejected",
+        "a later request is limited on the sum of its lists",
+    ],
+)
+def test_requests_past_a_limit_are_rejected(requests, error) -> None:
+    c = limited()
+    *ok, bad = requests
+    for r in ok:
+        c.receive(r, now=1.0)
+    with pytest.raises(error) as info:
+        c.receive(bad, now=2.0)
+    assert isinstance(info.value, InvalidRequestError)
+
+
+def test_the_limit_itself_is_accepted() -> None:
+    c = limited()
+    c.receive(req(sub=names(4)), now=1.0)
+    c.receive(req(node=None, sub=names(2, "m")), now=2.0)
+    assert len(c.subscriptions[ADDR].names) == 6
+
+
+def test_unsubscribing_makes_room_for_new_names() -> None:
+    c = limited()
+    c.receive(req(sub=names(4)), now=1.0)
+    c.receive(req(node=None, unsub=names(3)), now=2.0)
+    c.receive(req(node=None, sub=names(4, "m")), now=3.0)
+    assert len(c.subscriptions[ADDR].names) == 5
+
+
+def test_limit_messages_name_the_limit_and_what_to_do() -> None:
+    with pytest.raises(TooManyNamesError) as many:
+        limited().receive(req(sub=names(5)), now=1.0)
+    assert "5 resource names" in str(many.value) and "at most 4 per request" in str(many.value)
+    assert "max_names_per_request" in str(many.value)
+    c = limited()
+    c.receive(req(sub=names(4)), now=1.0)
+    with pytest.raises(TooManySubscriptionsError) as held:
+        c.receive(req(node=None, sub=names(3, "m")), now=2.0)
+    assert "at most 6 per type and stream" in str(held.value) and "wildcard" in str(held.value)
+
+
+def test_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_names_per_request"):
+        StreamLimits(max_names_per_request=0)
