@@ -1,0 +1,821 @@
+"""Benchmark: the waypoint (L7) on loopback — direct vs HAProxy vs a ztunnel pair vs ztunnel -> waypoint
+-> ztunnel, 1 KiB HTTP/1.1 keep-alive requests at a few fixed concurrencies, in one run.
+
+Paths: (a) client -> backend; (b) client -> HAProxy (``mode http``, one thread) -> backend; (c) client ->
+SOCKS5 on node-1's ztunnel -> HBONE -> node-2's ztunnel -> backend, addressed to a service without a
+waypoint; (d) the same client and ztunnels, addressed to a service whose ``waypoint`` is the waypoint
+pod: node-1 -> HBONE -> the waypoint (a real ``python -m waypoint`` process; L7 policy "allow GET" on
+the service; per-request endpoint pick) -> HBONE as the waypoint -> node-2 -> backend. The ztunnels
+read a local config file (LOCAL_XDS_PATH); the waypoint takes its config from xDS only, so a helper
+process serves delta ADS (``FakeXdsServer`` as the servicer) over TLS with a certificate for istiod's
+name from the shared fake CA root, which is the root the waypoint's FAKE_CA certificate comes from:
+the waypoint runs exactly as configured in a pod (mTLS to its control plane), with no test-only
+setting. The backend and the load generator are separate uvloop processes; the load generator holds
+N keep-alive connections with one request outstanding on each (closed loop) and records every
+latency. Per path and concurrency: requests/s, p50/p99, the proxies' CPU per 1000 requests (from
+/proc/<pid>/stat); for the waypoint also its own CPU per 1000 requests and its RSS per idle downstream
+connection (N HBONE tunnels from node-1, one HTTP request each, held open). Never part of the test run.
+
+    .venv/bin/python bench/l7.py [--quick] [--duration 5] [--concurrency 1 8 32] [--idle 2000]
+                                 [--profile DIR] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import json
+import os
+import pstats
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import _util as u  # noqa: E402  (bench/ is not a package)
+import l4  # noqa: E402  (the L4 benchmark's process helpers: child, tail, free_port, wait_ready, machine)
+
+NET = "127.0.47"  # all of 127/8 routes to lo; l4.py uses 127.0.42, so both can run side by side
+NODE_IPS = {"node-1": f"{NET}.1", "node-2": f"{NET}.2"}
+XDS_IP = f"{NET}.5"
+CLIENT_IP = f"{NET}.11"  # client workload, on node-1
+SERVER_IP = f"{NET}.12"  # backend workload, on node-2
+WAYPOINT_IP = f"{NET}.13"  # the waypoint pod (not captured: Istio's istio.io/dataplane-mode=none)
+HAPROXY_IP = f"{NET}.31"
+BACKEND_PORT = 8080
+SERVICE_PORT = 80
+VIP_L4 = "10.96.47.1"  # bench/server-l4: no waypoint
+VIP_L7 = "10.96.47.2"  # bench/server: waypoint = the waypoint pod
+HOST_L7 = "server.bench.svc.cluster.local"
+HBONE_PORT, ADMIN_PORT, STATS_PORT, READY_PORT, SOCKS5_PORT = 15008, 15000, 15020, 15021, 15080
+START_TIMEOUT = 30.0
+RESPONSE_SIZE = 1024
+
+# Targets from issue 7.
+WAYPOINT_CPU_PER_1K = 0.25  # vCPU per 1000 requests/s == CPU-seconds per 1000 requests (Envoy's published figure)
+ADDED_P50_VS_HAPROXY = 2.0
+
+MESH_CONFIG = f"""\
+workloads:
+- {{name: client, namespace: bench, serviceAccount: client, workloadIps: [{CLIENT_IP}], protocol: HBONE,
+   node: node-1}}
+- {{name: server, namespace: bench, serviceAccount: server, workloadIps: [{SERVER_IP}], protocol: HBONE,
+   node: node-2, services: {{bench/{HOST_L7}: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+                            bench/server-l4.bench.svc.cluster.local: {{{SERVICE_PORT}: {BACKEND_PORT}}}}}}}
+- {{name: waypoint-0, namespace: bench, serviceAccount: waypoint, workloadIps: [{WAYPOINT_IP}], protocol: TCP,
+   node: waypoint-node}}
+services:
+- {{name: server, namespace: bench, vips: [{VIP_L7}], ports: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+   waypoint: {{address: {WAYPOINT_IP}}}}}
+- {{name: server-l4, namespace: bench, vips: [{VIP_L4}], ports: {{{SERVICE_PORT}: {BACKEND_PORT}}}}}
+"""
+
+
+def request_bytes(method: str = "GET", host: str = HOST_L7) -> bytes:
+    """A ~1 KiB HTTP/1.1 keep-alive request: what a service client sends, padded to exactly 1024 bytes."""
+    head = (
+        f"{method} /api/v1/items?id=42 HTTP/1.1\r\nhost: {host}\r\nuser-agent: bench-l7\r\naccept: */*\r\n"
+        + "".join(f"x-h{i:02d}: {'v' * 30}\r\n" for i in range(16))
+    ).encode()
+    pad = 1024 - len(head) - len(b"x-pad: \r\n\r\n")
+    return head + b"x-pad: " + b"p" * pad + b"\r\n\r\n"
+
+
+# --- the backend (child process: ``--serve-http HOST PORT``) ------------------------------------------
+
+_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: "
+    + str(RESPONSE_SIZE).encode()
+    + b"\r\n\r\n"
+    + b"r" * RESPONSE_SIZE
+)
+
+
+def content_length(head: bytes) -> int:
+    """The content-length of a message head (0 when absent; the bench's peers never chunk)."""
+    head = head.lower()
+    at = head.find(b"\r\ncontent-length:")
+    if at < 0:
+        return 0
+    stop = head.find(b"\r\n", at + 2)
+    return int(head[at + 17 : stop if stop > 0 else None])
+
+
+class _HttpBackend(asyncio.Protocol):
+    """Keep-alive HTTP/1.1: answers each request head (bodies by content-length) with 200 and 1 KiB."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        self.skip = 0
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        out = []
+        while True:
+            if self.skip:
+                take = min(self.skip, len(buf))
+                self.skip -= take
+                buf = buf[take:]
+                if self.skip:
+                    break
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            self.skip = content_length(buf[:end])
+            buf = buf[end + 4 :]
+            out.append(_RESPONSE)
+        self.buf = buf
+        if out:
+            self.transport.write(b"".join(out))
+
+
+def serve_http(host: str, port: int) -> None:
+    u.raise_nofile(65536)
+    import uvloop
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(
+            _HttpBackend, host, port, backlog=4096, reuse_address=True
+        )
+        async with server:
+            await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+# --- the load generator (child process: ``--load JSON``) ----------------------------------------------
+
+
+@dataclass
+class LoadSpec:
+    host: str  # where the client connects (the SOCKS5 proxy when ``target`` is set)
+    port: int
+    concurrency: int
+    warmup: float
+    duration: float
+    target: tuple[str, int] | None = None  # SOCKS5 CONNECT destination
+    source: str | None = None
+    method: str = "GET"
+
+
+class _Gen:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.request = request_bytes(spec.method)
+        self.samples = array.array("d")
+        self.statuses: dict[int, int] = {}
+        self.total = 0
+        self.errors: list[str] = []
+        self.running = True
+        self.open = 0
+        self.idle = asyncio.Event()
+        self.measure_from = self.measure_to = 0.0
+        self.last = 0.0
+
+
+class _LoadConn(asyncio.Protocol):
+    """One keep-alive connection with one request outstanding; a response is parsed by content-length."""
+
+    def __init__(self, gen: _Gen) -> None:
+        self.gen = gen
+        self.buf = b""
+        self.need = -1
+        self.status = 0
+        self.sent = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.gen.open += 1
+        self.send()
+
+    def send(self) -> None:
+        self.sent = time.perf_counter()
+        self.transport.write(self.gen.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            self.status = int(buf[9:12])
+            self.need = end + 4 + content_length(buf[:end])
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        now = time.perf_counter()
+        gen = self.gen
+        if len(buf) > self.need:
+            gen.errors.append(f"{len(buf) - self.need} unexpected bytes after a response")
+        self.buf, self.need = b"", -1
+        gen.total += 1
+        if gen.measure_from <= self.sent and now <= gen.measure_to:
+            gen.samples.append(now - self.sent)
+            gen.statuses[self.status] = gen.statuses.get(self.status, 0) + 1
+            gen.last = now
+        if gen.running and now < gen.measure_to:
+            self.send()
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gen = self.gen
+        if self.need >= 0 or (gen.running and time.perf_counter() < gen.measure_to):
+            gen.errors.append(f"connection closed mid-run: {exc!r}")
+        gen.open -= 1
+        if gen.open == 0:
+            gen.idle.set()
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    """Closed-loop load per ``spec``; returns counts, percentiles and this process's CPU (a JSON dict)."""
+    import uvloop
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        gen = _Gen(spec)
+        socks: list[socket.socket] = []
+        for _ in range(spec.concurrency):
+            if spec.target is not None:
+                sock = u.socks5_connector((spec.host, spec.port), *spec.target, source=spec.source)()
+            else:
+                sock = u.tcp_connector(spec.host, spec.port)()
+            sock.setblocking(False)
+            socks.append(sock)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        gen.measure_from = wall0 + spec.warmup
+        gen.measure_to = gen.measure_from + spec.duration
+        for sock in socks:
+            await loop.create_connection(lambda: _LoadConn(gen), sock=sock)
+        try:
+            await asyncio.wait_for(gen.idle.wait(), spec.warmup + spec.duration + 30)
+        except TimeoutError:
+            gen.errors.append(f"{gen.open} connections still waiting for a response 30 s after the run")
+        gen.running = False
+        wall = time.perf_counter() - wall0
+        samples = sorted(gen.samples)
+        return {
+            "requests": len(samples),
+            "all_requests": gen.total,
+            "seconds": spec.duration,
+            "p50": u.percentile(samples, 50) if samples else None,
+            "p99": u.percentile(samples, 99) if samples else None,
+            "statuses": gen.statuses,
+            "errors": gen.errors[:5],
+            "error_count": len(gen.errors),
+            "client_cpu": (time.process_time() - cpu0) / wall,
+        }
+
+    return uvloop.run(main())
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Path_:
+    name: str
+    host: str
+    port: int
+    target: tuple[str, int] | None = None  # through node-1's SOCKS5 to this address
+    proxy_pids: list[int] = field(default_factory=list)
+    waypoint_pid: int | None = None
+
+
+@dataclass
+class Result:
+    path: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    proxy_cpu_per_1k: float | None
+    waypoint_cpu_per_1k: float | None
+    client_cpu: float
+
+
+def load(path: Path_, concurrency: int, warmup: float, duration: float, method: str = "GET") -> dict[str, Any]:
+    spec = LoadSpec(
+        path.host, path.port, concurrency, warmup, duration,
+        target=path.target, source=CLIENT_IP if path.target else None, method=method,
+    )
+    proc = subprocess.run(
+        [sys.executable, __file__, "--load", json.dumps(spec.__dict__)], capture_output=True, text=True,
+        timeout=warmup + duration + 120,
+    )
+    if proc.returncode != 0:
+        raise u.BenchError(f"load generator for {path.name} failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def measure(path: Path_, concurrency: int, warmup: float, duration: float) -> Result:
+    pids = path.proxy_pids
+    cpu0 = [u.cpu_seconds(p) for p in pids]
+    out = load(path, concurrency, warmup, duration)
+    cpu1 = [u.cpu_seconds(p) for p in pids]
+    statuses = {int(k): v for k, v in out["statuses"].items()}
+    if out["error_count"] or set(statuses) != {200} or not out["requests"]:
+        raise u.BenchError(
+            f"{path.name} at concurrency {concurrency}: statuses {statuses}, {out['error_count']} errors "
+            f"(first: {out['errors']})"
+        )
+    # CPU over the whole load run (warm-up included) per request of the whole run.
+    per_req = 1000 / out["all_requests"]
+    proxy = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) * per_req if pids else None
+    wp = None
+    if path.waypoint_pid is not None:
+        i = pids.index(path.waypoint_pid)
+        wp = (cpu1[i] - cpu0[i]) * per_req
+    return Result(
+        path.name, concurrency, out["requests"] / out["seconds"], out["p50"] * 1e3, out["p99"] * 1e3, proxy, wp,
+        out["client_cpu"],
+    )
+
+
+def http_once(path: Path_, method: str) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (blocking): status, lower-cased headers, body."""
+    if path.target is not None:
+        sock = u.socks5_connector((path.host, path.port), *path.target, source=CLIENT_IP)()
+    else:
+        sock = u.tcp_connector(path.host, path.port)()
+    with sock:
+        sock.settimeout(10)
+        sock.sendall(request_bytes(method).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\ncontent-length: 0\r\n", 1))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise u.BenchError(f"{path.name}: connection closed before a response to {method}")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+# --- (b) HAProxy ------------------------------------------------------------------------------------
+
+
+def ensure_package(binary: str, package: str) -> str:
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if found:
+        return found
+    print(f"# {binary} missing: apt-get install -y {package}", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    proc = subprocess.run(["apt-get", "install", "-y", package], capture_output=True, text=True, env=env)
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
+    if proc.returncode != 0 or not found:
+        raise u.BenchError(f"cannot install {package} (needed for {binary}):\n{proc.stderr[-2000:]}")
+    return found
+
+
+@contextmanager
+def haproxy(tmp: Path) -> Iterator[Path_]:
+    binary = ensure_package("haproxy", "haproxy")
+    port = l4.free_port(HAPROXY_IP)
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(
+        "\n".join(
+            [
+                "global",
+                "  nbthread 1",  # one core, as the waypoint's one event loop
+                "  maxconn 4096",
+                "defaults",
+                "  mode http",
+                "  option http-keep-alive",
+                "  timeout connect 5s",
+                "  timeout client 60s",
+                "  timeout server 60s",
+                "frontend bench",
+                f"  bind {HAPROXY_IP}:{port}",
+                "  http-response set-header x-bench-proxy haproxy",
+                "  default_backend backend",
+                "backend backend",
+                "  http-reuse always",
+                f"  server s1 {SERVER_IP}:{BACKEND_PORT}",
+                "",
+            ]
+        )
+    )
+    with l4.child([binary, "-db", "-f", str(conf)], tmp / "haproxy.log") as proc:
+        u.wait_port(HAPROXY_IP, port, timeout=START_TIMEOUT, alive=lambda: proc.poll() is None)
+        path = Path_("haproxy (mode http)", HAPROXY_IP, port, proxy_pids=[proc.pid])
+        status, headers, _ = http_once(path, "GET")
+        if status != 200 or headers.get("x-bench-proxy") != "haproxy":
+            raise u.BenchError(f"HAProxy did not answer as an HTTP proxy: {status} {headers}")
+        yield path
+
+
+# --- (c)/(d) ztunnels, the xDS helper and the waypoint -----------------------------------------------
+
+
+def ztunnel_env(tmp: Path, node: str) -> dict[str, str]:
+    ip = NODE_IPS[node]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))}
+    env.update(
+        {
+            "NODE_NAME": node,
+            "PROXY_MODE": "dedicated",
+            "LOCAL_XDS_PATH": str(tmp / "mesh.yaml"),
+            "FAKE_CA": "true",
+            "FAKE_CA_DIR": str(tmp / "fake-ca"),
+            "ADMIN_ADDR": f"{ip}:{ADMIN_PORT}",
+            "STATS_ADDR": f"{ip}:{STATS_PORT}",
+            "READINESS_ADDR": f"{ip}:{READY_PORT}",
+            "SOCKS5_ADDR": f"{ip}:{SOCKS5_PORT}" if node == "node-1" else "",
+            "HBONE_PORT": str(HBONE_PORT),
+            "DRAIN_DURATION": "1s",
+            "LOG_LEVEL": os.environ.get("BENCH_ZTUNNEL_LOG_LEVEL", "warning"),
+        }
+    )
+    return env
+
+
+def waypoint_env(tmp: Path, xds_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))}
+    env.update(
+        {
+            "POD_NAME": "waypoint-0",
+            "POD_NAMESPACE": "bench",
+            "GATEWAY_NAME": "waypoint",
+            "POD_IP": WAYPOINT_IP,
+            "XDS_ADDRESS": f"{XDS_IP}:{xds_port}",
+            "FAKE_CA": "true",
+            "FAKE_CA_DIR": str(tmp / "fake-ca"),
+            "ADMIN_ADDR": f"{WAYPOINT_IP}:{ADMIN_PORT}",
+            "STATS_ADDR": f"{WAYPOINT_IP}:{STATS_PORT}",
+            "READINESS_ADDR": f"{WAYPOINT_IP}:{READY_PORT}",
+            "DRAIN_DURATION": "1s",
+            # One access-log line per request is part of Istio's cost only where access logging is on
+            # (off in its default profile); BENCH_WAYPOINT_LOG_LEVEL=info measures it.
+            "LOG_LEVEL": os.environ.get("BENCH_WAYPOINT_LOG_LEVEL", "warning"),
+        }
+    )
+    return env
+
+
+def allow_get_policy() -> bytes:
+    from meshcore.model.authorization import StringMatch
+    from meshcore.model.convert_l7 import l7_authorization_to_proto
+    from meshcore.model.l7 import L7Action, L7Authorization, L7Operation, L7Rule, L7Target
+
+    policy = L7Authorization(
+        "allow-get", "bench", L7Action.ALLOW, targets=(L7Target("service", HOST_L7),),
+        rules=(L7Rule(operations=(L7Operation(methods=(StringMatch("exact", "GET"),)),)),),
+    )
+    return l7_authorization_to_proto(policy).SerializeToString()
+
+
+def serve_xds(workdir: str, host: str, port: int) -> None:
+    """The waypoint's control plane for the run: delta ADS over TLS (istiod's name, the shared fake root),
+    serving the mesh file's workloads and services and the "allow GET" L7 policy."""
+    import grpc
+
+    from meshcore.model.convert import ADDRESS_TYPE_URL, resource_name
+    from meshcore.model.convert_l7 import L7_AUTHORIZATION_TYPE_URL
+    from meshcore.proto import discovery_pb2_grpc
+    from meshcore.testing.fake_xds import FakeXdsServer
+    from meshcore.testing.shared_ca import CERT_FILE, KEY_FILE, ROOT_DIR, SharedFakeCa
+    from meshcore.tls import certs
+    from meshcore.tls.contexts import ISTIOD_SAN
+    from ztunnel.proxy.local_config import build_models, decode_local_config
+
+    tmp = Path(workdir)
+    SharedFakeCa(tmp / "fake-ca", "cluster.local")  # makes the root if this process is first
+    root_dir = tmp / "fake-ca" / ROOT_DIR
+    root_key = certs.load_private_key((root_dir / KEY_FILE).read_text("ascii"))
+    root = certs.load_chain((root_dir / CERT_FILE).read_text("ascii"))[0]
+    key = certs.generate_key()
+    now = datetime.now(UTC)
+    leaf = certs.build_leaf_certificate(
+        key.public_key(), issuer_cert=root, issuer_key=root_key, not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(days=1), dns_names=[ISTIOD_SAN],
+    )
+    addresses, _, problems = build_models(decode_local_config((tmp / "mesh.yaml").read_text()))
+    if problems:
+        raise u.BenchError(f"mesh.yaml: {problems}")
+
+    async def main() -> None:
+        xds = FakeXdsServer(host)
+        await xds.push(ADDRESS_TYPE_URL, {resource_name(m): m for m in addresses})
+        await xds.push(L7_AUTHORIZATION_TYPE_URL, {"bench/allow-get": allow_get_policy()})
+        server = grpc.aio.server()
+        discovery_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, server)
+        creds = grpc.ssl_server_credentials(
+            [(certs.key_to_pem(key).encode(), (certs.cert_to_pem(leaf) + certs.cert_to_pem(root)).encode())]
+        )
+        server.add_secure_port(f"{host}:{port}", creds)
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def wait_waypoint_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    url = f"http://{WAYPOINT_IP}:{READY_PORT}/healthz/ready"
+    while True:
+        if proc.poll() is not None:
+            raise u.BenchError(f"the waypoint exited with {proc.returncode}:\n{l4.tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise u.BenchError(f"the waypoint is not ready after {START_TIMEOUT}s:\n{l4.tail(log)}")
+        time.sleep(0.1)
+
+
+def waypoint_requests(code: str) -> float:
+    """Sum of the waypoint's ``istio_requests_total`` with ``response_code=code``."""
+    with urllib.request.urlopen(f"http://{WAYPOINT_IP}:{STATS_PORT}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("istio_requests_total{") and f'response_code="{code}"' in line
+    )
+
+
+@dataclass
+class Mesh:
+    l4: Path_
+    l7: Path_
+    waypoint_pid: int
+
+
+@contextmanager
+def mesh(tmp: Path, profile: Path | None) -> Iterator[Mesh]:
+    (tmp / "mesh.yaml").write_text(MESH_CONFIG)
+    (tmp / "fake-ca").mkdir(exist_ok=True)
+    xds_port = l4.free_port(XDS_IP)
+    with ExitStack() as stack:
+        xds = stack.enter_context(
+            l4.child([sys.executable, __file__, "--serve-xds", str(tmp), XDS_IP, str(xds_port)], tmp / "xds.log")
+        )
+        u.wait_port(XDS_IP, xds_port, timeout=START_TIMEOUT, alive=lambda: xds.poll() is None)
+        ztunnels = []
+        for node in ("node-2", "node-1"):
+            log = tmp / f"{node}-ztunnel.log"
+            proc = stack.enter_context(l4.child([sys.executable, "-m", "ztunnel"], log, env=ztunnel_env(tmp, node)))
+            l4.wait_ready(NODE_IPS[node], proc, log)
+            ztunnels.append(proc.pid)
+        argv = [sys.executable, "-m", "waypoint"]
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-m", "cProfile", "-o", str(profile / "waypoint.prof"), "-m", "waypoint"]
+        wp_log = tmp / "waypoint.log"
+        wp = stack.enter_context(l4.child(argv, wp_log, env=waypoint_env(tmp, xds_port)))
+        wait_waypoint_ready(wp, wp_log)
+        (tmp / "proxy.pids").write_text(",".join(str(p) for p in [*ztunnels, wp.pid]))
+        socks = NODE_IPS["node-1"]
+        yield Mesh(
+            Path_("ztunnel pair", socks, SOCKS5_PORT, (VIP_L4, SERVICE_PORT), list(ztunnels)),
+            Path_("ztunnel -> waypoint -> ztunnel", socks, SOCKS5_PORT, (VIP_L7, SERVICE_PORT),
+                  [*ztunnels, wp.pid], wp.pid),
+            wp.pid,
+        )
+
+
+def check_mesh(m: Mesh) -> list[str]:
+    """Prove the paths are what they claim: (c) bypasses the waypoint, (d) goes through it and its
+    policy is enforced (GET 200, POST 403 ``RBAC: access denied``)."""
+    before = waypoint_requests("200")
+    status, _, _ = http_once(m.l4, "GET")
+    if status != 200 or waypoint_requests("200") != before:
+        raise u.BenchError(f"the ztunnel-pair path answered {status} or went through the waypoint")
+    status, _, _ = http_once(m.l7, "GET")
+    if status != 200 or waypoint_requests("200") != before + 1:
+        raise u.BenchError(f"GET through the waypoint service answered {status} or did not reach the waypoint")
+    status, _, body = http_once(m.l7, "POST")
+    if (status, body) != (403, b"RBAC: access denied"):
+        raise u.BenchError(f"POST through the waypoint answered {status} {body!r}, not 403 from the L7 policy")
+    return ["checked: server-l4 bypasses the waypoint; server goes through it; GET 200, POST 403 RBAC"]
+
+
+async def _hold_idle(path: Path_, count: int, pid: int) -> tuple[int, int, int]:
+    """Open ``count`` keep-alive connections through node-1 to the waypoint service, one GET answered
+    on each, keep them open; (waypoint RSS before, RSS with them open, HBONE connections carrying them)."""
+    assert path.target is not None
+    base = u.rss_bytes(pid)
+    sem = asyncio.Semaphore(50)
+    request = request_bytes()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def one() -> None:
+        async with sem:
+            reader, writer = await asyncio.open_connection(path.host, path.port, local_addr=(CLIENT_IP, 0))
+            writers.append(writer)
+            writer.write(b"\x05\x01\x00")
+            if await reader.readexactly(2) != b"\x05\x00":
+                raise u.BenchError("SOCKS5 refused")
+            assert path.target is not None
+            writer.write(u.socks5_request(*path.target))
+            head = await reader.readexactly(5)
+            await reader.readexactly(u.socks5_reply_length(head) - 5)
+            if head[1] != 0:
+                raise u.BenchError(f"SOCKS5 CONNECT failed with reply code {head[1]}")
+            writer.write(request)
+            response = await reader.readuntil(b"\r\n\r\n")
+            if not response.startswith(b"HTTP/1.1 200"):
+                raise u.BenchError(f"idle connection's request answered {response[:40]!r}")
+            await reader.readexactly(RESPONSE_SIZE)
+
+    try:
+        async with asyncio.timeout(600):
+            await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.sleep(1.0)  # let the waypoint finish its per-request bookkeeping
+        rss = u.rss_bytes(pid)
+        hbone = u.established_to(WAYPOINT_IP, HBONE_PORT)
+    finally:
+        for w in writers:
+            w.close()
+    return base, rss, hbone
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: list[Result]) -> u.Table:
+    direct = {r.concurrency: r for r in results if r.path == "direct"}
+    rows = []
+    for r in results:
+        base = direct.get(r.concurrency)
+        added = r.p50_ms - base.p50_ms if base is not None and r is not base else None
+        rows.append(
+            [
+                r.path, str(r.concurrency), f"{r.rps:,.0f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}", fmt(added, ".3f"),
+                fmt(r.proxy_cpu_per_1k, ".3f"), fmt(r.waypoint_cpu_per_1k, ".3f"), f"{r.client_cpu:.0%}",
+            ]
+        )
+    return u.Table(
+        ["path", "conns", "req/s", "p50 ms", "p99 ms", "added p50 ms", "proxies CPU s/1k req",
+         "waypoint CPU s/1k req", "client CPU"],
+        rows,
+    )
+
+
+def targets(results: list[Result]) -> list[str]:
+    by = {(r.path, r.concurrency): r for r in results}
+    lines = []
+    wp = [r for r in results if r.waypoint_cpu_per_1k is not None]
+    if wp:
+        worst = max(r.waypoint_cpu_per_1k for r in wp if r.waypoint_cpu_per_1k is not None)
+        each = ", ".join(f"{r.waypoint_cpu_per_1k:.3f} at {r.concurrency}" for r in wp)
+        lines.append(
+            f"waypoint CPU per 1000 requests: {each} (target <= {WAYPOINT_CPU_PER_1K}): "
+            f"{l4._ok(worst <= WAYPOINT_CPU_PER_1K)}"
+        )
+    concs = sorted({r.concurrency for r in results})
+    for c in concs:
+        a, b = by.get(("direct", c)), by.get(("haproxy (mode http)", c))
+        cc, d = by.get(("ztunnel pair", c)), by.get(("ztunnel -> waypoint -> ztunnel", c))
+        if a and b and cc and d:
+            hop, hap = d.p50_ms - cc.p50_ms, b.p50_ms - a.p50_ms
+            ratio = hop / hap if hap > 0 else float("inf")
+            lines.append(
+                f"added p50 at {c} conns: waypoint hop (d-c) {hop:.3f} ms vs HAProxy (b-a) {hap:.3f} ms = "
+                f"{ratio:.2f}x (target <= {ADDED_P50_VS_HAPROXY}x): {l4._ok(ratio <= ADDED_P50_VS_HAPROXY)}"
+            )
+    return lines
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 s per point, 300 idle connections")
+    parser.add_argument("--duration", type=float, help="measured seconds per path and concurrency (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each (default 1)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--idle", type=int, help="idle downstream connections for the RSS figure (default 2000; 0 skips)")
+    parser.add_argument("--only", choices=["direct", "haproxy", "ztunnel", "waypoint"], action="append")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="run the waypoint under cProfile")
+    parser.add_argument("--workdir", type=Path, metavar="DIR", help="keep configs and logs here")
+    parser.add_argument("--serve-http", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-xds", nargs=3, metavar=("DIR", "HOST", "PORT"), help=argparse.SUPPRESS)
+    parser.add_argument("--load", metavar="JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_http:
+        serve_http(args.serve_http[0], int(args.serve_http[1]))
+        return 0
+    if args.serve_xds:
+        serve_xds(args.serve_xds[0], args.serve_xds[1], int(args.serve_xds[2]))
+        return 0
+    if args.load:
+        raw = json.loads(args.load)
+        raw["target"] = tuple(raw["target"]) if raw["target"] else None
+        print(json.dumps(run_load(LoadSpec(**raw))))
+        return 0
+
+    duration = args.duration or (2.0 if args.quick else 5.0)
+    idle = args.idle if args.idle is not None else (300 if args.quick else 2000)
+    only = set(args.only or ["direct", "haproxy", "ztunnel", "waypoint"])
+    u.raise_nofile(4 * idle + 2000)
+    print(f"# L7 loopback benchmark: {l4.machine()}, load average {os.getloadavg()[0]:.2f}")
+    print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"# revision {u.source_revision(Path(__file__).resolve().parent.parent)}")
+    print(
+        f"# 1 KiB GET requests, 1 KiB responses, keep-alive, one outstanding per connection; "
+        f"{args.warmup:g} s warm-up + {duration:g} s measured per point; concurrencies {args.concurrency}"
+    )
+
+    results: list[Result] = []
+    notes: list[str] = []
+
+    def run(path: Path_) -> None:
+        for c in args.concurrency:
+            results.append(measure(path, c, args.warmup, duration))
+            print(table(results[-1:]).render().splitlines()[-1], flush=True)
+
+    with ExitStack() as stack:
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            tmp = args.workdir
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-l7-")))
+        backend = stack.enter_context(
+            l4.child([sys.executable, __file__, "--serve-http", SERVER_IP, str(BACKEND_PORT)], tmp / "backend.log")
+        )
+        u.wait_port(SERVER_IP, BACKEND_PORT, timeout=START_TIMEOUT, alive=lambda: backend.poll() is None)
+        print("# " + " | ".join(table([]).headers), flush=True)
+        if "direct" in only:
+            run(Path_("direct", SERVER_IP, BACKEND_PORT))
+        if "haproxy" in only:
+            with haproxy(tmp) as path:
+                run(path)
+        if only & {"ztunnel", "waypoint"}:
+            with mesh(tmp, args.profile) as m:
+                notes += check_mesh(m)
+                if "ztunnel" in only:
+                    run(m.l4)
+                if "waypoint" in only:
+                    run(m.l7)
+                if idle:
+                    base, rss, hbone = asyncio.run(_hold_idle(m.l7, idle, m.waypoint_pid))
+                    notes.append(
+                        f"waypoint RSS per idle downstream connection: {(rss - base) / idle / 1024:.1f} KiB "
+                        f"({base / 2**20:.1f} -> {rss / 2**20:.1f} MiB with {idle} open, one GET answered on each, "
+                        f"carried by {hbone} HBONE connections from node-1)"
+                    )
+                    print(f"# {notes[-1]}", flush=True)
+
+    print()
+    print(table(results).render())
+    print()
+    for line in [*notes, *targets(results)]:
+        print(line)
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
+    if args.profile is not None:
+        prof = args.profile / "waypoint.prof"
+        if prof.exists():
+            print("\n# cProfile of the waypoint (whole run), top 30 by own time:")
+            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
+            print("# top 30 by cumulative time:")
+            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(30)
+        else:
+            print("# no waypoint profile: did it exit cleanly on SIGTERM?")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except u.BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
