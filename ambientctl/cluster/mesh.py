@@ -79,6 +79,9 @@ class MeshSettings:
     drain_duration: str = "2s"
     # Seconds an enrolled pod's CNI ADD waits for the node agent (the plugin's event_timeout).
     cni_event_timeout: float = 30.0
+    # Settings added to every component's environment, e.g. ``SECRET_TTL`` (ztunnel) or
+    # ``MAX_WORKLOAD_CERT_TTL`` (istiod-lite); what a component's command sets itself wins over them.
+    extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +129,11 @@ def node_files(nodes_dir: Path, node: str) -> NodeFiles:
     )
 
 
-def base_env(environ: Mapping[str, str], python: str) -> dict[str, str]:
-    """What every component inherits: a clean environment, not the caller's (as a DaemonSet's pod).
+def base_env(
+    environ: Mapping[str, str], python: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What every component inherits: a clean environment, not the caller's (as a DaemonSet's pod),
+    plus ``extra`` (the operator's settings, ``MeshSettings.extra_env``).
 
     The mesh's Python environment comes first on PATH, so pods the kubelet starts can run
     ``python -m ambientctl.apps.echo`` (or any console script of the mesh) by name."""
@@ -135,6 +141,7 @@ def base_env(environ: Mapping[str, str], python: str) -> dict[str, str]:
     env = {k: environ[k] for k in keep if k in environ}
     env["PATH"] = os.pathsep.join([os.path.dirname(python), environ.get("PATH", os.defpath)])
     env["LANG"] = "C.UTF-8"
+    env.update(extra or {})
     return env
 
 
@@ -329,7 +336,7 @@ class Mesh:
         self.cluster = cluster
         self.settings = settings or MeshSettings()
         self.python = python
-        self.env = base_env(os.environ if environ is None else environ, python)
+        self.env = base_env(os.environ if environ is None else environ, python, self.settings.extra_env)
 
     @property
     def state_dir(self) -> Path:

@@ -120,3 +120,17 @@ def test_components_start_in_dependency_order() -> None:
         ztunnel_name("node-2"),
         "kubelet",
     ]
+
+
+def test_extra_settings_reach_every_component_and_their_own_variables_win() -> None:
+    from istiod_lite.config import parse_config as parse_istiod_config
+
+    extra = {"SECRET_TTL": "30s", "MAX_WORKLOAD_CERT_TTL": "40s", "DEFAULT_WORKLOAD_CERT_TTL": "40s"}
+    env = base_env({"PATH": "/usr/bin"}, PY, {**extra, "NODE_NAME": "from-extra"})
+    settings = MeshSettings(extra_env=extra)
+    ztunnel = parse_config(dict(ztunnel_command(PY, LAYOUT, NODE, FILES, env, settings).env))
+    assert ztunnel.secret_ttl_seconds == 30
+    assert ztunnel.node_name == "node-2"  # the command's own NODE_NAME, not the extra one
+    istiod = istiod_command(PY, STATE, LAYOUT, env, "info")
+    config = parse_istiod_config(env=dict(istiod.env))
+    assert (config.max_cert_ttl, config.default_cert_ttl) == (40, 40)
