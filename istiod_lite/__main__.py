@@ -1,6 +1,7 @@
 """``istiod-lite``: run the control plane, or issue a node credential from its CA.
 
     istiod-lite [--allow-empty-store] [serve] [--state-dir DIR] [--xds-address H:P] [--monitoring-address H:P]
+                [--token-ca-address H:P|off]
     istiod-lite node-credential NODE --out DIR [--state-dir DIR]
 
 Settings come from flags over environment variables (see ``istiod_lite.config``). SIGTERM or SIGINT stop
@@ -24,6 +25,7 @@ import structlog
 from istiod_lite.ca.errors import CaError
 from istiod_lite.config import ConfigError, IstiodConfig, check_store_state, parse_config
 from meshcore.logs import configure_logging
+from meshcore.satoken import IssuerKeyError
 from meshcore.store.errors import StoreDamaged, StoreError
 
 
@@ -34,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=["console", "json"])
     p.add_argument("--xds-address", help="HOST:PORT for xDS + CA over TLS (default 0.0.0.0:15012)")
     p.add_argument("--monitoring-address", help="HOST:PORT for /metrics and /debug (default 0.0.0.0:15014)")
+    p.add_argument(
+        "--token-ca-address",
+        help="HOST:PORT for the CA authenticated by service-account tokens, server TLS only (default: the "
+        "xDS host, port 15011; 'off' disables); env ISTIOD_TOKEN_CA_ADDRESS",
+    )
     p.add_argument(
         "--allow-empty-store",
         action="store_true",
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
             log_level=args.log_level,
             log_format=args.log_format,
             allow_empty_store=args.allow_empty_store,
+            token_ca_address=args.token_ca_address,
         )
         configure_logging(config.log_level, config.log_format)
         if command == "node-credential":
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         # The store's own advice ("move it aside to start with an empty store") needs our flag here.
         print(f"istiod-lite: {e} (istiod-lite then needs --allow-empty-store)", file=sys.stderr)
         sys.exit(2)
-    except (ConfigError, StoreError, CaError, ValueError, OSError) as e:
+    except (ConfigError, StoreError, CaError, IssuerKeyError, ValueError, OSError) as e:
         print(f"istiod-lite: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -2,7 +2,8 @@
 
 Parts: the embedded store (SQLite), the registry (resources -> workloads, services, policies), the CA
 (root from the state dir or plugged-in files), the delta ADS push server, one gRPC server on the xDS port
-carrying both ADS and the CA over TLS (client certificates required: node credentials), and the
+carrying both ADS and the CA over TLS (client certificates required: node credentials), a second one
+on the token CA port carrying only the CA for service-account-token callers (``ca.token_service``), and the
 monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
 
 Flow: at start the whole store is read and pushed, so what was applied while istiod_lite was down is
@@ -25,16 +26,20 @@ import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from istiod_lite.ca.authority import CertificateAuthority
+from istiod_lite.ca.authority import CertificateAuthority, IssuedCredential
 from istiod_lite.ca.nodeauth import NodeAuthConfig
 from istiod_lite.ca.service import CaServicer, add_to_server, server_credentials
 from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
+from istiod_lite.ca.token_service import TokenCaServicer, token_server_credentials
+from istiod_lite.ca.token_service import add_to_server as add_token_ca_to_server
+from istiod_lite.ca.tokenauth import PodFacts, TokenAuthConfig, pod_facts
 from istiod_lite.config import IstiodConfig
 from istiod_lite.push import PushServer
 from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
 from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
 from istiod_lite.registry.index import Value, diff_l7
 from istiod_lite.waypoints import ControllerSettings, WaypointController
+from meshcore import satoken
 from meshcore.aio.httpserver import HttpServer, Request, Response, metrics_handler
 from meshcore.model.convert import (
     ADDRESS_TYPE_URL,
@@ -107,6 +112,7 @@ class ControlPlane:
             self.store,
             ControllerSettings(
                 xds_address=config.waypoint_xds_address,
+                ca_address=config.waypoint_ca_address,
                 trust_domain=config.trust_domain,
                 domain_suffix=self._registry_settings.domain_suffix,
             ),
@@ -115,6 +121,12 @@ class ControlPlane:
         self.snapshot = self._state.snapshot
         self._revision = 0
         self._grpc: grpc.aio.Server | None = None
+        self._token_grpc: grpc.aio.Server | None = None  # the token CA port (None: not served)
+        # The service-account token issuer's public key (<state-dir>/sa-issuer, made if missing).
+        self._issuer_key = (
+            satoken.ensure_issuer_key(config.state_dir).public_key() if config.token_ca_port is not None else None
+        )
+        self.token_ca_port = 0
         self._http: HttpServer | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.xds_port = 0
@@ -152,6 +164,8 @@ class ControlPlane:
         if self.xds_port == 0:
             raise OSError(f"cannot listen on {cfg.xds_host}:{cfg.xds_port} (xDS/CA); is another istiod-lite running?")
         await self._grpc.start()
+        if self._issuer_key is not None:
+            await self._start_token_ca(ca_servicer, server_cert)
         self._http = HttpServer(
             {
                 "/metrics": metrics_handler(self.metrics),
@@ -167,6 +181,7 @@ class ControlPlane:
         log.info(
             "istiod-lite serving",
             xds=f"{cfg.xds_host}:{self.xds_port}",
+            token_ca=f"{cfg.token_ca_host}:{self.token_ca_port}" if self._token_grpc is not None else "off",
             monitoring=f"{cfg.monitoring_host}:{self.monitoring_port}",
             state_dir=str(cfg.state_dir),
             trust_domain=cfg.trust_domain,
@@ -183,10 +198,36 @@ class ControlPlane:
         await self.push.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self._token_grpc is not None:
+            await self._token_grpc.stop(grace)
         if self._http is not None:
             await self._http.close()
         self.store.close()
         log.info("istiod-lite stopped")
+
+    async def _start_token_ca(self, ca_servicer: CaServicer, server_cert: IssuedCredential) -> None:
+        """The CA again on the token port: server TLS only, callers authenticated by their service-account
+        token (``ca.tokenauth``); refusals counted with 15012's."""
+        cfg = self.config
+        assert self._issuer_key is not None and cfg.token_ca_port is not None
+        self._token_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        servicer = TokenCaServicer(
+            self.ca,
+            self._find_pod,
+            metrics=ca_servicer.metrics,
+            config=TokenAuthConfig(trust_domain=cfg.trust_domain, public_key=self._issuer_key),
+            clock=self._clock,
+        )
+        add_token_ca_to_server(self._token_grpc, servicer)
+        address = f"{_bracket(cfg.token_ca_host)}:{cfg.token_ca_port}"
+        self.token_ca_port = self._token_grpc.add_secure_port(address, token_server_credentials(server_cert))
+        if self.token_ca_port == 0:
+            raise OSError(f"cannot listen on {address} (token CA); is another istiod-lite running?")
+        await self._token_grpc.start()
+
+    def _find_pod(self, namespace: str, name: str) -> PodFacts | None:
+        pod = self.store.get(ResourceRef("Pod", namespace, name))
+        return pod_facts(pod) if pod is not None else None
 
     # -- registry -> push --------------------------------------------------------------------------
 

@@ -32,11 +32,16 @@ CA_CERT_CHAIN_FILE = "CA_CERT_CHAIN_FILE"
 CA_ROOT_CERT_FILE = "CA_ROOT_CERT_FILE"
 LOG_LEVEL = "LOG_LEVEL"
 LOG_FORMAT = "LOG_FORMAT"
-# Where the waypoint controller's pods reach istiod (their XDS_ADDRESS and CA_ADDRESS).
+# Where the waypoint controller's pods reach istiod: XDS_ADDRESS (mTLS with their own certificate) and
+# CA_ADDRESS (the token CA port: they have no certificate yet). The CA default is the xDS host on 15011.
 WAYPOINT_XDS_ADDRESS = "WAYPOINT_XDS_ADDRESS"
 DEFAULT_WAYPOINT_XDS_ADDRESS = "istiod.istio-system.svc:15012"
+WAYPOINT_CA_ADDRESS = "WAYPOINT_CA_ADDRESS"
+# The CA for bearer-token callers (server-authenticated TLS, no client certificate): HOST:PORT or "off".
+TOKEN_CA_ADDRESS = "ISTIOD_TOKEN_CA_ADDRESS"
 
 DEFAULT_XDS_PORT = 15012
+DEFAULT_TOKEN_CA_PORT = 15011
 DEFAULT_MONITORING_PORT = 15014
 
 
@@ -67,6 +72,11 @@ class IstiodConfig:
     # Start even if store.db is missing or empty while ca/ holds a root (--allow-empty-store).
     allow_empty_store: bool = False
     waypoint_xds_address: str = DEFAULT_WAYPOINT_XDS_ADDRESS
+    waypoint_ca_address: str = f"istiod.istio-system.svc:{DEFAULT_TOKEN_CA_PORT}"
+    # The token CA port (``--token-ca-address``). None: not served. The dataclass default is None so
+    # that code embedding a ControlPlane opts in; ``parse_config`` (the binary) defaults to <xds host>:15011.
+    token_ca_host: str = "0.0.0.0"
+    token_ca_port: int | None = None
 
 
 class EmptyStoreRefused(ConfigError):
@@ -110,6 +120,10 @@ def _addr(value: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _duration(value: str, what: str) -> int:
     """Seconds from '3600', '3600s', '90m', '24h' or '90d'."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -133,6 +147,7 @@ def parse_config(
     log_level: str | None = None,
     log_format: str | None = None,
     allow_empty_store: bool = False,
+    token_ca_address: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> IstiodConfig:
     """Build the config from flags (arguments) over environment over defaults."""
@@ -160,6 +175,14 @@ def parse_config(
         raise ConfigError(f"set both {CA_CERT_FILE} and {CA_KEY_FILE} to plug in a CA, or neither")
     level = (log_level or e.get(LOG_LEVEL, "info")).lower()
     fmt = (log_format or e.get(LOG_FORMAT, "console")).lower()
+    # Default: beside xDS, on the xDS host (an istiod bound to one address serves both there).
+    token_default = f"{_bracket(xds_host)}:{DEFAULT_TOKEN_CA_PORT}"
+    token_raw = (token_ca_address or e.get(TOKEN_CA_ADDRESS, token_default)).strip()
+    token_host, token_port = (xds_host, None) if token_raw.lower() in ("", "off") else _addr(token_raw, TOKEN_CA_ADDRESS)
+    waypoint_xds = _checked_host_port(
+        e.get(WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS), WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS
+    )
+    waypoint_ca_default = f"{waypoint_xds.rpartition(':')[0]}:{token_port or DEFAULT_TOKEN_CA_PORT}"
     return IstiodConfig(
         state_dir=resolve_state_dir(state_dir),
         xds_host=xds_host,
@@ -180,12 +203,17 @@ def parse_config(
         log_level=level,
         log_format=fmt,
         allow_empty_store=allow_empty_store,
-        waypoint_xds_address=_waypoint_xds_address(e.get(WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS)),
+        waypoint_xds_address=waypoint_xds,
+        waypoint_ca_address=_checked_host_port(
+            e.get(WAYPOINT_CA_ADDRESS, waypoint_ca_default), WAYPOINT_CA_ADDRESS, waypoint_ca_default
+        ),
+        token_ca_host=token_host,
+        token_ca_port=token_port,
     )
 
 
-def _waypoint_xds_address(value: str) -> str:
+def _checked_host_port(value: str, what: str, example: str) -> str:
     host, sep, port = value.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{WAYPOINT_XDS_ADDRESS}={value!r}: expected HOST:PORT, e.g. {DEFAULT_WAYPOINT_XDS_ADDRESS}")
+        raise ConfigError(f"{what}={value!r}: expected HOST:PORT, e.g. {example}")
     return value.strip()

@@ -3,7 +3,10 @@ the SecretManager fetches certificates through.
 
 ``CaClient`` authenticates with the node credential (mTLS client certificate), sets
 ``ImpersonatedIdentity`` when acting for a pod, and, like ztunnel, refuses a response whose leaf is not
-the identity it asked for. gRPC failures become typed errors: ``CaUnavailable`` (retry with backoff) or
+the identity it asked for. ``token_ca_client`` is the other way in, for pods that are not node agents
+(the waypoint): server-authenticated TLS only (no client certificate) to istiod_lite's token CA port
+(15011), with ``authorization: Bearer <service-account token>`` read from the token file at every call,
+since the kubelet rewrites it before it expires (Istio's istio-agent sends the same header on 15012). gRPC failures become typed errors: ``CaUnavailable`` (retry with backoff) or
 ``CaRefused`` (the CA said no; retrying the same request will not help until the cluster changes).
 ``CaCertificateProvider`` turns that into ``fetch(identity) -> CertBundle``: a fresh P-256 key per
 fetch that never leaves this process.
@@ -11,7 +14,7 @@ fetch that never leaves this process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +29,8 @@ from meshcore.tls.contexts import ISTIOD_SAN, channel_credentials, channel_optio
 from meshcore.tls.errors import CertificateError
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
+AUTHORIZATION = "authorization"  # gRPC metadata key of the bearer token (lower case, as gRPC requires)
+MAX_TOKEN_BYTES = 16 * 1024
 
 # File names of a node credential on disk (Istio's /etc/certs convention); istiod_lite writes them.
 CREDENTIAL_KEY_FILE = "key.pem"
@@ -60,6 +65,11 @@ class CaResponseInvalid(CaClientError):
     """The CA answered with a chain we must not use (wrong identity, unparseable, key mismatch)."""
 
 
+class TokenUnavailable(CaUnavailable):
+    """The service-account token file is missing, empty or not a token; retried like an unreachable CA
+    (the kubelet writes and refreshes the file)."""
+
+
 class CertificateProvider(Protocol):
     """Where the SecretManager gets certificates: istiod_lite's CA in production, FakeCa in tests."""
 
@@ -73,14 +83,18 @@ class CaClient:
         self,
         target: str,
         roots_pem: str,
-        node_key_pem: str,
-        node_chain_pem: str | Sequence[str],
+        node_key_pem: str | None,
+        node_chain_pem: str | Sequence[str] | None,
         *,
         timeout: float = 10.0,
         server_name: str = ISTIOD_SAN,
+        call_metadata: Callable[[], Sequence[tuple[str, str]]] | None = None,
     ) -> None:
+        """``node_key_pem``/``node_chain_pem`` None: no client certificate (the token port);
+        ``call_metadata`` is evaluated at every call (e.g. the bearer token from its file)."""
         self.target = target
         self._timeout = timeout
+        self._call_metadata = call_metadata
         self._channel = grpc.aio.secure_channel(
             target,
             channel_credentials(roots_pem, node_key_pem, node_chain_pem),
@@ -102,8 +116,9 @@ class CaClient:
         if impersonate is not None:
             metadata.update({IMPERSONATED_IDENTITY: impersonate.uri})
         request = ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_seconds, metadata=metadata)
+        call_metadata = tuple(self._call_metadata()) if self._call_metadata is not None else None
         try:
-            response = await self._stub.CreateCertificate(request, timeout=self._timeout)
+            response = await self._stub.CreateCertificate(request, timeout=self._timeout, metadata=call_metadata)
         except grpc.aio.AioRpcError as e:
             if e.code() in _TRANSIENT:
                 raise CaUnavailable(f"CA at {self.target} unavailable ({e.code().name}): {e.details()}") from e
@@ -151,6 +166,30 @@ class CaCertificateProvider:
             return certs.CertBundle.from_ca_response(certs.key_to_pem(key), chain)
         except CertificateError as e:
             raise CaResponseInvalid(f"CA response for {identity} is unusable: {e}") from e
+
+
+def token_ca_client(target: str, roots_pem: str, token_path: Path) -> CaClient:
+    """A ``CaClient`` for istiod_lite's token CA port: server-authenticated TLS (``roots_pem``, istiod's SAN
+    checked as for 15012), no client certificate, ``authorization: Bearer <token>`` from ``token_path``
+    read at every call. Use with ``CaCertificateProvider(impersonate=False)``."""
+    return CaClient(target, roots_pem, None, None, call_metadata=lambda: ((AUTHORIZATION, bearer(token_path)),))
+
+
+def bearer(token_path: Path) -> str:
+    """``Bearer <token>`` from the token file; ``TokenUnavailable`` names the file when it is unusable."""
+    try:
+        raw = token_path.read_bytes()[: MAX_TOKEN_BYTES + 1]
+    except OSError as e:
+        raise TokenUnavailable(
+            f"cannot read the service-account token {token_path}: {e.strerror}; is ISTIO_TOKEN_PATH right "
+            "and the pod's token mounted?"
+        ) from e
+    token = raw.strip()
+    if not token:
+        raise TokenUnavailable(f"service-account token file {token_path} is empty")
+    if len(token) > MAX_TOKEN_BYTES or not all(0x21 <= b <= 0x7E for b in token):
+        raise TokenUnavailable(f"{token_path} does not hold a token (over {MAX_TOKEN_BYTES} bytes or not printable)")
+    return "Bearer " + token.decode("ascii")
 
 
 def load_node_credential(directory: Path) -> tuple[str, str, str]:

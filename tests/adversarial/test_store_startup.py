@@ -25,7 +25,7 @@ from istiod_lite.config import check_store_state, parse_config
 from meshcore.store import SqliteStore, build_resource
 
 ISTIOD = Path(sys.executable).with_name("istiod-lite")
-LOOPBACK = ["--xds-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0"]
+LOOPBACK = ["--xds-address", "127.0.0.1:0", "--monitoring-address", "127.0.0.1:0", "--token-ca-address", "127.0.0.1:0"]
 RUN_WITHIN = 60.0
 
 

@@ -1,0 +1,179 @@
+"""Who may obtain a certificate on the token CA port: the pure decision for service-account tokens.
+
+The token CA port (default 15011) serves the same ``IstioCertificateService`` as 15012 with
+server-authenticated TLS only: the caller has no certificate yet (a waypoint pod at start), so it
+authenticates with ``authorization: Bearer <projected service-account token>`` as istio-agent does
+on Kubernetes. ``authorize_token`` answers one call with the identity to sign for, or raises a
+``CsrRefused`` subclass. It reads no clock, no network and no store: the pod lookup and ``now``
+arrive as arguments. Rules, in order (first failing rule wins; the table tests list one case per rule):
+
+1. exactly one ``authorization`` metadata value of the form ``Bearer <token>`` (UNAUTHENTICATED);
+2. the token verifies with the issuer's public key: ES256 signature, issuer, audience ``istio-ca``,
+   not expired (``meshcore.satoken.verify_token``; UNAUTHENTICATED);
+3. it is bound to a pod, and that pod exists in the store with the token's uid (a deleted or
+   re-created pod's token stops working), runs as the token's service account in its namespace, on
+   the token's node when the token names one, and has not terminated (phase Succeeded/Failed) or
+   begun deleting (``metadata.deletionTimestamp``). This is what the Kubernetes API server's
+   TokenReview checks for bound tokens, so these refusals are UNAUTHENTICATED too;
+4. no ``ImpersonatedIdentity``: nobody acts for others on this port (PERMISSION_DENIED);
+5. the CSR rules of 15012 (``nodeauth.authorize`` with the token's identity as the caller): a valid
+   P-256 CSR whose single URI SAN is ``spiffe://<td>/ns/<ns>/sa/<sa>`` of the token.
+
+On a real cluster istiod would send the token to the API server's TokenReview instead of rules 2-3;
+here the embedded store plays the API server, so istiod_lite checks both itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from istiod_lite.ca.errors import CsrRefused, Unauthenticated
+from istiod_lite.ca.nodeauth import Caller, CsrRequest, NodeAuthConfig, authorize
+from meshcore import satoken
+from meshcore.identity import InvalidSpiffeId, SpiffeId
+from meshcore.store.resource import Resource
+
+AUTHORIZATION = "authorization"
+BEARER = "bearer "
+TERMINATED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+class TokenUnauthenticated(Unauthenticated):
+    """The bearer token is missing or does not stand for a live pod."""
+
+    def __init__(self, detail: str, reason: str = "token_invalid") -> None:
+        CsrRefused.__init__(self, f"caller is not authenticated: {detail}")
+        self.reason = reason
+
+
+class ImpersonationOnTokenPort(CsrRefused):
+    grpc_code = "PERMISSION_DENIED"
+    reason = "token_impersonation"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "ImpersonatedIdentity is not accepted on the token CA port: a service-account token obtains "
+            "only its own identity; node agents use their node credential on 15012"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PodFacts:
+    """What the decision needs to know about a pod, from the store (``pod_facts``)."""
+
+    namespace: str
+    name: str
+    uid: str
+    service_account: str
+    node: str
+    phase: str
+    # Begun graceful deletion. The embedded store has none (a deleted pod is gone at once, rule 3's
+    # "does not exist"); a Kubernetes-backed lookup sets it from metadata.deletionTimestamp.
+    deleting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAuthConfig:
+    trust_domain: str
+    public_key: ec.EllipticCurvePublicKey
+    audience: str = satoken.CA_AUDIENCE
+    issuer: str | None = satoken.DEFAULT_ISSUER
+
+
+def pod_facts(pod: Resource) -> PodFacts:
+    """The facts of a stored Pod (a missing ``serviceAccountName`` is ``default``, as in Kubernetes)."""
+    spec = pod.spec if isinstance(pod.spec, dict) else {}
+    status = pod.status if isinstance(pod.status, dict) else {}
+    sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    return PodFacts(
+        namespace=pod.namespace,
+        name=pod.name,
+        uid=pod.uid,
+        service_account=sa if isinstance(sa, str) else "",
+        node=spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else "",
+        phase=status.get("phase") if isinstance(status.get("phase"), str) else "",
+    )
+
+
+def bearer_token(authorization: Sequence[str]) -> str:
+    """The token of the one ``authorization: Bearer <token>`` value; ``TokenUnauthenticated`` otherwise."""
+    if not authorization:
+        raise TokenUnauthenticated(
+            "no 'authorization: Bearer <token>' metadata; this port authenticates callers by their "
+            "service-account token (audience istio-ca)",
+            "token_missing",
+        )
+    if len(authorization) > 1:
+        raise TokenUnauthenticated(f"{len(authorization)} authorization values sent; send exactly one", "token_missing")
+    value = authorization[0]
+    if value[: len(BEARER)].lower() != BEARER or not value[len(BEARER) :].strip():
+        raise TokenUnauthenticated("authorization metadata is not 'Bearer <token>'", "token_missing")
+    return value[len(BEARER) :].strip()
+
+
+def authorize_token(
+    request: CsrRequest,
+    authorization: Sequence[str],
+    find_pod: Callable[[str, str], PodFacts | None],
+    *,
+    config: TokenAuthConfig,
+    now: datetime,
+) -> SpiffeId:
+    """The identity ``request`` may be signed for; raises ``CsrRefused`` subclasses (see module doc)."""
+    token = bearer_token(authorization)
+    try:
+        claims = satoken.verify_token(
+            token, config.public_key, now=now, audience=config.audience, issuer=config.issuer
+        )
+    except satoken.TokenError as e:
+        raise TokenUnauthenticated(str(e), e.reason) from e
+    _check_pod(claims, find_pod)
+    if request.impersonated_identity:
+        raise ImpersonationOnTokenPort()
+    try:
+        identity = SpiffeId(config.trust_domain, claims.namespace, claims.service_account)
+    except InvalidSpiffeId as e:  # verify_token checked the names; a bad trust domain is our config
+        raise TokenUnauthenticated(f"token does not make a mesh identity: {e}") from e
+    return authorize(
+        request,
+        Caller(identity=identity),
+        lambda _node: frozenset(),
+        config=NodeAuthConfig(trust_domain=config.trust_domain, trusted_node_accounts=frozenset()),
+    )
+
+
+def _check_pod(claims: satoken.ServiceAccountToken, find_pod: Callable[[str, str], PodFacts | None]) -> None:
+    who = f"{claims.namespace}/{claims.service_account}"
+    if claims.pod is None:
+        raise TokenUnauthenticated(
+            f"token of {who} is not bound to a pod; use the pod's projected token (ISTIO_TOKEN_PATH)",
+            "token_not_pod_bound",
+        )
+    key = f"{claims.namespace}/{claims.pod.name}"
+    pod = find_pod(claims.namespace, claims.pod.name)
+    if pod is None:
+        raise TokenUnauthenticated(f"pod {key} named by the token does not exist (deleted?)", "token_pod_gone")
+    if pod.uid != claims.pod.uid:
+        raise TokenUnauthenticated(
+            f"pod {key} was re-created (uid {pod.uid}, the token is for uid {claims.pod.uid}); the token of a "
+            "deleted pod is no longer valid",
+            "token_pod_gone",
+        )
+    if pod.deleting or pod.phase in TERMINATED_PHASES:
+        raise TokenUnauthenticated(
+            f"pod {key} is {'being deleted' if pod.deleting else pod.phase}; its token is no longer valid",
+            "token_pod_terminated",
+        )
+    if pod.service_account != claims.service_account:
+        raise TokenUnauthenticated(
+            f"pod {key} runs as service account {pod.service_account!r}, the token says {claims.service_account!r}",
+            "token_pod_mismatch",
+        )
+    if claims.node is not None and pod.node and pod.node != claims.node.name:
+        raise TokenUnauthenticated(
+            f"pod {key} is on node {pod.node}, the token says {claims.node.name}", "token_pod_mismatch"
+        )
