@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from istiod_lite.ca.authority import CertificateAuthority, IssuedCredential
 from istiod_lite.ca.nodeauth import NodeAuthConfig
-from istiod_lite.ca.service import CaServicer, add_to_server, server_credentials
+from istiod_lite.ca.service import CaServicer, TlsAccounting, add_to_server, server_credentials
 from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
 from istiod_lite.ca.token_service import TokenCaServicer, token_server_credentials
 from istiod_lite.ca.token_service import add_to_server as add_token_ca_to_server
@@ -58,7 +58,10 @@ log = structlog.get_logger("istiod_lite")
 
 # What the push server serves: ztunnels' Address and Authorization, waypoints' L7 policies.
 SERVED_TYPE_URLS = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL)
-MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 MiB
+MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 MiB (what we may send)
+# What 15012 accepts in one message: DeltaDiscoveryRequests and CSRs are small. gRPC refuses a larger one
+# (RESOURCE_EXHAUSTED) before it is deserialized, so it costs no memory.
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 WATCH_POLL_SECONDS = 0.02
 
 
@@ -99,10 +102,12 @@ class ControlPlane:
         )
         self.store = SqliteStore(store_path(config.state_dir))
         self.ca = load_ca(config, clock())
+        self.tls_accounting = TlsAccounting(self.metrics)  # TLS handshakes on 15012 (see ca.service)
         self.push = PushServer(
             self.metrics,
             debounce=config.debounce_seconds,
             type_urls=SERVED_TYPE_URLS,
+            on_call=self.tls_accounting.call_seen,
         )
         self._registry_settings = RegistrySettings(
             trust_domain=config.trust_domain, cluster_id=config.cluster_id, root_namespace=config.root_namespace
@@ -140,7 +145,7 @@ class ControlPlane:
         self._load_all()
         self._grpc = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ]
@@ -154,12 +159,14 @@ class ControlPlane:
                 trust_domain=cfg.trust_domain, trusted_node_accounts=frozenset(cfg.trusted_node_accounts)
             ),
             clock=self._clock,
+            on_call=self.tls_accounting.call_seen,
         )
         add_to_server(self._grpc, ca_servicer)
         ips = ["127.0.0.1"] + ([cfg.xds_host] if cfg.xds_host not in ("0.0.0.0", "::", "") else [])
         server_cert = self.ca.issue_server_cert(["localhost"], ips, self._clock())
         self.xds_port = self._grpc.add_secure_port(
-            f"{_bracket(cfg.xds_host)}:{cfg.xds_port}", server_credentials(self.ca, server_cert)
+            f"{_bracket(cfg.xds_host)}:{cfg.xds_port}",
+            server_credentials(self.ca, server_cert, accounting=self.tls_accounting),
         )
         if self.xds_port == 0:
             raise OSError(f"cannot listen on {cfg.xds_host}:{cfg.xds_port} (xDS/CA); is another istiod-lite running?")

@@ -115,7 +115,9 @@ class CertificateAuthority:
             csr = certs.parse_csr(csr_pem)
         except InvalidCsr as e:
             raise CsrUnparseable(str(e)) from e
-        ttl = timedelta(seconds=ttl_seconds) if ttl_seconds > 0 else self.default_ttl
+        # Capped in seconds first: timedelta(seconds=2**62) raises OverflowError.
+        capped = min(ttl_seconds, int(self.max_ttl.total_seconds()))
+        ttl = timedelta(seconds=capped) if ttl_seconds > 0 else self.default_ttl
         leaf = certs.build_workload_certificate(
             csr.public_key(),
             identity,

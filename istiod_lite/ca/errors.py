@@ -70,6 +70,33 @@ class CsrNamesInvalid(CsrRefused):
         )
 
 
+class CsrTooLarge(CsrRefused):
+    """The CSR is longer than the configured limit; refused before it is parsed."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    reason = "csr_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"CSR is {size} bytes; at most {limit} are accepted (a mesh CSR, ECDSA P-256 with one URI SAN, "
+            "is under 1 KiB): send one PEM PKCS#10 CSR"
+        )
+
+
+class ValidityInvalid(CsrRefused):
+    """``validity_duration`` is beyond any certificate lifetime (it would overflow date arithmetic)."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    reason = "validity_invalid"
+
+    def __init__(self, seconds: int, limit: int) -> None:
+        super().__init__(
+            f"validity_duration {seconds} s is outside -{limit}..{limit} s; send the wanted certificate "
+            "lifetime in seconds (e.g. 86400), or 0 for the default; lifetimes above MAX_WORKLOAD_CERT_TTL "
+            "are capped to it"
+        )
+
+
 class CsrIdentityMismatch(CsrRefused):
     """The CSR's URI SAN is not the identity the caller may obtain."""
 

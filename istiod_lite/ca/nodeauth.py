@@ -5,13 +5,15 @@
 function. Rules, in order (first failing rule wins; the table tests list one case per rule):
 
 1. a caller authenticated by a certificate from this CA, in our trust domain;
-2. a PEM CSR whose self-signature verifies, with an ECDSA P-256 key;
-3. exactly one subject alternative name, a URI that is a valid SPIFFE id in our trust domain (no
+2. request bounds, checked before anything is parsed: the CSR at most ``max_csr_bytes`` long and
+   ``validity_seconds`` within +-``MAX_VALIDITY_SECONDS`` (a value past it overflows date arithmetic);
+3. a PEM CSR whose self-signature verifies, with an ECDSA P-256 key;
+4. exactly one subject alternative name, a URI that is a valid SPIFFE id in our trust domain (no
    DNS/IP/extra names);
-4. with ``ImpersonatedIdentity``: the caller is a trusted node account, its credential is bound to a
+5. with ``ImpersonatedIdentity``: the caller is a trusted node account, its credential is bound to a
    node, the target is in our trust domain, and a pod running as the target is scheduled on that
    node (Istio's node authorizer); without it: the target is the caller's own identity;
-5. the CSR's URI SAN equals the target.
+6. the CSR's URI SAN equals the target.
 The CSR subject is ignored: the CA never copies it.
 """
 
@@ -28,6 +30,7 @@ from istiod_lite.ca.authority import node_of
 from istiod_lite.ca.errors import (
     CsrIdentityMismatch,
     CsrNamesInvalid,
+    CsrTooLarge,
     CsrUnparseable,
     ForeignTrustDomain,
     IdentityNotOnNode,
@@ -36,6 +39,7 @@ from istiod_lite.ca.errors import (
     NotNodeAccount,
     Unauthenticated,
     UnsupportedKey,
+    ValidityInvalid,
 )
 from meshcore.identity import InvalidSpiffeId, SpiffeId
 from meshcore.tls import certs
@@ -46,6 +50,12 @@ IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 
 TRUSTED_NODE_ACCOUNTS = frozenset({"istio-system/ztunnel"})
 """Istio's ``CA_TRUSTED_NODE_ACCOUNTS`` default: ``<namespace>/<service account>`` entries."""
+
+MAX_CSR_BYTES = 64 * 1024
+"""Default CSR size limit; a P-256 CSR with one URI SAN is under 1 KiB."""
+
+MAX_VALIDITY_SECONDS = 100 * 365 * 86400
+"""|validity_duration| beyond this (100 years) is refused rather than capped: no client means it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,7 @@ class CsrRequest:
 class NodeAuthConfig:
     trust_domain: str
     trusted_node_accounts: frozenset[str] = TRUSTED_NODE_ACCOUNTS
+    max_csr_bytes: int = MAX_CSR_BYTES  # checked on the PEM text before parsing (PEM is ASCII)
 
 
 def authorize(
@@ -83,6 +94,10 @@ def authorize(
         raise Unauthenticated("no verified client certificate on the connection")
     if caller.identity.trust_domain != config.trust_domain:
         raise ForeignTrustDomain(caller.identity, config.trust_domain)
+    if len(request.csr_pem) > config.max_csr_bytes:
+        raise CsrTooLarge(len(request.csr_pem), config.max_csr_bytes)
+    if abs(request.validity_seconds) > MAX_VALIDITY_SECONDS:
+        raise ValidityInvalid(request.validity_seconds, MAX_VALIDITY_SECONDS)
 
     try:
         csr = certs.parse_csr(request.csr_pem)
@@ -105,9 +120,14 @@ def authorize(
 
 
 def grant_ttl(requested_seconds: int, *, default: timedelta, maximum: timedelta) -> int:
-    """Validity to grant in seconds: the requested one when positive, else the default; at most ``maximum``."""
-    ttl = timedelta(seconds=requested_seconds) if requested_seconds > 0 else default
-    return int(min(ttl, maximum).total_seconds())
+    """Validity to grant in seconds: the requested one when positive, else the default; at most ``maximum``.
+
+    Compares in seconds, so no requested value can overflow ``timedelta``.
+    """
+    cap = int(maximum.total_seconds())
+    if requested_seconds > 0:
+        return min(requested_seconds, cap)
+    return min(int(default.total_seconds()), cap)
 
 
 def caller_from_certificate(cert: x509.Certificate) -> Caller:

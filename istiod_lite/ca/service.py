@@ -9,10 +9,19 @@ the refusal's gRPC code and message, is counted (Istio's ``citadel_server_*`` co
 gRPC Python cannot *request* a client certificate without *requiring* one (``require_client_auth=False``
 means the server never asks, so every CSR would be UNAUTHENTICATED). ``server_credentials`` therefore
 requires client certificates by default; xDS clients on the same port then need a mesh certificate too.
+
+TLS refusals (no client certificate, one from a foreign CA) happen inside gRPC's C core: the connection
+is closed before any Python code sees it, and gRPC Python offers no handshake-outcome hook (no custom
+verifier, no callback, no per-connection event). ``TlsAccounting`` counts what *is* observable: every
+handshake gRPC starts (the per-handshake certificate-configuration fetcher of
+``dynamic_ssl_server_credentials``), and every connection that got past it (its first call; gRPC
+delivers calls only on verified connections). Refused handshakes are the difference, up to handshakes
+still in progress and verified connections that never made a call.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -70,6 +79,44 @@ class CaMetrics:
             self.parse_errors.inc()
 
 
+class TlsAccounting:
+    """Counts TLS handshakes on the gRPC port and the connections that passed them (see module doc).
+
+    ``handshake_started`` runs on a gRPC core thread (prometheus counters are thread-safe);
+    ``call_seen`` runs on the event loop, from every servicer on the port. A connection is recognised by
+    its peer address among the last ``max_peers`` seen, so memory stays bounded; a client port reused
+    after its connection closed is not counted again (undercount, never overcount, of passed handshakes).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, max_peers: int = 65_536) -> None:
+        self.handshakes = Counter(
+            "istiod_lite_grpc_tls_handshakes",
+            "TLS handshakes started on the xDS/CA port (one per accepted TCP connection).",
+            registry=registry,
+        )
+        self.connections = Counter(
+            "istiod_lite_grpc_tls_connections_verified",
+            "Connections on the xDS/CA port whose client certificate verified, counted at their first call. "
+            "Handshakes minus this is the TLS refusals (no or foreign client certificate) plus those in progress.",
+            registry=registry,
+        )
+        self._max_peers = max_peers
+        self._peers: OrderedDict[str, None] = OrderedDict()
+
+    def handshake_started(self) -> None:
+        """The certificate-configuration fetcher: count, keep the current configuration (None)."""
+        self.handshakes.inc()
+
+    def call_seen(self, peer: str) -> None:
+        if peer in self._peers:
+            self._peers.move_to_end(peer)
+            return
+        self._peers[peer] = None
+        self.connections.inc()
+        if len(self._peers) > self._max_peers:
+            self._peers.popitem(last=False)
+
+
 class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
     """Answers CreateCertificate. ``identities_on_node(node)`` is the registry's view of which identities
     have pods scheduled on ``node``; ``clock`` returns timezone-aware UTC time."""
@@ -82,8 +129,10 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
         registry: CollectorRegistry,
         config: NodeAuthConfig | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_call: Callable[[str], None] | None = None,
     ) -> None:
         self._ca = ca
+        self._on_call = on_call
         self._identities_on_node = identities_on_node
         self._config = config or NodeAuthConfig(trust_domain=ca.trust_domain)
         self._clock = clock
@@ -93,6 +142,8 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
         self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
     ) -> ca_pb2.IstioCertificateResponse:
         self.metrics.csr.inc()
+        if self._on_call is not None:
+            self._on_call(context.peer())
         now = self._clock()
         caller: Caller | None = None
         impersonated: str | None = None
@@ -115,7 +166,7 @@ class CaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
                 code=e.grpc_code,
                 caller=str(caller.identity) if caller else None,
                 node=caller.node if caller else None,
-                requested=impersonated or _csr_identity_hint(request.csr),
+                requested=impersonated or _csr_identity_hint(request.csr, self._config.max_csr_bytes),
                 error=str(e),
             )
             await context.abort(grpc.StatusCode[e.grpc_code], str(e))
@@ -156,8 +207,10 @@ def _impersonated_identity(metadata: struct_pb2.Struct) -> str | None:
     return value.string_value or None
 
 
-def _csr_identity_hint(csr_pem: str) -> str | None:
-    """The URI the CSR asks for, for logs only; None when the CSR does not parse."""
+def _csr_identity_hint(csr_pem: str, max_bytes: int) -> str | None:
+    """The URI the CSR asks for, for logs only; None when the CSR is too large or does not parse."""
+    if len(csr_pem) > max_bytes:
+        return None
     try:
         sans = certs.csr_names(certs.parse_csr(csr_pem))
     except Exception:  # logging aid only: the refusal already says what was wrong
@@ -171,16 +224,26 @@ def add_to_server(server: grpc.aio.Server, servicer: CaServicer) -> None:
 
 
 def server_credentials(
-    ca: CertificateAuthority, server_cert: IssuedCredential, *, require_client_auth: bool = True
+    ca: CertificateAuthority,
+    server_cert: IssuedCredential,
+    *,
+    require_client_auth: bool = True,
+    accounting: TlsAccounting | None = None,
 ) -> grpc.ServerCredentials:
     """TLS for 15012: serve ``server_cert`` (from ``ca.issue_server_cert``), trust client certs from ``ca``.
 
     Keep ``require_client_auth=True`` whenever the CA is served on the port: with False, gRPC never asks
-    for a client certificate and every CSR is refused UNAUTHENTICATED (see module doc).
+    for a client certificate and every CSR is refused UNAUTHENTICATED (see module doc). With
+    ``accounting``, every handshake is counted (same TLS settings, through gRPC's dynamic credentials).
     """
     chain = "".join(p if p.endswith("\n") else p + "\n" for p in server_cert.chain_pem)
-    return grpc.ssl_server_credentials(
-        [(server_cert.key_pem.encode("ascii"), chain.encode("ascii"))],
-        root_certificates=ca.roots_pem.encode("ascii"),
-        require_client_auth=require_client_auth,
+    pairs = [(server_cert.key_pem.encode("ascii"), chain.encode("ascii"))]
+    roots = ca.roots_pem.encode("ascii")
+    if accounting is None:
+        return grpc.ssl_server_credentials(pairs, root_certificates=roots, require_client_auth=require_client_auth)
+    fetcher = accounting.handshake_started
+    return grpc.dynamic_ssl_server_credentials(
+        grpc.ssl_server_certificate_configuration(pairs, root_certificates=roots),
+        fetcher,  # type: ignore[arg-type]  # returning None keeps the configuration
+        require_client_authentication=require_client_auth,
     )

@@ -32,7 +32,7 @@ import hashlib
 import itertools
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -157,9 +157,11 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
         metric_types: Mapping[str, str] | None = None,
         close_grace: float = 5.0,
         limits: StreamLimits | None = None,
+        on_call: Callable[[str], None] | None = None,
     ) -> None:
         self.close_grace = close_grace
         self.limits = limits if limits is not None else StreamLimits()
+        self._on_call = on_call  # told each stream's peer (istiod_lite.ca.service.TlsAccounting.call_seen)
         self._metrics = _Metrics(registry)
         self._log = logger if logger is not None else structlog.get_logger("istiod_lite.push")
         self._debouncer = Debouncer(debounce, max(debounce, debounce_max))
@@ -310,6 +312,8 @@ class PushServer(discovery_pb2_grpc.AggregatedDiscoveryServiceServicer):
             conn_id, secrets.token_hex(4), self._types, time.time(), peer=context.peer(), limits=self.limits
         )
         stream = _Stream(state, self._log.bind(conn_id=conn_id, peer=state.peer))
+        if self._on_call is not None:
+            self._on_call(state.peer)
         reader = asyncio.create_task(self._read(stream, request_iterator), name=f"xds-read-{conn_id}")
         stream.reader = reader
         self._readers.add(reader)

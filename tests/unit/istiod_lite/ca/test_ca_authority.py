@@ -54,11 +54,18 @@ def test_workload_chain_is_leaf_then_root_and_the_leaf_names_only_the_identity(c
 
 @pytest.mark.parametrize(
     ("ttl_seconds", "lifetime"),
-    [(0, timedelta(hours=24)), (-5, timedelta(hours=24)), (10**9, timedelta(days=90)), (600, timedelta(minutes=10))],
+    [
+        (0, timedelta(hours=24)),
+        (-5, timedelta(hours=24)),
+        (10**9, timedelta(days=90)),
+        (2**62, timedelta(days=90)),
+        (600, timedelta(minutes=10)),
+    ],
     ids=[
         "zero means the 24h default",
         "a negative TTL means the default",
         "a huge TTL is capped at the 90 day maximum",
+        "a TTL too large for a timedelta is capped, not an overflow",
         "a short TTL is granted as asked",
     ],
 )

@@ -10,6 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from istiod_lite.ca import errors
 from istiod_lite.ca.authority import CertificateAuthority
 from istiod_lite.ca.nodeauth import (
+    MAX_CSR_BYTES,
+    MAX_VALIDITY_SECONDS,
     Caller,
     CsrRequest,
     NodeAuthConfig,
@@ -159,9 +161,9 @@ def test_trusted_node_accounts_are_configurable():
 
 @pytest.mark.parametrize(
     ("requested", "granted"),
-    [(0, 86400), (-1, 86400), (3600, 3600), (90 * 86400 + 1, 90 * 86400)],
+    [(0, 86400), (-1, 86400), (3600, 3600), (90 * 86400 + 1, 90 * 86400), (2**62, 90 * 86400)],
     ids=["zero asks for the default", "negative asks for the default", "a positive TTL is granted",
-         "above the maximum is capped"],
+         "above the maximum is capped", "a value too large for a timedelta is capped, not an overflow"],
 )
 def test_grant_ttl(requested, granted):
     assert grant_ttl(requested, default=timedelta(hours=24), maximum=timedelta(days=90)) == granted
@@ -181,3 +183,39 @@ def test_caller_from_certificate_reads_identity_and_node_binding():
     assert caller_from_certificate(workload_cert) == WORKLOAD_ALICE
     with pytest.raises(errors.Unauthenticated):
         caller_from_certificate(server_cert)
+
+
+BOUNDS = [
+    ("a validity of 2**62 seconds is refused", {"validity_seconds": 2**62}, errors.ValidityInvalid),
+    ("a validity of -2**62 seconds is refused", {"validity_seconds": -(2**62)}, errors.ValidityInvalid),
+    ("a validity just past 100 years is refused", {"validity_seconds": MAX_VALIDITY_SECONDS + 1}, errors.ValidityInvalid),
+    ("a CSR past the size limit is refused", {"csr_pem": "A" * (MAX_CSR_BYTES + 1)}, errors.CsrTooLarge),
+    ("a valid CSR padded past the limit is refused", {"csr_pem": _csr(uri(ALICE)) + " " * MAX_CSR_BYTES}, errors.CsrTooLarge),
+]
+
+
+@pytest.mark.parametrize(("fields", "error"), [c[1:] for c in BOUNDS], ids=[c[0] for c in BOUNDS])
+def test_requests_out_of_bounds_are_invalid_argument(fields, error):
+    request = CsrRequest(**{"csr_pem": _csr(uri(ALICE)), **fields})
+    with pytest.raises(error) as info:
+        authorize(request, WORKLOAD_ALICE, _on_node, config=CONFIG)
+    assert info.value.grpc_code == "INVALID_ARGUMENT"
+    assert str(info.value)
+
+
+def test_the_bounds_themselves_are_accepted():
+    request = CsrRequest(csr_pem=_csr(uri(ALICE)), validity_seconds=MAX_VALIDITY_SECONDS)
+    assert authorize(request, WORKLOAD_ALICE, _on_node, config=CONFIG) == ALICE
+    small = NodeAuthConfig(trust_domain=TD, max_csr_bytes=len(request.csr_pem))
+    assert authorize(request, WORKLOAD_ALICE, _on_node, config=small) == ALICE
+
+
+def test_an_oversized_csr_is_refused_before_it_is_parsed():
+    garbage = "not a CSR " * (MAX_CSR_BYTES // 10 + 1)
+    with pytest.raises(errors.CsrTooLarge, match=f"at most {MAX_CSR_BYTES} are accepted"):
+        authorize(CsrRequest(csr_pem=garbage), WORKLOAD_ALICE, _on_node, config=CONFIG)
+
+
+def test_an_unauthenticated_caller_is_refused_before_bounds_are_checked():
+    with pytest.raises(errors.Unauthenticated):
+        authorize(CsrRequest(csr_pem="A" * (MAX_CSR_BYTES + 1), validity_seconds=2**62), None, _on_node, config=CONFIG)
