@@ -9,7 +9,10 @@ cleans up after a lost state file; (4) ``up`` on a running cluster changes nothi
 Pods get their network from the node's CNI plugins as a kubelet's pods do (``cni.CniRuntime``: ADD
 after the netns exists and before the process starts, a failure fails that pod alone; DEL before the
 netns goes). Files live in ``<state-dir>/cluster/``: state.json, lock, logs/<name>.log, run/<name>.pid,
-nodes/<node>/ (the mesh's per-node files: CNI config, sockets, credentials; removed by ``down``).
+nodes/<node>/ (the mesh's per-node files: CNI config, sockets, credentials; removed by ``down``),
+pods/<namespace>/<name>/ (0700: the pod's projected service-account token ``istio-token`` and the mesh
+root ``root-cert.pem``, as kubelet mounts them; written by ``kubelet.py``, named in the pod's environment
+as ``ISTIO_TOKEN_PATH``/``ISTIO_ROOT_CERT_PATH``, removed with the pod and by ``down``).
 The store is not touched here (``kubelet.py`` registers pods and services there).
 """
 
@@ -64,6 +67,11 @@ from .state import ClusterState, PodRecord, ProcessRecord, ServiceRecord, StateF
 
 CLUSTER_DIR = "cluster"
 NODES_DIR = "nodes"
+PODS_DIR = "pods"
+TOKEN_FILE = "istio-token"
+ROOT_CERT_FILE = "root-cert.pem"
+ISTIO_TOKEN_PATH = "ISTIO_TOKEN_PATH"
+ISTIO_ROOT_CERT_PATH = "ISTIO_ROOT_CERT_PATH"
 EXEC_TIMEOUT_S = 60.0
 
 log = structlog.get_logger("ambientctl.cluster")
@@ -134,6 +142,11 @@ class ExecResult(msgspec.Struct, frozen=True, kw_only=True):
     returncode: int
     stdout: str
     stderr: str
+
+
+def pod_files_dir(cluster_dir: Path, namespace: str, name: str) -> Path:
+    """A pod's credential directory (its token and the mesh root), like kubelet's projected volume."""
+    return cluster_dir / PODS_DIR / namespace / name
 
 
 class Cluster:
@@ -500,13 +513,20 @@ class Cluster:
             "NODE_NAME": node.name,
             "HOST_IP": node.ip,
             "SERVICE_ACCOUNT": pod.service_account,
+            # Istio's injected paths; the kubelet writes the files before the pod starts (kubelet.py).
+            ISTIO_TOKEN_PATH: str(self.pod_dir(pod.namespace, pod.name) / TOKEN_FILE),
+            ISTIO_ROOT_CERT_PATH: str(self.pod_dir(pod.namespace, pod.name) / ROOT_CERT_FILE),
         }
-        env.update(pod.env)
+        env.update(pod.env)  # the manifest's env wins, as a container's own env does
         return env
+
+    def pod_dir(self, namespace: str, name: str) -> Path:
+        return pod_files_dir(self.directory, namespace, name)
 
     def _remove_pod_objects(self, record: PodRecord) -> None:
         if record.process is not None:
             self.procs.stop(record.process)
+        shutil.rmtree(self.pod_dir(record.spec.namespace, record.spec.name), ignore_errors=True)
         self.procs.remove_pidfile(_pod_log_name(record.spec))
         path = self.net.netns_path(record.netns)
         if self.net.netns_exists(record.netns):
@@ -538,6 +558,7 @@ class Cluster:
             self.net.delete_host_link(link)
         self.procs.clear_pidfiles()
         shutil.rmtree(self.nodes_dir, ignore_errors=True)
+        shutil.rmtree(self.directory / PODS_DIR, ignore_errors=True)
         log.info("cluster removed", prefix=prefix, netns=len(removed), processes=len(stopped))
         return DownReport(
             had_state=state is not None,

@@ -12,6 +12,17 @@ selects endpoints by label among the cluster's pods and has the cluster program 
 A service that cannot be realised (a clusterIP outside the service subnet, say) is rejected alone,
 logged and reported; the others still sync. The pure pieces (``pod_resource``, ``select_endpoints``,
 ``pod_spec_from_resource``) are table-tested.
+
+Credentials, as kubelet's projected service-account token volume: before a pod's process starts,
+``PodCredentials`` writes ``<cluster dir>/pods/<ns>/<name>/istio-token`` (0600, a 1 h ES256 token with
+audience ``istio-ca`` bound to the pod's name, uid, service account and node, signed with the issuer key
+in ``<state-dir>/sa-issuer/``) and ``root-cert.pem`` (the mesh root istiod_lite handed out with the
+node's credential). While the pod runs, ``refresh_credentials`` re-issues the token once 80% of its
+lifetime has passed (kubelet's rule), so a long-running waypoint keeps a valid one; the file is
+replaced atomically. A pod whose credential cannot be written fails alone (Pending, retried). A
+manifest's ``spec.containers[0].env`` literal ``value``s reach the process; ``valueFrom`` is refused
+with the reason (the downward-API facts POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, SERVICE_ACCOUNT
+are always set).
 """
 
 from __future__ import annotations
@@ -19,16 +30,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import structlog
 
+from meshcore import satoken
 from meshcore.store import Resource, ResourceRef, Store, StoreError, build_resource, spec_as
 from meshcore.store.schema import PodSpec as K8sPodSpec
 from meshcore.store.schema import ServiceSpec as K8sServiceSpec
 
-from .cluster import Cluster
+from .cluster import ROOT_CERT_FILE, TOKEN_FILE, Cluster
 from .errors import ClusterError, InvalidClusterSpec, PodNotFound
 from .spec import PodPort, PodSpec, Protocol, ServicePort
 from .state import PodRecord
@@ -39,6 +53,8 @@ CONTAINER_NAME = "main"
 LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
+TOKEN_TTL = timedelta(hours=1)
+TOKEN_REFRESH_AT = 0.8  # of the token's lifetime, as kubelet refreshes projected tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,20 +77,27 @@ class Kubelet:
     """Keeps the store and the local cluster in step for pods and services."""
 
     def __init__(
-        self, cluster: Cluster, store: Store, *, clock: Callable[[], float] = time.monotonic
+        self,
+        cluster: Cluster,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        credentials: PodCredentials | None = None,
     ) -> None:
         self.cluster = cluster
         self.store = store
         self._clock = clock
         self._backoff: dict[str, _Backoff] = {}
+        self.credentials = credentials or PodCredentials(cluster)
 
     def run_pod(self, pod: PodSpec) -> Resource:
         """Bind the pod in the store, create it in the cluster, register its status; returns the stored
         Pod. If the cluster cannot run it, the Pod is taken out of the store again and the error raised."""
         ref = ResourceRef("Pod", pod.namespace, pod.name)
         existed = self.store.get(ref) is not None
-        self.store.apply([pending_pod_resource(pod)])
+        (pending,) = self.store.apply([pending_pod_resource(pod)])
         try:
+            self.credentials.ensure(pending.resource, pod.node)
             self.cluster.add_pod(pod)
         except BaseException:
             if not existed:
@@ -132,6 +155,7 @@ class Kubelet:
                     # A changed pod restarts (pods are immutable); a relabelled one does not (add_pod).
                     self.cluster.remove_pod(pod.name, pod.namespace)
                     del running[key]
+                self.credentials.ensure(resource, pod.node)  # before the process starts, as a volume is
                 self.cluster.add_pod(pod)
             except (ClusterError, StoreError, ValueError) as e:
                 rejected[key] = str(e)
@@ -150,6 +174,23 @@ class Kubelet:
                 removed.append(key)
         self.sync_services()
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
+
+    def refresh_credentials(self) -> list[str]:
+        """Re-issue the tokens of running pods that are due (see ``PodCredentials``); returns their keys.
+        A pod whose token cannot be written is logged and tried again on the next call."""
+        stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
+        refreshed = []
+        for record in self.cluster.pods():
+            key = f"{record.spec.namespace}/{record.spec.name}"
+            resource = stored.get(key)
+            if resource is None:
+                continue
+            try:
+                if self.credentials.ensure(resource, record.spec.node):
+                    refreshed.append(key)
+            except (ClusterError, StoreError) as e:
+                log.warning("pod token not refreshed", pod=key, error=str(e))
+        return refreshed
 
     def _bind(self, stored: Resource, node: str) -> Resource:
         """Write the scheduler's decision (``spec.nodeName``) before the pod is created on that node."""
@@ -235,6 +276,95 @@ class Kubelet:
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
 
 
+class PodCredentials:
+    """Each pod's projected token and mesh root in ``Cluster.pod_dir`` (see module doc).
+
+    The issuer key is loaded (created if missing, atomically) from ``<state-dir>/sa-issuer`` on first use.
+    ``wall_clock`` gives aware UTC time (tokens carry wall-clock times).
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        ttl: timedelta = TOKEN_TTL,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.cluster = cluster
+        self.state_dir = cluster.directory.parent
+        self.ttl = ttl
+        self._now = wall_clock
+        self._key: Any = None  # the issuer's private key, once loaded
+
+    def ensure(self, pod: Resource, node: str) -> bool:
+        """Write the pod's token (when missing, not this pod's, or due) and root file; True when the
+        token was (re)issued. Raises ``ClusterError`` naming what could not be written."""
+        directory = self.cluster.pod_dir(pod.namespace, pod.name)
+        sa = spec_as(pod, K8sPodSpec).service_account_name
+        try:
+            if self._key is None:
+                self._key = satoken.ensure_issuer_key(self.state_dir)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._write_root(directory / ROOT_CERT_FILE, node)
+            now = self._now()
+            token_path = directory / TOKEN_FILE
+            if not self._due(token_path, pod, sa, node, now):
+                return False
+            token = satoken.issue_token(
+                self._key,
+                namespace=pod.namespace,
+                service_account=sa,
+                pod=satoken.BoundObject(pod.name, pod.uid),
+                node=satoken.BoundObject(node),
+                now=now,
+                ttl=self.ttl,
+            )
+            satoken.write_private_file(token_path, token.encode("ascii"))
+        except satoken.IssuerKeyError as e:
+            raise ClusterError(f"pod {pod.namespace}/{pod.name}: no service-account token: {e}") from e
+        except OSError as e:
+            raise ClusterError(
+                f"pod {pod.namespace}/{pod.name}: cannot write its credentials in {directory}: {e.strerror or e}"
+            ) from e
+        log.info("pod token issued", pod=f"{pod.namespace}/{pod.name}", expires_in=str(self.ttl))
+        return True
+
+    def _due(self, path: Path, pod: Resource, sa: str, node: str, now: datetime) -> bool:
+        try:
+            current = satoken.verify_token(
+                path.read_text("ascii"), self._key.public_key(), now=now, leeway=timedelta(0)
+            )
+        except (OSError, UnicodeDecodeError, satoken.TokenError):
+            return True  # missing, damaged, expired or from an old issuer key: issue a new one
+        bound = current.pod
+        if bound is None or (bound.name, bound.uid) != (pod.name, pod.uid) or current.service_account != sa:
+            return True  # the file belongs to an earlier pod of that name
+        if current.node is None or current.node.name != node:
+            return True
+        lifetime = current.expires_at - current.issued_at
+        return now >= current.issued_at + lifetime * TOKEN_REFRESH_AT
+
+    def _write_root(self, path: Path, node: str) -> None:
+        """The mesh root as istiod_lite gave it to the node (its credential's root-cert.pem), else the
+        state dir's CA root; none yet (no mesh running) leaves the file absent."""
+        sources = (
+            self.cluster.nodes_dir / node / "credential" / ROOT_CERT_FILE,
+            self.state_dir / "ca" / ROOT_CERT_FILE,
+        )
+        for source in sources:
+            try:
+                roots = source.read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                same = path.read_bytes() == roots
+            except FileNotFoundError:
+                same = False
+            if not same:
+                satoken.write_private_file(path, roots, mode=0o644)
+            return
+
+
 def pod_resource(record: PodRecord) -> Resource:
     """The Pod object a kubelet would report for a running pod of the local cluster."""
     doc = _pod_document(record.spec)
@@ -314,6 +444,7 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         for p in c.ports or ()
         if p.protocol in ("TCP", "UDP")
     )
+    env = container_env(first.get("env"), source)
     return PodSpec(
         name=resource.name,
         namespace=resource.namespace,
@@ -322,7 +453,39 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         labels=dict(resource.labels),
         service_account=spec.service_account_name,
         ports=ports,
+        env=env,
     )
+
+
+def container_env(entries: object, source: str) -> dict[str, str]:
+    """A container's ``env`` list as the process environment: literal ``value``s (a missing value is
+    ""); a later entry of the same name wins, as in Kubernetes. ``valueFrom`` is refused, naming the
+    entry: the local cluster has no ConfigMaps/Secrets and sets the downward-API facts itself."""
+    if entries is None:
+        return {}
+    where = "$.spec.containers[0].env"
+    if not isinstance(entries, list):
+        raise InvalidClusterSpec(source, where, "must be a list of {name, value} entries")
+    env: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise InvalidClusterSpec(source, at, "must be a mapping with name and value")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+            raise InvalidClusterSpec(source, f"{at}.name", f"{name!r} is not an environment variable name")
+        if "valueFrom" in entry:
+            raise InvalidClusterSpec(
+                source,
+                f"{at}.valueFrom",
+                f"{name}: valueFrom is not supported by the local cluster; use a literal value (POD_NAME, "
+                "POD_NAMESPACE, POD_IP, NODE_NAME and SERVICE_ACCOUNT are always set)",
+            )
+        value = entry.get("value", "")
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidClusterSpec(source, f"{at}.value", f"{name}: the value must be a string (quote numbers)")
+        env[name] = value
+    return env
 
 
 def select_endpoints(

@@ -5,6 +5,8 @@ that every other process must see, so it keeps the host's mount namespace). It w
 whenever a Pod or Service changed (or a failed pod's retry is due), runs ``Kubelet.sync_pods``: new
 Pod manifests start live (network, CNI ADD, command), deleted ones stop (CNI DEL), Services follow.
 After its first full sync it writes ``<cluster dir>/run/kubelet.ready`` (what ``cluster up`` waits for).
+Every ``CREDENTIALS_EVERY_S`` it re-issues the service-account tokens of running pods that are due
+(``Kubelet.refresh_credentials``: 80% of their 1 h lifetime), so pods never hold an expired one.
 SIGTERM/SIGINT stop it between passes; pods keep running (as when a kubelet restarts). It also exits
 when its cluster is no longer up (removed behind its back), so it never outlives the cluster.
 Must not: exit on a failed pass (it is logged; the next change or retry tries again).
@@ -34,6 +36,7 @@ log = structlog.get_logger("ambientctl.cluster.kubelet")
 READY_FILE = "kubelet.ready"
 POLL_S = 0.1
 LIVENESS_EVERY_S = 2.0  # how often an idle kubelet checks that its cluster still exists
+CREDENTIALS_EVERY_S = 30.0  # how often running pods' tokens are checked for refresh
 WATCHED_KINDS = frozenset({"Pod", "Service"})
 
 
@@ -47,6 +50,7 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
     revision = -1
     first = True
     checked = time.monotonic()
+    credentials_checked = time.monotonic()
     while not stop.is_set():
         due = kubelet.next_retry()
         retry = due is not None and due <= time.monotonic()
@@ -65,6 +69,11 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
                         removed=list(report.removed),
                         failing=report.rejected,
                     )
+            if time.monotonic() - credentials_checked >= CREDENTIALS_EVERY_S:
+                credentials_checked = time.monotonic()
+                refreshed = kubelet.refresh_credentials()
+                if refreshed:
+                    log.info("pod tokens refreshed", pods=refreshed)
             if time.monotonic() - checked >= LIVENESS_EVERY_S:
                 checked = time.monotonic()
                 if cluster.status().phase == "down":

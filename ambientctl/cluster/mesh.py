@@ -4,7 +4,10 @@
 ``Cluster.start_component`` (logs in ``<cluster dir>/logs/<component>.log``), and waits for each to be
 ready, with deadlines, by probing it where it listens (the HTTP probe runs inside the component's
 network namespace, from a thread that entered it):
-1. ``istiod`` in the fabric netns on ``<istiod ip>:15012`` (xDS + CA) and ``:15014`` (``/ready``);
+1. ``istiod`` in the fabric netns on ``<istiod ip>:15012`` (xDS + CA), ``:15011`` (the CA for
+   service-account tokens: waypoint pods) and ``:15014`` (``/ready``); the waypoint pods it makes are
+   told ``XDS_ADDRESS=<istiod ip>:15012`` and ``CA_ADDRESS=<istiod ip>:15011`` (the cluster network
+   routes pods to the fabric);
 2. per node, a node credential (``istiod-lite node-credential``) in ``nodes/<node>/credential``;
 3. per node, ``node-agent-<node>`` in the node netns (``/readyz`` on :15014), serving ZDS on
    ``nodes/<node>/zds.sock`` and plugin events on ``nodes/<node>/cni.sock``;
@@ -46,6 +49,7 @@ log = structlog.get_logger("ambientctl.cluster.mesh")
 ISTIOD = "istiod"
 KUBELET = "kubelet"
 XDS_PORT = 15012
+TOKEN_CA_PORT = 15011
 ISTIOD_MONITORING_PORT = 15014
 AGENT_MONITORING_PORT = 15014
 ZTUNNEL_ADMIN_PORT = 15000
@@ -155,10 +159,16 @@ def istiod_command(
             python, "-m", "istiod_lite",
             "--state-dir", str(state_dir),
             "--xds-address", f"{layout.istiod_ip}:{XDS_PORT}",
+            "--token-ca-address", f"{layout.istiod_ip}:{TOKEN_CA_PORT}",
             "--monitoring-address", f"{layout.istiod_ip}:{ISTIOD_MONITORING_PORT}",
             "--log-level", log_level,
         ),
-        dict(env),
+        {
+            **env,
+            # What the waypoint controller tells waypoint pods: istiod on the cluster network.
+            "WAYPOINT_XDS_ADDRESS": f"{layout.istiod_ip}:{XDS_PORT}",
+            "WAYPOINT_CA_ADDRESS": f"{layout.istiod_ip}:{TOKEN_CA_PORT}",
+        },
     )  # fmt: skip
 
 
