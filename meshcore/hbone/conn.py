@@ -49,7 +49,7 @@ from h2.events import (
 from h2.events import (
     Event as H2Event,
 )
-from h2.exceptions import H2Error, NoSuchStreamError, ProtocolError, TooManyStreamsError
+from h2.exceptions import H2Error, NoSuchStreamError, ProtocolError, StreamIDTooLowError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
@@ -788,8 +788,10 @@ class HboneServerConn(_HboneConn):
     def _answer_and_end(self, stream_id: int, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         try:
             self._h2.send_headers(stream_id, [(b":status", str(status).encode()), *headers], end_stream=True)
-        except NoSuchStreamError:
-            return  # the client reset the stream in the same read: there is nobody to answer
+        except (NoSuchStreamError, StreamIDTooLowError):
+            # The stream ended in the same read (the client reset it, or h2 closed it for a protocol
+            # error and forgot it when a later stream opened): there is nobody to answer.
+            return
         # RFC 9113 §8.1: after a complete response, RST_STREAM(NO_ERROR) tells the client to stop
         # sending the request body (here: tunnel bytes) without signalling an error.
         self._rst(stream_id, ErrorCodes.NO_ERROR)
