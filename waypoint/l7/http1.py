@@ -570,6 +570,8 @@ class Http1Client:
         self._guard.in_head = False
         parser = self._parser
         status = self._status = parser.get_status_code()
+        if not 100 <= status <= 599:  # llhttp takes any three digits; RFC 9110 15: others are invalid
+            raise _Limited(502, "http1.invalid_status", f"upstream answered with status {status:03d}, outside 100..599")
         headers = self._headers
         if 100 <= status < 200 and status != 101:
             self._events.append(Informational(1, status, headers))

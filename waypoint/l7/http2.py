@@ -99,6 +99,14 @@ class _HeaderBlockScanner:
         return -1
 
 
+def _status_code(value: str) -> int | None:
+    """``:status`` as a number, or None unless it is three digits within 100..599 (RFC 9110 15)."""
+    if len(value) != 3 or not value.isascii() or not value.isdigit():
+        return None
+    status = int(value)
+    return status if 100 <= status <= 599 else None
+
+
 def _decode(headers: list[tuple[bytes, bytes]]) -> Headers:
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
 
@@ -130,6 +138,7 @@ class _H2Base:
         self._closed = False
         self._now = now
         self._trailers_seen: set[int] = set()
+        self._dropped: set[int] = set()  # streams reset in this batch for a malformed message (see _drop_stream)
 
     @property
     def closed(self) -> bool:
@@ -166,6 +175,7 @@ class _H2Base:
             self._translate(event, events)
             if self._closed:
                 break
+        self._dropped.clear()  # h2 itself ignores later frames of a stream it reset
         return events
 
     def _close(self, code: int, data: bytes, reason: str) -> ConnectionEnded:
@@ -182,6 +192,10 @@ class _H2Base:
         self._close(code, reason.encode()[:128], reason)
 
     def _translate(self, event: h2.events.Event, events: list[Event]) -> None:
+        if self._dropped and getattr(event, "stream_id", 0) in self._dropped:
+            if isinstance(event, h2.events.DataReceived):  # what h2 took before the reset: give the window back
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+            return
         if isinstance(event, h2.events.DataReceived):
             sid = event.stream_id
             padding = event.flow_controlled_length - len(event.data)
@@ -221,6 +235,13 @@ class _H2Base:
 
     def _on_reset(self, event: h2.events.StreamReset, events: list[Event]) -> None:
         events.append(StreamReset(event.stream_id, int(event.error_code or 0)))
+
+    def _drop_stream(self, stream_id: int, events: list[Event]) -> None:
+        """A malformed message on ``stream_id`` (RFC 9113 8.1.1): reset it (PROTOCOL_ERROR), report it as
+        reset, ignore what h2 still reports for it; the connection and its other streams carry on."""
+        self.reset(stream_id, PROTOCOL_ERROR)
+        self._dropped.add(stream_id)
+        events.append(StreamReset(stream_id, PROTOCOL_ERROR))
 
     # --- sending ---------------------------------------------------------------------------------
 
@@ -389,18 +410,21 @@ class H2Client(_H2Base):
 
     def _translate_role(self, event: h2.events.Event, events: list[Event]) -> None:
         if isinstance(event, h2.events.ResponseReceived):
-            status = 0
+            status: int | None = 0
             headers: Headers = []
             content_length: int | None = None
             for raw_name, raw_value in event.headers:
                 name = raw_name.decode("latin-1")
                 value = raw_value.decode("latin-1")
                 if name == ":status":
-                    status = int(value)
+                    status = _status_code(value)
                 elif name[0] != ":":
                     if name == "content-length" and value.isdigit():
                         content_length = int(value)
                     headers.append((name, value))
+            if status is None:
+                self._drop_stream(event.stream_id, events)
+                return
             end = event.stream_ended is not None
             events.append(ResponseHead(event.stream_id, status, headers, end_stream=end,
                                        content_length=content_length))
@@ -408,5 +432,8 @@ class H2Client(_H2Base):
                 events.append(EndOfMessage(event.stream_id, []))
         elif isinstance(event, h2.events.InformationalResponseReceived):
             headers = _decode(event.headers)
-            status = int(next((v for n, v in headers if n == ":status"), "100"))
+            status = _status_code(next((v for n, v in headers if n == ":status"), ""))
+            if status is None:
+                self._drop_stream(event.stream_id, events)
+                return
             events.append(Informational(event.stream_id, status, [(n, v) for n, v in headers if n[0] != ":"]))
