@@ -266,6 +266,9 @@ def plan_cluster(layout: ClusterLayout) -> list[Step]:
         # The node's own processes reach VIPs through the output-hook DNAT, which needs a route to exist
         # before it runs; pods' packets are DNATed in prerouting and never use it.
         steps.append(AddRoute(node.netns, layout.service_subnet, gateway=layout.istiod_ip))
+    # istiod_lite (in the fabric) answers pods too, as pods reach istiod on Kubernetes: a waypoint pod
+    # dials its CA (:15011) and xDS (:15012) from its own netns.
+    steps += [AddRoute(layout.fabric_netns, node.pod_cidr, gateway=node.ip) for node in layout.nodes]
     steps += plan_services(layout, (), ())
     return steps
 

@@ -14,7 +14,7 @@ from ambientctl.cluster import Cluster
 from ambientctl.cluster.errors import ClusterError, InvalidClusterSpec
 from ambientctl.cluster.kubelet import PodCredentials, container_env, pod_spec_from_resource
 from ambientctl.cluster.mesh import base_env, istiod_command
-from ambientctl.cluster.plan import build_layout
+from ambientctl.cluster.plan import AddRoute, build_layout, plan_cluster
 from ambientctl.cluster.spec import ClusterSpec
 from istiod_lite.config import parse_config as parse_istiod_config
 from istiod_lite.waypoints.objects import ControllerSettings, desired
@@ -179,3 +179,10 @@ def test_istiod_serves_the_token_ca_and_tells_waypoints_its_cluster_address(tmp_
     assert (config.token_ca_host, config.token_ca_port) == (layout.istiod_ip, 15011)
     assert config.waypoint_xds_address == f"{layout.istiod_ip}:15012"
     assert config.waypoint_ca_address == f"{layout.istiod_ip}:15011"
+
+
+def test_istiod_on_the_fabric_can_answer_every_nodes_pods():
+    layout = build_layout(ClusterSpec(nodes=2, prefix="am-"))
+    steps = plan_cluster(layout)
+    for node in layout.nodes:
+        assert AddRoute(layout.fabric_netns, node.pod_cidr, gateway=node.ip) in steps
