@@ -11,6 +11,12 @@ Steps (each timed and checked; the first failure stops the run, which then clean
     and the marker is nowhere in it;
  7. a DENY AuthorizationPolicy for the client's identity: the request is refused;
  8. the policy deleted: the request is allowed again;
+ 9. a waypoint for the server's service account (``waypoint apply --service-account server``): istiod-lite
+    makes its pod and Service, the kubelet runs it, and requests now reach the server from the waypoint;
+10. an L7 policy at the waypoint allows ``GET /`` only: GET gets 200, POST gets 403 ``RBAC: access denied``;
+11. the waypoint's metrics count both (``istio_requests_total`` with ``reporter="waypoint"``);
+12. node-1's link still carries only TLS to port 15008, with the L7 hop in the path;
+13. the waypoint removed: traffic is L4-only again (POST answered by the server);
 then a summary table. The cluster is always brought down (also on failure and Ctrl-C / SIGTERM), and a
 previous run's leftovers are swept first, so the demo can be re-run at will.
 """
@@ -46,6 +52,7 @@ SERVICE_URL = "http://echo.demo/"
 DATAPLANE_MODE = "istio.io/dataplane-mode"
 REDIRECTION = "ambient.istio.io/redirection"
 CLIENT_PRINCIPAL = "cluster.local/ns/demo/sa/client"
+WAYPOINT = "server-waypoint"
 WAIT_S = 30.0
 POLL_S = 0.1
 
@@ -112,6 +119,18 @@ spec:
   action: DENY
   rules:
   - from: [{{source: {{principals: ["{CLIENT_PRINCIPAL}"]}}}}]
+"""
+
+
+L7_POLICY = f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: get-only, namespace: {NAMESPACE}}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: echo}}]
+  action: ALLOW
+  rules:
+  - to: [{{operation: {{methods: ["GET"], paths: ["/"]}}}}]
 """
 
 
@@ -183,6 +202,11 @@ class ClusterDemo:
             ("node link carries only TLS", self.step_capture),
             ("DENY policy refuses", self.step_deny),
             ("policy removed: allowed", self.step_allow),
+            ("waypoint for the server's account", self.step_waypoint),
+            ("L7 policy: GET 200, POST 403", self.step_l7_policy),
+            ("waypoint metrics count both", self.step_waypoint_metrics),
+            ("with the waypoint: only TLS", self.step_capture_l7),
+            ("waypoint removed: L4 only", self.step_waypoint_removed),
         ]
         for number, (name, step) in enumerate(steps, 1):
             self.console.print(f"\n[bold cyan]{number}.[/] [bold]{name}[/]")
@@ -304,6 +328,94 @@ class ClusterDemo:
         wait_for("the request allowed again", lambda: self._request(timeout=3)["ok"])
         return f"allowed again {(time.monotonic() - started) * 1000:.0f} ms after the delete"
 
+    def step_waypoint(self) -> str:
+        from ambientctl.commands.waypoint import apply_waypoint, build_waypoint, is_programmed, to_resource
+
+        started = time.monotonic()
+        with self._store() as store:
+            apply_waypoint(store, to_resource(build_waypoint(WAYPOINT, NAMESPACE, service_account="server")))
+            wait_for(
+                f"waypoint {NAMESPACE}/{WAYPOINT} Programmed (its pod running, its Service with an address)",
+                lambda: is_programmed(store.get(ResourceRef("Gateway", NAMESPACE, WAYPOINT))),
+                timeout=60,
+            )
+            pods = [p for p in store.list("Pod", NAMESPACE)
+                    if p.labels.get("gateway.networking.k8s.io/gateway-name") == WAYPOINT]
+        programmed_s = time.monotonic() - started
+        ips = {p.status.get("podIP") for p in pods} - {None}
+        if not ips:
+            raise DemoFailed(f"waypoint {WAYPOINT} is Programmed but has no running pod")
+        self.waypoint_pod = pods[0].name
+
+        def via_waypoint() -> bool:
+            result = self._request(timeout=3)
+            return bool(result["ok"]) and str(result["results"][0].get("peer") or "").split(":")[0] in ips
+
+        wait_for("requests reaching the server from the waypoint", via_waypoint, timeout=60)
+        return (
+            f"{NAMESPACE}/{WAYPOINT} (pod {self.waypoint_pod}, {', '.join(sorted(ips))}) programmed in "
+            f"{programmed_s:.1f}s; the server now sees requests from the waypoint"
+        )
+
+    def step_l7_policy(self) -> str:
+        with self._store() as store:
+            store.apply(load_documents(L7_POLICY, "get-only"))
+        started = time.monotonic()
+
+        def post_denied() -> dict[str, Any] | None:
+            first = self._request(data="hello", timeout=3)["results"][0]
+            return first if first.get("status") == 403 else None
+
+        denied = wait_for("POST answered 403 by the waypoint", post_denied)
+        got = self._request(timeout=3)["results"][0]
+        if got.get("status") != 200:
+            raise DemoFailed(f"GET / should still be allowed, got {got.get('status')} {got.get('error')}")
+        return (
+            f"get-only applied; {(time.monotonic() - started) * 1000:.0f} ms later POST -> "
+            f"{denied['status']} ({denied['error']}), GET / -> 200 from {got.get('pod')}"
+        )
+
+    def step_waypoint_metrics(self) -> str:
+        script = (
+            "import urllib.request;"
+            "print(urllib.request.urlopen('http://127.0.0.1:15020/metrics', timeout=5).read().decode())"
+        )
+        done = self.cluster.exec(self.waypoint_pod, NAMESPACE, [self.python, "-c", script], timeout=30)
+        lines = [x for x in done.stdout.splitlines()
+                 if x.startswith("istio_requests_total{") and 'reporter="waypoint"' in x]
+        codes = {c: sum(float(x.rsplit(" ", 1)[1]) for x in lines if f'response_code="{c}"' in x)
+                 for c in ("200", "403")}
+        if not codes["200"] or not codes["403"]:
+            raise DemoFailed(f"istio_requests_total at the waypoint lacks 200 or 403: {lines or done.stderr[-500:]}")
+        return f"istio_requests_total{{reporter=\"waypoint\"}}: {codes['200']:.0f} x 200, {codes['403']:.0f} x 403"
+
+    def step_capture_l7(self) -> str:
+        marker = "l7-" + secrets.token_hex(8)
+        summary, result = self._captured_request(marker, in_query=True)  # the policy allows GET / only
+        first = result["results"][0]
+        if not result["ok"]:
+            raise DemoFailed(f"GET /?m={marker} failed: {first['error']}")
+        if not summary.flows:
+            raise DemoFailed("no pod traffic captured on node-1's link")
+        if not summary.all_tls_on(15008):
+            raise DemoFailed(f"non-TLS or non-15008 traffic crossed: {summary.flows}")
+        if summary.markers_found:
+            raise DemoFailed(f"the marker {marker} was seen in plaintext on the link")
+        return (
+            f"{summary.packets} packets, ports {list(summary.server_ports)}, all TLS records; GET /?m={marker} "
+            f"answered by {first.get('pod')} through the waypoint, the marker absent from the wire"
+        )
+
+    def step_waypoint_removed(self) -> str:
+        with self._store() as store:
+            store.delete([ResourceRef("Gateway", NAMESPACE, WAYPOINT)])
+        started = time.monotonic()
+        wait_for("POST answered by the server again (no waypoint in the path)",
+                 lambda: self._request(data="back", timeout=3)["results"][0].get("status") == 200, timeout=60)
+        with self._store() as store:
+            store.delete([ResourceRef("AuthorizationPolicy", NAMESPACE, "get-only")])
+        return f"L4 only again {(time.monotonic() - started) * 1000:.0f} ms after the delete"
+
     # -- helpers -------------------------------------------------------------------------------------------
 
     def _store(self) -> SqliteStore:
@@ -316,8 +428,10 @@ class ClusterDemo:
             for n in ("server", "client")
         )
 
-    def _request(self, *, count: int = 1, data: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
-        argv = [self.python, "-m", "ambientctl.apps.client", "get", SERVICE_URL, "--count", str(count)]
+    def _request(
+        self, *, count: int = 1, data: str | None = None, timeout: float = 5.0, url: str = SERVICE_URL
+    ) -> dict[str, Any]:
+        argv = [self.python, "-m", "ambientctl.apps.client", "get", url, "--count", str(count)]
         argv += ["--timeout", str(timeout)]
         if data is not None:
             argv += ["--data", data]
@@ -330,10 +444,13 @@ class ClusterDemo:
             ) from None
         return result
 
-    def _captured_request(self, marker: str) -> tuple[CaptureSummary, dict[str, Any]]:
+    def _captured_request(self, marker: str, *, in_query: bool = False) -> tuple[CaptureSummary, dict[str, Any]]:
         layout = self.cluster.layout()
         with LinkCapture(layout.nodes[0].netns, "eth0", time_limit=30) as capture:
-            result = self._request(data=marker)
+            if in_query:
+                result = self._request(url=f"{SERVICE_URL}?m={marker}")
+            else:
+                result = self._request(data=marker)
         # Pod-to-pod flows only (node-1's link also carries its ztunnel's xDS to istiod-lite).
         pods = [n.pod_cidr for n in layout.nodes]
         return summarize(capture.stop(), markers=[marker.encode()], between=pods), result

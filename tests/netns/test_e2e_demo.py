@@ -10,7 +10,7 @@ import pytest
 
 from ambientctl.demos.cluster import DEMO_PREFIX, demo_state_dir
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 STEPS = [
     "cluster and mesh up",
@@ -21,6 +21,11 @@ STEPS = [
     "node link carries only TLS",
     "DENY policy refuses",
     "policy removed: allowed",
+    "waypoint for the server's account",
+    "L7 policy: GET 200, POST 403",
+    "waypoint metrics count both",
+    "with the waypoint: only TLS",
+    "waypoint removed: L4 only",
 ]
 
 
@@ -34,7 +39,7 @@ def test_the_demo_passes_every_step_and_leaves_nothing_even_after_a_crashed_run(
     subprocess.run(["ip", "netns", "add", stale], check=True)  # what a killed earlier run could leave
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "ambientctl", "demo"], capture_output=True, text=True, timeout=170
+            [sys.executable, "-m", "ambientctl", "demo"], capture_output=True, text=True, timeout=290
         )
     finally:
         if stale in demo_netns():
@@ -45,5 +50,6 @@ def test_the_demo_passes_every_step_and_leaves_nothing_even_after_a_crashed_run(
     for step in STEPS:
         assert f"│ {step}" in out and "FAILED" not in out, out
     assert "all TLS records" in out and "absent from the wire" in out
+    assert "POST -> 403" in out and 'reporter="waypoint"' in out
     assert "cluster removed" in out
     assert demo_netns() == [] and not demo_state_dir().exists()
