@@ -91,7 +91,8 @@ def _start_control_plane(state_dir: Path, xds_port: int, monitoring_port: int) -
     log_path = state_dir / "istiod-lite.log"
     env = {**os.environ, "AMBIENT_STATE_DIR": str(state_dir)}
     base = _istiod_binary()
-    argv = [*base, "--xds-address", f"127.0.0.1:{xds_port}", "--monitoring-address", f"127.0.0.1:{monitoring_port}"]
+    argv = [*base, "--xds-address", f"127.0.0.1:{xds_port}", "--monitoring-address", f"127.0.0.1:{monitoring_port}",
+            "--token-ca-address", "off"]  # this demo has no pods with tokens; do not hold 15011
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
