@@ -243,26 +243,6 @@ def child_good(args: argparse.Namespace) -> None:
     _run_loop(main, args.loop)
 
 
-CHILDREN = {"_server": child_server, "_echo": child_echo, "_good": child_good}
-
-
-def child_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"floods.py {argv[0]}")
-    parser.add_argument("--ready", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--loop", default="uvloop")
-    parser.add_argument("--ca-dir")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--app-port", type=int)
-    parser.add_argument("--attack-app-port", type=int)
-    parser.add_argument("--nofile", type=int, default=SERVER_NOFILE)
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--interval", type=float, default=0.01)
-    parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--max-seconds", type=float, default=600.0)
-    CHILDREN[argv[0]](parser.parse_args(argv[1:]))
-
-
 # --- the bench process: children, sampling --------------------------------------------------------
 
 
@@ -277,6 +257,7 @@ class Child:
     ready_path: Path
     out_path: Path
     log_path: Path
+    killed: bool = False
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -295,6 +276,7 @@ class Child:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.proc.kill()
                 self.proc.wait(5)
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
@@ -324,39 +306,59 @@ def start_child(kind: str, workdir: Path, pythonpath: Path, extra: list[str]) ->
     return Child(kind.lstrip("_"), proc, ready, out, log)
 
 
-class Sampler(threading.Thread):
-    """VmRSS and open fds of one process every ``interval`` seconds, timestamped (monotonic)."""
+class Sampler:
+    """VmRSS and open fds of one process every ``interval`` seconds, timestamped (monotonic), taken by a
+    child process (``_sample``) so the attacker's CPU in this process cannot delay a sample; it appends one
+    line per sample to a file this side reads whenever it needs the figures."""
 
-    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.samples: list[tuple[float, int, int]] = []
-        self._stop_event = threading.Event()
+    def __init__(self, pid: int, run_dir: Path, interval: float = SAMPLE_INTERVAL) -> None:
+        self.path = run_dir / "samples.txt"
+        self.child = start_child(
+            "_sample", run_dir, REPO, ["--pid", str(pid), "--interval", str(interval), "--samples", str(self.path)]
+        )
+        self.child.wait_ready()
 
-    def run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop_event.is_set():
-            try:
-                rss = _vm_rss(self.pid)
-                fds = len(os.listdir(f"/proc/{self.pid}/fd"))
-            except (FileNotFoundError, ProcessLookupError):
-                return  # the process is gone
-            self.samples.append((time.monotonic(), rss, fds))
-            next_at += self.interval
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                next_at, delay = time.monotonic(), 0.0
-            self._stop_event.wait(delay)
+    @property
+    def samples(self) -> list[tuple[float, int, int]]:
+        out = []
+        with open(self.path, encoding="ascii") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:  # the last line may be half written
+                    out.append((float(parts[0]), int(parts[1]), int(parts[2])))
+        return out
 
     def stop(self) -> None:
-        self._stop_event.set()
-        self.join(5)
+        self.child.stop(5)
+        self.child.kill()
 
     def latest(self) -> tuple[float, int, int]:
         return self.samples[-1]
 
     def window(self, start: float, end: float) -> list[tuple[float, int, int]]:
         return [s for s in self.samples if start <= s[0] <= end]
+
+
+def child_sample(args: argparse.Namespace) -> None:
+    """Append ``monotonic rss_bytes fds`` for --pid every --interval seconds until SIGTERM or it exits."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with open(args.samples, "w", encoding="ascii", buffering=1) as out:
+        _write_json(args.ready, {"pid": os.getpid()})
+        next_at = time.monotonic()
+        while not stop.is_set():
+            try:
+                rss = _vm_rss(args.pid)
+                fds = len(os.listdir(f"/proc/{args.pid}/fd"))
+            except (FileNotFoundError, ProcessLookupError):
+                break  # the process is gone
+            out.write(f"{time.monotonic():.4f} {rss} {fds}\n")
+            next_at += args.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at, delay = time.monotonic(), 0.0
+            stop.wait(delay)
+    _write_json(args.out, {})
 
 
 def _vm_rss(pid: int) -> int:
@@ -540,11 +542,12 @@ async def flood_idle(port: int, ctx: Any, count: int, hold: float) -> Attack:
         except Exception as exc:  # noqa: BLE001 - the probe's failure is a measurement
             probe = f"new good connection: failed after {time.monotonic() - probe_started:.2f} s ({type(exc).__name__})"
         await asyncio.sleep(max(0.0, hold - (time.monotonic() - held_from)))
-        cut = len(lost)
+        reset_at_connect = failed.pop("ConnectionResetError", 0)
         attack = Attack(
-            sent=f"{len(transports):,} idle TCP conns opened in {opened_in:.2f} s, held {hold:.0f} s"
-            + (f"; connect failures {failed}" if failed else ""),
-            cut=f"{cut:,} of {len(transports):,} closed by the server while held",
+            sent=f"{count:,} idle TCP conns in {opened_in:.2f} s ({len(transports):,} connected), held {hold:.0f} s"
+            + (f"; other connect failures {failed}" if failed else ""),
+            cut=f"{reset_at_connect + len(lost):,} of {count:,} cut ({reset_at_connect:,} reset while connecting, "
+            f"{len(lost):,} closed while held)",
             notes=[probe],
         )
     finally:
@@ -613,6 +616,7 @@ class RunResult:
     samples: int = 0
     max_sample_gap_ms: float = 0.0
     error: str | None = None
+    load_1m: float = 0.0  # load average when the run started (the machine's noise)
 
 
 def _ms(seconds: float) -> float:
@@ -621,7 +625,7 @@ def _ms(seconds: float) -> float:
 
 def run_one(tree: Tree, flood: Flood, repeat: int, workdir: Path, ca_dir: Path, client_ctx: Any,
             args: argparse.Namespace) -> RunResult:
-    result = RunResult(flood.name, tree.label, repeat)
+    result = RunResult(flood.name, tree.label, repeat, load_1m=round(os.getloadavg()[0], 2))
     run_dir = workdir / f"{flood.name}-{tree.label}-{repeat}"
     run_dir.mkdir(parents=True)
     children: list[Child] = []
@@ -641,8 +645,7 @@ def run_one(tree: Tree, flood: Flood, repeat: int, workdir: Path, ca_dir: Path, 
         port, pid = int(ready["port"]), int(ready["pid"])
         if not str(ready["meshcore"]).startswith(str(tree.path)):
             raise BenchError(f"the server imported {ready['meshcore']}, not the tree {tree.path}")
-        sampler = Sampler(pid)
-        sampler.start()
+        sampler = Sampler(pid, run_dir)
         good = start_child(
             "_good", run_dir, REPO,
             ["--loop", args.loop, "--ca-dir", str(ca_dir), "--port", str(port),
@@ -668,8 +671,9 @@ def run_one(tree: Tree, flood: Flood, repeat: int, workdir: Path, ca_dir: Path, 
         # Settled: fds back within 10 of the baseline (bounded), then a little longer for RSS.
         deadline = attack_end + SETTLE_TIMEOUT
         while time.monotonic() < deadline and server.proc.poll() is None:
-            if sampler.latest()[2] <= result.fds_base + 10:
-                break
+            with contextlib.suppress(OSError):
+                if len(os.listdir(f"/proc/{pid}/fd")) <= result.fds_base + 10:
+                    break
             time.sleep(0.05)
         time.sleep(SETTLE_EXTRA)
         settled = time.monotonic()
@@ -681,8 +685,8 @@ def run_one(tree: Tree, flood: Flood, repeat: int, workdir: Path, ca_dir: Path, 
         result.fds_peak = max(s[2] for s in window)
         _, rss_after, fds_after = sampler.latest()
         result.rss_after_mb, result.fds_after = round(rss_after / MiB, 1), fds_after
-        result.samples = len(sampler.samples)
-        times = [s[0] for s in sampler.samples]
+        times = [s[0] for s in sampler.window(base_start, settled)]
+        result.samples = len(times)
         result.max_sample_gap_ms = _ms(max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0))
 
         records = good.stop() or []
@@ -704,6 +708,8 @@ def run_one(tree: Tree, flood: Flood, repeat: int, workdir: Path, ca_dir: Path, 
             sampler.stop()
         for child in reversed(children):
             out = child.stop()
+            if child.name == "server" and child.killed:
+                result.notes.append("the server did not stop within 15 s of SIGTERM: killed, no counters")
             if child.name == "server" and isinstance(out, dict):
                 result.server_counters = {k: v for k, v in out.items() if v}
             elif child.name == "echo" and isinstance(out, dict):
@@ -825,7 +831,7 @@ def _one_line(r: RunResult) -> str:
         f"ok {r.good_ok}, failed {r.good_failures} {r.good_errors or ''}; RSS {r.rss_base_mb:.0f} -> peak "
         f"{r.rss_peak_mb:.0f} -> after {r.rss_after_mb:.0f} MB; fds {r.fds_base} -> {r.fds_peak} -> {r.fds_after}; "
         f"app {r.app}; attack {r.attack_seconds} s, settle {r.settle_seconds} s; server {r.server_counters}; "
-        f"log lines {r.server_log_lines}; {r.samples} samples, max gap {r.max_sample_gap_ms} ms"
+        f"log lines {r.server_log_lines}; {r.samples} samples, max gap {r.max_sample_gap_ms} ms; load {r.load_1m}"
         + (f"; {'; '.join(r.notes)}" if r.notes else "")
     )
 
@@ -847,6 +853,28 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="floods-") as tmp:
         yield Path(tmp)
+
+
+CHILDREN = {"_server": child_server, "_echo": child_echo, "_good": child_good, "_sample": child_sample}
+
+
+def child_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog=f"floods.py {argv[0]}")
+    parser.add_argument("--ready", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--loop", default="uvloop")
+    parser.add_argument("--ca-dir")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--app-port", type=int)
+    parser.add_argument("--attack-app-port", type=int)
+    parser.add_argument("--nofile", type=int, default=SERVER_NOFILE)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--pid", type=int)
+    parser.add_argument("--samples")
+    CHILDREN[argv[0]](parser.parse_args(argv[1:]))
 
 
 if __name__ == "__main__":
