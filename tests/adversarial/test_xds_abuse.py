@@ -41,7 +41,7 @@ DEADLINE = 30.0
 DELTA_ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 # Opens N delta-ADS streams, one TLS connection each, waits for every first response, prints "ready";
-# then either closes them all at once ("close") or waits to be killed ("hold").
+# then either closes them all at once when a line arrives on stdin ("close") or waits to be killed ("hold").
 OPENER = textwrap.dedent(
     """
     import asyncio, pathlib, resource, sys
@@ -66,6 +66,7 @@ OPENER = textwrap.dedent(
         await asyncio.wait_for(asyncio.gather(*(c.read() for c in calls)), 60)
         print("ready", flush=True)
         if mode == "close":
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
             for c in calls:
                 c.cancel()
             await asyncio.gather(*(c.close() for c in channels))
@@ -150,18 +151,19 @@ async def poll(predicate: Callable[[], bool], what: str, deadline: float = DEADL
 async def open_streams(plane: Plane, mode: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", OPENER, plane.target, str(STREAMS), mode, str(plane.cred_dir),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=REPO,
     )
     assert proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        assert line.strip() == b"ready", f"opener did not get its streams up: {line!r} (exit {proc.returncode})"
+        await poll(lambda: plane.cp.push.connected == STREAMS, f"{STREAMS} streams registered")
     except BaseException:
         proc.kill()
         await proc.wait()
         raise
-    assert line.strip() == b"ready", f"opener did not get its streams up: {line!r} (exit {proc.returncode})"
-    await poll(lambda: plane.cp.push.connected == STREAMS, f"{STREAMS} streams registered")
     return proc
 
 
@@ -172,6 +174,10 @@ async def test_every_stream_of_a_vanished_client_is_unregistered(plane: Plane, m
     try:
         if mode == "kill":
             proc.send_signal(signal.SIGKILL)
+        else:
+            assert proc.stdin is not None
+            proc.stdin.write(b"close\n")
+            await proc.stdin.drain()
         await asyncio.wait_for(proc.wait(), 60)
     finally:
         if proc.returncode is None:
