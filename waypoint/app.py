@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from meshcore.aio.ca_client import CaCertificateProvider, CaClient, CertificateP
 from meshcore.aio.hbone_server import HboneServer, HboneServerCounters, TunnelRequest, serve_hbone
 from meshcore.aio.httpserver import HttpServer, Request, Response
 from meshcore.aio.pool import HbonePool, mtls_connector
+from meshcore.aio.process import BackgroundTasks, serve_operator_http
 from meshcore.aio.relay import relay
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
@@ -159,7 +160,7 @@ class Waypoint:
         self._ca_override = ca
         self._xds_factory = xds
         self._ca_client: CaClient | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks("waypoint")
         self._http: list[HttpServer] = []
         self._stop_requested = asyncio.Event()
         self._started = False
@@ -196,10 +197,10 @@ class Waypoint:
         self.pool = HbonePool(mtls_connector(self.tls.client))
         self.upstream_pool = HboneUpstreamPool(self.pool, self.identity)
         self.upstreams = Upstreams(self.upstream_pool, self.limits)
-        self._spawn(self.tls.run(), "tls-refresh")
+        self._tasks.spawn(self.tls.run(), "tls-refresh")
         self.source = self._config_source()
-        self._spawn(self.source.run(), "xds")
-        self._spawn(self._mark_synced(self.source), "xds-ready")
+        self._tasks.spawn(self.source.run(), "xds")
+        self._tasks.spawn(self._mark_synced(self.source), "xds-ready")
         try:
             server_context = await self.tls.server(self.identity)
         except Exception as exc:
@@ -247,10 +248,7 @@ class Waypoint:
         if hasattr(self, "upstreams"):
             await self.upstreams.aclose()
             await self.upstream_pool.aclose()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._tasks.cancel_all()
         for server in self._http:
             await server.close()
         if hasattr(self, "pool"):
@@ -443,24 +441,8 @@ class Waypoint:
         await source.ready.wait()
         self.synced.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=f"waypoint-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", task=task.get_name(), error=repr(task.exception()))
-
     async def _serve_http(self, name: str, addr: Any, routes: dict[str, Any]) -> tuple[str, int]:
-        server = HttpServer(routes, name=name)
-        try:
-            bound = await server.start(addr.host, addr.port)
-        except OSError as exc:
-            raise StartupError(f"{name} address {addr}: cannot listen: {exc.strerror or exc}") from exc
-        self._http.append(server)
-        return bound
+        return await serve_operator_http(name, addr, routes, self._http, StartupError)
 
     async def _metrics(self, _: Request) -> Response:
         return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
@@ -35,6 +35,7 @@ from meshcore.aio.ca_client import CaCertificateProvider, CaClient, CertificateP
 from meshcore.aio.hbone_server import HboneServerCounters
 from meshcore.aio.httpserver import HttpServer, Request, Response
 from meshcore.aio.pool import HbonePool, PoolKey, PoolStats, mtls_connector
+from meshcore.aio.process import BackgroundTasks, serve_operator_http
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.tls_contexts import TlsContexts
@@ -106,7 +107,7 @@ class Ztunnel:
         self.synced = asyncio.Event()
         self.source: ConfigSource | None = None
         self._ca_client: CaClient | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks("ztunnel")
         self._http: list[HttpServer] = []
         self._stop_requested = asyncio.Event()
         self._started = False
@@ -176,12 +177,12 @@ class Ztunnel:
                      services=len(state.services), policies=len(state.policies))
         else:
             self.source = self._config_source()
-            self._spawn(self.source.run(), "xds")
-            self._spawn(self._mark_synced(self.source), "xds-ready")
+            self._tasks.spawn(self.source.run(), "xds")
+            self._tasks.spawn(self._mark_synced(self.source), "xds-ready")
 
-        self._spawn(self.watcher.run(), "policy-watcher")
-        self._spawn(self.tls.run(), "tls-refresh")
-        self._spawn(self.manager.run(), "proxies")
+        self._tasks.spawn(self.watcher.run(), "policy-watcher")
+        self._tasks.spawn(self.tls.run(), "tls-refresh")
+        self._tasks.spawn(self.manager.run(), "proxies")
 
         if config.socks5_addr is not None and isinstance(self.manager, DedicatedProxyManager):
             addr = config.socks5_addr
@@ -245,10 +246,7 @@ class Ztunnel:
         if hasattr(self, "manager"):
             await self.manager.close()
         self.connections.close_all("connection closed: ztunnel stopped")
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await self._tasks.cancel_all()
         for server in self._http:
             await server.close()
         if hasattr(self, "pool"):
@@ -369,24 +367,8 @@ class Ztunnel:
         family = socket.AF_INET6 if ":" in key.dst_addr[0] else socket.AF_INET
         return self.sockets.new_socket(family, source_ip=key.src_ip)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=f"ztunnel-{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", task=task.get_name(), error=repr(task.exception()))
-
     async def _serve_http(self, name: str, addr: Any, routes: dict[str, Any]) -> tuple[str, int]:
-        server = HttpServer(routes, name=name)
-        try:
-            bound = await server.start(addr.host, addr.port)
-        except OSError as exc:
-            raise StartupError(f"{name} address {addr}: cannot listen: {exc.strerror or exc}") from exc
-        self._http.append(server)
-        return bound
+        return await serve_operator_http(name, addr, routes, self._http, StartupError)
 
     async def _metrics(self, _: Request) -> Response:
         self.connections.flush_metrics()  # bytes of live connections up to now
