@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from ambientctl.capture import CaptureSummary, LinkCapture, summarize
 from ambientctl.cluster import Cluster, ClusterSpec
-from ambientctl.cluster.mesh import Mesh
+from ambientctl.cluster.mesh import Mesh, MeshSettings
 from meshcore.store import ResourceRef, SqliteStore, load_documents, store_path
 
 T = TypeVar("T")
@@ -111,14 +111,15 @@ class MeshCluster:
     state_dir: Path
 
     @classmethod
-    def create(cls, nodes: int = 2) -> MeshCluster:
+    def create(cls, nodes: int = 2, settings: MeshSettings | None = None) -> MeshCluster:
+        """``settings``: the mesh's (e.g. ``extra_env`` with a short ``SECRET_TTL``); defaults otherwise."""
         prefix = random_prefix()
         state_dir = Path(tempfile.mkdtemp(prefix="e2e", dir="/tmp"))
         cluster = Cluster(state_dir, prefix=prefix)
         store = None
         try:
             cluster.up(ClusterSpec(nodes=nodes, prefix=prefix))
-            mesh = Mesh(cluster)
+            mesh = Mesh(cluster, settings)
             mesh.start()
             store = SqliteStore(store_path(state_dir))
             return cls(cluster, mesh, store, state_dir)
