@@ -19,6 +19,10 @@ _NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "AuthorizationPolicy": ("authorizationpolicies", ("ap",)),
     "Gateway": ("gateways", ("gtw",)),
     "HTTPRoute": ("httproutes", ()),
+    "GRPCRoute": ("grpcroutes", ()),
+    "VirtualService": ("virtualservices", ("vs",)),
+    "DestinationRule": ("destinationrules", ("dr",)),
+    "HTTPLocalRateLimitPolicy": ("httplocalratelimitpolicies", ()),
 }
 
 

@@ -22,6 +22,10 @@ KINDS: dict[str, tuple[str, bool]] = {
     "AuthorizationPolicy": ("security.istio.io/v1", True),
     "Gateway": ("gateway.networking.k8s.io/v1", True),
     "HTTPRoute": ("gateway.networking.k8s.io/v1", True),
+    "GRPCRoute": ("gateway.networking.k8s.io/v1", True),
+    "VirtualService": ("networking.istio.io/v1", True),
+    "DestinationRule": ("networking.istio.io/v1", True),
+    "HTTPLocalRateLimitPolicy": ("policy.ambientmesh.io/v1alpha1", True),
 }
 
 

@@ -23,12 +23,24 @@ import msgspec
 from .errors import InvalidResource
 from .limits import ANNOTATIONS_HINT, MAX_ANNOTATIONS_BYTES, annotations_over_limit
 from .resource import KINDS, Resource
+from .traffic_schema import (
+    DestinationRuleSpec,
+    GRPCRouteSpec,
+    HTTPLocalRateLimitPolicySpec,
+    HTTPRouteSpec,
+    VirtualServiceSpec,
+    destination_rule_problem,
+    http_route_problem,
+    virtual_service_problem,
+)
 
 # Accepted apiVersions per API group ("" is the core group). Versions Istio and Gateway API still serve.
 API_VERSIONS: dict[str, tuple[str, ...]] = {
     "": ("v1",),
     "security.istio.io": ("v1", "v1beta1"),
     "gateway.networking.k8s.io": ("v1", "v1beta1"),
+    "networking.istio.io": ("v1", "v1beta1", "v1alpha3"),
+    "policy.ambientmesh.io": ("v1alpha1",),
 }
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -216,11 +228,7 @@ class ParentReference(_K8s, frozen=True):
     port: PortNumber | None = None
 
 
-class HTTPRouteSpec(_K8s, frozen=True):
-    parent_refs: list[ParentReference] | None = None
-    hostnames: list[str] | None = None
-    # Matches, filters and backends stay loose here; the waypoint's router validates them.
-    rules: list[dict[str, Any]] | None = None
+# HTTPRoute, GRPCRoute, VirtualService, DestinationRule, HTTPLocalRateLimitPolicy: strict, in traffic_schema.
 
 
 # --- whole documents ------------------------------------------------------------------------------------
@@ -262,6 +270,26 @@ class _HTTPRouteDocument(_Document, frozen=True):
     status: dict[str, Any] | None = None
 
 
+class _GRPCRouteDocument(_Document, frozen=True):
+    spec: GRPCRouteSpec | None = None
+    status: dict[str, Any] | None = None
+
+
+class _VirtualServiceDocument(_Document, frozen=True):
+    spec: VirtualServiceSpec | None = None
+    status: dict[str, Any] | None = None
+
+
+class _DestinationRuleDocument(_Document, frozen=True):
+    spec: DestinationRuleSpec
+    status: dict[str, Any] | None = None
+
+
+class _RateLimitDocument(_Document, frozen=True):
+    spec: HTTPLocalRateLimitPolicySpec
+    status: dict[str, Any] | None = None
+
+
 _DOCUMENT_TYPES: dict[str, type[_Document]] = {
     "Namespace": _PlainDocument,
     "ServiceAccount": _PlainDocument,
@@ -270,6 +298,10 @@ _DOCUMENT_TYPES: dict[str, type[_Document]] = {
     "AuthorizationPolicy": _AuthorizationPolicyDocument,
     "Gateway": _GatewayDocument,
     "HTTPRoute": _HTTPRouteDocument,
+    "GRPCRoute": _GRPCRouteDocument,
+    "VirtualService": _VirtualServiceDocument,
+    "DestinationRule": _DestinationRuleDocument,
+    "HTTPLocalRateLimitPolicy": _RateLimitDocument,
 }
 
 
@@ -440,10 +472,22 @@ def _check_authorization_policy(typed: _AuthorizationPolicyDocument) -> None:
                 raise _Problem(f"$.spec.rules[{r}].when[{w}]", "needs values or notValues")
 
 
+def _spec_check(check: Callable[[Any], tuple[str, str] | None]) -> Callable[[Any], None]:
+    def run(typed: Any) -> None:
+        problem = check(typed.spec)
+        if problem is not None:
+            raise _Problem(*problem)
+
+    return run
+
+
 _KIND_CHECKS: dict[str, Callable[[Any], None]] = {
     "Pod": _check_pod,
     "Service": _check_service,
     "AuthorizationPolicy": _check_authorization_policy,
+    "HTTPRoute": _spec_check(http_route_problem),
+    "VirtualService": _spec_check(virtual_service_problem),
+    "DestinationRule": _spec_check(destination_rule_problem),
 }
 
 
