@@ -1,0 +1,149 @@
+"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status`` and ``explain``.
+
+- ``fetch TARGET :PORT/PATH``: GET any endpoint of the local cluster from the host (istiod's monitoring,
+  a node's ztunnel admin/metrics/readiness and node agent, a waypoint pod's admin), through
+  ``troubleshoot.reach`` (the netns is entered by the tool, no ``ip netns exec``).
+- ``check`` (``--pre`` for the machine alone): one line per check with ✔/‼/✖ and, on failure, what was
+  seen and the remediation, grouped as ``linkerd check`` prints them; exit 1 on any failure;
+  ``-o json``.
+- ``proxy-status`` (alias ``ps``): one row per proxy connected to istiod-lite, istioctl's columns.
+- ``explain FROM TO[:PORT]``: what the data plane decides for a connection (``troubleshoot.explain``).
+Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from ambientctl.cluster import Cluster, ClusterError
+from ambientctl.troubleshoot.checks import CheckResult, gather_mesh, gather_pre
+from ambientctl.troubleshoot.reach import Reach, ReachError, parse_location, parse_target
+from ambientctl.troubleshoot.syncstatus import proxy_rows, row_json, status_table
+
+from .common import EXIT_FAILURE, CliError, cli_state, print_table
+
+OK, WARN, FAIL = "✔", "‼", "✖"
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (ReachError, ClusterError) as e:
+        raise CliError(str(e)) from None
+
+
+def _reach(ctx: typer.Context) -> Reach:
+    return Reach(Cluster(cli_state(ctx).state_dir()))
+
+
+# --- fetch -------------------------------------------------------------------------------------------
+
+
+def fetch(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="istiod, node/<node> or pod/<namespace>/<name>.")],
+    location: Annotated[str, typer.Argument(help=":PORT/PATH, e.g. :15014/debug/syncz or :15000/config_dump.")],
+) -> None:
+    """GET an endpoint of the local cluster from the host (it is entered in its network namespace)."""
+    with _errors():
+        port, path = parse_location(location)
+        answer = _reach(ctx).get(parse_target(target), port, path)
+    sys.stdout.write(answer.text)
+    if answer.text and not answer.text.endswith("\n"):
+        sys.stdout.write("\n")
+    if answer.status >= 400:
+        raise CliError(f"{target} :{port}{path} answered HTTP {answer.status}")
+
+
+# --- check -------------------------------------------------------------------------------------------
+
+
+def format_results(results: Sequence[CheckResult]) -> list[str]:
+    """``linkerd check``'s layout: a heading per category, a mark per check, detail and fix indented."""
+    lines: list[str] = []
+    category = None
+    for r in results:
+        if r.category != category:
+            if lines:
+                lines.append("")
+            lines += [r.category.value, "-" * len(r.category.value)]
+            category = r.category
+        mark = FAIL if not r.ok else (WARN if r.warning else OK)
+        lines.append(f"{mark} {r.description}" + (f" ({r.detail})" if r.ok and r.detail and not r.warning else ""))
+        if not r.ok or r.warning:
+            if r.detail:
+                lines.append(f"    {r.detail}")
+            if r.remediation:
+                lines.append(f"    fix: {r.remediation}")
+    failures = sum(1 for r in results if not r.ok)
+    lines.append("")
+    lines.append(f"Status check results are {FAIL if failures else OK}" + (f" ({failures} failed)" if failures else ""))
+    return lines
+
+
+def check(
+    ctx: typer.Context,
+    pre: Annotated[bool, typer.Option("--pre", help="Only check this machine can host the mesh.")] = False,
+    output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
+) -> None:
+    """Check the machine and the mesh; exit 1 if any check fails."""
+    started = time.monotonic()
+    results = gather_pre()
+    if not pre:
+        state = cli_state(ctx)
+        cluster = Cluster(state.state_dir())
+        mesh_results, _ = gather_mesh(cluster, state.store(), Reach(cluster))
+        results += mesh_results
+    took = time.monotonic() - started
+    failures = sum(1 for r in results if not r.ok)
+    if output is Format.json:
+        typer.echo(json.dumps({"success": not failures, "seconds": round(took, 3),
+                               "results": [r.to_json() for r in results]}, indent=2, ensure_ascii=False))  # fmt: skip
+    else:
+        for line in format_results(results):
+            typer.echo(line)
+    if failures:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+# --- proxy-status ------------------------------------------------------------------------------------
+
+
+def proxy_status(
+    ctx: typer.Context,
+    output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
+) -> None:
+    """One row per proxy connected to istiod-lite and the sync state of each of its types."""
+    with _errors():
+        reach = _reach(ctx)
+        place = reach.place(parse_target("istiod"))
+        try:
+            rows = proxy_rows(reach.istiod("/debug/syncz"), f"istiod-lite@{place.host}")
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    if output is Format.json:
+        typer.echo(json.dumps([row_json(r) for r in rows], indent=2))
+        return
+    headers, table = status_table(rows)
+    print_table(headers, table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fetch")(fetch)
+    app.command("check")(check)
+    app.command("proxy-status")(proxy_status)
+    app.command("ps", hidden=True)(proxy_status)

@@ -1,0 +1,544 @@
+"""``ambientctl check``: is this machine ready for the mesh (``--pre``), and is the mesh healthy?
+
+Every check is a pure function from facts to ``CheckResult`` values (what was checked, passed or not,
+what was seen, and on failure the remediation an operator can run), so results and remediation texts
+are table-tested without a cluster. ``gather_pre`` and ``gather_mesh`` collect the facts on this
+machine and on the local cluster (through ``reach``: istiod's ``/ready``, ``/debug/registryz`` and
+``/debug/syncz``, each node's ztunnel ``/healthz/ready`` and ``/config_dump``, each node agent's
+``/readyz`` and ``/debug/pods``, each enrolled pod's nftables tables read inside its netns) and run the
+checks. A check whose facts cannot be gathered fails with the reason; nothing is skipped silently.
+Order and categories follow ``linkerd check``: host, control plane, CA, data plane, config sync,
+certificates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import partial
+from typing import Any
+
+from cryptography import x509
+
+from ambientctl.cluster import Cluster, ClusterError
+from ambientctl.cluster.mesh import ISTIOD, agent_name, ztunnel_name
+from meshcore.aio.netns import NetnsError, NetnsHandle
+from meshcore.enrollment import REDIRECTION_ANNOTATION, REDIRECTION_ENABLED, in_ambient_mesh
+from meshcore.store import SqliteStore
+
+from .reach import (
+    AGENT_MONITORING,
+    ISTIOD_MONITORING,
+    ZTUNNEL_READINESS,
+    Reach,
+    ReachError,
+    Target,
+)
+from .syncstatus import ProxyRow, proxy_rows
+
+# tool -> Debian package that provides it
+REQUIRED_TOOLS = {"ip": "iproute2", "nft": "nftables"}
+# The nftables tables the node agent installs in every enrolled pod (istio-cni's names; the raw
+# table only comes with DNS capture, so it is not required).
+REDIRECTION_TABLES = ("istio-ambient-nat", "istio-ambient-mangle")
+ROOT_WARN_DAYS = 30
+# A leaf with less than this share of its lifetime left should have been renewed (ztunnel renews at 1/2).
+LEAF_MIN_REMAINING = 0.25
+SYNC_SETTLE_S = 2.0
+NFT_TIMEOUT_S = 5.0
+
+
+class Category(StrEnum):
+    host = "host"
+    cluster = "local cluster"
+    control_plane = "control plane (istiod-lite)"
+    ca = "certificate authority"
+    data_plane = "data plane (node agents and ztunnels)"
+    redirection = "traffic redirection"
+    sync = "config sync"
+    certificates = "workload certificates"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    category: Category
+    description: str  # what holds when the check passes ("istiod-lite is ready")
+    ok: bool
+    detail: str = ""  # what was seen (always set on failure)
+    remediation: str = ""  # what to do (set on failure and warning)
+    warning: bool = False  # passed, but something needs attention soon
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "category": self.category.value,
+            "description": self.description,
+            "result": "warning" if self.ok and self.warning else ("success" if self.ok else "error"),
+            "detail": self.detail,
+            "remediation": self.remediation,
+        }
+
+
+def passed(category: Category, description: str, detail: str = "") -> CheckResult:
+    return CheckResult(category, description, True, detail)
+
+
+def failed(category: Category, description: str, detail: str, remediation: str) -> CheckResult:
+    return CheckResult(category, description, False, detail, remediation)
+
+
+def warned(category: Category, description: str, detail: str, remediation: str) -> CheckResult:
+    return CheckResult(category, description, True, detail, remediation, warning=True)
+
+
+# --- pure checks ----------------------------------------------------------------------------------------
+
+
+def host_checks(
+    euid: int, has_netns: bool, which: Callable[[str], str | None], nft_error: str | None
+) -> list[CheckResult]:
+    """Root, network namespaces, the tools, and whether the kernel's nf_tables answers ``nft``."""
+    c = Category.host
+    out = [
+        passed(c, "running as root")
+        if euid == 0
+        else failed(
+            c, "running as root", f"effective uid is {euid}",
+            "network namespaces, veth links and nftables need root: run it again with sudo",
+        ),
+        passed(c, "kernel supports network namespaces")
+        if has_netns
+        else failed(
+            c, "kernel supports network namespaces", "/proc/self/ns/net is missing",
+            "use a Linux kernel built with CONFIG_NET_NS (every distribution kernel is)",
+        ),
+    ]  # fmt: skip
+    for tool, package in REQUIRED_TOOLS.items():
+        found = which(tool)
+        out.append(
+            passed(c, f"`{tool}` is installed ({package})", found or "")
+            if found
+            else failed(c, f"`{tool}` is installed ({package})", f"`{tool}` not found on PATH",
+                        f"install it: apt-get install {package}")
+        )  # fmt: skip
+    if which("nft"):
+        out.append(
+            passed(c, "nftables works in this kernel")
+            if nft_error is None
+            else failed(
+                c, "nftables works in this kernel", nft_error,
+                "load nf_tables (modprobe nf_tables nft_chain_nat); in a container, grant CAP_NET_ADMIN",
+            )
+        )  # fmt: skip
+    return out
+
+
+def cluster_check(phase: str | None, problems: Sequence[str]) -> CheckResult:
+    c, what = Category.cluster, "the local cluster is up"
+    if phase is None or phase == "down":
+        return failed(c, what, "no local cluster in this state directory", "create it: ambientctl cluster up")
+    if phase != "up" or problems:
+        return failed(
+            c, what, f"phase {phase}: " + "; ".join(problems),
+            "recreate what is missing: ambientctl cluster down && ambientctl cluster up",
+        )  # fmt: skip
+    return passed(c, what)
+
+
+def process_check(category: Category, component: str, running: bool | None) -> CheckResult:
+    what = f"{component} is running"
+    if running:
+        return passed(category, what)
+    seen = "it was never started" if running is None else "its process exited"
+    return failed(
+        category, what, seen,
+        f"read why: ambientctl cluster logs {component}; start it again: ambientctl cluster up",
+    )  # fmt: skip
+
+
+def ready_check(category: Category, component: str, probe: str | None, remediation: str) -> CheckResult:
+    """``probe`` is None when the readiness endpoint answered 200, else what it answered."""
+    what = f"{component} is ready"
+    if probe is None:
+        return passed(category, what)
+    return failed(category, what, probe, remediation)
+
+
+def registry_check(registry: Mapping[str, Any] | str) -> CheckResult:
+    """istiod serves config: its registry answered; resources it refused are a warning with the reasons."""
+    c, what = Category.control_plane, "istiod-lite is serving configuration"
+    if isinstance(registry, str):
+        return failed(
+            c, what, registry, "read why: ambientctl cluster logs istiod; start it again: ambientctl cluster up"
+        )
+    counts = {k: len(registry.get(k) or ()) for k in ("workloads", "services", "policies")}
+    seen = ", ".join(f"{n} {k}" for k, n in counts.items())
+    problems = [p for p in registry.get("problems") or () if isinstance(p, Mapping)]
+    if problems:
+        first = problems[0]
+        return warned(
+            c, what, f"{seen}; {len(problems)} resource problem(s), first: {first.get('resource')}: "
+            f"{first.get('message')}",
+            "fix or delete the resources named: ambientctl get <kind> -n <namespace> <name> -o yaml",
+        )  # fmt: skip
+    return passed(c, what, seen)
+
+
+def root_check(root_pem: bytes | str | None, now: datetime, warn_days: int = ROOT_WARN_DAYS) -> CheckResult:
+    """The mesh's root certificate: readable, valid now, and how many days it has left."""
+    c, what = Category.ca, "the CA root certificate is valid"
+    fix = "rotate the root: plug a new root into istiod-lite (docs/operations.md) and restart the mesh"
+    if root_pem is None or isinstance(root_pem, str):
+        return failed(c, what, root_pem or "no root certificate found", "start the mesh: ambientctl cluster up")
+    try:
+        root = x509.load_pem_x509_certificate(root_pem)
+    except ValueError as e:
+        return failed(c, what, f"the root certificate cannot be read: {e}", fix)
+    start, end = root.not_valid_before_utc, root.not_valid_after_utc
+    if now < start:
+        return failed(c, what, f"not valid before {start:%Y-%m-%d %H:%M}Z: check this machine's clock", fix)
+    if now >= end:
+        return failed(c, what, f"expired on {end:%Y-%m-%d %H:%M}Z", fix)
+    days = (end - now).days
+    seen = f"{root.subject.rfc4514_string()}, valid until {end:%Y-%m-%d}Z ({days} days left)"
+    if days < warn_days:
+        return warned(c, what, seen, fix)
+    return passed(c, what, seen)
+
+
+def agent_check(node: str, pods: Mapping[str, Any] | str) -> CheckResult:
+    """The node agent's view: connected to its ztunnel, no pod it failed to capture."""
+    c, what = Category.data_plane, f"node agent on {node} has handed every pod to ztunnel"
+    if isinstance(pods, str):
+        return failed(c, what, pods, f"read why: ambientctl cluster logs {agent_name(node)}")
+    if not pods.get("ztunnel_connected"):
+        return failed(
+            c, what, "ztunnel is not connected to the node agent",
+            f"read why: ambientctl cluster logs {ztunnel_name(node)}; start it again: ambientctl cluster up",
+        )  # fmt: skip
+    failing = pods.get("failing") or {}
+    if failing:
+        shown = "; ".join(f"{uid}: {err}" for uid, err in list(failing.items())[:3])
+        return failed(c, what, f"{len(failing)} pod(s) not captured: {shown}",
+                      f"read why: ambientctl cluster logs {agent_name(node)}")  # fmt: skip
+    captured = pods.get("captured") or {}
+    waiting = [str(p.get("pod")) for p in captured.values() if isinstance(p, Mapping) and not p.get("handed_over")]
+    if waiting:
+        return failed(c, what, f"not handed over to ztunnel: {', '.join(waiting)}",
+                      f"read why: ambientctl cluster logs {ztunnel_name(node)}")  # fmt: skip
+    return passed(c, what, f"{len(captured)} pod(s) captured")
+
+
+@dataclass(frozen=True, slots=True)
+class PodRedirection:
+    """One enrolled pod: the node agent's annotation and the nftables tables found in its netns."""
+
+    namespace: str
+    name: str
+    node: str
+    annotation: str | None
+    tables: tuple[str, ...] | None = None  # None: could not be read (``error`` says why)
+    error: str = ""
+
+
+def redirection_check(pods: Sequence[PodRedirection]) -> CheckResult:
+    c = Category.redirection
+    what = "every enrolled pod's traffic is redirected to ztunnel"
+    bad: list[str] = []
+    for p in pods:
+        key = f"{p.namespace}/{p.name}"
+        if p.annotation != REDIRECTION_ENABLED:
+            bad.append(f"{key}: {REDIRECTION_ANNOTATION} is {p.annotation or 'not set'}")
+        elif p.tables is None:
+            bad.append(f"{key}: cannot read its nftables ({p.error})")
+        else:
+            missing = [t for t in REDIRECTION_TABLES if t not in p.tables]
+            if missing:
+                bad.append(f"{key}: nftables table(s) {', '.join(missing)} missing")
+    if bad:
+        nodes = sorted({p.node for p in pods if any(b.startswith(f"{p.namespace}/{p.name}:") for b in bad)})
+        return failed(
+            c, what, f"{len(bad)} of {len(pods)} pod(s): " + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""),
+            "the node agent re-applies a pod's rules when it restarts: read its log (ambientctl cluster logs "
+            + ", ".join(agent_name(n) for n in nodes)
+            + "), or recreate the pod (delete and apply it again)",
+        )  # fmt: skip
+    return passed(c, what, f"{len(pods)} pod(s)")
+
+
+def sync_checks(rows: Sequence[ProxyRow], nodes: Sequence[str]) -> list[CheckResult]:
+    c = Category.sync
+    connected = {r.node for r in rows if r.kind == "ztunnel"}
+    missing = [n for n in nodes if n not in connected]
+    out = [
+        passed(c, "every node's ztunnel is connected to istiod-lite", f"{len(nodes)} node(s)")
+        if not missing
+        else failed(
+            c, "every node's ztunnel is connected to istiod-lite", f"not connected: {', '.join(missing)}",
+            "read why: " + "; ".join(f"ambientctl cluster logs {ztunnel_name(n)}" for n in missing),
+        )
+    ]  # fmt: skip
+    nacked = [r for r in rows if r.nacks or "NACKED" in r.statuses.values()]
+    behind = [r for r in rows if not r.synced and r not in nacked]
+    what = "every proxy's configuration is in sync (no NACK, nothing stale)"
+    if nacked:
+        shown = "; ".join(f"{r.name}: {r.last_nack or 'NACKED'}" for r in nacked[:3])
+        out.append(failed(c, what, f"{len(nacked)} proxy(ies) rejected config: {shown}",
+                          "fix the resource the message names (ambientctl get ...), then re-apply it"))  # fmt: skip
+    elif behind:
+        shown = "; ".join(
+            f"{r.name}: " + ", ".join(f"{t} {s}" for t, s in r.statuses.items() if s != "SYNCED") for r in behind[:3]
+        )
+        out.append(failed(c, what, shown, "check the proxy is alive (ambientctl proxy-status) and read its log"))
+    else:
+        out.append(passed(c, what, f"{len(rows)} proxy(ies)"))
+    return out
+
+
+def certificate_check(node: str, certificates: Sequence[Mapping[str, Any]] | str,
+                      identities: Iterable[str], now: datetime) -> CheckResult:  # fmt: skip
+    """Every local identity has a certificate that is valid now with at least 1/4 of its life left."""
+    c, what = Category.certificates, f"ztunnel on {node} holds a valid certificate for every local identity"
+    fix = f"read why: ambientctl cluster logs {ztunnel_name(node)} (CA errors), and check istiod-lite is ready"
+    if isinstance(certificates, str):
+        return failed(c, what, certificates, fix)
+    by_identity = {str(e.get("identity")): e for e in certificates if isinstance(e, Mapping)}
+    wanted = sorted(set(identities))
+    bad: list[str] = []
+    soonest: tuple[float, str] | None = None
+    for identity in wanted:
+        entry = by_identity.get(identity)
+        if entry is None:
+            bad.append(f"{identity}: none held")
+            continue
+        chain = [x for x in entry.get("certChain") or () if isinstance(x, Mapping)]
+        if not chain or not str(entry.get("state", "")).startswith("Available"):
+            bad.append(f"{identity}: {entry.get('state') or 'no certificate'}")
+            continue
+        start, end = _time(chain[0].get("validFrom")), _time(chain[0].get("expirationTime"))
+        if start is None or end is None:
+            bad.append(f"{identity}: unreadable validity")
+            continue
+        if not start <= now < end:
+            bad.append(f"{identity}: {'expired' if now >= end else 'not yet valid'} ({start:%H:%M}-{end:%H:%M}Z)")
+            continue
+        left = (end - now).total_seconds() / max((end - start).total_seconds(), 1.0)
+        if left < LEAF_MIN_REMAINING:
+            bad.append(f"{identity}: near expiry ({_hours(end - now)} left, renewal overdue)")
+        if soonest is None or left < soonest[0]:
+            soonest = (left, f"first expiry in {_hours(end - now)}")
+    if bad:
+        return failed(c, what, "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""), fix)
+    return passed(c, what, f"{len(wanted)} identity(ies)" + (f", {soonest[1]}" if soonest else ""))
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _hours(delta: Any) -> str:
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# --- gathering -----------------------------------------------------------------------------------------
+
+
+def nft_problem(nft: str | None = None) -> str | None:
+    """None when ``nft list tables`` works here, else what it said."""
+    tool = nft or shutil.which("nft")
+    if tool is None:
+        return "nft not found"
+    try:
+        done = subprocess.run([tool, "list", "tables"], capture_output=True, text=True, timeout=NFT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+
+
+def gather_pre() -> list[CheckResult]:
+    return host_checks(os.geteuid(), os.path.exists("/proc/self/ns/net"), shutil.which, nft_problem())
+
+
+def _nft_tables_in(netns_path: str) -> tuple[str, ...]:
+    """The names of the inet tables inside ``netns_path`` (``nft`` run from a thread inside it)."""
+    tool = shutil.which("nft") or "nft"
+    with NetnsHandle.open(netns_path) as handle:
+        done = handle.run(
+            subprocess.run, [tool, "list", "tables", "inet"], capture_output=True, text=True, timeout=NFT_TIMEOUT_S
+        )
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip() or f"nft exited {done.returncode}")
+    return tuple(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table"))
+
+
+@dataclass
+class MeshFacts:
+    """What ``gather_mesh`` read, kept for the commands that want more than the verdicts."""
+
+    nodes: list[str] = field(default_factory=list)
+    rows: list[ProxyRow] = field(default_factory=list)
+    dumps: dict[str, Mapping[str, Any] | str] = field(default_factory=dict)
+
+
+def _probe(reach: Reach, target: Target, port: int, path: str) -> str | None:
+    try:
+        answer = reach.get(target, port, path)
+    except ReachError as e:
+        return str(e)
+    return None if answer.status == 200 else f"{target} :{port}{path} answered {answer.status}: {answer.text.strip()[:200]}"
+
+
+def _json_or_reason(fetch: Callable[[], Any]) -> Any:
+    try:
+        return fetch()
+    except ReachError as e:
+        return str(e)
+
+
+def enrolled_pods(store: SqliteStore) -> list[Any]:
+    """Running pods the mesh captures (pod label, else namespace label), as store resources."""
+    namespaces = {ns.name: ns.labels for ns in store.list("Namespace")}
+    out = []
+    for pod in store.list("Pod"):
+        if pod.status.get("phase") != "Running":
+            continue
+        if in_ambient_mesh(
+            pod.labels, pod.annotations, namespaces.get(pod.namespace, {}),
+            host_network=bool(pod.spec.get("hostNetwork")),
+        ):  # fmt: skip
+            out.append(pod)
+    return sorted(out, key=lambda p: (p.namespace, p.name))
+
+
+def gather_mesh(
+    cluster: Cluster, store: SqliteStore, reach: Reach, *, now: Callable[[], datetime] | None = None
+) -> tuple[list[CheckResult], MeshFacts]:
+    """Run every mesh check on the local cluster (module docstring)."""
+    clock = now or (lambda: datetime.now(UTC))
+    facts = MeshFacts()
+    try:
+        status = cluster.status()
+    except ClusterError as e:
+        return [failed(Category.cluster, "the local cluster is up", str(e), "ambientctl cluster up")], facts
+    results = [cluster_check(status.phase, status.problems)]
+    if status.phase in ("down",):
+        return results, facts
+    running = {p.name: p.running for p in status.processes}
+    facts.nodes = [n.name for n in status.nodes]
+    istiod = Target(ISTIOD)
+
+    cp = Category.control_plane
+    results.append(process_check(cp, ISTIOD, running.get(ISTIOD)))
+    results.append(ready_check(cp, ISTIOD, _probe(reach, istiod, ISTIOD_MONITORING, "/ready"),
+                               "read why: ambientctl cluster logs istiod; start it again: ambientctl cluster up"))  # fmt: skip
+    results.append(registry_check(_json_or_reason(lambda: reach.istiod("/debug/registryz"))))
+
+    node_targets = {n: Target("node", node=n) for n in facts.nodes}
+    with ThreadPoolExecutor(max_workers=max(4, len(facts.nodes) * 2)) as pool:
+        dump_futures = {
+            n: pool.submit(_json_or_reason, partial(reach.ztunnel, n, "/config_dump")) for n in facts.nodes
+        }
+        agent_futures = {
+            n: pool.submit(_json_or_reason, partial(reach.json, node_targets[n], AGENT_MONITORING, "/debug/pods"))
+            for n in facts.nodes
+        }
+        ready_futures = {
+            n: pool.submit(_probe, reach, node_targets[n], ZTUNNEL_READINESS, "/healthz/ready") for n in facts.nodes
+        }
+        agent_ready = {n: pool.submit(_probe, reach, node_targets[n], AGENT_MONITORING, "/readyz") for n in facts.nodes}
+        facts.dumps = {n: f.result() for n, f in dump_futures.items()}
+        dp = Category.data_plane
+        for n in facts.nodes:
+            results.append(process_check(dp, agent_name(n), running.get(agent_name(n))))
+            results.append(ready_check(dp, agent_name(n), agent_ready[n].result(),
+                                       f"read why: ambientctl cluster logs {agent_name(n)}"))  # fmt: skip
+            results.append(agent_check(n, agent_futures[n].result()))
+            results.append(process_check(dp, ztunnel_name(n), running.get(ztunnel_name(n))))
+            results.append(ready_check(dp, ztunnel_name(n), ready_futures[n].result(),
+                                       f"read why: ambientctl cluster logs {ztunnel_name(n)}; "
+                                       "start it again: ambientctl cluster up"))  # fmt: skip
+
+        results.append(root_check(_root_pem(cluster, facts), clock()))
+
+        pods = enrolled_pods(store)
+        redirect_futures = [pool.submit(_redirection, cluster, p) for p in pods]
+        results.append(redirection_check([f.result() for f in redirect_futures]))
+
+    rows = _settled_rows(reach)
+    if isinstance(rows, str):
+        results.append(failed(Category.sync, "istiod-lite reports its proxies' sync state", rows,
+                              "read why: ambientctl cluster logs istiod"))  # fmt: skip
+    else:
+        facts.rows = rows
+        results += sync_checks(rows, facts.nodes)
+
+    identities_by_node: dict[str, set[str]] = {n: set() for n in facts.nodes}
+    for p in pods:
+        node = str(p.spec.get("nodeName") or "")
+        if node in identities_by_node:
+            sa = p.spec.get("serviceAccountName") or "default"
+            identities_by_node[node].add(f"spiffe://{_trust_domain(facts)}/ns/{p.namespace}/sa/{sa}")
+    for n in facts.nodes:
+        dump = facts.dumps.get(n)
+        certs: Any = dump if isinstance(dump, str) else (dump or {}).get("certificates") or []
+        results.append(certificate_check(n, certs, identities_by_node[n], clock()))
+    return results, facts
+
+
+def _trust_domain(facts: MeshFacts) -> str:
+    for dump in facts.dumps.values():
+        if isinstance(dump, Mapping):
+            for w in dump.get("workloads") or ():
+                if isinstance(w, Mapping) and w.get("trustDomain"):
+                    return str(w["trustDomain"])
+    return "cluster.local"
+
+
+def _root_pem(cluster: Cluster, facts: MeshFacts) -> bytes | str | None:
+    """The root the nodes were given (``nodes/<node>/credential/root-cert.pem``), as a pod would see it."""
+    for n in facts.nodes:
+        path = cluster.nodes_dir / n / "credential" / "root-cert.pem"
+        try:
+            return path.read_bytes()
+        except OSError:
+            continue
+    return f"no node credential holds root-cert.pem under {cluster.nodes_dir}"
+
+
+def _redirection(cluster: Cluster, pod: Any) -> PodRedirection:
+    node = str(pod.spec.get("nodeName") or "")
+    annotation = pod.annotations.get(REDIRECTION_ANNOTATION)
+    record = cluster.find_pod(pod.name, pod.namespace)
+    if record is None:
+        return PodRedirection(pod.namespace, pod.name, node, annotation, None, "the local cluster has no such pod")
+    try:
+        tables = _nft_tables_in(str(cluster.net.netns_path(record.netns)))
+    except (OSError, NetnsError, subprocess.TimeoutExpired) as e:
+        return PodRedirection(pod.namespace, pod.name, node, annotation, None, str(e))
+    return PodRedirection(pod.namespace, pod.name, node, annotation, tables)
+
+
+def _settled_rows(reach: Reach) -> list[ProxyRow] | str:
+    """Sync rows; a response in flight (STALE) gets up to ``SYNC_SETTLE_S`` to be answered."""
+    deadline = time.monotonic() + SYNC_SETTLE_S
+    while True:
+        try:
+            rows = proxy_rows(reach.istiod("/debug/syncz"), "istiod-lite")
+        except (ReachError, ValueError) as e:
+            return str(e)
+        if all(r.synced or r.nacks for r in rows) or time.monotonic() >= deadline:
+            return rows
+        time.sleep(0.1)
