@@ -1,9 +1,13 @@
 """Validation of one Kubernetes-shaped document into a ``Resource``.
 
 One msgspec Struct per kind describes the fields the mesh reads; ``msgspec.convert`` type-checks them and
-names the failing field (``$.spec.ports[0].port``). Fields we do not model are allowed and kept, as
-kubectl keeps them: the stored ``spec``/``status`` are the document's own dicts (normalised through JSON),
-never the Structs. The only defaulting is what the Kubernetes API server itself does and the mesh relies
+names the failing field (``$.spec.ports[0].port``). First, strict decoding as the API server does it: a
+field the kind does not define is refused (``fields.unknown_fields``: ``strict decoding error: unknown
+field "spec.selectr"``), so a typo never weakens an object. Fields the kind defines but the mesh does not
+model are kept: the stored ``spec``/``status`` are the document's own dicts (normalised through JSON),
+never the Structs. Names, namespaces, label keys/values and annotation keys are checked as Kubernetes
+checks them (DNS-1123/1035, qualified names, lengths); a Service needs ports unless headless or
+ExternalName. The only defaulting is what the Kubernetes API server itself does and the mesh relies
 on: ``metadata.namespace`` -> ``default`` for namespaced kinds and ``spec.serviceAccountName`` ->
 ``default`` for pods.
 
@@ -21,6 +25,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from .errors import InvalidResource
+from .fields import (
+    dns1035_problem,
+    label_map_problem,
+    qualified_name_problem,
+    strict_decoding_error,
+    unknown_fields,
+)
 from .limits import ANNOTATIONS_HINT, MAX_ANNOTATIONS_BYTES, annotations_over_limit
 from .resource import KINDS, Resource
 from .traffic_schema import (
@@ -339,6 +350,9 @@ def _build(doc: object) -> Resource:
         raise _Problem("$.kind", f"unknown kind {kind!r}: supported kinds are {', '.join(KINDS)}")
     expected_api, namespaced = KINDS[kind]
 
+    unknown = unknown_fields(kind, doc)
+    if unknown:
+        raise _Problem("", strict_decoding_error(unknown))
     _check_string_map(doc, ("metadata", "labels"))
     _check_string_map(doc, ("metadata", "annotations"))
     try:
@@ -349,6 +363,12 @@ def _build(doc: object) -> Resource:
     _check_api_version(kind, typed.api_version, expected_api)
     meta = typed.metadata
     _check_name("$.metadata.name", meta.name, label=kind in _LABEL_NAMED_KINDS)
+    if kind == "Service" and (problem := dns1035_problem(meta.name)):
+        raise _Problem("$.metadata.name", problem)
+    _check_labels("$.metadata.labels", meta.labels)
+    for key in meta.annotations or {}:
+        if problem := qualified_name_problem(key):
+            raise _Problem("$.metadata.annotations", f"invalid key {problem}")
     over = annotations_over_limit(meta.annotations or {})
     if over is not None:
         raise _Problem(
@@ -426,8 +446,12 @@ def _check_pod(typed: _PodDocument) -> None:
 
 def _check_service(typed: _ServiceDocument) -> None:
     spec = typed.spec
+    headless = spec is not None and spec.cluster_ip == "None"
+    if not (spec and spec.ports) and not headless and not (spec and spec.type == "ExternalName"):
+        raise _Problem("$.spec.ports", "required: a Service needs at least one port (e.g. ports: [{port: 80}])")
     if spec is None:
         return
+    _check_labels("$.spec.selector", spec.selector)
     if spec.cluster_ip not in (None, "", "None"):
         _check_ip("$.spec.clusterIP", spec.cluster_ip or "")
     for i, ip in enumerate(spec.cluster_ips or ()):
@@ -450,6 +474,8 @@ def _check_authorization_policy(typed: _AuthorizationPolicyDocument) -> None:
         return
     if spec.selector is not None and (spec.target_ref is not None or spec.target_refs):
         raise _Problem("$.spec", "set either selector or targetRef/targetRefs, not both")
+    if spec.selector is not None:
+        _check_labels("$.spec.selector.matchLabels", spec.selector.match_labels)
     if spec.action == "CUSTOM" and not spec.provider:
         raise _Problem("$.spec.provider", "required when action is CUSTOM")
     for r, rule in enumerate(spec.rules or ()):
@@ -518,6 +544,12 @@ def _check_name(path: str, name: str, *, label: bool) -> None:
     problem = name_problem(name, label=label)
     if problem:
         raise _Problem(path, problem)
+
+
+def _check_labels(path: str, labels: Mapping[str, str] | None) -> None:
+    bad = label_map_problem(labels or {})
+    if bad is not None:
+        raise _Problem(f"{path}.{bad[0]}", f"invalid label {bad[1]}")
 
 
 def _check_ip(path: str, value: str) -> None:
