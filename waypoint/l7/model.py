@@ -19,6 +19,7 @@ from typing import Protocol
 
 from meshcore.aio.streams import ByteStream
 from meshcore.identity import SpiffeId
+from waypoint.resilience.retry import RetryPolicy
 
 HeaderList = tuple[tuple[str, str], ...]
 
@@ -116,15 +117,41 @@ class LocalResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class Upstream:
+    """One upstream endpoint: the ``UpstreamPool`` key and how records name it."""
+
+    endpoint: Hashable
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorTarget:
+    """Where a fire-and-forget copy of the request goes; its authority gets ``-shadow`` (Envoy's rule)."""
+
+    endpoint: Hashable
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
 class Forward:
-    """Send the request to ``endpoint`` (any hashable key the ``UpstreamPool`` understands)."""
+    """Send the request to ``endpoint`` (any hashable key the ``UpstreamPool`` understands).
+
+    With ``retry``, a failed attempt (``RetryPolicy.retry_on``) is retried on the first of
+    ``alternatives`` not tried yet (then ``endpoint`` again); each attempt is bounded by
+    ``retry.per_try_timeout`` and the whole request by ``timeout``. ``flags`` are response flags the
+    decision already earned (``DI``: an injected delay) and are kept in the record.
+    """
 
     endpoint: Hashable
     protocol: HttpProtocol | None = None  # None: the downstream's protocol (Envoy's use_downstream_protocol)
     label: str = ""  # how records name the upstream (e.g. "10.0.3.7:8080"); default str(endpoint)
     set_headers: HeaderList = ()  # request headers replaced/added before forwarding
     remove_headers: tuple[str, ...] = ()  # request headers removed before forwarding
-    timeout: float | None = None  # whole-response timeout (504, flag UT); None: none
+    timeout: float | None = None  # whole-request timeout, retries included (504, flag UT); None: none
+    retry: RetryPolicy | None = None
+    alternatives: tuple[Upstream, ...] = ()  # other endpoints for retries, in preference order
+    mirrors: tuple[MirrorTarget, ...] = ()
+    flags: str = ""
 
 
 Decision = LocalResponse | Forward
@@ -150,6 +177,18 @@ class UpstreamPool(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """One upstream attempt of a request: where it went and how it ended (``status`` 0: no response;
+    ``flags`` then say why: UF, UC, UT, UPE)."""
+
+    upstream: str
+    endpoint: Hashable
+    status: int
+    flags: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
 class RequestRecord:
     """One finished (or refused) request, for metrics and the access log. ``duration`` is in seconds
     from the request head to the end of the response; bytes count bodies only (Envoy's BYTES_*)."""
@@ -170,6 +209,7 @@ class RequestRecord:
     connection: ConnectionFacts
     grpc_status: str | None = None
     detail: str = ""  # why a local reply or refusal happened (Envoy's response_code_details)
+    attempts: tuple[Attempt, ...] = ()  # every upstream attempt, in order (retries included); () if none
 
 
 @dataclass(slots=True)
@@ -185,3 +225,9 @@ class HttpCounters:
     abusive_connections: int = 0  # HTTP/2 GOAWAY(ENHANCE_YOUR_CALM): rapid reset, CONTINUATION flood
     protocol_errors: int = 0  # HTTP/2 connections ended by a protocol error
     upgrades: int = 0  # connections switched to opaque bytes after a 101
+    retries: int = 0  # upstream attempts after the first (Envoy's upstream_rq_retry)
+    retries_exhausted: int = 0  # retriable failures answered because no retry was left or allowed
+    mirrored: int = 0  # copies sent to mirror backends
+    mirrors_dropped: int = 0  # copies not sent (body over the replay buffer, too many in flight, no owner)
+    mirror_failures: int = 0  # copies whose upstream failed (never seen by the client)
+    mirrors_in_flight: int = 0  # copies being sent now (a gauge; bounded by the engine)

@@ -18,6 +18,17 @@ Failure rules (fail closed, one connection at a time):
   started the downstream stream is reset / the HTTP/1 connection closed instead;
 - a reused HTTP/1 upstream connection that turns out closed before answering a body-less request is
   retried once on another connection (the keep-alive race every proxy has);
+- with ``Forward.retry``, an attempt whose outcome matches ``retry_on`` (a response status, or a failure
+  before any response) is retried after a jittered backoff, on the first ``Forward.alternatives``
+  endpoint not tried yet; only while nothing went downstream, the request body ended and fitted the
+  replay buffer (64 KiB: a longer body is never resent), attempts are left, and the request timeout
+  (``Forward.timeout``, over all attempts) has time left; each attempt is bounded by the per-try
+  timeout. Every attempt is in the record (``RequestRecord.attempts``: one record per request, its
+  attempts in order); retries that ran out add flag ``URX``;
+- ``Forward.mirrors`` get a fire-and-forget copy (authority ``<host>-shadow``) as a task of ``background``
+  once the request body is known (at once for body-less requests); the copy's answer is read and dropped,
+  failures counted, copies over 256 in flight (or bodies over the replay buffer) dropped and counted; the
+  primary response never waits for a copy;
 - a downstream that goes away mid-request aborts the upstream exchange (flag DC).
 Every task is owned: HTTP/2 stream tasks by the connection's TaskGroup, request-body pumps by their request.
 """
@@ -27,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -55,21 +68,30 @@ from waypoint.l7.http1 import Http1Server
 from waypoint.l7.http2 import ENHANCE_YOUR_CALM, H2Server
 from waypoint.l7.model import (
     DEFAULT_LIMITS,
+    Attempt,
     ConnectionFacts,
     Forward,
     HttpCounters,
     HttpLimits,
     HttpProtocol,
     LocalResponse,
+    MirrorTarget,
     Request,
     RequestHandler,
     RequestRecord,
+    Upstream,
 )
 from waypoint.l7.upstream import Exchange, UpstreamError, Upstreams
+from waypoint.resilience.retry import REPLAY_BUFFER, GiveUp, Outcome, ReplayBuffer, Retry, RetryState
+from waypoint.resilience.timeouts import Deadline
 
 log = structlog.get_logger("waypoint.http")
 
 OnComplete = Callable[[RequestRecord], None]
+Spawn = Callable[[Coroutine[Any, Any, None]], object]
+"""Runs a coroutine as a task someone owns (the waypoint's background tasks): mirrors go there."""
+_MIRROR_LIMIT = 256  # mirror copies in flight at once (process-wide); past it a copy is dropped and counted
+_MIRROR_TIMEOUT = 30.0  # seconds a mirror copy may take before it is abandoned
 _DRAIN_LIMIT = 64 * 1024  # body bytes read and discarded after a local response before closing instead
 _TEXT = (("content-type", "text/plain"),)
 _UPSTREAM_RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
@@ -109,6 +131,8 @@ class _Ctx:
     counters: HttpCounters
     protocol: HttpProtocol
     peer: str = ""
+    background: Spawn | None = None
+    rng: random.Random = field(default_factory=random.Random)
 
 
 @dataclass(slots=True)
@@ -124,6 +148,14 @@ class _Rec:
     upstream: str | None = None
     grpc_status: str | None = None
     detail: str = ""
+    decision_flags: str = ""  # flags the decision earned (DI) before the upstream's own
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def _flags(rec: _Rec) -> str:
+    if not rec.decision_flags or rec.decision_flags == "-":
+        return rec.flags
+    return rec.decision_flags if rec.flags == "-" else f"{rec.decision_flags},{rec.flags}"
 
 
 def _emit(ctx: _Ctx, rec: _Rec) -> None:
@@ -132,9 +164,9 @@ def _emit(ctx: _Ctx, rec: _Rec) -> None:
     head = rec.head
     protocol = "HTTP/2" if head.http_version == "2" else f"HTTP/{head.http_version}"
     record = RequestRecord(
-        head.method, head.path, rec.authority, head.scheme, protocol, rec.status, rec.flags, rec.request_bytes,
+        head.method, head.path, rec.authority, head.scheme, protocol, rec.status, _flags(rec), rec.request_bytes,
         rec.response_bytes, time.monotonic() - rec.started, rec.upstream, rec.request_id, head.user_agent,
-        ctx.facts, rec.grpc_status, rec.detail,
+        ctx.facts, rec.grpc_status, rec.detail, tuple(rec.attempts),
     )
     try:
         ctx.on_complete(record)
@@ -370,6 +402,7 @@ async def _forward(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers, 
         protocol = HttpProtocol.HTTP1  # upgrades exist only in HTTP/1.1
     label = decision.label or str(decision.endpoint)
     rec.upstream = label
+    rec.decision_flags = decision.flags
     if decision.set_headers or decision.remove_headers:
         headers = apply_edits(headers, decision.set_headers, decision.remove_headers)
     body_buffer: list[bytes] | None = None
@@ -377,18 +410,159 @@ async def _forward(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers, 
         body_buffer = await _buffer_body(ctx, down, rec)
         if body_buffer is None:
             return False
-    attempts = 2 if protocol is HttpProtocol.HTTP1 and head.end_stream else 1
-    for attempt in range(attempts):
+    policy = decision.retry if head.upgrade is None else None
+    keep_body = body_buffer is None and not head.end_stream and (policy is not None or bool(decision.mirrors))
+    retrying = _Retrying(
+        RetryState(policy, ctx.rng) if policy is not None and policy.attempts > 0 else None,
+        Deadline.start(time.monotonic(), decision.timeout, policy.per_try_timeout if policy else None),
+        ReplayBuffer(policy.replay_buffer if policy else REPLAY_BUFFER) if keep_body else None,
+        ctx.counters,
+    )
+    mirrored = False
+    if decision.mirrors and not keep_body:
+        mirrored = True
+        _spawn_mirrors(ctx, decision, protocol, head, headers, rec.authority, body_buffer or [])
+    targets = (Upstream(decision.endpoint, label), *decision.alternatives)
+    tried: list[Hashable] = []
+    try:
+        while True:
+            target = next((t for t in targets if t.endpoint not in tried), targets[len(tried) % len(targets)])
+            tried.append(target.endpoint)
+            rec.upstream = target.label
+            body = body_buffer
+            if body is None and len(tried) > 1 and retrying.replay is not None:
+                body = retrying.replay.chunks  # a retry: the whole body is here (wants() checked it ended)
+            result = await _attempt(ctx, down, head, headers, rec, protocol, target, body, retrying,
+                                    resend=len(tried) > 1)
+            if result is not _RETRY:
+                return bool(result)
+            ctx.counters.retries += 1
+            log.debug("retrying upstream request", upstream=target.label, attempt=len(tried) + 1,
+                      backoff=round(retrying.delay, 4))
+            if retrying.delay > 0:
+                await asyncio.sleep(retrying.delay)
+    finally:
+        if not mirrored and decision.mirrors:
+            replay = retrying.replay
+            if replay is not None and replay.replayable and down.request_ended:
+                _spawn_mirrors(ctx, decision, protocol, head, headers, rec.authority, replay.chunks)
+            else:
+                ctx.counters.mirrors_dropped += len(decision.mirrors)  # the body did not fit: no copy
+
+
+class _RetryMarker:
+    """Returned by an attempt that should be retried (nothing was sent downstream)."""
+
+
+_RETRY = _RetryMarker()
+
+
+@dataclass(slots=True)
+class _Retrying:
+    """One request's retry state in the engine: the pure ``RetryState``, the deadline, the body replay
+    buffer, and what the last verdict said."""
+
+    state: RetryState | None
+    deadline: Deadline
+    replay: ReplayBuffer | None
+    counters: HttpCounters
+    delay: float = 0.0
+    exhausted: bool = False
+
+    def wants(self, outcome: Outcome, down: _Down, *, request_timed_out: bool = False) -> bool:
+        """Whether the attempt that ended in ``outcome`` is retried (then ``delay`` is its backoff)."""
+        if self.state is None:
+            return False
+        replayable = down.request_ended and (self.replay is None or self.replay.replayable)
+        verdict = self.state.after(outcome, body_replayable=replayable, response_started=down.response_started,
+                                   request_timed_out=request_timed_out)
+        if isinstance(verdict, Retry):
+            left = self.deadline.remaining(time.monotonic())
+            if left is None or left > verdict.delay:
+                self.delay = verdict.delay
+                return True
+            verdict = GiveUp("request timeout before the next retry")
+        if verdict.reason != "not retriable":
+            self.counters.retries_exhausted += 1
+            self.exhausted = verdict.reason.startswith("retries exhausted")  # Envoy's URX
+            log.debug("not retrying", reason=verdict.reason)
+        return False
+
+
+def _note_attempt(rec: _Rec, target: Upstream, status: int, flags: str, started: float) -> None:
+    rec.attempts.append(Attempt(target.label, target.endpoint, status, flags, time.monotonic() - started))
+
+
+async def _attempt(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers, rec: _Rec, protocol: HttpProtocol,
+                   target: Upstream, body: list[bytes] | None, retrying: _Retrying,
+                   *, resend: bool) -> bool | _RetryMarker:
+    """One attempt at ``target``: keep-alive, or ``_RETRY``. A reused HTTP/1 connection found closed before
+    answering a body-less request is tried once more on a fresh one (not an attempt of its own)."""
+    connections = 2 if protocol is HttpProtocol.HTTP1 and head.end_stream else 1
+    for n in range(connections):
+        started = time.monotonic()
         try:
-            exchange = await ctx.upstreams.open(decision.endpoint, protocol, label)
+            exchange = await ctx.upstreams.open(target.endpoint, protocol, target.label)
         except UpstreamError as exc:
+            _note_attempt(rec, target, 0, exc.flag, started)
+            if retrying.wants(Outcome.failure(exc.flag), down):
+                return _RETRY
             ctx.counters.upstream_failures += 1
-            return await _upstream_failed(down, rec, exc, "connection failure")
-        outcome = await _exchange(ctx, down, head, headers, decision, rec, exchange, body_buffer,
-                                  retry=attempt + 1 < attempts)
+            return await _upstream_failed(down, rec, exc, "connection failure", retrying.exhausted)
+        outcome = await _exchange(ctx, down, head, headers, rec, exchange, body, retrying, target, started,
+                                  retry=n + 1 < connections, resend=resend)
         if outcome is not None:
             return outcome
-    raise AssertionError("unreachable: the last attempt never asks for a retry")
+    raise AssertionError("unreachable: the last connection never asks for a retry")
+
+
+def shadow_authority(authority: str) -> str:
+    """Envoy's mirror host: ``-shadow`` appended to the host, before any port (``echo:80`` -> ``echo-shadow:80``)."""
+    if authority.startswith("["):
+        return authority  # an IPv6 literal has no name to suffix
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit():
+        return f"{host}-shadow:{port}"
+    return f"{authority}-shadow"
+
+
+def _spawn_mirrors(ctx: _Ctx, decision: Forward, protocol: HttpProtocol, head: RequestHead, headers: Headers,
+                   authority: str, body: list[bytes]) -> None:
+    for target in decision.mirrors:
+        if ctx.background is None or ctx.counters.mirrors_in_flight >= _MIRROR_LIMIT:
+            ctx.counters.mirrors_dropped += 1
+            continue
+        ctx.counters.mirrored += 1
+        ctx.counters.mirrors_in_flight += 1
+        ctx.background(_mirror(ctx, target, protocol, head, headers, shadow_authority(authority), list(body)))
+
+
+async def _mirror(ctx: _Ctx, target: MirrorTarget, protocol: HttpProtocol, head: RequestHead, headers: Headers,
+                  authority: str, body: list[bytes]) -> None:
+    """Fire and forget: send the copy, read and drop the answer; failures are counted, never surfaced."""
+    ok = False
+    exchange: Exchange | None = None
+    try:
+        async with asyncio.timeout(_MIRROR_TIMEOUT):
+            exchange = await ctx.upstreams.open(target.endpoint, protocol, target.label)
+            length = sum(map(len, body))
+            await exchange.start(head.method, head.scheme, authority, head.path, headers,
+                                 content_length=length if body else head.content_length, end_stream=not body,
+                                 upgrade=False)
+            if body:
+                for chunk in body:
+                    await exchange.send_data(chunk)
+                await exchange.send_end([])
+            while not isinstance(await exchange.next_event(), EndOfMessage):
+                pass
+            ok = True
+    except (UpstreamError, TimeoutError, ConnectionError, OSError) as exc:
+        ctx.counters.mirror_failures += 1
+        log.debug("mirror failed", upstream=target.label, error=str(exc) or type(exc).__name__)
+    finally:
+        ctx.counters.mirrors_in_flight -= 1
+        if exchange is not None:
+            exchange.finish(ok)
 
 
 async def _buffer_body(ctx: _Ctx, down: _Down, rec: _Rec) -> list[bytes] | None:
@@ -412,8 +586,8 @@ async def _buffer_body(ctx: _Ctx, down: _Down, rec: _Rec) -> list[bytes] | None:
     return chunks
 
 
-async def _upstream_failed(down: _Down, rec: _Rec, exc: UpstreamError, reason: str) -> bool:
-    rec.flags = exc.flag
+async def _upstream_failed(down: _Down, rec: _Rec, exc: UpstreamError, reason: str, exhausted: bool = False) -> bool:
+    rec.flags = f"{exc.flag},URX" if exhausted else exc.flag
     rec.detail = exc.detail
     if down.response_started:
         down.abort()
@@ -446,14 +620,16 @@ async def _refused_mid_request(ctx: _Ctx, down: _Down, rec: _Rec, refusal: Refus
     down.abort()
 
 
-async def _pump(down: _Down, exchange: Exchange, rec: _Rec) -> Refusal | str | None:
-    """Copy the request body to the upstream. Returns None when done, a Refusal or a reason string when
-    the downstream failed (the exchange is then aborted by the caller)."""
+async def _pump(down: _Down, exchange: Exchange, rec: _Rec, replay: ReplayBuffer | None) -> Refusal | str | None:
+    """Copy the request body to the upstream (and into ``replay``, for a retry or a mirror). Returns None
+    when done, a Refusal or a reason string when the downstream failed (the caller aborts the exchange)."""
     try:
         while True:
             event = await down.next_body_event()
             if isinstance(event, Body):
                 rec.request_bytes += len(event.data)
+                if replay is not None:
+                    replay.add(event.data)
                 await exchange.send_data(event.data)
             else:
                 await exchange.send_end(event.trailers)
@@ -466,9 +642,11 @@ async def _pump(down: _Down, exchange: Exchange, rec: _Rec) -> Refusal | str | N
         return None  # the upstream broke: the response side reports it
 
 
-async def _exchange(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers, decision: Forward,
-                    rec: _Rec, exchange: Exchange, body: list[bytes] | None, *, retry: bool) -> bool | None:
-    """Run one upstream exchange. Returns keep-alive, or None to ask for a retry on a fresh connection."""
+async def _exchange(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers, rec: _Rec, exchange: Exchange,
+                    body: list[bytes] | None, retrying: _Retrying, target: Upstream, started: float, *, retry: bool,
+                    resend: bool) -> bool | _RetryMarker | None:
+    """Run one upstream exchange. Returns keep-alive, ``_RETRY`` for a new attempt, or None to ask for the
+    same attempt on a fresh connection (a stale keep-alive connection)."""
     ok = False
     pump: asyncio.Task[Refusal | str | None] | None = None
     try:
@@ -481,32 +659,46 @@ async def _exchange(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers,
                              upgrade=head.upgrade is not None)
         if body is not None:
             for chunk in body:
-                rec.request_bytes += len(chunk)
+                if not resend:
+                    rec.request_bytes += len(chunk)
                 await exchange.send_data(chunk)
             await exchange.send_end([])
         elif not head.end_stream:
             if head.expect_continue:
                 await down.send_continue()
-            pump = asyncio.get_running_loop().create_task(_pump(down, exchange, rec))
+            pump = asyncio.get_running_loop().create_task(_pump(down, exchange, rec, retrying.replay))
+        timeout, per_try = retrying.deadline.attempt_timeout(time.monotonic())
         try:
-            async with asyncio.timeout(decision.timeout):
-                keep = await _relay_response(ctx, down, head, rec, exchange, pump)
+            async with asyncio.timeout(timeout):
+                keep = await _relay_response(ctx, down, head, rec, exchange, pump, retrying)
         except TimeoutError:
+            _note_attempt(rec, target, 0, "UT", started)
+            if not down.response_started and retrying.wants(Outcome.failure("UT"), down,
+                                                            request_timed_out=not per_try):
+                return _RETRY
             ctx.counters.upstream_failures += 1
-            return await _upstream_failed(down, rec, UpstreamError("UT", "upstream request timeout"), "timeout")
+            return await _upstream_failed(down, rec, UpstreamError("UT", "upstream request timeout"), "timeout",
+                                          retrying.exhausted)
+        if keep is _RETRY:
+            _note_attempt(rec, target, rec.status, "-", started)
+            return _RETRY
+        _note_attempt(rec, target, rec.status, "-" if keep is not None else rec.flags, started)
         if keep is None:  # the downstream failed while its body was being pumped
             return False
         ok = True
-        return keep and down.request_ended
+        return bool(keep) and down.request_ended
     except UpstreamError as exc:
         if retry and not exchange.response_started and exc.flag == "UC" and not down.response_started:
             log.debug("retrying on a new upstream connection", upstream=rec.upstream, detail=exc.detail)
             return None
+        _note_attempt(rec, target, 0, exc.flag, started)
+        if not down.response_started and retrying.wants(Outcome.failure(exc.flag), down):
+            return _RETRY
         if exc.flag == "UPE":
             ctx.counters.upstream_protocol_errors += 1
         else:
             ctx.counters.upstream_failures += 1
-        return await _upstream_failed(down, rec, exc, "connection termination")
+        return await _upstream_failed(down, rec, exc, "connection termination", retrying.exhausted)
     finally:
         if pump is not None and not pump.done():
             pump.cancel()
@@ -516,7 +708,8 @@ async def _exchange(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers,
 
 
 async def _relay_response(ctx: _Ctx, down: _Down, head: RequestHead, rec: _Rec, exchange: Exchange,
-                          pump: asyncio.Task[Refusal | str | None] | None) -> bool | None:
+                          pump: asyncio.Task[Refusal | str | None] | None,
+                          retrying: _Retrying) -> bool | _RetryMarker | None:
     while True:
         if pump is not None and not pump.done():
             getter = asyncio.ensure_future(exchange.next_event())
@@ -539,6 +732,9 @@ async def _relay_response(ctx: _Ctx, down: _Down, head: RequestHead, rec: _Rec, 
             continue  # 1xx are hop-by-hop: we answered 100-continue ourselves
         if isinstance(event, ResponseHead):
             rec.status = event.status
+            if (retrying.state is not None and event.status >= 300
+                    and retrying.wants(Outcome.response(event.status), down)):
+                return _RETRY  # nothing went downstream; the exchange is dropped, not reused
             if event.status == 101 and head.upgrade is not None and isinstance(down, _H1Down):
                 await _tunnel(ctx, down, exchange, event)
                 return False
@@ -618,12 +814,15 @@ async def serve_http(
     on_complete: OnComplete | None = None,
     counters: HttpCounters | None = None,
     protocol: Detected | None = None,
+    background: Spawn | None = None,
+    rng: random.Random | None = None,
 ) -> None:
     """Serve HTTP on ``downstream`` until it closes (see the module docstring).
 
     ``first_bytes`` are what was already read from it (``sniff``); ``protocol`` is the detected protocol
     (detected from ``first_bytes`` when None; it must then be decisive). Closes ``downstream`` at the end.
-    Never raises for anything the peer or an upstream did.
+    ``background`` owns mirror copies (None: mirrors are dropped and counted); ``rng`` jitters retry
+    backoff (injectable for tests). Never raises for anything the peer or an upstream did.
     """
     facts = connection or ConnectionFacts()
     counters = counters if counters is not None else HttpCounters()
@@ -634,7 +833,7 @@ async def serve_http(
     counters.connections += 1
     ctx = _Ctx(handler, upstreams, limits, facts, on_complete, counters,
                HttpProtocol.HTTP2 if protocol is Detected.HTTP2 else HttpProtocol.HTTP1,
-               f"{facts.source_ip}:{facts.source_port}")
+               f"{facts.source_ip}:{facts.source_port}", background, rng or random.Random())
     try:
         if protocol is Detected.HTTP2:
             await _H2DownConn(ctx, downstream).run(first_bytes)

@@ -256,6 +256,7 @@ def test_a_name_taken_by_an_application_service_is_refused_with_another_name_to_
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "reviews-waypoint", "namespace": "shop"},
+        "spec": {"ports": [{"port": 80}]},
     }
     ctl.put(app_service)
     result = ctl.fails("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
@@ -281,6 +282,7 @@ def test_the_waypoints_own_service_does_not_block_a_reapply(ctl: Ctl) -> None:
             "namespace": "shop",
             "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"},
         },
+        "spec": {"ports": [{"port": 15008}]},
     }
     ctl.put(own)
     ctl.ok("waypoint", "apply", "-n", "shop", "--for", "all")

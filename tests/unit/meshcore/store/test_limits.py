@@ -103,7 +103,7 @@ def test_the_store_refuses_an_object_over_etcds_limit_and_applies_nothing_of_the
 ) -> None:
     small = build_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
     # Labels and spec are not limited by validation; together they exceed 1.5 MiB.
-    big = build_resource(pod_doc(blob=["y" * 1024] * (MAX_OBJECT_BYTES // 1024)))
+    big = build_resource(pod_doc(nodeSelector={f"k{i}": "y" * 1024 for i in range(MAX_OBJECT_BYTES // 1024)}))
     with pytest.raises(ResourceTooLarge) as info:
         store.apply([small, big])
     message = str(info.value)
@@ -116,7 +116,7 @@ def test_the_store_refuses_an_object_over_etcds_limit_and_applies_nothing_of_the
 
 def test_an_object_just_under_etcds_limit_is_stored(store: SqliteStore) -> None:
     # The body adds the metadata and JSON framing to the spec; leave it 4 KiB of room.
-    (result,) = store.apply([build_resource(pod_doc(blob="y" * (MAX_OBJECT_BYTES - 4096)))])
+    (result,) = store.apply([build_resource(pod_doc(hostname="y" * (MAX_OBJECT_BYTES - 4096)))])
     assert result.action == "created"
     got = store.get(ResourceRef("Pod", "demo", "web"))
-    assert isinstance(got, Resource) and len(got.spec["blob"]) == MAX_OBJECT_BYTES - 4096
+    assert isinstance(got, Resource) and len(got.spec["hostname"]) == MAX_OBJECT_BYTES - 4096

@@ -72,8 +72,8 @@ def test_pod_ready_reads_the_ready_condition() -> None:
 def test_dates_in_yaml_are_stored_as_strings_so_they_read_back_equal() -> None:
     import datetime
 
-    ns = build_resource(doc("Namespace", "demo", spec={"when": datetime.date(2024, 1, 2)}))
-    assert ns.spec == {"when": "2024-01-02"}
+    pod = build_resource(doc("Pod", "demo", spec={"nodeSelector": {"when": datetime.date(2024, 1, 2)}}))
+    assert pod.spec["nodeSelector"] == {"when": "2024-01-02"}
 
 
 INVALID = [
