@@ -35,9 +35,12 @@ RETRY_MAX = 30.0
 
 
 def select_local_workloads(state: ProxyState, node: str) -> dict[str, Workload]:
-    """uid -> workload for the workloads this node's ztunnel serves (node matches, in the mesh, has an IP)."""
+    """uid -> workload for the workloads this node's ztunnel serves (node matches, in the mesh, has an IP).
+
+    A workload with ``native_tunnel`` (a waypoint) terminates HBONE itself: ztunnel never proxies for it."""
     return {
-        uid: w for uid, w in state.workloads.items() if w.node == node and w.in_mesh and w.addresses
+        uid: w for uid, w in state.workloads.items()
+        if w.node == node and w.in_mesh and w.addresses and not w.native_tunnel
     }
 
 
