@@ -181,6 +181,16 @@ def _grpc_status(headers: Headers) -> str | None:
     return None
 
 
+def _grpc_code(headers: Headers) -> int | None:
+    text = _grpc_status(headers)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _refused(exc: UpstreamError) -> bool:
+    """An HTTP/2 REFUSED_STREAM reset (code 7): the upstream never processed the request."""
+    return exc.detail.endswith("(error code 7)")
+
+
 # --- the downstream side of one request (HTTP/1 and HTTP/2 behind one face) ---------------------------
 
 
@@ -692,7 +702,7 @@ async def _exchange(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers,
             log.debug("retrying on a new upstream connection", upstream=rec.upstream, detail=exc.detail)
             return None
         _note_attempt(rec, target, 0, exc.flag, started)
-        if not down.response_started and retrying.wants(Outcome.failure(exc.flag), down):
+        if not down.response_started and retrying.wants(Outcome.failure(exc.flag, refused=_refused(exc)), down):
             return _RETRY
         if exc.flag == "UPE":
             ctx.counters.upstream_protocol_errors += 1
@@ -732,8 +742,8 @@ async def _relay_response(ctx: _Ctx, down: _Down, head: RequestHead, rec: _Rec, 
             continue  # 1xx are hop-by-hop: we answered 100-continue ourselves
         if isinstance(event, ResponseHead):
             rec.status = event.status
-            if (retrying.state is not None and event.status >= 300
-                    and retrying.wants(Outcome.response(event.status), down)):
+            if retrying.state is not None and retrying.wants(
+                    Outcome.response(event.status, _grpc_code(event.headers)), down):
                 return _RETRY  # nothing went downstream; the exchange is dropped, not reused
             if event.status == 101 and head.upgrade is not None and isinstance(down, _H1Down):
                 await _tunnel(ctx, down, exchange, event)

@@ -7,7 +7,12 @@
 - ``gateway-error``: 502, 503, 504, or no response at all;
 - ``connect-failure``: the upstream could not be reached (flag ``UF``);
 - ``reset``: the upstream went away before a response (``UC``, ``UF``) or a per-try timeout (``UT``);
-- ``retriable-status-codes``: a status in ``retriable_status_codes``.
+- ``retriable-status-codes``: a status in ``retriable_status_codes``;
+- ``retriable-4xx``: a 409; ``refused-stream``: an HTTP/2 stream the upstream refused (REFUSED_STREAM,
+  never processed);
+- gRPC ``cancelled``, ``deadline-exceeded``, ``internal``, ``resource-exhausted``, ``unavailable``: that
+  ``grpc-status`` in the response headers (a trailers-only answer; a status in trailers comes after the
+  response started and is never retried).
 
 ``RetryState`` is one request's progress: ``after(outcome, now)`` says ``Retry(delay)`` or
 ``GiveUp(reason)``. Invariants: a request whose body outgrew the replay buffer (``body_replayable``
@@ -22,7 +27,9 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-RETRY_ON = frozenset({"5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes"})
+GRPC_RETRY_ON = {"cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14}
+RETRY_ON = frozenset({"5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes", "retriable-4xx",
+                      "refused-stream", *GRPC_RETRY_ON})
 GATEWAY_ERRORS = frozenset({502, 503, 504})
 REPLAY_BUFFER = 64 * 1024  # request body bytes kept for a retry; a longer body is never resent
 DEFAULT_BACKOFF_BASE = 0.025  # Envoy's default base interval (25 ms); max defaults to 10x base
@@ -81,24 +88,29 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one attempt ended: a response ``status``, or a failure ``flag`` before any response
-    (``UF`` connect failure, ``UC`` reset, ``UT`` per-try timeout, ``UPE`` protocol error)."""
+    (``UF`` connect failure, ``UC`` reset, ``UT`` per-try timeout, ``UPE`` protocol error); ``refused``:
+    the reset was an HTTP/2 REFUSED_STREAM; ``grpc_status``: from the response headers, if there."""
 
     status: int = 0
     flag: str = ""
+    grpc_status: int | None = None
+    refused: bool = False
 
     @classmethod
-    def response(cls, status: int) -> Outcome:
-        return cls(status=status)
+    def response(cls, status: int, grpc_status: int | None = None) -> Outcome:
+        return cls(status=status, grpc_status=grpc_status)
 
     @classmethod
-    def failure(cls, flag: str) -> Outcome:
-        return cls(flag=flag)
+    def failure(cls, flag: str, *, refused: bool = False) -> Outcome:
+        return cls(flag=flag, refused=refused)
 
 
 def is_retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
     """Whether ``outcome`` matches one of the policy's ``retry_on`` conditions."""
     on = policy.retry_on
     if outcome.flag:
+        if outcome.refused and "refused-stream" in on:
+            return True
         if outcome.flag == "UPE":
             return "5xx" in on or "gateway-error" in on  # a 502 the proxy made
         if outcome.flag == "UF" and "connect-failure" in on:
@@ -108,6 +120,11 @@ def is_retriable(policy: RetryPolicy, outcome: Outcome) -> bool:
     if "5xx" in on and 500 <= status <= 599:
         return True
     if "gateway-error" in on and status in GATEWAY_ERRORS:
+        return True
+    if "retriable-4xx" in on and status == 409:
+        return True
+    if outcome.grpc_status is not None and any(
+            GRPC_RETRY_ON[c] == outcome.grpc_status for c in on if c in GRPC_RETRY_ON):
         return True
     return "retriable-status-codes" in on and status in policy.retriable_status_codes
 

@@ -40,6 +40,14 @@ F = Outcome.failure
     pytest.param({"retriable-status-codes"}, {409}, S(409), True, id="a listed status code is retried"),
     pytest.param({"retriable-status-codes"}, {409}, S(500), False, id="an unlisted status code is not retried"),
     pytest.param(set(), set(), S(503), False, id="no condition retries nothing"),
+    pytest.param({"retriable-4xx"}, set(), S(409), True, id="retriable-4xx retries a 409"),
+    pytest.param({"retriable-4xx"}, set(), S(404), False, id="retriable-4xx does not retry a 404"),
+    pytest.param({"refused-stream"}, set(), Outcome.failure("UC", refused=True), True,
+                 id="refused-stream retries a stream the upstream refused"),
+    pytest.param({"refused-stream"}, set(), F("UC"), False, id="refused-stream does not retry another reset"),
+    pytest.param({"unavailable"}, set(), S(200, 14), True, id="unavailable retries grpc-status 14"),
+    pytest.param({"unavailable"}, set(), S(200, 13), False, id="unavailable does not retry grpc-status 13"),
+    pytest.param({"cancelled", "internal"}, set(), S(200, 13), True, id="internal retries grpc-status 13"),
 ])
 def test_retry_conditions(retry_on, codes, outcome, expected):
     policy = RetryPolicy(2, frozenset(retry_on), frozenset(codes))
@@ -59,6 +67,8 @@ def test_retry_on_text_is_read(text, conditions, codes):
 def test_an_unknown_retry_on_condition_is_refused_with_its_name():
     with pytest.raises(ValueError, match="unsupported condition.*retriable-headers"):
         parse_retry_on("5xx,retriable-headers")
+    with pytest.raises(ValueError, match="unsupported condition.*bogus"):
+        RetryPolicy(1, frozenset({"bogus"}))
 
 
 def test_attempts_counts_retries_after_the_first_try():
