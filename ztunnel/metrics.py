@@ -51,6 +51,7 @@ class ZtunnelCollector(Collector):
         for reason, value in (
             ("tls_handshake", h.handshake_failures),
             ("listener_limit", h.connections_refused),
+            ("handshake_evicted", h.handshakes_evicted),
             ("untrusted_peer", h.untrusted_peers),
             ("h2_protocol", h.connection_errors),
             ("bad_request", h.tunnels_refused),

@@ -13,8 +13,9 @@ wrong identity, HTTP/2 violations) cost only their own connection; their log lin
 one per cause per ``REFUSAL_LOG_INTERVAL``, carrying ``repeated=N`` (the counters count every one). ``close`` stops accepting;
 ``drain(deadline)`` sends GOAWAY, lets live tunnels finish, and closes what is left at the deadline.
 Connections held and TLS handshakes in progress are bounded per listener (``max_connections``,
-``max_pending_handshakes``): past either, a new connection is reset at accept, counted
-(``connections_refused``) and logged once per interval with the running total.
+``max_pending_handshakes``): past the first, a new connection is reset at accept (``connections_refused``);
+at the second, the oldest unfinished handshake is dropped to admit the newcomer (``handshakes_evicted``),
+so idle connections cannot lock out a client that handshakes at once. Logged once per interval with totals.
 
 A tunnel the client resets before it was answered cancels its handler (and so the upstream dial) at
 once, with the reason as the cancellation message. Tunnels waiting for an answer are bounded per
@@ -77,7 +78,8 @@ class HboneServerCounters:
     connections_accepted: int = 0  # TCP connections accepted
     connections_open: int = 0  # HTTP/2 connections currently served
     handshake_failures: int = 0  # TLS handshake failed or timed out (non-TLS clients land here)
-    connections_refused: int = 0  # closed at accept: over max_connections or max_pending_handshakes
+    connections_refused: int = 0  # reset at accept: over max_connections
+    handshakes_evicted: int = 0  # oldest unfinished TLS handshake dropped to admit a new connection
     untrusted_peers: int = 0  # handshake fine but ALPN or client identity refused
     connection_errors: int = 0  # HTTP/2 connections ended by a protocol error
     tunnels_requested: int = 0  # valid CONNECTs handed to on_tunnel
@@ -290,6 +292,7 @@ class HboneServer:
         self._max_pending_handshakes = max_pending_handshakes
         self._held = 0  # accepted TCP connections not yet closed
         self._handshaking = 0
+        self._pending: dict[asyncio.Task[None], None] = {}  # handshakes in progress, oldest first
         self._last_refusal_log = float("-inf")
         self._limiter = RateLimitedLog(REFUSAL_LOG_INTERVAL)
         self._listener = listener
@@ -353,12 +356,33 @@ class HboneServer:
                 self._limiter.log(log, "error", "hbone.accept_failed", "accept_failed", reason=_describe(exc))
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
-            if self._held >= self._max_connections or self._handshaking >= self._max_pending_handshakes:
+            if self._held >= self._max_connections:
                 self._refuse(sock, addr)
                 continue
+            if self._pending and len(self._pending) >= self._max_pending_handshakes:
+                self._evict_oldest_handshake()
             self._held += 1
             self._handshaking += 1
-            self._tasks.spawn(self._handle(sock, addr))
+            task = self._tasks.spawn(self._handle(sock, addr))
+            self._pending[task] = None
+            task.add_done_callback(self._pending_done)
+
+    def _pending_done(self, task: asyncio.Task[None]) -> None:
+        self._pending.pop(task, None)
+
+    def _evict_oldest_handshake(self) -> None:
+        """At the pending-handshake limit, the connection that has waited longest without completing its
+        handshake makes room (a flood of idle connections then cannot lock out a client that handshakes
+        at once, as refusing the newcomer would)."""
+        oldest = next(iter(self._pending))
+        self._pending.pop(oldest, None)
+        oldest.cancel("evicted: the oldest pending TLS handshake, at the listener's pending-handshake limit")
+        self.counters.handshakes_evicted += 1
+        self._limiter.log(
+            log, "warning", "hbone.handshake_evicted", "handshake_evicted",
+            max_pending_handshakes=self._max_pending_handshakes, evicted_total=self.counters.handshakes_evicted,
+            reason="pending-handshake limit reached: the oldest unfinished handshake was dropped",
+        )
 
     def _refuse(self, sock: socket.socket, addr: object) -> None:
         self.counters.connections_refused += 1
@@ -404,6 +428,9 @@ class HboneServer:
                 return
             handshaking = False
             self._handshaking -= 1
+            task = asyncio.current_task()
+            if task is not None:
+                self._pending.pop(task, None)  # handshake done: no longer evictable
             try:
                 await self._serve(driver, transport, addr)
             finally:

@@ -21,7 +21,9 @@ Invariants:
   a header block past ``max_header_block_size`` (CONTINUATION flood; refused before h2 buffers more),
   and, on the server, streams reset by the peer before they were answered faster than
   ``reset_rate``/s beyond a burst of ``reset_burst`` (HTTP/2 rapid reset, CVE-2023-44487; nghttp2's
-  token bucket). Time for the bucket arrives as ``receive_data(data, now=...)``.
+  token bucket), and SETTINGS/PING frames (each makes us queue an ACK) faster than ``control_rate``/s
+  beyond a burst of ``control_burst`` (a PING flood costs the event loop even when the peer reads).
+  Time for the buckets arrives as ``receive_data(data, now=...)``.
 """
 from __future__ import annotations
 
@@ -120,6 +122,10 @@ class HboneSettings:
     # Streams the peer may reset before we answered them (rapid reset): a burst, then this rate.
     reset_burst: int = 200
     reset_rate: float = 50.0
+    # SETTINGS and PING frames the peer may send (each answered with an ACK): a burst, then this rate.
+    # Keepalives and gRPC's BDP pings stay far below it.
+    control_burst: int = 1000
+    control_rate: float = 100.0
 
     def __post_init__(self) -> None:
         if not 16384 <= self.max_frame_size <= (1 << 24) - 1:
@@ -141,6 +147,8 @@ class HboneSettings:
             raise ValueError("max_header_block_size below 1 KiB cannot carry a CONNECT request")
         if self.reset_burst < 1 or self.reset_rate <= 0:
             raise ValueError("reset_burst must be at least 1 and reset_rate positive")
+        if self.control_burst < 1 or self.control_rate <= 0:
+            raise ValueError("control_burst must be at least 1 and control_rate positive")
 
 
 CLIENT_SETTINGS = HboneSettings(max_header_list_size=16 * KiB)
@@ -218,6 +226,9 @@ class _HboneConn:
         self._next_ping_at = now + settings.ping_interval if settings.ping_interval else None
         self._now = now  # the latest time a caller gave us
         self._reset_tokens = float(settings.reset_burst)  # rapid-reset bucket (server side)
+        self._control_tokens = float(settings.control_burst)  # SETTINGS/PING bucket
+        self._control_refilled_at = now
+        self._control_seen = 0
         self._reset_refilled_at = now
         self.premature_resets = 0  # streams the peer reset before we answered them
 
@@ -267,6 +278,7 @@ class _HboneConn:
         events: list[HboneEvent] = []
         self._events = events
         tunnels = self._tunnels
+        scanner = self._scanner
         handler = self.data_handler
         for segment in self._scanner.feed(data):
             if self._closed:  # _take_data can end the connection (flow-control violation)
@@ -306,6 +318,9 @@ class _HboneConn:
             elif isinstance(segment, FrameError):
                 self._h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
                 events.append(self._mark_closed(f"peer violated HTTP/2: {segment.reason}", 1))
+        if scanner.control_frames != self._control_seen and not self._closed:
+            self._charge_control_frames(scanner.control_frames - self._control_seen, events)
+            self._control_seen = scanner.control_frames
         return events
 
     def data_to_send(self) -> bytes:
@@ -631,6 +646,21 @@ class _HboneConn:
             reason = (
                 f"peer reset {self.premature_resets} streams before they were answered, faster than "
                 f"{settings.reset_rate:g}/s after a burst of {settings.reset_burst}: HTTP/2 rapid reset"
+            )
+            events.append(self._mark_closed(reason, int(ErrorCodes.ENHANCE_YOUR_CALM)))
+
+    def _charge_control_frames(self, count: int, events: list[HboneEvent]) -> None:
+        settings = self.settings
+        elapsed = max(0.0, self._now - self._control_refilled_at)
+        self._control_refilled_at = self._now
+        self._control_tokens = min(
+            float(settings.control_burst), self._control_tokens + elapsed * settings.control_rate
+        ) - count
+        if self._control_tokens < 0:
+            self._h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, additional_data=b"too many control frames")
+            reason = (
+                f"peer sent SETTINGS/PING frames faster than {settings.control_rate:g}/s after a burst of "
+                f"{settings.control_burst} ({self._scanner.control_frames} so far): control frame flood"
             )
             events.append(self._mark_closed(reason, int(ErrorCodes.ENHANCE_YOUR_CALM)))
 

@@ -170,3 +170,30 @@ def test_resets_of_answered_tunnels_are_not_premature():
 def test_abuse_limits_are_validated(field: str, value: float):
     with pytest.raises(ValueError, match=field):
         HboneSettings(**{field: value})
+
+
+# --- control frame flood ----------------------------------------------------------------------------
+
+
+def test_a_ping_flood_past_the_burst_ends_the_connection_even_when_the_peer_reads():
+    from hyperframe.frame import PingFrame
+
+    server = _server(HboneSettings(control_burst=100, control_rate=10.0))
+    flood = _frames(*(PingFrame(0, opaque_data=b"\x00" * 8) for _ in range(500)))
+    events = server.receive_data(flood, now=0.5)
+    closed = [e for e in events if isinstance(e, ConnectionClosed)]
+    assert len(closed) == 1 and "control frame flood" in closed[0].reason
+    assert closed[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_keepalive_pings_at_a_modest_rate_are_answered_indefinitely():
+    from hyperframe.frame import PingFrame
+
+    server = _server(HboneSettings(control_burst=20, control_rate=10.0))
+    now = 0.0
+    for _ in range(300):  # 5 per second for a minute
+        now += 0.2
+        events = server.receive_data(_frames(PingFrame(0, opaque_data=b"\x01" * 8)), now=now)
+        assert not any(isinstance(e, ConnectionClosed) for e in events)
+        assert server.data_to_send()  # the ACK
+    assert not server.closed
