@@ -21,10 +21,21 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated
 
+import msgspec
 import typer
 
 from ambientctl.cluster import Cluster, ClusterError
 from ambientctl.troubleshoot.checks import CheckResult, gather_mesh, gather_pre
+from ambientctl.troubleshoot.explain import (
+    ExplainInputError,
+    RequestSpec,
+    explain,
+    mesh_config_from_registry,
+    render,
+    resolve_destination,
+    resolve_source,
+)
+from ambientctl.troubleshoot.explain import to_json as explain_json
 from ambientctl.troubleshoot.reach import Reach, ReachError, parse_location, parse_target
 from ambientctl.troubleshoot.syncstatus import proxy_rows, row_json, status_table
 
@@ -142,7 +153,70 @@ def proxy_status(
     print_table(headers, table)
 
 
+# --- explain -----------------------------------------------------------------------------------------
+
+
+def _request(method: str | None, path: str | None, headers: list[str]) -> RequestSpec | None:
+    if method is None and path is None and not headers:
+        return None
+    parsed: dict[str, list[str]] = {}
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"--header {h!r}: write it as NAME:VALUE")
+        parsed.setdefault(name.strip(), []).append(value.strip())
+    return RequestSpec(method=(method or "GET").upper(), path=path or "/", headers=parsed)
+
+
+def explain_cmd(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(metavar="FROM", help="The client pod: <namespace>/<name> or pod/<ns>/<name>.")],
+    destination: Annotated[
+        str, typer.Argument(metavar="TO[:PORT]", help="svc/<ns>/<name>, <name>.<ns>, pod/<ns>/<name>:PORT or IP:PORT.")
+    ],
+    namespace: Annotated[str, typer.Option("-n", "--namespace", help="Namespace of names given without one.")] = "default",
+    method: Annotated[str | None, typer.Option("--method", help="HTTP method (evaluated at a waypoint).")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="HTTP path (evaluated at a waypoint).")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", help="NAME:VALUE, repeatable.")] = None,
+    output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
+) -> None:
+    """Explain what the mesh does with a connection: route, expected identities, every policy and the verdict."""
+    with _errors():
+        reach = _reach(ctx)
+        registry = reach.istiod("/debug/registryz")
+        try:
+            config = mesh_config_from_registry(registry)
+        except (msgspec.ValidationError, TypeError) as e:
+            raise CliError(f"istiod-lite's /debug/registryz could not be read as mesh config: {e}") from None
+        try:
+            src = resolve_source(config.state, source, namespace)
+            ip, port = resolve_destination(config.state, destination, namespace)
+        except ExplainInputError as e:
+            raise CliError(str(e)) from None
+        sync = _sync_of(reach, src.node)
+    result = explain(config, src, ip, port, _request(method, path, header or []))
+    if output is Format.json:
+        typer.echo(json.dumps({**explain_json(result), "config": sync}, indent=2))
+        return
+    typer.echo(f"config:       istiod-lite's registry; {sync}")
+    for line in render(result):
+        typer.echo(line)
+
+
+def _sync_of(reach: Reach, node: str) -> str:
+    """Whether the source node's ztunnel holds what istiod-lite has (so the answer is what it decides)."""
+    try:
+        rows = proxy_rows(reach.istiod("/debug/syncz"), "istiod-lite")
+    except (ReachError, ValueError) as e:
+        return f"sync state unknown ({e})"
+    for r in rows:
+        if r.kind == "ztunnel" and r.node == node:
+            return f"ztunnel on {node} is {'SYNCED' if r.synced else 'NOT in sync: ' + ', '.join(f'{t} {s}' for t, s in r.statuses.items())}"
+    return f"no ztunnel on {node or '?'} is connected to istiod-lite (it may hold older config)"
+
+
 def register(app: typer.Typer) -> None:
+    app.command("explain")(explain_cmd)
     app.command("fetch")(fetch)
     app.command("check")(check)
     app.command("proxy-status")(proxy_status)
