@@ -8,26 +8,39 @@
    facts (``evaluate_l7``). Denied: 403 ``RBAC: access denied``, as Istio users expect. Facts that
    cannot be built (a request the policy engine cannot read) are denied too: fail closed.
 3. To which endpoint? A service request goes to one of the service's usable endpoints for that port
-   (healthy, on our network, serving the port), chosen per request by ``pick`` (round robin in the
-   process), so requests of one downstream connection may go to different endpoints; none usable: 503
-   ``UH``. A workload request goes to that workload as dialled.
+   (healthy, on our network, serving the port), chosen per request by ``pick`` (``choose_endpoint``: an
+   ``EndpointChooser`` applies the DestinationRule's subset, outlier ejection and load balancer, and
+   lists alternatives for retries; a plain ``pick`` is round robin), so requests of one downstream
+   connection may go to different endpoints; none usable: 503 ``UH``. A workload request goes to that
+   workload as dialled.
 The ``Forward`` names an ``HboneEndpoint``: the endpoint's pod IP and target port as the CONNECT
-authority, its HBONE address, and the identities its certificate may carry. Pure: no I/O, no clock.
+authority, its HBONE address, and the identities its certificate may carry. No I/O; the only state is
+the ``pick``'s (cursors, ejections, read from its injected clock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from meshcore.identity import SpiffeId
 from meshcore.model import DEFAULT_HBONE_PORT, Service, Workload
+from meshcore.model.traffic import Subset, TrafficPolicy
 from meshcore.policy.decision import Decision
 from meshcore.policy.errors import PolicyError
 from meshcore.policy.l7 import L7PolicyCache, evaluate_l7, select_l7_policies
 from meshcore.policy.request import RequestFacts
-from meshcore.routing import SockAddr, canonical_ip, expected_identities, service_endpoints, service_port
-from waypoint.l7.model import Forward, LocalResponse, Request
+from meshcore.routing import (
+    Endpoint,
+    SockAddr,
+    canonical_ip,
+    expected_identities,
+    service_endpoints,
+    service_port,
+)
+from waypoint.l7.model import Forward, LocalResponse, Request, Upstream
+from waypoint.resilience.chooser import EndpointChooser
+from waypoint.resilience.policies import lb_policy, outlier_policy
 from waypoint.state import WaypointState
 
 RBAC_DENIED_BODY = b"RBAC: access denied"
@@ -67,6 +80,9 @@ class Routed:
     service: Service | None = None
     workload: Workload | None = None  # the endpoint chosen (or the workload dialled)
     policy: Decision | None = None  # the L7 authorization outcome, when it was evaluated
+    pool: str = ""  # the endpoint pool (service key, "/subset" appended) when an EndpointChooser chose
+    workloads: Mapping[str, Workload] = field(default_factory=dict)  # label -> workload of every candidate
+    pool_size: int = 0  # usable endpoints in the pool (outlier detection's percentage base)
 
 
 def _local(status: int, body: bytes, flags: str, detail: str, **about: object) -> Routed:
@@ -106,7 +122,8 @@ def request_facts(request: Request, dst: SockAddr) -> RequestFacts:
 
 
 def decide(
-    state: WaypointState, me: Me, request: Request, pick: Pick, *, cache: L7PolicyCache | None = None
+    state: WaypointState, me: Me, request: Request, pick: Pick | EndpointChooser, *,
+    cache: L7PolicyCache | None = None,
 ) -> Routed:
     """The decision for one request (see the module docstring)."""
     dst = destination_of(request)
@@ -137,17 +154,62 @@ def decide(
             why = ", ".join(f"{n} {what}" for what, n in skipped.items()) or "it has no endpoints"
             return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH", f"service {service.key}: no usable endpoint ({why})",
                           service=service, policy=verdict)
-        i = pick(service.key, len(usable))
-        chosen = usable[i if 0 <= i < len(usable) else 0]
-        endpoint = HboneEndpoint(
-            SockAddr(chosen.address, chosen.port),
-            SockAddr(chosen.address, DEFAULT_HBONE_PORT),
-            expected_identities(chosen.workload.identity, service.subject_alt_names),
-        )
-        return Routed(Forward(endpoint, label=str(endpoint.authority)), "", service, chosen.workload, verdict)
+        return choose_endpoint(service, usable, request, pick, policy=verdict)
     assert target is not None
     endpoint = HboneEndpoint(dst, SockAddr(dst.ip, DEFAULT_HBONE_PORT), (target.identity,))
     return Routed(Forward(endpoint, label=str(dst)), "", None, target, verdict)
+
+
+def _hbone_endpoint(chosen: Endpoint, service: Service) -> HboneEndpoint:
+    return HboneEndpoint(
+        SockAddr(chosen.address, chosen.port),
+        SockAddr(chosen.address, DEFAULT_HBONE_PORT),
+        expected_identities(chosen.workload.identity, service.subject_alt_names),
+    )
+
+
+def choose_endpoint(
+    service: Service, usable: Sequence[Endpoint], request: Request, pick: Pick | EndpointChooser, *,
+    policy: Decision | None = None, traffic: TrafficPolicy | None = None, subset: Subset | None = None,
+    retries: int = 0,
+) -> Routed:
+    """Step 3 of ``decide``: the endpoint among ``usable`` (the service's usable endpoints for the port).
+
+    With an ``EndpointChooser``: only the ``subset``'s workloads (when a route named one), minus ejected
+    endpoints (``traffic.outlier_detection``), balanced by ``traffic.load_balancer`` (round robin by
+    default; a consistent hash reads its header or the source IP from ``request``); ``retries`` > 0
+    adds up to that many other endpoints as ``Forward.alternatives``. None left: 503 ``UH`` saying why.
+    With a plain ``pick``: round robin over ``usable``, as before the chooser existed.
+    """
+    pool = service.key
+    if subset is not None:
+        members = set(subset.workloads)
+        usable = [e for e in usable if e.workload.uid in members]
+        pool = f"{service.key}/{subset.name}"
+        if not usable:
+            return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH",
+                          f"service {service.key}: subset {subset.name!r} has no usable endpoint",
+                          service=service, policy=policy)
+    if not isinstance(pick, EndpointChooser):
+        i = pick(service.key, len(usable))
+        chosen = usable[i if 0 <= i < len(usable) else 0]
+        endpoint = _hbone_endpoint(chosen, service)
+        return Routed(Forward(endpoint, label=str(endpoint.authority)), "", service, chosen.workload, policy)
+    lb = lb_policy(traffic.load_balancer if traffic else None)
+    outlier = outlier_policy(traffic.outlier_detection if traffic else None)
+    keys = [f"{SockAddr(e.address, e.port)}" for e in usable]
+    hash_key = lb.hash_key(request.headers, request.connection.source_ip) if lb.hash_on is not None else None
+    choice = pick.pick(pool, keys, lb, outlier, hash_key=hash_key, alternatives=min(retries, 3))
+    if choice is None:
+        return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH",
+                      f"service {service.key}: every endpoint of {pool} is ejected by outlier detection",
+                      service=service, policy=policy)
+    endpoints = [(_hbone_endpoint(usable[i], service), usable[i].workload) for i in choice.order]
+    first, workload = endpoints[0]
+    alternatives = tuple(Upstream(e, str(e.authority)) for e, _ in endpoints[1:])
+    forward = Forward(first, label=str(first.authority), alternatives=alternatives)
+    return Routed(forward, "", service, workload, policy, pool=pool,
+                  workloads={str(e.authority): w for e, w in endpoints}, pool_size=len(usable))
 
 
 class RoundRobin:
