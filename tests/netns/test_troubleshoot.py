@@ -1,0 +1,127 @@
+"""Troubleshooting on the local cluster, as an operator runs it: ``check`` passes on a healthy mesh and
+names the fault once a ztunnel is killed; ``explain`` predicts an allowed and a denied connection and the
+data plane then does exactly that; ``proxy-status`` lists every node's ztunnel as SYNCED; ``fetch``
+reads an endpoint inside a node's netns from the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from ambientctl.cli import build_app
+from ambientctl.cluster.testing import (
+    AMBIENT,
+    MeshCluster,
+    deny_policy,
+    echo_pod,
+    namespace,
+    service,
+    sleeper_pod,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(150)
+
+PODS = [("server", "shop"), ("client", "shop"), ("bad", "shop")]
+URL = "http://echo.shop/"
+
+
+@pytest.fixture(scope="module")
+def mc() -> Iterator[MeshCluster]:
+    cluster = MeshCluster.create()
+    try:
+        cluster.apply(
+            namespace("shop", AMBIENT),
+            echo_pod("server", "shop", "node-2", {"app": "echo"}, sa="server"),
+            sleeper_pod("client", "shop", "node-1", sa="client"),
+            sleeper_pod("bad", "shop", "node-1", sa="bad"),
+            service("echo", "shop", {"app": "echo"}),
+            deny_policy("deny-bad", "shop", {"app": "echo"}, {"principals": ["cluster.local/ns/shop/sa/bad"]}),
+        )
+        cluster.wait_running(PODS)
+        cluster.wait_redirection(PODS, "enabled")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def ctl(mc: MeshCluster, *args: str) -> Result:
+    return CliRunner().invoke(build_app(), ["--state-dir", str(mc.state_dir), *args], catch_exceptions=False)
+
+
+def check_json(mc: MeshCluster) -> tuple[int, dict[str, Any]]:
+    result = ctl(mc, "check", "-o", "json")
+    return result.exit_code, json.loads(result.stdout)
+
+
+def failures(doc: dict[str, Any]) -> list[str]:
+    return [f"{r['description']}: {r['detail']}" for r in doc["results"] if r["result"] == "error"]
+
+
+def test_fetch_reads_a_ztunnel_endpoint_from_the_host(mc: MeshCluster) -> None:
+    result = ctl(mc, "fetch", "node/node-1", ":15021/healthz/ready")
+    assert result.exit_code == 0, result.output
+    dump = json.loads(ctl(mc, "fetch", "node/node-2", ":15000/config_dump").stdout)
+    assert {w["name"] for w in dump["workloads"]} >= {"server", "client", "bad"}
+
+
+def test_proxy_status_lists_every_ztunnel_synced(mc: MeshCluster) -> None:
+    def synced() -> list[dict[str, Any]] | None:
+        rows = json.loads(ctl(mc, "proxy-status", "-o", "json").stdout)
+        ztunnels = [r for r in rows if r["kind"] == "ztunnel"]
+        return ztunnels if len(ztunnels) == 2 and all(r["synced"] for r in ztunnels) else None
+
+    rows = wait_for("both ztunnels SYNCED", synced, timeout=20)
+    assert sorted(r["node"] for r in rows) == ["node-1", "node-2"]
+    table = ctl(mc, "proxy-status").stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "CLUSTER", "WDS", "WADS"]
+    assert any(line.startswith("ztunnel-node-1.istio-system") and "SYNCED" in line for line in table)
+
+
+def test_explain_predicts_what_the_data_plane_does(mc: MeshCluster) -> None:
+    allowed = json.loads(ctl(mc, "explain", "shop/client", "svc/shop/echo", "-o", "json").stdout)
+    denied = json.loads(ctl(mc, "explain", "shop/bad", "echo.shop:80", "-o", "json").stdout)
+    assert allowed["route"]["kind"] == "Direct" and allowed["allowed"] is True
+    (hop,) = allowed["route"]["hops"]
+    assert hop["protocol"] == "HBONE" and hop["identities"] == ["spiffe://cluster.local/ns/shop/sa/server"]
+    assert denied["allowed"] is False
+    (l4,) = denied["l4"]
+    assert l4["decision"]["policy"] == "shop/deny-bad"
+    assert l4["policies"] == [{"policy": "shop/deny-bad", "action": "DENY", "dryRun": False, "matched": True, "rule": 0}]
+
+    assert mc.request("client", "shop", URL)["ok"] == 1
+    refused = mc.request("bad", "shop", URL, timeout=3.0)
+    assert refused["ok"] == 0, refused
+    text = ctl(mc, "explain", "shop/bad", "svc/shop/echo").stdout
+    assert "DENY  shop/deny-bad: matched rule 0" in text and text.rstrip().endswith("DENIED")
+
+
+def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
+    def healthy() -> dict[str, Any] | None:
+        code, doc = check_json(mc)
+        return doc if code == 0 else None
+
+    doc = wait_for("check passes on the healthy mesh", healthy, timeout=30)
+    assert doc["success"] is True and not failures(doc)
+    text = ctl(mc, "check").stdout
+    assert "✔ ztunnel-node-2 is ready" in text and text.rstrip().endswith("Status check results are ✔")
+
+    record = mc.cluster.find_component("ztunnel-node-2")
+    assert record is not None
+    os.kill(record.pid, signal.SIGKILL)
+    wait_for("ztunnel-node-2 exited", lambda: not mc.cluster.procs.is_running(record), timeout=10)
+
+    code, doc = check_json(mc)
+    assert code == 1 and doc["success"] is False
+    failed = failures(doc)
+    assert "ztunnel-node-2 is running: its process exited" in failed
+    assert any(f.startswith("ztunnel-node-2 is ready:") for f in failed)
+    assert not any("node-1" in f for f in failed), failed
+    fixes = {r["description"]: r["remediation"] for r in doc["results"] if r["result"] == "error"}
+    assert "ambientctl cluster logs ztunnel-node-2" in fixes["ztunnel-node-2 is running"]
