@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from meshcore.admin import LogLevel, admin_routes, certificate_json, config_json, service_json, workload_json
@@ -44,14 +48,15 @@ from meshcore.logs import set_level
 from meshcore.model.l7 import L7Authorization
 from meshcore.policy.l7 import L7PolicyCache, select_l7_policies
 from meshcore.readiness import ReadinessReport, check_readiness, readiness_handler
-from meshcore.routing import canonical_ip
+from meshcore.routing import canonical_ip, service_endpoints, service_port
 from meshcore.telemetry import Reporter, build_connection_labels
 from meshcore.telemetry.http import HttpMetrics
 from meshcore.testing.shared_ca import fake_certificate_provider
 from meshcore.tls.contexts import channel_credentials, channel_options
 from meshcore.tls.verify import verify_peer
+from waypoint.admission import Admission, Ticket
 from waypoint.config import WaypointConfig
-from waypoint.decide import Me, RoundRobin, Routed, decide
+from waypoint.decide import Me, RoundRobin, Routed, choose_endpoint, decide, destination_of
 from waypoint.l7.detect import Detected
 from waypoint.l7.model import (
     ConnectionFacts,
@@ -59,6 +64,7 @@ from waypoint.l7.model import (
     HttpCounters,
     HttpLimits,
     LocalResponse,
+    MirrorTarget,
     RequestRecord,
 )
 from waypoint.l7.model import (
@@ -66,6 +72,10 @@ from waypoint.l7.model import (
 )
 from waypoint.l7.session import serve_http, sniff
 from waypoint.l7.upstream import Upstreams
+from waypoint.resilience.chooser import EndpointChooser
+from waypoint.resilience.policies import outlier_policy, pool_limits, rate_limit_policy, retry_policy
+from waypoint.resilience.retry import Outcome, RetryPolicy
+from waypoint.router import RouteDecision
 from waypoint.state import WAYPOINT_KINDS, WaypointState
 from waypoint.upstream import HboneUpstreamPool
 
@@ -74,6 +84,7 @@ access_log = structlog.get_logger("waypoint.access")
 
 ACCESS_SCOPE = "access"
 _ROUTED_LIMIT = 4096  # decisions waiting for their request's completion record (bounded: a leak guard)
+_PENDING_WAIT = 10.0  # seconds a request may wait for a connection-pool slot without a route timeout
 
 
 class StartupError(Exception):
@@ -108,30 +119,121 @@ def has_http_only_rules(policy: L7Authorization) -> bool:
     return False
 
 
-class WaypointHandler:
-    """The HTTP engine's ``RequestHandler``: ``decide`` on the current snapshot; remembers the decision
-    so the completion record can be labelled with the destination it went to."""
+@dataclass(slots=True)
+class _InFlight:
+    routed: Routed
+    ticket: Ticket | None = None
+    label: str = ""  # the endpoint counted in flight (least request)
 
-    def __init__(self, cell: StateCell[WaypointState], me: Me) -> None:
+
+class WaypointHandler:
+    """The HTTP engine's ``RequestHandler``: ``decide`` on the current snapshot (L7 policy, route,
+    endpoint), then admission (local rate limit 429 ``RL``, injected fault ``DI``/``FI``, connection-pool
+    limits 503 ``UO``) and the route's resilience settings on the ``Forward`` (request and per-try
+    timeouts, retries with alternative endpoints, mirrors). Remembers each decision until its completion
+    record (``take``), which releases its pool slot and feeds outlier detection with every attempt."""
+
+    def __init__(self, cell: StateCell[WaypointState], me: Me, *, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._cell = cell
         self._me = me
-        self._pick = RoundRobin()
+        self._rng = rng or random.Random()
+        self.chooser = EndpointChooser(rng=self._rng, clock=clock)
+        self.admission = Admission(clock=clock)
         self._cache = L7PolicyCache()
-        self._routed: dict[tuple[str, str, int], Routed] = {}
+        self._routed: dict[tuple[str, str, int], _InFlight] = {}
         self.denied = 0
 
-    def decide(self, request: HttpRequest) -> Forward | LocalResponse:
-        routed = decide(self._cell.current(), self._me, request, self._pick, cache=self._cache)
+    async def decide(self, request: HttpRequest) -> Forward | LocalResponse:
+        state = self._cell.current()
+        routed = decide(state, self._me, request, self.chooser, cache=self._cache)
         if routed.policy is not None and not routed.policy.allowed:
             self.denied += 1
-        if len(self._routed) >= _ROUTED_LIMIT:
+        entry = _InFlight(routed)
+        self._remember(request, entry)
+        decision = routed.decision
+        route = routed.route
+        if not isinstance(decision, Forward) or route is None or routed.service is None:
+            return decision
+        service = routed.service
+        identity = str(request.connection.peer_identity) if request.connection.peer_identity else ""
+        limited = self.admission.rate_limit(service.key, rate_limit_policy(route.rate_limit), identity)
+        if limited is not None:
+            return limited
+        flags = ""
+        if route.fault_delay > 0 or route.fault_abort:
+            flags, aborted = await self.admission.fault(route.fault_delay, route.fault_abort)
+            if aborted is not None:
+                return aborted
+        limits = pool_limits(route.policy.connection_pool) if route.policy is not None else None
+        if limits is not None:
+            got = await self.admission.admit(routed.pool or service.key, limits,
+                                             http1=request.http_version != "2",
+                                             wait_limit=route.timeout or _PENDING_WAIT)
+            if isinstance(got, LocalResponse):
+                return got
+            entry.ticket = got
+        retry = retry_policy(route.retry, route.backend_timeout)
+        if retry is None and route.backend_timeout:
+            retry = RetryPolicy(0, frozenset(), per_try_timeout=route.backend_timeout)
+        entry.label = decision.label
+        self.chooser.balancer.started(decision.label)
+        return replace(decision, timeout=route.timeout or None, retry=retry, flags=flags,
+                       mirrors=self._mirrors(state, route, request), alternatives=decision.alternatives)
+
+    def _mirrors(self, state: WaypointState, route: RouteDecision, request: HttpRequest) -> tuple[MirrorTarget, ...]:
+        """An endpoint of each mirror backend (a service this waypoint knows; others are skipped, logged)."""
+        if not route.mirrors:
+            return ()
+        dst = destination_of(request)
+        targets = []
+        for backend in route.mirrors:
+            service = state.proxy.find_service(backend.service_key)
+            port = service_port(service, backend.port or (dst.port if dst else 0)) if service else None
+            if service is None or port is None:
+                log.warning("mirror backend unknown or without that port; copy skipped", backend=backend.service_key)
+                continue
+            usable, _ = service_endpoints(state.proxy, service, port, network=self._me.network,
+                                          v6=dst is not None and ":" in dst.ip)
+            if not usable:
+                continue
+            mirrored = choose_endpoint(service, usable, request, self.chooser)
+            if isinstance(mirrored.decision, Forward):
+                targets.append(MirrorTarget(mirrored.decision.endpoint, mirrored.decision.label))
+        return tuple(targets)
+
+    def _remember(self, request: HttpRequest, entry: _InFlight) -> None:
+        if len(self._routed) >= _ROUTED_LIMIT:  # a leak guard: completion records always come, normally
+            for dropped in self._routed.values():
+                self._finish(dropped)
             self._routed.clear()
-        self._routed[(request.request_id, request.connection.source_ip, request.connection.source_port)] = routed
-        return routed.decision
+        self._routed[(request.request_id, request.connection.source_ip, request.connection.source_port)] = entry
+
+    def _finish(self, entry: _InFlight) -> None:
+        self.admission.release(entry.ticket)
+        entry.ticket = None
+        if entry.label:
+            self.chooser.balancer.finished(entry.label)
+            entry.label = ""
 
     def take(self, record: RequestRecord) -> Routed | None:
+        """The decision of ``record``'s request; releases what it held and feeds outlier detection."""
         conn = record.connection
-        return self._routed.pop((record.request_id, conn.source_ip, conn.source_port), None)
+        entry = self._routed.pop((record.request_id, conn.source_ip, conn.source_port), None)
+        if entry is None:
+            return None
+        self._finish(entry)
+        routed = entry.routed
+        route = routed.route
+        outlier = None
+        if route is not None and route.policy is not None:
+            outlier = outlier_policy(route.policy.outlier_detection)
+        if outlier is not None and routed.pool:
+            for attempt in record.attempts:
+                outcome = Outcome(status=attempt.status, flag="" if attempt.status else attempt.flags)
+                if self.chooser.observe(routed.pool, attempt.upstream, outcome, outlier, routed.pool_size):
+                    log.warning("endpoint ejected by outlier detection", pool=routed.pool, endpoint=attempt.upstream)
+        return routed
 
 
 class Waypoint:
@@ -154,6 +256,7 @@ class Waypoint:
         self.http_counters = HttpCounters()
         self.limits = HttpLimits(max_header_bytes=config.max_header_bytes, max_header_count=config.max_header_count)
         self.handler = WaypointHandler(self.cell, self.me)
+        self.registry.register(_ResilienceCollector(self.http_counters, self.handler))
         self.log_level = LogLevel(config.log_level, set_level)
         self.synced = asyncio.Event()
         self.source: ConfigSource | None = None
@@ -323,6 +426,7 @@ class Waypoint:
             await serve_http(
                 stream, first_bytes=first, handler=self.handler, upstreams=self.upstreams, limits=self.limits,
                 connection=facts, on_complete=self._on_complete, counters=self.http_counters, protocol=detected,
+                background=self._spawn_mirror,
             )
             return
         await self._serve_tcp(stream, first, facts)
@@ -365,15 +469,21 @@ class Waypoint:
             with contextlib.suppress(Exception):
                 await stream.aclose()
 
+    def _spawn_mirror(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro, "mirror")
+
     def _on_complete(self, record: RequestRecord) -> None:
         routed = self.handler.take(record)
         state = self.cell.current()
         conn = record.connection
         source = state.proxy.find_workload_by_addr(conn.source_ip, self.config.network) if conn.source_ip else None
+        destination = routed.workload if routed is not None else None
+        if routed is not None and record.upstream in routed.workloads:
+            destination = routed.workloads[record.upstream]  # a retry may have ended on another endpoint
         labels = build_connection_labels(
             Reporter.WAYPOINT,
             source=source,
-            destination=routed.workload if routed is not None else None,
+            destination=destination,
             destination_service=routed.service if routed is not None else None,
             source_identity=conn.peer_identity,
             mtls=True,
@@ -388,7 +498,7 @@ class Waypoint:
             "src.workload": source.name if source is not None else None,
             "dst.addr": conn.destination,
             "dst.service": routed.service.hostname if routed and routed.service else None,
-            "dst.workload": routed.workload.name if routed and routed.workload else None,
+            "dst.workload": destination.name if destination is not None else None,
             "upstream": record.upstream,
             "method": record.method,
             "path": record.path,
@@ -403,6 +513,10 @@ class Waypoint:
         }
         if routed is not None and routed.policy is not None and routed.policy.policy:
             fields["policy"] = routed.policy.policy
+        if routed is not None and routed.route is not None and routed.route.origin:
+            fields["route"] = routed.route.origin
+        if len(record.attempts) > 1:  # every attempt, in order: "upstream status flags"
+            fields["attempts"] = ", ".join(f"{a.upstream} {a.status or '-'} {a.flags}" for a in record.attempts)
         detail = record.detail or (routed.detail if routed is not None else "")
         if detail:
             fields["detail"] = detail
@@ -446,6 +560,45 @@ class Waypoint:
 
     async def _metrics(self, _: Request) -> Response:
         return Response(body=generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+
+
+class _ResilienceCollector:
+    """The resilience counters (engine, admission, outlier detection) as Prometheus counters, read live."""
+
+    def __init__(self, http: HttpCounters, handler: WaypointHandler) -> None:
+        self._http = http
+        self._handler = handler
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        http, adm = self._http, self._handler.admission.counters
+        outlier = self._handler.chooser.outlier
+        simple = [
+            ("waypoint_upstream_retries", "Upstream attempts after the first", http.retries),
+            ("waypoint_upstream_retries_exhausted", "Retriable failures answered without a retry", http.retries_exhausted),
+            ("waypoint_overflow", "Requests answered 503 UO by connection-pool limits", adm.overflowed),
+            ("waypoint_pending_requests", "Requests that waited for a connection-pool slot", adm.queued),
+            ("waypoint_outlier_ejections", "Endpoints ejected by outlier detection", outlier.ejections),
+            ("waypoint_outlier_ejections_overflow", "Ejections skipped by maxEjectionPercent",
+             outlier.ejections_overflow),
+        ]
+        for name, text, value in simple:
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family
+        mirrors = CounterMetricFamily("waypoint_mirror_requests", "Mirror copies by outcome", labels=["outcome"])
+        for outcome, value in (("sent", http.mirrored), ("dropped", http.mirrors_dropped),
+                               ("failed", http.mirror_failures)):
+            mirrors.add_metric([outcome], value)
+        yield mirrors
+        limited = CounterMetricFamily("waypoint_rate_limited", "Requests answered 429 RL, by the bucket that was empty",
+                                      labels=["reason"])
+        for reason, value in sorted(adm.rate_limited.items()):
+            limited.add_metric([reason], value)
+        yield limited
+        faults = CounterMetricFamily("waypoint_faults_injected", "Injected faults by kind", labels=["kind"])
+        faults.add_metric(["abort"], adm.faults_aborted)
+        faults.add_metric(["delay"], adm.faults_delayed)
+        yield faults
 
 
 class _MtlsXdsSource:

@@ -41,6 +41,7 @@ from meshcore.routing import (
 from waypoint.l7.model import Forward, LocalResponse, Request, Upstream
 from waypoint.resilience.chooser import EndpointChooser
 from waypoint.resilience.policies import lb_policy, outlier_policy
+from waypoint.router import RouteDecision
 from waypoint.state import WaypointState
 
 RBAC_DENIED_BODY = b"RBAC: access denied"
@@ -83,6 +84,7 @@ class Routed:
     pool: str = ""  # the endpoint pool (service key, "/subset" appended) when an EndpointChooser chose
     workloads: Mapping[str, Workload] = field(default_factory=dict)  # label -> workload of every candidate
     pool_size: int = 0  # usable endpoints in the pool (outlier detection's percentage base)
+    route: RouteDecision | None = None  # the traffic route applied (retries, timeouts, faults, mirrors, limits)
 
 
 def _local(status: int, body: bytes, flags: str, detail: str, **about: object) -> Routed:
