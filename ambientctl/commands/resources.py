@@ -1,7 +1,11 @@
 """``apply``, ``get`` and ``delete``: kubectl's resource verbs on the embedded store.
 
-``apply -f`` reads every file first and writes all or nothing (one invalid document anywhere applies
-nothing). ``get`` takes kubectl's kind names (``pods``, ``po``, ``svc``, ``ap`` ...), ``-n``/``-A`` and
+``apply -f`` reads every file first and, like kubectl, applies each valid object on its own, printing
+``created``/``configured``/``unchanged`` per object, then lists every invalid one (the reason, the file,
+the document, the field) and exits 1 if there was any; ``--atomic`` writes all or nothing (one problem
+anywhere applies nothing). An object in a namespace that neither exists nor is created earlier in the
+same apply is refused (kubectl: ``namespaces "x" not found``) with the hint to create it. A Pod or
+Service field the local cluster does not implement is named in a ``Warning:`` line on stderr. ``get`` takes kubectl's kind names (``pods``, ``po``, ``svc``, ``ap`` ...), ``-n``/``-A`` and
 ``-o table|json|yaml``. ``delete`` takes ``-f`` or ``KIND NAME...``; it deletes what exists and fails
 (exit 1) naming what did not, unless ``--ignore-not-found``. Output lines follow kubectl's wording so
 scripts and habits carry over.
@@ -13,18 +17,24 @@ from typing import Annotated
 
 import typer
 
+from ambientctl.cluster.support import unimplemented_fields
 from meshcore.store import (
+    Resource,
+    ResourceError,
     ResourceNotFound,
     ResourceRef,
+    collect_paths,
     is_namespaced,
     load_paths,
     resolve_kind,
 )
 
 from .columns import build_table
-from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table
+from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table, report_error
 
 DEFAULT_NAMESPACE = "default"
+# Namespaces every Kubernetes cluster has from the start.
+BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 
 FilenameOption = Annotated[
     list[str],
@@ -45,13 +55,79 @@ def register(app: typer.Typer) -> None:
     app.command("delete")(delete)
 
 
-def apply(ctx: typer.Context, filename: FilenameOption) -> None:
-    """Create or update resources from YAML (all or nothing)."""
-    resources = load_paths(filename)
-    if not resources:
+def apply(
+    ctx: typer.Context,
+    filename: FilenameOption,
+    atomic: Annotated[
+        bool, typer.Option("--atomic", help="All or nothing: any invalid object applies none of them.")
+    ] = False,
+) -> None:
+    """Create or update resources from YAML: each valid object is applied, the invalid ones listed."""
+    resources, errors = collect_paths(filename)
+    if not resources and not errors:
         raise CliError("no objects passed to apply")
-    for result in cli_state(ctx).store().apply(resources):
+    store = cli_state(ctx).store()
+    existing = {ns.name for ns in store.list("Namespace")}
+    valid, refused = check_namespaces(resources, existing)
+    errors.extend(refused)
+    for resource in valid:
+        for field in unimplemented_fields(resource):
+            note(
+                f"Warning: {resource.kind.lower()}/{resource.name}: {field} is not implemented by the local "
+                "cluster and is ignored"
+            )
+    if len(errors) == 1 and not valid:
+        raise CliError(str(errors[0]))  # nothing else to report: one line, as for any failed command
+    if atomic and errors:
+        _report(errors)
+        raise CliError(f"nothing applied (--atomic): {_count(len(errors))} invalid")
+    if atomic:
+        for result in store.apply(valid):
+            typer.echo(f"{result.ref.kind.lower()}/{result.ref.name} {result.action}")
+        return
+    for resource in valid:
+        try:
+            (result,) = store.apply([resource])
+        except ResourceError as e:
+            errors.append(e)
+            continue
         typer.echo(f"{result.ref.kind.lower()}/{result.ref.name} {result.action}")
+    if errors:
+        _report(errors)
+        raise CliError(f"{_count(len(errors))} not applied (listed above); the others were")
+
+
+def check_namespaces(
+    resources: list[Resource], existing: set[str]
+) -> tuple[list[Resource], list[ResourceError]]:
+    """Split ``resources`` into those whose namespace exists (in ``existing``, built in, or a Namespace
+    earlier in the list) and an error for each of the others, in order."""
+    known = set(existing) | BUILTIN_NAMESPACES
+    valid: list[Resource] = []
+    errors: list[ResourceError] = []
+    for r in resources:
+        if r.kind == "Namespace":
+            known.add(r.name)
+        elif r.namespace and r.namespace not in known:
+            errors.append(
+                ResourceError(
+                    f'{r.kind} {r.namespace}/{r.name}: namespaces "{r.namespace}" not found: create it '
+                    f"first (a Namespace document before this one: apiVersion: v1, kind: Namespace, "
+                    f"metadata: {{name: {r.namespace}}})"
+                )
+            )
+            continue
+        valid.append(r)
+    return valid, errors
+
+
+def _report(errors: list[ResourceError]) -> None:
+    for error in errors:
+        report_error(str(error))
+
+
+def _count(n: int) -> str:
+    return f"{n} object{'s' if n != 1 else ''}"
 
 
 def get(

@@ -22,7 +22,7 @@ from .errors import (
     UnknownKind,
 )
 from .kinds import is_namespaced, plural, resolve_kind, supported_kinds
-from .load import load_documents, load_paths
+from .load import Loaded, collect_paths, load_documents, load_paths
 from .paths import STATE_DIR_ENV, resolve_state_dir, store_path
 from .resource import KINDS, Resource, ResourceRef
 from .schema import build_resource, name_problem, spec_as, status_as
@@ -35,6 +35,7 @@ __all__ = [
     "ApplyResult",
     "EventType",
     "InvalidResource",
+    "Loaded",
     "NotAStore",
     "Resource",
     "ResourceError",
@@ -52,6 +53,7 @@ __all__ = [
     "UnknownKind",
     "WatchEvent",
     "build_resource",
+    "collect_paths",
     "is_namespaced",
     "load_documents",
     "load_paths",

@@ -1,21 +1,26 @@
 """Reading resources from YAML text, files, directories and stdin (what ``ambientctl apply -f`` takes).
 
 Multi-document YAML (``---``), empty documents skipped but counted (so "document 3" is the third
-``---`` section a person sees), ``kind: List`` unpacked. All or nothing: the first invalid document
-raises ``InvalidResource`` and nothing is returned, so a caller never applies half a file. A key given
+``---`` section a person sees), ``kind: List`` unpacked. ``load_paths``/``load_documents`` are all or
+nothing: the first invalid document raises ``InvalidResource`` and nothing is returned. ``collect_paths``
+is kubectl's way: every valid document is returned with every problem beside it (an invalid document is
+skipped alone; a YAML syntax error ends its file, since the rest of the stream cannot be read; an
+unreadable file is skipped alone), so a caller can apply the valid objects and list the invalid ones. A key given
 twice in one mapping is refused with both lines (PyYAML would keep the last silently; kubectl refuses
 it too). Reading is the only I/O here; validation is ``schema.build_resource``.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import yaml
 
-from .errors import InvalidResource, SourceNotReadable
+from .errors import InvalidResource, ResourceError, SourceNotReadable
 from .resource import Resource
 from .schema import build_resource
 
@@ -57,8 +62,38 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 MAX_VALUES_PER_DOCUMENT = 200_000
 
 
-def load_documents(text: str, source: str) -> list[Resource]:
-    """Every resource in ``text`` (``source`` names it in errors: a file name or ``-``)."""
+class Loaded(NamedTuple):
+    """What ``collect_paths`` read: the valid resources in order, and each problem found."""
+
+    resources: list[Resource]
+    errors: list[ResourceError]
+
+
+def collect_paths(paths: list[str], stdin: TextIO | None = None) -> Loaded:
+    """Like ``load_paths``, but an invalid document or unreadable file is reported, not raised."""
+    resources: list[Resource] = []
+    errors: list[ResourceError] = []
+    for raw in paths:
+        try:
+            sources = _sources(raw, stdin)
+        except SourceNotReadable as e:
+            errors.append(e)
+            continue
+        for read, shown in sources:
+            try:
+                text = read()
+            except SourceNotReadable as e:
+                errors.append(e)
+                continue
+            resources.extend(load_documents(text, shown, errors=errors))
+    return Loaded(resources, errors)
+
+
+def load_documents(text: str, source: str, *, errors: list[ResourceError] | None = None) -> list[Resource]:
+    """Every resource in ``text`` (``source`` names it in errors: a file name or ``-``).
+
+    With ``errors``, an invalid document is appended there and skipped (the others still load) instead of
+    raising; a YAML syntax error is appended and ends the text."""
     resources: list[Resource] = []
     index = 0
     try:
@@ -73,12 +108,20 @@ def load_documents(text: str, source: str) -> list[Resource]:
                     f"more than {MAX_VALUES_PER_DOCUMENT} values once YAML aliases are expanded; "
                     "split it or drop the aliases",
                 )
-            if isinstance(doc, dict) and doc.get("kind") == "List":
-                resources.extend(_list_items(doc, source, index))
-            else:
-                resources.append(build_resource(doc, source, index))
+            try:
+                if isinstance(doc, dict) and doc.get("kind") == "List":
+                    resources.extend(_list_items(doc, source, index, errors))
+                else:
+                    resources.append(build_resource(doc, source, index))
+            except InvalidResource as e:
+                if errors is None:
+                    raise
+                errors.append(e)
     except yaml.YAMLError as e:
-        raise InvalidResource(source, index + 1, _yaml_reason(e)) from None
+        error = InvalidResource(source, index + 1, _yaml_reason(e))
+        if errors is None:
+            raise error from None
+        errors.append(error)
     return resources
 
 
@@ -87,17 +130,24 @@ def load_paths(paths: list[str], stdin: TextIO | None = None) -> list[Resource]:
     not recursive) and ``-`` (stdin), in order. Raises ``SourceNotReadable`` or ``InvalidResource``."""
     resources: list[Resource] = []
     for raw in paths:
-        if raw == STDIN:
-            resources.extend(load_documents((stdin or sys.stdin).read(), STDIN))
-            continue
-        path = Path(raw)
-        if path.is_dir():
-            files = [(p, str(p)) for p in sorted(path.iterdir()) if p.suffix in YAML_SUFFIXES and p.is_file()]
-        else:
-            files = [(path, raw)]
-        for file, shown in files:
-            resources.extend(load_documents(_read(file, shown), shown))
+        for read, shown in _sources(raw, stdin):
+            resources.extend(load_documents(read(), shown))
     return resources
+
+
+def _sources(raw: str, stdin: TextIO | None) -> list[tuple[Callable[[], str], str]]:
+    """``(read, shown name)`` of each file ``raw`` stands for: stdin, a file, or a directory's YAML files."""
+    if raw == STDIN:
+        return [(lambda: (stdin or sys.stdin).read(), STDIN)]
+    path = Path(raw)
+    if path.is_dir():
+        try:
+            files = [(p, str(p)) for p in sorted(path.iterdir()) if p.suffix in YAML_SUFFIXES and p.is_file()]
+        except OSError as e:
+            raise SourceNotReadable(f"{raw}: {e.strerror}") from None
+    else:
+        files = [(path, raw)]
+    return [(functools.partial(_read, file, shown), shown) for file, shown in files]
 
 
 def _read(path: Path, shown: str) -> str:
@@ -113,13 +163,23 @@ def _read(path: Path, shown: str) -> str:
         raise SourceNotReadable(f"{shown}: {e.strerror}") from None
 
 
-def _list_items(doc: dict[str, Any], source: str, index: int) -> list[Resource]:
+def _list_items(
+    doc: dict[str, Any], source: str, index: int, errors: list[ResourceError] | None
+) -> list[Resource]:
     items = doc.get("items")
     if items is None:
         return []
     if not isinstance(items, list):
         raise InvalidResource(source, index, "expected a list of resources", what="List", path="$.items")
-    return [build_resource(item, source, index, item=i) for i, item in enumerate(items, start=1)]
+    resources = []
+    for i, item in enumerate(items, start=1):
+        try:
+            resources.append(build_resource(item, source, index, item=i))
+        except InvalidResource as e:
+            if errors is None:
+                raise
+            errors.append(e)
+    return resources
 
 
 def _within_budget(doc: object, budget: int) -> bool:

@@ -98,14 +98,70 @@ def test_apply_from_stdin_and_a_directory(ctl: Ctl, tmp_path: Path) -> None:
     assert ctl.ok("apply", "-f", str(d)) == "namespace/b created\nnamespace/c created\n"
 
 
-def test_a_file_with_one_bad_document_applies_nothing_and_says_where(ctl: Ctl, tmp_path: Path) -> None:
+def test_a_file_with_one_bad_document_applies_the_others_and_exits_1_naming_it(
+    ctl: Ctl, tmp_path: Path
+) -> None:
     bad = tmp_path / "services.yaml"
     bad.write_text(BAD)
-    line = ctl.fails("apply", "-f", str(bad))
-    assert line == (
-        f"error: {bad}: document 2 (Service shop/web): $.spec.ports[0].port: Expected int, got str"
-    )
+    result = ctl("apply", "-f", str(bad))
+    assert result.exit_code == 1
+    assert result.stdout == "namespace/shop created\n"
+    assert result.stderr.splitlines() == [
+        f"error: {bad}: document 2 (Service shop/web): $.spec.ports[0].port: Expected int, got str",
+        "error: 1 object not applied (listed above); the others were",
+    ]
+
+
+def test_atomic_apply_with_one_bad_document_applies_nothing(ctl: Ctl, tmp_path: Path) -> None:
+    bad = tmp_path / "services.yaml"
+    bad.write_text(BAD)
+    result = ctl("apply", "--atomic", "-f", str(bad))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "nothing applied (--atomic): 1 object invalid" in result.stderr
     assert ctl.ok("get", "ns", "-o", "json").count('"name"') == 0
+
+
+TYPO_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-details, namespace: default}
+spec:
+  selectr: {matchLabels: {app: details}}
+  action: DENY
+  rules: [{}]
+"""
+
+
+def test_a_typo_in_a_policy_is_refused_instead_of_denying_the_whole_namespace(ctl: Ctl) -> None:
+    result = ctl("apply", "-f", "-", input=TYPO_POLICY)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert 'strict decoding error: unknown field "spec.selectr" (did you mean "selector"?)' in result.stderr
+    assert ctl.ok("get", "ap", "-o", "json").count('"name"') == 0
+
+
+def test_an_object_in_a_missing_namespace_is_refused_with_the_hint_to_create_it(ctl: Ctl) -> None:
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\n"
+    result = ctl("apply", "-f", "-", input=pod)
+    assert result.exit_code == 1
+    assert 'Pod shop/web: namespaces "shop" not found: create it first' in result.stderr
+    ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
+    assert ctl.ok("apply", "-f", "-", input=ns + pod) == "namespace/shop created\npod/web created\n"
+    assert ctl.ok("apply", "-f", "-", input=pod) == "pod/web unchanged\n"
+
+
+def test_pod_fields_the_local_cluster_ignores_are_named_in_warnings(ctl: Ctl) -> None:
+    pod = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n"
+        "  - {name: a, command: [sleep, '9'], resources: {limits: {cpu: '1'}}}\n"
+        "  - {name: b, image: nginx}\n"
+    )
+    result = ctl("apply", "-f", "-", input=pod)
+    assert result.exit_code == 0 and result.stdout == "pod/web created\n"
+    assert result.stderr.splitlines() == [
+        "Warning: pod/web: spec.containers[1] (only the first container runs) is not implemented by the local "
+        "cluster and is ignored",
+        "Warning: pod/web: spec.containers[0].resources is not implemented by the local cluster and is ignored",
+    ]
 
 
 def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ctl) -> None:

@@ -159,6 +159,7 @@ def test_generate_per_service_account_names_the_waypoint_sa_waypoint_and_annotat
 def test_generated_yaml_applies_and_equals_what_waypoint_apply_writes(ctl: Ctl, tmp_path: Path) -> None:
     generated = ctl.ok("waypoint", "generate", "-n", "shop", "--name", "wp", "--for", "all").stdout
     build_resource(yaml.safe_load(generated))  # the store's schema accepts it as it is
+    ctl.put(namespace("shop"))  # apply refuses objects in a namespace that does not exist, as kubectl does
     ctl.ok("apply", "-f", "-", input=generated)
     by_file = ctl.get("Gateway", "shop", "wp")
     other = Ctl(tmp_path / "second")

@@ -82,7 +82,9 @@ def test_unparseable_yaml_reports_line_and_column() -> None:
         "a duplicate in JSON is refused",
     ],
 )
-def test_a_key_given_twice_in_one_mapping_is_refused_not_silently_overwritten(text: str, expected: str) -> None:
+def test_a_key_given_twice_in_one_mapping_is_refused_not_silently_overwritten(
+    text: str, expected: str
+) -> None:
     with pytest.raises(InvalidResource) as caught:
         load_documents(text, "dup.yaml")
     assert str(caught.value).startswith(expected)
@@ -90,9 +92,7 @@ def test_a_key_given_twice_in_one_mapping_is_refused_not_silently_overwritten(te
 
 
 def test_a_key_may_override_one_merged_in_with_yaml_merge_keys() -> None:
-    text = (
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  <<: {name: merged, labels: {a: b}}\n  name: own\n"
-    )
+    text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  <<: {name: merged, labels: {a: b}}\n  name: own\n"
     (ns,) = load_documents(text, "merge.yaml")
     assert (ns.name, ns.labels) == ("own", {"a": "b"})
 
@@ -192,3 +192,24 @@ def test_any_document_shape_either_validates_or_raises_invalid_resource(doc: dic
         assert str(e).startswith("fuzz.yaml: document 1")
     else:
         assert resource.kind in KINDS and resource.name == doc["metadata"]["name"]  # type: ignore[index]
+
+
+def test_collect_paths_keeps_the_valid_documents_and_reports_each_invalid_one(tmp_path: Path) -> None:
+    from meshcore.store import collect_paths
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: B}\n---\n"
+        "kind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: c}}, {kind: Nope}]\n"
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: d}\n---\nkey: [unclosed\n")
+    loaded = collect_paths([str(good), str(tmp_path / "missing.yaml"), str(broken)])
+    assert [r.name for r in loaded.resources] == ["a", "c", "d"]
+    assert [str(e).split(": ")[0:2] for e in loaded.errors] == [
+        [str(good), "document 2 (Namespace B)"],
+        [str(good), "document 3 (List item 2, Nope)"],
+        [str(tmp_path / "missing.yaml"), "no such file or directory"],
+        [str(broken), "document 2"],
+    ]

@@ -1,0 +1,82 @@
+"""Which Pod/Service fields the local cluster names as ignored on apply: one row per shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ambientctl.cluster.support import unimplemented_fields
+from meshcore.store import build_resource
+
+
+def pod(*containers: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": list(containers), **spec},
+    }
+
+
+def service(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {"ports": [{"port": 80}], **spec},
+    }
+
+
+RUN = {"name": "c", "command": ["sleep", "1"]}
+
+CASES = [
+    (
+        "a pod with a command, env values and ports is fully implemented",
+        pod({**RUN, "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 80}]}),
+        [],
+    ),
+    ("a second container is named", pod(RUN, RUN), ["spec.containers[1] (only the first container runs)"]),
+    (
+        "container resources are named",
+        pod({**RUN, "resources": {"limits": {"cpu": "1"}}}),
+        ["spec.containers[0].resources"],
+    ),
+    (
+        "an env valueFrom is named",
+        pod({**RUN, "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}),
+        ["spec.containers[0].env[0].valueFrom"],
+    ),
+    ("pod volumes are named", pod(RUN, volumes=[{"name": "v", "emptyDir": {}}]), ["spec.volumes"]),
+    (
+        "an image without a command is named",
+        pod({"name": "c", "image": "nginx"}),
+        ["spec.containers[0].image (images are not run: give command/args to run a host command)"],
+    ),
+    (
+        "a service with selector and named ports is fully implemented",
+        service(selector={"a": "b"}, ports=[{"name": "h", "port": 80, "targetPort": "http"}]),
+        [],
+    ),
+    (
+        "a NodePort service is named",
+        service(type="NodePort"),
+        ["spec.type NodePort (the local cluster programs a ClusterIP only)"],
+    ),
+    ("session affinity is named", service(sessionAffinity="ClientIP"), ["spec.sessionAffinity"]),
+    (
+        "an SCTP port is named",
+        service(ports=[{"port": 80, "protocol": "SCTP"}]),
+        ["spec.ports[0].protocol SCTP (TCP and UDP only)"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("doc", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_unimplemented_fields(doc: dict[str, Any], expected: list[str]) -> None:
+    assert unimplemented_fields(build_resource(doc)) == expected
+
+
+def test_other_kinds_have_nothing_to_warn_about() -> None:
+    ns = build_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}})
+    assert unimplemented_fields(ns) == []
