@@ -75,6 +75,7 @@ OPEN_CONCURRENCY = 100  # tunnels being opened at once, per holder process
 CHECK_TIMEOUT = 30.0
 WINDOW_S = 10.0  # capture window length (windows overlap: the next starts before the last stops)
 WINDOW_MAX_PACKETS = 300_000
+ROTATION_SAMPLE_S = 5.0  # a config_dump with 10,000 connections is several MB: not every second
 
 
 # ============================================================================ in-pod programs
@@ -280,10 +281,14 @@ def hold(host: str, port: int) -> None:
 class Child:
     """A process in a pod (``ip netns exec``), its stdout lines read by a thread into a queue."""
 
-    def __init__(self, argv: Sequence[str], on_line: Callable[[str], None] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+    def __init__(
+        self, argv: Sequence[str], stderr: Path, on_line: Callable[[str], None] | None = None
+    ) -> None:
+        with open(stderr, "ab") as err:
+            self.proc = subprocess.Popen(
+                list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        self.stderr = stderr
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._on_line = on_line
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -307,9 +312,13 @@ class Child:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise BenchFailed(f"pod process {self.proc.args[4:7]} gave no answer in {timeout:g} s") from None
+            raise BenchFailed(
+                f"pod process {self.proc.args[4:7]} gave no answer in {timeout:g} s (stderr: {self.stderr})"
+            ) from None
         if line is None:
-            raise BenchFailed(f"pod process {self.proc.args[4:7]} exited ({self.proc.poll()})")
+            raise BenchFailed(
+                f"pod process {self.proc.args[4:7]} exited ({self.proc.poll()}; stderr: {self.stderr})"
+            )
         result: dict[str, Any] = json.loads(line)
         return result
 
@@ -347,7 +356,9 @@ class Load:
             sys.executable, str(Path(__file__).resolve()), "load", "echo." + NS, "80",
             "--rate", str(rate), "--timeout", str(timeout), "--marker", self.marker, "--duration", str(duration),
         ]  # fmt: skip
-        self.child = Child(mc.cluster.exec_argv("client", NS, argv), self._add)
+        self.child = Child(
+            mc.cluster.exec_argv("client", NS, argv), mc.cluster.procs.log_path("chaos-load"), self._add
+        )
 
     def _add(self, line: str) -> None:
         try:
@@ -380,7 +391,10 @@ class Holders:
         self.children = []
         for i in range(processes):
             argv = [sys.executable, str(Path(__file__).resolve()), "hold", "sink." + NS, str(SINK_PORT)]
-            self.children.append(Child(mc.cluster.exec_argv(HOLDER_PODS[i % len(HOLDER_PODS)], NS, argv)))
+            pod = HOLDER_PODS[i % len(HOLDER_PODS)]
+            self.children.append(
+                Child(mc.cluster.exec_argv(pod, NS, argv), mc.cluster.procs.log_path(f"chaos-hold-{i}"))
+            )
 
     def _all(self, command: Callable[[int], str], timeout: float) -> list[dict[str, Any]]:
         for i, child in enumerate(self.children):
@@ -392,7 +406,7 @@ class Holders:
             total // len(self.children) + (1 if i < total % len(self.children) else 0)
             for i in range(len(self.children))
         ]
-        answers = self._all(lambda i: f"open {share[i]}", timeout=max(120.0, total / 50))
+        answers = self._all(lambda i: f"open {share[i]}", timeout=max(300.0, total / 10))
         errors: dict[str, int] = {}
         for a in answers:
             for k, v in a["errors"].items():
@@ -504,6 +518,31 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def admin_get(mc: MeshCluster, node: str, path: str) -> tuple[int, bytes]:
+    """``GET path`` on the node's ztunnel admin port, the whole body (``Mesh.ztunnel_get`` stops at
+    1 MiB: a config_dump listing 10,000 connections is larger)."""
+    import http.client
+
+    from ambientctl.cluster.mesh import ZTUNNEL_ADMIN_PORT
+    from meshcore.aio.netns import NetnsHandle, make_marked_socket
+
+    with NetnsHandle.open(str(mc.cluster.net.netns_path(mc.node_netns(node)))) as handle:
+        sock = handle.run(make_marked_socket, socket.AF_INET, socket.SOCK_STREAM, 0, 0)
+    conn = http.client.HTTPConnection("127.0.0.1", ZTUNNEL_ADMIN_PORT, timeout=30)
+    try:
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", ZTUNNEL_ADMIN_PORT))
+        conn.sock = sock
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    except http.client.HTTPException as e:
+        raise OSError(f"bad answer from the admin port: {e}") from e
+    finally:
+        conn.close()
+        sock.close()
+
+
 def config_fingerprint(mc: MeshCluster) -> dict[str, str]:
     """What must survive every fault: ``where/kind/key`` -> digest of its content."""
     from ambientctl.cluster.mesh import ztunnel_name
@@ -516,7 +555,7 @@ def config_fingerprint(mc: MeshCluster) -> dict[str, str]:
             out[f"{node}/ztunnel"] = "not running"
             continue
         try:
-            status, body = mc.mesh.ztunnel_get(node, "/config_dump")
+            status, body = admin_get(mc, node, "/config_dump")
         except OSError as e:
             out[f"{node}/ztunnel"] = f"unreachable: {e}"
             continue
@@ -555,7 +594,7 @@ def converge(mc: MeshCluster, before: dict[str, str]) -> tuple[list[str], float]
 def certificates(mc: MeshCluster, node: str) -> dict[str, tuple[str, str]]:
     """identity -> (leaf serial, expiry) as the node's ztunnel shows them."""
     try:
-        status, body = mc.mesh.ztunnel_get(node, "/config_dump")
+        status, body = admin_get(mc, node, "/config_dump")
     except OSError:
         return {}
     if status != 200:
@@ -746,7 +785,7 @@ def run_rotation(
                 result.min_validity_s[key] = round(min(left, result.min_validity_s.get(key, left)), 1)
                 if left < -1.0:  # expirationTime has whole seconds
                     result.expired_samples[key] = result.expired_samples.get(key, 0) + 1
-        time.sleep(1.0)
+        time.sleep(ROTATION_SAMPLE_S)
     t_end = time.monotonic()
     measure_window(load, t0, t_end, result)
     result.rotations = {k: len(v) - 1 for k, v in sorted(seen.items())}
@@ -762,7 +801,7 @@ def run_rotation(
 
 
 @contextmanager
-def mesh_cluster(extra_env: dict[str, str], log_level: str) -> Iterator[MeshCluster]:
+def mesh_cluster(extra_env: dict[str, str], log_level: str, keep_logs: str | None) -> Iterator[MeshCluster]:
     """A two-node cluster with the mesh, own prefix and state dir; always removed."""
     from ambientctl.cluster import Cluster, ClusterSpec
     from ambientctl.cluster.mesh import Mesh, MeshSettings
@@ -774,6 +813,8 @@ def mesh_cluster(extra_env: dict[str, str], log_level: str) -> Iterator[MeshClus
     cluster = Cluster(state_dir, prefix=prefix)
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, state_dir, True)
+        if keep_logs:  # after `down` (the logs' last lines), before the state dir goes
+            stack.callback(shutil.copytree, cluster.procs.log_dir, keep_logs, dirs_exist_ok=True)
         stack.callback(cluster.down)
         cluster.up(ClusterSpec(nodes=2, prefix=prefix))
         mesh = Mesh(cluster, MeshSettings(extra_env=extra_env, log_level=log_level))
@@ -826,7 +867,7 @@ def campaign(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {}
     started = time.monotonic()
     with ExitStack() as stack:
-        mc = stack.enter_context(mesh_cluster(extra_env, args.log_level))
+        mc = stack.enter_context(mesh_cluster(extra_env, args.log_level, args.keep_logs))
         mc.apply(*yaml_docs(args.processes))
         pods = [("server", NS), ("sink", NS), ("client", NS), *((p, NS) for p in HOLDER_PODS)]
         mc.wait_running(pods, timeout=START_TIMEOUT)
@@ -950,6 +991,7 @@ def main() -> int:
     parser.add_argument("--baseline", type=float, default=10.0, help="seconds of traffic before any fault")
     parser.add_argument("--log-level", default="warning", help="the mesh components' log level")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--keep-logs", help="copy every component's and pod's log here at the end")
     args = parser.parse_args()
     if args.command == "serve-idle":
         serve_idle(args.port)
