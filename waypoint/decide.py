@@ -7,7 +7,13 @@
    waypoint's Gateway, and those targeting the destination service) are evaluated on the request's
    facts (``evaluate_l7``). Denied: 403 ``RBAC: access denied``, as Istio users expect. Facts that
    cannot be built (a request the policy engine cannot read) are denied too: fail closed.
-3. To which endpoint? A service request goes to one of the service's usable endpoints for that port
+3. Which route? ``router.route`` over the destination service's ``ServiceTraffic`` (HTTPRoute /
+   VirtualService rules, DestinationRule, rate limit): no rule matches: 404 ``NR``; a redirect rule
+   answers here (301/302/...) with its Location; else the rule's backend (chosen by weight with ``rand``)
+   names the service, port and subset to use, and its header edits and URL rewrite go on the
+   ``Forward``. No traffic config: the service as dialled. The ``RouteDecision`` rides on ``Routed.route``
+   for the rest (rate limit, faults, pool limits, timeouts, retries, mirrors: ``app``/``resilience``).
+4. To which endpoint? A service request goes to one of the backend service's usable endpoints for that port
    (healthy, on our network, serving the port), chosen per request by ``pick`` (``choose_endpoint``: an
    ``EndpointChooser`` applies the DestinationRule's subset, outlier ejection and load balancer, and
    lists alternatives for retries; a plain ``pick`` is round robin), so requests of one downstream
@@ -20,8 +26,9 @@ the ``pick``'s (cursors, ejections, read from its injected clock).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshcore.identity import SpiffeId
 from meshcore.model import DEFAULT_HBONE_PORT, Service, Workload
@@ -41,7 +48,7 @@ from meshcore.routing import (
 from waypoint.l7.model import Forward, LocalResponse, Request, Upstream
 from waypoint.resilience.chooser import EndpointChooser
 from waypoint.resilience.policies import lb_policy, outlier_policy
-from waypoint.router import RouteDecision
+from waypoint.router import Rand, RouteDecision, route
 from waypoint.state import WaypointState
 
 RBAC_DENIED_BODY = b"RBAC: access denied"
@@ -125,7 +132,7 @@ def request_facts(request: Request, dst: SockAddr) -> RequestFacts:
 
 def decide(
     state: WaypointState, me: Me, request: Request, pick: Pick | EndpointChooser, *,
-    cache: L7PolicyCache | None = None,
+    cache: L7PolicyCache | None = None, rand: Rand = random.random,
 ) -> Routed:
     """The decision for one request (see the module docstring)."""
     dst = destination_of(request)
@@ -146,20 +153,67 @@ def decide(
         why = f"rbac_access_denied_matched_policy[{verdict.policy}]" if verdict.policy else "rbac_access_denied"
         return _local(403, RBAC_DENIED_BODY, "-", why, service=service, workload=target, policy=verdict)
     if service is not None:
-        port = service_port(service, dst.port)
-        if port is None:
-            exposed = ", ".join(str(p.service_port) for p in service.ports) or "none"
-            return _local(404, b"no route", "NR", f"service {service.key} exposes [{exposed}], not {dst.port}",
-                          service=service, policy=verdict)
-        usable, skipped = service_endpoints(state.proxy, service, port, network=me.network, v6=":" in dst.ip)
-        if not usable:
-            why = ", ".join(f"{n} {what}" for what, n in skipped.items()) or "it has no endpoints"
-            return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH", f"service {service.key}: no usable endpoint ({why})",
-                          service=service, policy=verdict)
-        return choose_endpoint(service, usable, request, pick, policy=verdict)
+        return _route_service(state, me, request, pick, service, dst, verdict, rand)
     assert target is not None
     endpoint = HboneEndpoint(dst, SockAddr(dst.ip, DEFAULT_HBONE_PORT), (target.identity,))
     return Routed(Forward(endpoint, label=str(dst)), "", None, target, verdict)
+
+
+def _route_service(
+    state: WaypointState, me: Me, request: Request, pick: Pick | EndpointChooser, service: Service,
+    dst: SockAddr, verdict: Decision, rand: Rand,
+) -> Routed:
+    """Steps 3 and 4 of ``decide`` for a request to ``service`` (the original destination)."""
+    rd = route(state.traffic.get(service.key), request, rand=rand, port=dst.port)
+    if rd.no_route:
+        return _local(404, b"no route", "NR", f"service {service.key}: no route rule matches the request",
+                      service=service, policy=verdict, route=rd)
+    if rd.redirect is not None:
+        status, location = rd.redirect
+        response = LocalResponse(status, b"", headers=(("location", location),))
+        return Routed(response, f"redirect by {rd.origin}", service, None, verdict, route=rd)
+    target, want_port, traffic, subset = service, dst.port, rd.policy, rd.subset
+    backend = rd.backend
+    if backend is not None:
+        if backend.port:
+            want_port = backend.port
+        if backend.service_key != service.key:
+            found = state.proxy.find_service(backend.service_key)
+            if found is None:
+                return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH",
+                              f"route {rd.origin}: backend service {backend.service_key} is unknown here",
+                              service=service, policy=verdict, route=rd)
+            target = found
+            other = state.traffic.get(backend.service_key)
+            dest_policy = other.policy if other is not None else None
+            traffic = dest_policy.policy_for(backend.subset) if dest_policy is not None else None
+            subset = dest_policy.subset(backend.subset) if dest_policy is not None and backend.subset else None
+        if backend.subset and subset is None:
+            return _local(503, NO_HEALTHY_UPSTREAM_BODY, "NC",
+                          f"route {rd.origin}: subset {backend.subset!r} of {target.key} is defined by no "
+                          "DestinationRule", service=target, policy=verdict, route=rd)
+    port = service_port(target, want_port)
+    if port is None:
+        exposed = ", ".join(str(p.service_port) for p in target.ports) or "none"
+        return _local(404, b"no route", "NR", f"service {target.key} exposes [{exposed}], not {want_port}",
+                      service=target, policy=verdict, route=rd)
+    usable, skipped = service_endpoints(state.proxy, target, port, network=me.network, v6=":" in dst.ip)
+    if not usable:
+        why = ", ".join(f"{n} {what}" for what, n in skipped.items()) or "it has no endpoints"
+        return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH", f"service {target.key}: no usable endpoint ({why})",
+                      service=target, policy=verdict, route=rd)
+    routed = choose_endpoint(target, usable, request, pick, policy=verdict, traffic=traffic, subset=subset,
+                             retries=rd.retry.attempts if rd.retry is not None else 0)
+    forward = routed.decision
+    if isinstance(forward, Forward) and rd.rule is not None:
+        forward = replace(
+            forward,
+            set_headers=rd.set_headers, add_headers=rd.add_headers, remove_headers=rd.remove_headers,
+            response_set_headers=rd.response_set_headers, response_add_headers=rd.response_add_headers,
+            response_remove_headers=rd.response_remove_headers,
+            path=rd.rewrite_path or None, authority=rd.rewrite_authority or None,
+        )
+    return replace(routed, decision=forward, route=rd)
 
 
 def _hbone_endpoint(chosen: Endpoint, service: Service) -> HboneEndpoint:

@@ -147,6 +147,12 @@ class Forward:
     label: str = ""  # how records name the upstream (e.g. "10.0.3.7:8080"); default str(endpoint)
     set_headers: HeaderList = ()  # request headers replaced/added before forwarding
     remove_headers: tuple[str, ...] = ()  # request headers removed before forwarding
+    add_headers: HeaderList = ()  # request headers appended (after set/remove) before forwarding
+    response_set_headers: HeaderList = ()  # response headers replaced/added before answering downstream
+    response_add_headers: HeaderList = ()  # response headers appended
+    response_remove_headers: tuple[str, ...] = ()  # response headers removed
+    path: str | None = None  # a route's URL rewrite: the path (with query) sent upstream; None: as received
+    authority: str | None = None  # a route's URL rewrite: the authority sent upstream; None: as received
     timeout: float | None = None  # whole-request timeout, retries included (504, flag UT); None: none
     retry: RetryPolicy | None = None
     alternatives: tuple[Upstream, ...] = ()  # other endpoints for retries, in preference order

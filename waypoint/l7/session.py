@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import random
 import time
@@ -71,6 +72,7 @@ from waypoint.l7.model import (
     Attempt,
     ConnectionFacts,
     Forward,
+    HeaderList,
     HttpCounters,
     HttpLimits,
     HttpProtocol,
@@ -150,6 +152,8 @@ class _Rec:
     detail: str = ""
     decision_flags: str = ""  # flags the decision earned (DI) before the upstream's own
     attempts: list[Attempt] = field(default_factory=list)
+    # A route's response header edits (set, add, remove), applied to the upstream's response head.
+    response_edits: tuple[HeaderList, HeaderList, tuple[str, ...]] | None = None
 
 
 def _flags(rec: _Rec) -> str:
@@ -415,6 +419,15 @@ async def _forward(ctx: _Ctx, down: _Down, head: RequestHead, headers: Headers, 
     rec.decision_flags = decision.flags
     if decision.set_headers or decision.remove_headers:
         headers = apply_edits(headers, decision.set_headers, decision.remove_headers)
+    if decision.add_headers:
+        headers = [*headers, *decision.add_headers]
+    if decision.path is not None:
+        head = dataclasses.replace(head, path=decision.path)  # the record keeps the path as received
+    if decision.authority is not None:
+        rec.authority = decision.authority
+    if decision.response_set_headers or decision.response_add_headers or decision.response_remove_headers:
+        rec.response_edits = (decision.response_set_headers, decision.response_add_headers,
+                              decision.response_remove_headers)
     body_buffer: list[bytes] | None = None
     if ctx.limits.request_body_buffer and not head.end_stream:
         body_buffer = await _buffer_body(ctx, down, rec)
@@ -749,6 +762,9 @@ async def _relay_response(ctx: _Ctx, down: _Down, head: RequestHead, rec: _Rec, 
                 await _tunnel(ctx, down, exchange, event)
                 return False
             response_headers = prepare_response(event.headers)
+            if rec.response_edits is not None:
+                set_, add, remove = rec.response_edits
+                response_headers = [*apply_edits(response_headers, set_, remove), *add]
             if event.end_stream:
                 rec.grpc_status = _grpc_status(event.headers)
             close = head.upgrade is not None  # an upgrade the upstream declined: the client's bytes are opaque now
