@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -28,8 +29,11 @@ from ambientctl.cluster.testing import (
 
 pytestmark = pytest.mark.timeout(150)
 
-PODS = [("server", "shop"), ("client", "shop"), ("bad", "shop")]
-URL = "http://echo.shop/"
+# A namespace of its own: the node agent's /proc scan finds pods by namespace/name on the whole machine,
+# so other local clusters running at the same time must not have pods of the same names.
+NS = f"ts{secrets.token_hex(3)}"
+PODS = [("server", NS), ("client", NS), ("bad", NS)]
+URL = f"http://echo.{NS}/"
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +41,12 @@ def mc() -> Iterator[MeshCluster]:
     cluster = MeshCluster.create()
     try:
         cluster.apply(
-            namespace("shop", AMBIENT),
-            echo_pod("server", "shop", "node-2", {"app": "echo"}, sa="server"),
-            sleeper_pod("client", "shop", "node-1", sa="client"),
-            sleeper_pod("bad", "shop", "node-1", sa="bad"),
-            service("echo", "shop", {"app": "echo"}),
-            deny_policy("deny-bad", "shop", {"app": "echo"}, {"principals": ["cluster.local/ns/shop/sa/bad"]}),
+            namespace(NS, AMBIENT),
+            echo_pod("server", NS, "node-2", {"app": "echo"}, sa="server"),
+            sleeper_pod("client", NS, "node-1", sa="client"),
+            sleeper_pod("bad", NS, "node-1", sa="bad"),
+            service("echo", NS, {"app": "echo"}),
+            deny_policy("deny-bad", NS, {"app": "echo"}, {"principals": [f"cluster.local/ns/{NS}/sa/bad"]}),
         )
         cluster.wait_running(PODS)
         cluster.wait_redirection(PODS, "enabled")
@@ -85,21 +89,21 @@ def test_proxy_status_lists_every_ztunnel_synced(mc: MeshCluster) -> None:
 
 
 def test_explain_predicts_what_the_data_plane_does(mc: MeshCluster) -> None:
-    allowed = json.loads(ctl(mc, "explain", "shop/client", "svc/shop/echo", "-o", "json").stdout)
-    denied = json.loads(ctl(mc, "explain", "shop/bad", "echo.shop:80", "-o", "json").stdout)
+    allowed = json.loads(ctl(mc, "explain", f"{NS}/client", f"svc/{NS}/echo", "-o", "json").stdout)
+    denied = json.loads(ctl(mc, "explain", f"{NS}/bad", f"echo.{NS}:80", "-o", "json").stdout)
     assert allowed["route"]["kind"] == "Direct" and allowed["allowed"] is True
     (hop,) = allowed["route"]["hops"]
-    assert hop["protocol"] == "HBONE" and hop["identities"] == ["spiffe://cluster.local/ns/shop/sa/server"]
+    assert hop["protocol"] == "HBONE" and hop["identities"] == [f"spiffe://cluster.local/ns/{NS}/sa/server"]
     assert denied["allowed"] is False
     (l4,) = denied["l4"]
-    assert l4["decision"]["policy"] == "shop/deny-bad"
-    assert l4["policies"] == [{"policy": "shop/deny-bad", "action": "DENY", "dryRun": False, "matched": True, "rule": 0}]
+    assert l4["decision"]["policy"] == f"{NS}/deny-bad"
+    assert l4["policies"] == [{"policy": f"{NS}/deny-bad", "action": "DENY", "dryRun": False, "matched": True, "rule": 0}]
 
-    assert mc.request("client", "shop", URL)["ok"] == 1
-    refused = mc.request("bad", "shop", URL, timeout=3.0)
+    assert mc.request("client", NS, URL)["ok"] == 1
+    refused = mc.request("bad", NS, URL, timeout=3.0)
     assert refused["ok"] == 0, refused
-    text = ctl(mc, "explain", "shop/bad", "svc/shop/echo").stdout
-    assert "DENY  shop/deny-bad: matched rule 0" in text and text.rstrip().endswith("DENIED")
+    text = ctl(mc, "explain", f"{NS}/bad", f"svc/{NS}/echo").stdout
+    assert f"DENY  {NS}/deny-bad: matched rule 0" in text and text.rstrip().endswith("DENIED")
 
 
 def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
