@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -38,6 +38,8 @@ from istiod_lite.push import PushServer
 from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
 from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
 from istiod_lite.registry.index import Value, diff_l7
+from istiod_lite.registry.traffic import TrafficState, TrafficUpdate
+from istiod_lite.registry.traffic import update as update_traffic
 from istiod_lite.waypoints import ControllerSettings, WaypointController
 from meshcore import satoken
 from meshcore.aio.httpserver import HttpServer, Request, Response, metrics_handler
@@ -48,16 +50,18 @@ from meshcore.model.convert import (
     authorization_to_proto,
 )
 from meshcore.model.convert_l7 import L7_AUTHORIZATION_TYPE_URL, l7_authorization_to_proto
+from meshcore.model.convert_traffic import SERVICE_TRAFFIC_TYPE_URL, service_traffic_to_proto
 from meshcore.model.l7 import L7Authorization
 from meshcore.proto import discovery_pb2_grpc
+from meshcore.store.errors import ResourceNotFound
 from meshcore.store.paths import store_path
 from meshcore.store.resource import Resource, ResourceRef
 from meshcore.store.sqlite import SqliteStore
 
 log = structlog.get_logger("istiod_lite")
 
-# What the push server serves: ztunnels' Address and Authorization, waypoints' L7 policies.
-SERVED_TYPE_URLS = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL)
+# What the push server serves: ztunnels' Address and Authorization, waypoints' L7 policies and traffic.
+SERVED_TYPE_URLS = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL, SERVICE_TRAFFIC_TYPE_URL)
 MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 MiB (what we may send)
 # What 15012 accepts in one message: DeltaDiscoveryRequests and CSRs are small. gRPC refuses a larger one
 # (RESOURCE_EXHAUSTED) before it is deserialized, so it costs no memory.
@@ -124,6 +128,7 @@ class ControlPlane:
             metrics=self.metrics,
         )
         self.snapshot = self._state.snapshot
+        self._traffic = TrafficState()  # routes, DestinationRules, rate limits -> ServiceTraffic per service
         self._revision = 0
         self._grpc: grpc.aio.Server | None = None
         self._token_grpc: grpc.aio.Server | None = None  # the token CA port (None: not served)
@@ -245,6 +250,7 @@ class ControlPlane:
         state = build(resources, self._registry_settings)
         changed, removed = diff(self.snapshot, state.snapshot)
         self._publish(state, changed, removed, started, diff_l7(self.snapshot, state.snapshot))
+        self._update_traffic(resources, (), everything=True)
         self.waypoints.observe(resources)  # every Gateway and what was made for one: resync them
 
     async def _watch(self) -> None:
@@ -268,6 +274,9 @@ class ControlPlane:
                         [ref for ref, r in latest.items() if r is None],
                     )
                     self._publish(state, changed, removed, started, state.l7_changes)
+                    self._update_traffic(
+                        [r for r in latest.values() if r is not None], [ref for ref, r in latest.items() if r is None]
+                    )
                 except Exception:  # a registry bug must not stop config updates: start over from the store
                     log.exception("incremental registry update failed; rebuilding from the whole store")
                     self._load_all()
@@ -320,6 +329,40 @@ class ControlPlane:
         if n_changed or n_removed:
             log.info("registry updated", revision=self._revision, changed=n_changed, removed=n_removed)
 
+    def _update_traffic(self, changed: list[Resource], deleted: Sequence[ResourceRef], *, everything: bool = False) -> None:
+        """Recompile the traffic resources a batch can affect, push the services whose ``ServiceTraffic``
+        changed and write route/policy status back (``registry.traffic``). Call after ``_publish``."""
+        snap = self.snapshot
+        before = self._traffic
+        result: TrafficUpdate = update_traffic(
+            TrafficState() if everything else before, changed, deleted,
+            services=snap.services, workloads=snap.workloads, waypoints=snap.waypoints,
+            cluster_id=self._registry_settings.cluster_id, domain_suffix=self._registry_settings.domain_suffix,
+            trust_domain=self._registry_settings.trust_domain, everything=everything,
+        )
+        updates, removed = result.changed, result.removed
+        if everything:  # from scratch: compare with what was pushed
+            updates = {k: v for k, v in result.state.traffic.items() if before.traffic.get(k) != v}
+            removed = set(before.traffic) - set(result.state.traffic)
+        self.push.set_resources(
+            SERVICE_TRAFFIC_TYPE_URL, {k: service_traffic_to_proto(v) for k, v in updates.items()}, removed
+        )
+        self._traffic = result.state
+        for p in result.problems:
+            log.warning("traffic config problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
+        now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        for ref, status in result.statuses.items():
+            for cond in [*status.get("conditions", []), *(c for p in status.get("parents", []) for c in p["conditions"])]:
+                cond["lastTransitionTime"] = now
+            try:
+                self.store.set_status(ref, status)
+            except ResourceNotFound:
+                continue  # deleted meanwhile: its deletion comes through the watch
+            except Exception:
+                log.exception("writing traffic status failed", resource=str(ref))
+        if updates or removed:
+            log.info("service traffic updated", changed=sorted(updates), removed=sorted(removed))
+
     # -- monitoring --------------------------------------------------------------------------------
 
     async def _syncz(self, _: Request) -> Response:
@@ -333,6 +376,7 @@ class ControlPlane:
                 "services": msgspec.to_builtins(list(snap.services.values())),
                 "policies": msgspec.to_builtins(list(snap.policies.values())),
                 "l7Policies": msgspec.to_builtins(list(snap.l7_policies.values())),
+                "serviceTraffic": msgspec.to_builtins(list(self._traffic.traffic.values())),
                 "waypoints": msgspec.to_builtins(list(snap.waypoints.values())),
                 # Why each workload/service that asked for a waypoint has (or has not) got one.
                 "waypointBindings": {name: msgspec.to_builtins(b) for name, b in snap.waypoint_bindings.items()},
