@@ -10,7 +10,8 @@ ztunnel sees the waypoint's principal); opaque TCP gets L4 treatment only: it is
 unless a policy that applies here has HTTP-only attributes, in which case it is refused (fail closed:
 such a policy cannot be evaluated on bytes that are not HTTP). Istio's request metrics with
 ``reporter="waypoint"`` and one access-log line per request; admin (15000, loopback), metrics (15020),
-readiness (15021). Tests swap the CA (``ca``) and the config source (``xds``: a function of the cell).
+readiness (15021). Tests swap the CA (``ca``), the config source (``xds``: a function of the cell) and
+the random source of weighted routes, fault percentages and balancing (``rng``).
 
 Lifecycle: ``start()`` (fetches the certificate, connects config, binds listeners); ``drain(deadline)``
 stops accepting and lets tunnels finish; ``stop()`` ends everything. SIGTERM handling is in ``__main__``.
@@ -146,7 +147,7 @@ class WaypointHandler:
 
     async def decide(self, request: HttpRequest) -> Forward | LocalResponse:
         state = self._cell.current()
-        routed = decide(state, self._me, request, self.chooser, cache=self._cache)
+        routed = decide(state, self._me, request, self.chooser, cache=self._cache, rand=self._rng.random)
         if routed.policy is not None and not routed.policy.allowed:
             self.denied += 1
         entry = _InFlight(routed)
@@ -240,7 +241,8 @@ class Waypoint:
     """One waypoint proxy (see the module docstring)."""
 
     def __init__(
-        self, config: WaypointConfig, *, ca: CertificateProvider | None = None, xds: XdsFactory | None = None
+        self, config: WaypointConfig, *, ca: CertificateProvider | None = None, xds: XdsFactory | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.identity: SpiffeId = config.identity
@@ -255,7 +257,7 @@ class Waypoint:
         self.hbone_counters = HboneServerCounters()
         self.http_counters = HttpCounters()
         self.limits = HttpLimits(max_header_bytes=config.max_header_bytes, max_header_count=config.max_header_count)
-        self.handler = WaypointHandler(self.cell, self.me)
+        self.handler = WaypointHandler(self.cell, self.me, rng=rng)
         self.registry.register(_ResilienceCollector(self.http_counters, self.handler))
         self.log_level = LogLevel(config.log_level, set_level)
         self.synced = asyncio.Event()
