@@ -85,6 +85,7 @@ access_log = structlog.get_logger("waypoint.access")
 
 ACCESS_SCOPE = "access"
 _ROUTED_LIMIT = 4096  # decisions waiting for their request's completion record (bounded: a leak guard)
+_UPSTREAM_FAILURES = frozenset({"UF", "UC", "UT", "UPE"})  # attempt flags outlier detection counts as 5xx
 _PENDING_WAIT = 10.0  # seconds a request may wait for a connection-pool slot without a route timeout
 
 
@@ -231,6 +232,8 @@ class WaypointHandler:
             outlier = outlier_policy(route.policy.outlier_detection)
         if outlier is not None and routed.pool:
             for attempt in record.attempts:
+                if not attempt.status and attempt.flags not in _UPSTREAM_FAILURES:
+                    continue  # the client went away (DC) or broke the request: says nothing about the endpoint
                 outcome = Outcome(status=attempt.status, flag="" if attempt.status else attempt.flags)
                 if self.chooser.observe(routed.pool, attempt.upstream, outcome, outlier, routed.pool_size):
                     log.warning("endpoint ejected by outlier detection", pool=routed.pool, endpoint=attempt.upstream)
