@@ -1,0 +1,848 @@
+"""KubeApiServer: a Kubernetes API server stand-in on 127.0.0.1 for tests (no cluster can run here).
+
+It speaks the REST protocol the Kubernetes API conventions define, over HTTP/1.1 (asyncio + h11), for the
+resource types it is given (core ``/api/v1`` and groups ``/apis/GROUP/VERSION``, namespaced and cluster
+paths):
+
+- list: ``GET`` of a collection returns ``{kind: <Kind>List, metadata: {resourceVersion}, items}``; the
+  list's resourceVersion is the revision the items were read at, so a watch from it misses nothing.
+- watch: ``GET ...?watch=1&resourceVersion=RV`` streams one JSON event per line (ADDED, MODIFIED, DELETED,
+  BOOKMARK with ``allowWatchBookmarks=true``, ERROR): every change after RV in order, then new ones as they
+  happen, until ``timeoutSeconds``. Without RV (or RV "0") it starts with a synthetic ADDED per current
+  object. An RV older than the compacted history yields an ERROR event carrying a ``Status`` with code
+  410 (reason ``Expired``), as a real server does on an open watch; the client must re-list.
+- writes: ``POST`` (409 AlreadyExists), ``PUT`` (409 Conflict when ``metadata.resourceVersion`` is stale;
+  unconditional without it), ``DELETE``, ``PATCH`` with ``application/merge-patch+json`` and server-side
+  apply (``application/apply-patch+yaml``, ``fieldManager`` required, ``force``): field ownership per
+  manager, conflicts 409 unless forced, fields a manager stops applying removed. ``/status`` is a
+  subresource: writes to the main resource never change status and status writes change nothing else.
+- errors are ``Status`` objects with the code, reason and a message, as the API returns them.
+
+Invariants: one global revision (every write that changes an object takes the next one; a write that
+changes nothing takes none and sends no event); the change log is kept in revision order until
+``compact``; resourceVersions are decimal strings of that revision (clients must treat them as opaque).
+
+Simplifications, stated so no test relies on them being real: no authentication or authorization (every
+request is recorded in ``requests`` with its RBAC verb instead, so tests can derive the RBAC a client
+needs); no label/field selectors or pagination (refused with 400, not ignored); no admission, defaulting or
+schema validation; deleting a Namespace deletes its contents at once (a real server finalizes it
+asynchronously); lists in applied configurations are atomic (owned as one field).
+
+Test controls: ``compact()``, ``send_bookmarks()``, ``close_watches()``, ``fail_next(status, count)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import copy
+import itertools
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import yaml
+
+from meshcore.store.kinds import plural as store_plural
+from meshcore.store.resource import KINDS
+
+JSON = dict[str, Any]
+Path = tuple[str, ...]
+
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+_MAX_BODY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResource:
+    """One resource type the stand-in serves."""
+
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    has_status: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+def mesh_resources() -> list[ApiResource]:
+    """The types the mesh's store holds (``meshcore.store.resource.KINDS``) plus Leases."""
+    out: list[ApiResource] = []
+    for kind, (api_version, namespaced) in KINDS.items():
+        group, _, version = api_version.rpartition("/")
+        out.append(
+            ApiResource(group, version, store_plural(kind), kind, namespaced, kind != "ServiceAccount")
+        )
+    out.append(ApiResource("coordination.k8s.io", "v1", "leases", "Lease", True, False))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """A request as RBAC sees it: ``verb`` is get/list/watch/create/update/patch/delete."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+
+
+class ApiError(Exception):
+    """A failed request; becomes a ``Status`` response."""
+
+    def __init__(self, code: int, reason: str, message: str, details: JSON | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details or {}
+
+    def status(self) -> JSON:
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
+        }
+
+
+_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 410: "Expired",
+            415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+            503: "ServiceUnavailable", 504: "Timeout"}
+
+
+@dataclass(slots=True)
+class _Event:
+    revision: int
+    type: str
+    resource: ApiResource
+    namespace: str
+    object: JSON
+
+
+@dataclass(eq=False)
+class _Watch:
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    bookmark: bool = False
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class _Target:
+    resource: ApiResource
+    namespace: str  # "" for cluster-scoped, or a namespaced list across all namespaces
+    name: str
+    subresource: str
+
+
+class KubeApiServer:
+    """``async with KubeApiServer() as api: api.url ...``; state lives in memory for the server's life."""
+
+    def __init__(
+        self,
+        resources: Iterable[ApiResource] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        bookmark_interval: float = 60.0,
+        require_namespaces: bool = True,
+    ) -> None:
+        self.resources = list(mesh_resources() if resources is None else resources)
+        self._by_path = {(r.group, r.version, r.plural): r for r in self.resources}
+        self._host = host
+        self.port = 0
+        self.bookmark_interval = bookmark_interval
+        self.require_namespaces = require_namespaces
+        self._objects: dict[tuple[ApiResource, str, str], JSON] = {}
+        # Field ownership: object key -> manager -> set of owned leaf paths.
+        self._owners: dict[tuple[ApiResource, str, str], dict[str, set[Path]]] = {}
+        self._log: list[_Event] = []
+        self._log_revs: list[int] = []
+        self.revision = 1
+        self.compacted = 0
+        self._watches: set[_Watch] = set()
+        self._faults: list[int] = []
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.requests: list[RecordedRequest] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self._host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        self.close_watches()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        for task in list(self._conns):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> KubeApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    # --- test controls -----------------------------------------------------------------------------------
+
+    def compact(self, revision: int | None = None) -> None:
+        """Drop the change history up to ``revision`` (default: all of it); older watches get 410."""
+        upto = self.revision if revision is None else revision
+        self.compacted = max(self.compacted, upto)
+        cut = bisect.bisect_right(self._log_revs, self.compacted)
+        del self._log[:cut]
+        del self._log_revs[:cut]
+        self._wake_all()
+
+    def send_bookmarks(self) -> None:
+        """Make every open watch that allowed bookmarks send one now."""
+        for w in self._watches:
+            w.bookmark = True
+            w.wake.set()
+
+    def close_watches(self) -> None:
+        """End every open watch stream (as an API server restart or a load balancer timeout does)."""
+        for w in self._watches:
+            w.closed = True
+            w.wake.set()
+
+    def fail_next(self, status: int = 500, count: int = 1) -> None:
+        """The next ``count`` requests fail with ``status`` (429 and 503 carry Retry-After: 1)."""
+        self._faults.extend([status] * count)
+
+    def open_watches(self) -> int:
+        return len(self._watches)
+
+    # --- direct access (the "cluster" side of a test: what kubelet or kubectl would do) ------------------
+
+    def put_object(self, obj: JSON) -> JSON:
+        """Create or replace ``obj`` (status included) as if another client wrote it; returns it stored."""
+        res = self._resource_for(obj)
+        meta = obj.get("metadata", {})
+        key = (res, meta.get("namespace", "") if res.namespaced else "", meta["name"])
+        old = self._objects.get(key)
+        new = copy.deepcopy(obj)
+        new.setdefault("apiVersion", res.api_version)
+        new.setdefault("kind", res.kind)
+        if old is None:
+            return self._store_new(key, new)
+        new["metadata"].pop("resourceVersion", None)
+        return self._store_update(key, old, new)
+
+    def delete_object(self, kind: str, namespace: str, name: str) -> bool:
+        res = next(r for r in self.resources if r.kind == kind)
+        key = (res, namespace if res.namespaced else "", name)
+        if key not in self._objects:
+            return False
+        self._delete(key)
+        return True
+
+    def get_object(self, kind: str, namespace: str, name: str) -> JSON | None:
+        res = next(r for r in self.resources if r.kind == kind)
+        obj = self._objects.get((res, namespace if res.namespaced else "", name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def _resource_for(self, obj: JSON) -> ApiResource:
+        for r in self.resources:
+            if r.kind == obj.get("kind") and r.api_version == obj.get("apiVersion", r.api_version):
+                return r
+        raise KeyError(f"the stand-in serves no {obj.get('apiVersion')} {obj.get('kind')}")
+
+    # --- storage -----------------------------------------------------------------------------------------
+
+    def _next_revision(self) -> int:
+        self.revision += 1
+        return self.revision
+
+    def _record(self, type_: str, key: tuple[ApiResource, str, str], obj: JSON) -> None:
+        self._log.append(_Event(self.revision, type_, key[0], key[1], copy.deepcopy(obj)))
+        self._log_revs.append(self.revision)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for w in self._watches:
+            w.wake.set()
+
+    def _store_new(self, key: tuple[ApiResource, str, str], obj: JSON) -> JSON:
+        meta = obj.setdefault("metadata", {})
+        meta["name"] = key[2]
+        if key[0].namespaced:
+            meta["namespace"] = key[1]
+        else:
+            meta.pop("namespace", None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta["generation"] = 1
+        meta["resourceVersion"] = str(self._next_revision())
+        self._objects[key] = obj
+        self._record("ADDED", key, obj)
+        return copy.deepcopy(obj)
+
+    def _store_update(self, key: tuple[ApiResource, str, str], old: JSON, new: JSON) -> JSON:
+        """Replace ``old`` with ``new`` (server-owned metadata kept); no-op writes take no revision."""
+        meta = new.setdefault("metadata", {})
+        for k in ("uid", "creationTimestamp", "generation", "name", "namespace"):
+            if k in old["metadata"]:
+                meta[k] = old["metadata"][k]
+            else:
+                meta.pop(k, None)
+        meta["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if "managedFields" in old["metadata"]:
+            meta["managedFields"] = old["metadata"]["managedFields"]
+        if new == old:
+            return copy.deepcopy(old)
+        if new.get("spec") != old.get("spec"):
+            meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        meta["resourceVersion"] = str(self._next_revision())
+        self._objects[key] = new
+        self._record("MODIFIED", key, new)
+        return copy.deepcopy(new)
+
+    def _delete(self, key: tuple[ApiResource, str, str]) -> JSON:
+        res, ns, name = key
+        if res.kind == "Namespace" and res.group == "":
+            for inner in [k for k in self._objects if k[0].namespaced and k[1] == name]:
+                self._delete(inner)
+        obj = self._objects.pop(key)
+        self._owners.pop(key, None)
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = str(self._next_revision())
+        self._record("DELETED", key, gone)
+        return copy.deepcopy(obj)
+
+    # --- HTTP --------------------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        try:
+            while True:
+                request, body = await self._read_request(conn, reader)
+                if request is None:
+                    return
+                keep_going = await self._handle(conn, writer, request, body)
+                if not keep_going or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader
+    ) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(65536)
+                conn.receive_data(data)
+                if not data and conn.their_state is h11.IDLE:
+                    return None, b""
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > _MAX_BODY:
+                    raise h11.ProtocolError("request body too large")
+            elif isinstance(event, h11.EndOfMessage):
+                return request, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                return None, b""
+
+    async def _handle(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes
+    ) -> bool:
+        method = request.method.decode()
+        url = urlsplit(request.target.decode())
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+        try:
+            if self._faults:
+                code = self._faults.pop(0)
+                raise ApiError(code, _REASONS.get(code, "InternalError"), f"injected failure {code}")
+            target = self._route(url.path)
+            if method == "GET" and query.get("watch") in ("1", "true"):
+                self._audit("watch", target)
+                await self._watch(conn, writer, target, query)
+                return False
+            status, payload = self._dispatch(method, target, query, headers, body)
+        except ApiError as e:
+            status, payload = e.code, e.status()
+        extra = [("retry-after", "1")] if status in (429, 503) else []
+        await self._send(conn, writer, status, json.dumps(payload).encode(), extra)
+        return True
+
+    async def _send(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, data: bytes,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        headers = [("content-type", "application/json"), ("content-length", str(len(data))), *(extra or [])]
+        writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+        writer.write(conn.send(h11.Data(data=data)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()
+
+    def _route(self, path: str) -> _Target:
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) >= 2:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces" and (group, version, rest[2]) in self._by_path:
+            namespace, rest = rest[1], rest[2:]
+        if not rest or (group, version, rest[0]) not in self._by_path or len(rest) > 3:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+        res = self._by_path[(group, version, rest[0])]
+        if namespace and not res.namespaced:
+            raise ApiError(404, "NotFound", f"{res.plural} is not namespaced ({path})")
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if sub and (sub != "status" or not res.has_status):
+            raise ApiError(404, "NotFound", f"{res.plural} has no subresource {sub!r}")
+        if name and res.namespaced and not namespace:
+            raise ApiError(404, "NotFound", f"{res.plural} is namespaced: use /namespaces/NS/{res.plural}/{name}")
+        return _Target(res, namespace, name, sub)
+
+    def _audit(self, verb: str, t: _Target) -> None:
+        self.requests.append(RecordedRequest(verb, t.resource.group, t.resource.plural, t.subresource,
+                                             t.namespace, t.name))
+
+    def _dispatch(
+        self, method: str, t: _Target, query: dict[str, str], headers: dict[str, str], body: bytes
+    ) -> tuple[int, JSON]:
+        for unsupported in ("labelSelector", "fieldSelector", "limit", "continue"):
+            if query.get(unsupported):
+                raise ApiError(400, "BadRequest", f"{unsupported} is not supported by the API stand-in")
+        if method == "GET":
+            self._audit("get" if t.name else "list", t)
+            return (200, self._get(t)) if t.name else (200, self._list(t, query))
+        if not t.name and method != "POST":
+            raise ApiError(405, "MethodNotAllowed", f"{method} on a collection is not supported")
+        if method == "POST":
+            self._audit("create", t)
+            if t.name:
+                raise ApiError(405, "MethodNotAllowed", "POST goes to the collection, not an object")
+            return 201, self._create(t, _json_body(body))
+        if method == "PUT":
+            self._audit("update", t)
+            return 200, self._update(t, _json_body(body), query.get("fieldManager", "unknown"))
+        if method == "PATCH":
+            self._audit("patch", t)
+            return self._patch(t, query, headers.get("content-type", "").split(";")[0].strip(), body)
+        if method == "DELETE":
+            self._audit("delete", t)
+            key = self._key(t)
+            if key not in self._objects:
+                raise self._not_found(t)
+            return 200, self._delete(key)
+        raise ApiError(405, "MethodNotAllowed", f"method {method} is not supported")
+
+    def _key(self, t: _Target) -> tuple[ApiResource, str, str]:
+        return (t.resource, t.namespace, t.name)
+
+    def _not_found(self, t: _Target) -> ApiError:
+        return ApiError(404, "NotFound", f'{t.resource.plural} "{t.name}" not found',
+                        {"name": t.name, "group": t.resource.group, "kind": t.resource.plural})
+
+    def _get(self, t: _Target) -> JSON:
+        obj = self._objects.get(self._key(t))
+        if obj is None:
+            raise self._not_found(t)
+        return copy.deepcopy(obj)
+
+    def _list(self, t: _Target, query: dict[str, str]) -> JSON:
+        rv = query.get("resourceVersion", "")
+        if rv not in ("", "0"):
+            n = _parse_rv(rv)
+            if query.get("resourceVersionMatch") == "Exact" and n != self.revision:
+                code = 410 if n < self.compacted else 400
+                raise ApiError(code, _REASONS[code], f"resourceVersion {rv}: the stand-in lists only the latest "
+                               "state exactly" if code == 400 else f"too old resource version: {rv}")
+            if n > self.revision:
+                raise ApiError(504, "Timeout", f"Too large resource version: {rv}, current: {self.revision}")
+        items = [copy.deepcopy(o) for k, o in sorted(self._objects.items(), key=lambda kv: kv[0][1:])
+                 if k[0] == t.resource and (not t.namespace or k[1] == t.namespace)]
+        return {"kind": f"{t.resource.kind}List", "apiVersion": t.resource.api_version,
+                "metadata": {"resourceVersion": str(self.revision)}, "items": items}
+
+    def _check_body(self, t: _Target, obj: JSON) -> JSON:
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata", {}), dict):
+            raise ApiError(400, "BadRequest", "the body must be an object with metadata")
+        res = t.resource
+        if obj.get("kind", res.kind) != res.kind or obj.get("apiVersion", res.api_version) != res.api_version:
+            raise ApiError(400, "BadRequest", f"the body is {obj.get('apiVersion')} {obj.get('kind')}, "
+                           f"the URL is {res.api_version} {res.kind}")
+        meta = obj.setdefault("metadata", {})
+        if t.name and meta.get("name", t.name) != t.name:
+            raise ApiError(400, "BadRequest", f"the name in the body ({meta.get('name')}) does not match the URL")
+        if res.namespaced and meta.get("namespace", t.namespace) != t.namespace:
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the "
+                           "namespace sent on the request")
+        obj["kind"], obj["apiVersion"] = res.kind, res.api_version
+        meta.pop("managedFields", None)
+        return obj
+
+    def _check_namespace(self, t: _Target) -> None:
+        if not self.require_namespaces or not t.resource.namespaced:
+            return
+        ns_res = next((r for r in self.resources if r.kind == "Namespace" and r.group == ""), None)
+        if ns_res is not None and (ns_res, "", t.namespace) not in self._objects:
+            raise ApiError(404, "NotFound", f'namespaces "{t.namespace}" not found',
+                           {"name": t.namespace, "kind": "namespaces"})
+
+    def _create(self, t: _Target, obj: JSON) -> JSON:
+        if t.resource.namespaced and not t.namespace:
+            raise ApiError(405, "MethodNotAllowed", f"create {t.resource.plural} in a namespace")
+        obj = self._check_body(t, obj)
+        name = obj["metadata"].get("name")
+        if not name:
+            raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+        key = (t.resource, t.namespace, name)
+        if key in self._objects:
+            raise ApiError(409, "AlreadyExists", f'{t.resource.plural} "{name}" already exists',
+                           {"name": name, "kind": t.resource.plural})
+        self._check_namespace(_Target(t.resource, t.namespace, name, ""))
+        if t.resource.has_status:
+            obj.pop("status", None)  # status is a subresource: set through /status only
+        obj["metadata"].pop("resourceVersion", None)
+        return self._store_new(key, obj)
+
+    def _update(self, t: _Target, obj: JSON, manager: str) -> JSON:
+        obj = self._check_body(t, obj)
+        key = self._key(t)
+        old = self._objects.get(key)
+        if old is None:
+            raise self._not_found(t)
+        rv = obj["metadata"].get("resourceVersion")
+        if rv and rv != old["metadata"]["resourceVersion"]:
+            raise self._conflict(t)
+        return self._write_scoped(key, old, obj, t.subresource, manager)
+
+    def _conflict(self, t: _Target) -> ApiError:
+        return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {t.resource.plural} "{t.name}": the '
+                        "object has been modified; please apply your changes to the latest version and try again",
+                        {"name": t.name, "group": t.resource.group, "kind": t.resource.plural})
+
+    def _write_scoped(self, key: tuple[ApiResource, str, str], old: JSON, given: JSON, sub: str, manager: str) -> JSON:
+        """Write ``given`` through the main resource (status kept) or ``/status`` (only status taken)."""
+        if sub == "status":
+            new = copy.deepcopy(old)
+            if "status" in given:
+                new["status"] = given["status"]
+            else:
+                new.pop("status", None)
+        else:
+            new = copy.deepcopy(given)
+            if key[0].has_status:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+        self._take_changed(key, old, new, manager)
+        return self._store_update(key, old, new)
+
+    def _take_changed(self, key: tuple[ApiResource, str, str], old: JSON, new: JSON, manager: str) -> None:
+        """An update's manager owns every leaf it changed (so a later apply by another manager conflicts)."""
+        changed = {p for p in _leaves(_ownable(new)) if _at(_ownable(old), p) != _at(_ownable(new), p)}
+        if not changed:
+            return
+        owners = self._owners.setdefault(key, {})
+        for other, paths in owners.items():
+            if other != manager:
+                paths.difference_update(changed)
+        owners.setdefault(manager, set()).update(changed)
+        self._render_managed_fields(key, new)
+
+    def _patch(self, t: _Target, query: dict[str, str], content_type: str, body: bytes) -> tuple[int, JSON]:
+        key = self._key(t)
+        if content_type == MERGE_PATCH:
+            old = self._objects.get(key)
+            if old is None:
+                raise self._not_found(t)
+            patch = _json_body(body)
+            if not isinstance(patch, dict):
+                raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
+            rv = (patch.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise self._conflict(t)
+            merged = _merge_patch(copy.deepcopy(old), patch)
+            merged["metadata"].pop("resourceVersion", None)
+            return 200, self._write_scoped(key, old, merged, t.subresource, query.get("fieldManager", "unknown"))
+        if content_type == APPLY_PATCH:
+            return self._apply(t, query, body)
+        raise ApiError(415, "UnsupportedMediaType", f"the stand-in accepts {MERGE_PATCH} and {APPLY_PATCH} "
+                       f"patches, not {content_type or 'no content type'}")
+
+    def _apply(self, t: _Target, query: dict[str, str], body: bytes) -> tuple[int, JSON]:
+        manager = query.get("fieldManager", "")
+        if not manager:
+            raise ApiError(400, "BadRequest", "PATCH, application/apply-patch+yaml: fieldManager is required")
+        force = query.get("force", "") in ("true", "1")
+        try:
+            applied = yaml.safe_load(body.decode())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ApiError(400, "BadRequest", f"the applied configuration is not YAML: {e}") from None
+        applied = self._check_body(t, applied if isinstance(applied, dict) else None)  # type: ignore[arg-type]
+        applied["metadata"].pop("resourceVersion", None)
+        key = self._key(t)
+        old = self._objects.get(key)
+        creating = old is None
+        if old is None:
+            if t.subresource == "status":
+                raise self._not_found(t)
+            self._check_namespace(t)
+            old = {"apiVersion": applied["apiVersion"], "kind": applied["kind"], "metadata": {"name": t.name}}
+        scope_status = t.subresource == "status"
+        in_scope = (lambda p: p[:1] == ("status",)) if scope_status else (lambda p: p[:1] != ("status",))
+        mine = {p for p in _leaves(_ownable(applied)) if in_scope(p)}
+        owners = self._owners.setdefault(key, {})
+        current = _ownable(old)
+        conflicts: list[tuple[str, Path]] = []
+        for other, paths in owners.items():
+            if other == manager:
+                continue
+            for p in paths:
+                if any(_overlaps(p, q) and _at(current, p) != _at(_ownable(applied), p)
+                       and not (len(p) > len(q) and _at(_ownable(applied), q) == {}) for q in mine):
+                    conflicts.append((other, p))
+        if conflicts and not force:
+            lines = "; ".join(f'conflict with "{m}": .{".".join(p)}' for m, p in sorted(conflicts))
+            raise ApiError(409, "Conflict", f"Apply failed with {len(conflicts)} conflict(s): {lines}",
+                           {"causes": [{"reason": "FieldManagerConflict", "message": f'conflict with "{m}"',
+                                        "field": "." + ".".join(p)} for m, p in sorted(conflicts)]})
+        for other, p in conflicts:
+            owners[other].discard(p)
+        new = copy.deepcopy(old)
+        before = owners.get(manager, set())
+        held_by_others = set().union(*(ps for m, ps in owners.items() if m != manager)) if owners else set()
+        for p in sorted(before - mine, key=len, reverse=True):
+            if in_scope(p) and p not in held_by_others:
+                _remove(new, p)
+        for p in mine:
+            _put(new, p, copy.deepcopy(_at(_ownable(applied), p)))
+        owners[manager] = {p for p in before if not in_scope(p)} | mine
+        self._render_managed_fields(key, new)
+        if creating:
+            return 201, self._store_new(key, new)
+        return 200, self._store_update(key, old, new)
+
+    def _render_managed_fields(self, key: tuple[ApiResource, str, str], obj: JSON) -> None:
+        entries = []
+        for manager, paths in sorted(self._owners.get(key, {}).items()):
+            for sub, scope in (("", [p for p in paths if p[:1] != ("status",)]),
+                               ("status", [p for p in paths if p[:1] == ("status",)])):
+                if not scope:
+                    continue
+                fields: JSON = {}
+                for p in scope:
+                    node = fields
+                    for part in p:
+                        node = node.setdefault(f"f:{part}", {})
+                entry: JSON = {"manager": manager, "operation": "Apply", "apiVersion": key[0].api_version,
+                               "fieldsType": "FieldsV1", "fieldsV1": fields}
+                if sub:
+                    entry["subresource"] = sub
+                entries.append(entry)
+        if entries:
+            obj["metadata"]["managedFields"] = entries
+        else:
+            obj["metadata"].pop("managedFields", None)
+
+    # --- watch -------------------------------------------------------------------------------------------
+
+    async def _watch(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, t: _Target, query: dict[str, str]
+    ) -> None:
+        if t.name:
+            raise ApiError(400, "BadRequest", "watch a collection (with a name, use the list's fieldSelector)")
+        rv = query.get("resourceVersion", "")
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        initial: list[JSON] = []
+        if rv in ("", "0"):
+            position = self.revision
+            initial = [{"type": "ADDED", "object": o} for o in self._list(t, {})["items"]]
+        else:
+            position = _parse_rv(rv)
+        writer.write(conn.send(h11.Response(status_code=200, headers=[
+            ("content-type", "application/json"), ("transfer-encoding", "chunked")])) or b"")
+        watch = _Watch()
+        self._watches.add(watch)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        next_bookmark = loop.time() + self.bookmark_interval
+        try:
+            await self._write_events(conn, writer, initial)
+            while not watch.closed:
+                if position < self.compacted:
+                    err = ApiError(410, "Expired", f"too old resource version: {position} ({self.compacted})")
+                    await self._write_events(conn, writer, [{"type": "ERROR", "object": err.status()}])
+                    break
+                start = bisect.bisect_right(self._log_revs, position)
+                batch = [e for e in itertools.islice(self._log, start, None)]
+                events = [{"type": e.type, "object": e.object} for e in batch
+                          if e.resource == t.resource and (not t.namespace or e.namespace == t.namespace)]
+                if batch:
+                    position = batch[-1].revision
+                await self._write_events(conn, writer, events)
+                now = loop.time()
+                if bookmarks and (watch.bookmark or now >= next_bookmark):
+                    watch.bookmark = False
+                    next_bookmark = now + self.bookmark_interval
+                    mark = {"kind": t.resource.kind, "apiVersion": t.resource.api_version,
+                            "metadata": {"resourceVersion": str(max(position, self.revision))}}
+                    position = max(position, self.revision)
+                    await self._write_events(conn, writer, [{"type": "BOOKMARK", "object": mark}])
+                if now >= end:
+                    break
+                if self._log_revs and self._log_revs[-1] > position:
+                    continue
+                watch.wake.clear()
+                wait = min(end, next_bookmark if bookmarks else end) - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.wake.wait(), timeout=max(wait, 0.0))
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+        finally:
+            self._watches.discard(watch)
+
+    async def _write_events(self, conn: h11.Connection, writer: asyncio.StreamWriter, events: list[JSON]) -> None:
+        if not events:
+            return
+        data = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+        writer.write(conn.send(h11.Data(data=data)) or b"")
+        await writer.drain()
+
+
+# --- helpers (pure) -------------------------------------------------------------------------------------
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError as e:
+        raise ApiError(400, "BadRequest", f"the body is not JSON: {e}") from None
+
+
+def _parse_rv(rv: str) -> int:
+    if not rv.isdigit():
+        raise ApiError(400, "BadRequest", f"invalid resource version {rv!r}")
+    return int(rv)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if not isinstance(target, dict):
+        target = {}
+    for k, v in patch.items():
+        if v is None:
+            target.pop(k, None)
+        else:
+            target[k] = _merge_patch(target.get(k), v)
+    return target
+
+
+_SERVER_META = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "name",
+                "namespace", "deletionTimestamp")
+
+
+def _ownable(obj: JSON) -> JSON:
+    """The fields managers can own: everything but identity and server-set metadata."""
+    out = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _SERVER_META}
+    if meta:
+        out["metadata"] = meta
+    return out
+
+
+def _leaves(obj: Any, prefix: Path = ()) -> Iterator[Path]:
+    """Leaf paths: maps are recursed (an empty map is a leaf), lists and scalars are leaves."""
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            yield from _leaves(v, (*prefix, str(k)))
+    elif prefix:
+        yield prefix
+
+
+_MISSING = object()
+
+
+def _at(obj: Any, path: Path) -> Any:
+    for part in path:
+        if not isinstance(obj, dict) or part not in obj:
+            return _MISSING
+        obj = obj[part]
+    return obj
+
+
+def _put(obj: JSON, path: Path, value: Any) -> None:
+    for part in path[:-1]:
+        nxt = obj.get(part)
+        if not isinstance(nxt, dict):
+            nxt = obj[part] = {}
+        obj = nxt
+    if value == {} and isinstance(obj.get(path[-1]), dict):
+        return  # an empty map applied claims the map, not the fields others set in it
+    obj[path[-1]] = value
+
+
+def _remove(obj: JSON, path: Path) -> None:
+    """Remove the leaf at ``path`` and any map left empty above it."""
+    trail: list[tuple[JSON, str]] = []
+    node: Any = obj
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return
+        trail.append((node, part))
+        node = node[part]
+    for parent, part in reversed(trail):
+        if parent[part] == {} or (parent, part) == trail[-1]:
+            del parent[part]
+        if parent:
+            break
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
