@@ -1,4 +1,4 @@
-"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status`` and ``explain``.
+"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status``, ``explain``, ``logs`` and ``tap``.
 
 - ``fetch TARGET :PORT/PATH``: GET any endpoint of the local cluster from the host (istiod's monitoring,
   a node's ztunnel admin/metrics/readiness and node agent, a waypoint pod's admin), through
@@ -8,6 +8,8 @@
   ``-o json``.
 - ``proxy-status`` (alias ``ps``): one row per proxy connected to istiod-lite, istioctl's columns.
 - ``explain FROM TO[:PORT]``: what the data plane decides for a connection (``troubleshoot.explain``).
+- ``logs --component C [--node] [--pod] [-f] [--since] [--denied]``: a component's logs on every node,
+  merged by time; ``tap TARGET``: live access records of a pod or service (``troubleshoot.logs``).
 Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
 """
 
@@ -18,7 +20,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -36,10 +40,25 @@ from ambientctl.troubleshoot.explain import (
     resolve_source,
 )
 from ambientctl.troubleshoot.explain import to_json as explain_json
+from ambientctl.troubleshoot.logs import (
+    COMPONENTS,
+    GATEWAY_NAME_LABEL,
+    TAP_HEADERS,
+    LogRecord,
+    component_files,
+    concerns,
+    denied,
+    follow,
+    parse_duration,
+    read,
+    record_json,
+    since,
+    tap_row,
+)
 from ambientctl.troubleshoot.reach import Reach, ReachError, parse_location, parse_target
 from ambientctl.troubleshoot.syncstatus import proxy_rows, row_json, status_table
 
-from .common import EXIT_FAILURE, CliError, cli_state, print_table
+from .common import EXIT_FAILURE, CliError, cli_state, note, print_table
 
 OK, WARN, FAIL = "✔", "‼", "✖"
 
@@ -215,7 +234,118 @@ def _sync_of(reach: Reach, node: str) -> str:
     return f"no ztunnel on {node or '?'} is connected to istiod-lite (it may hold older config)"
 
 
+# --- logs and tap -------------------------------------------------------------------------------------
+
+
+def _pod_ref(text: str) -> tuple[str, str]:
+    ns, sep, name = text.removeprefix("pod/").partition("/")
+    if not sep or not ns or not name:
+        raise CliError(f"{text!r}: name the pod as <namespace>/<name>")
+    return ns, name
+
+
+def _waypoint_pods(ctx: typer.Context) -> list[tuple[str, str]]:
+    pods = cli_state(ctx).store().list("Pod")
+    return sorted((p.namespace, p.name) for p in pods if GATEWAY_NAME_LABEL in p.labels)
+
+
+def _log_dir_and_nodes(ctx: typer.Context) -> tuple[Path, list[str]]:
+    cluster = Cluster(cli_state(ctx).state_dir())
+    with _errors():
+        nodes = [n.name for n in cluster.layout().nodes]
+    return cluster.procs.log_dir, nodes
+
+
+def logs(
+    ctx: typer.Context,
+    component: Annotated[str, typer.Option("--component", "-c", help=f"One of {', '.join(COMPONENTS)}.")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node's component.")] = None,
+    pod: Annotated[str | None, typer.Option("--pod", help="<ns>/<name>: that waypoint pod, or lines about that pod.")] = None,
+    follow_: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops).")] = False,
+    since_: Annotated[str | None, typer.Option("--since", help="Only lines newer than this (30s, 10m, 2h).")] = None,
+    denied_: Annotated[bool, typer.Option("--denied", help="Only refused connections and requests.")] = False,
+    output: Annotated[Format, typer.Option("-o", "--output", help="text or json (one object per line).")] = Format.text,
+) -> None:
+    """Logs of a component on every node (or one), merged by time, each line prefixed with its source."""
+    log_dir, nodes = _log_dir_and_nodes(ctx)
+    pod_ref = _pod_ref(pod) if pod else None
+    waypoints = _waypoint_pods(ctx) if component == "waypoint" else []
+    narrowed = pod_ref if component == "waypoint" and pod_ref in waypoints else None
+    try:
+        files = component_files(log_dir, component, nodes, waypoints, node=node, pod=narrowed)
+        cutoff = datetime.now(UTC) - parse_duration(since_) if since_ else None
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+    def keep(r: LogRecord) -> bool:
+        if cutoff is not None and not since(r, cutoff):
+            return False
+        if denied_ and not denied(r):
+            return False
+        return not (pod_ref is not None and narrowed is None and not concerns(r, pod=pod_ref))
+
+    def emit(r: LogRecord) -> None:
+        typer.echo(json.dumps(record_json(r)) if output is Format.json else f"[{r.source}] {r.raw}")
+
+    for record in read(files, keep):
+        emit(record)
+    if follow_:
+        try:
+            for record in follow(files, keep):
+                emit(record)
+        except KeyboardInterrupt:
+            return
+
+
+def tap(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="pod/<ns>/<name> (or <ns>/<name>) or svc/<ns>/<name>.")],
+    duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
+    max_records: Annotated[int | None, typer.Option("--max", help="Stop after this many records.", min=1)] = None,
+    output: Annotated[Format, typer.Option("-o", "--output", help="text or json (one object per line).")] = Format.text,
+) -> None:
+    """Live access records (ztunnels and waypoints) of a pod or a service, from now on."""
+    log_dir, nodes = _log_dir_and_nodes(ctx)
+    pod_ref: tuple[str, str] | None = None
+    service: str | None = None
+    if target.startswith(("svc/", "service/")):
+        ns, _, name = target.split("/", 1)[1].partition("/")
+        if not ns or not name:
+            raise CliError(f"{target!r}: name the service as svc/<namespace>/<name>")
+        service = f"{name}.{ns}"
+    else:
+        pod_ref = _pod_ref(target)
+    files = component_files(log_dir, "ztunnel", nodes, [])
+    files += component_files(log_dir, "waypoint", nodes, _waypoint_pods(ctx))
+
+    def keep(r: LogRecord) -> bool:
+        return r.is_access and concerns(r, pod=pod_ref, service=service)
+
+    deadline = None if duration is None else time.monotonic() + duration
+    widths = [12, 16, 24, 36, 44, 10, 12, 8]
+    records = follow(files, keep, until=lambda: deadline is not None and time.monotonic() >= deadline)
+    # Printed once following: everything written from now on is shown.
+    if output is Format.text:
+        typer.echo("  ".join(h.ljust(w) for h, w in zip(TAP_HEADERS, widths, strict=True)).rstrip())
+    else:
+        note(f"tapping {target}")
+    seen = 0
+    try:
+        for record in records:
+            if output is Format.json:
+                typer.echo(json.dumps(record_json(record)))
+            else:
+                typer.echo("  ".join(c.ljust(w) for c, w in zip(tap_row(record), widths, strict=True)).rstrip())
+            seen += 1
+            if max_records is not None and seen >= max_records:
+                return
+    except KeyboardInterrupt:
+        return
+
+
 def register(app: typer.Typer) -> None:
+    app.command("logs")(logs)
+    app.command("tap")(tap)
     app.command("explain")(explain_cmd)
     app.command("fetch")(fetch)
     app.command("check")(check)

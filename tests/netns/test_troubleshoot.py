@@ -1,7 +1,8 @@
 """Troubleshooting on the local cluster, as an operator runs it: ``check`` passes on a healthy mesh and
 names the fault once a ztunnel is killed; ``explain`` predicts an allowed and a denied connection and the
-data plane then does exactly that; ``proxy-status`` lists every node's ztunnel as SYNCED; ``fetch``
-reads an endpoint inside a node's netns from the host."""
+data plane then does exactly that, and ``logs --denied`` finds the refusal; ``tap`` shows a request made
+after it started; ``proxy-status`` lists every node's ztunnel as SYNCED; ``fetch`` reads an endpoint
+inside a node's netns from the host."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +107,34 @@ def test_explain_predicts_what_the_data_plane_does(mc: MeshCluster) -> None:
     assert refused["ok"] == 0, refused
     text = ctl(mc, "explain", f"{NS}/bad", f"svc/{NS}/echo").stdout
     assert f"DENY  {NS}/deny-bad: matched rule 0" in text and text.rstrip().endswith("DENIED")
+
+    # The data plane's own account of the refusal, found with logs --denied.
+    def denial() -> str | None:
+        out = ctl(mc, "logs", "--component", "ztunnel", "--denied", "--pod", f"{NS}/bad", "--since", "5m").stdout
+        return out if f"explicitly denied by: {NS}/deny-bad" in out else None
+
+    lines = wait_for("the denial in the ztunnel logs", denial, timeout=10).splitlines()
+    # The destination's ztunnel refused it; nothing the allowed client did is listed.
+    assert any(x.startswith("[ztunnel-node-2]") and f"{NS}/deny-bad" in x for x in lines), lines
+    assert not any("client" in x for x in lines), lines
+
+
+def test_tap_shows_a_request_made_after_it_started(mc: MeshCluster) -> None:
+    argv = [sys.executable, "-m", "ambientctl", "--state-dir", str(mc.state_dir),
+            "tap", f"svc/{NS}/echo", "--duration", "40", "--max", "1"]  # fmt: skip
+    tap = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tap.stdout is not None
+        header = tap.stdout.readline()  # printed once tap is following the logs
+        assert header.split()[:3] == ["TIME", "REPORTER", "SOURCE"], header + tap.stderr.read()
+        assert mc.request("client", NS, URL)["ok"] == 1
+        out, err = tap.communicate(timeout=60)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+    (row,) = out.splitlines()
+    assert f"{NS}/client" in row and f"echo.{NS}.svc.cluster.local" in row and " ok " in row, (row, err)
 
 
 def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
