@@ -30,6 +30,9 @@ Failure rules (fail closed, one connection at a time):
   failures counted, copies over 256 in flight (or bodies over the replay buffer) dropped and counted; the
   primary response never waits for a copy;
 - a downstream that goes away mid-request aborts the upstream exchange (flag DC).
+A response head is written together with the body bytes that arrived with it (one write, so one HBONE
+DATA frame and one TLS record, not two) when the upstream's next event is already buffered; a head whose
+body is still on its way is written at once.
 Every task is owned: HTTP/2 stream tasks by the connection's TaskGroup, request-body pumps by their request.
 """
 
@@ -209,8 +212,13 @@ class _Down:
         raise NotImplementedError
 
     async def send_head(self, status: int, headers: Headers, *, content_length: int | None, end_stream: bool,
-                        close: bool = False) -> None:
+                        close: bool = False, more: bool = False) -> None:
+        """``more``: body bytes follow at once (the caller has them); the head may wait to go out with them."""
         raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Write anything ``send_head(more=True)`` held back."""
+        return None
 
     async def send_data(self, data: bytes) -> None:
         raise NotImplementedError
@@ -231,6 +239,7 @@ class _H1Down(_Down):
         self.limits = limits
         self.pending: deque[Event] = deque()
         self.closing = False
+        self.held = b""  # a response head waiting for its body (see send_head)
 
     def reset(self, head: RequestHead) -> None:
         self.response_started = False
@@ -262,6 +271,8 @@ class _H1Down(_Down):
         raise _DownstreamGone(getattr(event, "reason", "downstream closed mid-request"))
 
     async def _write(self, data: bytes) -> None:
+        if self.held:
+            data, self.held = self.held + data, b""
         if not data:
             return
         try:
@@ -273,10 +284,17 @@ class _H1Down(_Down):
         await self._write(self.server.send_continue())
 
     async def send_head(self, status: int, headers: Headers, *, content_length: int | None, end_stream: bool,
-                        close: bool = False) -> None:
+                        close: bool = False, more: bool = False) -> None:
         self.response_started = True
-        await self._write(self.server.send_response(status, headers, content_length=content_length,
-                                                    end_stream=end_stream, close=close or self.closing))
+        out = self.server.send_response(status, headers, content_length=content_length, end_stream=end_stream,
+                                        close=close or self.closing)
+        if more:
+            self.held += out
+            return
+        await self._write(out)
+
+    async def flush(self) -> None:
+        await self._write(b"")
 
     async def send_data(self, data: bytes) -> None:
         await self._write(self.server.send_data(data))
@@ -312,12 +330,16 @@ class _H2DownStream(_Down):
         return None  # HTTP/2 clients do not wait for 100 (gRPC never asks)
 
     async def send_head(self, status: int, headers: Headers, *, content_length: int | None, end_stream: bool,
-                        close: bool = False) -> None:
+                        close: bool = False, more: bool = False) -> None:
         self.response_started = True
         if content_length is not None and not any(n == "content-length" for n, _ in headers):
             headers = [*headers, ("content-length", str(content_length))]
         self.owner.conn.send_response(self.sid, status, headers, end_stream=end_stream)
         self.ended_response = end_stream
+        if not more:
+            await self.owner.flush()
+
+    async def flush(self) -> None:
         await self.owner.flush()
 
     async def send_data(self, data: bytes) -> None:
@@ -613,6 +635,8 @@ async def _upstream_failed(down: _Down, rec: _Rec, exc: UpstreamError, reason: s
     rec.flags = f"{exc.flag},URX" if exhausted else exc.flag
     rec.detail = exc.detail
     if down.response_started:
+        with contextlib.suppress(_DownstreamGone):
+            await down.flush()  # a head held for its body goes out: the client sees a truncated response
         down.abort()
         return False
     if exc.flag == "UPE":
@@ -769,7 +793,8 @@ async def _relay_response(ctx: _Ctx, down: _Down, head: RequestHead, rec: _Rec, 
                 rec.grpc_status = _grpc_status(event.headers)
             close = head.upgrade is not None  # an upgrade the upstream declined: the client's bytes are opaque now
             await down.send_head(event.status, response_headers, content_length=event.content_length,
-                                 end_stream=event.end_stream, close=close)
+                                 end_stream=event.end_stream, close=close,
+                                 more=not event.end_stream and not close and pump is None and exchange.ready())
             if close:
                 return False
         elif isinstance(event, Body):

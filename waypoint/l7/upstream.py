@@ -69,6 +69,10 @@ class Exchange:
         """ResponseHead, Informational, Body, EndOfMessage, Upgraded; raises ``UpstreamError``."""
         raise NotImplementedError
 
+    def ready(self) -> bool:
+        """Whether ``next_event`` has an event (or error) buffered and will return without waiting."""
+        return False
+
     async def receive_raw(self) -> bytes:
         """After an upgrade: opaque bytes from the upstream (b"" at EOF)."""
         raise NotImplementedError
@@ -114,6 +118,9 @@ class _H1Exchange(Exchange):
 
     async def send_end(self, trailers: Headers) -> None:
         await self._send(self._client.send_end(trailers))
+
+    def ready(self) -> bool:
+        return bool(self._events)
 
     async def next_event(self) -> Event:
         events = self._events
@@ -293,6 +300,9 @@ class _H2Exchange(Exchange):
         self._c.conn.end_stream(self._sid, trailers)
         self._ended = True
         await self._flush()
+
+    def ready(self) -> bool:
+        return not self._state.queue.empty()
 
     async def next_event(self) -> Event:
         event = await self._state.queue.get()
