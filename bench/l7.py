@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _util as u  # noqa: E402  (bench/ is not a package)
 import l4  # noqa: E402  (the L4 benchmark's process helpers: child, tail, free_port, wait_ready, machine)
 
+ROOT = Path(__file__).resolve().parent.parent  # the tree whose ztunnel and waypoint are measured
 NET = "127.0.47"  # all of 127/8 routes to lo; l4.py uses 127.0.42, so both can run side by side
 NODE_IPS = {"node-1": f"{NET}.1", "node-2": f"{NET}.2"}
 XDS_IP = f"{NET}.5"
@@ -435,9 +436,18 @@ def haproxy(tmp: Path) -> Iterator[Path_]:
 # --- (c)/(d) ztunnels, the xDS helper and the waypoint -----------------------------------------------
 
 
+def _env() -> dict[str, str]:
+    """The proxies' environment: this script's tree first on the import path (so a ``git archive`` of
+    another commit measures that commit's code, not the editable install's; the proxies run with
+    ``python -P`` so the current directory does not come first)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def ztunnel_env(tmp: Path, node: str) -> dict[str, str]:
     ip = NODE_IPS[node]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))}
+    env = _env()
     env.update(
         {
             "NODE_NAME": node,
@@ -458,7 +468,7 @@ def ztunnel_env(tmp: Path, node: str) -> dict[str, str]:
 
 
 def waypoint_env(tmp: Path, xds_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDS_", "CA_"))}
+    env = _env()
     env.update(
         {
             "POD_NAME": "waypoint-0",
@@ -537,6 +547,23 @@ def serve_xds(workdir: str, host: str, port: int) -> None:
     asyncio.run(main())
 
 
+def profiled_waypoint(out: str) -> None:
+    """Run the waypoint's ``main`` under cProfile with a CPU clock (its event-loop thread's CPU time, so a
+    busy shared machine's preemptions are not charged to whatever call was running), dump on exit."""
+    import cProfile
+
+    from waypoint.__main__ import main as waypoint_main
+
+    profiler = cProfile.Profile(time.thread_time)
+    sys.argv = ["waypoint"]
+    try:
+        profiler.runcall(waypoint_main)
+    except SystemExit:
+        pass
+    finally:
+        profiler.dump_stats(out)
+
+
 def wait_waypoint_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     url = f"http://{WAYPOINT_IP}:{READY_PORT}/healthz/ready"
@@ -585,13 +612,13 @@ def mesh(tmp: Path, profile: Path | None) -> Iterator[Mesh]:
         ztunnels = []
         for node in ("node-2", "node-1"):
             log = tmp / f"{node}-ztunnel.log"
-            proc = stack.enter_context(l4.child([sys.executable, "-m", "ztunnel"], log, env=ztunnel_env(tmp, node)))
+            proc = stack.enter_context(l4.child([sys.executable, "-P", "-m", "ztunnel"], log, env=ztunnel_env(tmp, node)))
             l4.wait_ready(NODE_IPS[node], proc, log)
             ztunnels.append(proc.pid)
-        argv = [sys.executable, "-m", "waypoint"]
+        argv = [sys.executable, "-P", "-m", "waypoint"]
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, "-m", "cProfile", "-o", str(profile / "waypoint.prof"), "-m", "waypoint"]
+            argv = [sys.executable, __file__, "--profiled-waypoint", str(profile / "waypoint.prof")]
         wp_log = tmp / "waypoint.log"
         wp = stack.enter_context(l4.child(argv, wp_log, env=waypoint_env(tmp, xds_port)))
         wait_waypoint_ready(wp, wp_log)
@@ -723,17 +750,23 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--idle", type=int, help="idle downstream connections for the RSS figure (default 2000; 0 skips)")
     parser.add_argument("--only", choices=["direct", "haproxy", "ztunnel", "waypoint"], action="append")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="run the waypoint under cProfile")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="run the waypoint under cProfile (CPU clock), print the top"
+    )
     parser.add_argument("--workdir", type=Path, metavar="DIR", help="keep configs and logs here")
     parser.add_argument("--serve-http", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-xds", nargs=3, metavar=("DIR", "HOST", "PORT"), help=argparse.SUPPRESS)
     parser.add_argument("--load", metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--profiled-waypoint", metavar="FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_http:
         serve_http(args.serve_http[0], int(args.serve_http[1]))
         return 0
     if args.serve_xds:
         serve_xds(args.serve_xds[0], args.serve_xds[1], int(args.serve_xds[2]))
+        return 0
+    if args.profiled_waypoint:
+        profiled_waypoint(args.profiled_waypoint)
         return 0
     if args.load:
         raw = json.loads(args.load)
@@ -747,7 +780,7 @@ def main() -> int:
     u.raise_nofile(4 * idle + 2000)
     print(f"# L7 loopback benchmark: {l4.machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"# revision {u.source_revision(Path(__file__).resolve().parent.parent)}")
+    print(f"# code measured: {ROOT} ({u.source_revision(ROOT)})")
     print(
         f"# 1 KiB GET requests, 1 KiB responses, keep-alive, one outstanding per connection; "
         f"{args.warmup:g} s warm-up + {duration:g} s measured per point; concurrencies {args.concurrency}"
@@ -802,7 +835,7 @@ def main() -> int:
     if args.profile is not None:
         prof = args.profile / "waypoint.prof"
         if prof.exists():
-            print("\n# cProfile of the waypoint (whole run), top 30 by own time:")
+            print("\n# cProfile of the waypoint (whole run, CPU time of its event-loop thread), top 30 by own time:")
             pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
             print("# top 30 by cumulative time:")
             pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(30)
