@@ -229,6 +229,14 @@ class Cluster:
             self._state.remove()
             return report
 
+    def is_up(self) -> bool:
+        """Whether the cluster's recorded phase is ``up`` (reads the state file only: cheap)."""
+        try:
+            state = self._state.load()
+        except StateCorrupt:
+            return False
+        return state is not None and state.phase == "up"
+
     def status(self) -> ClusterStatus:
         state = self._state.load()
         if state is None:
@@ -318,6 +326,34 @@ class Cluster:
                 )
             self._state.save(state)
             log.info("pod removed", pod=key)
+
+    def restart_pod_process(self, name: str, namespace: str) -> PodRecord:
+        """Start the pod's command again in its existing netns (a container restart: same IP, same
+        sandbox); returns the updated record. A pod whose process still runs is left as it is."""
+        with self._state.lock():
+            state = self._require_up()
+            key = object_key(namespace, name)
+            record = state.pods.get(key)
+            if record is None:
+                raise PodNotFound(namespace, name)
+            if not record.spec.command or (
+                record.process is not None and self.procs.is_running(record.process)
+            ):
+                return record
+            node = build_layout(state.spec).find_node(record.spec.node)
+            if node is None:
+                raise UnknownNode(record.spec.node, [])
+            process = self.procs.start(
+                f"pod/{key}",
+                record.netns,
+                record.spec.command,
+                log_name=_pod_log_name(record.spec),
+                env=self._pod_env(record.spec, node, record.ip),
+            )
+            record = msgspec.structs.replace(record, process=process)
+            self._state.save(_with_pod(state, key, record))
+            log.info("pod process restarted", pod=key, pid=process.pid)
+            return record
 
     def layout(self) -> ClusterLayout:
         """Names and addresses of the running cluster's fabric and nodes."""

@@ -42,8 +42,10 @@ from meshcore.store import Resource, ResourceRef, Store, StoreError, build_resou
 from meshcore.store.schema import PodSpec as K8sPodSpec
 from meshcore.store.schema import ServiceSpec as K8sServiceSpec
 
+from . import podstatus
 from .cluster import ROOT_CERT_FILE, TOKEN_FILE, Cluster
 from .errors import ClusterError, InvalidClusterSpec, PodNotFound
+from .podstatus import ContainerTrack
 from .spec import PodPort, PodSpec, Protocol, ServicePort
 from .state import PodRecord
 
@@ -83,11 +85,16 @@ class Kubelet:
         *,
         clock: Callable[[], float] = time.monotonic,
         credentials: PodCredentials | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.cluster = cluster
         self.store = store
         self._clock = clock
+        self._wall_clock = wall_clock
         self._backoff: dict[str, _Backoff] = {}
+        # "namespace/name" -> the pod's container history (podstatus), and when its sandbox started.
+        self._tracks: dict[str, ContainerTrack] = {}
+        self._start_times: dict[str, str] = {}
         self.credentials = credentials or PodCredentials(cluster)
 
     def run_pod(self, pod: PodSpec) -> Resource:
@@ -155,6 +162,7 @@ class Kubelet:
                     # A changed pod restarts (pods are immutable); a relabelled one does not (add_pod).
                     self.cluster.remove_pod(pod.name, pod.namespace)
                     del running[key]
+                    current = None
                 self.credentials.ensure(resource, pod.node)  # before the process starts, as a volume is
                 self.cluster.add_pod(pod)
             except (ClusterError, StoreError, ValueError) as e:
@@ -166,12 +174,17 @@ class Kubelet:
             assert record is not None, "add_pod returned but the pod is not recorded"
             running[key] = record
             synced[key] = record.ip
+            if current is None or key not in self._tracks:
+                self._started(key, resource)
             self._register(resource, record)
         removed = []
         for key, record in sorted(running.items()):
             if key not in stored:
                 self.cluster.remove_pod(record.spec.name, record.spec.namespace)
                 removed.append(key)
+        for key in [k for k in self._tracks if k not in stored or k not in running]:
+            self._tracks.pop(key, None)
+            self._start_times.pop(key, None)
         self.sync_services()
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
 
@@ -214,11 +227,92 @@ class Kubelet:
                 log.warning("pod status not written", pod=key, error=str(e))
 
     def _register(self, stored: Resource, record: PodRecord) -> None:
-        """Write nodeName and the running status into a stored manifest, keeping the rest as applied."""
-        reported = pod_resource(record)
+        """Write nodeName and the observed status into a stored manifest, keeping the rest as applied."""
+        key = f"{record.spec.namespace}/{record.spec.name}"
+        status = self._status(key, stored, record)
         spec = {**stored.spec, "nodeName": record.spec.node}
-        if spec != stored.spec or reported.status != stored.status:
-            self.store.apply([msgspec.structs.replace(stored, spec=spec, status=reported.status)])
+        if spec != stored.spec or status != stored.status:
+            self.store.apply([msgspec.structs.replace(stored, spec=spec, status=status)])
+
+    def _wall(self) -> str:
+        return self._wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _started(self, key: str, resource: Resource) -> None:
+        """A pod's sandbox and container were just (re)created: a fresh history."""
+        name = _first_container(resource).get("name") or CONTAINER_NAME
+        wall = self._wall()
+        self._tracks[key] = podstatus.started(ContainerTrack(name=str(name)), self._clock(), wall)
+        self._start_times[key] = wall
+
+    def _status(self, key: str, stored: Resource, record: PodRecord) -> dict[str, Any]:
+        track = self._tracks.get(key)
+        if track is None:
+            return pod_resource(record).status
+        image = str(_first_container(stored).get("image") or LOCAL_IMAGE)
+        return podstatus.pod_status(
+            [track],
+            {track.name: image},
+            pod_ip=record.ip,
+            host_ip=record.node_ip,
+            start_time=self._start_times.get(key, ""),
+        )
+
+    def is_ready(self, key: str) -> bool:
+        """Whether the pod's container runs (pods this kubelet has no history of count as ready)."""
+        track = self._tracks.get(key)
+        return track is None or track.running_since is not None
+
+    def check_containers(self) -> list[str]:
+        """Observe every pod's process: record exits, restart what the restart policy and back-off
+        allow, write the statuses that changed; returns the keys of pods whose status changed. Services
+        follow when a pod's readiness changed (an unready pod gets no traffic)."""
+        stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
+        changed: list[str] = []
+        readiness_changed = False
+        for record in self.cluster.pods():
+            key = f"{record.spec.namespace}/{record.spec.name}"
+            resource = stored.get(key)
+            track = self._tracks.get(key)
+            if resource is None or track is None or record.process is None:
+                continue
+            before = track
+            now = self._clock()
+            policy = str(resource.spec.get("restartPolicy") or "Always")
+            if track.running_since is not None and not self.cluster.procs.is_running(record.process):
+                code = self.cluster.procs.collect_exit(record.process)
+                track = podstatus.exited(track, code, policy, now, self._wall())
+                log.warning(
+                    "container exited",
+                    pod=key,
+                    exit_code=code,
+                    restart_in=track.restart_at and track.backoff_s,
+                )
+            if podstatus.restart_due(track, now):
+                try:
+                    record = self.cluster.restart_pod_process(record.spec.name, record.spec.namespace)
+                    track = podstatus.started(track, now, self._wall())
+                except (ClusterError, OSError) as e:
+                    track = podstatus.exited(track, None, policy, now, self._wall())
+                    log.warning("container not restarted", pod=key, error=str(e))
+            if track == before:
+                continue
+            self._tracks[key] = track
+            readiness_changed |= (before.running_since is None) != (track.running_since is None)
+            status = self._status(key, resource, record)
+            if status != resource.status:
+                try:
+                    self.store.set_status(resource.ref, status)
+                except StoreError as e:
+                    log.warning("pod status not written", pod=key, error=str(e))
+                    continue
+                changed.append(key)
+        if readiness_changed:
+            self.sync_services()
+        return changed
+
+    def next_restart(self) -> float | None:
+        """When (on this kubelet's clock) the earliest container restart is due."""
+        return min((t.restart_at for t in self._tracks.values() if t.restart_at is not None), default=None)
 
     def apply_service(
         self, name: str, namespace: str, ports: Sequence[Mapping[str, Any]], selector: Mapping[str, str]
@@ -243,8 +337,9 @@ class Kubelet:
         return report.synced[key]
 
     def sync_services(self) -> SyncReport:
-        """Program every stored ClusterIP Service into the cluster; remove the cluster's others."""
-        pods = self.cluster.pods()
+        """Program every stored ClusterIP Service into the cluster; remove the cluster's others. Only
+        ready pods (their container running) are endpoints."""
+        pods = [p for p in self.cluster.pods() if self.is_ready(f"{p.spec.namespace}/{p.spec.name}")]
         synced: dict[str, str] = {}
         rejected: dict[str, str] = {}
         for svc in self.store.list("Service"):
@@ -365,6 +460,11 @@ class PodCredentials:
             return
 
 
+def _first_container(resource: Resource) -> Mapping[str, Any]:
+    containers = resource.spec.get("containers") or []
+    return containers[0] if containers and isinstance(containers[0], Mapping) else {}
+
+
 def pod_resource(record: PodRecord) -> Resource:
     """The Pod object a kubelet would report for a running pod of the local cluster."""
     doc = _pod_document(record.spec)
@@ -411,6 +511,30 @@ def pending_status(reason: str) -> dict[str, Any]:
             {"type": "Ready", "status": "False", "reason": "SandboxFailed", "message": reason},
         ],
     }
+
+
+CLUSTER_DOWN_MESSAGE = "the local cluster is down; `ambientctl cluster up` starts this pod again"
+
+
+def stopped_status() -> dict[str, Any]:
+    """The status of a pod whose cluster is down: nothing runs it, it has no IP, it is not ready."""
+    return {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "ClusterDown", "message": CLUSTER_DOWN_MESSAGE},
+        ],
+    }
+
+
+def mark_pods_stopped(store: Store) -> list[str]:
+    """Write ``stopped_status`` on every stored Pod (``cluster down``: no pod claims to run or to have an
+    IP while nothing runs it); returns the keys written. The kubelet writes real statuses on ``up``."""
+    written = []
+    for pod in store.list("Pod"):
+        if store.set_status(pod.ref, stopped_status()).action != "unchanged":
+            written.append(f"{pod.namespace}/{pod.name}")
+    return written
 
 
 def schedule(nodes: Sequence[str], pods: Iterable[PodRecord]) -> str:
@@ -483,7 +607,9 @@ def container_env(entries: object, source: str) -> dict[str, str]:
             )
         value = entry.get("value", "")
         if not isinstance(value, str) or "\0" in value:
-            raise InvalidClusterSpec(source, f"{at}.value", f"{name}: the value must be a string (quote numbers)")
+            raise InvalidClusterSpec(
+                source, f"{at}.value", f"{name}: the value must be a string (quote numbers)"
+            )
         env[name] = value
     return env
 

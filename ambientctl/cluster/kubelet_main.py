@@ -5,7 +5,8 @@ that every other process must see, so it keeps the host's mount namespace). It w
 whenever a Pod or Service changed (or a failed pod's retry is due), runs ``Kubelet.sync_pods``: new
 Pod manifests start live (network, CNI ADD, command), deleted ones stop (CNI DEL), Services follow.
 After its first full sync it writes ``<cluster dir>/run/kubelet.ready`` (what ``cluster up`` waits for).
-Every ``CREDENTIALS_EVERY_S`` it re-issues the service-account tokens of running pods that are due
+Every pass it observes the pods' processes (``Kubelet.check_containers``: exits recorded, restarts per
+``restartPolicy`` with Kubernetes' back-off, statuses written). Every ``CREDENTIALS_EVERY_S`` it re-issues the service-account tokens of running pods that are due
 (``Kubelet.refresh_credentials``: 80% of their 1 h lifetime), so pods never hold an expired one.
 SIGTERM/SIGINT stop it between passes; pods keep running (as when a kubelet restarts). It also exits
 when its cluster is no longer up (removed behind its back), so it never outlives the cluster.
@@ -69,6 +70,9 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
                         removed=list(report.removed),
                         failing=report.rejected,
                     )
+            restarted = kubelet.check_containers()
+            if restarted:
+                log.info("pod statuses changed", pods=restarted)
             if time.monotonic() - credentials_checked >= CREDENTIALS_EVERY_S:
                 credentials_checked = time.monotonic()
                 refreshed = kubelet.refresh_credentials()

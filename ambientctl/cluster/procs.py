@@ -46,6 +46,8 @@ class ProcessSupervisor:
         self.stop_grace = stop_grace
         # Children this supervisor started: kept so they are reaped (no zombies in a long-lived caller).
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # Exit statuses of reaped children, until ``collect_exit`` takes them.
+        self._exits: dict[int, int] = {}
 
     def log_path(self, log_name: str) -> Path:
         return self.log_dir / f"{log_name}.log"
@@ -119,6 +121,7 @@ class ProcessSupervisor:
                     _signal_group(record.pid, signal.SIGKILL)
             self._wait_gone(running, KILL_WAIT_S)
         for record in running:
+            self._exits.pop(record.pid, None)  # stopped on purpose: no exit to report
             log.info("process stopped", name=record.name, pid=record.pid)
         return running
 
@@ -186,10 +189,21 @@ class ProcessSupervisor:
                 return False
             time.sleep(POLL_S)
 
+    def collect_exit(self, record: ProcessRecord) -> int | None:
+        """The exit code of a process this supervisor started and that has ended (a signal ``n`` is
+        ``128 + n``, as a container runtime reports it), once; None if it runs, was not started here, or
+        was already collected."""
+        self._reap(record.pid)
+        code = self._exits.pop(record.pid, None)
+        if code is None:
+            return None
+        return 128 - code if code < 0 else code
+
     def _reap(self, pid: int) -> None:
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
             del self._children[pid]
+            self._exits[pid] = child.returncode
 
     def _write_pidfile(self, log_name: str, record: ProcessRecord) -> None:
         path = self.run_dir / f"{log_name}.pid"

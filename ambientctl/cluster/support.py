@@ -30,6 +30,7 @@ IMPLEMENTED: dict[str, dict[str, Any]] = {
         "nodeName": True,
         "serviceAccountName": True,
         "hostNetwork": True,  # refused when true, with the reason, when the pod is run
+        "restartPolicy": True,
         "containers": [_CONTAINER],
     },
     "Service": {

@@ -25,6 +25,7 @@ from ambientctl.cluster import (
     ClusterStatus,
     load_cluster_spec,
 )
+from ambientctl.cluster.kubelet import mark_pods_stopped
 from ambientctl.cluster.mesh import Mesh, MeshStatus
 from ambientctl.cluster.spec import validate_cluster_spec
 
@@ -116,6 +117,8 @@ def down(ctx: typer.Context, prefix: PrefixOption = DEFAULT_PREFIX) -> None:
     """Remove the local cluster: every namespace, link, rule and process it made."""
     with _cluster_errors():
         report = _cluster(ctx, prefix).down()
+    # Nothing runs the pods any more: their statuses say so (no phase Running, no IP, not Ready).
+    mark_pods_stopped(cli_state(ctx).store())
     if not report.had_state and not report.netns_removed and not report.processes_stopped:
         typer.echo("no local cluster found (nothing to remove)")
         return

@@ -3,7 +3,8 @@
 Headers are upper-case like kubectl's; empty values print ``<none>`` as kubectl does. A NAMESPACE
 column comes first with ``-A`` for namespaced kinds. Pods show DATAPLANE-MODE: the pod's own
 ``istio.io/dataplane-mode`` label, else its namespace's (what the operator set with ``namespace
-enable``), else ``<none>``; the control plane, not this table, decides what is captured. Gateways show
+enable``), else ``<none>``; READY, STATUS and RESTARTS are kubectl's (from ``status.containerStatuses``:
+CrashLoopBackOff, Error, Completed ... else the phase; ``Pending`` for a pod without any status yet); the control plane, not this table, decides what is captured. Gateways show
 kubectl's columns (the Gateway API CRD's printer columns): CLASS, ADDRESS (the first of
 ``status.addresses``), PROGRAMMED (the condition's status; ``Unknown`` until a controller wrote one, as
 the CRD's default status says) and AGE (``<unknown>``: the store records no creation time).
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ambientctl.cluster.podstatus import display_status, ready_count, restart_total
 from meshcore.store import Resource, is_namespaced, spec_as, status_as
 from meshcore.store.schema import (
     AuthorizationPolicySpec,
@@ -67,7 +69,9 @@ def _pod_row(r: Resource, namespaces: Mapping[str, Resource]) -> Row:
     ns = namespaces.get(r.namespace)
     mode = r.labels.get(DATAPLANE_MODE_LABEL) or (ns.labels.get(DATAPLANE_MODE_LABEL) if ns else None)
     return [
-        status.phase or "Unknown",
+        ready_count(r.status),
+        display_status(r.status) if r.status else "Pending",
+        str(restart_total(r.status)),
         _or_none(status.pod_ip),
         _or_none(spec.node_name),
         spec.service_account_name,
@@ -133,7 +137,7 @@ def _route_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
 
 _COLUMNS: dict[str, _Columns] = {
     "Namespace": (["LABELS"], _namespace_row),
-    "Pod": (["STATUS", "IP", "NODE", "SERVICE ACCOUNT", "DATAPLANE-MODE"], _pod_row),
+    "Pod": (["READY", "STATUS", "RESTARTS", "IP", "NODE", "SERVICE-ACCOUNT", "DATAPLANE-MODE"], _pod_row),
     "Service": (["CLUSTER-IP", "PORT(S)", "SELECTOR"], _service_row),
     "AuthorizationPolicy": (["ACTION", "TARGET", "RULES"], _policy_row),
     "Gateway": (["CLASS", "ADDRESS", "PROGRAMMED", "AGE"], _gateway_row),

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from ambientctl.cluster import Cluster
 from ambientctl.cluster.support import unimplemented_fields
 from meshcore.store import (
     Resource,
@@ -35,6 +36,7 @@ from .common import CliError, OutputFormat, cli_state, note, print_documents, pr
 DEFAULT_NAMESPACE = "default"
 # Namespaces every Kubernetes cluster has from the start.
 BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+CLUSTER_DOWN_NOTE = "the local cluster is not up"
 
 FilenameOption = Annotated[
     list[str],
@@ -84,6 +86,7 @@ def apply(
     if atomic:
         for result in store.apply(valid):
             typer.echo(f"{result.ref.kind.lower()}/{result.ref.name} {result.action}")
+        _note_if_cluster_down(ctx, valid)
         return
     for resource in valid:
         try:
@@ -92,9 +95,19 @@ def apply(
             errors.append(e)
             continue
         typer.echo(f"{result.ref.kind.lower()}/{result.ref.name} {result.action}")
+    _note_if_cluster_down(ctx, valid)
     if errors:
         _report(errors)
         raise CliError(f"{_count(len(errors))} not applied (listed above); the others were")
+
+
+def _cluster_up(ctx: typer.Context) -> bool:
+    return Cluster(cli_state(ctx).state_dir()).is_up()
+
+
+def _note_if_cluster_down(ctx: typer.Context, applied: list[Resource]) -> None:
+    if any(r.kind == "Pod" for r in applied) and not _cluster_up(ctx):
+        note(f"note: {CLUSTER_DOWN_NOTE}: these pods are not running; `ambientctl cluster up` starts them")
 
 
 def check_namespaces(
@@ -169,6 +182,8 @@ def get(
         )
         return
     namespaces = {n.name: n for n in store.list("Namespace")} if kind == "Pod" else {}
+    if kind == "Pod" and not _cluster_up(ctx):
+        note(f"warning: {CLUSTER_DOWN_NOTE}: no pod is running; `ambientctl cluster up` starts them")
     headers, rows = build_table(kind, resources, namespaces, all_namespaces=all_namespaces)
     print_table(headers, rows)
 

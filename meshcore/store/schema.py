@@ -98,6 +98,7 @@ class PodSpec(_K8s, frozen=True):
     containers: list[Container] | None = None
     # Host-network pods share the node's netns: ambient cannot capture them.
     host_network: bool = False
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
 
 
 class PodCondition(_K8s, frozen=True):

@@ -31,7 +31,7 @@ NAMESPACES = {
 @pytest.mark.parametrize(
     ("resource", "row"),
     [
-        (res("Pod"), ["x", "Unknown", "<none>", "<none>", "default", "ambient"]),
+        (res("Pod"), ["x", "-", "Pending", "0", "<none>", "<none>", "default", "ambient"]),
         (
             res(
                 "Pod",
@@ -39,7 +39,24 @@ NAMESPACES = {
                 spec={"nodeName": "n1"},
                 status={"phase": "Running", "podIP": "10.0.0.1"},
             ),
-            ["x", "Running", "10.0.0.1", "n1", "default", "none"],
+            ["x", "-", "Running", "0", "10.0.0.1", "n1", "default", "none"],
+        ),
+        (
+            res(
+                "Pod",
+                status={
+                    "phase": "Running",
+                    "containerStatuses": [
+                        {
+                            "name": "c",
+                            "ready": False,
+                            "restartCount": 4,
+                            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        }
+                    ],
+                },
+            ),
+            ["x", "0/1", "CrashLoopBackOff", "4", "<none>", "<none>", "default", "ambient"],
         ),
         (
             res(
@@ -103,6 +120,7 @@ NAMESPACES = {
     ids=[
         "a bare pod shows its namespace's dataplane mode and the default service account",
         "a pod's own dataplane-mode label wins over its namespace's",
+        "a crash-looping pod shows its reason, readiness and restarts",
         "a headless service lists every port with its protocol",
         "a policy bound with targetRefs shows the target",
         "a policy without selector or target applies to the namespace",

@@ -161,6 +161,7 @@ def test_pod_fields_the_local_cluster_ignores_are_named_in_warnings(ctl: Ctl) ->
         "Warning: pod/web: spec.containers[1] (only the first container runs) is not implemented by the local "
         "cluster and is ignored",
         "Warning: pod/web: spec.containers[0].resources is not implemented by the local cluster and is ignored",
+        "note: the local cluster is not up: these pods are not running; `ambientctl cluster up` starts them",
     ]
 
 
@@ -168,9 +169,9 @@ def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ct
     ctl.ok("apply", "-f", str(MESH))
     ctl.ok("namespace", "enable", "demo")
     assert table(ctl.ok("get", "po", "-n", "demo")) == [
-        ["NAME", "STATUS", "IP", "NODE", "SERVICE ACCOUNT", "DATAPLANE-MODE"],
-        ["client", "Running", "10.244.1.10", "node-1", "client", "ambient"],
-        ["server", "Running", "10.244.2.10", "node-2", "server", "ambient"],
+        ["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "SERVICE-ACCOUNT", "DATAPLANE-MODE"],
+        ["client", "-", "Running", "0", "10.244.1.10", "node-1", "client", "ambient"],
+        ["server", "-", "Running", "0", "10.244.2.10", "node-2", "server", "ambient"],
     ]
     rows = table(ctl.ok("get", "pods", "-A"))
     assert rows[0][:2] == ["NAMESPACE", "NAME"] and rows[1][:2] == ["demo", "client"]
@@ -282,3 +283,18 @@ def test_a_state_dir_holding_something_else_is_a_clear_error(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["--state-dir", str(tmp_path), "get", "ns"])
     assert result.exit_code == 1
     assert "is not an ambient-mesh store" in result.stderr and "--state-dir" in result.stderr
+
+
+def test_after_cluster_down_no_pod_claims_to_run_or_to_have_an_ip(ctl: Ctl) -> None:
+    from ambientctl.cluster.kubelet import mark_pods_stopped
+
+    ctl.ok("apply", "-f", str(MESH))
+    with SqliteStore(store_path(ctl.state_dir)) as store:
+        assert sorted(mark_pods_stopped(store)) == ["demo/client", "demo/server"]
+        assert mark_pods_stopped(store) == []  # nothing changes the second time
+    result = ctl("get", "po", "-n", "demo")
+    assert [row[:5] for row in table(result.stdout)[1:]] == [
+        ["client", "-", "Pending", "0", "<none>"],
+        ["server", "-", "Pending", "0", "<none>"],
+    ]
+    assert "warning: the local cluster is not up: no pod is running" in result.stderr

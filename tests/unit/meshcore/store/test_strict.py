@@ -242,3 +242,8 @@ def test_label_key_check_never_raises_and_accepts_only_bounded_keys(key: str) ->
 def test_label_value_check_never_raises_and_accepts_only_short_values(value: str) -> None:
     if label_value_problem(value) is None:
         assert len(value) <= 63 and " " not in value
+
+
+def test_an_unknown_restart_policy_is_refused() -> None:
+    with pytest.raises(InvalidResource, match=r"\$.spec.restartPolicy: Invalid enum value 'Sometimes'"):
+        build_resource(pod(restartPolicy="Sometimes"))

@@ -1,0 +1,207 @@
+"""A pod's container lifecycle and the status a kubelet reports for it, as pure functions of what was
+observed (process started, process exited with a code) and the time.
+
+``ContainerTrack`` is one container's history: running since when, how often restarted, the last
+termination, the current restart back-off. Kubernetes' rules:
+
+* ``restartPolicy``: ``Always`` restarts any exit, ``OnFailure`` a non-zero exit, ``Never`` none.
+* Back-off between restarts: 10 s after the first exit, doubling each time, capped at 5 min; a container
+  that ran 10 min (twice the cap) before exiting starts again from 10 s. While waiting, the container is
+  ``waiting`` with reason ``CrashLoopBackOff``; the pod stays phase ``Running`` (not Ready).
+* A container not restarted is ``terminated`` (``Completed`` for exit 0, else ``Error``); the pod's
+  phase becomes ``Succeeded`` (exit 0) or ``Failed``.
+* Ready (and so traffic) only while the container runs.
+
+``pod_status`` renders the Kubernetes ``status`` (phase, conditions, containerStatuses with
+restartCount/state/lastState, podIP, hostIP, startTime); ``display_status`` is kubectl's STATUS column
+(a container's waiting/terminated reason, else the phase). Time arrives as arguments: ``now`` is a
+monotonic clock for decisions, ``wall`` an RFC 3339 string for what is written. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+BACKOFF_INITIAL_S = 10.0
+BACKOFF_MAX_S = 300.0
+# A container that ran at least this long before exiting restarts with the initial back-off again.
+BACKOFF_RESET_S = 2 * BACKOFF_MAX_S
+
+RestartPolicy = Literal["Always", "OnFailure", "Never"]
+RESTART_POLICIES: tuple[str, ...] = ("Always", "OnFailure", "Never")
+
+
+class Termination(msgspec.Struct, frozen=True, kw_only=True):
+    # None: the process is gone but its exit code could not be learned (not this kubelet's child).
+    exit_code: int | None
+    started_at: str
+    finished_at: str
+
+
+class ContainerTrack(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    restart_count: int = 0
+    # Monotonic start time while running; None while waiting or terminated.
+    running_since: float | None = None
+    started_at: str = ""
+    last: Termination | None = None
+    backoff_s: float = 0.0
+    # Monotonic time the next start is due (waiting in CrashLoopBackOff until then).
+    restart_at: float | None = None
+    # Terminated for good: the restart policy does not restart it.
+    finished: bool = False
+
+
+def should_restart(policy: str, exit_code: int | None) -> bool:
+    """Whether ``policy`` restarts a container that exited with ``exit_code`` (None: unknown = failed)."""
+    if policy == "Always":
+        return True
+    if policy == "OnFailure":
+        return exit_code != 0
+    return False
+
+
+def started(track: ContainerTrack, now: float, wall: str) -> ContainerTrack:
+    """The container's process (re)started: a start after a termination counts as a restart."""
+    return msgspec.structs.replace(
+        track,
+        restart_count=track.restart_count + (1 if track.last is not None else 0),
+        running_since=now,
+        started_at=wall,
+        restart_at=None,
+        finished=False,
+    )
+
+
+def exited(
+    track: ContainerTrack, exit_code: int | None, policy: str, now: float, wall: str
+) -> ContainerTrack:
+    """The container's process exited: record it and plan the restart the policy asks for."""
+    ran = now - track.running_since if track.running_since is not None else 0.0
+    last = Termination(exit_code=exit_code, started_at=track.started_at, finished_at=wall)
+    if not should_restart(policy, exit_code):
+        return msgspec.structs.replace(track, running_since=None, last=last, restart_at=None, finished=True)
+    if track.backoff_s == 0.0 or ran >= BACKOFF_RESET_S:
+        backoff = BACKOFF_INITIAL_S
+    else:
+        backoff = min(track.backoff_s * 2, BACKOFF_MAX_S)
+    return msgspec.structs.replace(
+        track, running_since=None, last=last, backoff_s=backoff, restart_at=now + backoff
+    )
+
+
+def restart_due(track: ContainerTrack, now: float) -> bool:
+    return track.restart_at is not None and now >= track.restart_at
+
+
+def _terminated(term: Termination) -> dict[str, Any]:
+    code = term.exit_code
+    return {
+        "exitCode": 255 if code is None else code,
+        "reason": "Completed" if code == 0 else ("Unknown" if code is None else "Error"),
+        "startedAt": term.started_at,
+        "finishedAt": term.finished_at,
+    }
+
+
+def container_status(track: ContainerTrack, image: str) -> dict[str, Any]:
+    """One ``status.containerStatuses`` entry."""
+    if track.running_since is not None:
+        state: dict[str, Any] = {"running": {"startedAt": track.started_at}}
+    elif track.finished and track.last is not None:
+        state = {"terminated": _terminated(track.last)}
+    elif track.restart_at is not None:
+        state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {int(track.backoff_s)}s restarting failed container={track.name}",
+            }
+        }
+    else:
+        state = {"waiting": {"reason": "ContainerCreating"}}
+    entry: dict[str, Any] = {
+        "name": track.name,
+        "image": image,
+        "ready": track.running_since is not None,
+        "started": track.running_since is not None,
+        "restartCount": track.restart_count,
+        "state": state,
+    }
+    if track.last is not None and not (track.finished and "terminated" in state):
+        entry["lastState"] = {"terminated": _terminated(track.last)}
+    return entry
+
+
+def pod_phase(tracks: list[ContainerTrack]) -> str:
+    """Kubernetes' phase: Running while any container runs or will restart; Succeeded/Failed once all
+    finished for good; Pending before any started."""
+    if not tracks:
+        return "Pending"
+    if all(t.finished for t in tracks):
+        return "Succeeded" if all(t.last is not None and t.last.exit_code == 0 for t in tracks) else "Failed"
+    if any(t.running_since is not None or t.last is not None for t in tracks):
+        return "Running"
+    return "Pending"
+
+
+def pod_status(
+    tracks: list[ContainerTrack],
+    images: Mapping[str, str],
+    *,
+    pod_ip: str,
+    host_ip: str,
+    start_time: str,
+) -> dict[str, Any]:
+    """The pod's ``status`` as a kubelet writes it."""
+    ready = bool(tracks) and all(t.running_since is not None for t in tracks)
+    flag = "True" if ready else "False"
+    status: dict[str, Any] = {
+        "phase": pod_phase(tracks),
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": flag},
+            {"type": "Ready", "status": flag},
+        ],
+        "hostIP": host_ip,
+        "startTime": start_time,
+        "containerStatuses": [container_status(t, images.get(t.name, "")) for t in tracks],
+    }
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    return status
+
+
+def display_status(status: Mapping[str, Any]) -> str:
+    """kubectl's STATUS column: the first container's waiting/terminated reason, else the phase."""
+    for entry in status.get("containerStatuses") or ():
+        state = entry.get("state") if isinstance(entry, Mapping) else None
+        if not isinstance(state, Mapping):
+            continue
+        for key in ("waiting", "terminated"):
+            detail = state.get(key)
+            if isinstance(detail, Mapping) and detail.get("reason"):
+                return str(detail["reason"])
+    phase = status.get("phase")
+    return str(phase) if phase else "Unknown"
+
+
+def ready_count(status: Mapping[str, Any]) -> str:
+    """kubectl's READY column (``1/1``); ``-`` when no container status was reported."""
+    entries = [e for e in status.get("containerStatuses") or () if isinstance(e, Mapping)]
+    if not entries:
+        return "-"
+    return f"{sum(1 for e in entries if e.get('ready') is True)}/{len(entries)}"
+
+
+def restart_total(status: Mapping[str, Any]) -> int:
+    """kubectl's RESTARTS column: the sum of the containers' restartCount."""
+    return sum(
+        int(e.get("restartCount") or 0)
+        for e in status.get("containerStatuses") or ()
+        if isinstance(e, Mapping) and isinstance(e.get("restartCount"), int)
+    )
