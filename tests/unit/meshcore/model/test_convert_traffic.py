@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshcore.model.convert import ConversionError
 from meshcore.model.convert_traffic import regex_problem, service_traffic_from_proto, service_traffic_to_proto
@@ -156,3 +159,16 @@ def test_bad_resources_are_refused_naming_the_field(
 ])
 def test_regexes_are_checked_as_re2_would_accept_them(pattern: str, refused: bool) -> None:
     assert (regex_problem(pattern) is not None) == refused
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_are_decoded_or_refused_never_crash(raw: bytes) -> None:
+    try:
+        pb = traffic_pb2.ServiceTraffic.FromString(raw)
+    except DecodeError:
+        return
+    try:
+        service_traffic_from_proto(pb)
+    except ConversionError:
+        pass

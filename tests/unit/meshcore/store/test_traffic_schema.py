@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshcore.store import InvalidResource, build_resource, resolve_kind
 from meshcore.store.traffic_schema import parse_duration
@@ -115,3 +117,18 @@ def test_bad_durations_are_refused(text: str) -> None:
                                              ("httplocalratelimitpolicies", "HTTPLocalRateLimitPolicy")])
 def test_users_can_name_the_traffic_kinds(typed: str, kind: str) -> None:
     assert resolve_kind(typed) == kind
+
+
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["h", "m", "s", "ms"])), min_size=1, max_size=4))
+def test_any_sequence_of_duration_parts_parses_to_their_sum(parts: list[tuple[int, str]]) -> None:
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    text = "".join(f"{n}{u}" for n, u in parts)
+    assert parse_duration(text) == pytest.approx(sum(n * unit[u] for n, u in parts))
+
+
+@given(st.text(max_size=20))
+def test_any_text_either_parses_or_is_refused_with_a_value_error(text: str) -> None:
+    try:
+        assert parse_duration(text) >= 0
+    except ValueError:
+        pass
