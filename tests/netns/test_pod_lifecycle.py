@@ -1,0 +1,92 @@
+"""Honest pod status on the local cluster with the mesh: a crashing container is restarted with
+Kubernetes' back-off, shows CrashLoopBackOff with its exit code, and gets no traffic while its healthy
+sibling behind the same Service serves every request through the mesh; a container that is not to be
+restarted leaves its pod Succeeded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ambientctl.cluster.testing import (
+    AMBIENT,
+    MeshCluster,
+    echo_pod,
+    namespace,
+    ok_count,
+    served_by,
+    service,
+    sleeper_pod,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def command_pod(name: str, ns: str, command: list[str], labels: dict[str, str], **spec: str) -> str:
+    extra = "".join(f"  {k}: {v}\n" for k, v in spec.items())
+    return (
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\n"
+        f"spec:\n  nodeName: node-1\n{extra}  containers:\n"
+        f"  - {{name: main, image: local, command: {command}, ports: [{{name: http, containerPort: 8080}}]}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def mc() -> Iterator[MeshCluster]:
+    cluster = MeshCluster.create(nodes=1)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def container(mc: MeshCluster, name: str, ns: str) -> dict[str, Any]:
+    pod = mc.pod(name, ns)
+    statuses = (pod.status.get("containerStatuses") if pod is not None else None) or [{}]
+    return dict(statuses[0])
+
+
+def test_a_crashing_container_reaches_crash_loop_back_off_and_gets_no_traffic(mc: MeshCluster) -> None:
+    mc.apply(
+        namespace("life", AMBIENT),
+        echo_pod("web", "life", "node-1", {"app": "web"}),
+        command_pod("crasher", "life", ["sh", "-c", "exit 3"], {"app": "web"}),
+        sleeper_pod("client", "life", "node-1"),
+        service("web", "life", {"app": "web"}),
+    )
+    mc.wait_running([("web", "life"), ("client", "life")])
+
+    def crash_looping() -> dict[str, Any] | None:
+        c = container(mc, "crasher", "life")
+        waiting = c.get("state", {}).get("waiting", {})
+        restarted = c.get("restartCount", 0) >= 1
+        return c if restarted and waiting.get("reason") == "CrashLoopBackOff" else None
+
+    # The first restart comes 10 s after the first exit; the second exit follows at once.
+    c = wait_for("crasher in CrashLoopBackOff after a restart", crash_looping, timeout=40)
+    assert c["lastState"]["terminated"]["exitCode"] == 3 and c["ready"] is False
+    pod = mc.pod("crasher", "life")
+    assert pod.status["phase"] == "Running"
+    assert {"type": "Ready", "status": "False"} in pod.status["conditions"]
+
+    result = mc.request("client", "life", "http://web.life:80/", count=20)
+    assert ok_count(result) == 20, result
+    assert served_by(result) == {"web"}
+
+
+def test_a_container_that_is_not_restarted_leaves_its_pod_succeeded(mc: MeshCluster) -> None:
+    mc.apply(
+        namespace("once"),
+        command_pod("job", "once", ["sh", "-c", "exit 0"], {"app": "job"}, restartPolicy="Never"),
+    )
+
+    def succeeded() -> bool:
+        pod = mc.pod("job", "once")
+        return pod is not None and pod.status.get("phase") == "Succeeded"
+
+    wait_for("job Succeeded", succeeded, timeout=30)
+    terminated = container(mc, "job", "once")["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
