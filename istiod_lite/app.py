@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import UTC, datetime, timedelta
@@ -351,7 +352,8 @@ class ControlPlane:
         for p in result.problems:
             log.warning("traffic config problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
         now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-        for ref, status in result.statuses.items():
+        for ref, compiled_status in result.statuses.items():
+            status = copy.deepcopy(compiled_status)  # the compiled value stays as compiled (no times)
             for cond in [*status.get("conditions", []), *(c for p in status.get("parents", []) for c in p["conditions"])]:
                 cond["lastTransitionTime"] = now
             try:
