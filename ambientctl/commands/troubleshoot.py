@@ -1,4 +1,4 @@
-"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status``, ``explain``, ``logs`` and ``tap``.
+"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status``, ``explain``, ``logs``, ``tap``, ``stat``, ``graph``.
 
 - ``fetch TARGET :PORT/PATH``: GET any endpoint of the local cluster from the host (istiod's monitoring,
   a node's ztunnel admin/metrics/readiness and node agent, a waypoint pod's admin), through
@@ -10,6 +10,8 @@
 - ``explain FROM TO[:PORT]``: what the data plane decides for a connection (``troubleshoot.explain``).
 - ``logs --component C [--node] [--pod] [-f] [--since] [--denied]``: a component's logs on every node,
   merged by time; ``tap TARGET``: live access records of a pod or service (``troubleshoot.logs``).
+- ``stat`` (alias ``top``) and ``graph`` (text, DOT, json): golden signals per service and the edges
+  between workloads, from every ztunnel's and waypoint's metrics (``troubleshoot.traffic``).
 Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
 """
 
@@ -55,8 +57,28 @@ from ambientctl.troubleshoot.logs import (
     since,
     tap_row,
 )
-from ambientctl.troubleshoot.reach import Reach, ReachError, parse_location, parse_target
+from ambientctl.troubleshoot.reach import (
+    ZTUNNEL_STATS,
+    Reach,
+    ReachError,
+    Target,
+    parse_location,
+    parse_target,
+)
 from ambientctl.troubleshoot.syncstatus import proxy_rows, row_json, status_table
+from ambientctl.troubleshoot.traffic import (
+    Edge,
+    Sample,
+    edge_json,
+    graph_dot,
+    graph_table,
+    parse_metrics,
+    stat_json,
+    stat_table,
+    stats,
+    tag,
+    traffic,
+)
 
 from .common import EXIT_FAILURE, CliError, cli_state, note, print_table
 
@@ -343,7 +365,93 @@ def tap(
         return
 
 
+# --- stat and graph -----------------------------------------------------------------------------------
+
+
+def scrape(ctx: typer.Context, reach: Reach) -> list[Sample]:
+    """Every ztunnel's and waypoint's metrics, each series tagged with the proxy it came from."""
+    samples: list[Sample] = []
+    with _errors():
+        nodes = [n.name for n in reach.cluster.layout().nodes]
+    targets = [(f"ztunnel-{n}", Target("node", node=n)) for n in nodes]
+    targets += [(f"waypoint {ns}/{name}", Target("pod", namespace=ns, name=name)) for ns, name in _waypoint_pods(ctx)]
+    for label, target in targets:
+        try:
+            answer = reach.get(target, ZTUNNEL_STATS, "/metrics")
+            if answer.status == 200:
+                samples += tag(parse_metrics(answer.text), label)
+            else:
+                note(f"warning: {label} answered HTTP {answer.status} for /metrics; left out")
+        except (ReachError, ValueError) as e:
+            note(f"warning: {label}'s metrics left out: {e}")
+    return samples
+
+
+def _window(ctx: typer.Context, interval: float) -> list[Edge]:
+    reach = _reach(ctx)
+    if interval <= 0:
+        return traffic(None, scrape(ctx, reach))
+    before = scrape(ctx, reach)
+    started = time.monotonic()
+    time.sleep(interval)
+    after = scrape(ctx, reach)
+    return traffic(before, after, time.monotonic() - started)
+
+
+IntervalOption = Annotated[
+    float, typer.Option("--interval", help="Seconds between two scrapes for rates; 0: totals since start.", min=0)
+]
+
+
+def stat(
+    ctx: typer.Context,
+    interval: IntervalOption = 2.0,
+    watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every interval until Ctrl-C.")] = False,
+    output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
+) -> None:
+    """Golden signals per destination service: rate, success rate, denials, latency p50/p95/p99, bytes."""
+    try:
+        while True:
+            rows = stats(_window(ctx, interval))
+            if output is Format.json:
+                typer.echo(json.dumps([stat_json(r) for r in rows], indent=2))
+            else:
+                if watch:
+                    typer.echo("\x1b[2J\x1b[H", nl=False)
+                headers, table = stat_table(rows)
+                print_table(headers, table)
+            if not watch or interval <= 0:
+                return
+    except KeyboardInterrupt:
+        return
+
+
+class GraphFormat(StrEnum):
+    text = "text"
+    dot = "dot"
+    json = "json"
+
+
+def graph(
+    ctx: typer.Context,
+    interval: IntervalOption = 2.0,
+    output: Annotated[GraphFormat, typer.Option("-o", "--output", help="text, dot (Graphviz) or json.")] = GraphFormat.text,
+) -> None:
+    """Who talks to whom: edges with rate, success rate, mTLS and the source principal (dot | dot -Tsvg)."""
+    edges = _window(ctx, interval)
+    if output is GraphFormat.json:
+        typer.echo(json.dumps([edge_json(e) for e in edges], indent=2))
+    elif output is GraphFormat.dot:
+        typer.echo(graph_dot(edges), nl=False)
+    else:
+        headers, table = graph_table(edges)
+        print_table(headers, table)
+
+
 def register(app: typer.Typer) -> None:
+    app.command("stat")(stat)
+    app.command("top", hidden=True)(stat)
+    app.command("graph")(graph)
     app.command("logs")(logs)
     app.command("tap")(tap)
     app.command("explain")(explain_cmd)

@@ -119,6 +119,24 @@ def test_explain_predicts_what_the_data_plane_does(mc: MeshCluster) -> None:
     assert not any("client" in x for x in lines), lines
 
 
+def test_graph_and_stat_have_the_traffic_just_sent(mc: MeshCluster) -> None:
+    assert mc.request("client", NS, URL, count=3)["ok"] == 3
+    svc = f"echo.{NS}.svc.cluster.local"
+
+    def edge() -> dict[str, Any] | None:
+        edges = json.loads(ctl(mc, "graph", "--interval", "0", "-o", "json").stdout)
+        return next((e for e in edges if e["source"] == f"{NS}/client" and e["destination"] == svc), None)
+
+    found = wait_for("the client -> echo edge", edge, timeout=10)
+    assert found["count"] >= 3 and found["mtls"] is True
+    assert found["principal"] == f"spiffe://cluster.local/ns/{NS}/sa/client" and found["successRate"] == 1.0
+    dot = ctl(mc, "graph", "--interval", "0", "-o", "dot").stdout
+    assert f'"{NS}/client" -> "{svc}"' in dot
+    rows = json.loads(ctl(mc, "stat", "--interval", "0", "-o", "json").stdout)
+    (row,) = [r for r in rows if r["name"] == svc]
+    assert row["count"] >= 3 and row["protocols"] == "tcp"
+
+
 def test_tap_shows_a_request_made_after_it_started(mc: MeshCluster) -> None:
     argv = [sys.executable, "-m", "ambientctl", "--state-dir", str(mc.state_dir),
             "tap", f"svc/{NS}/echo", "--duration", "40", "--max", "1"]  # fmt: skip
