@@ -1,20 +1,25 @@
 """Fuzzing campaign runner: every target of ``bench/fuzz_targets.py`` on N generated inputs.
 
     .venv/bin/python bench/fuzz.py                                  # every target, 100,000 inputs each
-    .venv/bin/python bench/fuzz.py --target http2 --inputs 1000000 --seconds 3600 --jobs 2
-    .venv/bin/python bench/fuzz.py --engine mutate                  # without atheris
+    .venv/bin/python bench/fuzz.py --inputs 1000000 --explore 180   # the recorded campaign (docs/benchmarks.md)
+    .venv/bin/python bench/fuzz.py --target http2 --inputs 50000 --engine mutate   # without atheris
+    .venv/bin/python bench/fuzz.py --replay /tmp/ambient-fuzz/crash-http2-....bin --target http2
     .venv/bin/python bench/fuzz.py --write-seeds                    # regenerate bench/fuzz_corpus/
 
-Engines: ``atheris`` (libFuzzer, coverage-guided: the code under test and h2/hpack/hyperframe/httptools'
-Python are instrumented; new coverage inputs go to a scratch corpus, never the committed one) when it
-is installed (``pip install -e '.[dev]'``), else ``mutate``: random mutation (bit flips, byte
-changes, inserts, deletions, duplicated ranges, splices, boundary values) of the seed corpus in
-``bench/fuzz_corpus/<target>/``, seeded so a run repeats. Each target runs in its own process (at most
-``--jobs`` at once, ``nice``d), stops after ``--inputs`` inputs or ``--seconds``, and never stops at a
-crash: every distinct crash (exception type and the line it came from) is saved with its input under
-``--out`` (``crash-<target>-<hash>.bin`` and ``.txt`` with the traceback). Printed per target: inputs
-tried, crashes found, the files, time taken. Reproduce one: ``--replay FILE --target NAME``.
-Exit status 1 when any target crashed. Never part of the test run (``tests/unit/fuzz`` is).
+Engines. ``mutate``: seeded random mutation (bit flips, byte changes, inserts, deletions, duplicated
+ranges, splices between corpus inputs, boundary values) of the corpus, uninstrumented, so it runs at the
+targets' own speed. ``atheris`` (the default when it is installed: ``pip install -e '.[dev]'``): first
+``--explore`` seconds of coverage-guided fuzzing with libFuzzer over our packages' instrumented Python
+(the corpus it grows goes to ``--out``, never to the committed one), then ``mutate`` over the seeds plus
+that corpus for the rest of the inputs (instrumentation costs 5-20x per input: a million HTTP/2 inputs
+fully instrumented would take hours on two cores). Seeds: ``bench/fuzz_corpus/<target>/``.
+
+Each target runs in its own processes (at most ``--jobs`` targets at once, ``nice``d) until ``--inputs``
+inputs or ``--seconds``; it never stops at a crash: every distinct crash (exception type and the line it
+came from) is saved with its input under ``--out`` (``crash-<target>-<hash>.bin``, and ``.txt`` with the
+traceback), and so is any input that took longer than ``--slow`` seconds (``slow-...``). Printed per
+target: inputs tried, crashes, slow inputs, the files, time taken. Exit status 1 when anything crashed.
+Never part of the test run (``tests/unit/fuzz`` is).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -36,10 +42,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 CORPUS = BENCH / "fuzz_corpus"
-MAX_LEN = 4096  # generated inputs; seeds stay below it too
+MAX_LEN = 1024  # generated inputs (a frame program of this size is ~96 frames); seeds are smaller
 TARGET_NAMES = ("hbone_bytes", "hbone_frames", "zds", "xds", "cni", "yaml", "http1", "http2")
-# Instrumented for coverage under atheris (third-party parsers our code drives included).
-_INSTRUMENTED = ("meshcore", "ztunnel", "waypoint", "h2", "hpack", "hyperframe", "yaml", "fuzz_targets")
+# Instrumented for coverage under atheris: our packages only (instrumenting h2/hpack/hyperframe too made
+# the HTTP/2 targets another ~10x slower).
+_INSTRUMENTED = ("meshcore", "ztunnel", "waypoint", "fuzz_targets")
 
 Target = Callable[[bytes], None]
 
@@ -48,27 +55,38 @@ Target = Callable[[bytes], None]
 
 
 class Tally:
-    """Inputs tried and distinct crashes of one worker; written to ``<out>/<target>.json`` as it goes."""
+    """Inputs tried, distinct crashes and slow inputs of one worker, in ``<out>/<target>.<engine>.json``."""
 
-    def __init__(self, target: str, engine: str, out: Path) -> None:
+    def __init__(self, target: str, engine: str, out: Path, slow: float) -> None:
         self.target = target
         self.engine = engine
         self.out = out
+        self.slow = slow
         self.inputs = 0
         self.crashes: dict[str, dict[str, object]] = {}
+        self.slow_inputs: list[dict[str, object]] = []
         self.started = time.monotonic()
         self._written_at = 0.0
 
     def run(self, fn: Target, data: bytes) -> None:
         self.inputs += 1
+        started = time.perf_counter()
         try:
             fn(data)
         except Exception as exc:  # noqa: BLE001 - every exception a target lets out is a finding
             self._record(exc, data)
-        if self.inputs & 0x3FF == 0:
-            now = time.monotonic()
-            if now - self._written_at > 2.0:
-                self.write()
+        took = time.perf_counter() - started
+        if took > self.slow and len(self.slow_inputs) < 20:
+            path = self._save("slow", data)
+            self.slow_inputs.append({"seconds": round(took, 2), "file": str(path), "length": len(data)})
+            self.write()
+        if self.inputs & 0x3FF == 0 and time.monotonic() - self._written_at > 2.0:
+            self.write()
+
+    def _save(self, kind: str, data: bytes) -> Path:
+        path = self.out / f"{kind}-{self.target}-{hashlib.sha1(data).hexdigest()[:12]}.bin"
+        path.write_bytes(data)
+        return path
 
     def _record(self, exc: Exception, data: bytes) -> None:
         frames = traceback.extract_tb(exc.__traceback__)
@@ -78,22 +96,21 @@ class Tally:
         if key in self.crashes:
             self.crashes[key]["count"] = int(self.crashes[key]["count"]) + 1  # type: ignore[call-overload]
             return
-        digest = hashlib.sha1(data).hexdigest()[:12]
-        path = self.out / f"crash-{self.target}-{digest}.bin"
-        path.write_bytes(data)
+        path = self._save("crash", data)
         text = "".join(traceback.format_exception(exc))
         path.with_suffix(".txt").write_text(f"target {self.target}, input {path.name}\n\n{text}")
-        self.crashes[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "where": where,
+        self.crashes[key] = {"key": key, "error": f"{type(exc).__name__}: {str(exc)[:300]}", "where": where,
                              "file": str(path), "count": 1}
         self.write()
 
     def write(self) -> None:
         self._written_at = time.monotonic()
         doc = {"target": self.target, "engine": self.engine, "inputs": self.inputs,
-               "seconds": round(self._written_at - self.started, 1), "crashes": list(self.crashes.values())}
-        tmp = self.out / f".{self.target}.json.tmp"
+               "seconds": round(self._written_at - self.started, 1), "crashes": list(self.crashes.values()),
+               "slow": self.slow_inputs}
+        tmp = self.out / f".{self.target}.{self.engine}.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(self.out / f"{self.target}.json")
+        tmp.replace(self.out / f"{self.target}.{self.engine}.json")
 
 
 def _quiet_logs() -> None:
@@ -118,10 +135,9 @@ def _load_targets(instrument: bool) -> dict[str, Target]:
     return fuzz_targets.TARGETS
 
 
-def seeds(target: str) -> list[bytes]:
-    folder = CORPUS / target
-    files = sorted(folder.iterdir()) if folder.is_dir() else []
-    return [f.read_bytes()[:MAX_LEN] for f in files if f.is_file()] or [b""]
+def corpus_inputs(*folders: Path) -> list[bytes]:
+    files = [f for folder in folders if folder.is_dir() for f in sorted(folder.iterdir()) if f.is_file()]
+    return [f.read_bytes()[:MAX_LEN] for f in files] or [b""]
 
 
 _BOUNDARY = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\r\n",
@@ -169,8 +185,8 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
 
 def work_mutate(target: str, fn: Target, args: argparse.Namespace, tally: Tally) -> None:
     rng = random.Random(f"{args.seed}:{target}")
-    pool = seeds(target)
-    for data in pool:
+    pool = corpus_inputs(CORPUS / target, *(Path(p) for p in args.corpus or ()))
+    for data in pool[: args.inputs]:
         tally.run(fn, data)
     deadline = time.monotonic() + args.seconds
     while tally.inputs < args.inputs:
@@ -186,7 +202,7 @@ def work_atheris(target: str, fn: Target, args: argparse.Namespace, tally: Tally
 
     corpus = tally.out / f"corpus-{target}"
     corpus.mkdir(exist_ok=True)
-    for i, data in enumerate(seeds(target)):
+    for i, data in enumerate(corpus_inputs(CORPUS / target)):
         (corpus / f"seed-{i:03d}").write_bytes(data)
 
     def one_input(data: bytes) -> None:
@@ -194,8 +210,8 @@ def work_atheris(target: str, fn: Target, args: argparse.Namespace, tally: Tally
         if tally.inputs >= args.inputs:
             tally.write()
 
-    libfuzzer = [sys.argv[0], str(corpus), f"-runs={args.inputs}", f"-max_total_time={int(args.seconds)}",
-                 f"-max_len={MAX_LEN}", "-rss_limit_mb=4096", "-timeout=60", f"-seed={args.seed or 1}",
+    libfuzzer = [sys.argv[0], str(corpus), f"-runs={args.inputs}", f"-max_total_time={max(1, int(args.seconds))}",
+                 f"-max_len={MAX_LEN}", "-rss_limit_mb=4096", "-timeout=120", f"-seed={args.seed or 1}",
                  "-print_final_stats=1"]
     atheris.Setup(libfuzzer, one_input)
     try:
@@ -208,9 +224,8 @@ def worker(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _quiet_logs()
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     targets = _load_targets(instrument=args.engine == "atheris")
-    tally = Tally(args.worker, args.engine, out)
+    tally = Tally(args.worker, args.engine, out, args.slow)
     if args.engine == "atheris":
         work_atheris(args.worker, targets[args.worker], args, tally)
     else:
@@ -232,70 +247,118 @@ def _engine(requested: str) -> str:
     return "atheris"
 
 
-def _run_one(target: str, args: argparse.Namespace, engine: str, out: Path) -> dict[str, object]:
-    log = out / f"{target}.log"
+def _phase(target: str, engine: str, inputs: int, seconds: float, args: argparse.Namespace, out: Path,
+           corpus: list[Path]) -> dict[str, object]:
+    log = out / f"{target}.{engine}.log"
     cmd = ["nice", "-n", str(args.nice), sys.executable, str(Path(__file__).resolve()), "--worker", target,
-           "--engine", engine, "--inputs", str(args.inputs), "--seconds", str(args.seconds), "--out", str(out),
-           "--seed", str(args.seed)]
-    started = time.monotonic()
+           "--engine", engine, "--inputs", str(inputs), "--seconds", str(seconds), "--out", str(out),
+           "--seed", str(args.seed), "--slow", str(args.slow)]
+    for folder in corpus:
+        cmd += ["--corpus", str(folder)]
     with log.open("wb") as sink:
         proc = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, check=False)
-    result_file = out / f"{target}.json"
+    result_file = out / f"{target}.{engine}.json"
     result: dict[str, object] = (
-        json.loads(result_file.read_text()) if result_file.exists() else {"target": target, "inputs": 0, "crashes": []}
+        json.loads(result_file.read_text()) if result_file.exists()
+        else {"target": target, "engine": engine, "inputs": 0, "crashes": [], "slow": []}
     )
-    result["wall"] = round(time.monotonic() - started, 1)
+    # libFuzzer stops at -max_total_time without calling us: its own count is the exact one.
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("stat::number_of_executed_units:"):
+            result["inputs"] = max(int(result["inputs"]), int(line.split(":")[-1]))  # type: ignore[call-overload]
     result["exit"] = proc.returncode
     return result
 
 
+def _run_one(target: str, args: argparse.Namespace, engine: str, out: Path) -> dict[str, object]:
+    started = time.monotonic()
+    phases = []
+    if engine == "atheris":
+        explore = min(args.explore, args.seconds)
+        phases.append(_phase(target, "atheris", args.inputs, explore, args, out, []))
+    done = sum(int(p["inputs"]) for p in phases)  # type: ignore[call-overload]
+    left_seconds = args.seconds - (time.monotonic() - started)
+    if done < args.inputs and left_seconds > 0:
+        grown = [out / f"corpus-{target}"] if phases else []
+        phases.append(_phase(target, "mutate", args.inputs - done, left_seconds, args, out, grown))
+    crashes: dict[str, dict[str, object]] = {}
+    for phase in phases:
+        for crash in phase["crashes"]:  # type: ignore[attr-defined]
+            key = crash.get("key") or crash["where"]
+            if key in crashes:
+                crashes[key]["count"] = int(crashes[key]["count"]) + int(crash["count"])
+            else:
+                crashes[key] = dict(crash)
+    return {
+        "target": target,
+        "engine": "+".join(f"{p['engine']} {int(p['inputs']):,}" for p in phases),  # type: ignore[call-overload]
+        "inputs": sum(int(p["inputs"]) for p in phases),  # type: ignore[call-overload]
+        "crashes": list(crashes.values()),
+        "slow": [s for p in phases for s in p.get("slow") or []],  # type: ignore[attr-defined]
+        "exit": max(int(p["exit"]) for p in phases) if phases else 0,  # type: ignore[call-overload]
+        "wall": round(time.monotonic() - started, 1),
+    }
+
+
 def _print(result: dict[str, object]) -> None:
-    crashes = result.get("crashes") or []
-    assert isinstance(crashes, list)
-    print(f"{result['target']:<13} {result.get('engine', '?'):<8} {int(result['inputs']):>10,} inputs  "  # type: ignore[call-overload]
-          f"{len(crashes):>3} crashes  {result.get('wall', result.get('seconds', 0)):>8}s"
-          + ("" if result.get("exit") in (0, None) else f"  (worker exit {result.get('exit')}, see its .log)"))
+    crashes = result["crashes"]
+    slow = result["slow"]
+    assert isinstance(crashes, list) and isinstance(slow, list)
+    note = "" if result.get("exit") == 0 else f"  (a worker exited {result.get('exit')}: see its .log)"
+    print(f"{result['target']:<13} {int(result['inputs']):>10,} inputs  {len(crashes):>2} crashes  "  # type: ignore[call-overload]
+          f"{len(slow):>2} slow  {result['wall']:>7}s  [{result['engine']}]{note}")
     for crash in crashes:
         print(f"    {crash['error'][:150]}\n      at {crash['where']} (x{crash['count']}) input {crash['file']}")
+    for item in slow[:5]:
+        print(f"    slow: {item['seconds']}s for {item['length']} bytes: {item['file']}")
     sys.stdout.flush()
 
 
 def replay(path: str, target: str) -> int:
     _quiet_logs()
     targets = _load_targets(instrument=False)
+    started = time.perf_counter()
     targets[target](Path(path).read_bytes())
-    print(f"{path}: no crash")
+    print(f"{path}: no crash ({time.perf_counter() - started:.3f}s)")
     return 0
+
+
+def write_seeds() -> None:
+    sys.path.insert(0, str(BENCH))
+    from fuzz_targets import seed_inputs
+
+    for name, inputs in seed_inputs().items():
+        folder = CORPUS / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("seed-*"):
+            old.unlink()
+        for i, data in enumerate(inputs):
+            assert len(data) <= MAX_LEN, f"{name} seed {i} is {len(data)} bytes"
+            (folder / f"seed-{i:03d}").write_bytes(data)
+        print(f"{name}: {len(inputs)} seeds, {sum(map(len, inputs)):,} bytes")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", action="append", choices=TARGET_NAMES, help="(repeatable; default: all)")
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs per target")
-    parser.add_argument("--seconds", type=float, default=3600.0, help="time limit per target")
+    parser.add_argument("--seconds", type=float, default=4 * 3600.0, help="time limit per target")
+    parser.add_argument("--explore", type=float, default=120.0, help="seconds of coverage-guided atheris first")
     parser.add_argument("--jobs", type=int, default=2, help="targets run at once (one process each)")
     parser.add_argument("--engine", choices=("auto", "atheris", "mutate"), default="auto")
     parser.add_argument("--out", default="/tmp/ambient-fuzz", help="crash files, logs, per-target JSON")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--slow", type=float, default=2.0, help="an input taking longer is saved as slow")
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--write-seeds", action="store_true", help="regenerate bench/fuzz_corpus/ and exit")
     parser.add_argument("--replay", metavar="FILE", help="run one input through --target and show what happens")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", action="append", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     if args.write_seeds:
-        sys.path.insert(0, str(BENCH))
-        from fuzz_targets import seed_inputs
-
-        for name, inputs in seed_inputs().items():
-            folder = CORPUS / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for old in folder.glob("seed-*"):
-                old.unlink()
-            for i, data in enumerate(inputs):
-                (folder / f"seed-{i:03d}").write_bytes(data)
-            print(f"{name}: {len(inputs)} seeds, {sum(map(len, inputs)):,} bytes")
+        write_seeds()
         return 0
     if args.replay:
         if not args.target or len(args.target) != 1:
@@ -304,22 +367,22 @@ def main() -> int:
     targets = args.target or list(TARGET_NAMES)
     engine = _engine(args.engine)
     out = Path(args.out)
+    for stale in (*out.glob("*.json"), *out.glob("corpus-*")):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.json"):
-        stale.unlink()
-    print(f"# {platform.node()} {platform.machine()} Python {platform.python_version()} {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
     print(f"# {' '.join(sys.argv)}  (engine {engine}, {args.jobs} jobs, out {out})")
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda t: _run_one(t, args, engine, out), targets))
     for result in results:
         _print(result)
-    total = sum(len(r.get("crashes") or []) for r in results)  # type: ignore[arg-type]
+    total = sum(len(r["crashes"]) for r in results)  # type: ignore[arg-type]
     print(f"# total: {sum(int(r['inputs']) for r in results):,} inputs, {total} distinct crashes, "  # type: ignore[call-overload]
-          f"{time.monotonic() - started:.0f}s wall")
+          f"{sum(len(r['slow']) for r in results)} slow inputs, {time.monotonic() - started:.0f}s wall")  # type: ignore[arg-type]
     return 1 if total else 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     sys.exit(main())
