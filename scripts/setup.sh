@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything this project needs on a fresh Debian/Ubuntu machine:
-# the Debian packages (nftables, iproute2, curl, stunnel4, tcpdump) and a Python
+# the Debian packages (nftables, iproute2, curl, stunnel4, tcpdump; chromium for the dashboard's browser test) and a Python
 # virtual environment in .venv with the project and its dev tools.
 # Idempotent: a second run only checks. Run as root (or with sudo) for apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-DEB_PKGS=(nftables iproute2 curl stunnel4 python3-venv)
+DEB_PKGS=(nftables iproute2 curl stunnel4 python3-venv chromium)
 
 missing=()
 for p in "${DEB_PKGS[@]}"; do

@@ -1,4 +1,5 @@
-"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status``, ``explain``, ``logs``, ``tap``, ``stat``, ``graph``.
+"""Troubleshooting commands: ``fetch``, ``check``, ``proxy-status``, ``explain``, ``logs``, ``tap``,
+``stat``, ``graph`` and ``dashboard``.
 
 - ``fetch TARGET :PORT/PATH``: GET any endpoint of the local cluster from the host (istiod's monitoring,
   a node's ztunnel admin/metrics/readiness and node agent, a waypoint pod's admin), through
@@ -12,6 +13,7 @@
   merged by time; ``tap TARGET``: live access records of a pod or service (``troubleshoot.logs``).
 - ``stat`` (alias ``top``) and ``graph`` (text, DOT, json): golden signals per service and the edges
   between workloads, from every ztunnel's and waypoint's metrics (``troubleshoot.traffic``).
+- ``dashboard``: the same on a local web page (``troubleshoot.dashboard``).
 Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import webbrowser
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,6 +35,7 @@ import typer
 
 from ambientctl.cluster import Cluster, ClusterError
 from ambientctl.troubleshoot.checks import CheckResult, gather_mesh, gather_pre
+from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource, log_files_for
 from ambientctl.troubleshoot.explain import (
     ExplainInputError,
     RequestSpec,
@@ -448,7 +452,39 @@ def graph(
         print_table(headers, table)
 
 
+# --- dashboard ---------------------------------------------------------------------------------------
+
+
+def dashboard(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free one).", min=0, max=65535)] = 15100,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open it in the default browser.")] = True,
+) -> None:
+    """Serve the dashboard (service graph, golden signals, proxies, recent denials) on localhost until Ctrl-C."""
+    reach = _reach(ctx)
+    with _errors():
+        reach.cluster.layout()  # a clear error now rather than on every poll
+
+    def waypoints() -> list[tuple[str, str]]:
+        return _waypoint_pods(ctx)
+
+    try:
+        server = DashboardServer(LiveSource(reach, log_files_for(reach, waypoints), waypoints), port=port)
+    except OSError as e:
+        raise CliError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}; pick another with --port") from None
+    typer.echo(f"dashboard on {server.url} (Ctrl-C stops)")
+    if open_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 def register(app: typer.Typer) -> None:
+    app.command("dashboard")(dashboard)
     app.command("stat")(stat)
     app.command("top", hidden=True)(stat)
     app.command("graph")(graph)
