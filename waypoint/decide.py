@@ -36,7 +36,7 @@ from meshcore.model.traffic import Subset, TrafficPolicy
 from meshcore.policy.decision import Decision
 from meshcore.policy.errors import PolicyError
 from meshcore.policy.l7 import L7PolicyCache, evaluate_l7, select_l7_policies
-from meshcore.policy.request import RequestFacts
+from meshcore.policy.request import RequestFacts, trusted_headers
 from meshcore.routing import (
     Endpoint,
     SockAddr,
@@ -114,9 +114,7 @@ def destination_of(request: Request) -> SockAddr | None:
 
 def request_facts(request: Request, dst: SockAddr) -> RequestFacts:
     """What L7 policy knows about ``request`` (raises ``PolicyError`` for facts it cannot read)."""
-    headers: dict[str, list[str]] = {}
-    for name, value in request.headers:
-        headers.setdefault(name, []).append(value)
+    headers = trusted_headers(request.headers)  # checked by the HTTP parser already
     conn = request.connection
     return RequestFacts(
         source_ip=canonical_ip(conn.source_ip) if conn.source_ip else "0.0.0.0",

@@ -5,10 +5,13 @@ Labels are the TCP set (``ConnectionLabels``: reporter, source/destination workl
 ``request_protocol``, ``response_flags``, ``connection_security_policy``) plus ``response_code`` and
 ``grpc_response_status``, as Istio's telemetry exports them; ``request_protocol`` is ``http`` or
 ``grpc``. Durations are milliseconds in Istio's default buckets; byte sizes in its size buckets.
-One ``observe`` per finished request; label values are resolved there, nothing else on the hot path.
+One ``observe`` per finished request; the four metric children of a label set are resolved once and
+cached (label sets repeat: the same source, destination and status over and over), bounded in size.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -22,10 +25,14 @@ DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
 
 
+_CHILD_CACHE_LIMIT = 4096  # label sets remembered; past it the cache starts over (series stay registered)
+
+
 class HttpMetrics:
     """The request metrics of one proxy process, registered on the given registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
         self.requests = Counter("istio_requests_total", "Total requests handled", REQUEST_LABELS, registry=registry)
         self.duration = Histogram(
             "istio_request_duration_milliseconds", "Request duration in milliseconds", REQUEST_LABELS,
@@ -58,7 +65,16 @@ class HttpMetrics:
             str(response_code),
             grpc_status if grpc_status is not None else "",
         )
-        self.requests.labels(*values).inc()
-        self.duration.labels(*values).observe(max(0.0, duration_s * 1000.0))
-        self.request_bytes.labels(*values).observe(request_bytes)
-        self.response_bytes.labels(*values).observe(response_bytes)
+        children = self._children.get(values)
+        if children is None:
+            if len(self._children) >= _CHILD_CACHE_LIMIT:
+                self._children.clear()
+            children = self._children[values] = (
+                self.requests.labels(*values), self.duration.labels(*values),
+                self.request_bytes.labels(*values), self.response_bytes.labels(*values),
+            )
+        requests, duration, req_bytes, resp_bytes = children
+        requests.inc()
+        duration.observe(max(0.0, duration_s * 1000.0))
+        req_bytes.observe(request_bytes)
+        resp_bytes.observe(response_bytes)
