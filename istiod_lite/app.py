@@ -34,7 +34,7 @@ from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
 from istiod_lite.ca.token_service import TokenCaServicer, token_server_credentials
 from istiod_lite.ca.token_service import add_to_server as add_token_ca_to_server
 from istiod_lite.ca.tokenauth import PodFacts, TokenAuthConfig, pod_facts
-from istiod_lite.config import IstiodConfig
+from istiod_lite.config import IstiodConfig, open_store
 from istiod_lite.push import PushServer
 from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
 from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
@@ -55,9 +55,7 @@ from meshcore.model.convert_traffic import SERVICE_TRAFFIC_TYPE_URL, service_tra
 from meshcore.model.l7 import L7Authorization
 from meshcore.proto import discovery_pb2_grpc
 from meshcore.store.errors import ResourceNotFound
-from meshcore.store.paths import store_path
 from meshcore.store.resource import Resource, ResourceRef
-from meshcore.store.sqlite import SqliteStore
 
 log = structlog.get_logger("istiod_lite")
 
@@ -105,7 +103,7 @@ class ControlPlane:
         self._problems = Gauge(
             "istiod_lite_registry_problems", "Resources with problems, by severity", ["severity"], registry=self.metrics
         )
-        self.store = SqliteStore(store_path(config.state_dir))
+        self.store = open_store(config)
         self.ca = load_ca(config, clock())
         self.tls_accounting = TlsAccounting(self.metrics)  # TLS handshakes on 15012 (see ca.service)
         self.push = PushServer(

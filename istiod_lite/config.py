@@ -5,7 +5,10 @@ the environment; the environment overrides defaults. ``parse_config`` validates 
 raises ``ConfigError`` with the variable or flag to fix, so a bad setting stops the process at start with a
 clear message instead of failing later. ``check_store_state`` is the one start-up check on the state
 directory's contents: a missing or emptied ``store.db`` beside an existing CA root means this mesh had
-state, and starting empty would drop every policy, so it needs ``--allow-empty-store``.
+state, and starting empty would drop every policy, so it needs ``--allow-empty-store``. ``STORE`` picks
+the cluster-state backend: ``sqlite`` (the embedded store in the state directory, the default) or
+``kubernetes`` (the API server: in-cluster config in a pod, else ``KUBECONFIG``/``KUBE_CONTEXT``);
+``open_store`` opens the chosen one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshcore.store.base import Store
 from meshcore.store.paths import STATE_DIR_ENV, resolve_state_dir
 
 XDS_ADDRESS = "ISTIOD_XDS_ADDRESS"
@@ -39,6 +43,11 @@ DEFAULT_WAYPOINT_XDS_ADDRESS = "istiod.istio-system.svc:15012"
 WAYPOINT_CA_ADDRESS = "WAYPOINT_CA_ADDRESS"
 # The CA for bearer-token callers (server-authenticated TLS, no client certificate): HOST:PORT or "off".
 TOKEN_CA_ADDRESS = "ISTIOD_TOKEN_CA_ADDRESS"
+# The cluster-state backend: "sqlite" (embedded, default) or "kubernetes" (the API server).
+STORE = "STORE"
+STORE_BACKENDS = ("sqlite", "kubernetes")
+KUBECONFIG = "KUBECONFIG"
+KUBE_CONTEXT = "KUBE_CONTEXT"
 
 DEFAULT_XDS_PORT = 15012
 DEFAULT_TOKEN_CA_PORT = 15011
@@ -77,6 +86,23 @@ class IstiodConfig:
     # that code embedding a ControlPlane opts in; ``parse_config`` (the binary) defaults to <xds host>:15011.
     token_ca_host: str = "0.0.0.0"
     token_ca_port: int | None = None
+    # STORE: "sqlite" or "kubernetes"; with kubernetes, the kubeconfig file and context (None: in-cluster
+    # config when running in a pod, else the kubeconfig's defaults).
+    store: str = "sqlite"
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+
+
+def open_store(config: IstiodConfig) -> Store:
+    """The store ``config.store`` names (the Kubernetes client is imported only when it is chosen)."""
+    if config.store == "kubernetes":
+        from meshcore.store.kubernetes import KubernetesStore
+
+        return KubernetesStore.connect(kubeconfig=config.kubeconfig, context=config.kube_context)
+    from meshcore.store.paths import store_path
+    from meshcore.store.sqlite import SqliteStore
+
+    return SqliteStore(store_path(config.state_dir))
 
 
 class EmptyStoreRefused(ConfigError):
@@ -93,6 +119,8 @@ def check_store_state(config: IstiodConfig) -> bool:
     from istiod_lite.ca.storage import CA_DIR, ROOT_CERT_FILE, ROOT_KEY_FILE
     from meshcore.store.paths import store_path
 
+    if config.store != "sqlite":
+        return False  # the cluster's state lives in the API server, not in the state directory
     store = store_path(config.state_dir)
     ca_dir = config.state_dir / CA_DIR
     if not any((ca_dir / name).exists() for name in (ROOT_KEY_FILE, ROOT_CERT_FILE)):
@@ -183,6 +211,9 @@ def parse_config(
         e.get(WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS), WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS
     )
     waypoint_ca_default = f"{waypoint_xds.rpartition(':')[0]}:{token_port or DEFAULT_TOKEN_CA_PORT}"
+    backend = e.get(STORE, "sqlite").strip().lower() or "sqlite"
+    if backend not in STORE_BACKENDS:
+        raise ConfigError(f"{STORE}={e[STORE]!r}: expected one of {', '.join(STORE_BACKENDS)}")
     return IstiodConfig(
         state_dir=resolve_state_dir(state_dir),
         xds_host=xds_host,
@@ -209,6 +240,9 @@ def parse_config(
         ),
         token_ca_host=token_host,
         token_ca_port=token_port,
+        store=backend,
+        kubeconfig=e.get(KUBECONFIG) or None,
+        kube_context=e.get(KUBE_CONTEXT) or None,
     )
 
 

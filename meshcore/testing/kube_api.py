@@ -177,7 +177,7 @@ class KubeApiServer:
         self.revision = 1
         self.compacted = 0
         self._watches: set[_Watch] = set()
-        self._faults: list[int] = []
+        self._faults: list[tuple[int, str | None]] = []
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.requests: list[RecordedRequest] = []
@@ -234,9 +234,16 @@ class KubeApiServer:
             w.closed = True
             w.wake.set()
 
-    def fail_next(self, status: int = 500, count: int = 1) -> None:
-        """The next ``count`` requests fail with ``status`` (429 and 503 carry Retry-After: 1)."""
-        self._faults.extend([status] * count)
+    def fail_next(self, status: int = 500, count: int = 1, verb: str | None = None) -> None:
+        """The next ``count`` requests (of RBAC ``verb``, or any) fail with ``status`` (429 and 503 carry
+        Retry-After: 1)."""
+        self._faults.extend([(status, verb)] * count)
+
+    def _inject_fault(self, verb: str) -> None:
+        for i, (code, only) in enumerate(self._faults):
+            if only is None or only == verb:
+                del self._faults[i]
+                raise ApiError(code, _REASONS.get(code, "InternalError"), f"injected failure {code}")
 
     def open_watches(self) -> int:
         return len(self._watches)
@@ -394,10 +401,8 @@ class KubeApiServer:
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         try:
-            if self._faults:
-                code = self._faults.pop(0)
-                raise ApiError(code, _REASONS.get(code, "InternalError"), f"injected failure {code}")
             target = self._route(url.path)
+            self._inject_fault(_verb(method, target, query))
             if method == "GET" and query.get("watch") in ("1", "true"):
                 self._audit("watch", target)
                 await self._watch(conn, writer, target, query)
@@ -756,6 +761,14 @@ class KubeApiServer:
 # --- helpers (pure) -------------------------------------------------------------------------------------
 
 
+def _verb(method: str, t: _Target, query: dict[str, str]) -> str:
+    if method == "GET":
+        if query.get("watch") in ("1", "true"):
+            return "watch"
+        return "get" if t.name else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
 def _json_body(body: bytes) -> Any:
     try:
         return json.loads(body or b"null")
@@ -846,3 +859,48 @@ def _remove(obj: JSON, path: Path) -> None:
 def _overlaps(a: Path, b: Path) -> bool:
     n = min(len(a), len(b))
     return a[:n] == b[:n]
+
+
+class ThreadedKubeApi:
+    """A ``KubeApiServer`` on its own event loop in a thread, for synchronous code under test (such as
+    ``KubernetesStore``, whose calls block their caller). ``call(fn, ...)`` runs ``fn`` on the server's
+    loop and returns its result (the server's state is touched only from its own loop).
+
+    ``with ThreadedKubeApi() as api: ... api.url ... api.call(api.server.compact)``
+    """
+
+    def __init__(self, server: KubeApiServer | None = None) -> None:
+        import threading
+
+        self.server = server or KubeApiServer()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-api", daemon=True)
+
+    def start(self) -> ThreadedKubeApi:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(10)
+        return self
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def __enter__(self) -> ThreadedKubeApi:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

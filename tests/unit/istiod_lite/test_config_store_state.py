@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from istiod_lite.ca.storage import load_or_create_root
-from istiod_lite.config import EmptyStoreRefused, check_store_state, parse_config
+from istiod_lite.config import ConfigError, EmptyStoreRefused, check_store_state, parse_config
 from meshcore.store import SqliteStore
 
 
@@ -75,3 +75,28 @@ def test_check_store_state(tmp_path: Path, prepare: Callable[[Path], None], allo
         assert "--allow-empty-store" in message
     else:
         assert check_store_state(config) is (outcome == "allowed")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ("sqlite", None, None)),
+        ({"STORE": "kubernetes"}, ("kubernetes", None, None)),
+        ({"STORE": "Kubernetes", "KUBECONFIG": "/k/config", "KUBE_CONTEXT": "prod"}, ("kubernetes", "/k/config", "prod")),
+    ],
+    ids=["the embedded store is the default", "STORE=kubernetes picks the API server",
+         "a kubeconfig and its context are taken from the environment"],
+)
+def test_the_store_setting_picks_the_backend(tmp_path: Path, env: dict[str, str], expected: tuple[object, ...]) -> None:
+    config = parse_config(state_dir=str(tmp_path), env=env)
+    assert (config.store, config.kubeconfig, config.kube_context) == expected
+
+
+def test_an_unknown_store_is_refused_naming_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"STORE='etcd': expected one of sqlite, kubernetes"):
+        parse_config(state_dir=str(tmp_path), env={"STORE": "etcd"})
+
+
+def test_the_state_directory_check_does_not_apply_to_the_kubernetes_store(tmp_path: Path) -> None:
+    ca(tmp_path)  # a CA root and no store.db: refused with sqlite, normal with kubernetes
+    assert check_store_state(parse_config(state_dir=str(tmp_path), env={"STORE": "kubernetes"})) is False
