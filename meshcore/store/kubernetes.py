@@ -70,6 +70,20 @@ INSTALL_HINTS = {
 }
 
 
+# The kinds this backend lists and watches by default (each in ``resource.KINDS``). Named here, not taken
+# from KINDS, so a kind added to the embedded store comes to Kubernetes on purpose: with its RBAC (the
+# manifests' ClusterRole is derived from this list) and its CRD or the upstream one it needs.
+DEFAULT_KINDS: tuple[str, ...] = (
+    "Namespace", "ServiceAccount", "Pod", "Service", "AuthorizationPolicy", "Gateway", "HTTPRoute",
+    "GRPCRoute", "VirtualService", "DestinationRule", "HTTPLocalRateLimitPolicy",
+)
+# The RBAC verbs the calls below use: on objects (list+watch by the reflectors, get when an update
+# conflicts, create/update by apply, patch by set_labels/set_annotations, delete) and on ``/status``
+# (update by apply with a status, patch by set_status's server-side apply).
+OBJECT_VERBS: tuple[str, ...] = ("get", "list", "watch", "create", "update", "patch", "delete")
+STATUS_VERBS: tuple[str, ...] = ("update", "patch")
+
+
 @dataclass(frozen=True, slots=True)
 class KindPath:
     """Where one kind lives in the API: ``/api/v1`` or ``/apis/GROUP/VERSION``, its plural, its scope."""
@@ -102,6 +116,26 @@ def kind_path(kind: str) -> KindPath:
     api_version, namespaced = KINDS[kind]
     group, _, version = api_version.rpartition("/")
     return KindPath(kind, group, version, plural(kind), namespaced)
+
+
+def rbac_rules(kinds: Iterable[str] = DEFAULT_KINDS) -> builtins.list[JSON]:
+    """ClusterRole rules granting exactly what ``KubernetesStore`` calls for ``kinds``, grouped by API group."""
+    groups: dict[str, builtins.list[str]] = {}
+    for kind in kinds:
+        path = kind_path(kind)
+        groups.setdefault(path.group, []).append(path.plural)
+    rules: builtins.list[JSON] = []
+    for group, plurals in sorted(groups.items()):
+        rules.append({"apiGroups": [group], "resources": sorted(plurals), "verbs": builtins.list(OBJECT_VERBS)})
+        rules.append({"apiGroups": [group], "resources": sorted(f"{p}/status" for p in plurals
+                                                                if kind_has_status(p)),
+                      "verbs": builtins.list(STATUS_VERBS)})
+    return [r for r in rules if r["resources"]]
+
+
+def kind_has_status(plural_name: str) -> bool:
+    """Whether the API serves a ``/status`` subresource for this resource (ServiceAccounts have none)."""
+    return plural_name != "serviceaccounts"
 
 
 class _Gone(Exception):
@@ -177,7 +211,7 @@ class KubernetesStore:
         write_timeout: float = 30.0,
         watch_timeout: int = 300,
     ) -> None:
-        self._paths = {k: kind_path(k) for k in (kinds or KINDS)}
+        self._paths = {k: kind_path(k) for k in (kinds or DEFAULT_KINDS)}
         self.field_manager = field_manager
         self._write_timeout = write_timeout
         self._watch_timeout = watch_timeout

@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from meshcore.store import ResourceRef, StoreUnavailable, build_resource
-from meshcore.store.kubernetes import Backoff, KubernetesStore, to_manifest, to_resource
+from meshcore.store.kubernetes import (
+    DEFAULT_KINDS,
+    Backoff,
+    KubernetesStore,
+    rbac_rules,
+    to_manifest,
+    to_resource,
+)
 from meshcore.testing.kube_api import ApiResource, KubeApiServer, ThreadedKubeApi, mesh_resources
 
 
@@ -87,9 +94,9 @@ def test_a_410_gone_relists_without_losing_or_repeating_a_resource(api: Threaded
 
 def test_bookmarks_are_taken_as_the_version_to_resume_from(api: ThreadedKubeApi) -> None:
     with connect(api) as store:
-        eventually(lambda: api.call(api.server.open_watches) == len(mesh_resources()) - 1, "every watch open")
+        eventually(lambda: api.call(api.server.open_watches) == len(DEFAULT_KINDS), "every watch open")
         api.call(api.server.send_bookmarks)
-        eventually(lambda: store.stats["bookmarks"] >= len(mesh_resources()) - 1, "bookmarks")
+        eventually(lambda: store.stats["bookmarks"] >= len(DEFAULT_KINDS), "bookmarks")
 
 
 def test_failed_requests_back_off_and_recover(api: ThreadedKubeApi) -> None:
@@ -168,3 +175,28 @@ def test_the_stand_in_serves_every_kind_the_store_holds() -> None:
 
     kinds = {r.kind for r in mesh_resources()}
     assert set(KINDS) <= kinds and isinstance(mesh_resources()[0], ApiResource)
+    assert set(DEFAULT_KINDS) <= set(KINDS)  # the backend watches only kinds the store knows
+
+
+def test_the_rbac_rules_grant_exactly_the_calls_the_store_makes(api: ThreadedKubeApi) -> None:
+    """Every Store method on Pods (the verbs are the same for every kind), then: each recorded call is
+    granted, each verb granted on pods and pods/status was used, and every kind was listed and watched."""
+    api.call(api.server.put_object, ns_doc("demo"))
+    with connect(api) as store:
+        ref = ResourceRef("Pod", "demo", "a")
+        store.apply([build_resource({**pod_doc("a"), "status": {"podIP": "10.0.0.1"}})])
+        api.call(api.server.fail_next, 409, 1, "update")
+        store.apply([build_resource({**pod_doc("a", node="node-2"), "status": {"podIP": "10.0.0.1"}})])
+        store.set_labels(ref, {"a": "b"}, [])
+        store.set_annotations(ref, {"a": "b"}, [])
+        store.set_status(ref, {"podIP": "10.0.0.2"})
+        store.delete([ref])
+        eventually(lambda: api.call(api.server.open_watches) == len(DEFAULT_KINDS), "every watch open")
+    recorded = {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb)
+                for r in api.server.requests}
+    granted = {(g, res, v) for rule in rbac_rules() for g in rule["apiGroups"] for res in rule["resources"]
+               for v in rule["verbs"]}
+    assert recorded <= granted
+    for resource in ("pods", "pods/status"):
+        assert {v for g, r, v in granted if r == resource} == {v for g, r, v in recorded if r == resource}
+    assert {(g, r) for g, r, v in granted if "/" not in r} == {(g, r) for g, r, v in recorded if v == "watch"}
