@@ -90,6 +90,8 @@ class Tally:
 
     def _record(self, exc: Exception, data: bytes) -> None:
         frames = traceback.extract_tb(exc.__traceback__)
+        if len(frames) > 1 and frames[-1].name == "check":  # a broken invariant: where it was checked
+            frames = frames[:-1]
         inner = frames[-1] if frames else None
         where = f"{Path(inner.filename).name}:{inner.lineno}" if inner else "?"
         key = f"{type(exc).__name__}@{where}"
