@@ -39,9 +39,11 @@ from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource, log_f
 from ambientctl.troubleshoot.explain import (
     ExplainInputError,
     RequestSpec,
+    describe_pod,
     explain,
     mesh_config_from_registry,
     render,
+    render_pod,
     resolve_destination,
     resolve_source,
 )
@@ -112,7 +114,9 @@ def _reach(ctx: typer.Context) -> Reach:
 def fetch(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="istiod, node/<node> or pod/<namespace>/<name>.")],
-    location: Annotated[str, typer.Argument(help=":PORT/PATH, e.g. :15014/debug/syncz or :15000/config_dump.")],
+    location: Annotated[
+        str, typer.Argument(help=":PORT/PATH, e.g. :15014/debug/syncz or :15000/config_dump.")
+    ],
 ) -> None:
     """GET an endpoint of the local cluster from the host (it is entered in its network namespace)."""
     with _errors():
@@ -139,7 +143,9 @@ def format_results(results: Sequence[CheckResult]) -> list[str]:
             lines += [r.category.value, "-" * len(r.category.value)]
             category = r.category
         mark = FAIL if not r.ok else (WARN if r.warning else OK)
-        lines.append(f"{mark} {r.description}" + (f" ({r.detail})" if r.ok and r.detail and not r.warning else ""))
+        lines.append(
+            f"{mark} {r.description}" + (f" ({r.detail})" if r.ok and r.detail and not r.warning else "")
+        )
         if not r.ok or r.warning:
             if r.detail:
                 lines.append(f"    {r.detail}")
@@ -147,7 +153,9 @@ def format_results(results: Sequence[CheckResult]) -> list[str]:
                 lines.append(f"    fix: {r.remediation}")
     failures = sum(1 for r in results if not r.ok)
     lines.append("")
-    lines.append(f"Status check results are {FAIL if failures else OK}" + (f" ({failures} failed)" if failures else ""))
+    lines.append(
+        f"Status check results are {FAIL if failures else OK}" + (f" ({failures} failed)" if failures else "")
+    )
     return lines
 
 
@@ -215,12 +223,22 @@ def _request(method: str | None, path: str | None, headers: list[str]) -> Reques
 
 def explain_cmd(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(metavar="FROM", help="The client pod: <namespace>/<name> or pod/<ns>/<name>.")],
-    destination: Annotated[
-        str, typer.Argument(metavar="TO[:PORT]", help="svc/<ns>/<name>, <name>.<ns>, pod/<ns>/<name>:PORT or IP:PORT.")
+    source: Annotated[
+        str, typer.Argument(metavar="FROM", help="The client pod: <namespace>/<name> or pod/<ns>/<name>.")
     ],
-    namespace: Annotated[str, typer.Option("-n", "--namespace", help="Namespace of names given without one.")] = "default",
-    method: Annotated[str | None, typer.Option("--method", help="HTTP method (evaluated at a waypoint).")] = None,
+    destination: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[TO[:PORT]]",
+            help="svc/<ns>/<name>, <name>.<ns>, pod/<ns>/<name>:PORT or IP:PORT; without it: what applies to FROM.",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option("-n", "--namespace", help="Namespace of names given without one.")
+    ] = "default",
+    method: Annotated[
+        str | None, typer.Option("--method", help="HTTP method (evaluated at a waypoint).")
+    ] = None,
     path: Annotated[str | None, typer.Option("--path", help="HTTP path (evaluated at a waypoint).")] = None,
     header: Annotated[list[str] | None, typer.Option("--header", help="NAME:VALUE, repeatable.")] = None,
     output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
@@ -235,10 +253,24 @@ def explain_cmd(
             raise CliError(f"istiod-lite's /debug/registryz could not be read as mesh config: {e}") from None
         try:
             src = resolve_source(config.state, source, namespace)
-            ip, port = resolve_destination(config.state, destination, namespace)
+            target = resolve_destination(config.state, destination, namespace) if destination else None
         except ExplainInputError as e:
             raise CliError(str(e)) from None
         sync = _sync_of(reach, src.node)
+    if target is None:
+        summary = describe_pod(config, src)
+        if output is Format.json:
+            typer.echo(json.dumps({"pod": src.uid, "services": [x.key for x in summary.services],
+                                   "waypoint": summary.waypoint or None,
+                                   "l4Policies": [p.key for p in summary.l4_policies],
+                                   "l7Policies": [p.key for p in summary.l7_policies],
+                                   "missingPolicies": list(summary.missing_policies), "config": sync}, indent=2))  # fmt: skip
+            return
+        typer.echo(f"config:       istiod-lite's registry; {sync}")
+        for line in render_pod(summary):
+            typer.echo(line)
+        return
+    ip, port = target
     result = explain(config, src, ip, port, _request(method, path, header or []))
     if output is Format.json:
         typer.echo(json.dumps({**explain_json(result), "config": sync}, indent=2))
@@ -286,11 +318,19 @@ def logs(
     ctx: typer.Context,
     component: Annotated[str, typer.Option("--component", "-c", help=f"One of {', '.join(COMPONENTS)}.")],
     node: Annotated[str | None, typer.Option("--node", help="Only this node's component.")] = None,
-    pod: Annotated[str | None, typer.Option("--pod", help="<ns>/<name>: that waypoint pod, or lines about that pod.")] = None,
-    follow_: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops).")] = False,
-    since_: Annotated[str | None, typer.Option("--since", help="Only lines newer than this (30s, 10m, 2h).")] = None,
+    pod: Annotated[
+        str | None, typer.Option("--pod", help="<ns>/<name>: that waypoint pod, or lines about that pod.")
+    ] = None,
+    follow_: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines (Ctrl-C stops).")
+    ] = False,
+    since_: Annotated[
+        str | None, typer.Option("--since", help="Only lines newer than this (30s, 10m, 2h).")
+    ] = None,
     denied_: Annotated[bool, typer.Option("--denied", help="Only refused connections and requests.")] = False,
-    output: Annotated[Format, typer.Option("-o", "--output", help="text or json (one object per line).")] = Format.text,
+    output: Annotated[
+        Format, typer.Option("-o", "--output", help="text or json (one object per line).")
+    ] = Format.text,
 ) -> None:
     """Logs of a component on every node (or one), merged by time, each line prefixed with its source."""
     log_dir, nodes = _log_dir_and_nodes(ctx)
@@ -326,9 +366,15 @@ def logs(
 def tap(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="pod/<ns>/<name> (or <ns>/<name>) or svc/<ns>/<name>.")],
-    duration: Annotated[float | None, typer.Option("--duration", help="Stop after this many seconds.")] = None,
-    max_records: Annotated[int | None, typer.Option("--max", help="Stop after this many records.", min=1)] = None,
-    output: Annotated[Format, typer.Option("-o", "--output", help="text or json (one object per line).")] = Format.text,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after this many seconds.")
+    ] = None,
+    max_records: Annotated[
+        int | None, typer.Option("--max", help="Stop after this many records.", min=1)
+    ] = None,
+    output: Annotated[
+        Format, typer.Option("-o", "--output", help="text or json (one object per line).")
+    ] = Format.text,
 ) -> None:
     """Live access records (ztunnels and waypoints) of a pod or a service, from now on."""
     log_dir, nodes = _log_dir_and_nodes(ctx)
@@ -361,7 +407,9 @@ def tap(
             if output is Format.json:
                 typer.echo(json.dumps(record_json(record)))
             else:
-                typer.echo("  ".join(c.ljust(w) for c, w in zip(tap_row(record), widths, strict=True)).rstrip())
+                typer.echo(
+                    "  ".join(c.ljust(w) for c, w in zip(tap_row(record), widths, strict=True)).rstrip()
+                )
             seen += 1
             if max_records is not None and seen >= max_records:
                 return
@@ -378,7 +426,9 @@ def scrape(ctx: typer.Context, reach: Reach) -> list[Sample]:
     with _errors():
         nodes = [n.name for n in reach.cluster.layout().nodes]
     targets = [(f"ztunnel-{n}", Target("node", node=n)) for n in nodes]
-    targets += [(f"waypoint {ns}/{name}", Target("pod", namespace=ns, name=name)) for ns, name in _waypoint_pods(ctx)]
+    targets += [
+        (f"waypoint {ns}/{name}", Target("pod", namespace=ns, name=name)) for ns, name in _waypoint_pods(ctx)
+    ]
     for label, target in targets:
         try:
             answer = reach.get(target, ZTUNNEL_STATS, "/metrics")
@@ -403,14 +453,17 @@ def _window(ctx: typer.Context, interval: float) -> list[Edge]:
 
 
 IntervalOption = Annotated[
-    float, typer.Option("--interval", help="Seconds between two scrapes for rates; 0: totals since start.", min=0)
+    float,
+    typer.Option("--interval", help="Seconds between two scrapes for rates; 0: totals since start.", min=0),
 ]
 
 
 def stat(
     ctx: typer.Context,
     interval: IntervalOption = 2.0,
-    watch: Annotated[bool, typer.Option("-w", "--watch", help="Refresh every interval until Ctrl-C.")] = False,
+    watch: Annotated[
+        bool, typer.Option("-w", "--watch", help="Refresh every interval until Ctrl-C.")
+    ] = False,
     output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
 ) -> None:
     """Golden signals per destination service: rate, success rate, denials, latency p50/p95/p99, bytes."""
@@ -439,7 +492,9 @@ class GraphFormat(StrEnum):
 def graph(
     ctx: typer.Context,
     interval: IntervalOption = 2.0,
-    output: Annotated[GraphFormat, typer.Option("-o", "--output", help="text, dot (Graphviz) or json.")] = GraphFormat.text,
+    output: Annotated[
+        GraphFormat, typer.Option("-o", "--output", help="text, dot (Graphviz) or json.")
+    ] = GraphFormat.text,
 ) -> None:
     """Who talks to whom: edges with rate, success rate, mTLS and the source principal (dot | dot -Tsvg)."""
     edges = _window(ctx, interval)
@@ -457,8 +512,12 @@ def graph(
 
 def dashboard(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free one).", min=0, max=65535)] = 15100,
-    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open it in the default browser.")] = True,
+    port: Annotated[
+        int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free one).", min=0, max=65535)
+    ] = 15100,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open it in the default browser.")
+    ] = True,
 ) -> None:
     """Serve the dashboard (service graph, golden signals, proxies, recent denials) on localhost until Ctrl-C."""
     reach = _reach(ctx)

@@ -38,6 +38,7 @@ from meshcore.model import (
     Authorization,
     GatewayAddress,
     LoadBalancingMode,
+    Scope,
     Service,
     Workload,
 )
@@ -590,3 +591,70 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- one pod ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PodSummary:
+    """What applies to traffic *to* a workload: its services, its waypoint and the policies enforced."""
+
+    workload: Workload
+    services: tuple[Service, ...]
+    waypoint: str  # namespace/name of the Gateway ("" none)
+    l4_policies: tuple[Authorization, ...]
+    l7_policies: tuple[L7Authorization, ...]
+    missing_policies: tuple[str, ...]
+
+
+def describe_pod(config: MeshConfig, wl: Workload) -> PodSummary:
+    state = config.state
+    services = tuple(s for key in wl.services if (s := state.find_service(key)) is not None)
+    gateway = _waypoint_gateway(config, wl.waypoint) if wl.waypoint is not None else ""
+    l7: list[L7Authorization] = []
+    for svc in services:
+        if svc.waypoint is not None:
+            gw = _waypoint_gateway(config, svc.waypoint)
+            l7 += [p for p in select_l7_policies(config.l7_policies, gw, svc.hostname) if p not in l7]
+    if gateway:
+        l7 += [p for p in select_l7_policies(config.l7_policies, gateway, None) if p not in l7]
+    return PodSummary(wl, services, gateway, state.policies_for(wl), tuple(l7), state.missing_policies(wl))
+
+
+def render_pod(s: PodSummary) -> list[str]:
+    w = s.workload
+    lines = [
+        f"pod:          {w.namespace}/{w.name} on {w.node or '?'}",
+        f"identity:     {w.identity}" + ("" if w.in_mesh else " (not in the mesh: plain TCP, no policy enforced)"),
+        f"addresses:    {', '.join(w.addresses) or '-'}",
+        "services:     " + (", ".join(f"{x.hostname} ({x.addresses[0].address if x.addresses else 'no VIP'})"
+                                      for x in s.services) or "-"),
+        f"waypoint:     {s.waypoint or '-'} (workload-addressed traffic)",
+    ]  # fmt: skip
+    for svc in s.services:
+        if svc.waypoint is not None:
+            lines.append(f"  service {svc.hostname} uses waypoint {_waypoint_gateway_text(svc.waypoint)}")
+    lines.append("L4 policies enforced by its ztunnel (inbound):")
+    for p in s.l4_policies:
+        scope = {Scope.GLOBAL: "global", Scope.NAMESPACE: "namespace", Scope.WORKLOAD_SELECTOR: "selector"}.get(
+            p.scope, str(p.scope)
+        )
+        lines.append(f"      {'ALLOW' if p.action == Action.ALLOW else 'DENY':<5} {p.key} ({scope}, {len(p.rules)} rule(s))"
+                     + (" dry run" if p.dry_run else ""))  # fmt: skip
+    if not s.l4_policies:
+        lines.append("      (none: every mesh peer is allowed)")
+    for name in s.missing_policies:
+        lines.append(f"      ?     {name} (named by the workload but not received: fail closed until it arrives)")
+    lines.append("L7 policies at its waypoints:")
+    for lp in s.l7_policies:
+        lines.append(f"      {lp.action.name:<5} {lp.key}" + (" dry run" if lp.dry_run else ""))
+    if not s.l7_policies:
+        lines.append("      (none)")
+    return lines
+
+
+def _waypoint_gateway_text(gw: GatewayAddress) -> str:
+    if gw.hostname is not None:
+        return f"{gw.hostname.namespace}/{gw.hostname.hostname}"
+    return gw.address.address if gw.address is not None else "?"

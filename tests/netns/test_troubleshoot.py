@@ -108,6 +108,9 @@ def test_explain_predicts_what_the_data_plane_does(mc: MeshCluster) -> None:
     text = ctl(mc, "explain", f"{NS}/bad", f"svc/{NS}/echo").stdout
     assert f"DENY  {NS}/deny-bad: matched rule 0" in text and text.rstrip().endswith("DENIED")
 
+    pod = ctl(mc, "explain", f"{NS}/server").stdout
+    assert f"DENY  {NS}/deny-bad (selector, 1 rule(s))" in pod and f"echo.{NS}.svc.cluster.local" in pod
+
     # The data plane's own account of the refusal, found with logs --denied.
     def denial() -> str | None:
         out = ctl(mc, "logs", "--component", "ztunnel", "--denied", "--pod", f"{NS}/bad", "--since", "5m").stdout

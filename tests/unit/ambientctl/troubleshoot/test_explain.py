@@ -18,10 +18,12 @@ from ambientctl.troubleshoot.explain import (
     MeshConfig,
     RequestSpec,
     WaypointInfo,
+    describe_pod,
     explain,
     mesh_config_from_registry,
     plan_route,
     render,
+    render_pod,
     resolve_destination,
     resolve_source,
     to_json,
@@ -337,3 +339,19 @@ def test_scope_global_policies_apply_as_in_the_proxy() -> None:
     glob = policy("deny-all", Match(namespaces=(StringMatch("presence", ""),)), action=Action.DENY, scope=Scope.GLOBAL)
     state = ProxyState.of(CLIENT, echo_svc(), echo_pod("echo-1", "10.0.1.1"), glob)
     assert explain(MeshConfig(state), CLIENT, "10.96.0.1", 80).allowed is False
+
+
+def test_a_pod_alone_lists_its_services_waypoint_and_policies() -> None:
+    selected = msgspec.structs.replace(DENY_BAD, scope=Scope.WORKLOAD_SELECTOR)
+    server = echo_pod("echo-1", "10.0.1.1", authorization_policies=(selected.key, "default/not-here"))
+    config = waypoint_mesh(selected)
+    config = MeshConfig(config.state.updated(put=[server]), config.l7_policies, config.waypoints)
+    summary = describe_pod(config, server)
+    assert [s.key for s in summary.services] == [ECHO]
+    assert [p.key for p in summary.l4_policies] == ["default/deny-bad"]
+    assert [p.key for p in summary.l7_policies] == ["default/get-only"]
+    assert summary.missing_policies == ("default/not-here",)
+    text = "\n".join(render_pod(summary))
+    assert "DENY  default/deny-bad (selector, 1 rule(s))" in text
+    assert "default/not-here (named by the workload but not received" in text
+    assert "ALLOW default/get-only" in text and "uses waypoint" in text
