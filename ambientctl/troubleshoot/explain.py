@@ -645,7 +645,7 @@ def render_pod(s: PodSummary) -> list[str]:
     if not s.l4_policies:
         lines.append("      (none: every mesh peer is allowed)")
     for name in s.missing_policies:
-        lines.append(f"      ?     {name} (named by the workload but not received: fail closed until it arrives)")
+        lines.append(f"      ?     {name} (named by the workload but not received: ztunnel skips it, so it is not enforced until it arrives)")
     lines.append("L7 policies at its waypoints:")
     for lp in s.l7_policies:
         lines.append(f"      {lp.action.name:<5} {lp.key}" + (" dry run" if lp.dry_run else ""))
