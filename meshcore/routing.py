@@ -15,6 +15,7 @@ Pure: no I/O, no clock, no randomness (callers pick among the candidates).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class SockAddr(NamedTuple):
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
+@functools.lru_cache(maxsize=4096)  # called per connection and per request; addresses repeat
 def canonical_ip(ip: str) -> str:
     """An IP literal in the mesh's canonical form: an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``,
     what a dual-stack socket reports for an IPv4 peer) as plain IPv4, IPv6 compressed; raises ValueError
