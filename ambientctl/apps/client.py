@@ -5,8 +5,8 @@
 
 ``get`` makes ``N`` requests, each on a new TCP connection (so each one is a new connection for the
 mesh to route, balance and authorize), and prints one JSON object: ``{"url", "ok", "failed",
-"results": [{"ok", "status", "pod", "peer", "echo", "host", "count", "error", "ms"}]}`` (``host`` and
-``count`` as the echo server reports them); ``--wait`` retries the first
+"results": [{"ok", "status", "pod", "peer", "echo", "host", "count", "hosts", "error", "ms"}]}``
+(``host``, ``count`` and ``hosts`` as the echo server reports them); ``--wait`` retries the first
 request until it succeeds or that many seconds pass (the server may still be starting). Exit code 0
 when every request succeeded, 1 otherwise. ``hold`` keeps one connection and sends a request every
 ``--interval``; it prints ``{"event": "connected"}`` after the first answer and ``{"event": "closed",
@@ -40,7 +40,7 @@ def request_once(url: str, data: str | None, timeout: float) -> dict[str, Any]:
     started = time.perf_counter()
     conn, path = _connection(url, timeout)
     result: dict[str, Any] = {
-        "ok": False, "status": None, "pod": None, "peer": None, "echo": None, "host": None, "count": None
+        "ok": False, "status": None, "pod": None, "peer": None, "echo": None, "host": None, "count": None, "hosts": None
     }
     try:
         body = data.encode() if data is not None else None
@@ -53,7 +53,7 @@ def request_once(url: str, data: str | None, timeout: float) -> dict[str, Any]:
         except ValueError:
             decoded = {}
         if isinstance(decoded, dict):
-            result.update({k: decoded.get(k) for k in ("pod", "peer", "echo", "host", "count")})
+            result.update({k: decoded.get(k) for k in ("pod", "peer", "echo", "host", "count", "hosts")})
         result["ok"] = response.status == 200
         result["error"] = None if result["ok"] else f"HTTP {response.status}"
     except (OSError, http.client.HTTPException) as e:

@@ -3,7 +3,8 @@
 Every request (any method, any path) gets ``200`` and a JSON body: the pod that served it (``POD_NAME``,
 ``POD_NAMESPACE`` from the cluster), the peer address the server saw, the method, path, and the request
 body echoed back, the ``Host`` it was sent to, and ``count``: how many requests this process has received,
-this one included (a mirror's copies are counted too, so asking a mirror pod tells how many it got).
+this one included, and ``hosts``: that count per ``Host`` header (a mirror's copies arrive with the host
+suffixed ``-shadow``, so asking a mirror pod tells how many copies it got).
 Keep-alive is supported (HTTP/1.1 with Content-Length), so a client can hold one connection open across
 many requests. Threads, one per connection; the request counter is the only state they share (locked).
 
@@ -36,15 +37,17 @@ class Behaviour:
         self.fail_status = fail_status
         self.delay = delay
         self.count = 0
+        self.hosts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def next(self) -> tuple[int, int]:
-        """(this request's number, the status to answer it with)."""
+    def next(self, host: str) -> tuple[int, dict[str, int], int]:
+        """(this request's number, the requests per Host so far, the status to answer it with)."""
         with self._lock:
             self.count += 1
-            n = self.count
+            self.hosts[host] = self.hosts.get(host, 0) + 1
+            n, hosts = self.count, dict(self.hosts)
         failing = self.fail_every > 0 and n % self.fail_every == 0
-        return n, self.fail_status if failing else 200
+        return n, hosts, self.fail_status if failing else 200
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -58,7 +61,8 @@ class EchoHandler(BaseHTTPRequestHandler):
             self.send_error(413, "body too large")
             return
         body = self.rfile.read(length) if length else b""
-        count, status = self.behaviour.next()
+        host = self.headers.get("Host", "")
+        count, hosts, status = self.behaviour.next(host)
         if self.behaviour.delay > 0:
             time.sleep(self.behaviour.delay)
         reply = json.dumps(
@@ -68,8 +72,9 @@ class EchoHandler(BaseHTTPRequestHandler):
                 "peer": self.client_address[0],
                 "method": self.command,
                 "path": self.path,
-                "host": self.headers.get("Host", ""),
+                "host": host,
                 "count": count,
+                "hosts": hosts,
                 "echo": body.decode("utf-8", "replace"),
             }
         ).encode()

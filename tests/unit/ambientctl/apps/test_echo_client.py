@@ -56,6 +56,7 @@ def test_each_request_is_answered_by_the_pod_with_the_body_echoed(
         assert (r["pod"], r["echo"], r["peer"], r["status"]) == ("echo-1", "marker-9", "127.0.0.1", 200)
     assert [r["count"] for r in result["results"]] == [1, 2, 3]  # type: ignore[index,union-attr]
     assert result["results"][0]["host"] == f"127.0.0.1:{port}"  # type: ignore[index]
+    assert result["results"][2]["hosts"] == {f"127.0.0.1:{port}": 3}  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
