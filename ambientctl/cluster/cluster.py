@@ -294,6 +294,7 @@ class Cluster:
                         pod.command,
                         log_name=_pod_log_name(pod),
                         env=self._pod_env(pod, node, record.ip),
+                        cwd=pod.working_dir or None,
                     )
                     record = msgspec.structs.replace(record, process=process)
             except BaseException:
@@ -349,6 +350,7 @@ class Cluster:
                 record.spec.command,
                 log_name=_pod_log_name(record.spec),
                 env=self._pod_env(record.spec, node, record.ip),
+                cwd=record.spec.working_dir or None,
             )
             record = msgspec.structs.replace(record, process=process)
             self._state.save(_with_pod(state, key, record))
@@ -554,6 +556,8 @@ class Cluster:
             ISTIO_ROOT_CERT_PATH: str(self.pod_dir(pod.namespace, pod.name) / ROOT_CERT_FILE),
         }
         env.update(pod.env)  # the manifest's env wins, as a container's own env does
+        for name, field in pod.env_from_status.items():
+            env[name] = ip if field == "podIP" else node.ip
         return env
 
     def pod_dir(self, namespace: str, name: str) -> Path:

@@ -27,6 +27,8 @@ are always set).
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -555,8 +557,7 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         raise InvalidClusterSpec(
             source, "$.spec.hostNetwork", "host-network pods are not supported by the local cluster"
         )
-    containers = resource.spec.get("containers") or []
-    first: Mapping[str, Any] = containers[0] if containers and isinstance(containers[0], Mapping) else {}
+    first = _first_container(resource)
     command = [*(first.get("command") or []), *(first.get("args") or [])]
     if not all(isinstance(part, str) for part in command):
         raise InvalidClusterSpec(
@@ -568,7 +569,14 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         for p in c.ports or ()
         if p.protocol in ("TCP", "UDP")
     )
-    env = container_env(first.get("env"), source)
+    if not command and first.get("image") not in (None, "", LOCAL_IMAGE):
+        command = standin_command([p.port for p in ports if p.protocol == "TCP"])
+    env, from_status = container_env(first.get("env"), source, resource, spec.node_name or default_node)
+    if command and command[:3] == standin_command([])[:3]:
+        env.setdefault("POD_VERSION", resource.labels.get("version", ""))  # the stand-in's answer names it
+    working_dir = first.get("workingDir") or ""
+    if not isinstance(working_dir, str) or (working_dir and not working_dir.startswith("/")):
+        raise InvalidClusterSpec(source, "$.spec.containers[0].workingDir", "must be an absolute path")
     return PodSpec(
         name=resource.name,
         namespace=resource.namespace,
@@ -578,19 +586,48 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         service_account=spec.service_account_name,
         ports=ports,
         env=env,
+        env_from_status=from_status,
+        working_dir=working_dir,
     )
 
 
-def container_env(entries: object, source: str) -> dict[str, str]:
+STANDIN_MODULE = "ambientctl.apps.standin"
+
+
+def standin_command(ports: Sequence[int]) -> list[str]:
+    """What runs for a container whose image the local cluster cannot run (see ``apps/standin``)."""
+    return [sys.executable, "-m", STANDIN_MODULE, *(arg for p in ports for arg in ("--port", str(p)))]
+
+
+# fieldRef paths a container's env may name, resolved from the stored Pod (status.* once it runs).
+_STATIC_FIELDS: dict[str, Callable[[Resource, str], str]] = {
+    "metadata.name": lambda pod, _node: pod.name,
+    "metadata.namespace": lambda pod, _node: pod.namespace,
+    "metadata.uid": lambda pod, _node: pod.uid,
+    "spec.nodeName": lambda _pod, node: node,
+    "spec.serviceAccountName": lambda pod, _node: str(pod.spec.get("serviceAccountName") or "default"),
+    "spec.serviceAccount": lambda pod, _node: str(pod.spec.get("serviceAccountName") or "default"),
+}
+_STATUS_FIELDS = {"status.podIP": "podIP", "status.hostIP": "hostIP"}
+_MAP_FIELD = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+
+
+def container_env(
+    entries: object, source: str, pod: Resource | None = None, node: str = ""
+) -> tuple[dict[str, str], dict[str, str]]:
     """A container's ``env`` list as the process environment: literal ``value``s (a missing value is
-    ""); a later entry of the same name wins, as in Kubernetes. ``valueFrom`` is refused, naming the
-    entry: the local cluster has no ConfigMaps/Secrets and sets the downward-API facts itself."""
+    ""); a later entry of the same name wins, as in Kubernetes. ``valueFrom.fieldRef`` (the downward
+    API) is resolved from ``pod``: ``metadata.name|namespace|uid``, ``metadata.labels['k']``,
+    ``metadata.annotations['k']``, ``spec.nodeName``, ``spec.serviceAccountName`` now; ``status.podIP``
+    and ``status.hostIP`` returned apart (name -> field) as they are known only once the pod exists.
+    Other ``valueFrom`` sources (ConfigMaps, Secrets, resources) are refused, naming the entry."""
     if entries is None:
-        return {}
+        return {}, {}
     where = "$.spec.containers[0].env"
     if not isinstance(entries, list):
         raise InvalidClusterSpec(source, where, "must be a list of {name, value} entries")
     env: dict[str, str] = {}
+    from_status: dict[str, str] = {}
     for i, entry in enumerate(entries):
         at = f"{where}[{i}]"
         if not isinstance(entry, Mapping):
@@ -599,19 +636,50 @@ def container_env(entries: object, source: str) -> dict[str, str]:
         if not isinstance(name, str) or not name or "=" in name or "\0" in name:
             raise InvalidClusterSpec(source, f"{at}.name", f"{name!r} is not an environment variable name")
         if "valueFrom" in entry:
-            raise InvalidClusterSpec(
-                source,
-                f"{at}.valueFrom",
-                f"{name}: valueFrom is not supported by the local cluster; use a literal value (POD_NAME, "
-                "POD_NAMESPACE, POD_IP, NODE_NAME and SERVICE_ACCOUNT are always set)",
-            )
+            field = _field_ref(entry.get("valueFrom"))
+            if field is None or pod is None:
+                raise InvalidClusterSpec(
+                    source,
+                    f"{at}.valueFrom",
+                    f"{name}: only valueFrom.fieldRef (metadata.name, metadata.namespace, metadata.uid, "
+                    "metadata.labels['k'], metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, "
+                    "status.podIP, status.hostIP) is supported by the local cluster; ConfigMaps, Secrets and "
+                    "resourceFieldRef are not",
+                )
+            from_status.pop(name, None)
+            env.pop(name, None)
+            if field in _STATUS_FIELDS:
+                from_status[name] = _STATUS_FIELDS[field]
+                continue
+            mapped = _MAP_FIELD.match(field)
+            if mapped:
+                table = pod.labels if mapped.group(1) == "labels" else pod.annotations
+                env[name] = table.get(mapped.group(2), "")
+                continue
+            resolve = _STATIC_FIELDS.get(field)
+            if resolve is None:
+                raise InvalidClusterSpec(
+                    source, f"{at}.valueFrom.fieldRef.fieldPath", f"{name}: unsupported field path {field!r}"
+                )
+            env[name] = resolve(pod, node)
+            continue
+        from_status.pop(name, None)
         value = entry.get("value", "")
         if not isinstance(value, str) or "\0" in value:
             raise InvalidClusterSpec(
                 source, f"{at}.value", f"{name}: the value must be a string (quote numbers)"
             )
         env[name] = value
-    return env
+    return env, from_status
+
+
+def _field_ref(value_from: object) -> str | None:
+    """``valueFrom.fieldRef.fieldPath`` when that is the (only) source, else None."""
+    if not isinstance(value_from, Mapping) or set(value_from) != {"fieldRef"}:
+        return None
+    ref = value_from["fieldRef"]
+    path = ref.get("fieldPath") if isinstance(ref, Mapping) else None
+    return path if isinstance(path, str) else None
 
 
 def select_endpoints(

@@ -2,7 +2,9 @@
 
 Started by ``cluster up`` (as the component ``kubelet``, on the host: it creates network namespaces
 that every other process must see, so it keeps the host's mount namespace). It watches the store and,
-whenever a Pod or Service changed (or a failed pod's retry is due), runs ``Kubelet.sync_pods``: new
+whenever a Pod, Service or Deployment changed (or a failed pod's retry is due), runs the Deployment
+controller (``deployments.DeploymentController``: pods created/deleted in the store) and then
+``Kubelet.sync_pods``: new
 Pod manifests start live (network, CNI ADD, command), deleted ones stop (CNI DEL), Services follow.
 After its first full sync it writes ``<cluster dir>/run/kubelet.ready`` (what ``cluster up`` waits for).
 Every pass it observes the pods' processes (``Kubelet.check_containers``: exits recorded, restarts per
@@ -28,6 +30,7 @@ from meshcore.logs import configure_logging
 from meshcore.store import SqliteStore, StoreError, store_path
 
 from .cluster import Cluster
+from .deployments import DeploymentController
 from .errors import ClusterError, ClusterNotUp
 from .kubelet import Kubelet
 from .spec import DEFAULT_PREFIX
@@ -38,7 +41,7 @@ READY_FILE = "kubelet.ready"
 POLL_S = 0.1
 LIVENESS_EVERY_S = 2.0  # how often an idle kubelet checks that its cluster still exists
 CREDENTIALS_EVERY_S = 30.0  # how often running pods' tokens are checked for refresh
-WATCHED_KINDS = frozenset({"Pod", "Service"})
+WATCHED_KINDS = frozenset({"Pod", "Service", "Deployment"})
 
 
 def ready_path(cluster: Cluster) -> Path:
@@ -48,6 +51,7 @@ def ready_path(cluster: Cluster) -> Path:
 def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: float = POLL_S) -> None:
     """Sync on every relevant change until ``stop`` is set."""
     kubelet = Kubelet(cluster, store)
+    deployments = DeploymentController(store)
     revision = -1
     first = True
     checked = time.monotonic()
@@ -62,6 +66,9 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
             )
             revision = current
             if changed or retry:
+                done = deployments.sync()
+                if done:
+                    log.info("deployments synced", changes=done)
                 report = kubelet.sync_pods()
                 if report.synced or report.removed or report.rejected:
                     log.info(

@@ -60,6 +60,7 @@ class ProcessSupervisor:
         *,
         log_name: str,
         env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> ProcessRecord:
         """Start ``argv`` inside ``netns`` (``""``: the host's); returns once the process exists (not once
         it is ready)."""
@@ -80,11 +81,17 @@ class ProcessSupervisor:
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 env=environment,
+                cwd=cwd,
                 start_new_session=True,  # its own process group: stop() signals the whole group
                 close_fds=True,
             )
         except OSError as e:
-            raise ProcessStartFailed(name, e.strerror or str(e)) from None
+            where = (
+                f" (working directory {cwd})"
+                if cwd and isinstance(e, FileNotFoundError | NotADirectoryError)
+                else ""
+            )
+            raise ProcessStartFailed(name, (e.strerror or str(e)) + where) from None
         finally:
             os.close(log_fd)
         self._children[child.pid] = child

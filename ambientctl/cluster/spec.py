@@ -78,6 +78,11 @@ class PodSpec(msgspec.Struct, frozen=True):
     service_account: str = "default"
     ports: tuple[PodPort, ...] = ()
     env: dict[str, str] = {}
+    # Environment variables whose value is known only once the pod exists: name -> "podIP" | "hostIP"
+    # (a manifest's env valueFrom.fieldRef status.podIP / status.hostIP).
+    env_from_status: dict[str, str] = {}
+    # The process's working directory ("": the kubelet's own).
+    working_dir: str = ""
 
 
 class ServicePort(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,7 +21,9 @@ _CONTAINER: dict[str, Any] = {
     "image": True,  # named in the warning when no command is given (see below)
     "command": True,
     "args": True,
-    "env": [{"name": True, "value": True}],
+    "workingDir": True,
+    "imagePullPolicy": True,  # nothing is pulled: nothing to ignore
+    "env": [{"name": True, "value": True, "valueFrom": {"fieldRef": True}}],
     "ports": [{"name": True, "containerPort": True, "protocol": True}],
 }
 
@@ -48,6 +50,8 @@ IMPLEMENTED: dict[str, dict[str, Any]] = {
 
 def unimplemented_fields(resource: Resource) -> list[str]:
     """Paths of the fields of a Pod/Service spec the local cluster would ignore (empty for other kinds)."""
+    if resource.kind == "Deployment":
+        return _deployment_fields(resource)
     tree = IMPLEMENTED.get(resource.kind)
     if tree is None:
         return []
@@ -62,7 +66,8 @@ def unimplemented_fields(resource: Resource) -> list[str]:
             first = containers[0] if containers and isinstance(containers[0], Mapping) else {}
             if first.get("image") and not first.get("command") and not first.get("args"):
                 found.append(
-                    "spec.containers[0].image (images are not run: give command/args to run a host command)"
+                    f"spec.containers[0].image {first['image']} (images are not run: the stand-in HTTP server "
+                    "answers on its containerPorts; give command/args to run a host command)"
                 )
         _walk(
             tree,
@@ -78,6 +83,28 @@ def unimplemented_fields(resource: Resource) -> list[str]:
         for i, port in enumerate(spec.get("ports") or ()):
             if isinstance(port, Mapping) and port.get("protocol") == "SCTP":
                 found.append(f"spec.ports[{i}].protocol SCTP (TCP and UDP only)")
+    return found
+
+
+_DEPLOYMENT: dict[str, Any] = {
+    "replicas": True,
+    "selector": True,
+    "strategy": True,
+    "paused": True,
+    "template": {"metadata": {"labels": True, "annotations": True}, "spec": True},
+}
+
+
+def _deployment_fields(deployment: Resource) -> list[str]:
+    """The Deployment's own fields, then its pod template's as a Pod's (paths under spec.template)."""
+    found: list[str] = []
+    _walk(_DEPLOYMENT, deployment.spec, "spec", found)
+    template = deployment.spec.get("template")
+    if isinstance(template, Mapping) and isinstance(template.get("spec"), Mapping):
+        as_pod = Resource(
+            kind="Pod", name=deployment.name, namespace=deployment.namespace, spec=dict(template["spec"])
+        )
+        found.extend(f"spec.template.{path}" for path in unimplemented_fields(as_pod))
     return found
 
 

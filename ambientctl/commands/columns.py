@@ -135,7 +135,17 @@ def _route_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
     return [_or_none(",".join(spec.hostnames or ())), _or_none(parents), str(len(spec.rules or ()))]
 
 
+def _deployment_row(r: Resource, _ns: Mapping[str, Resource]) -> Row:
+    replicas = r.spec.get("replicas", 1)
+    return [
+        f"{r.status.get('readyReplicas', 0)}/{replicas}",
+        str(r.status.get("updatedReplicas", 0)),
+        str(r.status.get("availableReplicas", 0)),
+    ]
+
+
 _COLUMNS: dict[str, _Columns] = {
+    "Deployment": (["READY", "UP-TO-DATE", "AVAILABLE"], _deployment_row),
     "Namespace": (["LABELS"], _namespace_row),
     "Pod": (["READY", "STATUS", "RESTARTS", "IP", "NODE", "SERVICE-ACCOUNT", "DATAPLANE-MODE"], _pod_row),
     "Service": (["CLUSTER-IP", "PORT(S)", "SELECTOR"], _service_row),

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from ambientctl.cluster import Cluster
+from ambientctl.cluster.deployments import replace_replicas
 from ambientctl.cluster.support import unimplemented_fields
 from meshcore.store import (
     Resource,
@@ -27,6 +28,7 @@ from meshcore.store import (
     collect_paths,
     is_namespaced,
     load_paths,
+    plural,
     resolve_kind,
 )
 
@@ -55,6 +57,7 @@ def register(app: typer.Typer) -> None:
     app.command("apply")(apply)
     app.command("get")(get)
     app.command("delete")(delete)
+    app.command("scale")(scale)
 
 
 def apply(
@@ -186,6 +189,35 @@ def get(
         note(f"warning: {CLUSTER_DOWN_NOTE}: no pod is running; `ambientctl cluster up` starts them")
     headers, rows = build_table(kind, resources, namespaces, all_namespaces=all_namespaces)
     print_table(headers, rows)
+
+
+def scale(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="deploy/NAME (or deployment NAME with a second argument).")],
+    name: Annotated[str | None, typer.Argument(help="NAME when the kind is given alone.")] = None,
+    replicas: Annotated[int, typer.Option("--replicas", help="The number of pods wanted (0 or more).")] = -1,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Set a Deployment's replicas (kubectl scale); the local cluster adds or removes pods."""
+    kind_name, slash, rest = target.partition("/")
+    if slash:
+        if name:
+            raise CliError("give deploy/NAME or deploy NAME, not both")
+        name = rest
+    if not name:
+        raise CliError("say what to scale: deploy/NAME --replicas N")
+    if replicas < 0:
+        raise CliError("--replicas N is required (0 or more)")
+    kind = resolve_kind(kind_name)
+    if kind != "Deployment":
+        raise CliError(f"{plural(kind)} cannot be scaled: only deployments can")
+    store = cli_state(ctx).store()
+    ref = ResourceRef(kind, namespace or DEFAULT_NAMESPACE, name)
+    found = store.get(ref)
+    if found is None:
+        raise ResourceNotFound(_describe(kind, ref.namespace, name))
+    (result,) = store.apply([replace_replicas(found, replicas)])
+    typer.echo(f"deployment.apps/{name} {'scaled' if result.action != 'unchanged' else 'unchanged'}")
 
 
 def delete(

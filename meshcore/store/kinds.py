@@ -23,6 +23,7 @@ _NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "VirtualService": ("virtualservices", ("vs",)),
     "DestinationRule": ("destinationrules", ("dr",)),
     "HTTPLocalRateLimitPolicy": ("httplocalratelimitpolicies", ()),
+    "Deployment": ("deployments", ("deploy",)),
 }
 
 

@@ -26,6 +26,7 @@ KINDS: dict[str, tuple[str, bool]] = {
     "VirtualService": ("networking.istio.io/v1", True),
     "DestinationRule": ("networking.istio.io/v1", True),
     "HTTPLocalRateLimitPolicy": ("policy.ambientmesh.io/v1alpha1", True),
+    "Deployment": ("apps/v1", True),
 }
 
 

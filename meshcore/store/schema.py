@@ -52,6 +52,7 @@ API_VERSIONS: dict[str, tuple[str, ...]] = {
     "gateway.networking.k8s.io": ("v1", "v1beta1"),
     "networking.istio.io": ("v1", "v1beta1", "v1alpha3"),
     "policy.ambientmesh.io": ("v1alpha1",),
+    "apps": ("v1",),
 }
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -302,6 +303,56 @@ class _RateLimitDocument(_Document, frozen=True):
     status: dict[str, Any] | None = None
 
 
+# --- Deployment (apps/v1) --------------------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_K8s, frozen=True):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class LabelSelector(_K8s, frozen=True):
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class TemplateMeta(_K8s, frozen=True):
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class PodTemplate(_K8s, frozen=True):
+    metadata: TemplateMeta | None = None
+    spec: PodSpec | None = None
+
+
+IntOrPercent = int | str
+
+
+class RollingUpdate(_K8s, frozen=True):
+    max_surge: IntOrPercent = "25%"
+    max_unavailable: IntOrPercent = "25%"
+
+
+class DeploymentStrategy(_K8s, frozen=True):
+    type: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
+    rolling_update: RollingUpdate | None = None
+
+
+class DeploymentSpec(_K8s, frozen=True):
+    selector: LabelSelector
+    template: PodTemplate
+    replicas: Annotated[int, msgspec.Meta(ge=0)] = 1
+    strategy: DeploymentStrategy | None = None
+    paused: bool = False
+
+
+class _DeploymentDocument(_Document, frozen=True):
+    spec: DeploymentSpec
+    status: dict[str, Any] | None = None
+
+
 _DOCUMENT_TYPES: dict[str, type[_Document]] = {
     "Namespace": _PlainDocument,
     "ServiceAccount": _PlainDocument,
@@ -314,6 +365,7 @@ _DOCUMENT_TYPES: dict[str, type[_Document]] = {
     "VirtualService": _VirtualServiceDocument,
     "DestinationRule": _DestinationRuleDocument,
     "HTTPLocalRateLimitPolicy": _RateLimitDocument,
+    "Deployment": _DeploymentDocument,
 }
 
 
@@ -449,7 +501,9 @@ def _check_service(typed: _ServiceDocument) -> None:
     spec = typed.spec
     headless = spec is not None and spec.cluster_ip == "None"
     if not (spec and spec.ports) and not headless and not (spec and spec.type == "ExternalName"):
-        raise _Problem("$.spec.ports", "required: a Service needs at least one port (e.g. ports: [{port: 80}])")
+        raise _Problem(
+            "$.spec.ports", "required: a Service needs at least one port (e.g. ports: [{port: 80}])"
+        )
     if spec is None:
         return
     _check_labels("$.spec.selector", spec.selector)
@@ -508,10 +562,69 @@ def _spec_check(check: Callable[[Any], tuple[str, str] | None]) -> Callable[[Any
     return run
 
 
+def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy a label selector (matchLabels and matchExpressions, all of them)."""
+    if any(labels.get(k) != v for k, v in (selector.match_labels or {}).items()):
+        return False
+    for req in selector.match_expressions or ():
+        present = req.key in labels
+        if req.operator == "In" and labels.get(req.key) not in (req.values or ()):
+            return False
+        if req.operator == "NotIn" and present and labels[req.key] in (req.values or ()):
+            return False
+        if req.operator == "Exists" and not present:
+            return False
+        if req.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _check_deployment(typed: _DeploymentDocument) -> None:
+    spec = typed.spec
+    selector = spec.selector
+    if not selector.match_labels and not selector.match_expressions:
+        raise _Problem("$.spec.selector", "empty: a Deployment selects its pods by labels (matchLabels)")
+    _check_labels("$.spec.selector.matchLabels", selector.match_labels)
+    for i, req in enumerate(selector.match_expressions or ()):
+        if req.operator in ("In", "NotIn") and not req.values:
+            raise _Problem(
+                f"$.spec.selector.matchExpressions[{i}].values", f"required for operator {req.operator}"
+            )
+        if req.operator in ("Exists", "DoesNotExist") and req.values:
+            raise _Problem(
+                f"$.spec.selector.matchExpressions[{i}].values", f"must be empty for {req.operator}"
+            )
+    labels = (spec.template.metadata.labels if spec.template.metadata else None) or {}
+    _check_labels("$.spec.template.metadata.labels", labels)
+    if not selector_matches(selector, labels):
+        raise _Problem(
+            "$.spec.template.metadata.labels",
+            "`selector` does not match template `labels`: give the template every label the selector names",
+        )
+    rolling = spec.strategy.rolling_update if spec.strategy else None
+    if rolling is not None:
+        for field, value in (("maxSurge", rolling.max_surge), ("maxUnavailable", rolling.max_unavailable)):
+            if isinstance(value, str) and not re.fullmatch(r"\d+%", value):
+                raise _Problem(
+                    f"$.spec.strategy.rollingUpdate.{field}", f"{value!r}: give a number or a percentage"
+                )
+            if isinstance(value, int) and value < 0:
+                raise _Problem(f"$.spec.strategy.rollingUpdate.{field}", "must not be negative")
+        if rolling.max_surge in (0, "0%") and rolling.max_unavailable in (0, "0%"):
+            raise _Problem("$.spec.strategy.rollingUpdate", "maxSurge and maxUnavailable may not both be 0")
+    if spec.template.spec is None or not spec.template.spec.containers:
+        raise _Problem("$.spec.template.spec.containers", "required: a pod template needs a container")
+    if spec.template.spec.restart_policy != "Always":
+        raise _Problem(
+            "$.spec.template.spec.restartPolicy", "a Deployment's pods must use restartPolicy Always"
+        )
+
+
 _KIND_CHECKS: dict[str, Callable[[Any], None]] = {
     "Pod": _check_pod,
     "Service": _check_service,
     "AuthorizationPolicy": _check_authorization_policy,
+    "Deployment": _check_deployment,
     "HTTPRoute": _spec_check(http_route_problem),
     "VirtualService": _spec_check(virtual_service_problem),
     "DestinationRule": _spec_check(destination_rule_problem),

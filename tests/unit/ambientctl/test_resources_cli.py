@@ -215,7 +215,7 @@ def test_get_of_nothing_notes_it_on_stderr_and_succeeds(ctl: Ctl) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["get", "deployments"], "error: unknown kind 'deployments': supported kinds are Namespace"),
+        (["get", "statefulsets"], "error: unknown kind 'statefulsets': supported kinds are Namespace"),
         (["get", "pod", "ghost", "-n", "demo"], 'error: pod "ghost" in namespace "demo" not found'),
         (
             ["get", "pod", "ghost", "-A"],
@@ -298,3 +298,59 @@ def test_after_cluster_down_no_pod_claims_to_run_or_to_have_an_ip(ctl: Ctl) -> N
         ["server", "-", "Pending", "0", "<none>"],
     ]
     assert "warning: the local cluster is not up: no pod is running" in result.stderr
+
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: details-v1, labels: {app: details}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: details, version: v1}}
+  template:
+    metadata: {labels: {app: details, version: v1}}
+    spec:
+      containers:
+      - name: details
+        image: docker.io/istio/examples-bookinfo-details-v1:1.20.2
+        imagePullPolicy: IfNotPresent
+        ports: [{containerPort: 9080}]
+"""
+
+
+def test_scale_sets_a_deployments_replicas_and_get_shows_its_columns(ctl: Ctl) -> None:
+    applied = ctl("apply", "-f", "-", input=DEPLOYMENT)
+    assert applied.exit_code == 0 and applied.stdout == "deployment/details-v1 created\n"
+    assert (
+        "spec.template.spec.containers[0].image docker.io/istio/examples-bookinfo-details-v1"
+        in applied.stderr
+    )
+    assert ctl.ok("scale", "deploy/details-v1", "--replicas", "3") == "deployment.apps/details-v1 scaled\n"
+    assert (
+        ctl.ok("scale", "deployment", "details-v1", "--replicas", "3")
+        == "deployment.apps/details-v1 unchanged\n"
+    )
+    assert table(ctl.ok("get", "deploy")) == [
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE"],
+        ["details-v1", "0/3", "0", "0"],
+    ]
+
+
+SCALE_ERRORS = [
+    (
+        "scaling a pod is refused",
+        ["scale", "pod/web", "--replicas", "2"],
+        "pods cannot be scaled: only deployments can",
+    ),
+    (
+        "scaling a missing deployment names it",
+        ["scale", "deploy/nope", "--replicas", "2"],
+        'deployment "nope" in namespace "default" not found',
+    ),
+    ("scaling without --replicas says so", ["scale", "deploy/nope"], "--replicas N is required"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), [s[1:] for s in SCALE_ERRORS], ids=[s[0] for s in SCALE_ERRORS])
+def test_scale_errors(ctl: Ctl, args: list[str], words: str) -> None:
+    assert words in ctl.fails(*args)

@@ -135,7 +135,7 @@ ENV_OK = [
 
 @pytest.mark.parametrize(("entries", "want"), [c[1:] for c in ENV_OK], ids=[c[0] for c in ENV_OK])
 def test_container_env(entries, want):
-    assert container_env(entries, "pod demo/p") == want
+    assert container_env(entries, "pod demo/p") == (want, {})
 
 
 ENV_REFUSED = [

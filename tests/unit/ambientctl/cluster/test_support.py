@@ -43,15 +43,26 @@ CASES = [
         ["spec.containers[0].resources"],
     ),
     (
-        "an env valueFrom is named",
-        pod({**RUN, "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}),
-        ["spec.containers[0].env[0].valueFrom"],
+        "an env valueFrom secret is named, a fieldRef is implemented",
+        pod(
+            {
+                **RUN,
+                "env": [
+                    {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                ],
+            }
+        ),
+        ["spec.containers[0].env[1].valueFrom.secretKeyRef"],
     ),
     ("pod volumes are named", pod(RUN, volumes=[{"name": "v", "emptyDir": {}}]), ["spec.volumes"]),
     (
         "an image without a command is named",
         pod({"name": "c", "image": "nginx"}),
-        ["spec.containers[0].image (images are not run: give command/args to run a host command)"],
+        [
+            "spec.containers[0].image nginx (images are not run: the stand-in HTTP server answers on its "
+            "containerPorts; give command/args to run a host command)"
+        ],
     ),
     (
         "a service with selector and named ports is fully implemented",
@@ -75,6 +86,30 @@ CASES = [
 @pytest.mark.parametrize(("doc", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_unimplemented_fields(doc: dict[str, Any], expected: list[str]) -> None:
     assert unimplemented_fields(build_resource(doc)) == expected
+
+
+def test_a_deployment_names_its_own_fields_and_its_templates_pod_fields() -> None:
+    deployment = build_resource(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "d"},
+            "spec": {
+                "replicas": 2,
+                "minReadySeconds": 5,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {
+                    "metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{**RUN, "resources": {}}, RUN], "volumes": [{"name": "v"}]},
+                },
+            },
+        }
+    )
+    assert unimplemented_fields(deployment) == [
+        "spec.minReadySeconds",
+        "spec.template.spec.containers[1] (only the first container runs)",
+        "spec.template.spec.volumes",
+    ]
 
 
 def test_other_kinds_have_nothing_to_warn_about() -> None:

@@ -44,5 +44,5 @@ def test_every_store_kind_has_a_plural_that_resolves_to_it() -> None:
 
 
 def test_unknown_kind_lists_supported_kinds() -> None:
-    with pytest.raises(UnknownKind, match="unknown kind 'deployments': supported kinds are Namespace, "):
-        resolve_kind("deployments")
+    with pytest.raises(UnknownKind, match="unknown kind 'statefulsets': supported kinds are Namespace, "):
+        resolve_kind("statefulsets")

@@ -102,8 +102,8 @@ INVALID = [
     ({"apiVersion": "v1", "kind": "Pod", "metadata": {}}, "$.metadata: Object missing required field name"),
     ({"apiVersion": "v1", "metadata": {"name": "x"}}, "$.kind: missing; set it to one of Namespace"),
     (
-        doc("Deployment"),
-        "$.kind: unknown kind 'Deployment': supported kinds are Namespace, ServiceAccount, Pod",
+        doc("StatefulSet", api="apps/v1"),
+        "$.kind: unknown kind 'StatefulSet': supported kinds are Namespace, ServiceAccount, Pod",
     ),
     (doc("Pod", api="v2"), "$.apiVersion: 'v2' is not served for Pod; use 'v1'"),
     (policy(action="PERMIT"), "$.spec.action: Invalid enum value 'PERMIT'"),

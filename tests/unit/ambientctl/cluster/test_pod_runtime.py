@@ -1,0 +1,113 @@
+"""What a stored Pod manifest runs as on the local cluster: the downward API in env, workingDir, and the
+stand-in for an image the local cluster cannot run."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from ambientctl.cluster.errors import InvalidClusterSpec
+from ambientctl.cluster.kubelet import STANDIN_MODULE, container_env, pod_spec_from_resource
+from meshcore.store import Resource, build_resource
+
+
+def pod(container: dict[str, Any], **spec: Any) -> Resource:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "labels": {"app": "web", "version": "v2"},
+            "annotations": {"team": "a"},
+        },
+        "spec": {"serviceAccountName": "shopper", "containers": [{"name": "c", **container}], **spec},
+    }
+    return build_resource(doc)
+
+
+def field(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+FIELDS = [
+    ("the pod name", "metadata.name", "web"),
+    ("the namespace", "metadata.namespace", "shop"),
+    ("a label", "metadata.labels['version']", "v2"),
+    ("an annotation", "metadata.annotations['team']", "a"),
+    ("a missing label as empty", "metadata.labels['nope']", ""),
+    ("the node", "spec.nodeName", "node-2"),
+    ("the service account", "spec.serviceAccountName", "shopper"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"), [f[1:] for f in FIELDS], ids=[f"fieldRef gives {f[0]}" for f in FIELDS]
+)
+def test_field_refs_resolve_from_the_pod(path: str, value: str) -> None:
+    resource = pod({"command": ["sleep", "1"]})
+    assert container_env([field("X", path)], "pod shop/web", resource, "node-2") == ({"X": value}, {})
+
+
+def test_pod_and_host_ip_are_left_for_when_the_pod_exists_and_a_later_literal_wins() -> None:
+    resource = pod({"command": ["sleep", "1"]})
+    entries = [
+        field("IP", "status.podIP"),
+        field("HOST", "status.hostIP"),
+        field("A", "status.podIP"),
+        {"name": "A", "value": "x"},
+    ]
+    assert container_env(entries, "pod shop/web", resource, "n") == (
+        {"A": "x"},
+        {"IP": "podIP", "HOST": "hostIP"},
+    )
+
+
+REFUSED = [
+    (
+        "a ConfigMap reference is refused",
+        {"configMapKeyRef": {"name": "c", "key": "k"}},
+        "ConfigMaps, Secrets",
+    ),
+    ("a resourceFieldRef is refused", {"resourceFieldRef": {"resource": "limits.cpu"}}, "resourceFieldRef"),
+    (
+        "an unsupported field path is refused",
+        {"fieldRef": {"fieldPath": "status.phase"}},
+        "unsupported field path 'status.phase'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("value_from", "words"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_value_from_sources_the_local_cluster_cannot_give_are_refused(
+    value_from: dict[str, Any], words: str
+) -> None:
+    resource = pod({"command": ["sleep", "1"]})
+    with pytest.raises(InvalidClusterSpec, match=words):
+        container_env([{"name": "X", "valueFrom": value_from}], "pod shop/web", resource, "n")
+
+
+def test_an_image_without_a_command_runs_the_stand_in_on_its_tcp_container_ports() -> None:
+    spec = pod(
+        {
+            "image": "docker.io/istio/examples-bookinfo-details-v1:1.20.2",
+            "ports": [{"containerPort": 9080}, {"containerPort": 53, "protocol": "UDP"}],
+        }
+    )
+    got = pod_spec_from_resource(spec, "node-1")
+    assert got.command == (sys.executable, "-m", STANDIN_MODULE, "--port", "9080")
+    assert got.env["POD_VERSION"] == "v2"
+
+
+def test_a_command_runs_as_given_in_its_working_directory() -> None:
+    got = pod_spec_from_resource(
+        pod({"image": "x", "command": ["sleep"], "args": ["1"], "workingDir": "/tmp"}), "n"
+    )
+    assert (got.command, got.working_dir) == (("sleep", "1"), "/tmp")
+
+
+def test_a_relative_working_directory_is_refused() -> None:
+    with pytest.raises(InvalidClusterSpec, match="workingDir: must be an absolute path"):
+        pod_spec_from_resource(pod({"command": ["sleep"], "workingDir": "tmp"}), "n")
