@@ -17,10 +17,10 @@ from typer.core import TyperGroup
 from meshcore.logs import LEVELS, configure_logging
 from meshcore.store import STATE_DIR_ENV, StoreError
 
-from .commands import cluster, demo, namespace, resources, troubleshoot, waypoint, ztunnel_config
+from .commands import cluster, demo, install, namespace, resources, troubleshoot, waypoint, ztunnel_config
 from .commands.common import EXIT_FAILURE, CliError, CliState, report_error
 
-COMMAND_MODULES = (resources, namespace, waypoint, demo, cluster, ztunnel_config, troubleshoot)
+COMMAND_MODULES = (resources, namespace, waypoint, demo, cluster, ztunnel_config, troubleshoot, install)
 
 
 class ErrorReportingGroup(TyperGroup):

@@ -1,0 +1,276 @@
+"""``manifest generate`` and ``install --dry-run``: the Kubernetes manifests of the mesh, rendered.
+
+Role: one pure renderer (``render_manifests``) for everything the mesh needs on a cluster: the
+``istio-system`` Namespace, this mesh's CRDs, service accounts, istiod-lite's ClusterRole (its rules are
+``meshcore.store.kubernetes.rbac_rules()``, derived from the calls the Kubernetes store makes), its
+Deployment and Service (15012 xDS + CA, 15011 token CA, 15014 monitoring), the ztunnel DaemonSet (the
+capabilities Istio's ztunnel needs) and the CNI node agent DaemonSet (host network, the host's CNI
+directories). ``daemonset/ambient-mesh.yaml`` is this output checked in (a golden test keeps them equal).
+
+Invariants: rendering is deterministic (same settings, same bytes) and does no I/O; every document is a
+valid object of a current Kubernetes release (a unit test validates each one offline). Applying to a
+cluster is not done here yet: ``install`` without ``--dry-run`` refuses and says how to apply the YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from .common import CliError
+
+JSON = dict[str, Any]
+
+NAMESPACE = "istio-system"
+DEFAULT_IMAGE = "ambient-mesh:0.1.0"
+PART_OF = {"app.kubernetes.io/part-of": "ambient-mesh"}
+# Where the node agent and ztunnel meet on every node (Istio's path), and the host's CNI directories.
+ZTUNNEL_SOCKET_DIR = "/var/run/ztunnel"
+CNI_BIN_DIR = "/opt/cni/bin"
+CNI_CONF_DIR = "/etc/cni/net.d"
+
+
+def _meta(name: str, namespace: str | None = NAMESPACE, **labels: str) -> JSON:
+    meta: JSON = {"name": name, "labels": {**PART_OF, **labels}}
+    if namespace:
+        meta["namespace"] = namespace
+    return meta
+
+
+def _crd(kind: str, plural: str, group: str, version: str, short_names: list[str] | None = None) -> JSON:
+    names: JSON = {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()}
+    if short_names:
+        names["shortNames"] = short_names
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": _meta(f"{plural}.{group}", None),
+        "spec": {
+            "group": group,
+            "names": names,
+            "scope": "Namespaced",
+            "versions": [{
+                "name": version,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": f"{kind}: validated in full by istiod-lite, which reports problems in status.",
+                    "properties": {
+                        "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def _service_account(name: str) -> JSON:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(name, app=name)}
+
+
+def _env(values: dict[str, str]) -> list[JSON]:
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+_NODE_NAME_ENV = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+
+
+def _istiod(image: str) -> list[JSON]:
+    from meshcore.store.kubernetes import rbac_rules  # the Kubernetes client only when rendering
+
+    labels = {"app": "istiod"}
+    container: JSON = {
+        "name": "discovery",
+        "image": image,
+        "command": ["istiod-lite"],
+        "env": _env({
+            "STORE": "kubernetes",
+            "AMBIENT_STATE_DIR": "/var/lib/istiod",
+            "ISTIOD_XDS_ADDRESS": "0.0.0.0:15012",
+            "ISTIOD_TOKEN_CA_ADDRESS": "0.0.0.0:15011",
+            "ISTIOD_MONITORING_ADDRESS": "0.0.0.0:15014",
+            "LOG_FORMAT": "json",
+        }),
+        "ports": [
+            {"name": "grpc-xds", "containerPort": 15012, "protocol": "TCP"},
+            {"name": "grpc-token-ca", "containerPort": 15011, "protocol": "TCP"},
+            {"name": "http-monitoring", "containerPort": 15014, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 15014}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 1337, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "state", "mountPath": "/var/lib/istiod"}],
+    }
+    return [
+        _service_account("istiod"),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": _meta("istiod-lite", None), "rules": rbac_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": _meta("istiod-lite", None),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istiod-lite"},
+         "subjects": [{"kind": "ServiceAccount", "name": "istiod", "namespace": NAMESPACE}]},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta("istiod", **labels),
+         "spec": {
+             # One replica until leader election lands: two would both write status and run controllers.
+             "replicas": 1,
+             "selector": {"matchLabels": labels},
+             "template": {"metadata": {"labels": {**PART_OF, **labels}}, "spec": {
+                 "serviceAccountName": "istiod",
+                 "containers": [container],
+                 # The CA root lives here until it is kept in a Secret (istio-ca-secret / cacerts).
+                 "volumes": [{"name": "state", "emptyDir": {}}],
+             }},
+         }},
+        {"apiVersion": "v1", "kind": "Service", "metadata": _meta("istiod", **labels),
+         "spec": {"selector": labels, "ports": [
+             {"name": "grpc-xds", "port": 15012, "targetPort": 15012, "protocol": "TCP"},
+             {"name": "grpc-token-ca", "port": 15011, "targetPort": 15011, "protocol": "TCP"},
+             {"name": "http-monitoring", "port": 15014, "targetPort": 15014, "protocol": "TCP"},
+         ]}},
+    ]
+
+
+def _socket_volume() -> JSON:
+    return {"name": "ztunnel-socket", "hostPath": {"path": ZTUNNEL_SOCKET_DIR, "type": "DirectoryOrCreate"}}
+
+
+def _daemonset(name: str, pod_spec: JSON) -> JSON:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": _meta(name, **labels), "spec": {
+        "selector": {"matchLabels": labels},
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+        "template": {"metadata": {"labels": {**PART_OF, **labels}}, "spec": {
+            "serviceAccountName": name,
+            "priorityClassName": "system-node-critical",
+            "tolerations": [{"operator": "Exists"}],
+            **pod_spec,
+        }},
+    }}
+
+
+def _ztunnel(image: str) -> list[JSON]:
+    container: JSON = {
+        "name": "istio-proxy",
+        "image": image,
+        "command": ["ztunnel"],
+        "env": [
+            *_env({
+                "PROXY_MODE": "shared",
+                "XDS_ADDRESS": f"istiod.{NAMESPACE}.svc:15012",
+                "CA_ADDRESS": f"istiod.{NAMESPACE}.svc:15011",
+                "INPOD_UDS": f"{ZTUNNEL_SOCKET_DIR}/ztunnel.sock",
+                "LOG_FORMAT": "json",
+            }),
+            _NODE_NAME_ENV,
+        ],
+        "ports": [{"name": "http-readiness", "containerPort": 15021, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}},
+        # What Istio's ztunnel needs: enter pod network namespaces (SYS_ADMIN), set socket marks and
+        # transparent sockets there (NET_ADMIN), and raw sockets for transparent proxying (NET_RAW).
+        "securityContext": {
+            "privileged": False, "runAsUser": 0, "runAsNonRoot": False, "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]},
+        },
+        "volumeMounts": [{"name": "ztunnel-socket", "mountPath": ZTUNNEL_SOCKET_DIR}],
+    }
+    return [
+        _service_account("ztunnel"),
+        _daemonset("ztunnel", {"containers": [container], "volumes": [_socket_volume()]}),
+    ]
+
+
+def _cni_agent(image: str) -> list[JSON]:
+    container: JSON = {
+        "name": "install-cni",
+        "image": image,
+        "command": ["ztunnel-node-agent"],
+        "env": [*_env({"LOG_FORMAT": "json"}), _NODE_NAME_ENV],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        # Host network and privileged: it writes the host's CNI directories and programs nftables in
+        # every enrolled pod's network namespace.
+        "securityContext": {"privileged": True, "runAsUser": 0},
+        "volumeMounts": [
+            {"name": "cni-bin-dir", "mountPath": "/host/opt/cni/bin"},
+            {"name": "cni-net-dir", "mountPath": "/host/etc/cni/net.d"},
+            {"name": "ztunnel-socket", "mountPath": ZTUNNEL_SOCKET_DIR},
+            {"name": "netns", "mountPath": "/var/run/netns", "mountPropagation": "HostToContainer"},
+        ],
+    }
+    return [
+        _service_account("istio-cni"),
+        _daemonset("istio-cni", {
+            "hostNetwork": True,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+            "containers": [container],
+            "volumes": [
+                {"name": "cni-bin-dir", "hostPath": {"path": CNI_BIN_DIR, "type": "Directory"}},
+                {"name": "cni-net-dir", "hostPath": {"path": CNI_CONF_DIR, "type": "DirectoryOrCreate"}},
+                _socket_volume(),
+                {"name": "netns", "hostPath": {"path": "/var/run/netns", "type": "DirectoryOrCreate"}},
+            ],
+        }),
+    ]
+
+
+def render_manifests(image: str = DEFAULT_IMAGE) -> list[JSON]:
+    """Every object the mesh needs on a cluster, in the order to apply them."""
+    if not image or any(c.isspace() for c in image):
+        raise CliError(f"--image {image!r}: expected an image reference such as {DEFAULT_IMAGE}")
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NAMESPACE, None)},
+        _crd("HTTPLocalRateLimitPolicy", "httplocalratelimitpolicies", "policy.ambientmesh.io", "v1alpha1"),
+        *_istiod(image),
+        *_ztunnel(image),
+        *_cni_agent(image),
+    ]
+
+
+def to_yaml(documents: list[JSON]) -> str:
+    return "".join("---\n" + yaml.safe_dump(d, sort_keys=False, default_flow_style=False) for d in documents)
+
+
+ImageOpt = Annotated[str, typer.Option("--image", help="The container image of every component.")]
+OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+
+
+def register(app: typer.Typer) -> None:
+    manifest_app = typer.Typer(help="Kubernetes manifests of the mesh.", no_args_is_help=True)
+    manifest_app.command("generate")(generate)
+    app.add_typer(manifest_app, name="manifest")
+    app.command("install")(install)
+
+
+def generate(image: ImageOpt = DEFAULT_IMAGE, output: OutOpt = None) -> None:
+    """Print the manifests that install the mesh on a Kubernetes cluster (kubectl apply -f -)."""
+    text = to_yaml(render_manifests(image))
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text)
+    except OSError as e:
+        raise CliError(f"cannot write {output}: {e.strerror}") from None
+
+
+def install(
+    image: ImageOpt = DEFAULT_IMAGE,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the YAML instead of applying it.")] = False,
+) -> None:
+    """Install the mesh on the Kubernetes cluster (for now: --dry-run prints what to apply)."""
+    if not dry_run:
+        raise CliError(
+            "applying to a cluster is not implemented yet; run `ambientctl install --dry-run | kubectl apply "
+            "--server-side -f -` (Istio's and Gateway API's CRDs must be installed first: see docs/kubernetes.md)"
+        )
+    typer.echo(to_yaml(render_manifests(image)), nl=False)

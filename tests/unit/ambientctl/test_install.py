@@ -1,0 +1,110 @@
+"""The Kubernetes manifests: rendered the same as the checked-in daemonset/ambient-mesh.yaml (golden), every
+document valid against a current Kubernetes release's schema (kubernetes-validate, offline), the RBAC is
+the Kubernetes store's, and the components get what they need (ports, capabilities, host paths)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ambientctl.cli import app
+from ambientctl.commands.install import DEFAULT_IMAGE, render_manifests, to_yaml
+from meshcore.store.kubernetes import rbac_rules
+
+REPO = Path(__file__).resolve().parents[3]
+GOLDEN = REPO / "daemonset" / "ambient-mesh.yaml"
+KUBERNETES_VERSION = "1.33"
+DOCS = render_manifests()
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    return next(d for d in DOCS if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def test_the_checked_in_manifests_are_the_rendered_ones() -> None:
+    assert GOLDEN.read_text() == to_yaml(DOCS), (
+        "daemonset/ambient-mesh.yaml is stale: run `ambientctl manifest generate -o daemonset/ambient-mesh.yaml`"
+    )
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[f"{d['kind']} {d['metadata']['name']} is valid" for d in DOCS])
+def test_every_manifest_is_valid_for_a_current_kubernetes(doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_validator_refuses_an_unknown_field_so_the_check_above_means_something() -> None:
+    bad = copy.deepcopy(find("Deployment", "istiod"))
+    bad["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+def test_istiod_gets_the_rbac_the_kubernetes_store_needs_bound_to_its_service_account() -> None:
+    assert find("ClusterRole", "istiod-lite")["rules"] == rbac_rules()
+    binding = find("ClusterRoleBinding", "istiod-lite")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istiod", "namespace": "istio-system"}]
+    deployment = find("Deployment", "istiod")["spec"]["template"]["spec"]
+    assert deployment["serviceAccountName"] == "istiod"
+    env = {e["name"]: e.get("value") for e in deployment["containers"][0]["env"]}
+    assert env["STORE"] == "kubernetes"
+
+
+def test_the_istiod_service_exposes_xds_the_token_ca_and_monitoring() -> None:
+    ports = {p["port"] for p in find("Service", "istiod")["spec"]["ports"]}
+    assert ports == {15012, 15011, 15014}
+
+
+def test_ztunnel_gets_the_capabilities_istios_ztunnel_needs_and_the_node_agents_socket() -> None:
+    pod = find("DaemonSet", "ztunnel")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert sorted(container["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+    assert not container["securityContext"]["privileged"]
+    assert {"name": "ztunnel-socket", "mountPath": "/var/run/ztunnel"} in container["volumeMounts"]
+
+
+def test_the_cni_node_agent_runs_on_the_host_network_with_the_hosts_cni_directories() -> None:
+    pod = find("DaemonSet", "istio-cni")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    paths = {v["hostPath"]["path"] for v in pod["volumes"]}
+    assert {"/opt/cni/bin", "/etc/cni/net.d", "/var/run/ztunnel"} <= paths
+
+
+def test_our_own_kinds_have_crds_with_a_status_subresource() -> None:
+    crd = find("CustomResourceDefinition", "httplocalratelimitpolicies.policy.ambientmesh.io")
+    version = crd["spec"]["versions"][0]
+    assert (crd["spec"]["names"]["kind"], version["name"]) == ("HTTPLocalRateLimitPolicy", "v1alpha1")
+    assert version["subresources"] == {"status": {}}
+
+
+def test_manifest_generate_and_install_dry_run_print_the_same_yaml_with_the_image_given() -> None:
+    runner = CliRunner()
+    generated = runner.invoke(app, ["manifest", "generate", "--image", "registry.example/mesh:1"])
+    dry_run = runner.invoke(app, ["install", "--dry-run", "--image", "registry.example/mesh:1"])
+    assert generated.exit_code == 0 and dry_run.exit_code == 0
+    assert generated.stdout == dry_run.stdout
+    images = {c["image"] for d in yaml.safe_load_all(generated.stdout) if d["kind"] in ("Deployment", "DaemonSet")
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert images == {"registry.example/mesh:1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["install"], "not implemented yet"),
+        (["manifest", "generate", "--image", "has space"], "expected an image reference"),
+    ],
+    ids=["install without --dry-run refuses and says how to apply the yaml", "a malformed image is refused"],
+)
+def test_what_cannot_be_done_is_refused_with_the_reason(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_the_default_image_is_what_the_containerfile_builds() -> None:
+    assert DEFAULT_IMAGE in (REPO / "daemonset" / "Containerfile").read_text()
