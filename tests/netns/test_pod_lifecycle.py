@@ -1,7 +1,8 @@
-"""Honest pod status on the local cluster with the mesh: a crashing container is restarted with
-Kubernetes' back-off, shows CrashLoopBackOff with its exit code, and gets no traffic while its healthy
-sibling behind the same Service serves every request through the mesh; a container that is not to be
-restarted leaves its pod Succeeded."""
+"""Workloads on the local cluster with the mesh: a crashing container is restarted with Kubernetes'
+back-off, shows CrashLoopBackOff with its exit code, and gets no traffic while its healthy sibling behind
+the same Service serves every request through the mesh; a container that is not to be restarted leaves
+its pod Succeeded; a Deployment of an upstream image (run by the stand-in) with 3 replicas serves a
+Service through the mesh from all 3 pods, then scales down to 1."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ambientctl.cluster.deployments import replace_replicas
 from ambientctl.cluster.testing import (
     AMBIENT,
     MeshCluster,
@@ -21,6 +23,7 @@ from ambientctl.cluster.testing import (
     sleeper_pod,
     wait_for,
 )
+from meshcore.store import ResourceRef
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,7 +39,7 @@ def command_pod(name: str, ns: str, command: list[str], labels: dict[str, str], 
 
 @pytest.fixture(scope="module")
 def mc() -> Iterator[MeshCluster]:
-    cluster = MeshCluster.create(nodes=1)
+    cluster = MeshCluster.create(nodes=2)
     try:
         yield cluster
     finally:
@@ -90,3 +93,71 @@ def test_a_container_that_is_not_restarted_leaves_its_pod_succeeded(mc: MeshClus
     wait_for("job Succeeded", succeeded, timeout=30)
     terminated = container(mc, "job", "once")["state"]["terminated"]
     assert (terminated["exitCode"], terminated["reason"]) == (0, "Completed")
+
+
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: details-v1, namespace: apps, labels: {app: details}}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: details, version: v1}}
+  template:
+    metadata: {labels: {app: details, version: v1}}
+    spec:
+      serviceAccountName: bookinfo-details
+      containers:
+      - name: details
+        image: docker.io/istio/examples-bookinfo-details-v1:1.20.2
+        imagePullPolicy: IfNotPresent
+        ports: [{containerPort: 9080}]
+"""
+
+DETAILS_SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: apps, labels: {app: details, service: details}}
+spec:
+  ports: [{port: 9080, name: http}]
+  selector: {app: details}
+"""
+
+
+def test_a_deployment_of_an_image_serves_its_service_through_the_mesh_and_scales(mc: MeshCluster) -> None:
+    mc.apply(
+        namespace("apps", AMBIENT),
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bookinfo-details, namespace: apps}\n",
+        DEPLOYMENT,
+        DETAILS_SERVICE,
+        sleeper_pod("client", "apps", "node-1"),
+    )
+
+    def ready_pods() -> list[str]:
+        return sorted(
+            p.name
+            for p in mc.store.list("Pod", "apps")
+            if p.name.startswith("details-v1-")
+            and {"type": "Ready", "status": "True"} in (p.status.get("conditions") or [])
+        )
+
+    pods = wait_for("3 details pods ready", lambda: len(ready_pods()) == 3 and ready_pods(), timeout=45)
+    mc.wait_redirection([("client", "apps"), *((p, "apps") for p in pods)], "enabled")
+    deployment = mc.store.get(ResourceRef("Deployment", "apps", "details-v1"))
+    assert deployment is not None
+    wait_for(
+        "deployment status 3 ready",
+        lambda: (d := mc.store.get(deployment.ref)) is not None and d.status.get("readyReplicas") == 3,
+        timeout=20,
+    )
+
+    result = mc.request("client", "apps", "http://details.apps:9080/details/0", count=30)
+    assert ok_count(result) == 30, result
+    assert served_by(result) == set(pods)
+
+    mc.store.apply([replace_replicas(deployment, 1)])
+    wait_for(
+        "scaled down to 1 pod",
+        lambda: (
+            len(ready_pods()) == 1
+            and len([p for p in mc.store.list("Pod", "apps") if p.name.startswith("details-v1-")]) == 1
+        ),
+        timeout=30,
+    )
