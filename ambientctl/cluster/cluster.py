@@ -551,6 +551,7 @@ class Cluster:
             "NODE_NAME": node.name,
             "HOST_IP": node.ip,
             "SERVICE_ACCOUNT": pod.service_account,
+            **({"POD_UID": pod.uid} if pod.uid else {}),
             # Istio's injected paths; the kubelet writes the files before the pod starts (kubelet.py).
             ISTIO_TOKEN_PATH: str(self.pod_dir(pod.namespace, pod.name) / TOKEN_FILE),
             ISTIO_ROOT_CERT_PATH: str(self.pod_dir(pod.namespace, pod.name) / ROOT_CERT_FILE),

@@ -584,6 +584,7 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         command=tuple(command),
         labels=dict(resource.labels),
         service_account=spec.service_account_name,
+        uid=resource.uid,
         ports=ports,
         env=env,
         env_from_status=from_status,

@@ -78,6 +78,9 @@ class PodSpec(msgspec.Struct, frozen=True):
     service_account: str = "default"
     ports: tuple[PodPort, ...] = ()
     env: dict[str, str] = {}
+    # The store object's uid (the downward API's metadata.uid), exported as POD_UID: it tells this
+    # cluster's pods from another local cluster's pods of the same namespace/name on the machine.
+    uid: str = ""
     # Environment variables whose value is known only once the pod exists: name -> "podIP" | "hostIP"
     # (a manifest's env valueFrom.fieldRef status.podIP / status.hostIP).
     env_from_status: dict[str, str] = {}

@@ -455,7 +455,8 @@ class NodeAgent:
         if pod.key in self._cni_deleted:
             raise PodNetnsUnknown(str(pod))
         found = await asyncio.to_thread(
-            find_pod_netns, pod.namespace, pod.name, proc_root=self.config.proc_root, exclude=self._own_netns
+            find_pod_netns, pod.namespace, pod.name, proc_root=self.config.proc_root, exclude=self._own_netns,
+            uid=pod.uid,
         )
         if found is None:
             raise PodNetnsUnknown(str(pod))

@@ -27,6 +27,7 @@ log = structlog.get_logger("ztunnel.cni.podnetns")
 MAP_VERSION = 1
 POD_NAME_ENV = b"POD_NAME"
 POD_NAMESPACE_ENV = b"POD_NAMESPACE"
+POD_UID_ENV = b"POD_UID"
 MAX_ENVIRON_BYTES = 1 << 20
 
 
@@ -137,8 +138,8 @@ class NetnsMap:
             raise
 
 
-def _environ_names(data: bytes) -> tuple[bytes | None, bytes | None]:
-    name = namespace = None
+def _environ_names(data: bytes) -> tuple[bytes | None, bytes | None, bytes | None]:
+    name = namespace = uid = None
     for item in data.split(b"\0"):
         key, sep, value = item.partition(b"=")
         if not sep:
@@ -147,7 +148,9 @@ def _environ_names(data: bytes) -> tuple[bytes | None, bytes | None]:
             name = value
         elif key == POD_NAMESPACE_ENV:
             namespace = value
-    return name, namespace
+        elif key == POD_UID_ENV:
+            uid = value
+    return name, namespace, uid
 
 
 def named_netns_path(netns_id: NetnsId, run_dir: str = NETNS_RUN_DIR) -> str | None:
@@ -170,10 +173,16 @@ def find_pod_netns(
     proc_root: Path = Path("/proc"),
     exclude: NetnsId | None = None,
     run_dir: str = NETNS_RUN_DIR,
+    uid: str = "",
 ) -> NetnsEntry | None:
     """The namespace of a process whose environment says it is pod ``namespace/name``; None if no such
-    process lives outside ``exclude`` (our own namespace: a host-network process is never a pod's)."""
+    process lives outside ``exclude`` (our own namespace: a host-network process is never a pod's).
+
+    With ``uid`` (the pod object's uid), a process whose environment carries a different ``POD_UID`` is
+    not this pod: another cluster's pod of the same namespace/name on the same machine (several local
+    clusters, or a recreated pod) must never be captured, or later released, by mistake."""
     want = (name.encode(), namespace.encode())
+    want_uid = uid.encode()
     try:
         pids = [p for p in os.listdir(proc_root) if p.isdigit()]
     except OSError:
@@ -184,7 +193,10 @@ def find_pod_netns(
                 data = f.read(MAX_ENVIRON_BYTES)
         except OSError:
             continue  # exited, or a kernel thread
-        if _environ_names(data) != want:
+        env_name, env_namespace, env_uid = _environ_names(data)
+        if (env_name, env_namespace) != want:
+            continue
+        if want_uid and env_uid is not None and env_uid != want_uid:
             continue
         ns_path = str(proc_root / pid / "ns" / "net")
         found = netns_id_of(ns_path)

@@ -102,3 +102,14 @@ def test_the_scan_falls_back_to_the_proc_path_and_finds_nothing_for_unknown_pods
     assert found is not None and found.path == str(proc / "7" / "ns" / "net")
     assert find_pod_netns("demo", "db", proc_root=proc) is None
     assert find_pod_netns("demo", "web", proc_root=tmp_path / "missing") is None
+
+
+def test_the_scan_never_takes_another_clusters_pod_of_the_same_name(tmp_path: Path) -> None:
+    proc, run = tmp_path / "proc", tmp_path / "netns"
+    theirs, ours = _file(tmp_path / "theirs"), _file(tmp_path / "ours")
+    # Another local cluster's shop/web runs first on the same machine (lower pid), with its own uid.
+    _proc(proc, 20, {"POD_NAME": "web", "POD_NAMESPACE": "shop", "POD_UID": "uid-other-cluster"}, theirs)
+    _proc(proc, 30, {"POD_NAME": "web", "POD_NAMESPACE": "shop", "POD_UID": "uid-ours"}, ours)
+    found = find_pod_netns("shop", "web", proc_root=proc, run_dir=str(run), uid="uid-ours")
+    assert found is not None and found.netns_id == str(NetnsId.of_path(str(ours)))
+    assert find_pod_netns("shop", "web", proc_root=proc, run_dir=str(run), uid="uid-gone") is None
