@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections
+import concurrent.futures
 import json
 import os
 import random
@@ -265,16 +266,15 @@ class KubernetesStore:
             loader = k8s_config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
-            loop = asyncio.new_event_loop()
-            try:
-                loop.run_until_complete(loader)
-            except (k8s_config.ConfigException, OSError) as e:
-                raise StoreUnavailable(
-                    f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')}"
-                    f"{f' context {context}' if context else ''}: {e}"
-                ) from None
-            finally:
-                loop.close()
+            # On a thread of its own: the caller may be inside a running event loop.
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubeconfig") as pool:
+                try:
+                    pool.submit(asyncio.run, loader).result()
+                except (k8s_config.ConfigException, OSError) as e:
+                    raise StoreUnavailable(
+                        f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')}"
+                        f"{f' context {context}' if context else ''}: {e}"
+                    ) from None
         return cls(configuration, **kwargs)
 
     # --- the private loop -----------------------------------------------------------------------------------

@@ -200,3 +200,9 @@ def test_the_rbac_rules_grant_exactly_the_calls_the_store_makes(api: ThreadedKub
     for resource in ("pods", "pods/status"):
         assert {v for g, r, v in granted if r == resource} == {v for g, r, v in recorded if r == resource}
     assert {(g, r) for g, r, v in granted if "/" not in r} == {(g, r) for g, r, v in recorded if v == "watch"}
+
+
+def test_a_missing_kubeconfig_is_unavailable_naming_the_file(tmp_path: Any) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(StoreUnavailable, match=f"kubeconfig {missing}"):
+        KubernetesStore.connect(kubeconfig=str(missing), sync_timeout=1)
