@@ -132,3 +132,40 @@ async def test_a_410_gone_relists_and_the_xds_client_loses_nothing(
         assert cp.store.stats["relists_gone"] >= 1  # type: ignore[attr-defined]
     finally:
         await node.close()
+
+
+async def test_route_status_is_written_back_once_by_server_side_apply(
+    api: ThreadedKubeApi, plane: tuple[ControlPlane, int]
+) -> None:
+    cp, port = plane
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": "demo"},
+               "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "server"},
+                        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "r", "namespace": "demo"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "server"}],
+                      "rules": [{"backendRefs": [{"name": "server", "port": 80}]}]}}
+    for doc in (service, route):
+        await asyncio.to_thread(api.call, api.server.put_object, doc)
+
+    async def status() -> dict[str, Any]:
+        got = await asyncio.to_thread(api.call, api.server.get_object, "HTTPRoute", "demo", "r")
+        return dict(got.get("status") or {})
+
+    for _ in range(500):  # polled with a deadline: up to 10 s
+        if (await status()).get("parents"):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("istiod-lite wrote no status for the route")
+    stored = await asyncio.to_thread(api.call, api.server.get_object, "HTTPRoute", "demo", "r")
+    assert ("istiod-lite", "status") in {(f["manager"], f.get("subresource")) for f in stored["metadata"]["managedFields"]}
+    # Another change goes through the whole pipeline; the route's status is not written again.
+    node = Node(cp, port)
+    try:
+        await asyncio.to_thread(api.call, api.server.put_object, pod("later", "10.244.1.30"))
+        await node.cell.wait_for(lambda s: s.find_workload(UID.format("later")) is not None, timeout=5)
+    finally:
+        await node.close()
+    writes = [r for r in api.server.requests if r.resource == "httproutes" and r.subresource == "status"]
+    assert len(writes) == 1
