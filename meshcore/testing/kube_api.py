@@ -28,7 +28,8 @@ needs); no label/field selectors or pagination (refused with 400, not ignored); 
 schema validation; deleting a Namespace deletes its contents at once (a real server finalizes it
 asynchronously); lists in applied configurations are atomic (owned as one field).
 
-Test controls: ``compact()``, ``send_bookmarks()``, ``close_watches()``, ``fail_next(status, count)``.
+Test controls: ``compact()``, ``send_bookmarks()``, ``stall_watches()``, ``close_watches()``,
+``fail_next(status, count, verb)``.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ class _Watch:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     bookmark: bool = False
     closed: bool = False
+    stalled: bool = False
 
 
 @dataclass(slots=True)
@@ -227,6 +229,12 @@ class KubeApiServer:
         for w in self._watches:
             w.bookmark = True
             w.wake.set()
+
+    def stall_watches(self) -> None:
+        """Open watches send nothing more (a stuck connection) until ``close_watches`` ends them; with
+        ``compact`` in between, their clients must re-list on resuming."""
+        for w in self._watches:
+            w.stalled = True
 
     def close_watches(self) -> None:
         """End every open watch stream (as an API server restart or a load balancer timeout does)."""
@@ -718,6 +726,10 @@ class KubeApiServer:
         try:
             await self._write_events(conn, writer, initial)
             while not watch.closed:
+                if watch.stalled:
+                    watch.wake.clear()
+                    await watch.wake.wait()
+                    continue
                 if position < self.compacted:
                     err = ApiError(410, "Expired", f"too old resource version: {position} ({self.compacted})")
                     await self._write_events(conn, writer, [{"type": "ERROR", "object": err.status()}])

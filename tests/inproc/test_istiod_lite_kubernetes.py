@@ -114,14 +114,11 @@ async def test_a_410_gone_relists_and_the_xds_client_loses_nothing(
 
         def behind_the_watchs_back() -> None:
             server = api.server
-            watches = list(server._watches)
-            server._watches.clear()
+            server.stall_watches()
             server.put_object(pod("added", "10.244.1.21"))
             server.delete_object("Pod", "demo", "kept")
             server.compact()
-            for w in watches:
-                w.closed = True
-                w.wake.set()
+            server.close_watches()
 
         await asyncio.to_thread(api.call, behind_the_watchs_back)
         state = await node.cell.wait_for(

@@ -72,16 +72,12 @@ def test_a_410_gone_relists_without_losing_or_repeating_a_resource(api: Threaded
             # Changes the open watches will never stream: the history is compacted and the streams cut,
             # so resuming from the last version seen must get 410 and re-list.
             server = api.server
-            watches = list(server._watches)
-            for w in watches:
-                server._watches.discard(w)
+            server.stall_watches()
             server.put_object(pod_doc("change", node="node-2"))
             server.delete_object("Pod", "demo", "vanish")
             server.put_object(pod_doc("new"))
             server.compact()
-            for w in watches:
-                w.closed = True
-                w.wake.set()
+            server.close_watches()
 
         api.call(behind_the_watchs_back)
         eventually(lambda: store.stats["relists_gone"] >= 1 and store.get(ResourceRef("Pod", "demo", "new")) is not None,
