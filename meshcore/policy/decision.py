@@ -32,6 +32,9 @@ class DenyReason(enum.Enum):
     NO_WORKLOAD = "workload not found"
     # The destination address belongs to another workload than expected (set by the caller).
     WORKLOAD_MISMATCH = "workload mismatch"
+    # A policy the workload names has not arrived yet: refused until it does (fail closed: it may be a
+    # DENY). Set by the caller, not by evaluate_l4.
+    POLICY_PENDING = "a policy selecting the workload has not arrived from the control plane yet"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from meshcore.aio.streams import ByteStream, TcpStream
 from meshcore.hbone import Headers, TunnelResetError, find_header, parse_forwarded
 from meshcore.identity import SpiffeId
 from meshcore.model import Service, Workload
-from meshcore.policy import POLICY_CHANGE_MESSAGE, ConnFacts, Decision, evaluate_l4
+from meshcore.policy import POLICY_CHANGE_MESSAGE, ConnFacts, Decision, DenyReason, evaluate_l4
 from meshcore.routing import canonical_ip
 from meshcore.state import ProxyState
 from meshcore.telemetry import (
@@ -163,7 +163,14 @@ def build_inbound_context(
 
 
 def authorize(state: ProxyState, ctx: InboundContext) -> Decision:
-    """Phase 2 (pure): the workload's policies (global, namespace, selected) against the facts."""
+    """Phase 2 (pure): the workload's policies (global, namespace, selected) against the facts.
+
+    Fail closed: while a policy the workload names has not arrived (xDS delivers workloads and policies
+    separately), the connection is refused naming it; the policy watcher re-checks nothing is lost, and
+    new connections are decided as soon as it arrives."""
+    missing = state.missing_policies(ctx.workload)
+    if missing:
+        return Decision.deny(DenyReason.POLICY_PENDING, policy=missing[0])
     return evaluate_l4(state.policies_for(ctx.workload), ctx.facts)
 
 

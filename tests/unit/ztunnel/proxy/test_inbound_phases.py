@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from meshcore.identity import SpiffeId
@@ -133,3 +134,14 @@ def test_authorize_uses_the_workloads_policies_and_the_connection_facts(policies
     decision = authorize(state, build_inbound_context(state, SERVER, request(identity=identity)))
     assert decision.allowed is allowed
     assert decision.message.removeprefix("connection closed due to policy rejection: ") == message
+
+
+def test_a_policy_the_workload_names_but_that_has_not_arrived_refuses_until_it_does():
+    named = msgspec.structs.replace(SERVER, authorization_policies=("default/deny-client",))
+    waiting = ProxyState.of(named, CLIENT)  # the workload arrived, its DENY policy not yet
+    decision = authorize(waiting, build_inbound_context(waiting, named, request(identity=CLIENT_ID)))
+    assert not decision.allowed and decision.policy == "default/deny-client"
+    assert "has not arrived" in decision.message
+    arrived = ProxyState.of(named, CLIENT, DENY_CLIENT)
+    decision = authorize(arrived, build_inbound_context(arrived, named, request(identity=CLIENT_ID)))
+    assert not decision.allowed and decision.message.endswith("explicitly denied by: default/deny-client")
