@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -408,6 +409,7 @@ class Waypoint:
             "workloads": [workload_json(w) for _, w in sorted(proxy.workloads.items())],
             "services": [service_json(s, proxy) for _, s in sorted(proxy.services.items())],
             "l7Policies": [_l7_json(p) for _, p in sorted(state.l7_policies.items())],
+            "serviceTraffic": [msgspec.to_builtins(t) for _, t in sorted(state.traffic.items())],
             "certificates": [certificate_json(c) for c in self.secrets.snapshot()],
             "config": config_json(self.config),
             "version": state.version,
@@ -647,6 +649,4 @@ class _MtlsXdsSource:
 
 
 def _l7_json(p: L7Authorization) -> dict[str, object]:
-    import msgspec
-
     return msgspec.to_builtins(p)  # type: ignore[no-any-return]
