@@ -628,6 +628,10 @@ class PhaseResult:
     plaintext_bytes: int = 0
     markers_seen: int = 0
     restart_steps: dict[str, float] = field(default_factory=dict)
+    # Re-opening the tunnels a fault closed (after the fault's window): requests meanwhile, failed.
+    refill_requests: int = 0
+    refill_failed: int = 0
+    refill_s: float = 0.0
     rotations: dict[str, int] = field(default_factory=dict)
     expired_samples: dict[str, int] = field(default_factory=dict)
     min_validity_s: dict[str, float] = field(default_factory=dict)
@@ -705,6 +709,16 @@ def kill9(mc: MeshCluster, names: Sequence[str]) -> None:
         wait_for(f"{n} gone", lambda n=n: mc.cluster.find_component(n) is None, 10)
 
 
+def settle(load: Load, since: float, result: PhaseResult) -> None:
+    """Wait (bounded) for ``SETTLE_S`` s of nothing but successes after ``since``."""
+    deadline = time.monotonic() + RECOVER_TIMEOUT
+    while not load.steady_since(since, SETTLE_S):
+        if time.monotonic() >= deadline:
+            result.note = f"no {SETTLE_S:g} s of steady success within {RECOVER_TIMEOUT:g} s"
+            return
+        time.sleep(0.2)
+
+
 def measure_window(load: Load, t_kill: float, t_end: float, result: PhaseResult) -> None:
     window = [o for o in load.since(t_kill) if o.start <= t_end]
     result.requests = len(window)
@@ -737,17 +751,19 @@ def run_fault(
     status = mc.mesh.start()  # starts exactly what is not running, each waited for until ready
     result.restart_ready_s = time.monotonic() - t_kill
     result.restart_steps = {step: round(s, 2) for step, s in status.timings}
-    deadline = time.monotonic() + RECOVER_TIMEOUT
-    while not load.steady_since(t_kill, SETTLE_S):
-        if time.monotonic() >= deadline:
-            result.note = f"no {SETTLE_S:g} s of steady success within {RECOVER_TIMEOUT:g} s of the restart"
-            break
-        time.sleep(0.2)
+    settle(load, t_kill, result)
     t_end = time.monotonic()
     measure_window(load, t_kill, t_end, result)
     if tunnels:
         result.tunnels_survived = holders.check()["echoed"]
-        result.tunnels_after = holders.open_to(tunnels)["open"]
+        if result.tunnels_survived < tunnels:
+            refill = PhaseResult("refill")
+            t_refill = time.monotonic()
+            holders.open_to(tunnels)
+            settle(load, t_refill, refill)
+            measure_window(load, t_refill, time.monotonic(), refill)
+            result.refill_requests, result.refill_failed = refill.requests, refill.failed
+            result.refill_s = round(time.monotonic() - t_refill, 1)
         result.tunnels_after = holders.check()["echoed"]
     result.config_lost, result.converged_s = converge(mc, before)
     windows = cap.between(t_kill, time.monotonic())
@@ -884,8 +900,15 @@ def campaign(args: argparse.Namespace) -> int:
         held: dict[str, Any] = {"open": 0, "errors": {}, "s": 0.0}
         if args.tunnels:
             print(f"-- opening {args.tunnels} idle tunnels from {args.processes} processes", flush=True)
+            opening = PhaseResult(f"opening {args.tunnels} idle tunnels (no fault)")
+            t_open = time.monotonic()
             held = holders.open_to(args.tunnels)
             print(f"   {held}", flush=True)
+            settle(load, t_open, opening)
+            measure_window(load, t_open, time.monotonic(), opening)
+            opening.tunnels_after = held["open"]
+            opening.errors = {**opening.errors, **{f"tunnel open {k}": v for k, v in held["errors"].items()}}
+            results.append(opening)
         summary["tunnels_opened"] = held
         base = PhaseResult(f"no fault ({args.baseline:g} s)")
         t0 = time.monotonic()
@@ -934,6 +957,11 @@ def campaign(args: argparse.Namespace) -> int:
             print(f"- {r.name}: renewals seen per identity: {r.rotations}")
             print(f"- {r.name}: least validity left (s): {r.min_validity_s}")
             print(f"- {r.name}: samples serving an expired certificate: {r.expired_samples or 'none'}")
+        if r.refill_requests:
+            print(
+                f"- {r.name}: re-opening the tunnels took {r.refill_s:g} s; requests meanwhile "
+                f"{r.refill_requests}, failed {r.refill_failed}"
+            )
         if r.restart_steps:
             print(f"- {r.name}: Mesh.start() steps (s): {r.restart_steps}")
         if r.errors:
