@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, replace
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -629,7 +630,7 @@ class _MtlsXdsSource:
             channel_credentials(bundle.roots_pem, bundle.key_pem, bundle.chain_pem),
             node_id(config),
             {"NAMESPACE": config.namespace, "CLUSTER_ID": config.cluster_id, "WAYPOINT": config.gateway,
-             "SERVICE_ACCOUNT": config.service_account},
+             "SERVICE_ACCOUNT": config.service_account, "ISTIO_VERSION": package_version("ambient-mesh")},
             wp.cell,
             kinds=WAYPOINT_KINDS,
             cluster_id=config.cluster_id,

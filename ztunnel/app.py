@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import socket
 from collections.abc import Callable
+from importlib.metadata import version as package_version
 from typing import Any, Protocol
 
 import structlog
@@ -353,7 +354,7 @@ class Ztunnel:
             config.xds_address,
             channel_credentials(roots, key, chain),
             node_id(config),
-            {"NODE_NAME": config.node_name, "CLUSTER_ID": config.cluster_id},
+            {"NODE_NAME": config.node_name, "CLUSTER_ID": config.cluster_id, "ISTIO_VERSION": package_version("ambient-mesh")},
             self.cell,
             cluster_id=config.cluster_id,
             channel_options=channel_options(),
