@@ -143,7 +143,9 @@ class _Gone(Exception):
     """The watch's resourceVersion was compacted away (410): re-list."""
 
 
-class _ApiFailure(Exception):
+class ApiFailure(Exception):
+    """A non-2xx answer of the API server: its HTTP status, the Status reason and message."""
+
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
@@ -197,6 +199,67 @@ def to_manifest(resource: Resource, *, with_status: bool = False) -> JSON:
     if resource.kind == "ServiceAccount":
         doc.update(doc.pop("spec", {}))
     return doc
+
+
+def load_configuration(
+    *, kubeconfig: str | None = None, context: str | None = None, host: str | None = None
+) -> Configuration:
+    """The client configuration: ``host`` alone (an unauthenticated URL, for tests); else in-cluster config
+    when running in a pod and no kubeconfig is given; else the kubeconfig (``KUBECONFIG`` or
+    ~/.kube/config) and its context. Raises ``StoreUnavailable`` naming what could not be read."""
+    configuration = k8s_client.Configuration()
+    if host is not None:
+        configuration.host = host
+    elif kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException as e:
+            raise StoreUnavailable(f"in-cluster Kubernetes config: {e}; is the service account token mounted?") from None
+    else:
+        loader = k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        # On a thread of its own: the caller may be inside a running event loop.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubeconfig") as pool:
+            try:
+                pool.submit(asyncio.run, loader).result()
+            except (k8s_config.ConfigException, OSError) as e:
+                raise StoreUnavailable(
+                    f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')}"
+                    f"{f' context {context}' if context else ''}: {e}"
+                ) from None
+    return configuration
+
+
+async def api_call(
+    api: ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, str] | None = None,
+    body: Any = None,
+    content_type: str = "application/json",
+    request_timeout: float = 30.0,
+) -> JSON:
+    """One REST call; the decoded answer, or ``ApiFailure`` (status, reason, message) for a non-2xx one,
+    or ``StoreUnavailable`` when the server cannot be reached."""
+    try:
+        response = await api.call_api(
+            path, method, query_params=builtins.list((query or {}).items()),
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=request_timeout,
+        )
+        async with response:
+            data = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        raise StoreUnavailable(f"Kubernetes API {api.configuration.host}: {method} {path}: "
+                               f"{e or type(e).__name__}") from None
+    try:
+        payload: JSON = json.loads(data) if data else {}
+    except ValueError:
+        payload = {"message": data[:200].decode(errors="replace")}
+    if not 200 <= status < 300:
+        raise ApiFailure(status, str(payload.get("reason", "")), str(payload.get("message", "")))
+    return payload
 
 
 class KubernetesStore:
@@ -253,29 +316,7 @@ class KubernetesStore:
     ) -> KubernetesStore:
         """In-cluster config when running in a pod (and no kubeconfig is given), else the kubeconfig
         (``KUBECONFIG`` or ~/.kube/config) and its context; ``host`` alone: an unauthenticated URL."""
-        configuration = k8s_client.Configuration()
-        if host is not None:
-            configuration.host = host
-        elif kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            try:
-                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except k8s_config.ConfigException as e:
-                raise StoreUnavailable(f"in-cluster Kubernetes config: {e}; is the service account "
-                                       "token mounted?") from None
-        else:
-            loader = k8s_config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration
-            )
-            # On a thread of its own: the caller may be inside a running event loop.
-            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubeconfig") as pool:
-                try:
-                    pool.submit(asyncio.run, loader).result()
-                except (k8s_config.ConfigException, OSError) as e:
-                    raise StoreUnavailable(
-                        f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG', '~/.kube/config')}"
-                        f"{f' context {context}' if context else ''}: {e}"
-                    ) from None
-        return cls(configuration, **kwargs)
+        return cls(load_configuration(kubeconfig=kubeconfig, context=context, host=host), **kwargs)
 
     # --- the private loop -----------------------------------------------------------------------------------
 
@@ -321,26 +362,8 @@ class KubernetesStore:
         content_type: str = "application/json",
     ) -> JSON:
         assert self._api is not None
-        try:
-            response = await self._api.call_api(
-                path, method, query_params=list((query or {}).items()),
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
-                _request_timeout=self._write_timeout,
-            )
-            async with response:
-                data = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise StoreUnavailable(f"Kubernetes API {self._configuration.host}: {method} {path}: "
-                                   f"{e or type(e).__name__}") from None
-        try:
-            payload: JSON = json.loads(data) if data else {}
-        except ValueError:
-            payload = {"message": data[:200].decode(errors="replace")}
-        if not 200 <= status < 300:
-            raise _ApiFailure(status, str(payload.get("reason", "")), str(payload.get("message", "")))
-        return payload
+        return await api_call(self._api, method, path, query=query, body=body, content_type=content_type,
+                              request_timeout=self._write_timeout)
 
     # --- reflectors -----------------------------------------------------------------------------------------
 
@@ -361,7 +384,7 @@ class KubernetesStore:
                 self.stats["relists_gone"] += 1
                 log.info("watch expired (410 Gone); re-listing", kind=kind)
                 rv = None
-            except _ApiFailure as e:
+            except ApiFailure as e:
                 rv = await self._failed(path, e, backoff, rv)
             except Exception as e:
                 self.stats["watch_errors"] += 1
@@ -371,7 +394,7 @@ class KubernetesStore:
                             retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
 
-    async def _failed(self, path: KindPath, e: _ApiFailure, backoff: Backoff, rv: str | None) -> str | None:
+    async def _failed(self, path: KindPath, e: ApiFailure, backoff: Backoff, rv: str | None) -> str | None:
         kind = path.kind
         self._last_error[kind] = str(e)
         if e.status == 404 and path.group:
@@ -462,7 +485,7 @@ class KubernetesStore:
                     status = json.loads(body)
                 except ValueError:
                     status = {}
-                raise _ApiFailure(response.status, str(status.get("reason", "")), str(status.get("message", "")))
+                raise ApiFailure(response.status, str(status.get("reason", "")), str(status.get("message", "")))
             buffer = b""
             async for chunk in response.content.iter_any():
                 buffer += chunk
@@ -482,7 +505,7 @@ class KubernetesStore:
         if type_ == "ERROR":
             if obj.get("code") == 410:
                 raise _Gone()
-            raise _ApiFailure(int(obj.get("code") or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
+            raise ApiFailure(int(obj.get("code") or 500), str(obj.get("reason", "")), str(obj.get("message", "")))
         if type_ not in ("ADDED", "MODIFIED", "DELETED"):
             log.warning("unknown watch event type ignored", kind=path.kind, type=type_)
             return rv
@@ -520,7 +543,7 @@ class KubernetesStore:
     async def _write(self, coro: Coroutine[Any, Any, JSON], ref: ResourceRef) -> JSON:
         try:
             return await coro
-        except _ApiFailure as e:
+        except ApiFailure as e:
             if e.status == 404:
                 raise ResourceNotFound(str(ref)) from None
             raise StoreError(f"{ref}: the Kubernetes API refused the write: {e}") from None
@@ -540,7 +563,7 @@ class KubernetesStore:
             try:
                 stored = await self._request("POST", path.collection(ref.namespace), body=body)
                 action = "created"
-            except _ApiFailure as e:
+            except ApiFailure as e:
                 if e.status != 409:
                     raise StoreError(f"{ref}: the Kubernetes API refused it: {e}") from None
         if stored is None:
@@ -561,7 +584,7 @@ class KubernetesStore:
                 body["metadata"]["resourceVersion"] = rv
             try:
                 return await self._request("PUT", path.object(ref), body=body)
-            except _ApiFailure as e:
+            except ApiFailure as e:
                 if e.status == 404:
                     return await self._write(self._request("POST", path.collection(ref.namespace), body=body), ref)
                 if e.status != 409:
@@ -628,7 +651,7 @@ class KubernetesStore:
         before = self._server_rv.get(ref)
         try:
             gone = await self._request("DELETE", path.object(ref))
-        except _ApiFailure as e:
+        except ApiFailure as e:
             if e.status == 404:
                 return False
             raise StoreError(f"{ref}: the Kubernetes API refused the delete: {e}") from None
@@ -697,6 +720,11 @@ class KubernetesStore:
                 yield event
             if not events:
                 await asyncio.sleep(poll_interval)
+
+    @property
+    def configuration(self) -> Configuration:
+        """The client configuration (for other API clients of the same process, e.g. leader election)."""
+        return self._configuration
 
     @property
     def missing_kinds(self) -> builtins.list[str]:
