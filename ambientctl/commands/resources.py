@@ -34,6 +34,7 @@ from meshcore.store import (
 
 from .columns import build_table
 from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table, report_error
+from .selector import SelectorError, parse_selector, selector_matches
 
 DEFAULT_NAMESPACE = "default"
 # Namespaces every Kubernetes cluster has from the start.
@@ -157,8 +158,19 @@ def get(
     output: Annotated[
         OutputFormat, typer.Option("-o", "--output", help="Output format.")
     ] = OutputFormat.table,
+    selector: Annotated[
+        str | None,
+        typer.Option(
+            "-l", "--selector", help="Label selector: a=b,c!=d,e in (x,y),f,!g.", show_default=False
+        ),
+    ] = None,
+    show_labels: Annotated[bool, typer.Option("--show-labels", help="Add a LABELS column.")] = False,
 ) -> None:
     """Show resources as a table, JSON or YAML."""
+    try:
+        requirements = parse_selector(selector or "")
+    except SelectorError as e:
+        raise CliError(f"invalid selector: {e}") from None
     kind = resolve_kind(kind)
     namespaced = is_namespaced(kind)
     if name and all_namespaces:
@@ -173,6 +185,7 @@ def get(
         resources = [found]
     else:
         resources = store.list(kind, None if all_namespaces or not namespaced else ns)
+    resources = [r for r in resources if selector_matches(requirements, r.labels)]
 
     if output is not OutputFormat.table:
         print_documents([r.to_dict() for r in resources], output, single=bool(name))
@@ -188,6 +201,12 @@ def get(
     if kind == "Pod" and not _cluster_up(ctx):
         note(f"warning: {CLUSTER_DOWN_NOTE}: no pod is running; `ambientctl cluster up` starts them")
     headers, rows = build_table(kind, resources, namespaces, all_namespaces=all_namespaces)
+    if show_labels:
+        headers = [*headers, "LABELS"]
+        rows = [
+            [*row, ",".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "<none>"]
+            for row, r in zip(rows, resources, strict=True)
+        ]
     print_table(headers, rows)
 
 

@@ -354,3 +354,11 @@ SCALE_ERRORS = [
 @pytest.mark.parametrize(("args", "words"), [s[1:] for s in SCALE_ERRORS], ids=[s[0] for s in SCALE_ERRORS])
 def test_scale_errors(ctl: Ctl, args: list[str], words: str) -> None:
     assert words in ctl.fails(*args)
+
+
+def test_get_filters_by_label_selector_and_shows_labels(ctl: Ctl) -> None:
+    ctl.ok("apply", "-f", str(MESH))
+    rows = table(ctl.ok("get", "po", "-n", "demo", "-l", "app=server,version in (v1)", "--show-labels"))
+    assert [row[0] for row in rows[1:]] == ["server"]
+    assert rows[0][-1] == "LABELS" and rows[1][-1] == "app=server,version=v1"
+    assert "invalid selector" in ctl.fails("get", "po", "-l", "app in (x")
