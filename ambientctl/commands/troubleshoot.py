@@ -14,6 +14,8 @@
 - ``stat`` (alias ``top``) and ``graph`` (text, DOT, json): golden signals per service and the edges
   between workloads, from every ztunnel's and waypoint's metrics (``troubleshoot.traffic``).
 - ``dashboard``: the same on a local web page (``troubleshoot.dashboard``).
+- ``bug-report [--out PATH]``: one tar.gz of every component's config dump, logs, metrics, versions and
+  the cluster's resources, key material redacted (``troubleshoot.bugreport``); prints where it wrote it.
 Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
 """
 
@@ -34,6 +36,7 @@ import msgspec
 import typer
 
 from ambientctl.cluster import Cluster, ClusterError
+from ambientctl.troubleshoot.bugreport import default_path, gather, secrets_in, write_archive
 from ambientctl.troubleshoot.checks import CheckResult, gather_mesh, gather_pre
 from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource, log_files_for
 from ambientctl.troubleshoot.explain import (
@@ -542,7 +545,38 @@ def dashboard(
         server.close()
 
 
+# --- bug-report --------------------------------------------------------------------------------------
+
+
+def bug_report(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the archive (default: ./ambient-bug-report-<time>.tar.gz)."),
+    ] = None,
+    checks: Annotated[bool, typer.Option("--checks/--no-checks", help="Include `check`'s results.")] = True,
+) -> None:
+    """Write one archive with every component's config dump, logs, metrics, versions and the cluster's
+    resources (private keys never included) and print its path."""
+    state = cli_state(ctx)
+    cluster = Cluster(state.state_dir())
+    created = datetime.now(UTC)
+    path = (out or default_path(created)).resolve()
+    if path.is_dir():
+        path = path / default_path(created).name
+    report = gather(cluster, state.store(), Reach(cluster), _waypoint_pods(ctx), with_checks=checks)
+    try:
+        withheld = write_archive(report, path, secrets_in(state.state_dir()), created=created)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}; pick another place with --out") from None
+    gaps = len(report.missing) + len(withheld)
+    note(f"{len(report.members) - len(withheld)} file(s) gathered"
+         + (f"; {gaps} part(s) could not be (listed in MANIFEST.txt)" if gaps else ""))  # fmt: skip
+    typer.echo(str(path))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("bug-report")(bug_report)
     app.command("dashboard")(dashboard)
     app.command("stat")(stat)
     app.command("top", hidden=True)(stat)
