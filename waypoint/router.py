@@ -14,6 +14,12 @@ Matching: path on the path without query string (Exact; PathPrefix on whole segm
 of the prefix ignored; RegularExpression a full match); header values (several values of one name joined
 with ``,`` as Envoy does), query parameters (the first value of a name, case-sensitive), method exact,
 port when set. No I/O, no clock, no randomness of its own.
+
+Speed: each ``ServiceTraffic`` is compiled once (memoised by object identity, as resources are frozen
+and shared by snapshots) into an index of its match entries by path: exact paths in a dict, segment and
+string prefixes by length, the rest (regex paths, no path, rules without matches) always candidates. A
+request looks up the entries its path can satisfy, then checks them fully in table order, so the first
+matching entry wins exactly as a linear scan would; the index only skips entries whose path cannot match.
 """
 
 from __future__ import annotations
@@ -126,17 +132,26 @@ class _Facts:
     port: int
 
 
-def _facts(request: Request, port: int) -> _Facts:
-    path, _, query = request.path.partition("?")
-    params: dict[str, str] = {}
-    if query:
-        for name, value in parse_qsl(query, keep_blank_values=True):
+_NO_VALUES: dict[str, str] = {}
+
+
+def _facts(request: Request, port: int, *, headers: frozenset[str] | None = None, query: bool = True) -> _Facts:
+    """The request as the matchers see it. ``headers``: the only header names to collect (None: all);
+    ``query`` False leaves the query map empty (for a table none of whose entries looks at them)."""
+    path, _, raw_query = request.path.partition("?")
+    params = _NO_VALUES
+    if raw_query and query:
+        params = {}
+        for name, value in parse_qsl(raw_query, keep_blank_values=True):
             params.setdefault(name, value)
-    headers: dict[str, str] = {}
-    for name, value in request.headers:
-        headers[name] = f"{headers[name]},{value}" if name in headers else value
-    headers.setdefault(":authority", request.authority)
-    return _Facts(path, params, headers, request.method, port)
+    values = _NO_VALUES
+    if headers is None or headers:
+        values = {}
+        for name, value in request.headers:
+            if headers is None or name in headers:
+                values[name] = f"{values[name]},{value}" if name in values else value
+        values.setdefault(":authority", request.authority)
+    return _Facts(path, params, values, request.method, port)
 
 
 def _matches(m: RouteMatch, f: _Facts) -> bool:
@@ -152,16 +167,103 @@ def _matches(m: RouteMatch, f: _Facts) -> bool:
     return all(_value_matches(q, f.query.get(q.name)) for q in m.query_params)
 
 
+class _Index:
+    """A route table's match entries (rule index, entry; None for a rule without matches), numbered in
+    table order, bucketed by what a request path must be for them to match (module docstring)."""
+
+    __slots__ = ("always", "entries", "exact", "prefix", "prefix_lengths", "query", "headers",
+                 "string_prefix", "string_prefix_lengths")
+
+    def __init__(self, traffic: ServiceTraffic) -> None:
+        self.entries: list[tuple[int, RouteMatch | None]] = []
+        self.always: list[int] = []
+        self.exact: dict[str, list[int]] = {}
+        self.prefix: dict[str, list[int]] = {}
+        self.string_prefix: dict[str, list[int]] = {}
+        names: set[str] = set()
+        self.query = False
+        for i, rule in enumerate(traffic.routes):
+            if not rule.matches:
+                self.always.append(len(self.entries))
+                self.entries.append((i, None))
+                break  # matches every request: no later entry can win
+            for m in rule.matches:
+                at = len(self.entries)
+                self.entries.append((i, m))
+                names.update(h.name for h in m.headers)
+                self.query = self.query or bool(m.query_params)
+                p = m.path
+                if p is None or p.kind == "regex":
+                    self.always.append(at)
+                elif p.kind == "exact":
+                    self.exact.setdefault(p.value, []).append(at)
+                elif p.kind == "prefix" and p.value.rstrip("/"):
+                    self.prefix.setdefault(p.value.rstrip("/"), []).append(at)
+                elif p.kind == "string_prefix" and p.value:
+                    self.string_prefix.setdefault(p.value, []).append(at)
+                else:  # an empty prefix: every path
+                    self.always.append(at)
+        self.headers = frozenset(names)  # the only headers a request's entries look at
+        self.prefix_lengths = sorted({len(k) for k in self.prefix})
+        self.string_prefix_lengths = sorted({len(k) for k in self.string_prefix})
+
+    def candidates(self, path: str) -> list[int]:
+        """The numbers of the entries whose path part may match ``path``, in table order."""
+        found = [self.always]
+        hit = self.exact.get(path)
+        if hit is not None:
+            found.append(hit)
+        size = len(path)
+        for n in self.prefix_lengths:
+            if n > size:
+                break
+            if n == size or path[n] == "/":
+                hit = self.prefix.get(path[:n])
+                if hit is not None:
+                    found.append(hit)
+        for n in self.string_prefix_lengths:
+            if n > size:
+                break
+            hit = self.string_prefix.get(path[:n])
+            if hit is not None:
+                found.append(hit)
+        if len(found) == 1:
+            return self.always
+        return sorted(x for part in found for x in part)
+
+
+class _IndexMemo:
+    """Compiled route tables by ``ServiceTraffic`` identity; holding each one keeps its ``id`` from being
+    reused. Bounded (oldest evicted first). A memo only: results never depend on it."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self._maxsize = maxsize
+        self._entries: dict[int, tuple[ServiceTraffic, _Index]] = {}
+
+    def get(self, traffic: ServiceTraffic) -> _Index:
+        entry = self._entries.get(id(traffic))
+        if entry is not None and entry[0] is traffic:
+            return entry[1]
+        index = _Index(traffic)
+        while len(self._entries) >= self._maxsize:
+            self._entries.pop(next(iter(self._entries)), None)
+        self._entries[id(traffic)] = (traffic, index)
+        return index
+
+
+_MEMO = _IndexMemo()
+
+
 def match_rule(traffic: ServiceTraffic, request: Request, port: int = 0) -> tuple[int, RouteMatch | None]:
     """The index of the first rule with a matching entry (and that entry; None for a rule without
     matches), or (-1, None)."""
-    f = _facts(request, port)
-    for i, rule in enumerate(traffic.routes):
-        if not rule.matches:
-            return i, None
-        for m in rule.matches:
-            if _matches(m, f):
-                return i, m
+    index = _MEMO.get(traffic)
+    f = _facts(request, port, headers=index.headers, query=index.query)
+    entries = index.entries
+    for at in index.candidates(f.path):
+        i, m = entries[at]
+        if m is None or _matches(m, f):
+            return i, m
     return -1, None
 
 
