@@ -5,16 +5,23 @@ what was seen, and on failure the remediation an operator can run), so results a
 are table-tested without a cluster. ``gather_pre`` and ``gather_mesh`` collect the facts on this
 machine and on the local cluster (through ``reach``: istiod's ``/ready``, ``/debug/registryz`` and
 ``/debug/syncz``, each node's ztunnel ``/healthz/ready`` and ``/config_dump``, each node agent's
-``/readyz`` and ``/debug/pods``, each enrolled pod's nftables tables read inside its netns) and run the
-checks. A check whose facts cannot be gathered fails with the reason; nothing is skipped silently.
+``/readyz`` and ``/debug/pods``, each enrolled pod's nftables ruleset, ip rules and table-100 routes
+read inside its netns) and run the checks. Redirection drift is judged against what the node agent
+installs (istio-cni's in-pod rules, rendered by ztunnel/redirect/rules.py; their Istio values are
+repeated below, as ambientctl may not import ztunnel): both tables present and holding rules, the
+``fwmark 0x111/0xfff lookup 100`` ip rule and the ``local 0.0.0.0/0 dev lo table 100`` route. Clock skew
+is read from times istiod-lite wrote (when each proxy's stream started, each certificate's start):
+none may be ahead of this machine's clock. A check whose facts cannot be gathered fails with the reason; nothing is skipped silently.
 Order and categories follow ``linkerd check``: host, control plane, CA, data plane, config sync,
 certificates.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,6 +33,8 @@ from functools import partial
 from typing import Any
 
 from cryptography import x509
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ambientctl.cluster import Cluster, ClusterError
 from ambientctl.cluster.mesh import ISTIOD, agent_name, ztunnel_name
@@ -48,6 +57,16 @@ REQUIRED_TOOLS = {"ip": "iproute2", "nft": "nftables"}
 # The nftables tables the node agent installs in every enrolled pod (istio-cni's names; the raw
 # table only comes with DNS capture, so it is not required).
 REDIRECTION_TABLES = ("istio-ambient-nat", "istio-ambient-mangle")
+# The ip rule and route the node agent adds in every enrolled pod (Istio's InpodMark mask, connmark
+# 0x111 and RouteTableInbound 100), so replies to ztunnel's spoofed inbound sockets reach it.
+CONNMARK = 0x111
+CONNMARK_MASK = 0xFFF
+ROUTE_TABLE = 100
+RTN_LOCAL = 2  # rtnetlink route type "local"
+IP_RULE_TEXT = "ip rule fwmark 0x111/0xfff lookup 100"
+IP_ROUTE_TEXT = "ip route local 0.0.0.0/0 dev lo table 100"
+# Times istiod-lite wrote may be this far ahead of ours before it is called skew (clock steps, rounding).
+CLOCK_TOLERANCE_S = 5.0
 ROOT_WARN_DAYS = 30
 # A leaf with less than this share of its lifetime left should have been renewed (ztunnel renews at 1/2).
 LEAF_MIN_REMAINING = 0.25
@@ -245,6 +264,28 @@ class PodRedirection:
     annotation: str | None
     tables: tuple[str, ...] | None = None  # None: could not be read (``error`` says why)
     error: str = ""
+    rules: Mapping[str, int] | None = None  # rules per managed table present (None: not read)
+    ip_rule: bool | None = None  # the connmark ip rule is there (None: not read)
+    ip_route: bool | None = None  # the table-100 local route is there (None: not read)
+
+
+def ruleset_rules(listing: Any) -> dict[str, int]:
+    """Rules per inet table in an ``nft -j list ruleset`` document (tables without rules count 0);
+    anything that is not such a document is a ``ValueError``."""
+    items = listing.get("nftables") if isinstance(listing, Mapping) else None
+    if not isinstance(items, list):
+        raise ValueError("nft -j printed no 'nftables' list")
+    counts: dict[str, int] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        table = item.get("table")
+        if isinstance(table, Mapping) and table.get("family") == "inet" and isinstance(table.get("name"), str):
+            counts.setdefault(table["name"], 0)
+        rule = item.get("rule")
+        if isinstance(rule, Mapping) and rule.get("family") == "inet" and isinstance(rule.get("table"), str):
+            counts[rule["table"]] = counts.get(rule["table"], 0) + 1
+    return counts
 
 
 def redirection_check(pods: Sequence[PodRedirection]) -> CheckResult:
@@ -258,9 +299,16 @@ def redirection_check(pods: Sequence[PodRedirection]) -> CheckResult:
         elif p.tables is None:
             bad.append(f"{key}: cannot read its nftables ({p.error})")
         else:
-            missing = [t for t in REDIRECTION_TABLES if t not in p.tables]
-            if missing:
-                bad.append(f"{key}: nftables table(s) {', '.join(missing)} missing")
+            drift = [f"nftables table {t} missing" for t in REDIRECTION_TABLES if t not in p.tables]
+            if p.rules is not None:
+                drift += [f"nftables table {t} has no rules" for t in REDIRECTION_TABLES
+                          if t in p.tables and not p.rules.get(t)]  # fmt: skip
+            if p.ip_rule is False:
+                drift.append(f"`{IP_RULE_TEXT}` missing")
+            if p.ip_route is False:
+                drift.append(f"`{IP_ROUTE_TEXT}` missing")
+            if drift:
+                bad.append(f"{key}: " + ", ".join(drift))
     if bad:
         nodes = sorted({p.node for p in pods if any(b.startswith(f"{p.namespace}/{p.name}:") for b in bad)})
         return failed(
@@ -338,6 +386,25 @@ def certificate_check(node: str, certificates: Sequence[Mapping[str, Any]] | str
     return passed(c, what, f"{len(wanted)} identity(ies)" + (f", {soonest[1]}" if soonest else ""))
 
 
+def clock_check(now: datetime, stamps: Sequence[tuple[str, datetime | None]],
+                tolerance_s: float = CLOCK_TOLERANCE_S) -> CheckResult:  # fmt: skip
+    """No time another component wrote (``stamps``: what it is, when) is ahead of this machine's ``now``
+    by more than ``tolerance_s``: a clock behind the CA's makes its certificates not yet valid."""
+    c, what = Category.certificates, "clocks agree (nothing istiod-lite stamped is in this machine's future)"
+    ahead = sorted(((when - now).total_seconds(), label) for label, when in stamps if when is not None)
+    ahead = [(s, label) for s, label in ahead if s > tolerance_s]
+    if ahead:
+        worst, label = ahead[-1]
+        return failed(
+            c, what,
+            f"{label} is {worst:.0f}s ahead of this machine's clock ({now:%H:%M:%S}Z)"
+            + (f", and {len(ahead) - 1} more stamp(s)" if len(ahead) > 1 else ""),
+            "synchronise the clocks (timedatectl set-ntp true, or chronyc makestep); until then peers refuse "
+            "certificates issued in their future",
+        )  # fmt: skip
+    return passed(c, what, f"{sum(1 for _, w in stamps if w is not None)} stamp(s) compared")
+
+
 def _time(value: Any) -> datetime | None:
     if not value:
         return None
@@ -372,16 +439,25 @@ def gather_pre() -> list[CheckResult]:
     return host_checks(os.geteuid(), os.path.exists("/proc/self/ns/net"), shutil.which, nft_problem())
 
 
-def _nft_tables_in(netns_path: str) -> tuple[str, ...]:
-    """The names of the inet tables inside ``netns_path`` (``nft`` run from a thread inside it)."""
+def _observe_redirection() -> tuple[str, bool, bool]:
+    """On a thread inside the pod's netns: ``nft -j list ruleset`` (a child inherits the thread's
+    namespaces), and whether the connmark ip rule and the table-100 local route are there."""
     tool = shutil.which("nft") or "nft"
-    with NetnsHandle.open(netns_path) as handle:
-        done = handle.run(
-            subprocess.run, [tool, "list", "tables", "inet"], capture_output=True, text=True, timeout=NFT_TIMEOUT_S
-        )
+    done = subprocess.run([tool, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=NFT_TIMEOUT_S)
     if done.returncode != 0:
         raise OSError(done.stderr.strip() or f"nft exited {done.returncode}")
-    return tuple(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table"))
+    with IPRoute() as ipr:
+        rule = any(
+            m.get("FRA_FWMARK") == CONNMARK and m.get("FRA_FWMASK") == CONNMARK_MASK
+            and m.get("FRA_TABLE", m.get("table")) == ROUTE_TABLE
+            for m in ipr.get_rules(family=socket.AF_INET)
+        )  # fmt: skip
+        route = any(
+            m.get("type") == RTN_LOCAL and m.get("dst_len") == 0
+            and m.get("RTA_TABLE", m.get("table")) == ROUTE_TABLE
+            for m in ipr.get_routes(family=socket.AF_INET, table=ROUTE_TABLE)
+        )  # fmt: skip
+    return done.stdout, rule, route
 
 
 @dataclass
@@ -485,6 +561,16 @@ def gather_mesh(
         facts.rows = rows
         results += sync_checks(rows, facts.nodes)
 
+    stamps: list[tuple[str, datetime | None]] = [
+        (f"the start of {r.name}'s xDS stream", _time(r.connected_since)) for r in facts.rows
+    ]
+    for n, held in facts.dumps.items():
+        for entry in held.get("certificates") or () if isinstance(held, Mapping) else ():
+            for cert in (entry.get("certChain") or ())[:1] if isinstance(entry, Mapping) else ():
+                if isinstance(cert, Mapping):
+                    stamps.append((f"the certificate of {entry.get('identity')} on {n} (valid from)",
+                                   _time(cert.get("validFrom"))))  # fmt: skip
+
     identities_by_node: dict[str, set[str]] = {n: set() for n in facts.nodes}
     for p in pods:
         node = str(p.spec.get("nodeName") or "")
@@ -495,6 +581,7 @@ def gather_mesh(
         dump = facts.dumps.get(n)
         certs: Any = dump if isinstance(dump, str) else (dump or {}).get("certificates") or []
         results.append(certificate_check(n, certs, identities_by_node[n], clock()))
+    results.append(clock_check(clock(), stamps))
     return results, facts
 
 
@@ -525,10 +612,13 @@ def _redirection(cluster: Cluster, pod: Any) -> PodRedirection:
     if record is None:
         return PodRedirection(pod.namespace, pod.name, node, annotation, None, "the local cluster has no such pod")
     try:
-        tables = _nft_tables_in(str(cluster.net.netns_path(record.netns)))
-    except (OSError, NetnsError, subprocess.TimeoutExpired) as e:
+        with NetnsHandle.open(str(cluster.net.netns_path(record.netns))) as handle:
+            listing, rule, route = handle.run(_observe_redirection)
+        counts = ruleset_rules(json.loads(listing) if listing.strip() else {"nftables": []})
+    except (OSError, NetnsError, NetlinkError, subprocess.TimeoutExpired, ValueError) as e:
         return PodRedirection(pod.namespace, pod.name, node, annotation, None, str(e))
-    return PodRedirection(pod.namespace, pod.name, node, annotation, tables)
+    return PodRedirection(pod.namespace, pod.name, node, annotation, tuple(counts), rules=counts,
+                          ip_rule=rule, ip_route=route)  # fmt: skip
 
 
 def _settled_rows(reach: Reach) -> list[ProxyRow] | str:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ambientctl.commands.troubleshoot import format_results
 from ambientctl.troubleshoot.checks import (
@@ -14,12 +16,14 @@ from ambientctl.troubleshoot.checks import (
     PodRedirection,
     agent_check,
     certificate_check,
+    clock_check,
     cluster_check,
     host_checks,
     process_check,
     redirection_check,
     registry_check,
     root_check,
+    ruleset_rules,
     sync_checks,
 )
 from ambientctl.troubleshoot.syncstatus import proxy_rows
@@ -185,9 +189,20 @@ TABLES = ("istio-ambient-nat", "istio-ambient-mangle")
     [
         (PodRedirection("shop", "a", "node-1", "enabled", TABLES), True, "1 pod(s)"),
         (PodRedirection("shop", "a", "node-1", "enabled", ("istio-ambient-nat",)), False,
-         "shop/a: nftables table(s) istio-ambient-mangle missing"),
+         "shop/a: nftables table istio-ambient-mangle missing"),
         (PodRedirection("shop", "a", "node-1", "enabled", ()), False,
-         "istio-ambient-nat, istio-ambient-mangle missing"),
+         "nftables table istio-ambient-nat missing, nftables table istio-ambient-mangle missing"),
+        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules={"istio-ambient-nat": 9,
+                        "istio-ambient-mangle": 0}, ip_rule=True, ip_route=True), False,
+         "shop/a: nftables table istio-ambient-mangle has no rules"),
+        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules=dict.fromkeys(TABLES, 3),
+                        ip_rule=False, ip_route=True), False,
+         "shop/a: `ip rule fwmark 0x111/0xfff lookup 100` missing"),
+        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules=dict.fromkeys(TABLES, 3),
+                        ip_rule=True, ip_route=False), False,
+         "shop/a: `ip route local 0.0.0.0/0 dev lo table 100` missing"),
+        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules=dict.fromkeys(TABLES, 3),
+                        ip_rule=True, ip_route=True), True, "1 pod(s)"),
         (PodRedirection("shop", "a", "node-1", "pending", TABLES), False,
          "shop/a: ambient.istio.io/redirection is pending"),
         (PodRedirection("shop", "a", "node-1", None, TABLES), False, "redirection is not set"),
@@ -195,7 +210,10 @@ TABLES = ("istio-ambient-nat", "istio-ambient-mangle")
          "cannot read its nftables (netns gone)"),
     ],
     ids=["a pod with both tables and the annotation passes", "a removed table is named",
-         "a pod whose rules were flushed names both tables", "a pending annotation is named",
+         "a pod whose tables were deleted names both tables",
+         "a table flushed of its rules is named", "a removed connmark ip rule is named",
+         "a removed table-100 route is named", "a pod with rules, ip rule and route as installed passes",
+         "a pending annotation is named",
          "a missing annotation is named", "an unreadable netns is named"],
 )
 def test_redirection_check(pod: PodRedirection, ok: bool, seen: str) -> None:
@@ -284,3 +302,66 @@ def test_output_marks_each_check_and_prints_fix_under_failures() -> None:
     assert lines[i + 1 : i + 3] == ["    its process exited", "    fix: restart it"]
     assert lines[-1] == "Status check results are ✖ (1 failed)"
     assert format_results(results[:1])[-1] == "Status check results are ✔"
+
+
+# --- redirection drift: the nft listing ------------------------------------------------------------------
+
+
+def nft_listing(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]}
+
+
+@pytest.mark.parametrize(
+    ("listing", "counts"),
+    [
+        (nft_listing({"table": {"family": "inet", "name": "istio-ambient-nat"}},
+                     {"rule": {"family": "inet", "table": "istio-ambient-nat", "chain": "c", "expr": []}},
+                     {"rule": {"family": "inet", "table": "istio-ambient-nat", "chain": "c", "expr": []}},
+                     {"table": {"family": "inet", "name": "istio-ambient-mangle"}}),
+         {"istio-ambient-nat": 2, "istio-ambient-mangle": 0}),
+        (nft_listing({"table": {"family": "ip", "name": "filter"}},
+                     {"rule": {"family": "ip", "table": "filter", "chain": "in", "expr": []}}), {}),
+        (nft_listing(), {}),
+        (nft_listing("not an item", {"rule": "nor this"}), {}),  # type: ignore[arg-type]
+    ],
+    ids=["rules are counted per inet table and an empty table counts 0", "other families are not ours",
+         "an empty ruleset has no tables", "malformed items are skipped"],
+)
+def test_ruleset_rules(listing: dict[str, Any], counts: dict[str, int]) -> None:
+    assert ruleset_rules(listing) == counts
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=20))  # fmt: skip
+def test_ruleset_rules_never_fails_on_other_json(doc: Any) -> None:
+    try:
+        counts = ruleset_rules(doc)
+    except ValueError as e:
+        assert "nftables" in str(e)
+    else:
+        assert all(isinstance(v, int) and v >= 0 for v in counts.values())
+
+
+# --- clock skew -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stamps", "ok", "seen"),
+    [
+        ([("stream", NOW - timedelta(minutes=3)), ("cert", NOW - timedelta(minutes=2))], True, "2 stamp(s) compared"),
+        ([("stream", NOW + timedelta(seconds=4))], True, "1 stamp(s)"),
+        ([("the start of ztunnel-node-1's stream", NOW + timedelta(minutes=2)), ("cert", NOW)], False,
+         "the start of ztunnel-node-1's stream is 120s ahead of this machine's clock"),
+        ([("a", NOW + timedelta(seconds=30)), ("b", NOW + timedelta(seconds=90))], False,
+         "b is 90s ahead of this machine's clock (12:00:00Z), and 1 more stamp(s)"),
+        ([("unreadable", None)], True, "0 stamp(s)"),
+    ],
+    ids=["stamps in the past pass", "a stamp within the tolerance passes", "a stream started in the future is named",
+         "the worst of several stamps ahead is named with the count", "unreadable stamps are not compared"],
+)
+def test_clock_check(stamps: list[tuple[str, datetime | None]], ok: bool, seen: str) -> None:
+    r = clock_check(NOW, stamps)
+    assert r.ok is ok and seen in r.detail
+    if not ok:
+        assert "timedatectl set-ntp true" in r.remediation
