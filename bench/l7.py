@@ -16,8 +16,17 @@ latency. Per path and concurrency: requests/s, p50/p99, the proxies' CPU per 100
 /proc/<pid>/stat); for the waypoint also its own CPU per 1000 requests and its RSS per idle downstream
 connection (N HBONE tunnels from node-1, one HTTP request each, held open). Never part of the test run.
 
+``--traffic`` (issue 8) measures the waypoint's routing instead: the plain waypoint path (d) against the
+same path to services whose ``ServiceTraffic`` (served by the same xDS helper) has 100 rules of 10
+match entries each (path prefix + header + method; the request matching the first entry of the first
+rule, the best case, or the last entry of the last rule, the worst), a 90/10 weighted split across two
+services, and a retry policy (3 attempts on 5xx/reset/connect-failure, per-try timeout) on a healthy
+backend. The paths are interleaved, ``--rounds`` times per concurrency; each figure is the median of
+its rounds, and the loss is against the plain waypoint's median in the same run.
+
     .venv/bin/python bench/l7.py [--quick] [--duration 5] [--concurrency 1 8 32] [--idle 2000]
                                  [--profile DIR] [--workdir DIR]
+    .venv/bin/python bench/l7.py --traffic [--rounds 3] [--concurrency 1 8] [--duration 3]
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import os
 import pstats
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +72,14 @@ SERVICE_PORT = 80
 VIP_L4 = "10.96.47.1"  # bench/server-l4: no waypoint
 VIP_L7 = "10.96.47.2"  # bench/server: waypoint = the waypoint pod
 HOST_L7 = "server.bench.svc.cluster.local"
+# --traffic: services behind the same waypoint and backend, each with its own ServiceTraffic.
+VIP_ROUTES, HOST_ROUTES = "10.96.47.3", "server-routes.bench.svc.cluster.local"  # 100 rules x 10 matches
+VIP_SPLIT, HOST_SPLIT = "10.96.47.4", "server-split.bench.svc.cluster.local"  # 90 here / 10 to split-b
+VIP_SPLIT_B, HOST_SPLIT_B = "10.96.47.6", "server-split-b.bench.svc.cluster.local"
+VIP_RETRY, HOST_RETRY = "10.96.47.5", "server-retry.bench.svc.cluster.local"  # retries, healthy backend
+ROUTE_RULES, ROUTE_MATCHES = 100, 10
+PLAIN_PATH = "/api/v1/items?id=42"
+ROUTES_LOSS_TARGET = 0.10  # issue 8: under 10% throughput loss for the 100-route table
 HBONE_PORT, ADMIN_PORT, STATS_PORT, READY_PORT, SOCKS5_PORT = 15008, 15000, 15020, 15021, 15080
 START_TIMEOUT = 30.0
 RESPONSE_SIZE = 1024
@@ -76,20 +94,32 @@ workloads:
    node: node-1}}
 - {{name: server, namespace: bench, serviceAccount: server, workloadIps: [{SERVER_IP}], protocol: HBONE,
    node: node-2, services: {{bench/{HOST_L7}: {{{SERVICE_PORT}: {BACKEND_PORT}}},
-                            bench/server-l4.bench.svc.cluster.local: {{{SERVICE_PORT}: {BACKEND_PORT}}}}}}}
+                            bench/server-l4.bench.svc.cluster.local: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+                            bench/{HOST_ROUTES}: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+                            bench/{HOST_SPLIT}: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+                            bench/{HOST_SPLIT_B}: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+                            bench/{HOST_RETRY}: {{{SERVICE_PORT}: {BACKEND_PORT}}}}}}}
 - {{name: waypoint-0, namespace: bench, serviceAccount: waypoint, workloadIps: [{WAYPOINT_IP}], protocol: TCP,
    node: waypoint-node}}
 services:
 - {{name: server, namespace: bench, vips: [{VIP_L7}], ports: {{{SERVICE_PORT}: {BACKEND_PORT}}},
    waypoint: {{address: {WAYPOINT_IP}}}}}
 - {{name: server-l4, namespace: bench, vips: [{VIP_L4}], ports: {{{SERVICE_PORT}: {BACKEND_PORT}}}}}
+""" + "".join(
+    f"""- {{name: {host.split(".")[0]}, namespace: bench, vips: [{vip}], ports: {{{SERVICE_PORT}: {BACKEND_PORT}}},
+   waypoint: {{address: {WAYPOINT_IP}}}}}
 """
+    for vip, host in ((VIP_ROUTES, HOST_ROUTES), (VIP_SPLIT, HOST_SPLIT), (VIP_SPLIT_B, HOST_SPLIT_B),
+                      (VIP_RETRY, HOST_RETRY))
+)
 
 
-def request_bytes(method: str = "GET", host: str = HOST_L7) -> bytes:
-    """A ~1 KiB HTTP/1.1 keep-alive request: what a service client sends, padded to exactly 1024 bytes."""
+def request_bytes(method: str = "GET", host: str = HOST_L7, path: str = PLAIN_PATH, route: str = "") -> bytes:
+    """A ~1 KiB HTTP/1.1 keep-alive request: what a service client sends, padded to exactly 1024 bytes.
+    ``route``: the value of an ``x-route`` header (the 100-rule table matches on it)."""
     head = (
-        f"{method} /api/v1/items?id=42 HTTP/1.1\r\nhost: {host}\r\nuser-agent: bench-l7\r\naccept: */*\r\n"
+        f"{method} {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: bench-l7\r\naccept: */*\r\n"
+        + (f"x-route: {route}\r\n" if route else "")
         + "".join(f"x-h{i:02d}: {'v' * 30}\r\n" for i in range(16))
     ).encode()
     pad = 1024 - len(head) - len(b"x-pad: \r\n\r\n")
@@ -175,12 +205,15 @@ class LoadSpec:
     target: tuple[str, int] | None = None  # SOCKS5 CONNECT destination
     source: str | None = None
     method: str = "GET"
+    host_header: str = HOST_L7
+    path: str = PLAIN_PATH
+    route: str = ""
 
 
 class _Gen:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
-        self.request = request_bytes(spec.method)
+        self.request = request_bytes(spec.method, spec.host_header, spec.path, spec.route)
         self.samples = array.array("d")
         self.statuses: dict[int, int] = {}
         self.total = 0
@@ -300,6 +333,9 @@ class Path_:
     target: tuple[str, int] | None = None  # through node-1's SOCKS5 to this address
     proxy_pids: list[int] = field(default_factory=list)
     waypoint_pid: int | None = None
+    host_header: str = HOST_L7
+    path: str = PLAIN_PATH  # request path (query included)
+    route: str = ""  # x-route header value ("": none)
 
 
 @dataclass
@@ -318,6 +354,7 @@ def load(path: Path_, concurrency: int, warmup: float, duration: float, method: 
     spec = LoadSpec(
         path.host, path.port, concurrency, warmup, duration,
         target=path.target, source=CLIENT_IP if path.target else None, method=method,
+        host_header=path.host_header, path=path.path, route=path.route,
     )
     proc = subprocess.run(
         [sys.executable, __file__, "--load", json.dumps(spec.__dict__)], capture_output=True, text=True,
@@ -353,15 +390,17 @@ def measure(path: Path_, concurrency: int, warmup: float, duration: float) -> Re
     )
 
 
-def http_once(path: Path_, method: str) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection (blocking): status, lower-cased headers, body."""
+def http_once(path: Path_, method: str, url: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (blocking): status, lower-cased headers, body. ``url``: another
+    request path than the path's own."""
     if path.target is not None:
         sock = u.socks5_connector((path.host, path.port), *path.target, source=CLIENT_IP)()
     else:
         sock = u.tcp_connector(path.host, path.port)()
     with sock:
         sock.settimeout(10)
-        sock.sendall(request_bytes(method).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\ncontent-length: 0\r\n", 1))
+        request = request_bytes(method, path.host_header, url or path.path, path.route)
+        sock.sendall(request.replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\ncontent-length: 0\r\n", 1))
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)
@@ -496,19 +535,70 @@ def allow_get_policy() -> bytes:
     from meshcore.model.l7 import L7Action, L7Authorization, L7Operation, L7Rule, L7Target
 
     policy = L7Authorization(
-        "allow-get", "bench", L7Action.ALLOW, targets=(L7Target("service", HOST_L7),),
+        "allow-get", "bench", L7Action.ALLOW,
+        targets=tuple(L7Target("service", h) for h in (HOST_L7, HOST_ROUTES, HOST_SPLIT, HOST_SPLIT_B, HOST_RETRY)),
         rules=(L7Rule(operations=(L7Operation(methods=(StringMatch("exact", "GET"),)),)),),
     )
     return l7_authorization_to_proto(policy).SerializeToString()
 
 
+def route_path(rule: int, entry: int) -> tuple[str, str]:
+    """(request path, x-route value) that entry ``entry`` of rule ``rule`` of the routes table matches."""
+    return f"/svc{rule:02d}/m{entry}/items?id=42", f"r{rule:02d}"
+
+
+def traffic_tables() -> list[Any]:
+    """The ``ServiceTraffic`` of the --traffic services: 100 rules x 10 match entries (each a path prefix,
+    an ``x-route`` header and GET, all to the service itself), a 90/10 split, retries."""
+    from meshcore.model.traffic import (
+        BackendRef,
+        PathMatch,
+        Retry,
+        RouteMatch,
+        RouteRule,
+        ServiceTraffic,
+        ValueMatch,
+    )
+
+    def to(host: str, weight: int = 1) -> BackendRef:
+        return BackendRef("bench", host, 0, "", weight)
+
+    rules = tuple(
+        RouteRule(
+            f"HTTPRoute bench/routes-{i:02d}",
+            matches=tuple(
+                RouteMatch(
+                    path=PathMatch("prefix", route_path(i, j)[0].partition("/items")[0]),
+                    headers=(ValueMatch("x-route", "exact", route_path(i, j)[1]),),
+                    method="GET",
+                )
+                for j in range(ROUTE_MATCHES)
+            ),
+            backends=(to(HOST_ROUTES),),
+        )
+        for i in range(ROUTE_RULES)
+    )
+    return [
+        ServiceTraffic("bench", HOST_ROUTES, routes=rules),
+        ServiceTraffic("bench", HOST_SPLIT, routes=(
+            RouteRule("HTTPRoute bench/split", backends=(to(HOST_SPLIT, 90), to(HOST_SPLIT_B, 10))),
+        )),
+        ServiceTraffic("bench", HOST_RETRY, routes=(
+            RouteRule("HTTPRoute bench/retry", backends=(to(HOST_RETRY),),
+                      retry=Retry(3, per_try_timeout=5.0, retry_on=("5xx", "reset", "connect-failure"))),
+        )),
+    ]
+
+
 def serve_xds(workdir: str, host: str, port: int) -> None:
     """The waypoint's control plane for the run: delta ADS over TLS (istiod's name, the shared fake root),
-    serving the mesh file's workloads and services and the "allow GET" L7 policy."""
+    serving the mesh file's workloads and services, the "allow GET" L7 policy and the --traffic
+    services' ServiceTraffic (unused by the other paths: each is another service)."""
     import grpc
 
     from meshcore.model.convert import ADDRESS_TYPE_URL, resource_name
     from meshcore.model.convert_l7 import L7_AUTHORIZATION_TYPE_URL
+    from meshcore.model.convert_traffic import SERVICE_TRAFFIC_TYPE_URL, service_traffic_to_proto
     from meshcore.proto import discovery_pb2_grpc
     from meshcore.testing.fake_xds import FakeXdsServer
     from meshcore.testing.shared_ca import CERT_FILE, KEY_FILE, ROOT_DIR, SharedFakeCa
@@ -535,6 +625,10 @@ def serve_xds(workdir: str, host: str, port: int) -> None:
         xds = FakeXdsServer(host)
         await xds.push(ADDRESS_TYPE_URL, {resource_name(m): m for m in addresses})
         await xds.push(L7_AUTHORIZATION_TYPE_URL, {"bench/allow-get": allow_get_policy()})
+        await xds.push(
+            SERVICE_TRAFFIC_TYPE_URL,
+            {t.key: service_traffic_to_proto(t).SerializeToString() for t in traffic_tables()},
+        )
         server = grpc.aio.server()
         discovery_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(xds, server)
         creds = grpc.ssl_server_credentials(
@@ -581,15 +675,45 @@ def wait_waypoint_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.1)
 
 
-def waypoint_requests(code: str) -> float:
-    """Sum of the waypoint's ``istio_requests_total`` with ``response_code=code``."""
+def waypoint_requests(code: str, service: str = "") -> float:
+    """Sum of the waypoint's ``istio_requests_total`` with ``response_code=code`` (and, when given,
+    ``destination_service=service``)."""
     with urllib.request.urlopen(f"http://{WAYPOINT_IP}:{STATS_PORT}/metrics", timeout=10) as r:
         text = r.read().decode()
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("istio_requests_total{") and f'response_code="{code}"' in line
+        and (not service or f'destination_service="{service}"' in line)
     )
+
+
+def waypoint_traffic_keys() -> list[str]:
+    """The ``namespace/hostname`` of each ServiceTraffic the waypoint holds (its /config_dump)."""
+    with urllib.request.urlopen(f"http://{WAYPOINT_IP}:{ADMIN_PORT}/config_dump", timeout=10) as r:
+        dump = json.loads(r.read())
+    return sorted(f"{t['namespace']}/{t['hostname']}" for t in dump.get("serviceTraffic", []))
+
+
+def check_traffic(m: Mesh) -> list[str]:
+    """Prove the --traffic paths are routed: the waypoint holds the three ServiceTraffic; each path
+    answers 200 through it; the routes table answers 404 to a request no entry matches (a path one
+    rule has with another rule's header), so the table is applied, not bypassed."""
+    want = sorted(f"bench/{h}" for h in (HOST_ROUTES, HOST_SPLIT, HOST_RETRY))
+    deadline = time.monotonic() + START_TIMEOUT
+    while (have := waypoint_traffic_keys()) != want:
+        if time.monotonic() > deadline:
+            raise u.BenchError(f"the waypoint holds ServiceTraffic {have}, not {want}")
+        time.sleep(0.2)
+    for path in m.traffic:
+        status, _, body = http_once(path, "GET")
+        if status != 200:
+            raise u.BenchError(f"{path.name}: GET answered {status} {body[:80]!r}")
+    routes = m.traffic[0]
+    status, _, body = http_once(routes, "GET", url=route_path(1, 0)[0])
+    if status != 404:
+        raise u.BenchError(f"{routes.name}: a request no route matches answered {status} {body[:80]!r}, not 404")
+    return [f"checked: the waypoint holds {', '.join(want)}; each routed path GET 200; an unmatched request 404"]
 
 
 @dataclass
@@ -597,6 +721,26 @@ class Mesh:
     l4: Path_
     l7: Path_
     waypoint_pid: int
+    traffic: list[Path_] = field(default_factory=list)  # --traffic: the routed services' paths
+
+
+PLAIN_WAYPOINT = "ztunnel -> waypoint -> ztunnel"
+ROUTES_FIRST = "waypoint, 100x10 routes: first"
+ROUTES_LAST = "waypoint, 100x10 routes: last"
+SPLIT = "waypoint, 90/10 split"
+RETRY = "waypoint, retries (healthy)"
+
+
+def traffic_paths(socks: str, pids: list[int], wp: int) -> list[Path_]:
+    def to(name: str, vip: str, host: str, path: str = PLAIN_PATH, route: str = "") -> Path_:
+        return Path_(name, socks, SOCKS5_PORT, (vip, SERVICE_PORT), pids, wp, host, path, route)
+
+    return [
+        to(ROUTES_FIRST, VIP_ROUTES, HOST_ROUTES, *route_path(0, 0)),
+        to(ROUTES_LAST, VIP_ROUTES, HOST_ROUTES, *route_path(ROUTE_RULES - 1, ROUTE_MATCHES - 1)),
+        to(SPLIT, VIP_SPLIT, HOST_SPLIT),
+        to(RETRY, VIP_RETRY, HOST_RETRY),
+    ]
 
 
 @contextmanager
@@ -626,9 +770,10 @@ def mesh(tmp: Path, profile: Path | None) -> Iterator[Mesh]:
         socks = NODE_IPS["node-1"]
         yield Mesh(
             Path_("ztunnel pair", socks, SOCKS5_PORT, (VIP_L4, SERVICE_PORT), list(ztunnels)),
-            Path_("ztunnel -> waypoint -> ztunnel", socks, SOCKS5_PORT, (VIP_L7, SERVICE_PORT),
+            Path_(PLAIN_WAYPOINT, socks, SOCKS5_PORT, (VIP_L7, SERVICE_PORT),
                   [*ztunnels, wp.pid], wp.pid),
             wp.pid,
+            traffic_paths(socks, [*ztunnels, wp.pid], wp.pid),
         )
 
 
@@ -739,6 +884,68 @@ def targets(results: list[Result]) -> list[str]:
     return lines
 
 
+def median_results(runs: list[Result]) -> list[Result]:
+    """One Result per (path, concurrency), in first-seen order: each figure the median of its rounds."""
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for r in runs:
+        groups.setdefault((r.path, r.concurrency), []).append(r)
+
+    def med(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    out = []
+    for (path, c), rs in groups.items():
+        out.append(Result(
+            path, c, statistics.median(r.rps for r in rs), statistics.median(r.p50_ms for r in rs),
+            statistics.median(r.p99_ms for r in rs), med([r.proxy_cpu_per_1k for r in rs]),
+            med([r.waypoint_cpu_per_1k for r in rs]), statistics.median(r.client_cpu for r in rs),
+        ))
+    return out
+
+
+def traffic_table(results: list[Result]) -> u.Table:
+    """Each routed path against the plain waypoint at the same concurrency (medians of the rounds)."""
+    plain = {r.concurrency: r for r in results if r.path == PLAIN_WAYPOINT}
+    rows = []
+    for r in results:
+        base = plain.get(r.concurrency)
+        loss = 1 - r.rps / base.rps if base is not None and r is not base else None
+        added = r.p50_ms - base.p50_ms if base is not None and r is not base else None
+        rows.append([
+            r.path, str(r.concurrency), f"{r.rps:,.0f}", fmt(None if loss is None else loss * 100, "+.1f"),
+            f"{r.p50_ms:.3f}", fmt(added, "+.3f"), f"{r.p99_ms:.3f}", fmt(r.waypoint_cpu_per_1k, ".3f"),
+        ])
+    return u.Table(["path", "conns", "req/s", "loss vs plain %", "p50 ms", "p50 vs plain ms", "p99 ms",
+                    "waypoint CPU s/1k req"], rows)
+
+
+def traffic_targets(results: list[Result]) -> list[str]:
+    plain = {r.concurrency: r for r in results if r.path == PLAIN_WAYPOINT}
+    lines = []
+    for r in results:
+        base = plain.get(r.concurrency)
+        if r.path in (ROUTES_FIRST, ROUTES_LAST) and base is not None:
+            loss = 1 - r.rps / base.rps
+            lines.append(
+                f"{r.path} at {r.concurrency} conns: {loss:+.1%} throughput vs the plain waypoint "
+                f"(target < {ROUTES_LOSS_TARGET:.0%}): {l4._ok(loss < ROUTES_LOSS_TARGET)}"
+            )
+    return lines
+
+
+def run_traffic(m: Mesh, concurrency: list[int], rounds: int, warmup: float, duration: float) -> list[Result]:
+    """Every routed path and the plain waypoint, interleaved, ``rounds`` times per concurrency; prints
+    each measurement as it is taken and returns them all."""
+    runs: list[Result] = []
+    for c in concurrency:
+        for i in range(rounds):
+            for path in [m.l7, *m.traffic]:
+                runs.append(measure(path, c, warmup, duration))
+                print(f"round {i + 1}: " + traffic_table(runs[-1:]).render().splitlines()[-1], flush=True)
+    return runs
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -750,6 +957,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--idle", type=int, help="idle downstream connections for the RSS figure (default 2000; 0 skips)")
     parser.add_argument("--only", choices=["direct", "haproxy", "ztunnel", "waypoint"], action="append")
+    parser.add_argument(
+        "--traffic", action="store_true",
+        help="measure routing instead (100x10 routes first/last, 90/10 split, retries) vs the plain waypoint",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--traffic: interleaved rounds per concurrency")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="run the waypoint under cProfile (CPU clock), print the top"
     )
@@ -775,8 +987,8 @@ def main() -> int:
         return 0
 
     duration = args.duration or (2.0 if args.quick else 5.0)
-    idle = args.idle if args.idle is not None else (300 if args.quick else 2000)
-    only = set(args.only or ["direct", "haproxy", "ztunnel", "waypoint"])
+    idle = args.idle if args.idle is not None else (0 if args.traffic else 300 if args.quick else 2000)
+    only = {"waypoint"} if args.traffic else set(args.only or ["direct", "haproxy", "ztunnel", "waypoint"])
     u.raise_nofile(4 * idle + 2000)
     print(f"# L7 loopback benchmark: {l4.machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"# {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -787,6 +999,7 @@ def main() -> int:
     )
 
     results: list[Result] = []
+    runs: list[Result] = []  # --traffic: every round's measurement
     notes: list[str] = []
 
     def run(path: Path_) -> None:
@@ -804,7 +1017,7 @@ def main() -> int:
             l4.child([sys.executable, __file__, "--serve-http", SERVER_IP, str(BACKEND_PORT)], tmp / "backend.log")
         )
         u.wait_port(SERVER_IP, BACKEND_PORT, timeout=START_TIMEOUT, alive=lambda: backend.poll() is None)
-        print("# " + " | ".join(table([]).headers), flush=True)
+        print("# " + " | ".join((traffic_table if args.traffic else table)([]).headers), flush=True)
         if "direct" in only:
             run(Path_("direct", SERVER_IP, BACKEND_PORT))
         if "haproxy" in only:
@@ -813,9 +1026,18 @@ def main() -> int:
         if only & {"ztunnel", "waypoint"}:
             with mesh(tmp, args.profile) as m:
                 notes += check_mesh(m)
-                if "ztunnel" in only:
+                if args.traffic:
+                    notes += check_traffic(m)
+                    split_before = [waypoint_requests("200", h) for h in (HOST_SPLIT, HOST_SPLIT_B)]
+                    runs = run_traffic(m, args.concurrency, args.rounds, args.warmup, duration)
+                    split = [waypoint_requests("200", h) - b for h, b in zip((HOST_SPLIT, HOST_SPLIT_B),
+                                                                              split_before, strict=True)]
+                    if sum(split):
+                        notes.append(f"90/10 split as served: {split[0] / sum(split):.1%} to {HOST_SPLIT}, "
+                                     f"{split[1] / sum(split):.1%} to {HOST_SPLIT_B} ({sum(split):,.0f} requests)")
+                elif "ztunnel" in only:
                     run(m.l4)
-                if "waypoint" in only:
+                if "waypoint" in only and not args.traffic:
                     run(m.l7)
                 if idle:
                     base, rss, hbone = asyncio.run(_hold_idle(m.l7, idle, m.waypoint_pid))
@@ -827,10 +1049,18 @@ def main() -> int:
                     print(f"# {notes[-1]}", flush=True)
 
     print()
-    print(table(results).render())
-    print()
-    for line in [*notes, *targets(results)]:
-        print(line)
+    if args.traffic:
+        medians = median_results(runs)
+        print(f"# medians of {args.rounds} interleaved rounds")
+        print(traffic_table(medians).render())
+        print()
+        for line in [*notes, *traffic_targets(medians)]:
+            print(line)
+    else:
+        print(table(results).render())
+        print()
+        for line in [*notes, *targets(results)]:
+            print(line)
     print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     if args.profile is not None:
         prof = args.profile / "waypoint.prof"
