@@ -48,6 +48,7 @@ from . import podstatus
 from .cluster import ROOT_CERT_FILE, TOKEN_FILE, Cluster
 from .errors import ClusterError, InvalidClusterSpec, PodNotFound
 from .podstatus import ContainerTrack
+from .probes import Probe, parse_probe, run_probe
 from .spec import PodPort, PodSpec, Protocol, ServicePort
 from .state import PodRecord
 
@@ -97,6 +98,9 @@ class Kubelet:
         # "namespace/name" -> the pod's container history (podstatus), and when its sandbox started.
         self._tracks: dict[str, ContainerTrack] = {}
         self._start_times: dict[str, str] = {}
+        # "namespace/name" -> the pod's readinessProbe, and when (kubelet clock) it is next due.
+        self._probes: dict[str, Probe] = {}
+        self._next_probe: dict[str, float] = {}
         self.credentials = credentials or PodCredentials(cluster)
 
     def run_pod(self, pod: PodSpec) -> Resource:
@@ -187,6 +191,8 @@ class Kubelet:
         for key in [k for k in self._tracks if k not in stored or k not in running]:
             self._tracks.pop(key, None)
             self._start_times.pop(key, None)
+            self._probes.pop(key, None)
+            self._next_probe.pop(key, None)
         self.sync_services()
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
 
@@ -241,9 +247,18 @@ class Kubelet:
 
     def _started(self, key: str, resource: Resource) -> None:
         """A pod's sandbox and container were just (re)created: a fresh history."""
-        name = _first_container(resource).get("name") or CONTAINER_NAME
+        container = _first_container(resource)
+        name = container.get("name") or CONTAINER_NAME
         wall = self._wall()
-        self._tracks[key] = podstatus.started(ContainerTrack(name=str(name)), self._clock(), wall)
+        probe = parse_probe(container, f"pod {key}")  # validated when the pod spec was read
+        if probe is None:
+            self._probes.pop(key, None)
+        else:
+            self._probes[key] = probe
+        self._next_probe.pop(key, None)
+        self._tracks[key] = podstatus.started(
+            ContainerTrack(name=str(name)), self._clock(), wall, probed=probe is not None
+        )
         self._start_times[key] = wall
 
     def _status(self, key: str, stored: Resource, record: PodRecord) -> dict[str, Any]:
@@ -262,7 +277,7 @@ class Kubelet:
     def is_ready(self, key: str) -> bool:
         """Whether the pod's container runs (pods this kubelet has no history of count as ready)."""
         track = self._tracks.get(key)
-        return track is None or track.running_since is not None
+        return track is None or podstatus.is_ready(track)
 
     def check_containers(self) -> list[str]:
         """Observe every pod's process: record exits, restart what the restart policy and back-off
@@ -289,17 +304,27 @@ class Kubelet:
                     exit_code=code,
                     restart_in=track.restart_at and track.backoff_s,
                 )
+            probe = self._probes.get(key)
             if podstatus.restart_due(track, now):
                 try:
                     record = self.cluster.restart_pod_process(record.spec.name, record.spec.namespace)
-                    track = podstatus.started(track, now, self._wall())
+                    track = podstatus.started(track, now, self._wall(), probed=probe is not None)
+                    self._next_probe.pop(key, None)
                 except (ClusterError, OSError) as e:
                     track = podstatus.exited(track, None, policy, now, self._wall())
                     log.warning("container not restarted", pod=key, error=str(e))
+            if probe is not None and track.running_since is not None:
+                due = self._next_probe.get(key, track.running_since + probe.initial_delay)
+                if now >= due:
+                    ok = run_probe(
+                        probe, str(self.cluster.net.netns_path(record.netns)), self._exec_for(record)
+                    )
+                    track = podstatus.probed(track, ok, probe.success_threshold, probe.failure_threshold)
+                    self._next_probe[key] = self._clock() + probe.period
             if track == before:
                 continue
             self._tracks[key] = track
-            readiness_changed |= (before.running_since is None) != (track.running_since is None)
+            readiness_changed |= podstatus.is_ready(before) != podstatus.is_ready(track)
             status = self._status(key, resource, record)
             if status != resource.status:
                 try:
@@ -311,6 +336,22 @@ class Kubelet:
         if readiness_changed:
             self.sync_services()
         return changed
+
+    def _exec_for(self, record: PodRecord) -> Callable[[Sequence[str], float], int]:
+        def run(argv: Sequence[str], timeout: float) -> int:
+            try:
+                return self.cluster.exec(
+                    record.spec.name, record.spec.namespace, argv, timeout=timeout
+                ).returncode
+            except (ClusterError, OSError) as e:
+                log.info(
+                    "readiness probe command failed",
+                    pod=f"{record.spec.namespace}/{record.spec.name}",
+                    error=str(e),
+                )
+                return -1
+
+        return run
 
     def next_restart(self) -> float | None:
         """When (on this kubelet's clock) the earliest container restart is due."""
@@ -574,6 +615,7 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
     env, from_status = container_env(first.get("env"), source, resource, spec.node_name or default_node)
     if command and command[:3] == standin_command([])[:3]:
         env.setdefault("POD_VERSION", resource.labels.get("version", ""))  # the stand-in's answer names it
+    parse_probe(first, source)  # a bad readinessProbe fails the pod alone, with the field named
     working_dir = first.get("workingDir") or ""
     if not isinstance(working_dir, str) or (working_dir and not working_dir.startswith("/")):
         raise InvalidClusterSpec(source, "$.spec.containers[0].workingDir", "must be an absolute path")

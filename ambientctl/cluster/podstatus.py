@@ -10,7 +10,8 @@ termination, the current restart back-off. Kubernetes' rules:
   ``waiting`` with reason ``CrashLoopBackOff``; the pod stays phase ``Running`` (not Ready).
 * A container not restarted is ``terminated`` (``Completed`` for exit 0, else ``Error``); the pod's
   phase becomes ``Succeeded`` (exit 0) or ``Failed``.
-* Ready (and so traffic) only while the container runs.
+* Ready (and so traffic) only while the container runs and, with a ``readinessProbe``, once the probe
+  succeeded ``successThreshold`` times in a row, until it failed ``failureThreshold`` times in a row.
 
 ``pod_status`` renders the Kubernetes ``status`` (phase, conditions, containerStatuses with
 restartCount/state/lastState, podIP, hostIP, startTime); ``display_status`` is kubectl's STATUS column
@@ -53,6 +54,10 @@ class ContainerTrack(msgspec.Struct, frozen=True, kw_only=True):
     restart_at: float | None = None
     # Terminated for good: the restart policy does not restart it.
     finished: bool = False
+    # The readinessProbe's verdict (None: no probe, running means ready) and its consecutive counts.
+    probe_ready: bool | None = None
+    probe_successes: int = 0
+    probe_failures: int = 0
 
 
 def should_restart(policy: str, exit_code: int | None) -> bool:
@@ -64,8 +69,9 @@ def should_restart(policy: str, exit_code: int | None) -> bool:
     return False
 
 
-def started(track: ContainerTrack, now: float, wall: str) -> ContainerTrack:
-    """The container's process (re)started: a start after a termination counts as a restart."""
+def started(track: ContainerTrack, now: float, wall: str, *, probed: bool = False) -> ContainerTrack:
+    """The container's process (re)started: a start after a termination counts as a restart. With a
+    readinessProbe (``probed``) it is not ready until the probe has succeeded."""
     return msgspec.structs.replace(
         track,
         restart_count=track.restart_count + (1 if track.last is not None else 0),
@@ -73,7 +79,27 @@ def started(track: ContainerTrack, now: float, wall: str) -> ContainerTrack:
         started_at=wall,
         restart_at=None,
         finished=False,
+        probe_ready=False if probed else None,
+        probe_successes=0,
+        probe_failures=0,
     )
+
+
+def probed(track: ContainerTrack, ok: bool, success_threshold: int, failure_threshold: int) -> ContainerTrack:
+    """One readinessProbe result: ready after ``success_threshold`` successes in a row, unready after
+    ``failure_threshold`` failures in a row (Kubernetes' defaults are 1 and 3)."""
+    if ok:
+        successes = track.probe_successes + 1
+        ready = True if successes >= success_threshold else track.probe_ready
+        return msgspec.structs.replace(track, probe_successes=successes, probe_failures=0, probe_ready=ready)
+    failures = track.probe_failures + 1
+    ready = False if failures >= failure_threshold else track.probe_ready
+    return msgspec.structs.replace(track, probe_successes=0, probe_failures=failures, probe_ready=ready)
+
+
+def is_ready(track: ContainerTrack) -> bool:
+    """Running, and its readinessProbe (if any) says ready."""
+    return track.running_since is not None and track.probe_ready is not False
 
 
 def exited(
@@ -125,7 +151,7 @@ def container_status(track: ContainerTrack, image: str) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": track.name,
         "image": image,
-        "ready": track.running_since is not None,
+        "ready": is_ready(track),
         "started": track.running_since is not None,
         "restartCount": track.restart_count,
         "state": state,
@@ -156,7 +182,7 @@ def pod_status(
     start_time: str,
 ) -> dict[str, Any]:
     """The pod's ``status`` as a kubelet writes it."""
-    ready = bool(tracks) and all(t.running_since is not None for t in tracks)
+    ready = bool(tracks) and all(is_ready(t) for t in tracks)
     flag = "True" if ready else "False"
     status: dict[str, Any] = {
         "phase": pod_phase(tracks),

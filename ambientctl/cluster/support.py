@@ -22,6 +22,7 @@ _CONTAINER: dict[str, Any] = {
     "command": True,
     "args": True,
     "workingDir": True,
+    "readinessProbe": True,
     "imagePullPolicy": True,  # nothing is pulled: nothing to ignore
     "env": [{"name": True, "value": True, "valueFrom": {"fieldRef": True}}],
     "ports": [{"name": True, "containerPort": True, "protocol": True}],

@@ -1,6 +1,7 @@
 """Workloads on the local cluster with the mesh: a crashing container is restarted with Kubernetes'
-back-off, shows CrashLoopBackOff with its exit code, and gets no traffic while its healthy sibling behind
-the same Service serves every request through the mesh; a container that is not to be restarted leaves
+back-off, shows CrashLoopBackOff with its exit code, and gets no traffic, nor does a running pod whose
+readinessProbe fails, while their sibling (Ready by its httpGet probe) behind the same Service serves
+every request through the mesh; a container that is not to be restarted leaves
 its pod Succeeded; a Deployment of an upstream image (run by the stand-in) with 3 replicas serves a
 Service through the mesh from all 3 pods, then scales down to 1."""
 
@@ -15,7 +16,6 @@ from ambientctl.cluster.deployments import replace_replicas
 from ambientctl.cluster.testing import (
     AMBIENT,
     MeshCluster,
-    echo_pod,
     namespace,
     ok_count,
     served_by,
@@ -46,6 +46,33 @@ def mc() -> Iterator[MeshCluster]:
         cluster.close()
 
 
+PROBED_WEB = """apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: life, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: echo
+    image: local
+    command: [python, -m, ambientctl.apps.echo, --port, "8080"]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+"""
+
+NEVER_READY = """apiVersion: v1
+kind: Pod
+metadata: {name: idle, namespace: life, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: idle
+    image: local
+    command: [sleep, infinity]
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+"""
+
+
 def container(mc: MeshCluster, name: str, ns: str) -> dict[str, Any]:
     pod = mc.pod(name, ns)
     statuses = (pod.status.get("containerStatuses") if pod is not None else None) or [{}]
@@ -55,12 +82,16 @@ def container(mc: MeshCluster, name: str, ns: str) -> dict[str, Any]:
 def test_a_crashing_container_reaches_crash_loop_back_off_and_gets_no_traffic(mc: MeshCluster) -> None:
     mc.apply(
         namespace("life", AMBIENT),
-        echo_pod("web", "life", "node-1", {"app": "web"}),
+        PROBED_WEB,
+        NEVER_READY,
         command_pod("crasher", "life", ["sh", "-c", "exit 3"], {"app": "web"}),
         sleeper_pod("client", "life", "node-1"),
         service("web", "life", {"app": "web"}),
     )
-    mc.wait_running([("web", "life"), ("client", "life")])
+    mc.wait_running([("web", "life"), ("client", "life"), ("idle", "life")])
+    # web's httpGet probe passes (Ready); idle's tcpSocket probe never does (Running, not Ready).
+    wait_for("web ready by its probe", lambda: container(mc, "web", "life").get("ready") is True, timeout=20)
+    assert container(mc, "idle", "life").get("ready") is False
 
     def crash_looping() -> dict[str, Any] | None:
         c = container(mc, "crasher", "life")
@@ -77,7 +108,7 @@ def test_a_crashing_container_reaches_crash_loop_back_off_and_gets_no_traffic(mc
 
     result = mc.request("client", "life", "http://web.life:80/", count=20)
     assert ok_count(result) == 20, result
-    assert served_by(result) == {"web"}
+    assert served_by(result) == {"web"}  # neither the crashing pod nor the unready one got a request
 
 
 def test_a_container_that_is_not_restarted_leaves_its_pod_succeeded(mc: MeshCluster) -> None:
