@@ -1,8 +1,14 @@
 """Troubleshooting on the local cluster, as an operator runs it: ``check`` passes on a healthy mesh and
-names the fault once a ztunnel is killed; ``explain`` predicts an allowed and a denied connection and the
-data plane then does exactly that, and ``logs --denied`` finds the refusal; ``tap`` shows a request made
-after it started; ``proxy-status`` lists every node's ztunnel as SYNCED; ``fetch`` reads an endpoint
-inside a node's netns from the host."""
+names the fault once a ztunnel is killed, once a pod's nftables rules are removed and once istiod is
+stopped; ``explain`` predicts an allowed and a denied connection and the data plane then does exactly
+that, and ``logs --denied`` finds the refusal; with a per-service-account waypoint and an L7 policy,
+``explain --method POST`` predicts 403 at the waypoint and a real POST gets it; ``tap`` shows a request
+made after it started; ``proxy-status`` lists every node's ztunnel as SYNCED with its version;
+``fetch`` reads an endpoint inside a node's netns from the host; ``bug-report`` writes an archive with
+the config dumps and logs and no key material.
+
+The tests share one cluster and run in file order: the faults are made last (a ztunnel killed, then a
+pod's rules removed, then istiod stopped), each test asserting only what its fault changes."""
 
 from __future__ import annotations
 
@@ -12,7 +18,10 @@ import secrets
 import signal
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
+from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +38,8 @@ from ambientctl.cluster.testing import (
     sleeper_pod,
     wait_for,
 )
+from ambientctl.troubleshoot.bugreport import find_key_files
+from meshcore.aio.netns import NetnsHandle
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -86,6 +97,7 @@ def test_proxy_status_lists_every_ztunnel_synced(mc: MeshCluster) -> None:
 
     rows = wait_for("both ztunnels SYNCED", synced, timeout=20)
     assert sorted(r["node"] for r in rows) == ["node-1", "node-2"]
+    assert {r["version"] for r in rows} == {package_version("ambient-mesh")}
     table = ctl(mc, "proxy-status").stdout.splitlines()
     assert table[0].split()[:4] == ["NAME", "CLUSTER", "WDS", "WADS"]
     assert any(line.startswith("ztunnel-node-1.istio-system") and "SYNCED" in line for line in table)
@@ -158,6 +170,69 @@ def test_tap_shows_a_request_made_after_it_started(mc: MeshCluster) -> None:
     assert f"{NS}/client" in row and f"echo.{NS}.svc.cluster.local" in row and " ok " in row, (row, err)
 
 
+def test_bug_report_has_every_dump_and_no_key_material(mc: MeshCluster, tmp_path: Path) -> None:
+    result = ctl(mc, "bug-report", "--out", str(tmp_path / "report.tar.gz"))
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path == tmp_path / "report.tar.gz" and path.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(path, "r:gz") as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    for name in ["istiod/syncz.json", "istiod/registryz.json", "nodes/node-1/ztunnel-config_dump.json",
+                 "nodes/node-2/ztunnel-config_dump.json", "nodes/node-1/node-agent-pods.json",
+                 "logs/istiod.log", "logs/ztunnel-node-1.log", "versions.json", "resources.json", "check.json"]:
+        assert name in files, sorted(files)
+    assert {w["name"] for w in json.loads(files["nodes/node-2/ztunnel-config_dump.json"])["workloads"]} >= {"server"}
+    assert any(r["kind"] == "AuthorizationPolicy" and r["metadata"]["name"] == "deny-bad"
+               for r in json.loads(files["resources.json"]))
+    keys = find_key_files(mc.state_dir)
+    assert keys, "the state directory holds no key file: nothing was tested"
+    everything = "\n".join(files.values())
+    assert "PRIVATE KEY" not in everything
+    for key in keys:
+        body = [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+        assert not any(line in everything for line in body if len(line) >= 24), key
+    # Certificates (public) are kept: what expiry problems are read from.
+    held = json.loads(files["nodes/node-2/ztunnel-config_dump.json"])["certificates"]
+    assert held and all(e["certChain"][0]["expirationTime"] for e in held)
+
+
+GET_ONLY = f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: get-only, namespace: {NS}}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: echo}}]
+  action: ALLOW
+  rules:
+  - to: [{{operation: {{methods: ["GET"]}}}}]
+"""
+
+
+def test_explain_predicts_a_403_at_the_waypoint_and_a_real_post_gets_it(mc: MeshCluster) -> None:
+    done = ctl(mc, "waypoint", "apply", "-n", NS, "--service-account", "server", "--wait")
+    assert done.exit_code == 0, done.output
+    mc.apply(GET_ONLY)
+
+    def predicted() -> dict[str, Any] | None:
+        doc = json.loads(ctl(mc, "explain", f"{NS}/client", f"svc/{NS}/echo", "--method", "POST", "-o", "json").stdout)
+        return doc if doc["l7"] and doc["l7"]["policies"] else None
+
+    post = wait_for("explain sees the waypoint and its policy", predicted, timeout=30)
+    assert post["route"]["waypoint"] and post["allowed"] is False
+    assert post["l7"]["decision"]["allowed"] is False
+    assert post["l7"]["policies"][0]["policy"] == f"{NS}/get-only"
+    text = ctl(mc, "explain", f"{NS}/client", f"svc/{NS}/echo", "--method", "POST").stdout
+    assert "403 RBAC: access denied" in text, text
+    get = json.loads(ctl(mc, "explain", f"{NS}/client", f"svc/{NS}/echo", "--method", "GET", "-o", "json").stdout)
+    assert get["allowed"] is True and get["l7"]["decision"]["allowed"] is True
+
+    def status(data: str | None) -> int | None:
+        return mc.request("client", NS, URL, data=data, timeout=5.0)["results"][0].get("status")
+
+    wait_for("a real POST denied with 403 at the waypoint", lambda: status("x") == 403, timeout=30)
+    assert status(None) == 200
+
+
 def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
     def healthy() -> dict[str, Any] | None:
         code, doc = check_json(mc)
@@ -181,3 +256,29 @@ def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
     assert not any("node-1" in f for f in failed), failed
     fixes = {r["description"]: r["remediation"] for r in doc["results"] if r["result"] == "error"}
     assert "ambientctl cluster logs ztunnel-node-2" in fixes["ztunnel-node-2 is running"]
+
+
+def test_check_names_a_pod_whose_redirection_was_removed(mc: MeshCluster) -> None:
+    record = mc.cluster.find_pod("bad", NS)
+    assert record is not None
+    with NetnsHandle.open(str(mc.cluster.net.netns_path(record.netns))) as handle:
+        done = handle.run(subprocess.run, ["nft", "delete", "table", "inet", "istio-ambient-nat"],
+                          capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    code, doc = check_json(mc)
+    assert code == 1
+    (redirection,) = [r for r in doc["results"] if r["category"] == "traffic redirection"]
+    assert redirection["result"] == "error"
+    assert f"{NS}/bad: nftables table istio-ambient-nat missing" in redirection["detail"]
+    assert f"{NS}/client" not in redirection["detail"] and f"{NS}/server" not in redirection["detail"]
+    assert "ambientctl cluster logs node-agent-node-1" in redirection["remediation"]
+
+
+def test_check_names_a_stopped_istiod(mc: MeshCluster) -> None:
+    assert mc.cluster.stop_component("istiod")
+    code, doc = check_json(mc)
+    assert code == 1
+    fixes = {r["description"]: r for r in doc["results"] if r["result"] == "error"}
+    assert fixes["istiod is running"]["remediation"].startswith("read why: ambientctl cluster logs istiod")
+    assert "istiod is ready" in fixes and "istiod-lite is serving configuration" in fixes
