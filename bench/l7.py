@@ -21,8 +21,9 @@ same path to services whose ``ServiceTraffic`` (served by the same xDS helper) h
 match entries each (path prefix + header + method; the request matching the first entry of the first
 rule, the best case, or the last entry of the last rule, the worst), a 90/10 weighted split across two
 services, and a retry policy (3 attempts on 5xx/reset/connect-failure, per-try timeout) on a healthy
-backend. The paths are interleaved, ``--rounds`` times per concurrency; each figure is the median of
-its rounds, and the loss is against the plain waypoint's median in the same run.
+backend. The paths are interleaved, ``--rounds`` times per concurrency (order rotated each round); each
+figure is the median of its rounds, and the loss is against the plain waypoint's median in the same run,
+next to the waypoint's CPU per request (its capacity, less sensitive to a busy machine than req/s).
 
     .venv/bin/python bench/l7.py [--quick] [--duration 5] [--concurrency 1 8 32] [--idle 2000]
                                  [--profile DIR] [--workdir DIR]
@@ -912,12 +913,16 @@ def traffic_table(results: list[Result]) -> u.Table:
         base = plain.get(r.concurrency)
         loss = 1 - r.rps / base.rps if base is not None and r is not base else None
         added = r.p50_ms - base.p50_ms if base is not None and r is not base else None
+        cpu = None
+        if base is not None and r is not base and r.waypoint_cpu_per_1k and base.waypoint_cpu_per_1k:
+            cpu = (r.waypoint_cpu_per_1k / base.waypoint_cpu_per_1k - 1) * 100
         rows.append([
             r.path, str(r.concurrency), f"{r.rps:,.0f}", fmt(None if loss is None else loss * 100, "+.1f"),
             f"{r.p50_ms:.3f}", fmt(added, "+.3f"), f"{r.p99_ms:.3f}", fmt(r.waypoint_cpu_per_1k, ".3f"),
+            fmt(cpu, "+.1f"),
         ])
     return u.Table(["path", "conns", "req/s", "loss vs plain %", "p50 ms", "p50 vs plain ms", "p99 ms",
-                    "waypoint CPU s/1k req"], rows)
+                    "waypoint CPU s/1k req", "waypoint CPU vs plain %"], rows)
 
 
 def traffic_targets(results: list[Result]) -> list[str]:
@@ -927,20 +932,27 @@ def traffic_targets(results: list[Result]) -> list[str]:
         base = plain.get(r.concurrency)
         if r.path in (ROUTES_FIRST, ROUTES_LAST) and base is not None:
             loss = 1 - r.rps / base.rps
+            cpu = ""
+            if r.waypoint_cpu_per_1k and base.waypoint_cpu_per_1k:
+                # The waypoint's capacity (one event loop): 1 / its CPU per request.
+                capacity = 1 - base.waypoint_cpu_per_1k / r.waypoint_cpu_per_1k
+                cpu = f"; waypoint capacity from its CPU per request {-capacity:+.1%}"
             lines.append(
-                f"{r.path} at {r.concurrency} conns: {loss:+.1%} throughput vs the plain waypoint "
-                f"(target < {ROUTES_LOSS_TARGET:.0%}): {l4._ok(loss < ROUTES_LOSS_TARGET)}"
+                f"{r.path} at {r.concurrency} conns: req/s {-loss:+.1%} vs the plain waypoint{cpu} "
+                f"(target: loss < {ROUTES_LOSS_TARGET:.0%}): {l4._ok(loss < ROUTES_LOSS_TARGET)}"
             )
     return lines
 
 
 def run_traffic(m: Mesh, concurrency: list[int], rounds: int, warmup: float, duration: float) -> list[Result]:
-    """Every routed path and the plain waypoint, interleaved, ``rounds`` times per concurrency; prints
-    each measurement as it is taken and returns them all."""
+    """Every routed path and the plain waypoint, interleaved, ``rounds`` times per concurrency, the order
+    rotated each round (so no path always runs first or after the same one); prints each measurement as
+    it is taken and returns them all."""
     runs: list[Result] = []
+    paths = [m.l7, *m.traffic]
     for c in concurrency:
         for i in range(rounds):
-            for path in [m.l7, *m.traffic]:
+            for path in paths[i % len(paths):] + paths[: i % len(paths)]:
                 runs.append(measure(path, c, warmup, duration))
                 print(f"round {i + 1}: " + traffic_table(runs[-1:]).render().splitlines()[-1], flush=True)
     return runs
