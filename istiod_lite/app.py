@@ -6,6 +6,12 @@ carrying both ADS and the CA over TLS (client certificates required: node creden
 on the token CA port carrying only the CA for service-account-token callers (``ca.token_service``), and the
 monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
 
+Replicas: on the Kubernetes store several replicas run at once. Every one serves xDS and the CA; only the
+one holding the Lease (``istiod_lite.leader``) runs the waypoint controller and writes route/policy
+status (``is_leader``). A follower keeps its registry current but writes nothing; on taking the lease it
+re-reads the whole store once and writes only what differs from what the cluster holds (so status the
+previous leader wrote is not written again). On the SQLite store there is one writer and no election.
+
 Flow: at start the whole store is read and pushed, so what was applied while istiod_lite was down is
 served at once; then a watch loop follows the store's change log in order and updates the registry once
 per batch of changes, incrementally (``registry.incremental``: a pod change recomputes that pod only),
@@ -18,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import UTC, datetime, timedelta
@@ -35,6 +43,7 @@ from istiod_lite.ca.token_service import TokenCaServicer, token_server_credentia
 from istiod_lite.ca.token_service import add_to_server as add_token_ca_to_server
 from istiod_lite.ca.tokenauth import PodFacts, TokenAuthConfig, pod_facts
 from istiod_lite.config import IstiodConfig, open_store
+from istiod_lite.leader import LeaderElector, LeaseSettings
 from istiod_lite.push import PushServer
 from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
 from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
@@ -66,6 +75,8 @@ MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 
 # (RESOURCE_EXHAUSTED) before it is deserialized, so it costs no memory.
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 WATCH_POLL_SECONDS = 0.02
+# This replica's identity in the leader Lease: the pod name (the manifests set POD_NAME), else the host.
+POD_NAME_ENV = "POD_NAME"
 
 
 def load_ca(config: IstiodConfig, now: datetime) -> CertificateAuthority:
@@ -87,7 +98,15 @@ def load_ca(config: IstiodConfig, now: datetime) -> CertificateAuthority:
 class ControlPlane:
     """One running istiod_lite. ``start()`` binds and serves; ``stop()`` shuts down cleanly."""
 
-    def __init__(self, config: IstiodConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        config: IstiodConfig,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease: LeaseSettings | None = None,
+    ) -> None:
+        """``lease``: the leader election settings on the Kubernetes store (default: identity from
+        ``POD_NAME`` or the host name, client-go's usual durations); ignored on SQLite."""
         self.config = config
         self._clock = clock
         self.metrics = CollectorRegistry(auto_describe=True)
@@ -141,6 +160,27 @@ class ControlPlane:
         self.xds_port = 0
         self.monitoring_port = 0
         self.ready = asyncio.Event()
+        # Leader election (Kubernetes store only); without it this replica is the only writer.
+        self._lease = lease or LeaseSettings(identity=os.environ.get(POD_NAME_ENV) or socket.gethostname())
+        self.elector: LeaderElector | None = None
+        self._elector_task: asyncio.Task[None] | None = None
+        self._resync_as_leader = False
+        self.leader_resyncs = 0  # full re-reads done on taking the lease (for tests and debugging)
+        self._leader_gauge = Gauge(
+            "istiod_lite_leader", "1 while this replica runs the controllers and writes status", registry=self.metrics
+        )
+        self._leader_gauge.set(0 if config.store == "kubernetes" else 1)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica may run the controllers and write status (always, without election)."""
+        return self.elector is None or self.elector.is_leader
+
+    def _on_leadership(self, leading: bool) -> None:
+        self._leader_gauge.set(1 if leading else 0)
+        # Taking the lease: the watch loop re-reads everything once before its next batch. Losing it:
+        # writes stop at once (is_leader is read before each one).
+        self._resync_as_leader = leading
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -188,6 +228,8 @@ class ControlPlane:
         )
         _, self.monitoring_port = await self._http.start(cfg.monitoring_host, cfg.monitoring_port)
         self._watch_task = asyncio.create_task(self._watch(), name="istiod-store-watch")
+        if cfg.store == "kubernetes":
+            self._start_election()
         self.ready.set()
         log.info(
             "istiod-lite serving",
@@ -201,11 +243,28 @@ class ControlPlane:
             policies=len(self.snapshot.policies),
         )
 
+    def _start_election(self) -> None:
+        from kubernetes_asyncio.client import ApiClient  # the Kubernetes client only on that store
+
+        configuration = self.store.configuration  # type: ignore[attr-defined]
+        self.elector = LeaderElector(ApiClient(configuration), self._lease, on_change=self._on_leadership)
+        self._elector_task = asyncio.create_task(self.elector.run(), name="istiod-leader-election")
+
+    async def _stop_election(self) -> None:
+        if self._elector_task is None or self.elector is None:
+            return
+        self._elector_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._elector_task
+        await self.elector.release()  # a clean stop hands over at once
+        await self.elector.api.close()
+
     async def stop(self, grace: float = 5.0) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        await self._stop_election()
         await self.push.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
@@ -255,6 +314,9 @@ class ControlPlane:
     async def _watch(self) -> None:
         """Follow the store's change log in order; one incremental registry update per batch of changes."""
         while True:
+            if self._resync_as_leader:
+                self._resync_as_leader = False
+                self._take_over()
             try:
                 events = self.store.changes_since(self._revision)
             except Exception:
@@ -283,9 +345,23 @@ class ControlPlane:
             self._reconcile_waypoints()
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
+    def _take_over(self) -> None:
+        """Just took the lease: re-read the whole store (writing the status that differs from the cluster's)
+        and reconcile every waypoint Gateway, since a follower wrote nothing."""
+        try:
+            self._load_all()
+            self.waypoints.resync()
+        except Exception:
+            log.exception("re-reading the store on taking the lease failed; retrying")
+            self._resync_as_leader = self.is_leader
+            return
+        self.leader_resyncs += 1
+        log.info("leader: store re-read, controllers running", identity=self._lease.identity)
+
     def _reconcile_waypoints(self) -> None:
-        """The waypoint controller's turn (its own writes come back through the watch as no-ops)."""
-        if not self.waypoints.pending:
+        """The waypoint controller's turn (its own writes come back through the watch as no-ops); the
+        leader's only."""
+        if not self.waypoints.pending or not self.is_leader:
             return
         try:
             self.waypoints.reconcile_pending()
@@ -350,7 +426,8 @@ class ControlPlane:
         for p in result.problems:
             log.warning("traffic config problem", resource=str(p.ref), reason=p.reason.value, message=p.message)
         now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-        for ref, compiled_status in result.statuses.items():
+        # A follower writes no status: the leader does, and re-checks all of it when it takes the lease.
+        for ref, compiled_status in result.statuses.items() if self.is_leader else ():
             status = copy.deepcopy(compiled_status)  # the compiled value stays as compiled (no times)
             for cond in [*status.get("conditions", []), *(c for p in status.get("parents", []) for c in p["conditions"])]:
                 cond["lastTransitionTime"] = now

@@ -37,6 +37,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+# The RBAC verbs the calls below make on Leases (GET to read, POST to create the first time, PUT to take,
+# renew and release); the manifests' Role grants exactly these, and a test checks them against the calls.
+LEASE_VERBS: tuple[str, ...] = ("get", "create", "update")
+
+
+def lease_rbac_rules() -> list[dict[str, Any]]:
+    """The namespaced Role rules leader election needs (in the Lease's namespace)."""
+    return [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_VERBS)}]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,11 @@ class LeaderElector:
         self._leading = asyncio.Event()
         self._following = asyncio.Event()
         self._following.set()
+
+    @property
+    def api(self) -> ApiClient:
+        """The API client this elector calls (its owner closes it)."""
+        return self._api
 
     async def wait_for(self, leader: bool) -> None:
         """Return once this replica is (``True``) or is not (``False``) the leader."""

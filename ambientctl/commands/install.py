@@ -81,6 +81,16 @@ def _env(values: dict[str, str]) -> list[JSON]:
 _NODE_NAME_ENV = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
 
 
+_POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+
+
+def _istiod_role_rules() -> list[JSON]:
+    """istiod-lite's namespaced rules in istio-system: the leader Lease. The verbs are those
+    ``istiod_lite.leader.LEASE_VERBS`` names (ambientctl cannot import istiod_lite; a test keeps them
+    equal, and another checks them against the calls the elector makes on the API stand-in)."""
+    return [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+
+
 def _istiod(image: str) -> list[JSON]:
     from meshcore.store.kubernetes import rbac_rules  # the Kubernetes client only when rendering
 
@@ -96,7 +106,7 @@ def _istiod(image: str) -> list[JSON]:
             "ISTIOD_TOKEN_CA_ADDRESS": "0.0.0.0:15011",
             "ISTIOD_MONITORING_ADDRESS": "0.0.0.0:15014",
             "LOG_FORMAT": "json",
-        }),
+        }) + [_POD_NAME_ENV],
         "ports": [
             {"name": "grpc-xds", "containerPort": 15012, "protocol": "TCP"},
             {"name": "grpc-token-ca", "containerPort": 15011, "protocol": "TCP"},
@@ -118,10 +128,17 @@ def _istiod(image: str) -> list[JSON]:
          "metadata": _meta("istiod-lite", None),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istiod-lite"},
          "subjects": [{"kind": "ServiceAccount", "name": "istiod", "namespace": NAMESPACE}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": _meta("istiod-lite"), "rules": _istiod_role_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta("istiod-lite"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istiod-lite"},
+         "subjects": [{"kind": "ServiceAccount", "name": "istiod", "namespace": NAMESPACE}]},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta("istiod", **labels),
          "spec": {
-             # One replica until leader election lands: two would both write status and run controllers.
-             "replicas": 1,
+             # Two replicas: both serve xDS and the CA; the Lease holder alone runs the controllers and
+             # writes status (istiod_lite.leader).
+             "replicas": 2,
              "selector": {"matchLabels": labels},
              "template": {"metadata": {"labels": {**PART_OF, **labels}}, "spec": {
                  "serviceAccountName": "istiod",

@@ -42,6 +42,9 @@ def api() -> Iterator[ThreadedKubeApi]:
     with ThreadedKubeApi() as server:
         server.call(server.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}})
+        # Where the leader Lease lives: the only replica takes it and writes status.
+        server.call(server.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "istio-system"}})
         yield server
 
 
