@@ -1,7 +1,7 @@
 """istiod_lite's composition root: builds every part from one ``IstiodConfig`` and runs them.
 
 Parts: the embedded store (SQLite), the registry (resources -> workloads, services, policies), the CA
-(root from the state dir or plugged-in files), the delta ADS push server, one gRPC server on the xDS port
+(root from the state dir or plugged-in files; on Kubernetes from a Secret, ``ca.secret``), the delta ADS push server, one gRPC server on the xDS port
 carrying both ADS and the CA over TLS (client certificates required: node credentials), a second one
 on the token CA port carrying only the CA for service-account-token callers (``ca.token_service``), and the
 monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import grpc
 import msgspec
@@ -66,6 +67,9 @@ from meshcore.proto import discovery_pb2_grpc
 from meshcore.store.errors import ResourceNotFound
 from meshcore.store.resource import Resource, ResourceRef
 
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import Configuration
+
 log = structlog.get_logger("istiod_lite")
 
 # What the push server serves: ztunnels' Address and Authorization, waypoints' L7 policies and traffic.
@@ -79,13 +83,21 @@ WATCH_POLL_SECONDS = 0.02
 POD_NAME_ENV = "POD_NAME"
 
 
-def load_ca(config: IstiodConfig, now: datetime) -> CertificateAuthority:
-    """The CA from plugged-in files when configured, else the state dir's root (created on first start)."""
+def load_ca(
+    config: IstiodConfig, now: datetime, *, kubernetes: Configuration | None = None, namespace: str = "istio-system"
+) -> CertificateAuthority:
+    """The CA from plugged-in files when configured; else on Kubernetes (``kubernetes``: the API client
+    configuration) the root kept in a Secret in ``namespace`` (``ca.secret``); else the state dir's root
+    (created on first start)."""
     material: CaMaterial
     if config.ca_cert_file and config.ca_key_file:
         material = load_plugged(
             config.ca_cert_file, config.ca_key_file, chain_path=config.ca_chain_file, root_path=config.ca_root_file
         )
+    elif kubernetes is not None:
+        from istiod_lite.ca.secret import load_secret_root  # the Kubernetes client only on that store
+
+        material = load_secret_root(kubernetes, namespace=namespace, trust_domain=config.trust_domain, now=now)
     else:
         material = load_or_create_root(config.state_dir, trust_domain=config.trust_domain, now=now)
     return material.authority(
@@ -123,7 +135,14 @@ class ControlPlane:
             "istiod_lite_registry_problems", "Resources with problems, by severity", ["severity"], registry=self.metrics
         )
         self.store = open_store(config)
-        self.ca = load_ca(config, clock())
+        # Leader election and the CA root's Secret live in the istiod namespace (Kubernetes store only).
+        self._lease = lease or LeaseSettings(identity=os.environ.get(POD_NAME_ENV) or socket.gethostname())
+        try:
+            kube = self.store.configuration if config.store == "kubernetes" else None  # type: ignore[attr-defined]
+            self.ca = load_ca(config, clock(), kubernetes=kube, namespace=self._lease.namespace)
+        except BaseException:
+            self.store.close()
+            raise
         self.tls_accounting = TlsAccounting(self.metrics)  # TLS handshakes on 15012 (see ca.service)
         self.push = PushServer(
             self.metrics,
@@ -161,7 +180,6 @@ class ControlPlane:
         self.monitoring_port = 0
         self.ready = asyncio.Event()
         # Leader election (Kubernetes store only); without it this replica is the only writer.
-        self._lease = lease or LeaseSettings(identity=os.environ.get(POD_NAME_ENV) or socket.gethostname())
         self.elector: LeaderElector | None = None
         self._elector_task: asyncio.Task[None] | None = None
         self._resync_as_leader = False

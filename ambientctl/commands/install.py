@@ -85,10 +85,14 @@ _POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "me
 
 
 def _istiod_role_rules() -> list[JSON]:
-    """istiod-lite's namespaced rules in istio-system: the leader Lease. The verbs are those
-    ``istiod_lite.leader.LEASE_VERBS`` names (ambientctl cannot import istiod_lite; a test keeps them
-    equal, and another checks them against the calls the elector makes on the API stand-in)."""
-    return [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+    """istiod-lite's namespaced rules in istio-system: the leader Lease and the CA root's Secret. The verbs
+    are those ``istiod_lite.leader.LEASE_VERBS`` and ``istiod_lite.ca.secret.SECRET_VERBS`` name
+    (ambientctl cannot import istiod_lite; a test keeps them equal, and others check them against the
+    calls made on the API stand-in)."""
+    return [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+    ]
 
 
 def _istiod(image: str) -> list[JSON]:
@@ -143,7 +147,7 @@ def _istiod(image: str) -> list[JSON]:
              "template": {"metadata": {"labels": {**PART_OF, **labels}}, "spec": {
                  "serviceAccountName": "istiod",
                  "containers": [container],
-                 # The CA root lives here until it is kept in a Secret (istio-ca-secret / cacerts).
+                 # Scratch state only: the CA root is kept in the Secret istio-ca-secret (or cacerts).
                  "volumes": [{"name": "state", "emptyDir": {}}],
              }},
          }},

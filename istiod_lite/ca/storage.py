@@ -1,5 +1,6 @@
 """Where the CA's key and certificates come from: a self-signed root kept in the state dir, or files
-an operator plugs in (Istio's ``cacerts``: ca-cert, ca-key, cert-chain, root-cert).
+an operator plugs in (Istio's ``cacerts``: ca-cert, ca-key, cert-chain, root-cert). On Kubernetes the
+same material lives in a Secret (``ca.secret``, which uses ``generate_root`` and ``material_from_pem``).
 
 Self-signed mode keeps ``<state_dir>/ca/root-key.pem`` (0600) and ``root-cert.pem`` in a 0700 directory,
 created on first start and reloaded unchanged afterwards, so certificates issued before a restart
@@ -52,6 +53,19 @@ class CaMaterial:
         return CertificateAuthority(self.key, self.cert, trust_domain, chain=self.chain, roots=self.roots, **kw)
 
 
+def generate_root(*, trust_domain: str, now: datetime) -> CaMaterial:
+    """A new self-signed root (Istio's default lifetime), kept nowhere yet."""
+    key = certs.generate_key()
+    root = certs.build_ca_certificate(
+        key,
+        common_name="istiod-lite root CA",
+        organization=trust_domain,
+        not_before=now - timedelta(minutes=1),
+        not_after=now + ROOT_TTL,
+    )
+    return CaMaterial(key=key, cert=root, chain=(), roots=(root,), source="generated")
+
+
 def load_or_create_root(state_dir: Path, *, trust_domain: str, now: datetime) -> CaMaterial:
     """The self-signed root in ``<state_dir>/ca``: loaded when present, generated on first start."""
     ca_dir = state_dir / CA_DIR
@@ -64,18 +78,11 @@ def load_or_create_root(state_dir: Path, *, trust_domain: str, now: datetime) ->
             "a new root (this invalidates every certificate issued so far)"
         )
     if not have_key:
-        new_key = certs.generate_key()
-        root = certs.build_ca_certificate(
-            new_key,
-            common_name="istiod-lite root CA",
-            organization=trust_domain,
-            not_before=now - timedelta(minutes=1),
-            not_after=now + ROOT_TTL,
-        )
+        made = generate_root(trust_domain=trust_domain, now=now)
         ca_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_file(key_path, certs.key_to_pem(new_key), mode=0o600)
-        _write_file(cert_path, certs.cert_to_pem(root), mode=0o644)
-        return CaMaterial(key=new_key, cert=root, chain=(), roots=(root,), source="generated")
+        _write_file(key_path, certs.key_to_pem(made.key), mode=0o600)
+        _write_file(cert_path, certs.cert_to_pem(made.cert), mode=0o644)
+        return made
 
     mode = stat.S_IMODE(key_path.stat().st_mode)
     if mode & 0o077:
@@ -102,37 +109,51 @@ def load_plugged(
     both are recognised. Without ``root_path`` the root is the self-signed signing cert, or the last
     certificate of the chain when that one is self-signed. Each link must be signed by the next.
     """
-    key = _load_key(key_path)
-    cert = _load_certs(cert_path)[0]
-    if not certs.public_key_matches(key, cert):
-        raise CaMaterialInvalid(f"{key_path} does not match {cert_path}")
-    chain = list(_load_certs(chain_path)) if chain_path else []
-    if chain and chain[0] == cert:
-        chain.pop(0)
-    roots = list(_load_certs(root_path)) if root_path else []
+    key = (str(key_path), _read(key_path))  # the key first: its problem is the one to name
+    return material_from_pem(
+        cert=(str(cert_path), _read(cert_path)),
+        key=key,
+        chain=(str(chain_path), _read(chain_path)) if chain_path else None,
+        root=(str(root_path), _read(root_path)) if root_path else None,
+    )
+
+
+Named = tuple[str, bytes]  # (where it came from, for messages; its PEM)
+
+
+def material_from_pem(*, cert: Named, key: Named, chain: Named | None = None, root: Named | None = None) -> CaMaterial:
+    """``load_plugged``'s checks on PEM from anywhere (files, a Secret's keys): each part is named by where
+    it came from in every message."""
+    signing_key = _parse_key(*key)
+    signing = _parse_certs(*cert)[0]
+    if not certs.public_key_matches(signing_key, signing):
+        raise CaMaterialInvalid(f"{key[0]} does not match {cert[0]}")
+    links = list(_parse_certs(*chain)) if chain else []
+    if links and links[0] == signing:
+        links.pop(0)
+    roots = list(_parse_certs(*root)) if root else []
     if not roots:
-        if _self_signed(cert):
-            roots = [cert]
-        elif chain and _self_signed(chain[-1]):
-            roots = [chain[-1]]
+        if _self_signed(signing):
+            roots = [signing]
+        elif links and _self_signed(links[-1]):
+            roots = [links[-1]]
         else:
-            raise CaMaterialInvalid(
-                f"cannot find the root for {cert_path}: pass the root certificate file (root-cert.pem)"
-            )
-    if chain and chain[-1] in roots:
-        chain.pop()
-    if cert not in roots:
-        links = [cert, *chain]
-        for child, parent in zip(links, [*chain, None], strict=True):
+            raise CaMaterialInvalid(f"cannot find the root for {cert[0]}: pass the root certificate (root-cert.pem)")
+    if links and links[-1] in roots:
+        links.pop()
+    where = chain[0] if chain else cert[0]
+    if signing not in roots:
+        path = [signing, *links]
+        for child, parent in zip(path, [*links, None], strict=True):
             if parent is not None:
-                _check_issued(child, parent, chain_path or cert_path)
-        if not any(certs.is_issued_by(links[-1], r) for r in roots):
+                _check_issued(child, parent, where)
+        if not any(certs.is_issued_by(path[-1], r) for r in roots):
             raise CaMaterialInvalid(
-                f"{links[-1].subject.rfc4514_string()} is not signed by any root in {root_path or chain_path}; "
+                f"{path[-1].subject.rfc4514_string()} is not signed by any root in {root[0] if root else where}; "
                 "pass the complete chain up to the root"
             )
-    source = ", ".join(str(p) for p in (cert_path, key_path, chain_path, root_path) if p)
-    return CaMaterial(key=key, cert=cert, chain=tuple(chain), roots=tuple(roots), source=source)
+    source = ", ".join(p[0] for p in (cert, key, chain, root) if p)
+    return CaMaterial(key=signing_key, cert=signing, chain=tuple(links), roots=tuple(roots), source=source)
 
 
 def write_credential(directory: Path, key_pem: str, chain_pem: Sequence[str], roots_pem: str) -> None:
@@ -166,24 +187,32 @@ def _read(path: Path) -> bytes:
 
 
 def _load_key(path: Path) -> certs.SigningKey:
-    try:
-        return certs.load_private_key(_read(path))
-    except CertificateError as e:
-        raise CaMaterialInvalid(f"{path}: {e}") from e
+    return _parse_key(str(path), _read(path))
 
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
+    return _parse_certs(str(path), _read(path))
+
+
+def _parse_key(where: str, pem: bytes) -> certs.SigningKey:
     try:
-        return certs.load_chain(_read(path))
+        return certs.load_private_key(pem)
     except CertificateError as e:
-        raise CaMaterialInvalid(f"{path}: {e}") from e
+        raise CaMaterialInvalid(f"{where}: {e}") from e
+
+
+def _parse_certs(where: str, pem: bytes) -> list[x509.Certificate]:
+    try:
+        return certs.load_chain(pem)
+    except CertificateError as e:
+        raise CaMaterialInvalid(f"{where}: {e}") from e
 
 
 def _self_signed(cert: x509.Certificate) -> bool:
     return certs.is_issued_by(cert, cert)
 
 
-def _check_issued(child: x509.Certificate, parent: x509.Certificate, where: Path) -> None:
+def _check_issued(child: x509.Certificate, parent: x509.Certificate, where: Path | str) -> None:
     if not certs.is_issued_by(child, parent):
         raise CaMaterialInvalid(
             f"{where}: {child.subject.rfc4514_string()} is not signed by {parent.subject.rfc4514_string()}"

@@ -78,7 +78,7 @@ class ApiResource:
 
 
 def mesh_resources() -> list[ApiResource]:
-    """The types the mesh's store holds (``meshcore.store.resource.KINDS``) plus Leases."""
+    """The types the mesh's store holds (``meshcore.store.resource.KINDS``) plus Leases and Secrets."""
     out: list[ApiResource] = []
     for kind, (api_version, namespaced) in KINDS.items():
         group, _, version = api_version.rpartition("/")
@@ -86,6 +86,7 @@ def mesh_resources() -> list[ApiResource]:
             ApiResource(group, version, store_plural(kind), kind, namespaced, kind != "ServiceAccount")
         )
     out.append(ApiResource("coordination.k8s.io", "v1", "leases", "Lease", True, False))
+    out.append(ApiResource("", "v1", "secrets", "Secret", True, False))  # the CA root (istio-ca-secret, cacerts)
     return out
 
 

@@ -1,6 +1,7 @@
 """Two istiod-lite replicas on the Kubernetes store (the API stand-in): both serve, one leader writes route
 status, the other takes over when the leader stops, and the status is written once across the hand-over;
-the Lease calls the replicas make are exactly the Role the manifests grant."""
+the Lease calls the replicas make are exactly the Role the manifests grant; every replica signs with the
+one CA root kept in the istio-ca-secret Secret."""
 
 from __future__ import annotations
 
@@ -201,4 +202,16 @@ async def test_the_lease_calls_are_exactly_the_role_the_manifests_grant(replicas
     assert called == set(LEASE_VERBS)
     role = next(d for d in render_manifests() if d["kind"] == "Role" and d["metadata"]["name"] == "istiod-lite")
     assert role["metadata"]["namespace"] == "istio-system"
-    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_VERBS)}]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_VERBS)} in role["rules"]
+
+
+async def test_every_replica_signs_with_the_one_root_kept_in_the_secret(replicas: Replicas) -> None:
+    a, b = await replicas.start("istiod-a"), await replicas.start("istiod-b")
+    assert a.ca.signing_cert == b.ca.signing_cert
+    stored = await asyncio.to_thread(replicas.api.call, replicas.api.server.get_object, "Secret", "istio-system",
+                                     "istio-ca-secret")
+    assert stored is not None
+    # A restarted replica (a new state directory: the pod's emptyDir is gone) keeps the root.
+    await replicas.stop(a)
+    c = await replicas.start("istiod-c")
+    assert c.ca.signing_cert == b.ca.signing_cert
