@@ -1,9 +1,10 @@
 """SecretManager: the certificates of every local workload identity, fetched, cached and kept fresh.
 
 Theory of operation (ztunnel ``src/identity/manager.rs``; reference §5 "TTL and rotation"):
-- One worker task per identity owns all CA traffic for it: fetch, then sleep until the bundle's
-  ``refresh_at`` (half-life), then fetch again. Callers never talk to the CA themselves, so any number of
-  concurrent ``fetch_certificate`` calls share the one request in flight.
+- One worker task per identity owns all CA traffic for it: fetch, then sleep for half of the bundle's
+  remaining life (``planned_refresh``: from ``max(not_before, received)``, so a CA that backdates
+  ``not_before`` cannot make a short certificate due on arrival), then fetch again. Callers never talk to
+  the CA themselves, so any number of concurrent ``fetch_certificate`` calls share the one request in flight.
 - A failed fetch is retried after a per-identity capped exponential backoff (1 s doubling to 150 s,
   jittered). While it fails, the previous certificate is served until it expires; with none valid,
   callers fail fast with ``CertificateUnavailable`` instead of queueing behind the backoff.
@@ -41,6 +42,15 @@ MAX_CONCURRENT_FETCHES = 8
 # A certificate due for renewal sooner than this (CA clock skew, tiny TTL) is renewed on the backoff
 # schedule instead, so a misbehaving CA is not asked again in a tight loop.
 MIN_REFRESH_DELAY = 1.0
+
+
+def planned_refresh(bundle: CertBundle, now: datetime) -> datetime:
+    """When to renew ``bundle``, received at ``now``: half-way through the validity that is left from
+    ``max(not_before, now)``. A CA backdates ``not_before`` for clock skew (a minute here); planning from it
+    would make any certificate shorter than twice that due on arrival, and renewals would then drift onto
+    the failure backoff past the certificate's expiry."""
+    start = max(bundle.not_before, now)
+    return start + (bundle.not_after - start) / 2
 
 
 def _utc_now() -> datetime:
@@ -153,6 +163,7 @@ class _Entry:
         "pause",
         "phase",
         "priority",
+        "refresh_at",
         "retry_at",
         "settled",
         "task",
@@ -166,6 +177,7 @@ class _Entry:
         self.error: BaseException | None = None
         self.failures = 0
         self.retry_at: datetime | None = None
+        self.refresh_at: datetime | None = None  # planned renewal of ``bundle`` (see ``planned_refresh``)
         # Set (and replaced) whenever an attempt ends or the entry is dropped: wakes waiting callers.
         self.settled = asyncio.Event()
         self.gone: SecretError | None = None  # why the entry was dropped, for callers still waiting
@@ -419,7 +431,9 @@ class SecretManager:
                 self._record_failure(entry, e, delay)
                 await self._pause(entry, delay)
                 continue
-            delay = (bundle.refresh_at - self._clock()).total_seconds()
+            refresh_at = planned_refresh(bundle, self._clock())
+            entry.refresh_at = refresh_at
+            delay = (refresh_at - self._clock()).total_seconds()
             if delay >= MIN_REFRESH_DELAY:
                 backoff.reset()
             else:
@@ -433,7 +447,7 @@ class SecretManager:
             self._record_success(entry, bundle)
             if not await self._pause(entry, delay):
                 # Slept the full time; sleep on if the wall clock says it is not time yet.
-                while (remaining := (bundle.refresh_at - self._clock()).total_seconds()) > 0:
+                while (remaining := (refresh_at - self._clock()).total_seconds()) > 0:
                     if await self._pause(entry, remaining):
                         break
 
@@ -465,7 +479,7 @@ class SecretManager:
             identity=str(entry.identity),
             serial=f"{bundle.serial:x}",
             not_after=bundle.not_after.isoformat(),
-            refresh_at=bundle.refresh_at.isoformat(),
+            refresh_at=(entry.refresh_at or bundle.refresh_at).isoformat(),
         )
 
     def _record_failure(self, entry: _Entry, error: Exception, delay: float) -> None:
@@ -500,7 +514,7 @@ class SecretManager:
             serial=bundle.serial if bundle is not None else None,
             not_before=bundle.not_before if bundle is not None else None,
             not_after=bundle.not_after if bundle is not None else None,
-            refresh_at=bundle.refresh_at if bundle is not None else None,
+            refresh_at=(entry.refresh_at or bundle.refresh_at) if bundle is not None else None,
             error=(str(entry.error) or repr(entry.error)) if entry.error is not None else None,
             next_attempt_at=entry.retry_at,
             failures=entry.failures,

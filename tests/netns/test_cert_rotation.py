@@ -63,11 +63,6 @@ def leaf_certificates(mc: MeshCluster, node: str) -> dict[str, tuple[str, dateti
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="renewal planned from the CA's backdated notBefore, then put on the failure backoff: a "
-    "certificate shorter than 2x the CA's clock-skew backdating expires before it is renewed",
-)
 def test_a_short_lived_workload_certificate_is_always_renewed_before_it_expires(mc: MeshCluster) -> None:
     expected = {
         ("node-1", "spiffe://cluster.local/ns/rotate/sa/client"),

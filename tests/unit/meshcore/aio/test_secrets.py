@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -407,3 +407,17 @@ async def test_close_cancels_everything_and_refuses_new_work(ca: FakeCa, clock: 
     with pytest.raises(SecretManagerClosed):
         mgr.prefetch(A)
     await mgr.close()  # idempotent
+
+
+def test_renewal_is_planned_from_arrival_when_the_ca_backdated_the_certificate():
+    from types import SimpleNamespace
+
+    from meshcore.aio.secrets import planned_refresh
+
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    # A 30 s certificate whose not_before the CA backdated by a minute for clock skew.
+    short = SimpleNamespace(not_before=now - timedelta(seconds=60), not_after=now + timedelta(seconds=30))
+    assert planned_refresh(short, now) == now + timedelta(seconds=15)  # not "due 15 s ago"
+    # An ordinary certificate received at its start: half-life, as before.
+    day = SimpleNamespace(not_before=now, not_after=now + timedelta(hours=24))
+    assert planned_refresh(day, now) == now + timedelta(hours=12)
