@@ -43,6 +43,7 @@ from istiod_lite.ca.storage import CaMaterial, load_or_create_root, load_plugged
 from istiod_lite.ca.token_service import TokenCaServicer, token_server_credentials
 from istiod_lite.ca.token_service import add_to_server as add_token_ca_to_server
 from istiod_lite.ca.tokenauth import PodFacts, TokenAuthConfig, pod_facts
+from istiod_lite.ca.tokenreview import TokenReviewVerifier, Verifier
 from istiod_lite.config import IstiodConfig, open_store
 from istiod_lite.leader import LeaderElector, LeaseSettings
 from istiod_lite.push import PushServer
@@ -68,7 +69,7 @@ from meshcore.store.errors import ResourceNotFound
 from meshcore.store.resource import Resource, ResourceRef
 
 if TYPE_CHECKING:
-    from kubernetes_asyncio.client import Configuration
+    from kubernetes_asyncio.client import ApiClient, Configuration
 
 log = structlog.get_logger("istiod_lite")
 
@@ -169,9 +170,13 @@ class ControlPlane:
         self._revision = 0
         self._grpc: grpc.aio.Server | None = None
         self._token_grpc: grpc.aio.Server | None = None  # the token CA port (None: not served)
+        self._review_api: ApiClient | None = None  # TokenReview's API client (Kubernetes store only)
         # The service-account token issuer's public key (<state-dir>/sa-issuer, made if missing).
+        # On Kubernetes the API server's TokenReview verifies tokens instead (``ca.tokenreview``).
         self._issuer_key = (
-            satoken.ensure_issuer_key(config.state_dir).public_key() if config.token_ca_port is not None else None
+            satoken.ensure_issuer_key(config.state_dir).public_key()
+            if config.token_ca_port is not None and config.store != "kubernetes"
+            else None
         )
         self.token_ca_port = 0
         self._http: HttpServer | None = None
@@ -233,7 +238,7 @@ class ControlPlane:
         if self.xds_port == 0:
             raise OSError(f"cannot listen on {cfg.xds_host}:{cfg.xds_port} (xDS/CA); is another istiod-lite running?")
         await self._grpc.start()
-        if self._issuer_key is not None:
+        if cfg.token_ca_port is not None:
             await self._start_token_ca(ca_servicer, server_cert)
         self._http = HttpServer(
             {
@@ -288,6 +293,8 @@ class ControlPlane:
             await self._grpc.stop(grace)
         if self._token_grpc is not None:
             await self._token_grpc.stop(grace)
+        if self._review_api is not None:
+            await self._review_api.close()
         if self._http is not None:
             await self._http.close()
         self.store.close()
@@ -297,14 +304,21 @@ class ControlPlane:
         """The CA again on the token port: server TLS only, callers authenticated by their service-account
         token (``ca.tokenauth``); refusals counted with 15012's."""
         cfg = self.config
-        assert self._issuer_key is not None and cfg.token_ca_port is not None
+        assert cfg.token_ca_port is not None
         self._token_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        verify: Verifier | None = None
+        if cfg.store == "kubernetes":
+            from kubernetes_asyncio.client import ApiClient  # the Kubernetes client only on that store
+
+            self._review_api = ApiClient(self.store.configuration)  # type: ignore[attr-defined]
+            verify = TokenReviewVerifier(self._review_api, clock=self._clock)
         servicer = TokenCaServicer(
             self.ca,
             self._find_pod,
             metrics=ca_servicer.metrics,
             config=TokenAuthConfig(trust_domain=cfg.trust_domain, public_key=self._issuer_key),
             clock=self._clock,
+            verify=verify,
         )
         add_token_ca_to_server(self._token_grpc, servicer)
         address = f"{_bracket(cfg.token_ca_host)}:{cfg.token_ca_port}"

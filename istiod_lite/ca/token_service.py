@@ -4,7 +4,9 @@ A second gRPC server (default port 15011) beside 15012, because gRPC Python cann
 certificate without requiring one (see ``service``), and a pod that has no certificate yet must still
 reach the CA. TLS here is server-authenticated only (istiod's serving certificate; no client
 certificate requested) and only this one service is registered: no xDS. The caller is authenticated
-by ``authorization: Bearer <service-account token>`` alone, decided by ``tokenauth.authorize_token``.
+by ``authorization: Bearer <service-account token>`` alone: the token checked by the verifier
+(``tokenreview``: the local issuer's key, or the API server's TokenReview on Kubernetes), then
+``tokenauth.authorize_verified``.
 Refusals are counted in the same counters as 15012's (``CaMetrics``: Istio's ``citadel_server_*`` and
 ``istiod_lite_ca_refusals_total{reason}``) and logged once with ``port="token"``; tokens are never logged.
 """
@@ -22,7 +24,14 @@ from istiod_lite.ca.authority import CertificateAuthority, IssuedCredential
 from istiod_lite.ca.errors import CsrRefused
 from istiod_lite.ca.nodeauth import IMPERSONATED_IDENTITY, CsrRequest, grant_ttl
 from istiod_lite.ca.service import CaMetrics
-from istiod_lite.ca.tokenauth import AUTHORIZATION, PodFacts, TokenAuthConfig, authorize_token
+from istiod_lite.ca.tokenauth import (
+    AUTHORIZATION,
+    PodFacts,
+    TokenAuthConfig,
+    authorize_verified,
+    bearer_token,
+)
+from istiod_lite.ca.tokenreview import LocalVerifier, Verifier
 from meshcore.proto import ca_pb2, ca_pb2_grpc
 from meshcore.tls import certs
 
@@ -43,11 +52,14 @@ class TokenCaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics: CaMetrics,
         config: TokenAuthConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        verify: Verifier | None = None,
     ) -> None:
+        """``verify``: who a token stands for (``ca.tokenreview``); default: the local issuer's key."""
         self._ca = ca
         self._find_pod = find_pod
         self._config = config
         self._clock = clock
+        self._verify = verify or LocalVerifier(config, clock)
         self.metrics = metrics
 
     async def CreateCertificate(  # noqa: N802 (gRPC method name)
@@ -66,7 +78,8 @@ class TokenCaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
             csr_request = CsrRequest(
                 csr_pem=request.csr, validity_seconds=request.validity_duration, impersonated_identity=impersonated
             )
-            identity = authorize_token(csr_request, authorization, self._find_pod, config=self._config, now=now)
+            claims = await self._verify(bearer_token(authorization))
+            identity = authorize_verified(csr_request, claims, self._find_pod, trust_domain=self._config.trust_domain)
             ttl = grant_ttl(request.validity_duration, default=self._ca.default_ttl, maximum=self._ca.max_ttl)
             chain = self._ca.sign_workload(request.csr, identity, ttl, now)
         except CsrRefused as e:

@@ -19,8 +19,11 @@ arrive as arguments. Rules, in order (first failing rule wins; the table tests l
 5. the CSR rules of 15012 (``nodeauth.authorize`` with the token's identity as the caller): a valid
    P-256 CSR whose single URI SAN is ``spiffe://<td>/ns/<ns>/sa/<sa>`` of the token.
 
-On a real cluster istiod would send the token to the API server's TokenReview instead of rules 2-3;
-here the embedded store plays the API server, so istiod_lite checks both itself.
+Rule 2 is pluggable (``ca.tokenreview``): on the embedded store istiod_lite checks the token with the
+local issuer's key (``verify_locally``); on Kubernetes the API server's TokenReview verifies it and
+``authorize_verified`` applies rules 3-5 to what it vouched for, the same rules either way.
+``node_binding`` is how a node account's token (ztunnel's) is bound to its node: through the token's pod
+claims to that pod's ``spec.nodeName``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from istiod_lite.ca.errors import CsrRefused, Unauthenticated
+from istiod_lite.ca.errors import CsrRefused, NotNodeAccount, Unauthenticated
 from istiod_lite.ca.nodeauth import Caller, CsrRequest, NodeAuthConfig, authorize
 from meshcore import satoken
 from meshcore.identity import InvalidSpiffeId, SpiffeId
@@ -79,7 +82,7 @@ class PodFacts:
 @dataclass(frozen=True, slots=True)
 class TokenAuthConfig:
     trust_domain: str
-    public_key: ec.EllipticCurvePublicKey
+    public_key: ec.EllipticCurvePublicKey | None  # None: tokens are verified elsewhere (TokenReview)
     audience: str = satoken.CA_AUDIENCE
     issuer: str | None = satoken.DEFAULT_ISSUER
 
@@ -125,25 +128,66 @@ def authorize_token(
 ) -> SpiffeId:
     """The identity ``request`` may be signed for; raises ``CsrRefused`` subclasses (see module doc)."""
     token = bearer_token(authorization)
+    claims = verify_locally(token, config, now)
+    return authorize_verified(request, claims, find_pod, trust_domain=config.trust_domain)
+
+
+def verify_locally(token: str, config: TokenAuthConfig, now: datetime) -> satoken.ServiceAccountToken:
+    """Rule 2 with the local issuer's public key (the embedded store's tokens)."""
+    if config.public_key is None:
+        raise TokenUnauthenticated("no local token issuer key is configured")
     try:
-        claims = satoken.verify_token(
-            token, config.public_key, now=now, audience=config.audience, issuer=config.issuer
-        )
+        return satoken.verify_token(token, config.public_key, now=now, audience=config.audience, issuer=config.issuer)
     except satoken.TokenError as e:
         raise TokenUnauthenticated(str(e), e.reason) from e
+
+
+def authorize_verified(
+    request: CsrRequest,
+    claims: satoken.ServiceAccountToken,
+    find_pod: Callable[[str, str], PodFacts | None],
+    *,
+    trust_domain: str,
+) -> SpiffeId:
+    """Rules 3-5 for claims a verifier vouched for (the local key, or the API server's TokenReview)."""
     _check_pod(claims, find_pod)
     if request.impersonated_identity:
         raise ImpersonationOnTokenPort()
     try:
-        identity = SpiffeId(config.trust_domain, claims.namespace, claims.service_account)
+        identity = SpiffeId(trust_domain, claims.namespace, claims.service_account)
     except InvalidSpiffeId as e:  # verify_token checked the names; a bad trust domain is our config
         raise TokenUnauthenticated(f"token does not make a mesh identity: {e}") from e
     return authorize(
         request,
         Caller(identity=identity),
         lambda _node: frozenset(),
-        config=NodeAuthConfig(trust_domain=config.trust_domain, trusted_node_accounts=frozenset()),
+        config=NodeAuthConfig(trust_domain=trust_domain, trusted_node_accounts=frozenset()),
     )
+
+
+def node_binding(
+    claims: satoken.ServiceAccountToken,
+    find_pod: Callable[[str, str], PodFacts | None],
+    *,
+    trust_domain: str,
+    trusted_node_accounts: frozenset[str],
+) -> str:
+    """The node a verified token's holder runs on and may act for, as Istio binds a ztunnel to its node:
+    the token must be a trusted node account's (``namespace/serviceaccount``, e.g. istio-system/ztunnel)
+    and bound to a live pod (rule 3), and the node is that pod's ``spec.nodeName`` (which the token's own
+    node claim, when it has one, must agree with). Raises ``TokenUnauthenticated`` or ``NotNodeAccount``."""
+    account = f"{claims.namespace}/{claims.service_account}"
+    if account not in trusted_node_accounts:
+        raise NotNodeAccount(SpiffeId(trust_domain, claims.namespace, claims.service_account), trusted_node_accounts)
+    _check_pod(claims, find_pod)
+    assert claims.pod is not None  # _check_pod refuses a token bound to no pod
+    pod = find_pod(claims.namespace, claims.pod.name)
+    if pod is None or not pod.node:
+        raise TokenUnauthenticated(
+            f"pod {claims.namespace}/{claims.pod.name} is not scheduled to a node yet; retry once it runs",
+            "token_pod_unscheduled",
+        )
+    return pod.node
 
 
 def _check_pod(claims: satoken.ServiceAccountToken, find_pod: Callable[[str, str], PodFacts | None]) -> None:

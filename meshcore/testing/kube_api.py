@@ -28,8 +28,16 @@ needs); no label/field selectors or pagination (refused with 400, not ignored); 
 schema validation; deleting a Namespace deletes its contents at once (a real server finalizes it
 asynchronously); lists in applied configurations are atomic (owned as one field).
 
+TokenReview (``POST /apis/authentication.k8s.io/v1/tokenreviews``, create only, nothing stored): tokens
+are opaque strings the test mints with ``issue_token`` (a service account, optionally bound to a pod and
+node, with audiences) and may ``revoke_token``. A review answers ``status.authenticated`` with the user
+as the API server describes a service account (``system:serviceaccount:NS:SA``, its groups, and the
+bound pod's name and uid and node name under ``user.extra``) when the token is known, its audiences meet
+``spec.audiences`` (or include the API server's own when none are asked for) and the bound pod still
+exists with that uid; otherwise ``authenticated: false`` with ``status.error``, as a real server does.
+
 Test controls: ``compact()``, ``send_bookmarks()``, ``stall_watches()``, ``close_watches()``,
-``fail_next(status, count, verb)``.
+``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import contextlib
 import copy
 import itertools
 import json
+import secrets
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -125,6 +134,25 @@ class ApiError(Exception):
         }
 
 
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
+EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
+EXTRA_NODE_NAME = "authentication.kubernetes.io/node-name"
+EXTRA_CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+    node_name: str
+    audiences: tuple[str, ...]
+    credential_id: str
+
+
 _REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict", 410: "Expired",
             415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
             503: "ServiceUnavailable", 504: "Timeout"}
@@ -184,6 +212,7 @@ class KubeApiServer:
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.requests: list[RecordedRequest] = []
+        self._tokens: dict[str, _Token] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -253,6 +282,69 @@ class KubeApiServer:
             if only is None or only == verb:
                 del self._faults[i]
                 raise ApiError(code, _REASONS.get(code, "InternalError"), f"injected failure {code}")
+
+    def issue_token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        pod_name: str = "",
+        pod_uid: str = "",
+        node_name: str = "",
+        audiences: Iterable[str] = ("istio-ca",),
+    ) -> str:
+        """A new opaque token for a service account (bound to a pod, and the pod's node, when given)."""
+        token = secrets.token_urlsafe(24)
+        self._tokens[token] = _Token(namespace, service_account, pod_name, pod_uid, node_name, tuple(audiences),
+                                     f"JTI={uuid.uuid4()}")
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        self._tokens.pop(token, None)
+
+    def _token_review(self, method: str, body: bytes) -> tuple[int, JSON]:
+        self.requests.append(RecordedRequest("create", "authentication.k8s.io", "tokenreviews", "", "", ""))
+        if method != "POST":
+            raise ApiError(405, "MethodNotAllowed", f"{method} on tokenreviews: TokenReview is create only")
+        review = _json_body(body)
+        spec = review.get("spec") if isinstance(review, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("token"), str) or not spec["token"]:
+            raise ApiError(422, "Invalid", "TokenReview.authentication.k8s.io is invalid: spec.token: Required value")
+        asked = spec.get("audiences") or []
+        out: JSON = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+                     "spec": spec, "status": {"authenticated": False, "user": {}}}
+        known = self._tokens.get(spec["token"])
+        wanted = list(asked) if asked else [API_SERVER_AUDIENCE]
+        met = [a for a in wanted if known is not None and a in known.audiences]
+        if known is None:
+            out["status"]["error"] = "[invalid bearer token, service account token is not valid]"
+            return 201, out
+        if not met:
+            out["status"]["error"] = f"[invalid bearer token, token audiences {list(known.audiences)} is invalid " \
+                                     f"for the target audiences {wanted}]"
+            return 201, out
+        if known.pod_name:
+            pod = self.get_object("Pod", known.namespace, known.pod_name)
+            if pod is None or (known.pod_uid and pod["metadata"].get("uid") != known.pod_uid):
+                out["status"]["error"] = (f"[invalid bearer token, pod \"{known.pod_name}\" not found or "
+                                          "its uid does not match the token]")
+                return 201, out
+        extra: JSON = {EXTRA_CREDENTIAL_ID: [known.credential_id]}
+        if known.pod_name:
+            extra[EXTRA_POD_NAME] = [known.pod_name]
+            extra[EXTRA_POD_UID] = [known.pod_uid]
+        if known.node_name:
+            extra[EXTRA_NODE_NAME] = [known.node_name]
+        out["status"] = {
+            "authenticated": True,
+            "user": {"username": f"system:serviceaccount:{known.namespace}:{known.service_account}",
+                     "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{known.namespace}/{known.service_account}")),
+                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{known.namespace}",
+                                "system:authenticated"],
+                     "extra": extra},
+            "audiences": met,
+        }
+        return 201, out
 
     def open_watches(self) -> int:
         return len(self._watches)
@@ -410,6 +502,11 @@ class KubeApiServer:
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         try:
+            if url.path.rstrip("/") == TOKEN_REVIEWS:
+                self._inject_fault("create")
+                status, payload = self._token_review(method, body)
+                await self._send(conn, writer, status, json.dumps(payload).encode())
+                return True
             target = self._route(url.path)
             self._inject_fault(_verb(method, target, query))
             if method == "GET" and query.get("watch") in ("1", "true"):

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from ambientctl.cli import app
 from ambientctl.commands.install import DEFAULT_IMAGE, render_manifests, to_yaml
 from istiod_lite.ca.secret import SECRET_VERBS
+from istiod_lite.ca.tokenreview import TOKEN_REVIEW_VERBS
 from istiod_lite.leader import LEASE_VERBS
 from meshcore.store.kubernetes import rbac_rules
 
@@ -70,6 +71,16 @@ def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_and_ca_secre
     ]
     binding = find("RoleBinding", "istiod-lite")
     assert binding["roleRef"]["name"] == "istiod-lite"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istiod", "namespace": "istio-system"}]
+
+
+def test_istiod_may_create_token_reviews_and_nothing_else_through_that_cluster_role() -> None:
+    role = find("ClusterRole", "istiod-lite-tokenreview")
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": list(TOKEN_REVIEW_VERBS)}
+    ]
+    binding = find("ClusterRoleBinding", "istiod-lite-tokenreview")
+    assert binding["roleRef"]["name"] == "istiod-lite-tokenreview"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istiod", "namespace": "istio-system"}]
 
 
