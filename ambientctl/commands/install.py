@@ -8,8 +8,15 @@ capabilities Istio's ztunnel needs) and the CNI node agent DaemonSet (host netwo
 directories). ``daemonset/ambient-mesh.yaml`` is this output checked in (a golden test keeps them equal).
 
 Invariants: rendering is deterministic (same settings, same bytes) and does no I/O; every document is a
-valid object of a current Kubernetes release (a unit test validates each one offline). Applying to a
-cluster is not done here yet: ``install`` without ``--dry-run`` refuses and says how to apply the YAML.
+valid object of a current Kubernetes release (a unit test validates each one offline).
+
+``install`` applies the rendered documents in order with server-side apply (field manager
+``ambientctl``, conflicts forced, as ``kubectl apply --server-side --force-conflicts``), after checking
+that the upstream CRDs the mesh reads (``upstream_crds``, derived from the store's kinds) exist: when
+one is missing nothing is applied and the message names it with its install hint. Not atomic (the API
+has no multi-object transaction): a failure names the object and how many were applied before it;
+running install again continues (apply is idempotent). ``uninstall`` deletes them in reverse order,
+already-deleted ones named as such, and keeps the ``istio-system`` Namespace and so the CA root Secret.
 """
 
 from __future__ import annotations
@@ -278,6 +285,7 @@ def register(app: typer.Typer) -> None:
     manifest_app.command("generate")(generate)
     app.add_typer(manifest_app, name="manifest")
     app.command("install")(install)
+    app.command("uninstall")(uninstall)
 
 
 def generate(image: ImageOpt = DEFAULT_IMAGE, output: OutOpt = None) -> None:
@@ -292,14 +300,138 @@ def generate(image: ImageOpt = DEFAULT_IMAGE, output: OutOpt = None) -> None:
         raise CliError(f"cannot write {output}: {e.strerror}") from None
 
 
+KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", help="The kubeconfig file (default: "
+                                                 "$KUBECONFIG or ~/.kube/config; in a pod, its service account).")]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="The kubeconfig context (default: its current one).")]
+FIELD_MANAGER = "ambientctl"
+# Where the kinds the manifests hold live in the API: plural and whether namespaced.
+_API_PATHS: dict[str, tuple[str, bool]] = {
+    "Namespace": ("namespaces", False), "CustomResourceDefinition": ("customresourcedefinitions", False),
+    "ServiceAccount": ("serviceaccounts", True), "ClusterRole": ("clusterroles", False),
+    "ClusterRoleBinding": ("clusterrolebindings", False), "Role": ("roles", True),
+    "RoleBinding": ("rolebindings", True), "Deployment": ("deployments", True), "Service": ("services", True),
+    "DaemonSet": ("daemonsets", True),
+}
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def object_path(doc: JSON) -> str:
+    """The API path of one rendered object."""
+    api_version, kind, meta = doc["apiVersion"], doc["kind"], doc["metadata"]
+    plural, namespaced = _API_PATHS[kind]
+    prefix = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    scope = f"/namespaces/{meta['namespace']}" if namespaced else ""
+    return f"{prefix}{scope}/{plural}/{meta['name']}"
+
+
+def upstream_crds() -> dict[str, str]:
+    """The CRDs the mesh reads but does not install (Istio's, Gateway API's): name -> install hint. Derived
+    from the kinds the Kubernetes store watches, so a kind added there is checked here too."""
+    from meshcore.store.kubernetes import DEFAULT_KINDS, INSTALL_HINTS, kind_path
+
+    ours = {d["metadata"]["name"] for d in render_manifests() if d["kind"] == "CustomResourceDefinition"}
+    out: dict[str, str] = {}
+    for kind in DEFAULT_KINDS:
+        path = kind_path(kind)
+        name = f"{path.plural}.{path.group}"
+        if path.group in INSTALL_HINTS and name not in ours:
+            out[name] = INSTALL_HINTS[path.group]
+    return out
+
+
+def _connect(kubeconfig: str | None, context: str | None) -> Any:
+    from meshcore.store.errors import StoreUnavailable
+    from meshcore.store.kubernetes import load_configuration
+
+    try:
+        return load_configuration(kubeconfig=kubeconfig, context=context)
+    except StoreUnavailable as e:
+        raise CliError(str(e)) from None
+
+
+async def _apply_all(configuration: Any, documents: list[JSON]) -> list[str]:
+    """Check the upstream CRDs, then server-side apply every document in order; the lines to print."""
+    from kubernetes_asyncio.client import ApiClient
+
+    from meshcore.store.kubernetes import APPLY_PATCH, ApiFailure, api_call
+
+    lines: list[str] = []
+    async with ApiClient(configuration) as api:
+        missing: dict[str, list[str]] = {}
+        for name, hint in upstream_crds().items():
+            try:
+                await api_call(api, "GET", f"{CRDS}/{name}")
+            except ApiFailure as e:
+                if e.status != 404:
+                    raise CliError(f"cannot check CRD {name}: {e}") from None
+                missing.setdefault(hint, []).append(name)
+        if missing:
+            raise CliError("nothing applied: CRDs the mesh needs are not installed: " + "; ".join(
+                f"{', '.join(names)}: {hint}" for hint, names in missing.items()))
+        for doc in documents:
+            what = _describe(doc)
+            try:
+                await api_call(api, "PATCH", object_path(doc), body=doc, content_type=APPLY_PATCH,
+                               query={"fieldManager": FIELD_MANAGER, "force": "true"})
+            except ApiFailure as e:
+                done = f" ({len(lines)} applied before it: run install again once fixed)" if lines else ""
+                raise CliError(f"applying {what} failed: {e}{done}") from None
+            lines.append(f"{what} applied")
+    return lines
+
+
+async def _delete_all(configuration: Any, documents: list[JSON]) -> list[str]:
+    from kubernetes_asyncio.client import ApiClient
+
+    from meshcore.store.kubernetes import ApiFailure, api_call
+
+    lines: list[str] = []
+    async with ApiClient(configuration) as api:
+        for doc in reversed(documents):
+            what = _describe(doc)
+            try:
+                await api_call(api, "DELETE", object_path(doc))
+            except ApiFailure as e:
+                if e.status != 404:
+                    raise CliError(f"deleting {what} failed: {e}") from None
+                lines.append(f"{what} not found (already deleted)")
+                continue
+            lines.append(f"{what} deleted")
+    return lines
+
+
+def _describe(doc: JSON) -> str:
+    meta = doc["metadata"]
+    return f"{doc['kind']} {meta['namespace'] + '/' if meta.get('namespace') else ''}{meta['name']}"
+
+
 def install(
     image: ImageOpt = DEFAULT_IMAGE,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the YAML instead of applying it.")] = False,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
-    """Install the mesh on the Kubernetes cluster (for now: --dry-run prints what to apply)."""
-    if not dry_run:
-        raise CliError(
-            "applying to a cluster is not implemented yet; run `ambientctl install --dry-run | kubectl apply "
-            "--server-side -f -` (Istio's and Gateway API's CRDs must be installed first: see docs/kubernetes.md)"
-        )
-    typer.echo(to_yaml(render_manifests(image)), nl=False)
+    """Install (or upgrade) the mesh on a Kubernetes cluster: server-side apply of the manifests.
+
+    Istio's and Gateway API's CRDs must be installed first (checked: nothing is applied when one is
+    missing). --dry-run prints the YAML instead."""
+    documents = render_manifests(image)
+    if dry_run:
+        typer.echo(to_yaml(documents), nl=False)
+        return
+    import asyncio
+
+    for line in asyncio.run(_apply_all(_connect(kubeconfig, context), documents)):
+        typer.echo(line)
+
+
+def uninstall(kubeconfig: KubeconfigOpt = None, context: ContextOpt = None) -> None:
+    """Remove the mesh from the Kubernetes cluster: every object install applied, except the istio-system
+    Namespace (it keeps the CA root's Secret, so a later install keeps the mesh's identities)."""
+    import asyncio
+
+    documents = [d for d in render_manifests() if d["kind"] != "Namespace"]
+    for line in asyncio.run(_delete_all(_connect(kubeconfig, context), documents)):
+        typer.echo(line)
+    typer.echo(f"Namespace {NAMESPACE} kept (it holds the CA root Secret istio-ca-secret); delete it to remove "
+               "the root too")

@@ -125,10 +125,10 @@ def test_manifest_generate_and_install_dry_run_print_the_same_yaml_with_the_imag
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["install"], "not implemented yet"),
         (["manifest", "generate", "--image", "has space"], "expected an image reference"),
+        (["install", "--dry-run", "--image", "has space"], "expected an image reference"),
     ],
-    ids=["install without --dry-run refuses and says how to apply the yaml", "a malformed image is refused"],
+    ids=["a malformed image is refused", "a malformed image is refused by install too"],
 )
 def test_what_cannot_be_done_is_refused_with_the_reason(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, args)
