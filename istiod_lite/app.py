@@ -1,7 +1,8 @@
 """istiod_lite's composition root: builds every part from one ``IstiodConfig`` and runs them.
 
-Parts: the embedded store (SQLite), the registry (resources -> workloads, services, policies), the CA
-(root from the state dir or plugged-in files; on Kubernetes from a Secret, ``ca.secret``), the delta ADS push server, one gRPC server on the xDS port
+Parts: the store (SQLite, or the API server with ``STORE=kubernetes``), the registry (resources ->
+workloads, services, policies), the CA (root from the state dir or plugged-in files; on Kubernetes from
+a Secret, ``ca.secret``), the delta ADS push server, one gRPC server on the xDS port
 carrying both ADS and the CA over TLS (client certificates required: node credentials), a second one
 on the token CA port carrying only the CA for service-account-token callers (``ca.token_service``), and the
 monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
