@@ -1,7 +1,7 @@
 """Two istiod-lite replicas on the Kubernetes store (the API stand-in): both serve, one leader writes route
 status, the other takes over when the leader stops, and the status is written once across the hand-over;
-the Lease calls the replicas make are exactly the Role the manifests grant; every replica signs with the
-one CA root kept in the istio-ca-secret Secret."""
+only the leader runs the waypoint controller; the Lease calls the replicas make are exactly the Role the
+manifests grant; every replica signs with the one CA root kept in the istio-ca-secret Secret."""
 
 from __future__ import annotations
 
@@ -189,6 +189,25 @@ async def test_a_follower_writes_no_status_until_it_leads(replicas: Replicas) ->
     assert a.is_leader and not b.is_leader
     assert replicas.status_writes("r") == 1
     assert await replicas.written_by("r") == "istiod-a"
+
+
+async def test_only_the_leader_runs_the_waypoint_controller(replicas: Replicas) -> None:
+    from meshcore.store.kubernetes import to_manifest
+    from meshcore.testing.resources import waypoint
+
+    a, b = await replicas.start("istiod-a"), await replicas.start("istiod-b")
+    leader, follower = await one_leader(a, b)
+    await wait_until(lambda: leader.leader_resyncs == 1, "the leader has re-read the store")
+    await replicas.put(to_manifest(waypoint(address=None), with_status=True))
+
+    def made(kind: str) -> list[Any]:
+        return [r for r in replicas.api.server.requests if r.resource == kind and r.verb == "create"]
+
+    # The leader makes the waypoint's objects; the follower sees them too (it serves them) and makes none.
+    await wait_until(lambda: made("pods") and made("services"), "the waypoint's pod and service are made")
+    # Noted by the follower (its watch loop notes and would reconcile in one turn), kept for when it leads.
+    await wait_until(lambda: follower.waypoints.pending > 0, "the follower has noted the Gateway")
+    assert len(made("pods")) == 1 and len(made("services")) == 1
 
 
 async def test_the_lease_calls_are_exactly_the_role_the_manifests_grant(replicas: Replicas) -> None:
