@@ -80,7 +80,9 @@ def status_of(result: dict) -> int | None:
 
 
 def test_a_per_service_account_waypoint_enforces_l7_policy_and_leaves_cleanly(mc: MeshCluster) -> None:
-    assert ok_count(mc.request("client", "shop", URL, data="before")) == 1  # L4 only: POST is fine
+    # L4 only: POST is fine (the first request may race the pods' certificates: wait for it with a deadline).
+    wait_for("the first request through the mesh",
+             lambda: ok_count(mc.request("client", "shop", URL, data="before", timeout=3)) == 1)
 
     done = ambientctl(mc, "waypoint", "apply", "-n", "shop", "--service-account", "server", "--wait")
     assert done.returncode == 0, done.stdout + done.stderr
