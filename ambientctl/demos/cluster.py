@@ -168,15 +168,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class ClusterDemo:
+class LocalClusterDemo:
+    """What every local-cluster demo shares: its own cluster (prefix ``prefix``, state in ``state_dir``),
+    steps run in order (each timed, the first failure stops the run), a summary table, leftovers of an
+    earlier run swept first and the cluster always brought down (also on failure, Ctrl-C or SIGTERM)."""
+
+    prefix = DEMO_PREFIX
+
     def __init__(self, console: Console, state_dir: Path, *, python: str = sys.executable) -> None:
         self.console = console
         self.state_dir = state_dir
         self.python = python
-        self.cluster = Cluster(state_dir, prefix=DEMO_PREFIX)
+        self.cluster = Cluster(state_dir, prefix=self.prefix)
         self.results: list[StepResult] = []
 
-    # -- the run -------------------------------------------------------------------------------------------
+    def steps(self) -> list[tuple[str, Callable[[], str]]]:
+        raise NotImplementedError
 
     def run(self, *, keep: bool = False) -> bool:
         with sigterm_as_interrupt():
@@ -193,21 +200,7 @@ class ClusterDemo:
                     self._teardown()
 
     def _steps(self) -> bool:
-        steps: list[tuple[str, Callable[[], str]]] = [
-            ("cluster and mesh up", self.step_up),
-            ("workloads running", self.step_workloads),
-            ("plaintext before the mesh", self.step_plaintext),
-            ("namespace enable demo", self.step_enable),
-            ("requests across nodes", self.step_requests),
-            ("node link carries only TLS", self.step_capture),
-            ("DENY policy refuses", self.step_deny),
-            ("policy removed: allowed", self.step_allow),
-            ("waypoint for the server's account", self.step_waypoint),
-            ("L7 policy: GET 200, POST 403", self.step_l7_policy),
-            ("waypoint metrics count both", self.step_waypoint_metrics),
-            ("with the waypoint: only TLS", self.step_capture_l7),
-            ("waypoint removed: L4 only", self.step_waypoint_removed),
-        ]
+        steps = self.steps()
         for number, (name, step) in enumerate(steps, 1):
             self.console.print(f"\n[bold cyan]{number}.[/] [bold]{name}[/]")
             started = time.monotonic()
@@ -225,13 +218,68 @@ class ClusterDemo:
         self._summary()
         return all(r.ok for r in self.results) and len(self.results) == len(steps)
 
-    # -- steps ---------------------------------------------------------------------------------------------
-
     def step_up(self) -> str:
-        self.cluster.up(ClusterSpec(nodes=2, prefix=DEMO_PREFIX))
+        self.cluster.up(ClusterSpec(nodes=2, prefix=self.prefix))
         status = Mesh(self.cluster).start()
         timings = ", ".join(f"{name} {took:.1f}s" for name, took in status.timings)
         return f"2 nodes; istiod-lite at {status.istiod_address}; {timings}"
+
+    def _store(self) -> SqliteStore:
+        return SqliteStore(store_path(self.state_dir))
+
+    def _summary(self) -> None:
+        table = Table(title="summary", title_justify="left")
+        table.add_column("STEP")
+        table.add_column("RESULT")
+        table.add_column("TIME", justify="right")
+        for r in self.results:
+            table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds:.1f}s")
+        self.console.print()
+        self.console.print(table)
+
+    def _sweep(self) -> None:
+        """Remove what an earlier run left (its recorded cluster, else anything with the demo's prefix)."""
+        report = self.cluster.down()
+        if report.had_state or report.netns_removed:
+            self.console.print(
+                f"removed a previous demo's leftovers ({len(report.netns_removed)} namespaces)"
+            )
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.state_dir.mkdir(mode=0o700, parents=True)
+
+    def _teardown(self) -> None:
+        started = time.monotonic()
+        try:
+            report = self.cluster.down()
+        finally:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.console.print(
+            f"\ncluster removed: {len(report.netns_removed)} network namespaces, "
+            f"{len(report.processes_stopped)} processes ({time.monotonic() - started:.1f}s)"
+        )
+
+
+class ClusterDemo(LocalClusterDemo):
+    """``ambientctl demo``: the mesh, L4 and L7, step by step (see the module docstring)."""
+
+    def steps(self) -> list[tuple[str, Callable[[], str]]]:
+        return [
+            ("cluster and mesh up", self.step_up),
+            ("workloads running", self.step_workloads),
+            ("plaintext before the mesh", self.step_plaintext),
+            ("namespace enable demo", self.step_enable),
+            ("requests across nodes", self.step_requests),
+            ("node link carries only TLS", self.step_capture),
+            ("DENY policy refuses", self.step_deny),
+            ("policy removed: allowed", self.step_allow),
+            ("waypoint for the server's account", self.step_waypoint),
+            ("L7 policy: GET 200, POST 403", self.step_l7_policy),
+            ("waypoint metrics count both", self.step_waypoint_metrics),
+            ("with the waypoint: only TLS", self.step_capture_l7),
+            ("waypoint removed: L4 only", self.step_waypoint_removed),
+        ]
+
+    # -- steps ---------------------------------------------------------------------------------------------
 
     def step_workloads(self) -> str:
         with self._store() as store:
@@ -418,9 +466,6 @@ class ClusterDemo:
 
     # -- helpers -------------------------------------------------------------------------------------------
 
-    def _store(self) -> SqliteStore:
-        return SqliteStore(store_path(self.state_dir))
-
     def _pids(self) -> tuple[int, ...]:
         pods = {(p.spec.namespace, p.spec.name): p for p in self.cluster.pods()}
         return tuple(
@@ -454,37 +499,6 @@ class ClusterDemo:
         # Pod-to-pod flows only (node-1's link also carries its ztunnel's xDS to istiod-lite).
         pods = [n.pod_cidr for n in layout.nodes]
         return summarize(capture.stop(), markers=[marker.encode()], between=pods), result
-
-    def _summary(self) -> None:
-        table = Table(title="summary", title_justify="left")
-        table.add_column("STEP")
-        table.add_column("RESULT")
-        table.add_column("TIME", justify="right")
-        for r in self.results:
-            table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds:.1f}s")
-        self.console.print()
-        self.console.print(table)
-
-    def _sweep(self) -> None:
-        """Remove what an earlier run left (its recorded cluster, else anything with the demo's prefix)."""
-        report = self.cluster.down()
-        if report.had_state or report.netns_removed:
-            self.console.print(
-                f"removed a previous demo's leftovers ({len(report.netns_removed)} namespaces)"
-            )
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        self.state_dir.mkdir(mode=0o700, parents=True)
-
-    def _teardown(self) -> None:
-        started = time.monotonic()
-        try:
-            report = self.cluster.down()
-        finally:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
-        self.console.print(
-            f"\ncluster removed: {len(report.netns_removed)} network namespaces, "
-            f"{len(report.processes_stopped)} processes ({time.monotonic() - started:.1f}s)"
-        )
 
 
 def _refused(result: dict[str, Any]) -> str | None:

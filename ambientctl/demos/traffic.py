@@ -22,7 +22,6 @@ redirect), so the first redirect proves that version is in force. The cluster is
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -34,10 +33,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ambientctl.cluster import Cluster, ClusterError, ClusterSpec
-from ambientctl.cluster.mesh import Mesh
-from ambientctl.demos.cluster import DemoFailed, StepResult, sigterm_as_interrupt, wait_for
-from meshcore.store import ResourceRef, SqliteStore, load_documents, store_path
+from ambientctl.demos.cluster import DemoFailed, LocalClusterDemo, wait_for
+from meshcore.store import ResourceRef, load_documents
 
 DEMO_PREFIX = "amtr-"
 NAMESPACE = "demo"
@@ -134,34 +131,18 @@ def split_bounds(n: int, share: float) -> tuple[int, int]:
     return max(0, int(mean - spread)), min(n, int(mean + spread + 0.999))
 
 
-class TrafficDemo:
+class TrafficDemo(LocalClusterDemo):
+    """``ambientctl demo traffic`` (see the module docstring)."""
+
+    prefix = DEMO_PREFIX
+
     def __init__(self, console: Console, state_dir: Path, *, python: str = sys.executable) -> None:
-        self.console = console
-        self.state_dir = state_dir
-        self.python = python
-        self.cluster = Cluster(state_dir, prefix=DEMO_PREFIX)
-        self.results: list[StepResult] = []
+        super().__init__(console, state_dir, python=python)
         self.numbers: list[tuple[str, str, str]] = []  # (what, configuration, outcome) for the last table
         self.waypoint_pod = ""
 
-    # -- the run -------------------------------------------------------------------------------------------
-
-    def run(self, *, keep: bool = False) -> bool:
-        with sigterm_as_interrupt():
-            try:
-                self._sweep()
-                return self._steps()
-            finally:
-                if keep:
-                    self.console.print(
-                        f"\ncluster kept: `ambientctl --state-dir {self.state_dir} cluster status`; "
-                        f"remove it with `ambientctl --state-dir {self.state_dir} cluster down`"
-                    )
-                else:
-                    self._teardown()
-
-    def _steps(self) -> bool:
-        steps: list[tuple[str, Callable[[], str]]] = [
+    def steps(self) -> list[tuple[str, Callable[[], str]]]:
+        return [
             ("cluster and mesh up", self.step_up),
             ("workloads running", self.step_workloads),
             ("waypoint for the server's account", self.step_waypoint),
@@ -171,30 +152,8 @@ class TrafficDemo:
             ("flaky pod, no retry: errors", self.step_no_retry),
             ("retry absorbs the failures", self.step_retry),
         ]
-        for number, (name, step) in enumerate(steps, 1):
-            self.console.print(f"\n[bold cyan]{number}.[/] [bold]{name}[/]")
-            started = time.monotonic()
-            try:
-                detail = step()
-                ok = True
-            except (DemoFailed, ClusterError) as e:
-                detail, ok = str(e), False
-            took = time.monotonic() - started
-            self.results.append(StepResult(name, ok, detail, took))
-            mark = "[green]ok[/]" if ok else "[red]FAILED[/]"
-            self.console.print(f"   {mark} {detail}", highlight=False)
-            if not ok:
-                break
-        self._summary()
-        return all(r.ok for r in self.results) and len(self.results) == len(steps)
 
     # -- steps ---------------------------------------------------------------------------------------------
-
-    def step_up(self) -> str:
-        self.cluster.up(ClusterSpec(nodes=2, prefix=DEMO_PREFIX))
-        status = Mesh(self.cluster).start()
-        timings = ", ".join(f"{name} {took:.1f}s" for name, took in status.timings)
-        return f"2 nodes; istiod-lite at {status.istiod_address}; {timings}"
 
     def step_workloads(self) -> str:
         with self._store() as store:
@@ -282,9 +241,6 @@ class TrafficDemo:
 
     # -- helpers -------------------------------------------------------------------------------------------
 
-    def _store(self) -> SqliteStore:
-        return SqliteStore(store_path(self.state_dir))
-
     def _apply(self, yaml: str, what: str) -> None:
         with self._store() as store:
             store.apply(load_documents(yaml, what))
@@ -318,14 +274,7 @@ class TrafficDemo:
         return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
 
     def _summary(self) -> None:
-        table = Table(title="summary", title_justify="left")
-        table.add_column("STEP")
-        table.add_column("RESULT")
-        table.add_column("TIME", justify="right")
-        for r in self.results:
-            table.add_row(r.name, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds:.1f}s")
-        self.console.print()
-        self.console.print(table)
+        super()._summary()
         if self.numbers:
             numbers = Table(title=f"traffic ({REQUESTS} requests per canary step, {FLAKY_REQUESTS} to flaky)",
                             title_justify="left")
@@ -335,24 +284,6 @@ class TrafficDemo:
                 numbers.add_row(*row)
             self.console.print(numbers)
 
-    def _sweep(self) -> None:
-        """Remove what an earlier run left (its recorded cluster, else anything with the demo's prefix)."""
-        report = self.cluster.down()
-        if report.had_state or report.netns_removed:
-            self.console.print(f"removed a previous demo's leftovers ({len(report.netns_removed)} namespaces)")
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-        self.state_dir.mkdir(mode=0o700, parents=True)
-
-    def _teardown(self) -> None:
-        started = time.monotonic()
-        try:
-            report = self.cluster.down()
-        finally:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
-        self.console.print(
-            f"\ncluster removed: {len(report.netns_removed)} network namespaces, "
-            f"{len(report.processes_stopped)} processes ({time.monotonic() - started:.1f}s)"
-        )
 
 
 def _errors(results: list[dict[str, Any]]) -> str:
