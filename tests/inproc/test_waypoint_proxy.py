@@ -16,10 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshcore.aio.hbone_client import HboneClient
-from meshcore.aio.hbone_server import TunnelRequest, serve_hbone
-from meshcore.aio.relay import relay
-from meshcore.aio.streams import AsyncioByteStream
+from meshcore.aio.hbone_server import serve_hbone
 from meshcore.aio.xds_client import XdsClient
 from meshcore.identity import SpiffeId
 from meshcore.model import Port
@@ -30,7 +27,8 @@ from meshcore.model.l7 import L7Action, L7Authorization, L7Operation, L7Rule, L7
 from meshcore.testing import builders
 from meshcore.testing.fake_ca import FakeCa
 from meshcore.testing.fake_xds import FakeXdsServer
-from meshcore.tls.contexts import client_context, server_context
+from meshcore.testing.waypoint_mesh import DestinationZtunnel, HttpOverHbone
+from meshcore.tls.contexts import server_context
 from meshcore.tls.verify import verify_peer
 from waypoint.app import Waypoint
 from waypoint.config import WaypointConfig
@@ -67,19 +65,6 @@ async def _http_backend(host: str) -> asyncio.Server:
         writer.close()
 
     return await asyncio.start_server(serve, host, 8080)
-
-
-class DestinationZtunnel:
-    """A destination ztunnel stand-in: mTLS HBONE on ``host:15008`` relaying to ``host:8080``."""
-
-    def __init__(self) -> None:
-        self.peers: list[SpiffeId] = []
-
-    async def on_tunnel(self, request: TunnelRequest) -> None:
-        self.peers.append(request.peer_identity)
-        reader, writer = await asyncio.open_connection(request.target.host, request.target.port)
-        stream = await request.accept()
-        await relay(stream, AsyncioByteStream(reader, writer))
 
 
 def _allow_get(path: str = "/") -> L7Authorization:
@@ -138,56 +123,13 @@ def _hp(host: str, port: int):
     return HostPort(host, port)
 
 
-class HttpOverHbone:
-    """The source ztunnel's side: one HBONE tunnel to the waypoint carrying a keep-alive HTTP/1.1 client."""
-
-    def __init__(self, client: HboneClient, stream) -> None:
-        self.client, self.stream = client, stream
-        self.buffer = b""
-
-    @classmethod
-    async def open(cls, waypoint: Waypoint, ca: FakeCa, authority: str) -> HttpOverHbone:
-        assert waypoint.hbone_address is not None
-        client = await HboneClient.connect(
-            waypoint.hbone_address[0], waypoint.hbone_address[1], ssl_context=client_context(ca.issue(CLIENT_ID)),
-            verify=lambda der: verify_peer(der, expected=[WAYPOINT_ID]),
-        )
-        return cls(client, await client.open_tunnel(authority))
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nhost: echo\r\ncontent-length: {len(body)}\r\n\r\n".encode()
-        await self.stream.send_all(head + body)
-        async with asyncio.timeout(10):
-            while b"\r\n\r\n" not in self.buffer:
-                self.buffer += await self._more()
-            head_bytes, _, rest = self.buffer.partition(b"\r\n\r\n")
-            lines = head_bytes.split(b"\r\n")
-            status = int(lines[0].split()[1])
-            length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
-                          if k.strip().lower() == b"content-length")
-            while len(rest) < length:
-                rest += await self._more()
-        self.buffer = rest[length:]
-        return status, rest[:length]
-
-    async def _more(self) -> bytes:
-        chunk = await self.stream.receive_some(65536)
-        if not chunk:
-            raise ConnectionError("the waypoint closed the tunnel")
-        return chunk
-
-    async def close(self) -> None:
-        await self.stream.aclose()
-        await self.client.aclose()
-
-
 async def test_requests_on_one_connection_are_balanced_and_reach_backends_as_the_waypoint(mesh):
     waypoint, _, dest, ca = mesh
-    conn = await HttpOverHbone.open(waypoint, ca, f"{VIP}:80")
+    conn = await _open(waypoint, ca)
     try:
         seen = []
         for _ in range(4):
-            status, body = await conn.request("GET", "/")
+            status, _, body = await conn.request("GET", "/")
             assert status == 200
             seen.append(json.loads(body)["backend"])
         assert sorted(set(seen)) == sorted(BACKENDS)  # one keep-alive downstream, both endpoints
@@ -204,10 +146,10 @@ async def test_a_policy_allows_get_and_denies_post_with_403_and_metrics_show_bot
     async with asyncio.timeout(10):
         while not waypoint.cell.current().l7_policies:  # noqa: ASYNC110 - bounded poll of pushed state
             await asyncio.sleep(0.01)
-    conn = await HttpOverHbone.open(waypoint, ca, f"{VIP}:80")
+    conn = await _open(waypoint, ca)
     try:
         assert (await conn.request("GET", "/"))[0] == 200
-        status, body = await conn.request("POST", "/", b"data")
+        status, _, body = await conn.request("POST", "/", b"data")
         assert (status, body) == (403, b"RBAC: access denied")
         assert (await conn.request("GET", "/"))[0] == 200  # the connection serves on after a denial
     finally:
@@ -232,6 +174,11 @@ async def test_admin_config_dump_shows_the_l7_policies_and_the_certificate(mesh)
     assert dump["certificates"] and dump["identity"] == str(WAYPOINT_ID)
     ready = await _get(waypoint.readiness_address, "/healthz/ready")
     assert ready.startswith(b"ready")
+
+
+async def _open(waypoint: Waypoint, ca: FakeCa) -> HttpOverHbone:
+    assert waypoint.hbone_address is not None
+    return await HttpOverHbone.open(waypoint.hbone_address, ca, CLIENT_ID, WAYPOINT_ID, f"{VIP}:80")
 
 
 async def _get(address, path: str) -> bytes:
