@@ -291,9 +291,7 @@ class HboneServer:
         self._max_connections = max_connections
         self._max_pending_handshakes = max_pending_handshakes
         self._held = 0  # accepted TCP connections not yet closed
-        self._handshaking = 0
         self._pending: dict[asyncio.Task[None], None] = {}  # handshakes in progress, oldest first
-        self._last_refusal_log = float("-inf")
         self._limiter = RateLimitedLog(REFUSAL_LOG_INTERVAL)
         self._listener = listener
         self._address = listener.getsockname()
@@ -359,10 +357,9 @@ class HboneServer:
             if self._held >= self._max_connections:
                 self._refuse(sock, addr)
                 continue
-            if self._pending and len(self._pending) >= self._max_pending_handshakes:
+            if len(self._pending) >= self._max_pending_handshakes:
                 self._evict_oldest_handshake()
             self._held += 1
-            self._handshaking += 1
             task = self._tasks.spawn(self._handle(sock, addr))
             self._pending[task] = None
             task.add_done_callback(self._pending_done)
@@ -389,18 +386,13 @@ class HboneServer:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, no TIME_WAIT
         sock.close()
-        now = asyncio.get_running_loop().time()
-        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:  # one line per interval, not per connection
-            self._last_refusal_log = now
-            log.warning(
-                "hbone.connection_refused", addr=addr, held=self._held, handshaking=self._handshaking,
-                max_connections=self._max_connections, max_pending_handshakes=self._max_pending_handshakes,
-                refused_total=self.counters.connections_refused,
-                reason="listener at its connection or pending-handshake limit",
-            )
+        self._limiter.log(
+            log, "warning", "hbone.connection_refused", "connection_refused", addr=addr, held=self._held,
+            handshaking=len(self._pending), max_connections=self._max_connections,
+            refused_total=self.counters.connections_refused, reason="listener at its connection limit",
+        )
 
     async def _handle(self, sock: socket.socket, addr: object) -> None:
-        handshaking = True
         try:
             self.counters.connections_accepted += 1
             with contextlib.suppress(OSError):
@@ -426,8 +418,6 @@ class HboneServer:
                     reason=_describe(exc),
                 )
                 return
-            handshaking = False
-            self._handshaking -= 1
             task = asyncio.current_task()
             if task is not None:
                 self._pending.pop(task, None)  # handshake done: no longer evictable
@@ -438,8 +428,6 @@ class HboneServer:
                     transport.abort()
         finally:
             self._held -= 1
-            if handshaking:
-                self._handshaking -= 1
 
     async def _serve(self, driver: _ServerDriver, transport: asyncio.BaseTransport, addr: object) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
