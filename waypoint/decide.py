@@ -201,9 +201,9 @@ def _route_service(
         return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH", f"service {target.key}: no usable endpoint ({why})",
                       service=target, policy=verdict, route=rd)
     routed = choose_endpoint(target, usable, request, pick, policy=verdict, traffic=traffic, subset=subset,
-                             retries=rd.retry.attempts if rd.retry is not None else 0)
+                             retries=rd.retry.attempts if rd.retry is not None else 0, route_decision=rd)
     forward = routed.decision
-    if isinstance(forward, Forward) and rd.rule is not None:
+    if isinstance(forward, Forward) and rd.rule is not None:  # only a matched rule edits the request
         forward = replace(
             forward,
             set_headers=rd.set_headers, add_headers=rd.add_headers, remove_headers=rd.remove_headers,
@@ -211,7 +211,8 @@ def _route_service(
             response_remove_headers=rd.response_remove_headers,
             path=rd.rewrite_path or None, authority=rd.rewrite_authority or None,
         )
-    return replace(routed, decision=forward, route=rd)
+        return replace(routed, decision=forward)
+    return routed
 
 
 def _hbone_endpoint(chosen: Endpoint, service: Service) -> HboneEndpoint:
@@ -225,7 +226,7 @@ def _hbone_endpoint(chosen: Endpoint, service: Service) -> HboneEndpoint:
 def choose_endpoint(
     service: Service, usable: Sequence[Endpoint], request: Request, pick: Pick | EndpointChooser, *,
     policy: Decision | None = None, traffic: TrafficPolicy | None = None, subset: Subset | None = None,
-    retries: int = 0,
+    retries: int = 0, route_decision: RouteDecision | None = None,
 ) -> Routed:
     """Step 3 of ``decide``: the endpoint among ``usable`` (the service's usable endpoints for the port).
 
@@ -243,12 +244,13 @@ def choose_endpoint(
         if not usable:
             return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH",
                           f"service {service.key}: subset {subset.name!r} has no usable endpoint",
-                          service=service, policy=policy)
+                          service=service, policy=policy, route=route_decision)
     if not isinstance(pick, EndpointChooser):
         i = pick(service.key, len(usable))
         chosen = usable[i if 0 <= i < len(usable) else 0]
         endpoint = _hbone_endpoint(chosen, service)
-        return Routed(Forward(endpoint, label=str(endpoint.authority)), "", service, chosen.workload, policy)
+        return Routed(Forward(endpoint, label=str(endpoint.authority)), "", service, chosen.workload, policy,
+                      route=route_decision)
     lb = lb_policy(traffic.load_balancer if traffic else None)
     outlier = outlier_policy(traffic.outlier_detection if traffic else None)
     keys = [f"{SockAddr(e.address, e.port)}" for e in usable]
@@ -257,13 +259,13 @@ def choose_endpoint(
     if choice is None:
         return _local(503, NO_HEALTHY_UPSTREAM_BODY, "UH",
                       f"service {service.key}: every endpoint of {pool} is ejected by outlier detection",
-                      service=service, policy=policy)
+                      service=service, policy=policy, route=route_decision)
     endpoints = [(_hbone_endpoint(usable[i], service), usable[i].workload) for i in choice.order]
     first, workload = endpoints[0]
     alternatives = tuple(Upstream(e, str(e.authority)) for e, _ in endpoints[1:])
     forward = Forward(first, label=str(first.authority), alternatives=alternatives)
     return Routed(forward, "", service, workload, policy, pool=pool,
-                  workloads={str(e.authority): w for e, w in endpoints}, pool_size=len(usable))
+                  workloads={str(e.authority): w for e, w in endpoints}, pool_size=len(usable), route=route_decision)
 
 
 class RoundRobin:
