@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from sys import intern
 from typing import TypeVar
 
@@ -60,6 +60,18 @@ _MAX_PORT = 65535
 _LOAD_BALANCING_SCOPES = range(0, 7)  # LoadBalancing.Scope: UNSPECIFIED_SCOPE=0 .. NETWORK=6
 
 _E = TypeVar("_E", bound=enum.IntEnum)
+_T = TypeVar("_T")
+_P = TypeVar("_P")
+
+
+def convert_each(values: Iterable[_P], field: str, convert: Callable[[_P, str], _T]) -> tuple[_T, ...]:
+    """``convert`` every value, each told its place (``field[i]``) for error messages."""
+    return tuple(convert(v, f"{field}[{i}]") for i, v in enumerate(values))
+
+
+def encode_each(values: Sequence[_T], field: str, convert: Callable[[_T, str], _P]) -> list[_P]:
+    """``convert`` every model value to its proto form, each told its place (``field[i]``)."""
+    return [convert(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
 class ConversionError(ValueError):

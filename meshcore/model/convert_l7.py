@@ -12,11 +12,17 @@ raises ``ConversionError`` for model values that cannot be encoded. No I/O, no l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
-
 from meshcore.model.authorization import IpNet, ServiceAccountMatch, StringMatch
-from meshcore.model.convert import ConversionError, _enum, _ip_from_bytes, _ip_to_bytes, _port, _required
+from meshcore.model.convert import (
+    ConversionError,
+    _enum,
+    _ip_from_bytes,
+    _ip_to_bytes,
+    _port,
+    _required,
+    convert_each,
+    encode_each,
+)
 from meshcore.model.l7 import (
     L7Action,
     L7Authorization,
@@ -29,12 +35,11 @@ from meshcore.model.l7 import (
     PathMatch,
     path_template_regex,
 )
+from meshcore.model.policy_text import header_name_problem
 from meshcore.proto import waypoint_pb2
 
 L7_AUTHORIZATION_TYPE_URL = "type.googleapis.com/ambientmesh.waypoint.v1.L7Authorization"
 
-_T = TypeVar("_T")
-_P = TypeVar("_P")
 
 # Which value fields each condition key takes: "string", "ip", "port" or "service_account".
 CONDITION_VALUE_TYPE: dict[L7ConditionKey, str] = {
@@ -55,15 +60,6 @@ _VALUE_FIELDS = {
 }
 # Pseudo-headers a request.headers[...] condition may name; RequestFacts reads them from the request line.
 PSEUDO_HEADERS = (":authority", ":method", ":path")
-_HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
-
-
-def _each(values: Iterable[_P], field: str, convert: Callable[[_P, str], _T]) -> tuple[_T, ...]:
-    return tuple(convert(v, f"{field}[{i}]") for i, v in enumerate(values))
-
-
-def _encode_each(values: Sequence[_T], field: str, convert: Callable[[_T, str], _P]) -> list[_P]:
-    return [convert(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
 # ------------------------------------------------------------------------------------------- matchers
@@ -155,18 +151,18 @@ def _sa_from_proto(pb: waypoint_pb2.ServiceAccount, field: str) -> ServiceAccoun
 
 def _source_to_proto(s: L7Source, field: str) -> waypoint_pb2.Source:
     return waypoint_pb2.Source(
-        principals=_encode_each(s.principals, f"{field}.principals", _string_to_proto),
-        not_principals=_encode_each(s.not_principals, f"{field}.not_principals", _string_to_proto),
-        namespaces=_encode_each(s.namespaces, f"{field}.namespaces", _string_to_proto),
-        not_namespaces=_encode_each(s.not_namespaces, f"{field}.not_namespaces", _string_to_proto),
-        ip_blocks=_encode_each(s.ip_blocks, f"{field}.ip_blocks", _ip_block_to_proto),
-        not_ip_blocks=_encode_each(s.not_ip_blocks, f"{field}.not_ip_blocks", _ip_block_to_proto),
-        remote_ip_blocks=_encode_each(s.remote_ip_blocks, f"{field}.remote_ip_blocks", _ip_block_to_proto),
-        not_remote_ip_blocks=_encode_each(
+        principals=encode_each(s.principals, f"{field}.principals", _string_to_proto),
+        not_principals=encode_each(s.not_principals, f"{field}.not_principals", _string_to_proto),
+        namespaces=encode_each(s.namespaces, f"{field}.namespaces", _string_to_proto),
+        not_namespaces=encode_each(s.not_namespaces, f"{field}.not_namespaces", _string_to_proto),
+        ip_blocks=encode_each(s.ip_blocks, f"{field}.ip_blocks", _ip_block_to_proto),
+        not_ip_blocks=encode_each(s.not_ip_blocks, f"{field}.not_ip_blocks", _ip_block_to_proto),
+        remote_ip_blocks=encode_each(s.remote_ip_blocks, f"{field}.remote_ip_blocks", _ip_block_to_proto),
+        not_remote_ip_blocks=encode_each(
             s.not_remote_ip_blocks, f"{field}.not_remote_ip_blocks", _ip_block_to_proto
         ),
-        service_accounts=_encode_each(s.service_accounts, f"{field}.service_accounts", _sa_to_proto),
-        not_service_accounts=_encode_each(
+        service_accounts=encode_each(s.service_accounts, f"{field}.service_accounts", _sa_to_proto),
+        not_service_accounts=encode_each(
             s.not_service_accounts, f"{field}.not_service_accounts", _sa_to_proto
         ),
     )
@@ -174,72 +170,68 @@ def _source_to_proto(s: L7Source, field: str) -> waypoint_pb2.Source:
 
 def _source_from_proto(pb: waypoint_pb2.Source, field: str) -> L7Source:
     return L7Source(
-        principals=_each(pb.principals, f"{field}.principals", _string_from_proto),
-        not_principals=_each(pb.not_principals, f"{field}.not_principals", _string_from_proto),
-        namespaces=_each(pb.namespaces, f"{field}.namespaces", _string_from_proto),
-        not_namespaces=_each(pb.not_namespaces, f"{field}.not_namespaces", _string_from_proto),
-        ip_blocks=_each(pb.ip_blocks, f"{field}.ip_blocks", _ip_block_from_proto),
-        not_ip_blocks=_each(pb.not_ip_blocks, f"{field}.not_ip_blocks", _ip_block_from_proto),
-        remote_ip_blocks=_each(pb.remote_ip_blocks, f"{field}.remote_ip_blocks", _ip_block_from_proto),
-        not_remote_ip_blocks=_each(
+        principals=convert_each(pb.principals, f"{field}.principals", _string_from_proto),
+        not_principals=convert_each(pb.not_principals, f"{field}.not_principals", _string_from_proto),
+        namespaces=convert_each(pb.namespaces, f"{field}.namespaces", _string_from_proto),
+        not_namespaces=convert_each(pb.not_namespaces, f"{field}.not_namespaces", _string_from_proto),
+        ip_blocks=convert_each(pb.ip_blocks, f"{field}.ip_blocks", _ip_block_from_proto),
+        not_ip_blocks=convert_each(pb.not_ip_blocks, f"{field}.not_ip_blocks", _ip_block_from_proto),
+        remote_ip_blocks=convert_each(pb.remote_ip_blocks, f"{field}.remote_ip_blocks", _ip_block_from_proto),
+        not_remote_ip_blocks=convert_each(
             pb.not_remote_ip_blocks, f"{field}.not_remote_ip_blocks", _ip_block_from_proto
         ),
-        service_accounts=_each(pb.service_accounts, f"{field}.service_accounts", _sa_from_proto),
-        not_service_accounts=_each(pb.not_service_accounts, f"{field}.not_service_accounts", _sa_from_proto),
+        service_accounts=convert_each(pb.service_accounts, f"{field}.service_accounts", _sa_from_proto),
+        not_service_accounts=convert_each(pb.not_service_accounts, f"{field}.not_service_accounts", _sa_from_proto),
     )
 
 
 def _operation_to_proto(o: L7Operation, field: str) -> waypoint_pb2.Operation:
     return waypoint_pb2.Operation(
-        hosts=_encode_each(o.hosts, f"{field}.hosts", _string_to_proto),
-        not_hosts=_encode_each(o.not_hosts, f"{field}.not_hosts", _string_to_proto),
-        ports=_encode_each(o.ports, f"{field}.ports", _port),
-        not_ports=_encode_each(o.not_ports, f"{field}.not_ports", _port),
-        methods=_encode_each(o.methods, f"{field}.methods", _string_to_proto),
-        not_methods=_encode_each(o.not_methods, f"{field}.not_methods", _string_to_proto),
-        paths=_encode_each(o.paths, f"{field}.paths", _path_to_proto),
-        not_paths=_encode_each(o.not_paths, f"{field}.not_paths", _path_to_proto),
+        hosts=encode_each(o.hosts, f"{field}.hosts", _string_to_proto),
+        not_hosts=encode_each(o.not_hosts, f"{field}.not_hosts", _string_to_proto),
+        ports=encode_each(o.ports, f"{field}.ports", _port),
+        not_ports=encode_each(o.not_ports, f"{field}.not_ports", _port),
+        methods=encode_each(o.methods, f"{field}.methods", _string_to_proto),
+        not_methods=encode_each(o.not_methods, f"{field}.not_methods", _string_to_proto),
+        paths=encode_each(o.paths, f"{field}.paths", _path_to_proto),
+        not_paths=encode_each(o.not_paths, f"{field}.not_paths", _path_to_proto),
     )
 
 
 def _operation_from_proto(pb: waypoint_pb2.Operation, field: str) -> L7Operation:
     return L7Operation(
-        hosts=_each(pb.hosts, f"{field}.hosts", _host_from_proto),
-        not_hosts=_each(pb.not_hosts, f"{field}.not_hosts", _host_from_proto),
-        ports=_each(pb.ports, f"{field}.ports", _port),
-        not_ports=_each(pb.not_ports, f"{field}.not_ports", _port),
-        methods=_each(pb.methods, f"{field}.methods", _string_from_proto),
-        not_methods=_each(pb.not_methods, f"{field}.not_methods", _string_from_proto),
-        paths=_each(pb.paths, f"{field}.paths", _path_from_proto),
-        not_paths=_each(pb.not_paths, f"{field}.not_paths", _path_from_proto),
+        hosts=convert_each(pb.hosts, f"{field}.hosts", _host_from_proto),
+        not_hosts=convert_each(pb.not_hosts, f"{field}.not_hosts", _host_from_proto),
+        ports=convert_each(pb.ports, f"{field}.ports", _port),
+        not_ports=convert_each(pb.not_ports, f"{field}.not_ports", _port),
+        methods=convert_each(pb.methods, f"{field}.methods", _string_from_proto),
+        not_methods=convert_each(pb.not_methods, f"{field}.not_methods", _string_from_proto),
+        paths=convert_each(pb.paths, f"{field}.paths", _path_from_proto),
+        not_paths=convert_each(pb.not_paths, f"{field}.not_paths", _path_from_proto),
     )
 
 
 def check_header_name(name: str) -> str | None:
     """Why ``name`` cannot be a ``request.headers[...]`` key as carried (lower-case token), or None."""
-    if not name:
-        return "the header name is empty"
     if name in PSEUDO_HEADERS:
         return None
-    if not set(name) <= _HEADER_TOKEN:
-        return f"header name {name!r} is not a lower-case HTTP token"
-    return None
+    return header_name_problem(name)
 
 
 def _condition_to_proto(c: L7Condition, field: str) -> waypoint_pb2.Condition:
     return waypoint_pb2.Condition(
         key=int(c.key),  # type: ignore[arg-type]
         header=c.header,
-        values=_encode_each(c.values, f"{field}.values", _string_to_proto),
-        not_values=_encode_each(c.not_values, f"{field}.not_values", _string_to_proto),
-        ip_values=_encode_each(c.ip_values, f"{field}.ip_values", _ip_block_to_proto),
-        not_ip_values=_encode_each(c.not_ip_values, f"{field}.not_ip_values", _ip_block_to_proto),
-        port_values=_encode_each(c.port_values, f"{field}.port_values", _port),
-        not_port_values=_encode_each(c.not_port_values, f"{field}.not_port_values", _port),
-        service_account_values=_encode_each(
+        values=encode_each(c.values, f"{field}.values", _string_to_proto),
+        not_values=encode_each(c.not_values, f"{field}.not_values", _string_to_proto),
+        ip_values=encode_each(c.ip_values, f"{field}.ip_values", _ip_block_to_proto),
+        not_ip_values=encode_each(c.not_ip_values, f"{field}.not_ip_values", _ip_block_to_proto),
+        port_values=encode_each(c.port_values, f"{field}.port_values", _port),
+        not_port_values=encode_each(c.not_port_values, f"{field}.not_port_values", _port),
+        service_account_values=encode_each(
             c.service_account_values, f"{field}.service_account_values", _sa_to_proto
         ),
-        not_service_account_values=_encode_each(
+        not_service_account_values=encode_each(
             c.not_service_account_values, f"{field}.not_service_account_values", _sa_to_proto
         ),
     )
@@ -270,16 +262,16 @@ def _condition_from_proto(pb: waypoint_pb2.Condition, field: str) -> L7Condition
     return L7Condition(
         key=key,
         header=header,
-        values=_each(pb.values, f"{field}.values", _string_from_proto),
-        not_values=_each(pb.not_values, f"{field}.not_values", _string_from_proto),
-        ip_values=_each(pb.ip_values, f"{field}.ip_values", _ip_block_from_proto),
-        not_ip_values=_each(pb.not_ip_values, f"{field}.not_ip_values", _ip_block_from_proto),
-        port_values=_each(pb.port_values, f"{field}.port_values", _port),
-        not_port_values=_each(pb.not_port_values, f"{field}.not_port_values", _port),
-        service_account_values=_each(
+        values=convert_each(pb.values, f"{field}.values", _string_from_proto),
+        not_values=convert_each(pb.not_values, f"{field}.not_values", _string_from_proto),
+        ip_values=convert_each(pb.ip_values, f"{field}.ip_values", _ip_block_from_proto),
+        not_ip_values=convert_each(pb.not_ip_values, f"{field}.not_ip_values", _ip_block_from_proto),
+        port_values=convert_each(pb.port_values, f"{field}.port_values", _port),
+        not_port_values=convert_each(pb.not_port_values, f"{field}.not_port_values", _port),
+        service_account_values=convert_each(
             pb.service_account_values, f"{field}.service_account_values", _sa_from_proto
         ),
-        not_service_account_values=_each(
+        not_service_account_values=convert_each(
             pb.not_service_account_values, f"{field}.not_service_account_values", _sa_from_proto
         ),
     )
@@ -319,9 +311,9 @@ def l7_authorization_to_proto(a: L7Authorization) -> waypoint_pb2.L7Authorizatio
         field = f"l7_authorization.rules[{r}]"
         rules.append(
             waypoint_pb2.Rule(
-                sources=_encode_each(rule.sources, f"{field}.sources", _source_to_proto),
-                operations=_encode_each(rule.operations, f"{field}.operations", _operation_to_proto),
-                conditions=_encode_each(rule.conditions, f"{field}.conditions", _condition_to_proto),
+                sources=encode_each(rule.sources, f"{field}.sources", _source_to_proto),
+                operations=encode_each(rule.operations, f"{field}.operations", _operation_to_proto),
+                conditions=encode_each(rule.conditions, f"{field}.conditions", _condition_to_proto),
             )
         )
     return waypoint_pb2.L7Authorization(
@@ -329,7 +321,7 @@ def l7_authorization_to_proto(a: L7Authorization) -> waypoint_pb2.L7Authorizatio
         namespace=a.namespace,
         action=int(a.action),  # type: ignore[arg-type]
         dry_run=a.dry_run,
-        targets=_encode_each(a.targets, "l7_authorization.targets", _target_to_proto),
+        targets=encode_each(a.targets, "l7_authorization.targets", _target_to_proto),
         rules=rules,
     )
 
@@ -338,17 +330,17 @@ def l7_authorization_from_proto(pb: waypoint_pb2.L7Authorization) -> L7Authoriza
     """Decode and validate a policy; raises ``ConversionError`` naming the bad field."""
     rules = tuple(
         L7Rule(
-            sources=_each(rule.sources, f"l7_authorization.rules[{r}].sources", _source_from_proto),
-            operations=_each(
+            sources=convert_each(rule.sources, f"l7_authorization.rules[{r}].sources", _source_from_proto),
+            operations=convert_each(
                 rule.operations, f"l7_authorization.rules[{r}].operations", _operation_from_proto
             ),
-            conditions=_each(
+            conditions=convert_each(
                 rule.conditions, f"l7_authorization.rules[{r}].conditions", _condition_from_proto
             ),
         )
         for r, rule in enumerate(pb.rules)
     )
-    targets = _each(pb.targets, "l7_authorization.targets", _target_from_proto)
+    targets = convert_each(pb.targets, "l7_authorization.targets", _target_from_proto)
     if not targets:
         raise ConversionError("l7_authorization.targets", "a waypoint policy needs at least one target")
     return L7Authorization(

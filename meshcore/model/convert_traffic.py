@@ -13,10 +13,10 @@ model values that cannot be encoded. No I/O, no logging.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Sequence
 
-from meshcore.model.convert import ConversionError, _port, _required
+from meshcore.model.convert import ConversionError, _port, _required, convert_each, encode_each
+from meshcore.model.policy_text import header_name_problem
 from meshcore.model.traffic import (
     BackendRef,
     ConnectionPool,
@@ -45,14 +45,11 @@ from meshcore.proto import traffic_pb2
 
 SERVICE_TRAFFIC_TYPE_URL = "type.googleapis.com/ambientmesh.waypoint.v1.ServiceTraffic"
 
-_T = TypeVar("_T")
-_P = TypeVar("_P")
 
 _PATH_KINDS = ("exact", "prefix", "regex", "string_prefix")
 _VALUE_KINDS = ("exact", "regex", "prefix", "present")
 _REWRITE_KINDS = ("full", "prefix")
 _LB_KINDS = ("round_robin", "least_request", "random", "consistent_hash")
-_HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 # What Python's ``re`` accepts and RE2 refuses: backreferences, lookaround, atomic groups, possessive
@@ -77,22 +74,6 @@ def regex_problem(pattern: str) -> str | None:
         return f"regex {pattern!r} does not compile: {e}"
     return None
 
-
-def header_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a header name as carried (a lower-case HTTP token), or None."""
-    if not name:
-        return "the header name is empty"
-    if not set(name) <= _HEADER_TOKEN:
-        return f"header name {name!r} is not a lower-case HTTP token"
-    return None
-
-
-def _each(values: Iterable[_P], field: str, convert: Callable[[_P, str], _T]) -> tuple[_T, ...]:
-    return tuple(convert(v, f"{field}[{i}]") for i, v in enumerate(values))
-
-
-def _encode_each(values: Sequence[_T], field: str, convert: Callable[[_T, str], _P]) -> list[_P]:
-    return [convert(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
 def _kind(names: tuple[str, ...], value: int, field: str) -> str:
@@ -166,8 +147,8 @@ def _value_from_proto(pb: traffic_pb2.ValueMatch, field: str, *, header: bool) -
 def _match_to_proto(m: RouteMatch, field: str) -> traffic_pb2.RouteMatch:
     return traffic_pb2.RouteMatch(
         path=_path_to_proto(m.path, f"{field}.path") if m.path is not None else None,
-        headers=_encode_each(m.headers, f"{field}.headers", _value_to_proto),
-        query_params=_encode_each(m.query_params, f"{field}.query_params", _value_to_proto),
+        headers=encode_each(m.headers, f"{field}.headers", _value_to_proto),
+        query_params=encode_each(m.query_params, f"{field}.query_params", _value_to_proto),
         method=m.method,
         port=_port(m.port, f"{field}.port"),
     )
@@ -176,8 +157,8 @@ def _match_to_proto(m: RouteMatch, field: str) -> traffic_pb2.RouteMatch:
 def _match_from_proto(pb: traffic_pb2.RouteMatch, field: str) -> RouteMatch:
     return RouteMatch(
         path=_path_from_proto(pb.path, f"{field}.path") if pb.HasField("path") else None,
-        headers=_each(pb.headers, f"{field}.headers", lambda v, f: _value_from_proto(v, f, header=True)),
-        query_params=_each(
+        headers=convert_each(pb.headers, f"{field}.headers", lambda v, f: _value_from_proto(v, f, header=True)),
+        query_params=convert_each(
             pb.query_params, f"{field}.query_params", lambda v, f: _value_from_proto(v, f, header=False)
         ),
         method=pb.method,
@@ -310,9 +291,9 @@ def _rule_to_proto(r: RouteRule, field: str) -> traffic_pb2.RouteRule:
     pb = traffic_pb2.RouteRule(
         origin=r.origin,
         name=r.name,
-        matches=_encode_each(r.matches, f"{field}.matches", _match_to_proto),
-        backends=_encode_each(r.backends, f"{field}.backends", _backend_to_proto),
-        mirrors=_encode_each(r.mirrors, f"{field}.mirrors", _mirror_to_proto),
+        matches=encode_each(r.matches, f"{field}.matches", _match_to_proto),
+        backends=encode_each(r.backends, f"{field}.backends", _backend_to_proto),
+        mirrors=encode_each(r.mirrors, f"{field}.mirrors", _mirror_to_proto),
     )
     if r.request_headers is not None:
         pb.request_headers.CopyFrom(_modifier_to_proto(r.request_headers, f"{field}.request_headers"))
@@ -339,8 +320,8 @@ def _rule_to_proto(r: RouteRule, field: str) -> traffic_pb2.RouteRule:
 
 
 def _rule_from_proto(pb: traffic_pb2.RouteRule, field: str) -> RouteRule:
-    matches = _each(pb.matches, f"{field}.matches", _match_from_proto)
-    backends = _each(pb.backends, f"{field}.backends", _backend_from_proto)
+    matches = convert_each(pb.matches, f"{field}.matches", _match_from_proto)
+    backends = convert_each(pb.backends, f"{field}.backends", _backend_from_proto)
     redirect = _redirect_from_proto(pb.redirect, f"{field}.redirect") if pb.HasField("redirect") else None
     rewrite = _rewrite_from_proto(pb.rewrite, f"{field}.rewrite") if pb.HasField("rewrite") else None
     fault = _fault_from_proto(pb.fault, f"{field}.fault") if pb.HasField("fault") else None
@@ -371,7 +352,7 @@ def _rule_from_proto(pb: traffic_pb2.RouteRule, field: str) -> RouteRule:
         if pb.HasField("response_headers") else None,
         redirect=redirect,
         rewrite=rewrite,
-        mirrors=_each(pb.mirrors, f"{field}.mirrors", _mirror_from_proto),
+        mirrors=convert_each(pb.mirrors, f"{field}.mirrors", _mirror_from_proto),
         timeouts=timeouts,
         retry=_retry_from_proto(pb.retry, f"{field}.retry") if pb.HasField("retry") else None,
         fault=fault,
@@ -454,13 +435,13 @@ def service_traffic_to_proto(t: ServiceTraffic) -> traffic_pb2.ServiceTraffic:
     pb = traffic_pb2.ServiceTraffic(
         namespace=t.namespace,
         hostname=t.hostname,
-        routes=_encode_each(t.routes, "service_traffic.routes", _rule_to_proto),
+        routes=encode_each(t.routes, "service_traffic.routes", _rule_to_proto),
     )
     if t.policy is not None:
         pb.policy.CopyFrom(traffic_pb2.DestinationPolicy(
             origin=t.policy.origin,
             traffic_policy=_policy_to_proto(t.policy.traffic_policy, "service_traffic.policy.traffic_policy"),
-            subsets=_encode_each(t.policy.subsets, "service_traffic.policy.subsets", _subset_to_proto),
+            subsets=encode_each(t.policy.subsets, "service_traffic.policy.subsets", _subset_to_proto),
         ))
     if t.rate_limit is not None:
         r = t.rate_limit
@@ -477,7 +458,7 @@ def service_traffic_from_proto(pb: traffic_pb2.ServiceTraffic) -> ServiceTraffic
     """Decode and validate; raises ``ConversionError`` naming the bad field."""
     policy = None
     if pb.HasField("policy"):
-        subsets = _each(pb.policy.subsets, "service_traffic.policy.subsets", _subset_from_proto)
+        subsets = convert_each(pb.policy.subsets, "service_traffic.policy.subsets", _subset_from_proto)
         names = [s.name for s in subsets]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -499,7 +480,7 @@ def service_traffic_from_proto(pb: traffic_pb2.ServiceTraffic) -> ServiceTraffic
     return ServiceTraffic(
         namespace=_required(pb.namespace, "service_traffic.namespace"),
         hostname=_required(pb.hostname, "service_traffic.hostname"),
-        routes=_each(pb.routes, "service_traffic.routes", _rule_from_proto),
+        routes=convert_each(pb.routes, "service_traffic.routes", _rule_from_proto),
         policy=policy,
         rate_limit=rate_limit,
     )

@@ -32,3 +32,15 @@ def parse_ip_net(value: str) -> IpNet:
         return IpNet(str(net.network_address), net.prefixlen)
     ip = ipaddress.ip_address(value)
     return IpNet(str(ip), ip.max_prefixlen)
+
+
+_HEADER_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a header name as carried (a lower-case HTTP token), or None."""
+    if not name:
+        return "the header name is empty"
+    if not set(name) <= _HEADER_TOKEN:
+        return f"header name {name!r} is not a lower-case HTTP token"
+    return None
