@@ -184,15 +184,11 @@ async def test_requests_to_a_service_with_a_per_sa_waypoint_go_through_it(tmp_pa
         z1 = ztunnels[0]
         assert z1.socks5 is not None
 
-        async def bound_to_waypoint() -> None:
-            async with asyncio.timeout(15):
-                while True:
-                    svc = z1.cell.current().find_service("demo/echo.demo.svc.cluster.local")
-                    if svc is not None and svc.waypoint is not None:
-                        return
-                    await asyncio.sleep(0.02)
+        def bound_to_waypoint(state) -> bool:
+            svc = state.find_service("demo/echo.demo.svc.cluster.local")
+            return svc is not None and svc.waypoint is not None
 
-        await bound_to_waypoint()
+        await z1.cell.wait_for(bound_to_waypoint, timeout=15)
         reader, writer = await socks5_connect(tuple(z1.socks5.address), client_ip, VIP, 80)
         try:
             answers = [await _exchange(reader, writer, "GET") for _ in range(4)]
@@ -209,9 +205,7 @@ async def test_requests_to_a_service_with_a_per_sa_waypoint_go_through_it(tmp_pa
         ), opened
 
         cp.store.apply(load_documents(GET_ONLY, "policy"))
-        async with asyncio.timeout(15):
-            while not waypoint.cell.current().l7_policies:  # noqa: ASYNC110 - bounded poll of pushed state
-                await asyncio.sleep(0.02)
+        await waypoint.cell.wait_for(lambda state: bool(state.l7_policies), timeout=15)
         reader, writer = await socks5_connect(tuple(z1.socks5.address), client_ip, VIP, 80)
         try:
             assert await _exchange(reader, writer, "POST") == (403, b"RBAC: access denied")

@@ -143,9 +143,7 @@ async def test_a_policy_allows_get_and_denies_post_with_403_and_metrics_show_bot
     waypoint, xds, _, ca = mesh
     await xds.push(L7_AUTHORIZATION_TYPE_URL,
                    {"default/allow-get": l7_authorization_to_proto(_allow_get()).SerializeToString()})
-    async with asyncio.timeout(10):
-        while not waypoint.cell.current().l7_policies:  # noqa: ASYNC110 - bounded poll of pushed state
-            await asyncio.sleep(0.01)
+    await waypoint.cell.wait_for(lambda state: bool(state.l7_policies), timeout=10)
     conn = await _open(waypoint, ca)
     try:
         assert (await conn.request("GET", "/"))[0] == 200
@@ -165,9 +163,7 @@ async def test_admin_config_dump_shows_the_l7_policies_and_the_certificate(mesh)
     waypoint, xds, _, _ = mesh
     await xds.push(L7_AUTHORIZATION_TYPE_URL,
                    {"default/allow-get": l7_authorization_to_proto(_allow_get()).SerializeToString()})
-    async with asyncio.timeout(10):
-        while not waypoint.cell.current().l7_policies:  # noqa: ASYNC110 - bounded poll of pushed state
-            await asyncio.sleep(0.01)
+    await waypoint.cell.wait_for(lambda state: bool(state.l7_policies), timeout=10)
     dump = json.loads(await _get(waypoint.admin_address, "/config_dump"))
     assert dump["gateway"] == "default/echo-waypoint"
     assert [p["name"] for p in dump["l7Policies"]] == ["allow-get"]
