@@ -194,8 +194,10 @@ class NodeAgent:
         self._ns_labels: dict[str, dict[str, str]] = {}
         self._captured: dict[str, _Capture] = {}
         self._failures: dict[str, Failure] = {}
-        self._errors: dict[str, tuple[int, str]] = {}  # uid -> (failure number, message), for CNI waiters
-        self._failure_count = 0
+        # uid -> (number of the attempt that failed, message), for CNI waiters: attempts are numbered as
+        # they start, so a waiter only counts failures of attempts that began after its event.
+        self._errors: dict[str, tuple[int, str]] = {}
+        self._attempts = 0  # attempts started so far (see _errors)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._dirty = asyncio.Event()
         self._progress: set[asyncio.Future[None]] = set()
@@ -400,28 +402,34 @@ class NodeAgent:
                 self._inflight[uid] = self._tg.create_task(self._run_actions(uid, todo))
 
     async def _run_actions(self, uid: str, actions: Sequence[Action]) -> None:
+        self._attempts += 1
+        attempt = self._attempts
         try:
             for action in actions:
                 await self._do(action)
             self._failures.pop(uid, None)
         except PodCaptureError as e:
-            self._fail(uid, e.reason, str(e))
+            self._fail(uid, e.reason, str(e), attempt)
         except Exception as e:  # a bug for one pod must not stop the agent or the other pods
             log.exception("pod action failed unexpectedly", uid=uid)
-            self._fail(uid, "internal", f"internal error: {e}")
+            self._fail(uid, "internal", f"internal error: {e}", attempt)
         finally:
             self._inflight.pop(uid, None)
             self._update_gauges()
             self._dirty.set()
             self._notify_progress()
 
-    def _fail(self, uid: str, reason: str, message: str) -> None:
+    def _fail(self, uid: str, reason: str, message: str, attempt: int | None = None) -> None:
+        """Record a failure of ``uid``'s attempt number ``attempt`` (None: news that is not an attempt of
+        ours, such as ztunnel refusing the pod in its snapshot: counted as a fresh attempt)."""
+        if attempt is None:
+            self._attempts += 1
+            attempt = self._attempts
         previous = self._failures.get(uid)
         attempts = previous.attempts + 1 if previous else 1
         delay = retry_delay(attempts, self.config.retry_initial, self.config.retry_max)
         self._failures[uid] = Failure(attempts, self._clock() + delay, reason)
-        self._failure_count += 1
-        self._errors[uid] = (self._failure_count, message)
+        self._errors[uid] = (attempt, message)
         self.metrics.failures.labels(reason).inc()
         log.warning(
             "pod not captured as wanted; will retry",
@@ -623,7 +631,9 @@ class NodeAgent:
             return EventReply(ok=True, captured=False)
         uid = pod.uid
         self._failures.pop(uid, None)  # an explicit ADD is a retry now
-        seen = self._errors.get(uid, (0, ""))[0]
+        # An attempt already running may have looked for the netns before this ADD recorded it: its
+        # failure says nothing about this event, so only attempts started from now on count.
+        seen = self._attempts
 
         def settled() -> bool:
             record = self._captured.get(uid)
@@ -653,10 +663,10 @@ class NodeAgent:
         if uids:
             # Release before the runtime deletes the netns: ztunnel closes its sockets in the pod first.
             # A release that fails is retried later; DEL itself never fails, so stop waiting then.
-            seen = {u: self._errors.get(u, (0, ""))[0] for u in uids}
+            seen = self._attempts
 
             def settled() -> bool:
-                return all(u not in self._captured or self._errors.get(u, (0, ""))[0] > seen[u] for u in uids)
+                return all(u not in self._captured or self._errors.get(u, (0, ""))[0] > seen for u in uids)
 
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(EVENT_WAIT):
