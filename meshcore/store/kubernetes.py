@@ -76,7 +76,7 @@ INSTALL_HINTS = {
 # manifests' ClusterRole is derived from this list) and its CRD or the upstream one it needs.
 DEFAULT_KINDS: tuple[str, ...] = (
     "Namespace", "ServiceAccount", "Pod", "Service", "AuthorizationPolicy", "Gateway", "HTTPRoute",
-    "GRPCRoute", "VirtualService", "DestinationRule", "HTTPLocalRateLimitPolicy",
+    "GRPCRoute", "VirtualService", "DestinationRule", "HTTPLocalRateLimitPolicy", "Deployment",
 )
 # The RBAC verbs the calls below use: on objects (list+watch by the reflectors, get when an update
 # conflicts, create/update by apply, patch by set_labels/set_annotations, delete) and on ``/status``
