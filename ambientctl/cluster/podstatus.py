@@ -13,15 +13,23 @@ termination, the current restart back-off. Kubernetes' rules:
 * Ready (and so traffic) only while the container runs and, with a ``readinessProbe``, once the probe
   succeeded ``successThreshold`` times in a row, until it failed ``failureThreshold`` times in a row.
 
-``pod_status`` renders the Kubernetes ``status`` (phase, conditions, containerStatuses with
-restartCount/state/lastState, podIP, hostIP, startTime); ``display_status`` is kubectl's STATUS column
-(a container's waiting/terminated reason, else the phase). Time arrives as arguments: ``now`` is a
+Init containers (``init=True``) run one at a time before the app containers, each to completion:
+exit 0 finishes one for good (whatever the policy); a failure is restarted with the same back-off unless
+``restartPolicy`` is ``Never`` (``Always`` acts as ``OnFailure`` for them), in which case the pod is
+``Failed``. Until every init container completed the pod is ``Pending``, condition ``Initialized``
+False, and its app containers wait with reason ``PodInitializing``.
+
+``pod_status`` renders the Kubernetes ``status`` (phase, conditions, containerStatuses and
+initContainerStatuses with restartCount/state/lastState/ready, podIP, hostIP, startTime);
+``display_status`` is kubectl's STATUS column (``Init:1/2``, ``Init:Error``, ``Init:CrashLoopBackOff``
+while initialising, then a container's waiting/terminated reason, else the phase); ``ready_counts`` is
+the READY column's (ready, total). Time arrives as arguments: ``now`` is a
 monotonic clock for decisions, ``wall`` an RFC 3339 string for what is written. No I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -103,11 +111,14 @@ def is_ready(track: ContainerTrack) -> bool:
 
 
 def exited(
-    track: ContainerTrack, exit_code: int | None, policy: str, now: float, wall: str
+    track: ContainerTrack, exit_code: int | None, policy: str, now: float, wall: str, *, init: bool = False
 ) -> ContainerTrack:
-    """The container's process exited: record it and plan the restart the policy asks for."""
+    """The container's process exited: record it and plan the restart the policy asks for (an init
+    container is restarted only after a failure, unless the policy is ``Never``)."""
     ran = now - track.running_since if track.running_since is not None else 0.0
     last = Termination(exit_code=exit_code, started_at=track.started_at, finished_at=wall)
+    if init and policy == "Always":
+        policy = "OnFailure"
     if not should_restart(policy, exit_code):
         return msgspec.structs.replace(track, running_since=None, last=last, restart_at=None, finished=True)
     if track.backoff_s == 0.0 or ran >= BACKOFF_RESET_S:
@@ -133,8 +144,31 @@ def _terminated(term: Termination) -> dict[str, Any]:
     }
 
 
-def container_status(track: ContainerTrack, image: str) -> dict[str, Any]:
-    """One ``status.containerStatuses`` entry."""
+def completed(track: ContainerTrack) -> bool:
+    """Terminated for good with exit code 0 (an init container that did its work)."""
+    return track.finished and track.last is not None and track.last.exit_code == 0
+
+
+def initialized(init_tracks: Sequence[ContainerTrack]) -> bool:
+    """Every init container completed (vacuously true without any)."""
+    return all(completed(t) for t in init_tracks)
+
+
+def init_failed(init_tracks: Sequence[ContainerTrack]) -> bool:
+    """An init container failed and will not be restarted (``restartPolicy: Never``): the pod failed."""
+    return any(t.finished and not completed(t) for t in init_tracks)
+
+
+def current_init(init_tracks: Sequence[ContainerTrack]) -> int | None:
+    """The index of the init container that runs (or is due) now; None once all completed."""
+    return next((i for i, t in enumerate(init_tracks) if not completed(t)), None)
+
+
+def container_status(
+    track: ContainerTrack, image: str, *, waiting_reason: str = "ContainerCreating", init: bool = False
+) -> dict[str, Any]:
+    """One ``status.containerStatuses`` (or, ``init``, ``initContainerStatuses``) entry; a container
+    not started yet waits with ``waiting_reason``."""
     if track.running_since is not None:
         state: dict[str, Any] = {"running": {"startedAt": track.started_at}}
     elif track.finished and track.last is not None:
@@ -147,11 +181,11 @@ def container_status(track: ContainerTrack, image: str) -> dict[str, Any]:
             }
         }
     else:
-        state = {"waiting": {"reason": "ContainerCreating"}}
+        state = {"waiting": {"reason": waiting_reason}}
     entry: dict[str, Any] = {
         "name": track.name,
         "image": image,
-        "ready": is_ready(track),
+        "ready": completed(track) if init else is_ready(track),
         "started": track.running_since is not None,
         "restartCount": track.restart_count,
         "state": state,
@@ -161,10 +195,13 @@ def container_status(track: ContainerTrack, image: str) -> dict[str, Any]:
     return entry
 
 
-def pod_phase(tracks: list[ContainerTrack]) -> str:
-    """Kubernetes' phase: Running while any container runs or will restart; Succeeded/Failed once all
-    finished for good; Pending before any started."""
-    if not tracks:
+def pod_phase(tracks: Sequence[ContainerTrack], init_tracks: Sequence[ContainerTrack] = ()) -> str:
+    """Kubernetes' phase: Failed when an init container failed for good, Pending until all init
+    containers completed; then Running while any container runs or will restart; Succeeded/Failed once
+    all finished for good; Pending before any started."""
+    if init_failed(init_tracks):
+        return "Failed"
+    if not initialized(init_tracks) or not tracks:
         return "Pending"
     if all(t.finished for t in tracks):
         return "Succeeded" if all(t.last is not None and t.last.exit_code == 0 for t in tracks) else "Failed"
@@ -173,37 +210,78 @@ def pod_phase(tracks: list[ContainerTrack]) -> str:
     return "Pending"
 
 
+def pod_ready(tracks: Sequence[ContainerTrack], init_tracks: Sequence[ContainerTrack] = ()) -> bool:
+    """Ready (gets traffic) only when initialised and every app container is ready."""
+    return initialized(init_tracks) and bool(tracks) and all(is_ready(t) for t in tracks)
+
+
 def pod_status(
-    tracks: list[ContainerTrack],
+    tracks: Sequence[ContainerTrack],
     images: Mapping[str, str],
     *,
     pod_ip: str,
     host_ip: str,
     start_time: str,
+    init_tracks: Sequence[ContainerTrack] = (),
+    init_images: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The pod's ``status`` as a kubelet writes it."""
-    ready = bool(tracks) and all(is_ready(t) for t in tracks)
-    flag = "True" if ready else "False"
+    done = initialized(init_tracks)
+    flag = "True" if pod_ready(tracks, init_tracks) else "False"
+    waiting = "ContainerCreating" if done else "PodInitializing"
     status: dict[str, Any] = {
-        "phase": pod_phase(tracks),
+        "phase": pod_phase(tracks, init_tracks),
         "conditions": [
             {"type": "PodScheduled", "status": "True"},
-            {"type": "Initialized", "status": "True"},
+            {"type": "Initialized", "status": "True" if done else "False"},
             {"type": "ContainersReady", "status": flag},
             {"type": "Ready", "status": flag},
         ],
         "hostIP": host_ip,
         "startTime": start_time,
-        "containerStatuses": [container_status(t, images.get(t.name, "")) for t in tracks],
+        "containerStatuses": [
+            container_status(t, images.get(t.name, ""), waiting_reason=waiting) for t in tracks
+        ],
     }
+    if init_tracks:
+        init_images = images if init_images is None else init_images
+        status["initContainerStatuses"] = [
+            container_status(t, init_images.get(t.name, ""), waiting_reason="PodInitializing", init=True)
+            for t in init_tracks
+        ]
     if pod_ip:
         status["podIP"] = pod_ip
         status["podIPs"] = [{"ip": pod_ip}]
     return status
 
 
+def _init_display(entries: Sequence[Any]) -> str | None:
+    """kubectl's STATUS while init containers have work left: ``Init:<reason>`` for one that waits or
+    failed, else ``Init:<completed>/<total>``; None once all completed."""
+    total = len(entries)
+    for i, entry in enumerate(entries):
+        state = entry.get("state") if isinstance(entry, Mapping) else None
+        if not isinstance(state, Mapping):
+            continue
+        terminated = state.get("terminated")
+        if isinstance(terminated, Mapping) and terminated.get("exitCode") == 0:
+            continue
+        for key in ("terminated", "waiting"):
+            detail = state.get(key)
+            reason = detail.get("reason") if isinstance(detail, Mapping) else None
+            if reason and reason != "PodInitializing":
+                return f"Init:{reason}"
+        return f"Init:{i}/{total}"
+    return None
+
+
 def display_status(status: Mapping[str, Any]) -> str:
-    """kubectl's STATUS column: the first container's waiting/terminated reason, else the phase."""
+    """kubectl's STATUS column: ``Init:...`` while init containers have work left, then the first
+    container's waiting/terminated reason, else the phase."""
+    init = [e for e in status.get("initContainerStatuses") or () if isinstance(e, Mapping)]
+    shown = _init_display(init) if init else None
+    if shown is not None:
+        return shown
     for entry in status.get("containerStatuses") or ():
         state = entry.get("state") if isinstance(entry, Mapping) else None
         if not isinstance(state, Mapping):
@@ -216,12 +294,17 @@ def display_status(status: Mapping[str, Any]) -> str:
     return str(phase) if phase else "Unknown"
 
 
-def ready_count(status: Mapping[str, Any]) -> str:
-    """kubectl's READY column (``1/1``); ``-`` when no container status was reported."""
+def ready_counts(status: Mapping[str, Any]) -> tuple[int, int]:
+    """(ready, total) app containers of a pod ``status`` (kubectl's READY n/m); init containers do not
+    count. (0, 0) when no container status was reported."""
     entries = [e for e in status.get("containerStatuses") or () if isinstance(e, Mapping)]
-    if not entries:
-        return "-"
-    return f"{sum(1 for e in entries if e.get('ready') is True)}/{len(entries)}"
+    return sum(1 for e in entries if e.get("ready") is True), len(entries)
+
+
+def ready_count(status: Mapping[str, Any]) -> str:
+    """kubectl's READY column (``1/2``); ``-`` when no container status was reported."""
+    ready, total = ready_counts(status)
+    return f"{ready}/{total}" if total else "-"
 
 
 def restart_total(status: Mapping[str, Any]) -> int:

@@ -127,3 +127,89 @@ def test_columns_of_a_status_written_by_hand_fall_back_to_the_phase() -> None:
         0,
     )
     assert display_status({}) == "Unknown"
+
+
+# --- several containers, init containers --------------------------------------------------------------
+
+
+def run_init(policy: str, code: int) -> ContainerTrack:
+    track = podstatus.started(ContainerTrack(name="init"), 0.0, W)
+    return podstatus.exited(track, code, policy, 1.0, W, init=True)
+
+
+INIT_EXITS = [
+    ("an init container's clean exit completes it under Always", "Always", 0, True, False),
+    ("an init container's failure is retried under Always", "Always", 1, False, True),
+    ("an init container's failure is retried under OnFailure", "OnFailure", 1, False, True),
+    ("an init container's failure is final under Never", "Never", 1, False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "done", "retried"), [r[1:] for r in INIT_EXITS], ids=[r[0] for r in INIT_EXITS]
+)
+def test_init_container_exits_follow_the_restart_policy(
+    policy: str, code: int, done: bool, retried: bool
+) -> None:
+    track = run_init(policy, code)
+    assert podstatus.completed(track) is done
+    assert (track.restart_at is not None) is retried
+
+
+def test_a_pod_initialising_is_pending_with_its_app_containers_waiting_for_it() -> None:
+    first = podstatus.exited(
+        podstatus.started(ContainerTrack(name="a"), 0.0, W), 0, "Always", 1.0, W, init=True
+    )
+    second = podstatus.started(ContainerTrack(name="b"), 1.0, W)
+    apps = [ContainerTrack(name="web"), ContainerTrack(name="side")]
+    status = pod_status(apps, {}, pod_ip="10.0.0.1", host_ip="h", start_time=W, init_tracks=[first, second])
+    assert status["phase"] == "Pending"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Initialized"] == "False"
+    assert [e["state"] for e in status["containerStatuses"]] == [
+        {"waiting": {"reason": "PodInitializing"}}
+    ] * 2
+    assert [e["ready"] for e in status["initContainerStatuses"]] == [True, False]
+    assert display_status(status) == "Init:1/2"
+    assert podstatus.ready_counts(status) == (0, 2)
+    assert not podstatus.pod_ready(apps, [first, second])
+
+
+INIT_DISPLAY = [
+    ("a failed init container under Never fails the pod as Init:Error", "Never", "Init:Error", "Failed"),
+    (
+        "a failing init container retried shows Init:CrashLoopBackOff",
+        "Always",
+        "Init:CrashLoopBackOff",
+        "Pending",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "shown", "phase"), [r[1:] for r in INIT_DISPLAY], ids=[r[0] for r in INIT_DISPLAY]
+)
+def test_a_failing_init_container_shows_in_status(policy: str, shown: str, phase: str) -> None:
+    status = pod_status(
+        [ContainerTrack(name="web")],
+        {},
+        pod_ip="",
+        host_ip="h",
+        start_time=W,
+        init_tracks=[run_init(policy, 2)],
+    )
+    assert display_status(status) == shown
+    assert status["phase"] == phase
+
+
+def test_a_pod_is_ready_only_when_every_container_is_ready() -> None:
+    web = podstatus.started(ContainerTrack(name="web"), 0.0, W)
+    side = podstatus.started(ContainerTrack(name="side"), 0.0, W, probed=True)
+    status = pod_status([web, side], {}, pod_ip="10.0.0.1", host_ip="h", start_time=W)
+    assert podstatus.ready_counts(status) == (1, 2)
+    assert ready_count(status) == "1/2"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+    side = podstatus.probed(side, True, 1, 3)
+    status = pod_status([web, side], {}, pod_ip="10.0.0.1", host_ip="h", start_time=W)
+    assert podstatus.ready_counts(status) == (2, 2)
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    assert display_status(status) == "Running"
