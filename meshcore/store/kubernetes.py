@@ -2,7 +2,8 @@
 
 Role: the cluster-state backend when the mesh runs on a real cluster (``STORE=kubernetes``). Reads
 (``get``, ``list``, ``snapshot``, ``changes_since``, ``watch``) are served from a local cache that one
-reflector per kind keeps: list, then watch from the list's resourceVersion with bookmarks, resume from the
+reflector per kind keeps: list (in chunks with ``limit``/``continue``; an expired continue token lists again
+from the start), then watch from the list's resourceVersion with bookmarks, resume from the
 last version seen when a stream ends, re-list on 410 Gone, jittered exponential backoff on errors. Writes
 go to the API server (create/update with the cached resourceVersion, retried on 409 Conflict; status with
 server-side apply under this store's field manager) and return once the cache has seen their result.
@@ -83,6 +84,11 @@ DEFAULT_KINDS: tuple[str, ...] = (
 # (update by apply with a status, patch by set_status's server-side apply).
 OBJECT_VERBS: tuple[str, ...] = ("get", "list", "watch", "create", "update", "patch", "delete")
 STATUS_VERBS: tuple[str, ...] = ("update", "patch")
+# Lists are read in chunks of this many objects (``limit``/``continue``), as client-go's reflector does, so
+# the API server never builds one huge answer; an expired continue token restarts the list this many times
+# before one list without a limit is asked for.
+DEFAULT_PAGE_SIZE = 500
+LIST_RESTARTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +280,10 @@ class KubernetesStore:
         sync_timeout: float = 30.0,
         write_timeout: float = 30.0,
         watch_timeout: int = 300,
+        page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
         self._paths = {k: kind_path(k) for k in (kinds or DEFAULT_KINDS)}
+        self._page_size = page_size
         self.field_manager = field_manager
         self._write_timeout = write_timeout
         self._watch_timeout = watch_timeout
@@ -418,15 +426,39 @@ class KubernetesStore:
         return rv
 
     async def _relist(self, path: KindPath) -> str:
-        listed = await self._request("GET", path.collection())
+        """List the kind in chunks of ``page_size`` (``limit``/``continue``) and make the cache that list.
+        A continue token that expired (410) starts the list again from scratch, at most
+        ``LIST_RESTARTS`` times; then one list without a limit (the server's consistent whole)."""
+        items: dict[ResourceRef, tuple[Resource, str]] = {}
+        rv = ""
+        for attempt in range(LIST_RESTARTS + 1):
+            limit = self._page_size if attempt < LIST_RESTARTS else 0
+            items, token = {}, ""
+            try:
+                while True:
+                    query = {"limit": str(limit)} if limit else {}
+                    if token:
+                        query["continue"] = token
+                    listed = await self._request("GET", path.collection(), query=query)
+                    self.stats["list_chunks"] += 1
+                    for obj in listed.get("items") or []:
+                        res = to_resource(obj, path.kind)
+                        items[res.ref] = (res, str((obj.get("metadata") or {}).get("resourceVersion", "")))
+                    meta = listed.get("metadata") or {}
+                    rv, token = str(meta.get("resourceVersion", "")), str(meta.get("continue") or "")
+                    if not token:
+                        break
+            except ApiFailure as e:
+                if e.status != 410 or not token:
+                    raise
+                self.stats["list_continue_expired"] += 1
+                log.info("list continue token expired (410); listing again from the start", kind=path.kind)
+                continue
+            break
         self.stats["lists"] += 1
         self._missing.discard(path.kind)
-        items = {}
-        for obj in listed.get("items") or []:
-            res = to_resource(obj, path.kind)
-            items[res.ref] = (res, str((obj.get("metadata") or {}).get("resourceVersion", "")))
         await self._replace_kind(path.kind, items, mark_synced=True)
-        return str((listed.get("metadata") or {}).get("resourceVersion", ""))
+        return rv
 
     async def _replace_kind(
         self, kind: str, items: Mapping[ResourceRef, tuple[Resource, str]], *, mark_synced: bool

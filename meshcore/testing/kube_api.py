@@ -17,6 +17,11 @@ paths):
   manager, conflicts 409 unless forced, fields a manager stops applying removed. ``/status`` is a
   subresource: writes to the main resource never change status and status writes change nothing else.
 - errors are ``Status`` objects with the code, reason and a message, as the API returns them.
+- paginated lists: ``limit=N`` returns at most N items and, when more remain, ``metadata.continue`` (an
+  opaque token) and ``metadata.remainingItemCount``; ``continue=TOKEN`` returns the next chunk of the same
+  consistent list (the state at the first chunk's resourceVersion, writes made since then not shown).
+  A token whose resourceVersion was compacted gets 410 Expired: the client starts a new list. A
+  ``resourceVersion`` given together with ``continue`` is refused (400), as the conventions say.
 
 Invariants: one global revision (every write that changes an object takes the next one; a write that
 changes nothing takes none and sends no event); the change log is kept in revision order until
@@ -24,7 +29,7 @@ changes nothing takes none and sends no event); the change log is kept in revisi
 
 Simplifications, stated so no test relies on them being real: no authentication or authorization (every
 request is recorded in ``requests`` with its RBAC verb instead, so tests can derive the RBAC a client
-needs); no label/field selectors or pagination (refused with 400, not ignored); no admission, defaulting or
+needs); no label/field selectors (refused with 400, not ignored); no admission, defaulting or
 schema validation; deleting a Namespace deletes its contents at once (a real server finalizes it
 asynchronously); lists in applied configurations are atomic (owned as one field).
 
@@ -36,13 +41,18 @@ bound pod's name and uid and node name under ``user.extra``) when the token is k
 ``spec.audiences`` (or include the API server's own when none are asked for) and the bound pod still
 exists with that uid; otherwise ``authenticated: false`` with ``status.error``, as a real server does.
 
+A paginated list's consistent state is kept as a snapshot per (first chunk's revision, collection) until
+``compact`` passes that revision, or until ``MAX_LIST_SNAPSHOTS`` newer ones pushed it out (then its
+tokens get 410 as if compacted).
+
 Test controls: ``compact()``, ``send_bookmarks()``, ``stall_watches()``, ``close_watches()``,
-``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
+``expire_continue_tokens(count)``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import contextlib
 import copy
@@ -68,6 +78,7 @@ Path = tuple[str, ...]
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 _MAX_BODY = 4 * 1024 * 1024
+MAX_LIST_SNAPSHOTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +224,9 @@ class KubeApiServer:
         self._conns: set[asyncio.Task[None]] = set()
         self.requests: list[RecordedRequest] = []
         self._tokens: dict[str, _Token] = {}
+        # Paginated lists: (revision, resource, namespace) -> the collection's items at that revision.
+        self._list_snapshots: dict[tuple[int, ApiResource, str], list[JSON]] = {}
+        self._expire_continues = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -252,6 +266,8 @@ class KubeApiServer:
         cut = bisect.bisect_right(self._log_revs, self.compacted)
         del self._log[:cut]
         del self._log_revs[:cut]
+        for key in [k for k in self._list_snapshots if k[0] < self.compacted]:
+            del self._list_snapshots[key]
         self._wake_all()
 
     def send_bookmarks(self) -> None:
@@ -271,6 +287,11 @@ class KubeApiServer:
         for w in self._watches:
             w.closed = True
             w.wake.set()
+
+    def expire_continue_tokens(self, count: int = 1) -> None:
+        """The next ``count`` continue requests find their list's state gone, as compaction past its
+        version would leave it: 410 Expired (the client must start its list again)."""
+        self._expire_continues += count
 
     def fail_next(self, status: int = 500, count: int = 1, verb: str | None = None) -> None:
         """The next ``count`` requests (of RBAC ``verb``, or any) fail with ``status`` (429 and 503 carry
@@ -561,7 +582,7 @@ class KubeApiServer:
     def _dispatch(
         self, method: str, t: _Target, query: dict[str, str], headers: dict[str, str], body: bytes
     ) -> tuple[int, JSON]:
-        for unsupported in ("labelSelector", "fieldSelector", "limit", "continue"):
+        for unsupported in ("labelSelector", "fieldSelector"):
             if query.get(unsupported):
                 raise ApiError(400, "BadRequest", f"{unsupported} is not supported by the API stand-in")
         if method == "GET":
@@ -602,6 +623,51 @@ class KubeApiServer:
         return copy.deepcopy(obj)
 
     def _list(self, t: _Target, query: dict[str, str]) -> JSON:
+        limit_text, token = query.get("limit", ""), query.get("continue", "")
+        if limit_text and (not limit_text.isdigit() or int(limit_text) < 0):
+            raise ApiError(400, "BadRequest", f"limit must be a non-negative integer, not {limit_text!r}")
+        limit = int(limit_text or 0)
+        if token:
+            if query.get("resourceVersion", "") not in ("", "0"):
+                raise ApiError(400, "BadRequest", "specifying resourceVersion is not allowed with continue")
+            return self._list_chunk(t, token, limit)
+        listed = self._list_now(t, query)
+        if limit and len(listed["items"]) > limit:
+            revision = int(listed["metadata"]["resourceVersion"])
+            self._list_snapshots[(revision, t.resource, t.namespace)] = listed["items"]
+            while len(self._list_snapshots) > MAX_LIST_SNAPSHOTS:
+                del self._list_snapshots[next(iter(self._list_snapshots))]
+            return self._chunk(t, revision, listed["items"], 0, limit)
+        return listed
+
+    def _list_chunk(self, t: _Target, token: str, limit: int) -> JSON:
+        try:
+            state = json.loads(base64.urlsafe_b64decode(token.encode()))
+            revision, start, namespace = int(state["rv"]), int(state["start"]), str(state["ns"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ApiError(400, "BadRequest", f"the continue token is not valid: {e}") from None
+        if namespace != t.namespace:
+            raise ApiError(400, "BadRequest", "the continue token belongs to another collection")
+        if self._expire_continues > 0:
+            self._expire_continues -= 1
+            self._list_snapshots.pop((revision, t.resource, t.namespace), None)
+        items = self._list_snapshots.get((revision, t.resource, t.namespace))
+        if items is None:
+            raise ApiError(410, "Expired", f"the continue token's resource version {revision} is too old (the "
+                           f"history up to {self.compacted} was compacted); start a new list without continue")
+        return self._chunk(t, revision, items, start, limit)
+
+    def _chunk(self, t: _Target, revision: int, items: list[JSON], start: int, limit: int) -> JSON:
+        end = start + limit if limit else len(items)
+        meta: JSON = {"resourceVersion": str(revision)}
+        if end < len(items):
+            state = {"rv": revision, "start": end, "ns": t.namespace}
+            meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
+            meta["remainingItemCount"] = len(items) - end
+        return {"kind": f"{t.resource.kind}List", "apiVersion": t.resource.api_version, "metadata": meta,
+                "items": items[start:end]}  # the snapshot's objects are copies no one changes
+
+    def _list_now(self, t: _Target, query: dict[str, str]) -> JSON:
         rv = query.get("resourceVersion", "")
         if rv not in ("", "0"):
             n = _parse_rv(rv)

@@ -88,6 +88,29 @@ def test_a_410_gone_relists_without_losing_or_repeating_a_resource(api: Threaded
         assert store.get(ResourceRef("Pod", "demo", "change")).spec == {"nodeName": "node-2"}  # type: ignore[union-attr]
 
 
+def test_lists_are_read_in_chunks_with_continue_tokens(api: ThreadedKubeApi) -> None:
+    api.call(api.server.put_object, ns_doc("demo"))
+    for i in range(7):
+        api.call(api.server.put_object, pod_doc(f"p{i}"))
+    with connect(api, page_size=3) as store:
+        assert [p.name for p in store.list("Pod")] == [f"p{i}" for i in range(7)]
+        pod_lists = [r for r in api.server.requests if r.verb == "list" and r.resource == "pods"]
+        assert len(pod_lists) == 3  # 3 + 3 + 1
+
+
+def test_an_expired_continue_token_lists_again_from_the_start_without_losing_or_repeating_a_pod(
+    api: ThreadedKubeApi,
+) -> None:
+    api.call(api.server.put_object, ns_doc("demo"))
+    for i in range(5):
+        api.call(api.server.put_object, pod_doc(f"p{i}"))
+    api.call(api.server.expire_continue_tokens, 1)
+    with connect(api, page_size=2) as store:
+        assert store.stats["list_continue_expired"] == 1
+        added = [e.resource.name for e in store.changes_since(0) if e.resource.kind == "Pod"]
+        assert added == [f"p{i}" for i in range(5)]
+
+
 def test_bookmarks_are_taken_as_the_version_to_resume_from(api: ThreadedKubeApi) -> None:
     with connect(api) as store:
         eventually(lambda: api.call(api.server.open_watches) == len(DEFAULT_KINDS), "every watch open")

@@ -213,6 +213,12 @@ BAD_REQUESTS = [
     ("an unknown resource type is NotFound", "GET", "/api/v1/namespaces/demo/widgets", None, 404, "NotFound"),
     ("a label selector is refused, not ignored", "GET", f"{PODS}?labelSelector=a%3Db", None, 400,
      "BadRequest"),
+    ("a negative limit is refused", "GET", f"{PODS}?limit=-1", None, 400, "BadRequest"),
+    ("a continue token the server did not issue is refused", "GET", f"{PODS}?limit=1&continue=xyz", None, 400,
+     "BadRequest"),
+    ("a resourceVersion together with continue is refused", "GET",
+     f"{PODS}?limit=1&resourceVersion=1&continue=eyJydiI6IDEsICJzdGFydCI6IDEsICJucyI6ICJkZW1vIn0=", None, 400,
+     "BadRequest"),
     ("a JSON patch is an unsupported media type", "PATCH", f"{PODS}/a", [], 415, "UnsupportedMediaType"),
     ("an object without a name cannot be created", "POST", PODS,
      {"apiVersion": "v1", "kind": "Pod", "metadata": {}}, 422, "Invalid"),
@@ -343,3 +349,54 @@ async def test_every_request_is_recorded_with_its_rbac_verb(api: KubeApiServer, 
     await call(http, "PATCH", f"{PODS}/a/status", pod("a"), APPLY_PATCH, fieldManager="m")
     verbs = [(r.verb, r.resource, r.subresource) for r in api.requests]
     assert verbs == [("create", "namespaces", ""), ("list", "pods", ""), ("patch", "pods", "status")]
+
+
+async def test_a_paginated_list_comes_in_chunks_of_one_consistent_state_with_continue_tokens(
+    api: KubeApiServer, http: aiohttp.ClientSession
+) -> None:
+    await make_ns(http)
+    for name in "abcde":
+        await call(http, "POST", PODS, pod(name))
+    status, first = await call(http, "GET", PODS, limit="2")
+    assert status == 200 and [i["metadata"]["name"] for i in first["items"]] == ["a", "b"]
+    assert first["metadata"]["remainingItemCount"] == 3
+    # Writes after the first chunk are not in the rest of this list (it is the state at its version).
+    await call(http, "POST", PODS, pod("aa"))
+    await call(http, "DELETE", f"{PODS}/e")
+    names, token, versions = ["a", "b"], first["metadata"]["continue"], {first["metadata"]["resourceVersion"]}
+    for _ in range(10):
+        status, chunk = await call(http, "GET", PODS, limit="2", **{"continue": token})
+        assert status == 200
+        names += [i["metadata"]["name"] for i in chunk["items"]]
+        versions.add(chunk["metadata"]["resourceVersion"])
+        token = chunk["metadata"].get("continue", "")
+        if not token:
+            break
+    assert names == ["a", "b", "c", "d", "e"]
+    assert len(versions) == 1
+    status, whole = await call(http, "GET", PODS)
+    assert [i["metadata"]["name"] for i in whole["items"]] == ["a", "aa", "b", "c", "d"]
+    assert "continue" not in whole["metadata"]
+
+
+async def test_a_list_that_fits_the_limit_has_no_continue_token(api: KubeApiServer, http: aiohttp.ClientSession) -> None:
+    await make_ns(http)
+    await call(http, "POST", PODS, pod("a"))
+    status, listed = await call(http, "GET", PODS, limit="1")
+    assert status == 200 and len(listed["items"]) == 1
+    assert "continue" not in listed["metadata"] and "remainingItemCount" not in listed["metadata"]
+
+
+async def test_a_continue_token_whose_version_was_compacted_gets_410_expired_and_a_new_list_works(
+    api: KubeApiServer, http: aiohttp.ClientSession
+) -> None:
+    await make_ns(http)
+    for name in "abc":
+        await call(http, "POST", PODS, pod(name))
+    _, first = await call(http, "GET", PODS, limit="1")
+    await call(http, "POST", PODS, pod("d"))
+    api.compact()
+    status, expired = await call(http, "GET", PODS, limit="1", **{"continue": first["metadata"]["continue"]})
+    assert (status, expired["kind"], expired["code"], expired["reason"]) == (410, "Status", 410, "Expired")
+    status, again = await call(http, "GET", PODS, limit="10")
+    assert status == 200 and [i["metadata"]["name"] for i in again["items"]] == ["a", "b", "c", "d"]
