@@ -320,6 +320,8 @@ class ControlPlane:
             config=TokenAuthConfig(trust_domain=cfg.trust_domain, public_key=self._issuer_key),
             clock=self._clock,
             verify=verify,
+            identities_on_node=lambda node: self.snapshot.identities_on_node(node),
+            trusted_node_accounts=frozenset(cfg.trusted_node_accounts),
         )
         add_token_ca_to_server(self._token_grpc, servicer)
         address = f"{_bracket(cfg.token_ca_host)}:{cfg.token_ca_port}"

@@ -6,7 +6,9 @@ reach the CA. TLS here is server-authenticated only (istiod's serving certificat
 certificate requested) and only this one service is registered: no xDS. The caller is authenticated
 by ``authorization: Bearer <service-account token>`` alone: the token checked by the verifier
 (``tokenreview``: the local issuer's key, or the API server's TokenReview on Kubernetes), then
-``tokenauth.authorize_verified``.
+``tokenauth.authorize_verified``. A node agent (ztunnel on Kubernetes) authenticates here too and sends
+``ImpersonatedIdentity`` for the pods on its node: its token is bound to its node through the token's
+pod claims and the same node authorization as 15012 applies.
 Refusals are counted in the same counters as 15012's (``CaMetrics``: Istio's ``citadel_server_*`` and
 ``istiod_lite_ca_refusals_total{reason}``) and logged once with ``port="token"``; tokens are never logged.
 """
@@ -22,7 +24,7 @@ from cryptography import x509
 
 from istiod_lite.ca.authority import CertificateAuthority, IssuedCredential
 from istiod_lite.ca.errors import CsrRefused
-from istiod_lite.ca.nodeauth import IMPERSONATED_IDENTITY, CsrRequest, grant_ttl
+from istiod_lite.ca.nodeauth import IMPERSONATED_IDENTITY, TRUSTED_NODE_ACCOUNTS, CsrRequest, grant_ttl
 from istiod_lite.ca.service import CaMetrics
 from istiod_lite.ca.tokenauth import (
     AUTHORIZATION,
@@ -32,6 +34,7 @@ from istiod_lite.ca.tokenauth import (
     bearer_token,
 )
 from istiod_lite.ca.tokenreview import LocalVerifier, Verifier
+from meshcore.identity import SpiffeId
 from meshcore.proto import ca_pb2, ca_pb2_grpc
 from meshcore.tls import certs
 
@@ -53,10 +56,16 @@ class TokenCaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
         config: TokenAuthConfig,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         verify: Verifier | None = None,
+        identities_on_node: Callable[[str], frozenset[SpiffeId]] | None = None,
+        trusted_node_accounts: frozenset[str] = TRUSTED_NODE_ACCOUNTS,
     ) -> None:
-        """``verify``: who a token stands for (``ca.tokenreview``); default: the local issuer's key."""
+        """``verify``: who a token stands for (``ca.tokenreview``); default: the local issuer's key.
+        ``identities_on_node`` (the registry's view, as 15012's servicer has it): node agents of
+        ``trusted_node_accounts`` may impersonate the pods on their token's node; None: nobody may."""
         self._ca = ca
         self._find_pod = find_pod
+        self._identities_on_node = identities_on_node
+        self._trusted_node_accounts = trusted_node_accounts
         self._config = config
         self._clock = clock
         self._verify = verify or LocalVerifier(config, clock)
@@ -79,7 +88,10 @@ class TokenCaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
                 csr_pem=request.csr, validity_seconds=request.validity_duration, impersonated_identity=impersonated
             )
             claims = await self._verify(bearer_token(authorization))
-            identity = authorize_verified(csr_request, claims, self._find_pod, trust_domain=self._config.trust_domain)
+            identity = authorize_verified(
+                csr_request, claims, self._find_pod, trust_domain=self._config.trust_domain,
+                identities_on_node=self._identities_on_node, trusted_node_accounts=self._trusted_node_accounts,
+            )
             ttl = grant_ttl(request.validity_duration, default=self._ca.default_ttl, maximum=self._ca.max_ttl)
             chain = self._ca.sign_workload(request.csr, identity, ttl, now)
         except CsrRefused as e:
@@ -100,7 +112,8 @@ class TokenCaServicer(ca_pb2_grpc.IstioCertificateServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal CA error; see istiod_lite logs")
             raise AssertionError("unreachable: context.abort raises") from e
         self.metrics.issued.inc()
-        log.info("certificate issued", port="token", identity=str(identity), ttl_seconds=ttl)
+        log.info("certificate issued", port="token", identity=str(identity), ttl_seconds=ttl,
+                 caller=f"{claims.namespace}/{claims.service_account}")
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
 

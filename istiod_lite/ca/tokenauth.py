@@ -15,15 +15,23 @@ arrive as arguments. Rules, in order (first failing rule wins; the table tests l
    the token's node when the token names one, and has not terminated (phase Succeeded/Failed) or
    begun deleting (``metadata.deletionTimestamp``). This is what the Kubernetes API server's
    TokenReview checks for bound tokens, so these refusals are UNAUTHENTICATED too;
-4. no ``ImpersonatedIdentity``: nobody acts for others on this port (PERMISSION_DENIED);
+4. ``ImpersonatedIdentity`` only from a node agent: a token of a trusted node account (Istio's
+   ``CA_TRUSTED_NODE_ACCOUNTS``, default ``istio-system/ztunnel``) is bound to its node by
+   ``node_binding`` and then goes through exactly 15012's node authorization (``nodeauth.authorize``
+   with ``Caller(identity, node)``: only identities of pods scheduled on that node); anyone else asking
+   to act for others is refused (PERMISSION_DENIED);
 5. the CSR rules of 15012 (``nodeauth.authorize`` with the token's identity as the caller): a valid
-   P-256 CSR whose single URI SAN is ``spiffe://<td>/ns/<ns>/sa/<sa>`` of the token.
+   P-256 CSR whose single URI SAN is ``spiffe://<td>/ns/<ns>/sa/<sa>`` of the token (or, under rule 4,
+   the impersonated identity).
 
 Rule 2 is pluggable (``ca.tokenreview``): on the embedded store istiod_lite checks the token with the
 local issuer's key (``verify_locally``); on Kubernetes the API server's TokenReview verifies it and
 ``authorize_verified`` applies rules 3-5 to what it vouched for, the same rules either way.
 ``node_binding`` is how a node account's token (ztunnel's) is bound to its node: through the token's pod
-claims to that pod's ``spec.nodeName``.
+claims (the pod must be live, rule 3) to the token's node claim (TokenReview's
+``authentication.kubernetes.io/node-name``) where it has one, else that pod's ``spec.nodeName``. A token
+so bound grants exactly what a node credential (``authority.issue_node_credential``) grants on 15012,
+checked again at every call (a deleted ztunnel pod's token stops working at once).
 """
 
 from __future__ import annotations
@@ -57,10 +65,12 @@ class ImpersonationOnTokenPort(CsrRefused):
     grpc_code = "PERMISSION_DENIED"
     reason = "token_impersonation"
 
-    def __init__(self) -> None:
+    def __init__(self, account: str = "", trusted: frozenset[str] = frozenset()) -> None:
+        who = f" from {account}" if account else ""
+        agents = f" ({', '.join(sorted(trusted))})" if trusted else ""
         super().__init__(
-            "ImpersonatedIdentity is not accepted on the token CA port: a service-account token obtains "
-            "only its own identity; node agents use their node credential on 15012"
+            f"ImpersonatedIdentity is not accepted on the token CA port{who}: a service-account token obtains "
+            f"only its own identity; only node agents{agents} may act for the pods on their node"
         )
 
 
@@ -148,15 +158,30 @@ def authorize_verified(
     find_pod: Callable[[str, str], PodFacts | None],
     *,
     trust_domain: str,
+    identities_on_node: Callable[[str], frozenset[SpiffeId]] | None = None,
+    trusted_node_accounts: frozenset[str] = frozenset(),
 ) -> SpiffeId:
-    """Rules 3-5 for claims a verifier vouched for (the local key, or the API server's TokenReview)."""
-    _check_pod(claims, find_pod)
-    if request.impersonated_identity:
-        raise ImpersonationOnTokenPort()
+    """Rules 3-5 for claims a verifier vouched for (the local key, or the API server's TokenReview).
+
+    ``identities_on_node`` (the registry's view, as 15012 has it) enables rule 4's node agents: a trusted
+    node account's token may impersonate the identities of pods on the node it is bound to. None: no
+    impersonation at all on this port."""
+    account = f"{claims.namespace}/{claims.service_account}"
     try:
         identity = SpiffeId(trust_domain, claims.namespace, claims.service_account)
     except InvalidSpiffeId as e:  # verify_token checked the names; a bad trust domain is our config
         raise TokenUnauthenticated(f"token does not make a mesh identity: {e}") from e
+    if request.impersonated_identity and identities_on_node is not None and account in trusted_node_accounts:
+        node = node_binding(claims, find_pod, trust_domain=trust_domain, trusted_node_accounts=trusted_node_accounts)
+        return authorize(
+            request,
+            Caller(identity=identity, node=node),
+            identities_on_node,
+            config=NodeAuthConfig(trust_domain=trust_domain, trusted_node_accounts=trusted_node_accounts),
+        )
+    _check_pod(claims, find_pod)
+    if request.impersonated_identity:
+        raise ImpersonationOnTokenPort(account, trusted_node_accounts if identities_on_node is not None else frozenset())
     return authorize(
         request,
         Caller(identity=identity),
@@ -172,22 +197,27 @@ def node_binding(
     trust_domain: str,
     trusted_node_accounts: frozenset[str],
 ) -> str:
-    """The node a verified token's holder runs on and may act for, as Istio binds a ztunnel to its node:
-    the token must be a trusted node account's (``namespace/serviceaccount``, e.g. istio-system/ztunnel)
-    and bound to a live pod (rule 3), and the node is that pod's ``spec.nodeName`` (which the token's own
-    node claim, when it has one, must agree with). Raises ``TokenUnauthenticated`` or ``NotNodeAccount``."""
+    """The node a verified token's holder runs on and may act for, as Istio binds a ztunnel to its node
+    (pure: the pod lookup arrives as ``find_pod``).
+
+    The token must be a trusted node account's (``namespace/serviceaccount``, e.g. istio-system/ztunnel)
+    and bound to a live pod of that account (rule 3: exists with the token's uid, not terminating). The
+    node is the token's node claim (TokenReview's ``authentication.kubernetes.io/node-name``) when it has
+    one, else the pod's ``spec.nodeName``; when both are known they must agree. No node: refused (the pod
+    is not scheduled yet). Raises ``TokenUnauthenticated`` or ``NotNodeAccount``."""
     account = f"{claims.namespace}/{claims.service_account}"
     if account not in trusted_node_accounts:
         raise NotNodeAccount(SpiffeId(trust_domain, claims.namespace, claims.service_account), trusted_node_accounts)
     _check_pod(claims, find_pod)
     assert claims.pod is not None  # _check_pod refuses a token bound to no pod
     pod = find_pod(claims.namespace, claims.pod.name)
-    if pod is None or not pod.node:
+    node = claims.node.name if claims.node is not None and claims.node.name else (pod.node if pod else "")
+    if not node:
         raise TokenUnauthenticated(
             f"pod {claims.namespace}/{claims.pod.name} is not scheduled to a node yet; retry once it runs",
             "token_pod_unscheduled",
         )
-    return pod.node
+    return node
 
 
 def _check_pod(claims: satoken.ServiceAccountToken, find_pod: Callable[[str, str], PodFacts | None]) -> None:

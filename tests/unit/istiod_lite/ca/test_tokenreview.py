@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 
-from istiod_lite.ca.errors import NotNodeAccount
-from istiod_lite.ca.tokenauth import PodFacts, TokenUnauthenticated, node_binding
+from istiod_lite.ca.errors import CsrIdentityMismatch, IdentityNotOnNode, NotNodeAccount
+from istiod_lite.ca.nodeauth import CsrRequest
+from istiod_lite.ca.tokenauth import (
+    ImpersonationOnTokenPort,
+    PodFacts,
+    TokenUnauthenticated,
+    authorize_verified,
+    node_binding,
+)
 from istiod_lite.ca.tokenreview import claims_from_review
+from meshcore.identity import SpiffeId
 from meshcore.satoken import BoundObject, ServiceAccountToken
+from meshcore.tls import certs
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 POD_NAME = "authentication.kubernetes.io/pod-name"
@@ -73,7 +82,13 @@ def token(sa: str = "ztunnel", pod: BoundObject | None = BoundObject("ztunnel-ab
 
 
 PODS = {("istio-system", "ztunnel-abc"): PodFacts("istio-system", "ztunnel-abc", "uid-1", "ztunnel", "node-1", "Running"),
-        ("istio-system", "ztunnel-pending"): PodFacts("istio-system", "ztunnel-pending", "uid-2", "ztunnel", "", "Pending")}
+        ("istio-system", "ztunnel-pending"): PodFacts("istio-system", "ztunnel-pending", "uid-2", "ztunnel", "", "Pending"),
+        ("istio-system", "ztunnel-deleting"): PodFacts("istio-system", "ztunnel-deleting", "uid-3", "ztunnel", "node-1",
+                                                       "Running", deleting=True),
+        ("istio-system", "ztunnel-done"): PodFacts("istio-system", "ztunnel-done", "uid-4", "ztunnel", "node-1",
+                                                   "Succeeded"),
+        ("istio-system", "app-on-node-1"): PodFacts("istio-system", "app-on-node-1", "uid-5", "app", "node-1", "Running"),
+        ("demo", "waypoint-x"): PodFacts("demo", "waypoint-x", "uid-6", "waypoint", "node-1", "Running")}
 TRUSTED = frozenset({"istio-system/ztunnel"})
 
 
@@ -82,9 +97,18 @@ def bind(claims: ServiceAccountToken) -> str:
                         trusted_node_accounts=TRUSTED)
 
 
-def test_a_ztunnel_token_binds_to_the_node_its_pod_runs_on() -> None:
-    assert bind(token()) == "node-1"
-    assert bind(token(node=BoundObject("node-1"))) == "node-1"
+BOUND = [
+    ("a ztunnel token without a node claim binds to the node its pod runs on", token(), "node-1"),
+    ("a ztunnel token whose node claim agrees with its pod binds to that node", token(node=BoundObject("node-1")),
+     "node-1"),
+    ("a ztunnel token with a node claim binds to it while the store has not seen the pod scheduled",
+     token(pod=BoundObject("ztunnel-pending", "uid-2"), node=BoundObject("node-3")), "node-3"),
+]
+
+
+@pytest.mark.parametrize(("claims", "node"), [c[1:] for c in BOUND], ids=[c[0] for c in BOUND])
+def test_a_ztunnel_token_binds_to_its_node(claims: ServiceAccountToken, node: str) -> None:
+    assert bind(claims) == node
 
 
 BINDING_REFUSED = [
@@ -99,6 +123,14 @@ BINDING_REFUSED = [
      TokenUnauthenticated, "is on node node-1"),
     ("a pod not yet scheduled binds to no node", token(pod=BoundObject("ztunnel-pending", "uid-2")),
      TokenUnauthenticated, "not scheduled"),
+    ("a ztunnel account's token from another namespace binds to no node", token(ns="demo"),
+     NotNodeAccount, "only node agents"),
+    ("a token of a pod that is being deleted binds to no node", token(pod=BoundObject("ztunnel-deleting", "uid-3")),
+     TokenUnauthenticated, "being deleted"),
+    ("a token of a pod that has finished binds to no node", token(pod=BoundObject("ztunnel-done", "uid-4")),
+     TokenUnauthenticated, "Succeeded"),
+    ("a node account's token naming a pod of another account binds to no node",
+     token(pod=BoundObject("app-on-node-1", "uid-5")), TokenUnauthenticated, "runs as service account 'app'"),
 ]
 
 
@@ -109,3 +141,65 @@ def test_a_token_that_cannot_be_bound_to_a_node_is_refused(
 ) -> None:
     with pytest.raises(error, match=words):
         bind(claims)
+
+
+# A node agent's token on the token CA port: bound to its node, it obtains what a node credential obtains
+# on 15012 (the identities of pods on that node), nothing more; nobody else may impersonate there.
+APP_1 = SpiffeId("cluster.local", "demo", "app-1")
+APP_2 = SpiffeId("cluster.local", "demo", "app-2")
+ON_NODE = {"node-1": frozenset({APP_1}), "node-2": frozenset({APP_2}), "node-3": frozenset({APP_2})}
+ZTUNNEL = SpiffeId("cluster.local", "istio-system", "ztunnel")
+
+
+def grant(claims: ServiceAccountToken, impersonate: SpiffeId | None, csr_for: SpiffeId | None = None, *,
+          agents: bool = True) -> SpiffeId:
+    csr = certs.build_csr(certs.generate_key(), csr_for or impersonate or ZTUNNEL)
+    return authorize_verified(
+        CsrRequest(csr, impersonated_identity=impersonate.uri if impersonate else None), claims,
+        lambda ns, n: PODS.get((ns, n)), trust_domain="cluster.local",
+        identities_on_node=(lambda node: ON_NODE.get(node, frozenset())) if agents else None,
+        trusted_node_accounts=TRUSTED,
+    )
+
+
+GRANTED = [
+    ("a ztunnel token obtains the identity of a pod on its node", token(), APP_1, APP_1),
+    ("a ztunnel token bound by its node claim obtains the identity of a pod on that node",
+     token(pod=BoundObject("ztunnel-pending", "uid-2"), node=BoundObject("node-3")), APP_2, APP_2),
+    ("a ztunnel token without impersonation obtains its own identity", token(), None, ZTUNNEL),
+]
+
+
+@pytest.mark.parametrize(("claims", "impersonate", "identity"), [c[1:] for c in GRANTED], ids=[c[0] for c in GRANTED])
+def test_a_node_agent_token_obtains_what_a_node_credential_obtains(
+    claims: ServiceAccountToken, impersonate: SpiffeId | None, identity: SpiffeId
+) -> None:
+    assert grant(claims, impersonate) == identity
+
+
+IMPERSONATION_REFUSED = [
+    ("a ztunnel token never obtains the identity of a pod on another node", dict(claims=token(), impersonate=APP_2),
+     IdentityNotOnNode, "on node node-1"),
+    ("a ztunnel token's csr must name the impersonated identity",
+     dict(claims=token(), impersonate=APP_1, csr_for=APP_2), CsrIdentityMismatch, "may only obtain"),
+    ("a ztunnel token of a deleted pod impersonates nobody",
+     dict(claims=token(pod=BoundObject("ztunnel-gone", "uid-9")), impersonate=APP_1), TokenUnauthenticated,
+     "does not exist"),
+    ("a ztunnel token of an unscheduled pod impersonates nobody",
+     dict(claims=token(pod=BoundObject("ztunnel-pending", "uid-2")), impersonate=APP_1), TokenUnauthenticated,
+     "not scheduled"),
+    ("a waypoint token may not impersonate a pod on its own node",
+     dict(claims=token(sa="waypoint", ns="demo", pod=BoundObject("waypoint-x", "uid-6")), impersonate=APP_1),
+     ImpersonationOnTokenPort, "only node agents \\(istio-system/ztunnel\\)"),
+    ("a ztunnel token impersonates nobody when the port has no node view",
+     dict(claims=token(), impersonate=APP_1, agents=False), ImpersonationOnTokenPort, "not accepted on the token CA port from istio-system/ztunnel"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "words"), [c[1:] for c in IMPERSONATION_REFUSED],
+                         ids=[c[0] for c in IMPERSONATION_REFUSED])
+def test_impersonation_on_the_token_port_is_refused_beyond_the_node(
+    call: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        grant(**call)
