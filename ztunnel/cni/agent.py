@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -83,6 +83,13 @@ class Redirector(Protocol):
     async def remove(self, netns_fd: int) -> None: ...
 
 
+@runtime_checkable
+class RedirectionChecker(Protocol):
+    """A redirector that can also say how a pod netns differs from what it installs (``/debug/pods``)."""
+
+    async def check(self, netns_fd: int) -> list[redirect.Drift]: ...
+
+
 class NftRedirector:
     """``ztunnel.redirect`` inside the pod netns. ``nft``: None for libnftables (the ``nft`` binary where
     it is missing), or the path of the nft binary to run.
@@ -104,6 +111,11 @@ class NftRedirector:
     async def remove(self, netns_fd: int) -> None:
         call = functools.partial(redirect.remove, netns_fd, nft=self._nft)
         await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    async def check(self, netns_fd: int) -> list[redirect.Drift]:
+        """Rule by rule, how the pod netns differs from the rules this redirector installs (changes nothing)."""
+        call = functools.partial(redirect.check, netns_fd, self._ruleset, nft=self._nft)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def close(self) -> None:
         """Stop the threads once idle; queued calls are dropped (their pods are retried by the next
@@ -685,16 +697,38 @@ class NodeAgent:
         return Response.text("ready\n") if self.started.is_set() else Response.text("starting\n", 503)
 
     async def _debug_pods(self, _: Request) -> Response:
+        """Every captured pod: its netns, whether ztunnel took it and, read from its netns now, whether the
+        rules this agent installed are all there (``drift``: each difference, rule by rule)."""
+        captured = sorted(self._captured.items())
+        verdicts = await asyncio.gather(*(self._verify(c) for _, c in captured))
         body: dict[str, Any] = {
             "node": self.config.node_name,
             "ztunnel_connected": self.ztunnel_ready,
             "captured": {
-                uid: {"pod": str(c.pod), "netns": c.path, "handed_over": c.handed_over}
-                for uid, c in sorted(self._captured.items())
+                uid: {"pod": str(c.pod), "netns": c.path, "handed_over": c.handed_over, **verdict}
+                for (uid, c), verdict in zip(captured, verdicts, strict=True)
             },
             "failing": {uid: self._errors[uid][1] for uid in sorted(self._failures) if uid in self._errors},
         }
         return Response.json(body)
+
+    async def _verify(self, record: _Capture) -> dict[str, Any]:
+        """``redirected`` and ``drift`` of one captured pod, or ``check_error`` when its netns cannot be
+        read (the pod's sandbox gone, nft failing); ``{}`` when the redirector cannot check."""
+        checker = self._redirector
+        if not isinstance(checker, RedirectionChecker):
+            return {}
+        try:
+            fd = _open_checked(str(record.pod), record.path, record.netns_id)
+        except PodNetnsGone as e:
+            return {"redirected": False, "check_error": str(e)}
+        try:
+            drift = await checker.check(fd)
+        except redirect.RedirectError as e:
+            return {"redirected": False, "check_error": str(e)}
+        finally:
+            os.close(fd)
+        return {"redirected": not drift, "drift": [d.to_json() for d in drift]}
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ the ip rules/routes read from the netns (as ``IpRule``/``IpRoute`` values) and r
 difference; an empty list means the pod is exactly as ``apply`` leaves it. Only managed tables are
 looked at (other software's tables are none of our business), counters are ignored, and rule order
 matters (nft evaluates in order). Missing ip rules/routes are drift; other rules are ignored.
+``Drift.describe()`` words one difference for an operator and ``Drift.to_json()`` is its form on the node
+agent's ``/debug/pods`` (kind, subject, detail and that wording).
 """
 
 from __future__ import annotations
@@ -41,6 +43,32 @@ class Drift:
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.subject}" + (f": {self.detail}" if self.detail else "")
+
+    def describe(self) -> str:
+        """One sentence naming what differs (the rule's own text for a missing rule)."""
+        return _WORDS[self.kind].format(subject=self.subject, detail=self.detail)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "kind": self.kind.value,
+            "subject": self.subject,
+            "detail": self.detail,
+            "text": self.describe(),
+        }
+
+
+_WORDS: dict[DriftKind, str] = {
+    DriftKind.TABLE_MISSING: "nftables table {subject} is missing",
+    DriftKind.TABLE_UNEXPECTED: "nftables table {subject} is there but was not installed",
+    DriftKind.CHAIN_MISSING: "chain {subject} is missing",
+    DriftKind.CHAIN_UNEXPECTED: "chain {subject} is there but was not installed",
+    DriftKind.CHAIN_HOOK_CHANGED: "chain {subject} is hooked differently ({detail})",
+    DriftKind.RULE_MISSING: "rule missing from {subject}: `{detail}`",
+    DriftKind.RULE_UNEXPECTED: "rule in {subject} that was not installed: {detail}",
+    DriftKind.RULES_REORDERED: "the rules of {subject} are in another order than installed",
+    DriftKind.IP_RULE_MISSING: "`{subject}` is missing",
+    DriftKind.IP_ROUTE_MISSING: "`{subject}` is missing",
+}
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ztunnel.redirect.drift import DriftKind, find_drift
+from ztunnel.redirect.drift import Drift, DriftKind, find_drift
 from ztunnel.redirect.errors import ListingInvalid
 from ztunnel.redirect.rules import IpRoute, IpRule, RedirectOptions, RuleSet, render
 
@@ -234,3 +234,36 @@ def test_ip_drift(rules: tuple[IpRule, ...], routes: tuple[IpRoute, ...], expect
 def test_a_listing_that_is_not_nft_json_is_refused(listing: dict[str, Any]) -> None:
     with pytest.raises(ListingInvalid):
         find_drift(RULESET, listing, (), ())
+
+
+@pytest.mark.parametrize(
+    ("edit", "rules", "words"),
+    [
+        (drop_table(NAT), RULESET.ip_rules, "nftables table inet istio-ambient-nat is missing"),
+        (drop_rule(NAT, "istio-output", -1), RULESET.ip_rules,
+         "rule missing from inet istio-ambient-nat/istio-output: `"),
+        (add_rule(MANGLE, "istio-output"), RULESET.ip_rules,
+         'rule in inet istio-ambient-mangle/istio-output that was not installed: [{"accept":null}]'),
+        (swap_first_rules(NAT, "istio-output"), RULESET.ip_rules,
+         "the rules of inet istio-ambient-nat/istio-output are in another order than installed"),
+        (change_prio(NAT, "prerouting", 0), RULESET.ip_rules, "chain inet istio-ambient-nat/prerouting is hooked differently"),
+        (nothing, (), "`ip -4 rule fwmark 0x111/0xfff pref 32764 lookup 100` is missing"),
+    ],
+    ids=["a missing table is worded with its name", "a missing rule is worded with its nft text",
+         "an added rule is worded with what nft lists", "reordered rules are worded with their chain",
+         "a re-hooked chain is worded with the hooks", "a missing ip rule is worded as the ip command"],
+)  # fmt: skip
+def test_each_drift_is_described_for_an_operator(
+    edit: Callable[[dict[str, Any]], None], rules: tuple[IpRule, ...], words: str
+) -> None:
+    listing = copy.deepcopy(listing_of(RULESET))
+    edit(listing)
+    [drift] = find_drift(RULESET, listing, rules, RULESET.ip_routes)
+    assert drift.describe().startswith(words), drift.describe()
+    assert drift.to_json() == {"kind": drift.kind.value, "subject": drift.subject, "detail": drift.detail,
+                               "text": drift.describe()}  # fmt: skip
+
+
+def test_every_kind_of_drift_has_words() -> None:
+    for kind in DriftKind:
+        assert Drift(kind, "inet t/c", "x").describe()
