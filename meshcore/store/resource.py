@@ -53,6 +53,10 @@ class Resource(msgspec.Struct, frozen=True):
     uid: str = ""
     spec: dict[str, Any] = {}
     status: dict[str, Any] = {}
+    # Kubernetes' metadata.generation: set by the store, 1 on create, +1 on each spec change (never on a
+    # status, label or annotation write); controllers echo it as a condition's observedGeneration.
+    # 0 for a resource not yet stored (or stored before generations were kept).
+    generation: int = 0
 
     @property
     def ref(self) -> ResourceRef:
@@ -71,6 +75,8 @@ class Resource(msgspec.Struct, frozen=True):
             meta["resourceVersion"] = str(self.resource_version)
         if self.uid:
             meta["uid"] = self.uid
+        if self.generation:
+            meta["generation"] = self.generation
         doc: dict[str, Any] = {
             "apiVersion": self.api_version or KINDS.get(self.kind, ("v1", True))[0],
             "kind": self.kind,

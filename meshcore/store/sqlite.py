@@ -249,7 +249,10 @@ class SqliteStore:
                 revision += 1
                 action: ApplyAction = "created" if old is None else "configured"
                 stored = msgspec.structs.replace(
-                    new, resource_version=revision, uid=old.uid if old else str(uuid.uuid4())
+                    new,
+                    resource_version=revision,
+                    uid=old.uid if old else str(uuid.uuid4()),
+                    generation=_next_generation(old, new),
                 )
                 self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
                 results.append(ApplyResult(stored.ref, action, stored))
@@ -320,7 +323,11 @@ class SqliteStore:
                 return ApplyResult(ref, "unchanged", old)
             revision = _revision(db) + 1
             stored = msgspec.structs.replace(
-                base, labels=labels, resource_version=revision, uid=base.uid or str(uuid.uuid4())
+                base,
+                labels=labels,
+                resource_version=revision,
+                uid=base.uid or str(uuid.uuid4()),
+                generation=base.generation or 1,
             )
             self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
             return ApplyResult(ref, "created" if old is None else "configured", stored)
@@ -488,6 +495,15 @@ def _revision(db: sqlite3.Connection) -> int:
 
 def _key(ref: ResourceRef) -> tuple[str, str, str]:
     return (ref.kind, ref.namespace, ref.name)
+
+
+def _next_generation(old: Resource | None, new: Resource) -> int:
+    """Kubernetes' rule: 1 on create, +1 when the spec changes; a generation given by the writer is
+    ignored (server-set). An object stored before generations were kept counts as generation 1."""
+    if old is None:
+        return 1
+    base = old.generation or 1
+    return base + 1 if old.spec != new.spec else base
 
 
 def _same_content(old: Resource, new: Resource) -> bool:
