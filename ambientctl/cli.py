@@ -49,12 +49,22 @@ def _root(
     log_level: Annotated[
         str, typer.Option("--log-level", help=f"Log level on stderr: {', '.join(LEVELS)}.")
     ] = "warning",
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option("--kubeconfig", help="Work on the Kubernetes cluster of this kubeconfig instead of the "
+                     "local cluster (get, apply, delete, namespace, waypoint, zc).", show_default=False),
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option("--context", help="The kubeconfig context to use (implies the Kubernetes cluster; "
+                     "default kubeconfig: KUBECONFIG or ~/.kube/config).", show_default=False),
+    ] = None,
 ) -> None:
     """Operate an ambient-mode service mesh: apply config, enrol namespaces, inspect state."""
     if log_level not in LEVELS:
         raise typer.BadParameter(f"use one of {', '.join(LEVELS)}", param_hint="--log-level")
     configure_logging(level=log_level)
-    state = CliState(state_dir_flag=state_dir)
+    state = CliState(state_dir_flag=state_dir, kubeconfig=kubeconfig, kube_context=context)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

@@ -21,10 +21,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from meshcore.store import SqliteStore, resolve_state_dir, store_path
+from meshcore.store import SqliteStore, Store, resolve_state_dir, store_path
 
 # kubectl's exit code for a failed command.
 EXIT_FAILURE = 1
+# With --kubeconfig/--context: the field manager of ambientctl's writes, and how long the first list of
+# every kind the store watches may take.
+KUBE_FIELD_MANAGER = "ambientctl"
+KUBE_SYNC_TIMEOUT_S = 20.0
 
 
 class CliError(Exception):
@@ -39,23 +43,52 @@ class OutputFormat(StrEnum):
 
 @dataclass
 class CliState:
-    """What the global options decided, plus the store once a command opened it."""
+    """What the global options decided, plus the store once a command opened it.
+
+    With ``--kubeconfig`` or ``--context`` the commands work on that Kubernetes cluster: ``store()`` is the
+    Kubernetes store (listed from the API server, writes by field manager ``ambientctl``), and
+    ``state_dir()`` refuses, naming the command, because what needs it (processes, network namespaces,
+    log files) exists only on the local cluster."""
 
     state_dir_flag: str | None = None
-    _store: SqliteStore | None = field(default=None, repr=False)
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    _store: Store | None = field(default=None, repr=False)
+
+    @property
+    def on_kubernetes(self) -> bool:
+        return self.kubeconfig is not None or self.kube_context is not None
 
     def state_dir(self) -> Path:
+        if self.on_kubernetes:
+            raise CliError(f"{_command_name()} works only on the local cluster (it reads its processes, network "
+                           "namespaces or files); run it without --kubeconfig/--context")
         return resolve_state_dir(self.state_dir_flag)
 
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store is None:
-            self._store = SqliteStore(store_path(self.state_dir()))
+            if self.on_kubernetes:
+                from meshcore.store.kubernetes import KubernetesStore  # the Kubernetes client only when asked
+
+                self._store = KubernetesStore.connect(
+                    kubeconfig=self.kubeconfig, context=self.kube_context, field_manager=KUBE_FIELD_MANAGER,
+                    sync_timeout=KUBE_SYNC_TIMEOUT_S,
+                )
+            else:
+                self._store = SqliteStore(store_path(self.state_dir()))
         return self._store
 
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _command_name() -> str:
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    return f"`{ctx.command_path}`" if ctx is not None else "this command"
 
 
 def cli_state(ctx: typer.Context) -> CliState:

@@ -76,7 +76,7 @@ def apply(
     existing = {ns.name for ns in store.list("Namespace")}
     valid, refused = check_namespaces(resources, existing)
     errors.extend(refused)
-    for resource in valid:
+    for resource in [] if cli_state(ctx).on_kubernetes else valid:  # kubelet runs them on Kubernetes
         for field in unimplemented_fields(resource):
             note(
                 f"Warning: {resource.kind.lower()}/{resource.name}: {field} is not implemented by the local "
@@ -106,6 +106,8 @@ def apply(
 
 
 def _cluster_up(ctx: typer.Context) -> bool:
+    if cli_state(ctx).on_kubernetes:
+        return True  # --kubeconfig/--context: the cluster's kubelets run the pods
     return Cluster(cli_state(ctx).state_dir()).is_up()
 
 

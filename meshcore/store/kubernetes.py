@@ -222,7 +222,9 @@ def load_configuration(
         except k8s_config.ConfigException as e:
             raise StoreUnavailable(f"in-cluster Kubernetes config: {e}; is the service account token mounted?") from None
     else:
-        loader = k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        # KUBECONFIG read now, not when the client library was imported (it may have changed since).
+        loader = k8s_config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG") or None,
+                                             context=context, client_configuration=configuration)
         # On a thread of its own: the caller may be inside a running event loop.
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubeconfig") as pool:
             try:

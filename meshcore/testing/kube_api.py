@@ -1037,6 +1037,22 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a[:n] == b[:n]
 
 
+def write_kubeconfig(path: Any, server_url: str, *, context: str = "standin") -> Any:
+    """A kubeconfig at ``path`` whose ``context`` (also the current one) points at ``server_url`` with a
+    token the stand-in does not check; a second context ``nowhere`` points at a closed loopback port."""
+    text = (
+        f"apiVersion: v1\nkind: Config\ncurrent-context: {context}\n"
+        f"clusters: [{{name: standin, cluster: {{server: '{server_url}'}}}},"
+        " {name: nowhere, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: tester, user: {token: not-checked}}]\n"
+        f"contexts: [{{name: {context}, context: {{cluster: standin, user: tester}}}},"
+        " {name: nowhere, context: {cluster: nowhere, user: tester}}]\n"
+    )
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 class ThreadedKubeApi:
     """A ``KubeApiServer`` on its own event loop in a thread, for synchronous code under test (such as
     ``KubernetesStore``, whose calls block their caller). ``call(fn, ...)`` runs ``fn`` on the server's
