@@ -214,7 +214,7 @@ def convert_policy(resource: Resource, *, root_namespace: str) -> tuple[PolicyIn
     if http_found:
         if action == Action.ALLOW:
             consequence = _ALLOW_CONSEQUENCE
-        elif any(_rule_can_match(r) for r in rules):
+        elif any(rule_can_match(r) for r in rules):
             consequence = _DENY_MIXED_CONSEQUENCE
         else:
             consequence = _DENY_NO_EFFECT_CONSEQUENCE
@@ -318,7 +318,7 @@ def _when_match(cond: Mapping[str, Any], key: str, where: str) -> Match:
     return Match()
 
 
-def _rule_can_match(rule: Rule) -> bool:
+def rule_can_match(rule: Rule) -> bool:
     """Whether ztunnel can ever match this rule: every clause needs a non-empty Match."""
     empty = Match()
     return all(any(m != empty for m in clause.matches) for clause in rule.clauses)
