@@ -2,7 +2,8 @@
 
 ``Ztunnel(config, *, ca=None, xds=None, socket_factory=None)`` wires: a ``StateCell`` fed by the xDS
 client (node credential, Istio's node metadata) or by the ``LOCAL_XDS_PATH`` file; a ``SecretManager``
-over the CA (``CaCertificateProvider`` with the node credential, or the fake CA); ``TlsContexts`` over
+over the CA (``CaCertificateProvider`` with the node credential or, with ``CA_AUTH=token``, the pod's
+service-account token: ``ztunnel.credentials``; or the fake CA); ``TlsContexts`` over
 it; ``TcpMetrics`` and ztunnel's collector on a per-instance ``CollectorRegistry``; the ``HbonePool``
 (mTLS connector, sockets from the factory); the ``ConnectionManager`` and ``PolicyWatcher``; dedicated
 mode's ``DedicatedProxyManager`` and SOCKS5 listener, or shared (in-pod) mode's ``WorkloadProxyManager``
@@ -32,7 +33,7 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from meshcore.aio.ca_client import CaCertificateProvider, CaClient, CertificateProvider, load_node_credential
+from meshcore.aio.ca_client import CaCertificateProvider, CaClient, CertificateProvider
 from meshcore.aio.hbone_server import HboneServerCounters
 from meshcore.aio.httpserver import HttpServer, Request, Response
 from meshcore.aio.pool import HbonePool, PoolKey, PoolStats, mtls_connector
@@ -48,7 +49,14 @@ from meshcore.telemetry import TcpMetrics
 from meshcore.testing.shared_ca import fake_certificate_provider
 from meshcore.tls.contexts import channel_credentials, channel_options
 from ztunnel.admin import LogLevel, admin_routes, config_dump
-from ztunnel.config import ProxyMode, ZtunnelConfig
+from ztunnel.config import CaAuth, ProxyMode, ZtunnelConfig
+from ztunnel.credentials import (
+    CredentialError,
+    TokenXdsSource,
+    ca_client_for,
+    node_credential,
+    token_xds_source,
+)
 from ztunnel.dedicated import DedicatedProxyManager, select_local_workloads
 from ztunnel.inpod.manager import WorkloadProxyManager
 from ztunnel.metrics import ZtunnelCollector
@@ -108,6 +116,7 @@ class Ztunnel:
         self.synced = asyncio.Event()
         self.source: ConfigSource | None = None
         self._ca_client: CaClient | None = None
+        self._token_source: TokenXdsSource | None = None  # CA_AUTH=token's xDS connection
         self._tasks = BackgroundTasks("ztunnel")
         self._http: list[HttpServer] = []
         self._stop_requested = asyncio.Event()
@@ -254,6 +263,8 @@ class Ztunnel:
             await self.pool.aclose()
         if hasattr(self, "secrets"):
             await self.secrets.close()
+        if self._token_source is not None:
+            await self._token_source.aclose()
         if self._ca_client is not None:
             await self._ca_client.close()
         log.info("ztunnel stopped", node=self.config.node_name)
@@ -328,33 +339,36 @@ class Ztunnel:
             log.warning("FAKE_CA: signing workload certificates in-process; never use this in production")
             return fake_certificate_provider(config.trust_domain, config.fake_ca_dir, config.secret_ttl_seconds)
         assert config.ca_address is not None  # parse_config guarantees a CA or FAKE_CA
-        key, chain, roots = self._node_credential("CA_ADDRESS")
-        self._ca_client = CaClient(config.ca_address, roots, key, chain)
+        try:
+            self._ca_client = ca_client_for(config)  # node credential or service-account token (CA_AUTH)
+        except CredentialError as exc:
+            raise StartupError(str(exc)) from exc
         return CaCertificateProvider(self._ca_client, impersonate=True, ttl_seconds=config.secret_ttl_seconds)
 
     def _node_credential(self, user: str) -> tuple[str, str, str]:
-        directory = self.config.node_credential_dir
-        if directory is None:
-            raise StartupError(f"{user} needs NODE_CREDENTIAL_DIR (key.pem, cert-chain.pem, root-cert.pem)")
         try:
-            return load_node_credential(directory)
-        except (OSError, ValueError) as exc:
-            raise StartupError(
-                f"NODE_CREDENTIAL_DIR={directory}: cannot load the node credential: {exc} "
-                "(write one with `istiod-lite node-credential NODE --out DIR`)"
-            ) from exc
+            return node_credential(self.config, user)
+        except CredentialError as exc:
+            raise StartupError(str(exc)) from exc
 
     def _config_source(self) -> ConfigSource:
         if self._xds_factory is not None:
             return self._xds_factory(self.cell)
         config = self.config
         assert config.xds_address is not None
+        metadata = {"NODE_NAME": config.node_name, "CLUSTER_ID": config.cluster_id,
+                    "ISTIO_VERSION": package_version("ambient-mesh")}
+        if config.ca_auth is CaAuth.TOKEN:  # xDS with ztunnel's own certificate, fetched with the token
+            if self._ca_client is None:
+                raise StartupError("CA_AUTH=token needs CA_ADDRESS (istiod's token CA port) to fetch a certificate")
+            self._token_source = token_xds_source(config, self._ca_client, self.cell, node_id(config), metadata)
+            return self._token_source
         key, chain, roots = self._node_credential("XDS_ADDRESS")
         return XdsClient(
             config.xds_address,
             channel_credentials(roots, key, chain),
             node_id(config),
-            {"NODE_NAME": config.node_name, "CLUSTER_ID": config.cluster_id, "ISTIO_VERSION": package_version("ambient-mesh")},
+            metadata,
             self.cell,
             cluster_id=config.cluster_id,
             channel_options=channel_options(),

@@ -43,6 +43,11 @@ FAKE_CA = "FAKE_CA"
 FAKE_CA_DIR = "FAKE_CA_DIR"
 LOCAL_XDS_PATH = "LOCAL_XDS_PATH"
 NODE_CREDENTIAL_DIR = "NODE_CREDENTIAL_DIR"
+CA_AUTH = "CA_AUTH"  # ours: how ztunnel authenticates to the CA (node-credential | token)
+ISTIO_TOKEN_PATH = "ISTIO_TOKEN_PATH"  # the projected service-account token (audience istio-ca)
+CA_ROOT_CA = "CA_ROOT_CA"  # Istio's name: the mesh root that verifies istiod (token mode)
+POD_NAMESPACE = "POD_NAMESPACE"  # Istio's names: ztunnel's own pod namespace and service account
+SERVICE_ACCOUNT = "SERVICE_ACCOUNT"
 ADMIN_ADDR = "ADMIN_ADDR"
 ADMIN_ALLOW_REMOTE = "ADMIN_ALLOW_REMOTE"
 STATS_ADDR = "STATS_ADDR"
@@ -69,6 +74,23 @@ DEFAULT_SOCKS5_PORT = 15080
 DEFAULT_HBONE_PORT = 15008
 DEFAULT_INBOUND_PLAINTEXT_PORT = 15006
 DEFAULT_INPOD_UDS = "/var/run/ztunnel/ztunnel.sock"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/tokens/istio-token"  # Istio's path for the projected token
+DEFAULT_CA_ROOT_CA = "/var/run/secrets/istio/root-cert.pem"  # Istio's (the istio-ca-root-cert ConfigMap)
+TOKEN_CA_PORT_HINT = "istiod.istio-system.svc:15011"
+
+
+class CaAuth(enum.StrEnum):
+    """How ztunnel proves it is the node agent of its node to istiod_lite.
+
+    ``node-credential``: a certificate istiod_lite issued for this node (``NODE_CREDENTIAL_DIR``), presented
+    as the TLS client certificate on 15012 (the local cluster). ``token``: the pod's projected
+    service-account token (``ISTIO_TOKEN_PATH``, audience istio-ca), re-read at every call, sent as
+    ``authorization: Bearer`` to the token CA port (``CA_ADDRESS``), which binds it to this node through the
+    token's pod claims (Kubernetes, as Istio's ztunnel); ztunnel then fetches its own certificate there for
+    the xDS connection on 15012."""
+
+    NODE_CREDENTIAL = "node-credential"
+    TOKEN = "token"
 
 
 
@@ -101,6 +123,12 @@ class ZtunnelConfig:
     local_xds_path: Path | None = None
     # key.pem, cert-chain.pem, root-cert.pem: this node's credential for xDS and the CA.
     node_credential_dir: Path | None = None
+    # CA_AUTH=token: the token file, the root that verifies istiod, and ztunnel's own identity (its pod's).
+    ca_auth: CaAuth = CaAuth.NODE_CREDENTIAL
+    token_path: Path = Path(DEFAULT_TOKEN_PATH)
+    ca_root_path: Path = Path(DEFAULT_CA_ROOT_CA)
+    pod_namespace: str = "istio-system"
+    service_account: str = "ztunnel"
     admin_addr: HostPort = HostPort("127.0.0.1", DEFAULT_ADMIN_PORT)
     stats_addr: HostPort = HostPort("0.0.0.0", DEFAULT_STATS_PORT)
     readiness_addr: HostPort = HostPort("0.0.0.0", DEFAULT_READINESS_PORT)
@@ -193,9 +221,33 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
     else:
         raise ConfigError(CA_ADDRESS, f"no CA: set {CA_ADDRESS} (or {XDS_ADDRESS}), or {FAKE_CA}=true for tests")
 
+    try:
+        ca_auth = CaAuth(e.get(CA_AUTH, CaAuth.NODE_CREDENTIAL.value).strip().lower())
+    except ValueError:
+        raise ConfigError(CA_AUTH, f"{e[CA_AUTH]!r} is not one of node-credential, token") from None
     cred_raw = e.get(NODE_CREDENTIAL_DIR, "").strip()
     cred_dir = Path(cred_raw) if cred_raw else None
-    if cred_dir is None and (xds_address is not None or ca_address is not None):
+    own_namespace = e.get(POD_NAMESPACE, "istio-system").strip()
+    own_account = e.get(SERVICE_ACCOUNT, "ztunnel").strip()
+    if ca_auth is CaAuth.TOKEN:
+        if cred_dir is not None:
+            raise ConfigError(NODE_CREDENTIAL_DIR, f"set together with {CA_AUTH}=token; use one credential")
+        if fake_ca:
+            raise ConfigError(CA_AUTH, f"token needs istiod's CA; unset {FAKE_CA} or use {CA_AUTH}=node-credential")
+        if ca_raw is None or not ca_raw.strip():
+            raise ConfigError(
+                CA_ADDRESS, f"not set; with {CA_AUTH}=token it is istiod's token CA port (e.g. {TOKEN_CA_PORT_HINT})"
+            )
+        for variable, value in ((ISTIO_TOKEN_PATH, e.get(ISTIO_TOKEN_PATH, DEFAULT_TOKEN_PATH)),
+                                (CA_ROOT_CA, e.get(CA_ROOT_CA, DEFAULT_CA_ROOT_CA))):
+            if not value.strip():
+                raise ConfigError(variable, f"is empty; {CA_AUTH}=token needs it (Istio's default is under "
+                                            "/var/run/secrets)")
+        try:
+            SpiffeId(trust_domain, own_namespace, own_account)
+        except InvalidSpiffeId as exc:
+            raise ConfigError(SERVICE_ACCOUNT, f"{POD_NAMESPACE}/{SERVICE_ACCOUNT}: {exc}") from None
+    elif cred_dir is None and (xds_address is not None or ca_address is not None):
         raise ConfigError(
             NODE_CREDENTIAL_DIR,
             "not set; the xDS and CA connections authenticate with this node's credential (key.pem, "
@@ -231,6 +283,11 @@ def parse_config(env: Mapping[str, str] | None = None, flags: Mapping[str, str] 
         fake_ca_dir=fake_ca_dir,
         local_xds_path=local_path,
         node_credential_dir=cred_dir,
+        ca_auth=ca_auth,
+        token_path=Path(e.get(ISTIO_TOKEN_PATH, DEFAULT_TOKEN_PATH).strip()),
+        ca_root_path=Path(e.get(CA_ROOT_CA, DEFAULT_CA_ROOT_CA).strip()),
+        pod_namespace=own_namespace,
+        service_account=own_account,
         admin_addr=parse_admin_address(
             e.get(ADMIN_ADDR, f"127.0.0.1:{DEFAULT_ADMIN_PORT}"), ADMIN_ADDR,
             allow_remote=parse_bool(e.get(ADMIN_ALLOW_REMOTE, ""), ADMIN_ALLOW_REMOTE),

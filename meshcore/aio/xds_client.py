@@ -48,7 +48,7 @@ class XdsClient(Generic[S]):
     def __init__(
         self,
         target: str,
-        channel_credentials: grpc.ChannelCredentials | None,
+        channel_credentials: grpc.ChannelCredentials | Callable[[], grpc.ChannelCredentials] | None,
         node_id: str,
         metadata: Mapping[str, Any],
         cell: StateCell[S],
@@ -65,7 +65,9 @@ class XdsClient(Generic[S]):
     ) -> None:
         """``channel_credentials=None`` means an insecure channel (tests only). ``authorization`` is the
         full header value (``Bearer <token>``) or a function returning it, called per connection so a
-        rotated token is picked up. ``channel_options`` go to gRPC (e.g. ``grpc.ssl_target_name_override``)."""
+        rotated token is picked up. ``channel_options`` go to gRPC (e.g. ``grpc.ssl_target_name_override``).
+        ``channel_credentials`` may be a function: it is called for every connection attempt, each on a new
+        channel, so a renewed client certificate is presented at the next reconnect."""
         if kinds is None:  # ztunnel's: Address and Authorization over ProxyState
             unsupported = [t for t in type_urls if t not in SUPPORTED_TYPE_URLS]
             if unsupported:
@@ -115,6 +117,9 @@ class XdsClient(Generic[S]):
                 self.connected = False
                 if self._closing:
                     break
+                if callable(self._credentials):  # the next attempt presents the current credentials
+                    await channel.close(grace=None)
+                    channel = self._make_channel()
                 self.last_disconnect_reason = reason
                 delay = self._backoff.next_delay(self._rng.random())
                 log.warning("xds disconnected", target=self.target, reason=reason, retry_in_s=round(delay, 3))
@@ -137,7 +142,8 @@ class XdsClient(Generic[S]):
     def _make_channel(self) -> grpc.aio.Channel:
         if self._credentials is None:
             return grpc.aio.insecure_channel(self.target, options=self._options)
-        return grpc.aio.secure_channel(self.target, self._credentials, options=self._options)
+        credentials = self._credentials() if callable(self._credentials) else self._credentials
+        return grpc.aio.secure_channel(self.target, credentials, options=self._options)
 
     def _call_metadata(self) -> list[tuple[str, str]]:
         md: list[tuple[str, str]] = []

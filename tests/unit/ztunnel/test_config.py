@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ztunnel.config import (
+    CaAuth,
     ConfigError,
     HostPort,
     ProxyMode,
@@ -142,3 +143,46 @@ def test_the_admin_port_refuses_a_non_loopback_address_unless_explicitly_allowed
     c = parse_config({**BASE, "ADMIN_ADDR": "0.0.0.0:15000", "ADMIN_ALLOW_REMOTE": "true"})
     assert c.admin_addr == HostPort("0.0.0.0", 15000)
     assert parse_config({**BASE, "ADMIN_ADDR": "[::1]:15000"}).admin_addr == HostPort("::1", 15000)
+
+
+# CA_AUTH=token: ztunnel on Kubernetes authenticates with its projected service-account token.
+TOKEN = {"NODE_NAME": "node-1", "XDS_ADDRESS": "istiod.istio-system.svc:15012",
+         "CA_ADDRESS": "istiod.istio-system.svc:15011", "CA_AUTH": "token"}
+
+
+def test_token_mode_needs_no_node_credential_and_defaults_to_istios_paths_and_own_identity():
+    c = parse_config(TOKEN)
+    assert c.ca_auth is CaAuth.TOKEN and c.node_credential_dir is None
+    assert (c.xds_address, c.ca_address) == ("istiod.istio-system.svc:15012", "istiod.istio-system.svc:15011")
+    assert c.token_path == Path("/var/run/secrets/tokens/istio-token")
+    assert c.ca_root_path == Path("/var/run/secrets/istio/root-cert.pem")
+    assert (c.pod_namespace, c.service_account) == ("istio-system", "ztunnel")
+    moved = parse_config({**TOKEN, "ISTIO_TOKEN_PATH": "/t/token", "CA_ROOT_CA": "/r/root.pem"})
+    assert (moved.token_path, moved.ca_root_path) == (Path("/t/token"), Path("/r/root.pem"))
+
+
+def test_the_local_cluster_keeps_the_node_credential_by_default():
+    assert parse_config(BASE).ca_auth is CaAuth.NODE_CREDENTIAL
+
+
+TOKEN_REFUSED = [
+    ("an unknown ca authentication is refused", {"CA_AUTH": "password"}, "CA_AUTH", "node-credential, token"),
+    ("a token and a node credential together are refused", {"NODE_CREDENTIAL_DIR": "/c"}, "NODE_CREDENTIAL_DIR",
+     "one credential"),
+    ("token mode without the token ca address is refused (15012 wants a client certificate)",
+     {"CA_ADDRESS": None}, "CA_ADDRESS", "token CA port"),
+    ("token mode with the fake ca is refused", {"FAKE_CA": "true"}, "CA_AUTH", "FAKE_CA"),
+    ("an empty token path is refused", {"ISTIO_TOKEN_PATH": " "}, "ISTIO_TOKEN_PATH", "is empty"),
+    ("an empty root path is refused", {"CA_ROOT_CA": ""}, "CA_ROOT_CA", "is empty"),
+    ("an own service account that makes no identity is refused", {"SERVICE_ACCOUNT": "Zt/unnel"}, "SERVICE_ACCOUNT",
+     "POD_NAMESPACE"),
+]
+
+
+@pytest.mark.parametrize(("changes", "variable", "hint"), [c[1:] for c in TOKEN_REFUSED],
+                         ids=[c[0] for c in TOKEN_REFUSED])
+def test_token_mode_refuses_what_it_cannot_use(changes, variable, hint):
+    env = {k: v for k, v in {**TOKEN, **changes}.items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        parse_config(env)
+    assert info.value.variable == variable and hint in str(info.value)
