@@ -9,6 +9,10 @@ ACKed the full state, istiod's peak RSS, then, per one-pod change applied to the
 per client (deltas of its /metrics counters). Never part of the test run.
 
     .venv/bin/python bench/controlplane.py [--pods 10000 --services 1000 --clients 50 --procs 5 --changes 7]
+        [--store sqlite|kubernetes|both]
+
+``--store kubernetes`` runs istiod-lite on the Kubernetes store against the API server stand-in (a thread of
+this process) instead of the embedded store; ``both`` runs the two one after the other and compares them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from istiod_lite.app import load_ca
+from istiod_lite.ca.authority import CertificateAuthority
 from istiod_lite.config import IstiodConfig
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.xds_client import XdsClient
@@ -344,6 +349,88 @@ def synced_streams(syncz_url: str) -> tuple[int, int]:
 # --- the run ------------------------------------------------------------------------------------------
 
 
+class SqliteBackend:
+    """The embedded store (what the local cluster uses): resources applied to ``store.db`` in the state dir."""
+
+    name = "sqlite"
+
+    def __init__(self, state_dir: Path, resources: list[Resource]) -> None:
+        self.store = SqliteStore(store_path(state_dir))
+        self.store.apply(resources)
+        self.state_dir = state_dir
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def load_ca(self) -> CertificateAuthority:
+        return load_ca(IstiodConfig(state_dir=self.state_dir), datetime.now(UTC))  # creates the root istiod loads
+
+    def write(self, changed: Resource) -> None:
+        self.store.apply([changed])  # what `ambientctl apply -f pod.yaml` does
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class KubernetesBackend:
+    """The API server stand-in (``meshcore.testing.kube_api``) on a thread of this process, holding the
+    resources as API objects; istiod-lite runs with ``STORE=kubernetes`` and a kubeconfig pointing at it, so
+    its start is the reflectors' paginated list of every kind plus the registry; a pod change is a write to
+    the API server by another client (what ``kubectl apply`` does), reaching istiod through its watch."""
+
+    name = "kubernetes"
+
+    def __init__(self, state_dir: Path, resources: list[Resource]) -> None:
+        from meshcore.store.kubernetes import to_manifest
+        from meshcore.testing.kube_api import ThreadedKubeApi, write_kubeconfig
+
+        self._to_manifest = to_manifest
+        self.api = ThreadedKubeApi().start()
+        system = Resource(kind="Namespace", name="istio-system")  # the CA Secret and the leader Lease
+        docs = [to_manifest(r, with_status=True) for r in [system, *resources]]
+
+        def load() -> None:
+            for doc in docs:
+                self.api.server.put_object(doc)
+
+        self.api.call(load)
+        self.kubeconfig = Path(write_kubeconfig(state_dir / "kubeconfig", self.api.url))
+        self.state_dir = state_dir
+
+    def env(self) -> dict[str, str]:
+        return {"STORE": "kubernetes", "KUBECONFIG": str(self.kubeconfig), "POD_NAME": "istiod-bench"}
+
+    def load_ca(self) -> CertificateAuthority:
+        from meshcore.store.kubernetes import load_configuration
+
+        # Creates istio-ca-secret in the stand-in; istiod-lite reads the same root from it.
+        configuration = load_configuration(host=self.api.url)
+        return load_ca(IstiodConfig(state_dir=self.state_dir), datetime.now(UTC), kubernetes=configuration)
+
+    def write(self, changed: Resource) -> None:
+        self.api.call(self.api.server.put_object, self._to_manifest(changed, with_status=True))
+
+    def close(self) -> None:
+        self.api.stop()
+
+
+BACKENDS = {"sqlite": SqliteBackend, "kubernetes": KubernetesBackend}
+
+
+@dataclass
+class Figures:
+    """One backend's run, for the comparison table."""
+
+    backend: str
+    startup: float
+    full_sync: float
+    rss_ready: str
+    peak_rss: str
+    change_median: float
+    change_max: float
+    client_median: float
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=10_000)
@@ -357,20 +444,47 @@ def main() -> None:
         default="xds",
         help="xds: ztunnel's XdsClient (decodes into a ProxyState); light: same stream, no decoding",
     )
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "kubernetes", "both"],
+        default="sqlite",
+        help="istiod-lite's store: the embedded SQLite store, the Kubernetes store against the API stand-in, "
+        "or both one after the other in this run (then a comparison table)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the state dir (and istiod's log)")
     args = parser.parse_args()
 
-
     configure_logging("warning")
+    figures = [measure(args, name) for name in (["sqlite", "kubernetes"] if args.store == "both" else [args.store])]
+    if len(figures) > 1:
+        print()
+        print(f"| measure ({args.pods} pods, {args.services} services, {args.clients} clients) | "
+              + " | ".join(f.backend for f in figures) + " |")
+        print("|---|" + "---|" * len(figures))
+        rows = [
+            ("istiod-lite start to ready (store synced, registry built)", [f"{f.startup:.1f} s" for f in figures]),
+            (f"full sync: all {args.clients} clients hold and ACKed the full state",
+             [f"{f.full_sync:.2f} s" for f in figures]),
+            ("istiod-lite RSS when ready / peak (VmHWM)", [f"{f.rss_ready} / {f.peak_rss}" for f in figures]),
+            (f"one pod change reaches all {args.clients} clients: median / max of {args.changes}",
+             [f"{f.change_median * 1000:.0f} ms / {f.change_max * 1000:.0f} ms" for f in figures]),
+            ("one pod change, median client: median", [f"{f.client_median * 1000:.0f} ms" for f in figures]),
+        ]
+        for label, cells in rows:
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def measure(args: argparse.Namespace, backend_name: str) -> Figures:
+    """One full run (store, istiod-lite, clients, full sync, pod changes) on one backend; prints its table."""
+    print(f"=== store: {backend_name} ===")
     state_dir = Path(tempfile.mkdtemp(prefix="bench-cp-"))
     print(f"state dir {state_dir}")
     resources = cluster(args.pods, args.services)
     started = time.perf_counter()
-    store = SqliteStore(store_path(state_dir))
-    store.apply(resources)
-    print(f"store: applied {len(resources)} resources in {time.perf_counter() - started:.1f} s")
+    backend = BACKENDS[backend_name](state_dir, resources)
+    print(f"store ({backend_name}): wrote {len(resources)} resources in {time.perf_counter() - started:.1f} s")
 
-    ca = load_ca(IstiodConfig(state_dir=state_dir), datetime.now(UTC))  # creates the root istiod will load
+    ca = backend.load_ca()
     creds = []
     for c in range(args.clients):
         issued = ca.issue_node_credential(f"node-{c % NODES}", datetime.now(UTC))
@@ -378,7 +492,7 @@ def main() -> None:
 
     xds_port, mon_port = free_port(), free_port()
     log = state_dir / "istiod.log"
-    env = {**os.environ, "LOG_LEVEL": "warning"}
+    env = {**os.environ, "LOG_LEVEL": "warning", **backend.env()}
     started = time.perf_counter()
     with log.open("wb") as log_file:
         istiod = subprocess.Popen(
@@ -463,7 +577,7 @@ def main() -> None:
             for _, conn in workers:
                 expect(conn, "armed", 10)
             t_change = time.monotonic()
-            store.apply([changed])  # what `ambientctl apply -f pod.yaml` does
+            backend.write(changed)
             seen = [t for _, conn in workers for t in expect(conn, "seen", CHANGE_TIMEOUT + 5)[0]]
             missing = sum(1 for t in seen if t is None)
             if missing:
@@ -499,10 +613,11 @@ def main() -> None:
         print(f"date: {datetime.now(UTC).date().isoformat()}")
         print(
             f"command: .venv/bin/python bench/controlplane.py --pods {args.pods} --services {args.services} "
-            f"--clients {args.clients} --procs {procs} --changes {args.changes} --client {args.client}"
+            f"--clients {args.clients} --procs {procs} --changes {args.changes} --client {args.client} "
+            f"--store {args.store}"
         )
         print()
-        print("| measure | value | target |")
+        print(f"| measure (store: {backend_name}) | value | target |")
         print("|---|---|---|")
         print(f"| istiod-lite start (load store, compute, serialize) | {startup:.1f} s | |")
         print(f"| full sync: all {args.clients} clients hold and ACKed the full state | {full_sync:.2f} s | < 10 s |")
@@ -529,6 +644,8 @@ def main() -> None:
             f"| pushed per client per pod change: resources / bytes (max) | "
             f"{max(r for r, _ in per_client):.0f} / {max(b for _, b in per_client):.0f} B | O(1) |"
         )
+        return Figures(backend_name, startup, full_sync, rss_ready, status["VmHWM"], statistics.median(latencies),
+                       max(latencies), statistics.median(medians))
     finally:
         for _, conn in workers:
             try:
@@ -545,7 +662,7 @@ def main() -> None:
             istiod.wait(20)
         except subprocess.TimeoutExpired:
             istiod.kill()
-        store.close()
+        backend.close()
         if not args.keep:
             shutil.rmtree(state_dir, ignore_errors=True)
 
