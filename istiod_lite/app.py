@@ -51,6 +51,7 @@ from istiod_lite.push import PushServer
 from istiod_lite.registry import AUTHORIZATION, SERVICE, WORKLOAD, Severity, diff
 from istiod_lite.registry.incremental import RegistrySettings, RegistryState, build, empty, update
 from istiod_lite.registry.index import Value, diff_l7
+from istiod_lite.registry.policy_status import PolicyFacts, merge_status, policy_conditions, policy_facts
 from istiod_lite.registry.traffic import TrafficState, TrafficUpdate
 from istiod_lite.registry.traffic import update as update_traffic
 from istiod_lite.waypoints import ControllerSettings, WaypointController
@@ -168,6 +169,15 @@ class ControlPlane:
         )
         self.snapshot = self._state.snapshot
         self._traffic = TrafficState()  # routes, DestinationRules, rate limits -> ServiceTraffic per service
+        # AuthorizationPolicies as last seen (their status is compared with what we compute) and what the
+        # converters decided for each, kept while its spec and annotations hold (``registry.policy_status``).
+        self._policies: dict[ResourceRef, Resource] = {}
+        self._policy_facts: dict[ResourceRef, tuple[Resource, PolicyFacts]] = {}
+        self._policy_status_writes = Counter(
+            "istiod_lite_policy_status_writes",
+            "AuthorizationPolicy status writes (only when a condition changed)",
+            registry=self.metrics,
+        )
         self._revision = 0
         self._grpc: grpc.aio.Server | None = None
         self._token_grpc: grpc.aio.Server | None = None  # the token CA port (None: not served)
@@ -344,6 +354,7 @@ class ControlPlane:
         changed, removed = diff(self.snapshot, state.snapshot)
         self._publish(state, changed, removed, started, diff_l7(self.snapshot, state.snapshot))
         self._update_traffic(resources, (), everything=True)
+        self._update_policy_status(resources, (), everything=True)
         self.waypoints.observe(resources)  # every Gateway and what was made for one: resync them
 
     async def _watch(self) -> None:
@@ -364,6 +375,7 @@ class ControlPlane:
                     self._revision = ev.revision
                 try:
                     started = time.perf_counter()
+                    before = self._state
                     state, changed, removed = update(
                         self._state,
                         [r for r in latest.values() if r is not None],
@@ -372,6 +384,12 @@ class ControlPlane:
                     self._publish(state, changed, removed, started, state.l7_changes)
                     self._update_traffic(
                         [r for r in latest.values() if r is not None], [ref for ref, r in latest.items() if r is None]
+                    )
+                    self._update_policy_status(
+                        [r for r in latest.values() if r is not None],
+                        [ref for ref, r in latest.items() if r is None],
+                        # a table the batch did not write is the previous state's object (copy-on-write)
+                        bindings_changed=state.services is not before.services or state.waypoints is not before.waypoints,
                     )
                 except Exception:  # a registry bug must not stop config updates: start over from the store
                     log.exception("incremental registry update failed; rebuilding from the whole store")
@@ -474,6 +492,72 @@ class ControlPlane:
                 log.exception("writing traffic status failed", resource=str(ref))
         if updates or removed:
             log.info("service traffic updated", changed=sorted(updates), removed=sorted(removed))
+
+    def _update_policy_status(
+        self,
+        changed: Sequence[Resource],
+        deleted: Sequence[ResourceRef],
+        *,
+        everything: bool = False,
+        bindings_changed: bool = False,
+    ) -> None:
+        """Write ``ZtunnelAccepted``/``WaypointAccepted`` on the AuthorizationPolicies a batch can affect
+        (``registry.policy_status``): those changed, and every one with targetRefs when a Service's or a
+        waypoint's binding may have changed. Call after ``_publish``. The leader's only; a condition is
+        written only when it changed, so our own write, coming back through the watch, writes nothing."""
+        if everything:
+            self._policies = {}
+        for ref in deleted:
+            self._policies.pop(ref, None)
+            self._policy_facts.pop(ref, None)
+        dirty: set[ResourceRef] = set()
+        for r in changed:
+            if r.kind == "AuthorizationPolicy":
+                self._policies[r.ref] = r
+                dirty.add(r.ref)
+        if everything:
+            dirty = set(self._policies)
+            self._policy_facts = {ref: f for ref, f in self._policy_facts.items() if ref in self._policies}
+        elif bindings_changed:
+            dirty |= {ref for ref, r in self._policies.items() if self._facts(r).for_waypoint}
+        if not dirty or not self.is_leader:  # a follower writes no status (see _update_traffic)
+            return
+        snap = self.snapshot
+        now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        for ref in sorted(dirty):
+            resource = self._policies[ref]
+            try:
+                conditions = policy_conditions(
+                    self._facts(resource),
+                    waypoints=snap.waypoints,
+                    services=snap.services,
+                    bindings=snap.waypoint_bindings,
+                )
+                status = merge_status(resource.status, conditions, generation=resource.generation, now=now)
+                if status is None:
+                    continue
+                result = self.store.set_status(ref, status)
+            except ResourceNotFound:
+                continue  # deleted meanwhile: its deletion comes through the watch
+            except Exception:
+                log.exception("writing policy status failed", resource=str(ref))
+                continue
+            if result.action != "unchanged":
+                self._policy_status_writes.inc()
+
+    def _facts(self, policy: Resource) -> PolicyFacts:
+        """What the converters decide about ``policy``, computed again only when its spec or annotations
+        changed (a status write alone reuses it)."""
+        cached = self._policy_facts.get(policy.ref)
+        if cached is not None and cached[0].spec == policy.spec and cached[0].annotations == policy.annotations:
+            return cached[1]
+        facts = policy_facts(
+            policy,
+            root_namespace=self._registry_settings.root_namespace,
+            cluster_domain=self._registry_settings.domain_suffix,
+        )
+        self._policy_facts[policy.ref] = (policy, facts)
+        return facts
 
     # -- monitoring --------------------------------------------------------------------------------
 
