@@ -5,11 +5,11 @@ what was seen, and on failure the remediation an operator can run), so results a
 are table-tested without a cluster. ``gather_pre`` and ``gather_mesh`` collect the facts on this
 machine and on the local cluster (through ``reach``: istiod's ``/ready``, ``/debug/registryz`` and
 ``/debug/syncz``, each node's ztunnel ``/healthz/ready`` and ``/config_dump``, each node agent's
-``/readyz`` and ``/debug/pods``, each enrolled pod's nftables ruleset, ip rules and table-100 routes
-read inside its netns) and run the checks. Redirection drift is judged against what the node agent
-installs (istio-cni's in-pod rules, rendered by ztunnel/redirect/rules.py; their Istio values are
-repeated below, as ambientctl may not import ztunnel): both tables present and holding rules, the
-``fwmark 0x111/0xfff lookup 100`` ip rule and the ``local 0.0.0.0/0 dev lo table 100`` route. Clock skew
+``/readyz`` and ``/debug/pods``) and run the checks. Redirection drift is the node agent's own verdict:
+its ``/debug/pods`` reports, for every pod it captured, whether each nftables table, chain and rule and
+the ip rule and route it installed are in the pod's netns now (rule by rule, worded by the agent), so
+``check`` names the rule that is missing and the fix that repairs it (restarting that node agent, which
+installs every enrolled pod's rules again when it starts). Clock skew
 is read from times istiod-lite wrote (when each proxy's stream started, each certificate's start):
 none may be ahead of this machine's clock. A check whose facts cannot be gathered fails with the reason; nothing is skipped silently.
 Order and categories follow ``linkerd check``: host, control plane, CA, data plane, config sync,
@@ -18,10 +18,8 @@ certificates.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,12 +31,9 @@ from functools import partial
 from typing import Any
 
 from cryptography import x509
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from ambientctl.cluster import Cluster, ClusterError
 from ambientctl.cluster.mesh import ISTIOD, agent_name, ztunnel_name
-from meshcore.aio.netns import NetnsError, NetnsHandle
 from meshcore.enrollment import REDIRECTION_ANNOTATION, REDIRECTION_ENABLED, in_ambient_mesh
 from meshcore.store import SqliteStore
 
@@ -54,17 +49,6 @@ from .syncstatus import ProxyRow, proxy_rows
 
 # tool -> Debian package that provides it
 REQUIRED_TOOLS = {"ip": "iproute2", "nft": "nftables"}
-# The nftables tables the node agent installs in every enrolled pod (istio-cni's names; the raw
-# table only comes with DNS capture, so it is not required).
-REDIRECTION_TABLES = ("istio-ambient-nat", "istio-ambient-mangle")
-# The ip rule and route the node agent adds in every enrolled pod (Istio's InpodMark mask, connmark
-# 0x111 and RouteTableInbound 100), so replies to ztunnel's spoofed inbound sockets reach it.
-CONNMARK = 0x111
-CONNMARK_MASK = 0xFFF
-ROUTE_TABLE = 100
-RTN_LOCAL = 2  # rtnetlink route type "local"
-IP_RULE_TEXT = "ip rule fwmark 0x111/0xfff lookup 100"
-IP_ROUTE_TEXT = "ip route local 0.0.0.0/0 dev lo table 100"
 # Times istiod-lite wrote may be this far ahead of ours before it is called skew (clock steps, rounding).
 CLOCK_TOLERANCE_S = 5.0
 ROOT_WARN_DAYS = 30
@@ -72,6 +56,8 @@ ROOT_WARN_DAYS = 30
 LEAF_MIN_REMAINING = 0.25
 SYNC_SETTLE_S = 2.0
 NFT_TIMEOUT_S = 5.0
+# At most this many pods get a result line of their own; the rest are counted in one.
+MAX_POD_RESULTS = 10
 
 
 class Category(StrEnum):
@@ -256,68 +242,85 @@ def agent_check(node: str, pods: Mapping[str, Any] | str) -> CheckResult:
 
 @dataclass(frozen=True, slots=True)
 class PodRedirection:
-    """One enrolled pod: the node agent's annotation and the nftables tables found in its netns."""
+    """One enrolled pod as the store has it: where it runs and the node agent's annotation."""
 
     namespace: str
     name: str
     node: str
     annotation: str | None
-    tables: tuple[str, ...] | None = None  # None: could not be read (``error`` says why)
-    error: str = ""
-    rules: Mapping[str, int] | None = None  # rules per managed table present (None: not read)
-    ip_rule: bool | None = None  # the connmark ip rule is there (None: not read)
-    ip_route: bool | None = None  # the table-100 local route is there (None: not read)
+    uid: str = ""
 
 
-def ruleset_rules(listing: Any) -> dict[str, int]:
-    """Rules per inet table in an ``nft -j list ruleset`` document (tables without rules count 0);
-    anything that is not such a document is a ``ValueError``."""
-    items = listing.get("nftables") if isinstance(listing, Mapping) else None
-    if not isinstance(items, list):
-        raise ValueError("nft -j printed no 'nftables' list")
-    counts: dict[str, int] = {}
-    for item in items:
-        if not isinstance(item, Mapping):
-            continue
-        table = item.get("table")
-        if isinstance(table, Mapping) and table.get("family") == "inet" and isinstance(table.get("name"), str):
-            counts.setdefault(table["name"], 0)
-        rule = item.get("rule")
-        if isinstance(rule, Mapping) and rule.get("family") == "inet" and isinstance(rule.get("table"), str):
-            counts[rule["table"]] = counts.get(rule["table"], 0) + 1
-    return counts
+def restart_agent_fix(node: str, pid: int | None = None) -> str:
+    """How to make the node agent on ``node`` install every enrolled pod's rules again."""
+    stop = f"kill {pid}" if pid else f"stop {agent_name(node)} (its pid: ambientctl cluster status)"
+    return (
+        f"restart the node agent on {node}: when it starts it installs every enrolled pod's rules again, one "
+        f"nft transaction per pod, without cutting traffic ({stop}, then once it has exited: ambientctl cluster up)"
+    )
 
 
-def redirection_check(pods: Sequence[PodRedirection]) -> CheckResult:
+def _pod_problem(p: PodRedirection, view: Mapping[str, Any], pid: int | None) -> tuple[str, str] | None:
+    """(what is wrong, the fix) for one pod in its node agent's ``/debug/pods``, or None."""
+    logs = f"read why: ambientctl cluster logs {agent_name(p.node)}"
+    captured = view.get("captured") or {}
+    entry = captured.get(p.uid) if isinstance(captured, Mapping) else None
+    if not isinstance(entry, Mapping):
+        failing = view.get("failing") or {}
+        reason = failing.get(p.uid) if isinstance(failing, Mapping) else None
+        return (f"not captured by the node agent on {p.node}: {reason}" if reason
+                else f"not captured by the node agent on {p.node} (yet)", logs)  # fmt: skip
+    if p.annotation != REDIRECTION_ENABLED:
+        return f"{REDIRECTION_ANNOTATION} is {p.annotation or 'not set'}", logs
+    if entry.get("check_error"):
+        return f"the node agent cannot read its netns: {entry['check_error']}", logs
+    if "redirected" not in entry:
+        return f"the node agent on {p.node} does not report its rules (an older agent?)", restart_agent_fix(p.node, pid)
+    if entry.get("redirected") is True:
+        return None
+    drift = [d for d in entry.get("drift") or () if isinstance(d, Mapping)]
+    words = [str(d.get("text") or f"{d.get('kind')}: {d.get('subject')}") for d in drift]
+    return "; ".join(words) or "not redirected (no detail given)", restart_agent_fix(p.node, pid)
+
+
+def redirection_checks(
+    pods: Sequence[PodRedirection], agents: Mapping[str, Mapping[str, Any] | str],
+    pids: Mapping[str, int] | None = None, *, max_pods: int = MAX_POD_RESULTS,
+) -> list[CheckResult]:  # fmt: skip
+    """Each enrolled pod against its node agent's ``/debug/pods`` (``agents``: node -> the document, or
+    why it could not be read; ``pids``: node -> the agent's pid). One failure per pod with a problem (at
+    most ``max_pods``, then one for the rest), one per node whose agent could not be asked; else one pass."""
     c = Category.redirection
-    what = "every enrolled pod's traffic is redirected to ztunnel"
-    bad: list[str] = []
+    out: list[CheckResult] = []
+    unreadable: dict[str, list[str]] = {}
+    bad = 0
     for p in pods:
         key = f"{p.namespace}/{p.name}"
-        if p.annotation != REDIRECTION_ENABLED:
-            bad.append(f"{key}: {REDIRECTION_ANNOTATION} is {p.annotation or 'not set'}")
-        elif p.tables is None:
-            bad.append(f"{key}: cannot read its nftables ({p.error})")
-        else:
-            drift = [f"nftables table {t} missing" for t in REDIRECTION_TABLES if t not in p.tables]
-            if p.rules is not None:
-                drift += [f"nftables table {t} has no rules" for t in REDIRECTION_TABLES
-                          if t in p.tables and not p.rules.get(t)]  # fmt: skip
-            if p.ip_rule is False:
-                drift.append(f"`{IP_RULE_TEXT}` missing")
-            if p.ip_route is False:
-                drift.append(f"`{IP_ROUTE_TEXT}` missing")
-            if drift:
-                bad.append(f"{key}: " + ", ".join(drift))
-    if bad:
-        nodes = sorted({p.node for p in pods if any(b.startswith(f"{p.namespace}/{p.name}:") for b in bad)})
-        return failed(
-            c, what, f"{len(bad)} of {len(pods)} pod(s): " + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""),
-            "the node agent re-applies a pod's rules when it restarts: read its log (ambientctl cluster logs "
-            + ", ".join(agent_name(n) for n in nodes)
-            + "), or recreate the pod (delete and apply it again)",
-        )  # fmt: skip
-    return passed(c, what, f"{len(pods)} pod(s)")
+        view = agents.get(p.node, f"no node agent answer for node {p.node or '?'}")
+        if isinstance(view, str):
+            unreadable.setdefault(p.node, []).append(key)
+            continue
+        problem = _pod_problem(p, view, (pids or {}).get(p.node))
+        if problem is None:
+            continue
+        bad += 1
+        if bad <= max_pods:
+            out.append(failed(c, f"{key} is redirected to ztunnel as the node agent on {p.node} installed it",
+                              problem[0], problem[1]))  # fmt: skip
+    if bad > max_pods:
+        out.append(failed(c, "every other enrolled pod is redirected to ztunnel", f"{bad - max_pods} more pod(s) "
+                          "with a problem", "run ambientctl check -o json for all of them"))  # fmt: skip
+    for node, keys in unreadable.items():
+        out.append(failed(
+            c, f"the node agent on {node} reports its pods' redirection",
+            f"{agents.get(node, '')} ({len(keys)} pod(s) not verified: {', '.join(keys[:5])}"
+            + (", ..." if len(keys) > 5 else "") + ")",
+            f"read why: ambientctl cluster logs {agent_name(node)}",
+        ))  # fmt: skip
+    if not out:
+        out.append(passed(c, "every enrolled pod's traffic is redirected to ztunnel as its node agent installed it",
+                          f"{len(pods)} pod(s), checked rule by rule by the node agents"))  # fmt: skip
+    return out
 
 
 def sync_checks(rows: Sequence[ProxyRow], nodes: Sequence[str]) -> list[CheckResult]:
@@ -439,27 +442,6 @@ def gather_pre() -> list[CheckResult]:
     return host_checks(os.geteuid(), os.path.exists("/proc/self/ns/net"), shutil.which, nft_problem())
 
 
-def _observe_redirection() -> tuple[str, bool, bool]:
-    """On a thread inside the pod's netns: ``nft -j list ruleset`` (a child inherits the thread's
-    namespaces), and whether the connmark ip rule and the table-100 local route are there."""
-    tool = shutil.which("nft") or "nft"
-    done = subprocess.run([tool, "-j", "list", "ruleset"], capture_output=True, text=True, timeout=NFT_TIMEOUT_S)
-    if done.returncode != 0:
-        raise OSError(done.stderr.strip() or f"nft exited {done.returncode}")
-    with IPRoute() as ipr:
-        rule = any(
-            m.get("FRA_FWMARK") == CONNMARK and m.get("FRA_FWMASK") == CONNMARK_MASK
-            and m.get("FRA_TABLE", m.get("table")) == ROUTE_TABLE
-            for m in ipr.get_rules(family=socket.AF_INET)
-        )  # fmt: skip
-        route = any(
-            m.get("type") == RTN_LOCAL and m.get("dst_len") == 0
-            and m.get("RTA_TABLE", m.get("table")) == ROUTE_TABLE
-            for m in ipr.get_routes(family=socket.AF_INET, table=ROUTE_TABLE)
-        )  # fmt: skip
-    return done.stdout, rule, route
-
-
 @dataclass
 class MeshFacts:
     """What ``gather_mesh`` read, kept for the commands that want more than the verdicts."""
@@ -550,8 +532,13 @@ def gather_mesh(
         results.append(root_check(_root_pem(cluster, facts), clock()))
 
         pods = enrolled_pods(store)
-        redirect_futures = [pool.submit(_redirection, cluster, p) for p in pods]
-        results.append(redirection_check([f.result() for f in redirect_futures]))
+        agents = {n: f.result() for n, f in agent_futures.items()}
+        pids = {n: p.pid for p in status.processes if p.running and (n := _agent_node(p.name, facts.nodes))}
+        results += redirection_checks(
+            [PodRedirection(p.namespace, p.name, str(p.spec.get("nodeName") or ""),
+                            p.annotations.get(REDIRECTION_ANNOTATION), p.uid) for p in pods],
+            agents, pids,
+        )  # fmt: skip
 
     rows = _settled_rows(reach)
     if isinstance(rows, str):
@@ -605,20 +592,9 @@ def _root_pem(cluster: Cluster, facts: MeshFacts) -> bytes | str | None:
     return f"no node credential holds root-cert.pem under {cluster.nodes_dir}"
 
 
-def _redirection(cluster: Cluster, pod: Any) -> PodRedirection:
-    node = str(pod.spec.get("nodeName") or "")
-    annotation = pod.annotations.get(REDIRECTION_ANNOTATION)
-    record = cluster.find_pod(pod.name, pod.namespace)
-    if record is None:
-        return PodRedirection(pod.namespace, pod.name, node, annotation, None, "the local cluster has no such pod")
-    try:
-        with NetnsHandle.open(str(cluster.net.netns_path(record.netns))) as handle:
-            listing, rule, route = handle.run(_observe_redirection)
-        counts = ruleset_rules(json.loads(listing) if listing.strip() else {"nftables": []})
-    except (OSError, NetnsError, NetlinkError, subprocess.TimeoutExpired, ValueError) as e:
-        return PodRedirection(pod.namespace, pod.name, node, annotation, None, str(e))
-    return PodRedirection(pod.namespace, pod.name, node, annotation, tuple(counts), rules=counts,
-                          ip_rule=rule, ip_route=route)  # fmt: skip
+def _agent_node(process: str, nodes: Sequence[str]) -> str:
+    """The node whose agent ``process`` is ("" for any other process)."""
+    return next((n for n in nodes if agent_name(n) == process), "")
 
 
 def _settled_rows(reach: Reach) -> list[ProxyRow] | str:

@@ -1,14 +1,15 @@
 """Troubleshooting on the local cluster, as an operator runs it: ``check`` passes on a healthy mesh and
-names the fault once a ztunnel is killed, once a pod's nftables rules are removed and once istiod is
-stopped; ``explain`` predicts an allowed and a denied connection and the data plane then does exactly
+names the one rule removed from a pod's nftables (from its node agent's own record of what it
+installed) until a restart of that node agent repairs it, then names the fault once a ztunnel is killed
+and once istiod is stopped; ``explain`` predicts an allowed and a denied connection and the data plane then does exactly
 that, and ``logs --denied`` finds the refusal; with a per-service-account waypoint and an L7 policy,
 ``explain --method POST`` predicts 403 at the waypoint and a real POST gets it; ``tap`` shows a request
 made after it started; ``proxy-status`` lists every node's ztunnel as SYNCED with its version;
 ``fetch`` reads an endpoint inside a node's netns from the host; ``bug-report`` writes an archive with
 the config dumps and logs and no key material.
 
-The tests share one cluster and run in file order: the faults are made last (a ztunnel killed, then a
-pod's rules removed, then istiod stopped), each test asserting only what its fault changes."""
+The tests share one cluster and run in file order: the faults are made last (a pod's rule removed and
+repaired, then a ztunnel killed, then istiod stopped), each test asserting only what its fault changes."""
 
 from __future__ import annotations
 
@@ -233,6 +234,54 @@ def test_explain_predicts_a_403_at_the_waypoint_and_a_real_post_gets_it(mc: Mesh
     assert status(None) == 200
 
 
+def nat_rule_handle(handle: NetnsHandle, port: int) -> int:
+    """The handle of the rule in the pod's istio-ambient-nat/istio-output that redirects to ``port``."""
+    done = handle.run(subprocess.run, ["nft", "-a", "-j", "list", "chain", "inet", "istio-ambient-nat", "istio-output"],
+                      capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rules = [i["rule"] for i in json.loads(done.stdout)["nftables"] if "rule" in i]
+    (found,) = [r["handle"] for r in rules if {"redirect": {"port": port}} in r["expr"]]
+    return int(found)
+
+
+def redirection_results(mc: MeshCluster) -> list[dict[str, Any]]:
+    return [r for r in check_json(mc)[1]["results"] if r["category"] == "traffic redirection"]
+
+
+def test_check_names_the_one_rule_removed_from_a_pod_and_a_node_agent_restart_repairs_it(mc: MeshCluster) -> None:
+    record = mc.cluster.find_pod("bad", NS)
+    assert record is not None
+    with NetnsHandle.open(str(mc.cluster.net.netns_path(record.netns))) as handle:
+        rule = nat_rule_handle(handle, 15001)
+        done = handle.run(subprocess.run, ["nft", "delete", "rule", "inet", "istio-ambient-nat", "istio-output",
+                                           "handle", str(rule)], capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    code, doc = check_json(mc)
+    assert code == 1
+    (drifted,) = [r for r in doc["results"] if r["category"] == "traffic redirection" and r["result"] == "error"]
+    assert drifted["description"] == f"{NS}/bad is redirected to ztunnel as the node agent on node-1 installed it"
+    assert drifted["detail"].startswith("rule missing from inet istio-ambient-nat/istio-output: `"), drifted
+    assert "redirect to :15001`" in drifted["detail"] and "15006" not in drifted["detail"], drifted
+    assert drifted["remediation"].startswith("restart the node agent on node-1")
+
+    # The fix it names: the node agent, restarted, installs every enrolled pod's rules again.
+    agent = mc.cluster.find_component("node-agent-node-1")
+    assert agent is not None
+    os.kill(agent.pid, signal.SIGTERM)
+    wait_for("node-agent-node-1 exited", lambda: not mc.cluster.procs.is_running(agent), timeout=10)
+    mc.mesh.start()  # what `ambientctl cluster up` runs: starts what is not running
+
+    def repaired() -> list[dict[str, Any]] | None:
+        results = redirection_results(mc)
+        return results if all(r["result"] == "success" for r in results) else None
+
+    (ok,) = wait_for("check finds bad's rules in place again", repaired, timeout=30)
+    assert ok["detail"].startswith("3 pod(s)")
+    with NetnsHandle.open(str(mc.cluster.net.netns_path(record.netns))) as handle:
+        nat_rule_handle(handle, 15001)
+
+
 def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
     def healthy() -> dict[str, Any] | None:
         code, doc = check_json(mc)
@@ -256,23 +305,6 @@ def test_check_passes_then_names_a_killed_ztunnel(mc: MeshCluster) -> None:
     assert not any("node-1" in f for f in failed), failed
     fixes = {r["description"]: r["remediation"] for r in doc["results"] if r["result"] == "error"}
     assert "ambientctl cluster logs ztunnel-node-2" in fixes["ztunnel-node-2 is running"]
-
-
-def test_check_names_a_pod_whose_redirection_was_removed(mc: MeshCluster) -> None:
-    record = mc.cluster.find_pod("bad", NS)
-    assert record is not None
-    with NetnsHandle.open(str(mc.cluster.net.netns_path(record.netns))) as handle:
-        done = handle.run(subprocess.run, ["nft", "delete", "table", "inet", "istio-ambient-nat"],
-                          capture_output=True, text=True, timeout=10)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-
-    code, doc = check_json(mc)
-    assert code == 1
-    (redirection,) = [r for r in doc["results"] if r["category"] == "traffic redirection"]
-    assert redirection["result"] == "error"
-    assert f"{NS}/bad: nftables table istio-ambient-nat missing" in redirection["detail"]
-    assert f"{NS}/client" not in redirection["detail"] and f"{NS}/server" not in redirection["detail"]
-    assert "ambientctl cluster logs node-agent-node-1" in redirection["remediation"]
 
 
 def test_check_names_a_stopped_istiod(mc: MeshCluster) -> None:

@@ -6,8 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from ambientctl.commands.troubleshoot import format_results
 from ambientctl.troubleshoot.checks import (
@@ -20,10 +18,10 @@ from ambientctl.troubleshoot.checks import (
     cluster_check,
     host_checks,
     process_check,
-    redirection_check,
+    redirection_checks,
     registry_check,
+    restart_agent_fix,
     root_check,
-    ruleset_rules,
     sync_checks,
 )
 from ambientctl.troubleshoot.syncstatus import proxy_rows
@@ -181,46 +179,82 @@ def test_agent_check(pods: Any, ok: bool, seen: str, fix: str) -> None:
     assert r.ok is ok and seen in r.detail and fix in r.remediation
 
 
-TABLES = ("istio-ambient-nat", "istio-ambient-mangle")
+POD = PodRedirection("shop", "a", "node-1", "enabled", "uid-a")
+MISSING_RULE = {"kind": "rule-missing", "subject": "inet istio-ambient-nat/istio-output",
+                "detail": "tcp dport != 15008 redirect to :15001",
+                "text": "rule missing from inet istio-ambient-nat/istio-output: `tcp dport != 15008 redirect to :15001`"}
+NO_IP_RULE = {"kind": "ip-rule-missing", "subject": "ip -4 rule fwmark 0x111/0xfff pref 32764 lookup 100",
+              "detail": "", "text": "`ip -4 rule fwmark 0x111/0xfff pref 32764 lookup 100` is missing"}
+
+
+def agent(**entry: Any) -> dict[str, Any]:
+    """A node agent's /debug/pods with pod ``uid-a`` captured as ``entry`` says (no entry: not captured)."""
+    captured = {"uid-a": {"pod": "shop/a", "netns": "/run/netns/p", "handed_over": True, **entry}} if entry else {}
+    return {"node": "node-1", "ztunnel_connected": True, "captured": captured, "failing": {}}
+
+
+RESTART = "restart the node agent on node-1"
+LOGS = "read why: ambientctl cluster logs node-agent-node-1"
 
 
 @pytest.mark.parametrize(
-    ("pod", "ok", "seen"),
+    ("pod", "view", "ok", "seen", "fix"),
     [
-        (PodRedirection("shop", "a", "node-1", "enabled", TABLES), True, "1 pod(s)"),
-        (PodRedirection("shop", "a", "node-1", "enabled", ("istio-ambient-nat",)), False,
-         "shop/a: nftables table istio-ambient-mangle missing"),
-        (PodRedirection("shop", "a", "node-1", "enabled", ()), False,
-         "nftables table istio-ambient-nat missing, nftables table istio-ambient-mangle missing"),
-        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules={"istio-ambient-nat": 9,
-                        "istio-ambient-mangle": 0}, ip_rule=True, ip_route=True), False,
-         "shop/a: nftables table istio-ambient-mangle has no rules"),
-        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules=dict.fromkeys(TABLES, 3),
-                        ip_rule=False, ip_route=True), False,
-         "shop/a: `ip rule fwmark 0x111/0xfff lookup 100` missing"),
-        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules=dict.fromkeys(TABLES, 3),
-                        ip_rule=True, ip_route=False), False,
-         "shop/a: `ip route local 0.0.0.0/0 dev lo table 100` missing"),
-        (PodRedirection("shop", "a", "node-1", "enabled", TABLES, rules=dict.fromkeys(TABLES, 3),
-                        ip_rule=True, ip_route=True), True, "1 pod(s)"),
-        (PodRedirection("shop", "a", "node-1", "pending", TABLES), False,
-         "shop/a: ambient.istio.io/redirection is pending"),
-        (PodRedirection("shop", "a", "node-1", None, TABLES), False, "redirection is not set"),
-        (PodRedirection("shop", "a", "node-1", "enabled", None, "netns gone"), False,
-         "cannot read its nftables (netns gone)"),
+        (POD, agent(redirected=True, drift=[]), True, "1 pod(s), checked rule by rule by the node agents", ""),
+        (POD, agent(redirected=False, drift=[MISSING_RULE]), False,
+         "rule missing from inet istio-ambient-nat/istio-output: `tcp dport != 15008 redirect to :15001`", RESTART),
+        (POD, agent(redirected=False, drift=[MISSING_RULE, NO_IP_RULE]), False,
+         "`tcp dport != 15008 redirect to :15001`; `ip -4 rule fwmark 0x111/0xfff pref 32764 lookup 100` is missing",
+         RESTART),
+        (POD, agent(redirected=False, check_error="pod shop/a: netns gone"), False,
+         "the node agent cannot read its netns: pod shop/a: netns gone", LOGS),
+        (POD, agent(), False, "not captured by the node agent on node-1 (yet)", LOGS),
+        (POD, {**agent(), "failing": {"uid-a": "nft: Operation not permitted"}}, False,
+         "not captured by the node agent on node-1: nft: Operation not permitted", LOGS),
+        (PodRedirection("shop", "a", "node-1", "pending", "uid-a"), agent(redirected=True, drift=[]), False,
+         "ambient.istio.io/redirection is pending", LOGS),
+        (PodRedirection("shop", "a", "node-1", None, "uid-a"), agent(redirected=True, drift=[]), False,
+         "redirection is not set", LOGS),
+        (POD, agent(), False, "not captured", LOGS),
+        (POD, agent(handed_over=True), False, "does not report its rules", RESTART),
+        (POD, "node/node-1 :15014/debug/pods: ConnectionRefusedError", False,
+         "ConnectionRefusedError (1 pod(s) not verified: shop/a)", LOGS),
     ],
-    ids=["a pod with both tables and the annotation passes", "a removed table is named",
-         "a pod whose tables were deleted names both tables",
-         "a table flushed of its rules is named", "a removed connmark ip rule is named",
-         "a removed table-100 route is named", "a pod with rules, ip rule and route as installed passes",
-         "a pending annotation is named",
-         "a missing annotation is named", "an unreadable netns is named"],
-)
-def test_redirection_check(pod: PodRedirection, ok: bool, seen: str) -> None:
-    r = redirection_check([pod])
-    assert r.ok is ok and seen in r.detail
+    ids=["a pod whose agent finds every rule in place passes", "a removed rule is named with its nft text and the restart",
+         "every drift of a pod is listed", "a netns the agent cannot read is named with the reason",
+         "a pod the agent has not captured is named", "a pod the agent fails to capture is named with the error",
+         "a pending annotation is named", "a missing annotation is named", "an agent without the pod fails it",
+         "an agent that does not verify rules fails closed", "an unreachable agent fails its pods with the error"],
+)  # fmt: skip
+def test_redirection_checks(pod: PodRedirection, view: Any, ok: bool, seen: str, fix: str) -> None:
+    (r,) = redirection_checks([pod], {"node-1": view})
+    assert r.ok is ok and seen in r.detail, r
+    assert fix in r.remediation
     if not ok:
-        assert "ambientctl cluster logs node-agent-node-1" in r.remediation
+        assert r.category is Category.redirection and ("shop/a" in r.description or "node-1" in r.description)
+
+
+def test_only_the_drifted_pod_is_named_and_the_rest_pass_silently() -> None:
+    other = PodRedirection("shop", "b", "node-2", "enabled", "uid-b")
+    fine = {"node": "node-2", "ztunnel_connected": True, "failing": {},
+            "captured": {"uid-b": {"pod": "shop/b", "handed_over": True, "redirected": True, "drift": []}}}  # fmt: skip
+    results = redirection_checks([POD, other], {"node-1": agent(redirected=False, drift=[MISSING_RULE]), "node-2": fine},
+                                 {"node-1": 4242})  # fmt: skip
+    (r,) = results
+    assert not r.ok and r.description == "shop/a is redirected to ztunnel as the node agent on node-1 installed it"
+    assert "kill 4242, then once it has exited: ambientctl cluster up" in r.remediation
+
+
+def test_many_drifted_pods_are_capped_with_a_count() -> None:
+    pods = [PodRedirection("shop", f"p{i}", "node-1", "enabled", f"u{i}") for i in range(5)]
+    view = {"captured": {f"u{i}": {"redirected": False, "drift": [MISSING_RULE]} for i in range(5)}}
+    results = redirection_checks(pods, {"node-1": view}, max_pods=2)
+    assert [r.ok for r in results] == [False, False, False]
+    assert results[-1].detail == "3 more pod(s) with a problem"
+
+
+def test_the_restart_fix_without_a_pid_says_where_to_find_it() -> None:
+    assert "stop node-agent-node-3 (its pid: ambientctl cluster status)" in restart_agent_fix("node-3")
 
 
 # --- sync -----------------------------------------------------------------------------------------------
@@ -302,45 +336,6 @@ def test_output_marks_each_check_and_prints_fix_under_failures() -> None:
     assert lines[i + 1 : i + 3] == ["    its process exited", "    fix: restart it"]
     assert lines[-1] == "Status check results are ✖ (1 failed)"
     assert format_results(results[:1])[-1] == "Status check results are ✔"
-
-
-# --- redirection drift: the nft listing ------------------------------------------------------------------
-
-
-def nft_listing(*items: dict[str, Any]) -> dict[str, Any]:
-    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]}
-
-
-@pytest.mark.parametrize(
-    ("listing", "counts"),
-    [
-        (nft_listing({"table": {"family": "inet", "name": "istio-ambient-nat"}},
-                     {"rule": {"family": "inet", "table": "istio-ambient-nat", "chain": "c", "expr": []}},
-                     {"rule": {"family": "inet", "table": "istio-ambient-nat", "chain": "c", "expr": []}},
-                     {"table": {"family": "inet", "name": "istio-ambient-mangle"}}),
-         {"istio-ambient-nat": 2, "istio-ambient-mangle": 0}),
-        (nft_listing({"table": {"family": "ip", "name": "filter"}},
-                     {"rule": {"family": "ip", "table": "filter", "chain": "in", "expr": []}}), {}),
-        (nft_listing(), {}),
-        (nft_listing("not an item", {"rule": "nor this"}), {}),  # type: ignore[arg-type]
-    ],
-    ids=["rules are counted per inet table and an empty table counts 0", "other families are not ours",
-         "an empty ruleset has no tables", "malformed items are skipped"],
-)
-def test_ruleset_rules(listing: dict[str, Any], counts: dict[str, int]) -> None:
-    assert ruleset_rules(listing) == counts
-
-
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=20))  # fmt: skip
-def test_ruleset_rules_never_fails_on_other_json(doc: Any) -> None:
-    try:
-        counts = ruleset_rules(doc)
-    except ValueError as e:
-        assert "nftables" in str(e)
-    else:
-        assert all(isinstance(v, int) and v >= 0 for v in counts.values())
 
 
 # --- clock skew -------------------------------------------------------------------------------------------
