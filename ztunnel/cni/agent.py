@@ -13,7 +13,8 @@ closed (nothing listens on 15001/15006 yet) and the next snapshot or retry hands
 remove the rules, then DelWorkload, then the annotation. Netns fds are opened per operation, checked
 against the recorded identity, and closed: the agent never keeps a pod's namespace alive.
 Stopping the agent leaves every pod as it is (rules in place; ztunnel keeps serving and gets a fresh
-snapshot when the agent is back).
+snapshot when the agent is back). On Kubernetes ``main`` also installs ``ambient-cni`` into the host's CNI
+directories at start and removes it at SIGTERM only when its DaemonSet is being deleted (``cni.install``).
 """
 
 from __future__ import annotations
@@ -790,8 +791,21 @@ def main(argv: list[str] | None = None) -> None:
     except StoreError as e:
         print(f"ztunnel-node-agent: {e}", file=sys.stderr)
         sys.exit(2)
+    from ztunnel.cni import install  # the host's CNI directories (Kubernetes only; None on the local cluster)
+
     try:
-        sys.exit(asyncio.run(_serve(NodeAgent(config, store))))
+        host = install.host_install_from_env(config.event_socket)
+        if host is not None:
+            install.install_plugin(host)
+    except install.InstallError as e:
+        print(f"ztunnel-node-agent: {e}", file=sys.stderr)
+        store.close()
+        sys.exit(2)
+    try:
+        status = asyncio.run(_serve(NodeAgent(config, store)))
+        if host is not None:  # SIGTERM: remove the plugin only when the DaemonSet is being deleted
+            asyncio.run(install.clean_up_in_cluster(host))
+        sys.exit(status)
     except OSError as e:  # a socket path we cannot bind, a port in use
         print(f"ztunnel-node-agent: cannot start: {e}", file=sys.stderr)
         sys.exit(2)
