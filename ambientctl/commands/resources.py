@@ -32,6 +32,7 @@ from meshcore.store import (
     resolve_kind,
 )
 
+from .applystatus import report_after_apply
 from .columns import build_table
 from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table, report_error
 from .selector import SelectorError, parse_selector, selector_matches
@@ -91,15 +92,19 @@ def apply(
         for result in store.apply(valid):
             typer.echo(f"{result.ref.kind.lower()}/{result.ref.name} {result.action}")
         _note_if_cluster_down(ctx, valid)
+        report_after_apply(ctx, valid)  # istiod's warnings on the policies just applied
         return
+    applied: list[Resource] = []
     for resource in valid:
         try:
             (result,) = store.apply([resource])
         except ResourceError as e:
             errors.append(e)
             continue
+        applied.append(resource)
         typer.echo(f"{result.ref.kind.lower()}/{result.ref.name} {result.action}")
     _note_if_cluster_down(ctx, valid)
+    report_after_apply(ctx, applied)  # istiod's warnings on the policies just applied
     if errors:
         _report(errors)
         raise CliError(f"{_count(len(errors))} not applied (listed above); the others were")

@@ -33,6 +33,14 @@ needs); no label/field selectors (refused with 400, not ignored); no admission, 
 schema validation; deleting a Namespace deletes its contents at once (a real server finalizes it
 asynchronously); lists in applied configurations are atomic (owned as one field).
 
+Port-forward (``GET /api/v1/namespaces/NS/pods/NAME/portforward?ports=P[,P...]`` upgraded to a WebSocket with
+the ``v4.channel.k8s.io`` subprotocol, as the API server serves it to WebSocket clients): port i gets
+channel 2i for data and 2i+1 for errors; the server's first message on each channel is the port number
+(2 bytes, little-endian); every message after that is the channel byte then bytes. The pod must exist; its
+port is reached at the loopback address the test gave with ``forward_port`` (no such address, or one that
+refuses: the reason on the error channel). The socket closes when every forwarded connection has ended
+or the client closes it. Recorded with RBAC verb ``create`` on ``pods/portforward``.
+
 TokenReview (``POST /apis/authentication.k8s.io/v1/tokenreviews``, create only, nothing stored): tokens
 are opaque strings the test mints with ``issue_token`` (a service account, optionally bound to a pod and
 node, with audiences) and may ``revoke_token``. A review answers ``status.authenticated`` with the user
@@ -46,7 +54,7 @@ A paginated list's consistent state is kept as a snapshot per (first chunk's rev
 tokens get 410 as if compacted).
 
 Test controls: ``compact()``, ``send_bookmarks()``, ``stall_watches()``, ``close_watches()``,
-``expire_continue_tokens(count)``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
+``expire_continue_tokens(count)``, ``forward_port(...)``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
 """
 
 from __future__ import annotations
@@ -56,8 +64,10 @@ import base64
 import bisect
 import contextlib
 import copy
+import hashlib
 import itertools
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Iterable, Iterator
@@ -227,6 +237,8 @@ class KubeApiServer:
         # Paginated lists: (revision, resource, namespace) -> the collection's items at that revision.
         self._list_snapshots: dict[tuple[int, ApiResource, str], list[JSON]] = {}
         self._expire_continues = 0
+        # Port-forward: (namespace, pod, port) -> the loopback (host, port) that stands for it.
+        self._forwards: dict[tuple[str, str, int], tuple[str, int]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -287,6 +299,10 @@ class KubeApiServer:
         for w in self._watches:
             w.closed = True
             w.wake.set()
+
+    def forward_port(self, namespace: str, pod: str, port: int, target: tuple[str, int]) -> None:
+        """``pods/portforward`` to ``port`` of that pod connects to ``target`` (a listener of the test)."""
+        self._forwards[(namespace, pod, port)] = target
 
     def expire_continue_tokens(self, count: int = 1) -> None:
         """The next ``count`` continue requests find their list's state gone, as compaction past its
@@ -479,7 +495,7 @@ class KubeApiServer:
                 request, body = await self._read_request(conn, reader)
                 if request is None:
                     return
-                keep_going = await self._handle(conn, writer, request, body)
+                keep_going = await self._handle(conn, reader, writer, request, body)
                 if not keep_going or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -516,13 +532,19 @@ class KubeApiServer:
                 return None, b""
 
     async def _handle(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, body: bytes
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        request: h11.Request, body: bytes,
     ) -> bool:
         method = request.method.decode()
         url = urlsplit(request.target.decode())
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         try:
+            forward = _PORTFORWARD_PATH.fullmatch(url.path)
+            if forward is not None:
+                ports = [p for v in parse_qs(url.query).get("ports", []) for p in v.split(",")]
+                await self._port_forward(conn, reader, writer, method, headers, forward["ns"], forward["pod"], ports)
+                return False
             if url.path.rstrip("/") == TOKEN_REVIEWS:
                 self._inject_fault("create")
                 status, payload = self._token_review(method, body)
@@ -574,6 +596,107 @@ class KubeApiServer:
         if name and res.namespaced and not namespace:
             raise ApiError(404, "NotFound", f"{res.plural} is namespaced: use /namespaces/NS/{res.plural}/{name}")
         return _Target(res, namespace, name, sub)
+
+    # --- port-forward over WebSocket ---------------------------------------------------------------------
+
+    async def _port_forward(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
+        headers: dict[str, str], namespace: str, pod: str, port_texts: list[str],
+    ) -> None:
+        """Validate, answer 101, then relay each port's bytes between its channel and its target."""
+        self.requests.append(RecordedRequest("create", "", "pods", "portforward", namespace, pod))
+        if method != "GET" or headers.get("upgrade", "").lower() != "websocket" or "sec-websocket-key" not in headers:
+            raise ApiError(400, "BadRequest", "port-forward: the stand-in serves it as a WebSocket upgrade of a GET "
+                           f"(subprotocol {PORTFORWARD_PROTOCOL})")
+        if PORTFORWARD_PROTOCOL not in [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]:
+            raise ApiError(400, "BadRequest", f"port-forward: the WebSocket subprotocol must be {PORTFORWARD_PROTOCOL}")
+        if not port_texts or not all(p.isdigit() and 0 < int(p) < 65536 for p in port_texts):
+            raise ApiError(400, "BadRequest", f"port-forward: ports must be 1-65535, got {','.join(port_texts)!r}")
+        if self.get_object("Pod", namespace, pod) is None:
+            raise ApiError(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"})
+        ports = [int(p) for p in port_texts]
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + _WS_GUID).encode()).digest()).decode()
+        writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=[
+            ("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-accept", accept),
+            ("sec-websocket-protocol", PORTFORWARD_PROTOCOL)])) or b"")
+        buffered = conn.trailing_data[0]
+        targets: dict[int, asyncio.StreamWriter] = {}
+        pumps: list[asyncio.Task[None]] = []
+
+        def send(channel: int, data: bytes) -> None:
+            writer.write(ws_frame(WS_BINARY, bytes([channel]) + data))
+
+        for i, port in enumerate(ports):
+            send(2 * i, port.to_bytes(2, "little"))
+            send(2 * i + 1, port.to_bytes(2, "little"))
+        for i, port in enumerate(ports):
+            address = self._forwards.get((namespace, pod, port))
+            try:
+                if address is None:
+                    raise OSError(f"nothing listens on port {port} of pod {namespace}/{pod}")
+                target_reader, target_writer = await asyncio.open_connection(*address)
+            except OSError as e:
+                send(2 * i + 1, f"error forwarding port {port} to pod {namespace}/{pod}: {e}".encode())
+                continue
+            targets[2 * i] = target_writer
+            pumps.append(asyncio.create_task(self._pump_out(target_reader, writer, 2 * i)))
+        from_client = asyncio.create_task(self._pump_in(reader, writer, buffered, targets))
+        try:
+            if pumps:
+                await asyncio.wait([asyncio.gather(*pumps), from_client], return_when=asyncio.FIRST_COMPLETED)
+            writer.write(ws_frame(WS_CLOSE, (1000).to_bytes(2, "big")))
+            await writer.drain()
+        finally:
+            from_client.cancel()
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(from_client, *pumps, return_exceptions=True)
+            for target in targets.values():
+                target.close()
+
+    @staticmethod
+    async def _pump_out(target: asyncio.StreamReader, writer: asyncio.StreamWriter, channel: int) -> None:
+        with contextlib.suppress(OSError):
+            while data := await target.read(65536):
+                writer.write(ws_frame(WS_BINARY, bytes([channel]) + data))
+                await writer.drain()
+
+    @staticmethod
+    async def _pump_in(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, buffered: bytes,
+        targets: dict[int, asyncio.StreamWriter],
+    ) -> None:
+        """Client frames to the targets until the client closes (or breaks the protocol)."""
+        data = bytearray(buffered)
+        message = bytearray()
+        while True:
+            try:
+                parsed = parse_ws_frame(bytes(data), require_mask=True)
+            except ValueError:
+                writer.write(ws_frame(WS_CLOSE, (1002).to_bytes(2, "big")))
+                return
+            if parsed is None:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                data += chunk
+                continue
+            fin, opcode, payload, used = parsed
+            del data[:used]
+            if opcode == WS_CLOSE:
+                return
+            if opcode == WS_PING:
+                writer.write(ws_frame(WS_PONG, payload))
+                continue
+            if opcode in (WS_BINARY, WS_CONTINUATION):
+                message += payload
+                if not fin:
+                    continue
+                whole, message = bytes(message), bytearray()
+                target = targets.get(whole[0]) if whole else None
+                if target is not None and len(whole) > 1:
+                    target.write(whole[1:])
+                    await target.drain()
 
     def _audit(self, verb: str, t: _Target) -> None:
         self.requests.append(RecordedRequest(verb, t.resource.group, t.resource.plural, t.subresource,
@@ -935,6 +1058,70 @@ class KubeApiServer:
 
 
 # --- helpers (pure) -------------------------------------------------------------------------------------
+
+PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+_PORTFORWARD_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/portforward/?")
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's key suffix
+WS_CONTINUATION, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+WS_MAX_PAYLOAD = 1 << 20
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
+    """One RFC 6455 frame (a server's unmasked; a client's with its 4-byte ``mask``)."""
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    mask_bit = 0x80 if mask is not None else 0
+    n = len(payload)
+    if n < 126:
+        head.append(mask_bit | n)
+    elif n < 1 << 16:
+        head.append(mask_bit | 126)
+        head += n.to_bytes(2, "big")
+    else:
+        head.append(mask_bit | 127)
+        head += n.to_bytes(8, "big")
+    if mask is None:
+        return bytes(head) + payload
+    return bytes(head) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def parse_ws_frame(data: bytes, *, require_mask: bool = False) -> tuple[bool, int, bytes, int] | None:
+    """The first frame in ``data``: (fin, opcode, unmasked payload, bytes used), None when incomplete;
+    ``ValueError`` for a frame this side must refuse (reserved bits or opcode, an unmasked client frame, a
+    control frame over 125 bytes or fragmented, a payload over ``WS_MAX_PAYLOAD``)."""
+    if len(data) < 2:
+        return None
+    b0, b1 = data[0], data[1]
+    fin, opcode, masked, n = bool(b0 & 0x80), b0 & 0x0F, bool(b1 & 0x80), b1 & 0x7F
+    if b0 & 0x70:
+        raise ValueError("reserved bits set (no extension was negotiated)")
+    if opcode not in (WS_CONTINUATION, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG):
+        raise ValueError(f"reserved opcode {opcode:#x}")
+    if require_mask and not masked:
+        raise ValueError("a client frame must be masked")
+    pos = 2
+    if n == 126:
+        if len(data) < 4:
+            return None
+        n, pos = int.from_bytes(data[2:4], "big"), 4
+    elif n == 127:
+        if len(data) < 10:
+            return None
+        n, pos = int.from_bytes(data[2:10], "big"), 10
+    if opcode >= WS_CLOSE and (n > 125 or not fin):
+        raise ValueError("a control frame must be whole and at most 125 bytes")
+    if n > WS_MAX_PAYLOAD:
+        raise ValueError(f"frame payload of {n} bytes is over {WS_MAX_PAYLOAD}")
+    mask = b""
+    if masked:
+        if len(data) < pos + 4:
+            return None
+        mask, pos = data[pos:pos + 4], pos + 4
+    if len(data) < pos + n:
+        return None
+    payload = data[pos:pos + n]
+    if masked:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return fin, opcode, payload, pos + n
 
 
 def _verb(method: str, t: _Target, query: dict[str, str]) -> str:
