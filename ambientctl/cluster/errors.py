@@ -71,7 +71,30 @@ class StateCorrupt(ClusterError):
 
 class UnknownNode(ClusterError):
     def __init__(self, node: str, known: Sequence[str]) -> None:
-        super().__init__(f"node {node!r} is not in the cluster (nodes: {', '.join(known)})")
+        listed = ", ".join(known) if known else "none"
+        super().__init__(
+            f"node {node!r} is not in the cluster (nodes: {listed}): use one of those names "
+            "(`ambientctl cluster status` lists them)"
+        )
+        self.node = node
+
+
+class NeedsRoot(ClusterError):
+    """Not root: the cluster's files, network namespaces and processes belong to root."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(f"the local cluster needs root: run with sudo (`sudo ambientctl {command}`)")
+
+
+class PrefixMismatch(ClusterError):
+    """``--prefix`` names another cluster than the one this state directory records."""
+
+    def __init__(self, state_dir: str, recorded: str, given: str) -> None:
+        super().__init__(
+            f"the cluster of state directory {state_dir} has prefix {recorded!r}, not {given!r}: "
+            f"drop --prefix (or use --prefix {recorded}); a cluster with prefix {given!r} "
+            "belongs to another --state-dir"
+        )
 
 
 class PodExists(ClusterError):
@@ -133,8 +156,12 @@ class ProcessStartFailed(ClusterError):
 
 class UnknownComponent(ClusterError):
     def __init__(self, name: str, known: Sequence[str]) -> None:
-        listed = ", ".join(known) if known else "none yet"
-        super().__init__(f"no logs for {name!r} (known: {listed})")
+        if known:
+            super().__init__(f"no logs for {name!r} (known: {', '.join(known)}): use one of those names")
+        else:
+            super().__init__(
+                f"no logs for {name!r}: nothing has run yet (`ambientctl cluster up` starts the mesh)"
+            )
 
 
 class ClusterDegraded(ClusterError):

@@ -39,15 +39,17 @@ from meshcore.aio.netns import NetnsError, NetnsHandle, make_marked_socket
 
 from .cluster import Cluster
 from .cni import build_conflist, node_conf_dir
-from .errors import ClusterError
+from .errors import ClusterError, UnknownNode
 from .kubelet_main import ready_path
 from .plan import ClusterLayout, NodeLayout
 from .state import ProcessRecord
+from .supervision import read_report
 
 log = structlog.get_logger("ambientctl.cluster.mesh")
 
 ISTIOD = "istiod"
 KUBELET = "kubelet"
+SUPERVISOR = "supervisor"
 XDS_PORT = 15012
 TOKEN_CA_PORT = 15011
 ISTIOD_MONITORING_PORT = 15014
@@ -64,6 +66,9 @@ POLL_S = 0.1
 # sun_path is 108 bytes; sockets under the state directory must fit.
 MAX_SOCKET_PATH = 107
 LOG_TAIL_LINES = 20
+# How long `cluster up` waits for the supervisor to report the mesh up, in units of ready_timeout (it
+# starts istiod, the node agents, the ztunnels and the kubelet one step after another).
+SUPERVISED_START_STEPS = 5
 
 
 class ComponentFailed(ClusterError):
@@ -143,7 +148,10 @@ def base_env(
     ``python -m ambientctl.apps.echo`` (or any console script of the mesh) by name."""
     keep = ("HOME", "PYTHONPATH", "VIRTUAL_ENV")
     env = {k: environ[k] for k in keep if k in environ}
-    env["PATH"] = os.pathsep.join([os.path.dirname(python), environ.get("PATH", os.defpath)])
+    path = environ.get("PATH", os.defpath)
+    head = os.path.dirname(python)
+    # The supervisor inherits this environment and computes it again: the same PATH, not a longer one.
+    env["PATH"] = path if path.split(os.pathsep)[0] == head else os.pathsep.join([head, path])
     env["LANG"] = "C.UTF-8"
     env.update(extra or {})
     return env
@@ -258,6 +266,27 @@ def kubelet_command(
     )
 
 
+def supervisor_command(
+    python: str, state_dir: Path, prefix: str, env: Mapping[str, str], log_level: str
+) -> Command:
+    return Command(
+        SUPERVISOR,
+        "",  # on the host, like the kubelet it starts
+        (
+            python,
+            "-m",
+            "ambientctl.cluster.supervisor",
+            "--state-dir",
+            str(state_dir),
+            "--prefix",
+            prefix,
+            "--log-level",
+            log_level,
+        ),
+        dict(env),
+    )
+
+
 def cni_conflist(state_dir: Path, files: NodeFiles, event_timeout: float) -> bytes:
     plugin = {
         "type": CNI_PLUGIN,
@@ -347,6 +376,9 @@ class Mesh:
         self.settings = settings or MeshSettings()
         self.python = python
         self.env = base_env(os.environ if environ is None else environ, python, self.settings.extra_env)
+        # Every component this Mesh started or found running, with the command it runs: what the
+        # supervisor restarts it with (the same argv and environment).
+        self.commands: dict[str, Command] = {}
 
     @property
     def state_dir(self) -> Path:
@@ -424,10 +456,43 @@ class Mesh:
             timings=tuple(timings),
         )
 
-    def stop(self) -> None:
-        """Stop the kubelet (pods keep running), stop sending pods through CNI, then the node
-        components and istiod_lite."""
+    def start_supervised(self) -> MeshStatus:
+        """Start the cluster's supervisor (``supervisor.py``: it runs ``start`` itself, so every component
+        is its child, then restarts those that die) and wait until it reports the mesh up; idempotent
+        (a running supervisor is left alone). Its failure to start the mesh is raised here."""
         layout = self.cluster.layout()
+        supervisor = self._start(
+            supervisor_command(self.python, self.state_dir, layout.prefix, self.env, self.settings.log_level)
+        )
+        run_dir = self.cluster.procs.run_dir
+        timeout = self.settings.ready_timeout * SUPERVISED_START_STEPS
+        deadline = time.monotonic() + timeout
+        while True:
+            report = read_report(run_dir, supervisor.pid)
+            if report is None and not self.cluster.procs.is_running(supervisor):
+                report = read_report(run_dir, supervisor.pid)  # written just before it exited?
+                if report is None or report.phase == "starting":
+                    raise self._failed(supervisor, "exited before the mesh was up")
+            if report is not None and report.phase == "failed":
+                raise ClusterError(report.error)
+            if report is not None and report.phase == "up":
+                break
+            if time.monotonic() >= deadline:
+                raise self._failed(supervisor, f"did not report the mesh up within {timeout:g} s")
+            time.sleep(POLL_S)
+        names = component_names([n.name for n in layout.nodes])
+        running = [r for r in (self._running(n) for n in names) if r is not None]
+        return MeshStatus(
+            components=tuple(running),
+            istiod_address=f"{layout.istiod_ip}:{XDS_PORT}",
+            timings=report.timings,
+        )
+
+    def stop(self) -> None:
+        """Stop the supervisor (so nothing is restarted) and the kubelet (pods keep running), stop
+        sending pods through CNI, then the node components and istiod_lite."""
+        layout = self.cluster.layout()
+        self.cluster.stop_component(SUPERVISOR)
         self.cluster.stop_component(KUBELET)
         for node in layout.nodes:
             (self.files(node.name).conf_dir / CONFLIST_NAME).unlink(missing_ok=True)
@@ -441,7 +506,7 @@ class Mesh:
         layout = self.cluster.layout()
         found = layout.find_node(node)
         if found is None:
-            raise ClusterError(f"node {node!r} is not in the cluster")
+            raise UnknownNode(node, [n.name for n in layout.nodes])
         record = self._start(
             ztunnel_command(self.python, layout, found, self.files(node), self.env, self.settings)
         )
@@ -458,9 +523,10 @@ class Mesh:
 
     def ztunnel_get(self, node: str, path: str, port: int = ZTUNNEL_ADMIN_PORT) -> tuple[int, str]:
         """``GET path`` on the node's ztunnel (admin by default: /config_dump, /connections ...)."""
-        found = self.cluster.layout().find_node(node)
+        layout = self.cluster.layout()
+        found = layout.find_node(node)
         if found is None:
-            raise ClusterError(f"node {node!r} is not in the cluster")
+            raise UnknownNode(node, [n.name for n in layout.nodes])
         with NetnsHandle.open(self._path(found.netns)) as handle:
             return http_get_in_netns(handle, "127.0.0.1", port, path)
 
@@ -476,7 +542,9 @@ class Mesh:
         return self.cluster.find_component(name)
 
     def _start(self, command: Command) -> ProcessRecord:
-        return self.cluster.start_component(command.name, command.netns, command.argv, command.env)
+        record = self.cluster.start_component(command.name, command.netns, command.argv, command.env)
+        self.commands[command.name] = command
+        return record
 
     def _wait(self, record: ProcessRecord, probe: Callable[[], str | None]) -> None:
         deadline = time.monotonic() + self.settings.ready_timeout

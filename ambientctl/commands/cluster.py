@@ -1,14 +1,19 @@
 """``cluster up|down|status|exec|logs``: the local cluster (nodes and pods as network namespaces).
 
 Thin: parse options, call ``ambientctl.cluster.Cluster`` (and ``Mesh`` for the mesh processes: ``up``
-starts istiod-lite, a node agent and a ztunnel per node and the kubelet, unless ``--no-mesh``), print. Every ``ClusterError`` (not root, a
-tool missing, a bad cluster.yaml, a pod not found) becomes one ``error:`` line and exit code 1.
+starts the cluster's supervisor, which starts istiod-lite, a node agent and a ztunnel per node and the
+kubelet and restarts any that dies, unless ``--no-mesh``), print. Every ``ClusterError`` (a tool missing,
+a bad cluster.yaml, a pod not found) becomes one ``error:`` line naming the fix, and exit code 1; so do
+a user who is not root (checked first: every command reads root's files) and a ``--prefix`` that is not
+the recorded cluster's (``down --prefix`` never removes another cluster than the one named).
 ``exec`` keeps the terminal (stdin, stdout, stderr pass through) and exits with the command's code.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,19 +28,23 @@ from ambientctl.cluster import (
     ClusterError,
     ClusterSpec,
     ClusterStatus,
+    ProcessStatus,
     load_cluster_spec,
 )
+from ambientctl.cluster.errors import NeedsRoot, PrefixMismatch, UnknownNode
 from ambientctl.cluster.kubelet import mark_pods_stopped
 from ambientctl.cluster.mesh import Mesh, MeshStatus
 from ambientctl.cluster.spec import validate_cluster_spec
+from ambientctl.cluster.supervision import describe_exit
 
 from .common import CliError, OutputFormat, cli_state, note, print_documents, print_table
 
 PrefixOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--prefix",
-        help="Name prefix of the cluster's namespaces and links, used when no state records it.",
+        help="Name prefix of the cluster's namespaces and links, used when no state records it "
+        "(a recorded cluster with another prefix is refused).",
     ),
 ]
 OutputOption = Annotated[OutputFormat, typer.Option("-o", "--output", help="Output format.")]
@@ -67,6 +76,33 @@ def _cluster(ctx: typer.Context, prefix: str = DEFAULT_PREFIX) -> Cluster:
     return Cluster(cli_state(ctx).state_dir(), prefix=prefix)
 
 
+def root_problem(euid: int, command: str) -> ClusterError | None:
+    """The error for a user who is not root (every cluster command reads root's files or namespaces)."""
+    return None if euid == 0 else NeedsRoot(command)
+
+
+def _require_root(command: str) -> None:
+    problem = root_problem(os.geteuid(), command)
+    if problem is not None:
+        raise CliError(str(problem))
+
+
+def _prefixed_cluster(ctx: typer.Context, prefix: str | None) -> Cluster:
+    """The cluster of this state directory; ``--prefix`` naming another than the recorded one is refused
+    (``down --prefix`` must never remove a different cluster than the one the user named)."""
+    if prefix is not None:
+        validate_cluster_spec(ClusterSpec(prefix=prefix), "--prefix")
+    cluster = _cluster(ctx, prefix or DEFAULT_PREFIX)
+    if prefix is not None:
+        try:
+            recorded = cluster.recorded_prefix()
+        except ClusterError:
+            recorded = None  # unreadable state: `down` sweeps by the prefix given
+        if recorded is not None and recorded != prefix:
+            raise CliError(str(PrefixMismatch(str(cluster.directory.parent), recorded, prefix)))
+    return cluster
+
+
 def up(
     ctx: typer.Context,
     nodes: Annotated[
@@ -86,6 +122,7 @@ def up(
     ] = True,
 ) -> None:
     """Create the local cluster (or report the one that is up) and start the mesh on it."""
+    _require_root("cluster up")
     started: MeshStatus | None = None
     with _cluster_errors():
         spec = load_cluster_spec(file) if file is not None else None
@@ -95,8 +132,9 @@ def up(
         cluster = _cluster(ctx, spec.prefix if spec else DEFAULT_PREFIX)
         current = cluster.up(spec)
         if mesh:
-            # Idempotent: components already running are left alone, stopped ones are started again.
-            started = Mesh(cluster).start()
+            # The supervisor starts the mesh and then restarts what dies (supervisor.py); idempotent:
+            # a running supervisor and running components are left alone.
+            started = Mesh(cluster).start_supervised()
             current = msgspec.structs.replace(cluster.status(), changed=current.changed)
     if output is not OutputFormat.table:
         print_documents([_document(current)], output, single=True)
@@ -113,10 +151,11 @@ def up(
         typer.echo(f"istiod_lite address: {current.istiod_address}")
 
 
-def down(ctx: typer.Context, prefix: PrefixOption = DEFAULT_PREFIX) -> None:
+def down(ctx: typer.Context, prefix: PrefixOption = None) -> None:
     """Remove the local cluster: every namespace, link, rule and process it made."""
+    _require_root("cluster down")
     with _cluster_errors():
-        report = _cluster(ctx, prefix).down()
+        report = _prefixed_cluster(ctx, prefix).down()
     # Nothing runs the pods any more: their statuses say so (no phase Running, no IP, not Ready).
     mark_pods_stopped(cli_state(ctx).store())
     if not report.had_state and not report.netns_removed and not report.processes_stopped:
@@ -129,11 +168,12 @@ def down(ctx: typer.Context, prefix: PrefixOption = DEFAULT_PREFIX) -> None:
 
 
 def status(
-    ctx: typer.Context, output: OutputOption = OutputFormat.table, prefix: PrefixOption = DEFAULT_PREFIX
+    ctx: typer.Context, output: OutputOption = OutputFormat.table, prefix: PrefixOption = None
 ) -> None:
     """Show nodes, pods, services and processes of the local cluster."""
+    _require_root("cluster status")
     with _cluster_errors():
-        current = _cluster(ctx, prefix).status()
+        current = _prefixed_cluster(ctx, prefix).status()
     if output is not OutputFormat.table:
         print_documents([_document(current)], output, single=True)
         return
@@ -175,11 +215,9 @@ def status(
         print_table(["NAMESPACE", "SERVICE", "VIP", "PORTS", "ENDPOINTS"], rows)
     if current.processes:
         typer.echo("")
-        rows = [
-            [p.name, p.netns, str(p.pid), "Running" if p.running else "Exited", p.log]
-            for p in current.processes
-        ]
-        print_table(["COMPONENT", "NETNS", "PID", "STATUS", "LOG"], rows)
+        now = time.time()
+        rows = [[*component_row(p, now), p.log] for p in current.processes]
+        print_table(["COMPONENT", "NETNS", "PID", "STATUS", "RESTARTS", "LAST-EXIT", "LOG"], rows)
 
 
 def exec_in_pod(
@@ -189,6 +227,7 @@ def exec_in_pod(
     namespace: Annotated[str, typer.Option("-n", "--namespace", help="Pod namespace.")] = "default",
 ) -> None:
     """Run a command inside a pod's network namespace: cluster exec POD [-n NS] -- CMD..."""
+    _require_root("cluster exec")
     with _cluster_errors():
         argv = _cluster(ctx).exec_argv(pod, namespace, command)
     try:
@@ -206,6 +245,7 @@ def logs(
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.", min=0)] = None,
 ) -> None:
     """Print the log of a component or pod of the local cluster."""
+    _require_root("cluster logs")
     with _cluster_errors():
         path = _cluster(ctx).log_path(component)
     try:
@@ -229,7 +269,7 @@ def capture(
     max_packets: Annotated[int, typer.Option("--max-packets", help="Stop after this many.", min=1)] = 100_000,
 ) -> None:
     """Capture a node's link for a while and show the TCP flows between pods, and which were TLS."""
-    import time
+    _require_root("cluster capture")
 
     from ambientctl.capture import CaptureError, LinkCapture, summarize
 
@@ -237,7 +277,7 @@ def capture(
         layout = _cluster(ctx).layout()
         found = layout.find_node(node)
         if found is None:
-            raise CliError(f"node {node!r} is not in the cluster ({', '.join(n.name for n in layout.nodes)})")
+            raise UnknownNode(node, [n.name for n in layout.nodes])
         markers = [m.encode() for m in marker or []]
         try:
             with LinkCapture(found.netns, "eth0", max_packets=max_packets, time_limit=seconds + 1) as cap:
@@ -265,6 +305,16 @@ def capture(
         typer.echo(
             f"marker {m.decode()!r}: {'SEEN in plaintext' if m in summary.markers_found else 'not seen'}"
         )
+
+
+def component_row(p: ProcessStatus, now: float) -> list[str]:
+    """A component's cells: name, netns, pid, status (``BackOff (restart in 4s)``), restarts, last exit
+    (``killed by SIGKILL 12s ago``)."""
+    state = p.state
+    if state == "BackOff" and p.restart_at is not None:
+        state = f"BackOff (restart in {max(0, int(p.restart_at - now + 0.999))}s)"
+    last = describe_exit(p.last_exit, now) if p.last_exit is not None else "-"
+    return [p.name, p.netns or "(host)", str(p.pid), state, str(p.restarts), last]
 
 
 def _print_nodes(current: ClusterStatus) -> None:

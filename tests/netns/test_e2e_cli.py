@@ -163,6 +163,7 @@ def test_an_operator_runs_pods_from_manifests_live_and_down_leaves_nothing(state
             "kubelet",
             "node-agent-node-1",
             "node-agent-node-2",
+            "supervisor",
             "ztunnel-node-1",
             "ztunnel-node-2",
         }
