@@ -14,6 +14,13 @@ pods/<namespace>/<name>/ (0700: the pod's projected service-account token ``isti
 root ``root-cert.pem``, as kubelet mounts them; written by ``kubelet.py``, named in the pod's environment
 as ``ISTIO_TOKEN_PATH``/``ISTIO_ROOT_CERT_PATH``, removed with the pod and by ``down``).
 The store is not touched here (``kubelet.py`` registers pods and services there).
+Containers: each container of a pod is its own process in the pod's netns (``start_container``), with
+its own env, workingDir ("/" when unset: never the directory ``cluster up`` ran in), user/group
+(``runAsUser``/``runAsGroup`` through ``procs``) and log (``logs/<ns>-<name>.log`` for the first app
+container, ``logs/<ns>-<name>~<container>.log`` for the others; on a restart the previous run's log
+is kept as ``<log>.previous``). ``add_pod`` starts the pod's first init container, or every app
+container when it has none; the kubelet starts the next ones as init containers complete.
+``exec_command`` is how ``exec`` and exec probes run a command as a container does.
 """
 
 from __future__ import annotations
@@ -61,18 +68,17 @@ from .plan import (
     pod_record,
 )
 from .preflight import check_host
-from .procs import ProcessSupervisor
-from .spec import DEFAULT_PREFIX, ClusterSpec, PodSpec, ServicePort, validate_cluster_spec, validate_pod
-from .state import (
-    LOCK_TIMEOUT_S,
-    ClusterState,
-    PodRecord,
-    ProcessRecord,
-    ServiceRecord,
-    StateFile,
-    object_key,
+from .procs import ProcessSupervisor, as_user_argv
+from .spec import (
+    DEFAULT_PREFIX,
+    ClusterSpec,
+    ContainerSpec,
+    PodSpec,
+    ServicePort,
+    validate_cluster_spec,
+    validate_pod,
 )
-from .supervision import ComponentHealth, LastExit, read_report
+from .state import ClusterState, PodRecord, ProcessRecord, ServiceRecord, StateFile, object_key
 
 CLUSTER_DIR = "cluster"
 NODES_DIR = "nodes"
@@ -82,8 +88,6 @@ ROOT_CERT_FILE = "root-cert.pem"
 ISTIO_TOKEN_PATH = "ISTIO_TOKEN_PATH"
 ISTIO_ROOT_CERT_PATH = "ISTIO_ROOT_CERT_PATH"
 EXEC_TIMEOUT_S = 60.0
-# The supervisor's component name (``mesh.SUPERVISOR``; mesh imports this module, not the reverse).
-SUPERVISOR_COMPONENT = "supervisor"
 
 log = structlog.get_logger("ambientctl.cluster")
 
@@ -125,12 +129,6 @@ class ProcessStatus(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     running: bool
     log: str
-    # From the supervisor's report (``supervision``): Running, Exited, or BackOff (a restart is due).
-    state: str = "Running"
-    restarts: int = 0
-    last_exit: LastExit | None = None
-    # Wall clock of the pending restart (BackOff).
-    restart_at: float | None = None
 
 
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +151,14 @@ class DownReport(msgspec.Struct, frozen=True, kw_only=True):
     netns_removed: tuple[str, ...]
     processes_stopped: tuple[int, ...]
     host_links_removed: tuple[str, ...]
+
+
+class ExecCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """A command line to run inside a pod, with the environment and working directory to give it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
 
 
 class ExecResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -254,11 +260,6 @@ class Cluster:
             return False
         return state is not None and state.phase == "up"
 
-    def recorded_prefix(self) -> str | None:
-        """The prefix the recorded cluster was created with (None: no cluster recorded)."""
-        state = self._state.load()
-        return None if state is None else state.spec.prefix
-
     def status(self) -> ClusterStatus:
         state = self._state.load()
         if state is None:
@@ -295,9 +296,10 @@ class Cluster:
                     return existing.ip
                 else:
                     raise PodExists(pod.namespace, pod.name)
-            env = self._pod_env(pod, node, "")
-            if pod.command:
-                self.procs.check_command(f"pod {key}", pod.command, env)
+            for container in (*pod.init_containers, *pod.app_containers()):
+                if container.command:
+                    env = self._pod_env(pod, node, "", container)
+                    self.procs.check_command(f"pod {key}", container.command, env)
             used = [p.ip for p in state.pods.values() if p.spec.node == node.name]
             record = pod_record(layout, node, pod, allocate_pod_ip(node, used))
             for other_key, other in state.pods.items():
@@ -309,16 +311,8 @@ class Cluster:
                 self.net.apply(plan_pod(layout, node, record, list(state.services.values())))
                 # As a kubelet: the network plugins run once the sandbox exists, before any container.
                 self.cni.add(record, str(self.net.netns_path(record.netns)))
-                if pod.command:
-                    process = self.procs.start(
-                        f"pod/{key}",
-                        record.netns,
-                        pod.command,
-                        log_name=_pod_log_name(pod),
-                        env=self._pod_env(pod, node, record.ip),
-                        cwd=pod.working_dir or None,
-                    )
-                    record = msgspec.structs.replace(record, process=process)
+                for container in pod.first_containers():
+                    record = self._start_container(record, node, container)
             except BaseException:
                 self._remove_pod_objects(record)
                 self._state.save(_without_pod(state, key))
@@ -351,32 +345,35 @@ class Cluster:
             log.info("pod removed", pod=key)
 
     def restart_pod_process(self, name: str, namespace: str) -> PodRecord:
-        """Start the pod's command again in its existing netns (a container restart: same IP, same
-        sandbox); returns the updated record. A pod whose process still runs is left as it is."""
+        """Start the pod's first app container again (see ``start_container``)."""
+        record = self.find_pod(name, namespace)
+        if record is None:
+            raise PodNotFound(namespace, name)
+        apps = record.spec.app_containers()
+        return self.start_container(name, namespace, apps[0].name) if apps else record
+
+    def start_container(self, name: str, namespace: str, container: str) -> PodRecord:
+        """Start one container's process in the pod's existing netns (the next init container, the app
+        containers once initialised, or a restart: same IP, same sandbox); returns the updated record.
+        A container whose process still runs, or that has no command, is left as it is."""
         with self._state.lock():
             state = self._require_up()
             key = object_key(namespace, name)
             record = state.pods.get(key)
             if record is None:
                 raise PodNotFound(namespace, name)
-            if not record.spec.command or (
-                record.process is not None and self.procs.is_running(record.process)
-            ):
+            spec = record.spec.container(container)
+            if spec is None:
+                raise ClusterError(f"pod {key} has no container {container!r}")
+            current = record.container_processes().get(container)
+            if not spec.command or (current is not None and self.procs.is_running(current)):
                 return record
             node = build_layout(state.spec).find_node(record.spec.node)
             if node is None:
                 raise UnknownNode(record.spec.node, [])
-            process = self.procs.start(
-                f"pod/{key}",
-                record.netns,
-                record.spec.command,
-                log_name=_pod_log_name(record.spec),
-                env=self._pod_env(record.spec, node, record.ip),
-                cwd=record.spec.working_dir or None,
-            )
-            record = msgspec.structs.replace(record, process=process)
+            record = self._start_container(record, node, spec)
             self._state.save(_with_pod(state, key, record))
-            log.info("pod process restarted", pod=key, pid=process.pid)
+            log.info("container started", pod=key, container=container, restart=current is not None)
             return record
 
     def layout(self) -> ClusterLayout:
@@ -391,13 +388,41 @@ class Cluster:
         state = self._state.load()
         return None if state is None else state.pods.get(object_key(namespace, name))
 
-    def exec_argv(self, name: str, namespace: str, argv: Sequence[str]) -> list[str]:
-        """The command line that runs ``argv`` inside the pod (for callers that keep the terminal)."""
+    def exec_command(
+        self, name: str, namespace: str, argv: Sequence[str], container: str | None = None
+    ) -> ExecCommand:
+        """How to run ``argv`` inside the pod as ``container`` (None: the first app container) runs:
+        in its netns (with its /etc/hosts), as its user and group, with its env and workingDir ("/").
+        A pod without containers (a netns only) runs it as root with the pod's base environment."""
         state = self._require_up()
-        record = state.pods.get(object_key(namespace, name))
+        key = object_key(namespace, name)
+        record = state.pods.get(key)
         if record is None:
             raise PodNotFound(namespace, name)
-        return [self.net.ip_tool, "netns", "exec", record.netns, *argv]
+        spec = record.spec
+        chosen = (
+            spec.container(container) if container is not None else next(iter(spec.app_containers()), None)
+        )
+        if container is not None and chosen is None:
+            names = [c.name for c in (*spec.init_containers, *spec.app_containers())]
+            raise ClusterError(
+                f"pod {key} has no container {container!r} (containers: {', '.join(names) or 'none'})"
+            )
+        node = build_layout(state.spec).find_node(spec.node)
+        enter = [self.net.ip_tool, "netns", "exec", record.netns]
+        if chosen is not None and (chosen.run_as_user is not None or chosen.run_as_group is not None):
+            enter += as_user_argv(f"exec in pod {key}", chosen.run_as_user, chosen.run_as_group)
+        env = self._pod_env(spec, node, record.ip, chosen) if node is not None else dict(os.environ)
+        return ExecCommand(
+            argv=[*enter, *argv], env=env, cwd=(chosen.working_dir if chosen is not None else "") or "/"
+        )
+
+    def exec_argv(
+        self, name: str, namespace: str, argv: Sequence[str], container: str | None = None
+    ) -> list[str]:
+        """The command line that runs ``argv`` inside the pod as the container's user (for callers that
+        keep the terminal; ``exec_command`` also gives the container's env and workingDir)."""
+        return self.exec_command(name, namespace, argv, container).argv
 
     def exec(
         self,
@@ -407,12 +432,21 @@ class Cluster:
         *,
         timeout: float = EXEC_TIMEOUT_S,
         stdin: str | None = None,
+        container: str | None = None,
     ) -> ExecResult:
-        """Run ``argv`` in the pod's netns (with its /etc/hosts) and collect its exit code and output."""
-        full = self.exec_argv(name, namespace, argv)
+        """Run ``argv`` in the pod as ``container`` (None: its first app container) runs
+        (``exec_command``) and collect its exit code and output."""
+        command = self.exec_command(name, namespace, argv, container)
         try:
             done = subprocess.run(
-                full, input=stdin, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout
+                command.argv,
+                input=stdin,
+                capture_output=True,
+                encoding="utf-8",
+                errors="replace",
+                timeout=timeout,
+                env=command.env,
+                cwd=command.cwd,
             )
         except subprocess.TimeoutExpired as e:
             raise ClusterError(
@@ -523,38 +557,6 @@ class Cluster:
             self._state.save(msgspec.structs.replace(state, processes={**state.processes, name: record}))
             return record
 
-    def restart_component(
-        self,
-        replacing: ProcessRecord,
-        argv: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        *,
-        lock_timeout: float = LOCK_TIMEOUT_S,
-    ) -> ProcessRecord | None:
-        """Start a component again in place of its dead process ``replacing`` (same name, netns and log;
-        ``argv``/``env`` as it was started with). None when its record no longer names that process:
-        it was stopped on purpose or started again by someone else meanwhile (never a second copy).
-        ``ClusterBusy`` after ``lock_timeout``; ``ClusterNotUp`` once the cluster is going down."""
-        with self._state.lock(timeout=lock_timeout):
-            state = self._require_up()
-            current = state.processes.get(replacing.name)
-            same = current is not None and (current.pid, current.start_ticks) == (
-                replacing.pid,
-                replacing.start_ticks,
-            )
-            if current is None or not same:
-                return None
-            if self.procs.is_running(current):
-                return current
-            record = self.procs.start(current.name, current.netns, argv, log_name=current.name, env=env)
-            processes = {**state.processes, current.name: record}
-            self._state.save(msgspec.structs.replace(state, processes=processes))
-            return record
-
-    def components(self) -> dict[str, ProcessRecord]:
-        """Every recorded component's process, running or not; ``ClusterNotUp`` unless the cluster is up."""
-        return dict(self._require_up().processes)
-
     def find_component(self, name: str) -> ProcessRecord | None:
         """The component's process, if it is recorded and running."""
         state = self._state.load()
@@ -576,6 +578,10 @@ class Cluster:
             )
             return stopped
 
+    def container_log_path(self, record: PodRecord, container: str) -> Path:
+        """The log file of one container of a pod (``<log>.previous``: its run before the last restart)."""
+        return self.procs.log_path(container_log_name(record.spec, container))
+
     def log_path(self, component: str) -> Path:
         """The log of a component (``istiod``, ``ztunnel-node-1``) or pod (``<ns>-<name>`` or ``<ns>/<name>``)."""
         log_dir = self.procs.log_dir
@@ -593,7 +599,40 @@ class Cluster:
             raise ClusterNotUp(str(self.directory.parent))
         return state
 
-    def _pod_env(self, pod: PodSpec, node: NodeLayout, ip: str) -> dict[str, str]:
+    def _start_container(self, record: PodRecord, node: NodeLayout, container: ContainerSpec) -> PodRecord:
+        """Start one container's process (none for a container without command); the updated record.
+        A container started before gets a fresh log, the previous run's kept as ``<log>.previous``."""
+        if not container.command:
+            return record
+        pod = record.spec
+        key = object_key(pod.namespace, pod.name)
+        log_name = container_log_name(pod, container.name)
+        if container.name in record.container_processes():
+            current = self.procs.log_path(log_name)
+            try:
+                os.replace(current, current.with_name(current.name + PREVIOUS_LOG_SUFFIX))
+            except FileNotFoundError:
+                pass
+        process = self.procs.start(
+            f"pod/{key}" if log_name == _pod_log_name(pod) else f"pod/{key}/{container.name}",
+            record.netns,
+            container.command,
+            log_name=log_name,
+            env=self._pod_env(pod, node, record.ip, container),
+            cwd=container.working_dir or "/",
+            user=container.run_as_user,
+            group=container.run_as_group,
+        )
+        processes = {**record.container_processes(), container.name: process}
+        apps = pod.app_containers()
+        first = apps[0].name if apps else None
+        return msgspec.structs.replace(
+            record, processes=processes, process=process if container.name == first else record.process
+        )
+
+    def _pod_env(
+        self, pod: PodSpec, node: NodeLayout, ip: str, container: ContainerSpec | None = None
+    ) -> dict[str, str]:
         # A clean environment as a container gets one (not ambientctl's), plus downward-API style facts.
         env = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -610,8 +649,10 @@ class Cluster:
             ISTIO_TOKEN_PATH: str(self.pod_dir(pod.namespace, pod.name) / TOKEN_FILE),
             ISTIO_ROOT_CERT_PATH: str(self.pod_dir(pod.namespace, pod.name) / ROOT_CERT_FILE),
         }
-        env.update(pod.env)  # the manifest's env wins, as a container's own env does
-        for name, field in pod.env_from_status.items():
+        # The manifest's env wins, as a container's own env does.
+        env.update(pod.env if container is None else container.env)
+        from_status = pod.env_from_status if container is None else container.env_from_status
+        for name, field in from_status.items():
             env[name] = ip if field == "podIP" else node.ip
         return env
 
@@ -619,10 +660,13 @@ class Cluster:
         return pod_files_dir(self.directory, namespace, name)
 
     def _remove_pod_objects(self, record: PodRecord) -> None:
-        if record.process is not None:
-            self.procs.stop(record.process)
+        running = {*record.container_processes().values(), *([record.process] if record.process else [])}
+        if running:
+            self.procs.stop_all(list(running))
         shutil.rmtree(self.pod_dir(record.spec.namespace, record.spec.name), ignore_errors=True)
         self.procs.remove_pidfile(_pod_log_name(record.spec))
+        for container in (*record.spec.init_containers, *record.spec.app_containers()):
+            self.procs.remove_pidfile(container_log_name(record.spec, container.name))
         path = self.net.netns_path(record.netns)
         if self.net.netns_exists(record.netns):
             self.cni.delete(record, str(path))  # never raises: teardown must go on
@@ -635,6 +679,7 @@ class Cluster:
         recorded_netns: set[str] = set()
         if state is not None:
             records += [p.process for p in state.pods.values() if p.process is not None]
+            records += [proc for p in state.pods.values() for proc in p.processes.values()]
             records += list(state.processes.values())
             recorded_netns = {p.netns for p in state.pods.values()} | set(
                 build_layout(state.spec).netns_names
@@ -660,17 +705,6 @@ class Cluster:
             netns_removed=tuple(removed),
             processes_stopped=tuple(sorted(set(stopped))),
             host_links_removed=tuple(links),
-        )
-
-    def _process_statuses(self, state: ClusterState) -> tuple[ProcessStatus, ...]:
-        """Each component's process, with its restarts and last exit from the supervisor's report (if the
-        recorded supervisor wrote one)."""
-        supervisor = state.processes.get(SUPERVISOR_COMPONENT)
-        report = None if supervisor is None else read_report(self.procs.run_dir, supervisor.pid)
-        health = report.components if report is not None else {}
-        return tuple(
-            _process_status(p, self.procs.is_running(p), health.get(name))
-            for name, p in sorted(state.processes.items())
         )
 
     def _status(self, state: ClusterState) -> ClusterStatus:
@@ -712,7 +746,10 @@ class Cluster:
             ServiceStatus(name=s.name, namespace=s.namespace, vip=s.vip, ports=s.ports, endpoints=s.endpoints)
             for _, s in sorted(state.services.items())
         )
-        processes = self._process_statuses(state)
+        processes = tuple(
+            ProcessStatus(name=p.name, netns=p.netns, pid=p.pid, running=self.procs.is_running(p), log=p.log)
+            for _, p in sorted(state.processes.items())
+        )
         phase: Phase = state.phase
         if phase == "up" and problems:
             phase = "degraded"
@@ -729,23 +766,6 @@ class Cluster:
         )
 
 
-def _process_status(record: ProcessRecord, running: bool, health: ComponentHealth | None) -> ProcessStatus:
-    state = "Running" if running else "Exited"
-    if health is not None and not running and health.state == "BackOff":
-        state = "BackOff"
-    return ProcessStatus(
-        name=record.name,
-        netns=record.netns,
-        pid=record.pid,
-        running=running,
-        log=record.log,
-        state=state,
-        restarts=health.restarts if health else 0,
-        last_exit=health.last_exit if health else None,
-        restart_at=health.restart_at if health and state == "BackOff" else None,
-    )
-
-
 def _describe(spec: ClusterSpec) -> str:
     n = spec.networking
     return f"{spec.nodes} node(s), prefix {spec.prefix!r}, nodes {n.node_subnet}, pods {n.pod_subnet}, services {n.service_subnet}"
@@ -753,6 +773,19 @@ def _describe(spec: ClusterSpec) -> str:
 
 def _pod_log_name(pod: PodSpec) -> str:
     return f"{pod.namespace}-{pod.name}"
+
+
+PREVIOUS_LOG_SUFFIX = ".previous"
+
+
+def container_log_name(pod: PodSpec, container: str) -> str:
+    """A container's log (and pidfile) name: ``<ns>-<name>`` for the first app container (as a
+    one-container pod's always was), ``<ns>-<name>~<container>`` for the others ('~' is in no
+    Kubernetes name, so two pods' names never meet)."""
+    apps = pod.app_containers()
+    if apps and apps[0].name == container:
+        return _pod_log_name(pod)
+    return f"{_pod_log_name(pod)}~{container}"
 
 
 def _with_pod(state: ClusterState, key: str, record: PodRecord) -> ClusterState:

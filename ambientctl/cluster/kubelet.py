@@ -47,9 +47,9 @@ from meshcore.store.schema import ServiceSpec as K8sServiceSpec
 from . import podstatus
 from .cluster import ROOT_CERT_FILE, TOKEN_FILE, Cluster
 from .errors import ClusterError, InvalidClusterSpec, PodNotFound
-from .podstatus import ContainerTrack
+from .podstatus import ContainerTrack, Termination
 from .probes import Probe, parse_probe, run_probe
-from .spec import PodPort, PodSpec, Protocol, ServicePort
+from .spec import ContainerSpec, PodPort, PodSpec, Protocol, ServicePort
 from .state import PodRecord
 
 log = structlog.get_logger("ambientctl.cluster.kubelet")
@@ -68,6 +68,28 @@ class _Backoff:
     attempts: int
     retry_at: float
     error: str
+
+
+class PodTracks(msgspec.Struct, frozen=True, kw_only=True):
+    """A pod's containers' histories: init containers in order, then the app containers."""
+
+    init: tuple[ContainerTrack, ...] = ()
+    app: tuple[ContainerTrack, ...] = ()
+
+
+def _due(track: ContainerTrack, now: float) -> bool:
+    """Not running and to be started now: never started yet, or its restart back-off is over."""
+    return (
+        track.running_since is None
+        and not track.finished
+        and (track.restart_at is None or now >= track.restart_at)
+    )
+
+
+def _completed(track: ContainerTrack, wall: str) -> ContainerTrack:
+    """A container taken as having run to completion (exit 0): an init container without a process."""
+    last = Termination(exit_code=0, started_at=track.started_at or wall, finished_at=wall)
+    return msgspec.structs.replace(track, running_since=None, last=last, restart_at=None, finished=True)
 
 
 class SyncReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,12 +117,12 @@ class Kubelet:
         self._clock = clock
         self._wall_clock = wall_clock
         self._backoff: dict[str, _Backoff] = {}
-        # "namespace/name" -> the pod's container history (podstatus), and when its sandbox started.
-        self._tracks: dict[str, ContainerTrack] = {}
+        # "namespace/name" -> the pod's containers' histories (podstatus), and when its sandbox started.
+        self._tracks: dict[str, PodTracks] = {}
         self._start_times: dict[str, str] = {}
-        # "namespace/name" -> the pod's readinessProbe, and when (kubelet clock) it is next due.
-        self._probes: dict[str, Probe] = {}
-        self._next_probe: dict[str, float] = {}
+        # "namespace/name" -> container name -> its readinessProbe, and when (kubelet clock) it is next due.
+        self._probes: dict[str, dict[str, Probe]] = {}
+        self._next_probe: dict[str, dict[str, float]] = {}
         self.credentials = credentials or PodCredentials(cluster)
 
     def run_pod(self, pod: PodSpec) -> Resource:
@@ -245,86 +267,90 @@ class Kubelet:
     def _wall(self) -> str:
         return self._wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def _started(self, key: str, resource: Resource) -> None:
-        """A pod's sandbox and container were just (re)created: a fresh history."""
-        container = _first_container(resource)
-        name = container.get("name") or CONTAINER_NAME
+    def _started(self, key: str, resource: Resource, record: PodRecord | None = None) -> None:
+        """A pod's sandbox was just (re)created, or this kubelet meets a running pod for the first time:
+        a fresh history for each container, from the processes the pod's record holds (containers
+        before the one running completed; none running yet: the first init container, else every app
+        container, is what ``add_pod`` started)."""
+        if record is None:
+            record = self.cluster.find_pod(resource.name, resource.namespace)
+        pod = record.spec if record is not None else pod_spec_from_resource(resource, "")
+        procs = record.container_processes() if record is not None else {}
         wall = self._wall()
-        probe = parse_probe(container, f"pod {key}")  # validated when the pod spec was read
-        if probe is None:
-            self._probes.pop(key, None)
-        else:
-            self._probes[key] = probe
-        self._next_probe.pop(key, None)
-        self._tracks[key] = podstatus.started(
-            ContainerTrack(name=str(name)), self._clock(), wall, probed=probe is not None
-        )
+        now = self._clock()
+        probes = {}
+        for i, raw in enumerate(_containers(resource, "containers")):
+            probe = parse_probe(raw, f"pod {key}", i)  # validated when the pod spec was read
+            if probe is not None:
+                probes[str(raw.get("name") or CONTAINER_NAME)] = probe
+        self._probes[key] = probes
+        self._next_probe[key] = {}
+        apps = pod.app_containers()
+        inits = pod.init_containers
+        if not any(c.name in procs for c in (*inits, *apps)):
+            procs = {c.name: None for c in pod.first_containers()}  # type: ignore[misc]
+        apps_started = not inits or any(c.name in procs for c in apps)
+        current = max((i for i, c in enumerate(inits) if c.name in procs), default=-1)
+        init_tracks = []
+        for i, c in enumerate(inits):
+            track = ContainerTrack(name=c.name)
+            if apps_started or i < current:
+                track = _completed(track, wall)
+            elif i == current and c.command:  # one without command is due: it completes on the next check
+                track = podstatus.started(track, now, wall)
+            init_tracks.append(track)
+        app_tracks = [
+            podstatus.started(ContainerTrack(name=c.name), now, wall, probed=c.name in probes)
+            if apps_started
+            else ContainerTrack(name=c.name)
+            for c in apps
+        ]
+        self._tracks[key] = PodTracks(init=tuple(init_tracks), app=tuple(app_tracks))
         self._start_times[key] = wall
 
     def _status(self, key: str, stored: Resource, record: PodRecord) -> dict[str, Any]:
-        track = self._tracks.get(key)
-        if track is None:
+        tracks = self._tracks.get(key)
+        if tracks is None:
             return pod_resource(record).status
-        image = str(_first_container(stored).get("image") or LOCAL_IMAGE)
         return podstatus.pod_status(
-            [track],
-            {track.name: image},
+            tracks.app,
+            _images(stored, "containers"),
             pod_ip=record.ip,
             host_ip=record.node_ip,
             start_time=self._start_times.get(key, ""),
+            init_tracks=tracks.init,
+            init_images=_images(stored, "initContainers"),
         )
 
     def is_ready(self, key: str) -> bool:
-        """Whether the pod's container runs (pods this kubelet has no history of count as ready)."""
-        track = self._tracks.get(key)
-        return track is None or podstatus.is_ready(track)
+        """Whether the pod is initialised and every container is ready (pods this kubelet has no history
+        of count as ready)."""
+        tracks = self._tracks.get(key)
+        return tracks is None or podstatus.pod_ready(tracks.app, tracks.init)
 
     def check_containers(self) -> list[str]:
-        """Observe every pod's process: record exits, restart what the restart policy and back-off
-        allow, write the statuses that changed; returns the keys of pods whose status changed. Services
-        follow when a pod's readiness changed (an unready pod gets no traffic)."""
+        """Observe every pod's processes: record exits, start the next init container once one
+        completed and the app containers once all did, restart what the restart policy and back-off
+        allow, run readiness probes, write the statuses that changed; returns the keys of pods whose
+        status changed. Services follow when a pod's readiness changed (an unready pod gets no
+        traffic)."""
         stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
         changed: list[str] = []
         readiness_changed = False
         for record in self.cluster.pods():
             key = f"{record.spec.namespace}/{record.spec.name}"
             resource = stored.get(key)
-            track = self._tracks.get(key)
-            if resource is None or track is None or record.process is None:
+            before = self._tracks.get(key)
+            if resource is None or before is None:
                 continue
-            before = track
-            now = self._clock()
             policy = str(resource.spec.get("restartPolicy") or "Always")
-            if track.running_since is not None and not self.cluster.procs.is_running(record.process):
-                code = self.cluster.procs.collect_exit(record.process)
-                track = podstatus.exited(track, code, policy, now, self._wall())
-                log.warning(
-                    "container exited",
-                    pod=key,
-                    exit_code=code,
-                    restart_in=track.restart_at and track.backoff_s,
-                )
-            probe = self._probes.get(key)
-            if podstatus.restart_due(track, now):
-                try:
-                    record = self.cluster.restart_pod_process(record.spec.name, record.spec.namespace)
-                    track = podstatus.started(track, now, self._wall(), probed=probe is not None)
-                    self._next_probe.pop(key, None)
-                except (ClusterError, OSError) as e:
-                    track = podstatus.exited(track, None, policy, now, self._wall())
-                    log.warning("container not restarted", pod=key, error=str(e))
-            if probe is not None and track.running_since is not None:
-                due = self._next_probe.get(key, track.running_since + probe.initial_delay)
-                if now >= due:
-                    ok = run_probe(
-                        probe, str(self.cluster.net.netns_path(record.netns)), self._exec_for(record)
-                    )
-                    track = podstatus.probed(track, ok, probe.success_threshold, probe.failure_threshold)
-                    self._next_probe[key] = self._clock() + probe.period
-            if track == before:
+            record, after = self._step(key, record, before, policy)
+            if after == before:
                 continue
-            self._tracks[key] = track
-            readiness_changed |= podstatus.is_ready(before) != podstatus.is_ready(track)
+            self._tracks[key] = after
+            readiness_changed |= podstatus.pod_ready(before.app, before.init) != podstatus.pod_ready(
+                after.app, after.init
+            )
             status = self._status(key, resource, record)
             if status != resource.status:
                 try:
@@ -337,11 +363,80 @@ class Kubelet:
             self.sync_services()
         return changed
 
-    def _exec_for(self, record: PodRecord) -> Callable[[Sequence[str], float], int]:
+    def _step(
+        self, key: str, record: PodRecord, tracks: PodTracks, policy: str
+    ) -> tuple[PodRecord, PodTracks]:
+        """One observation of a pod's containers (see ``check_containers``)."""
+        now = self._clock()
+        procs = record.container_processes()
+        init = list(tracks.init)
+        app = list(tracks.app)
+        for group, is_init in ((init, True), (app, False)):
+            for i, track in enumerate(group):
+                process = procs.get(track.name)
+                if track.running_since is None or process is None or self.cluster.procs.is_running(process):
+                    continue
+                code = self.cluster.procs.collect_exit(process)
+                group[i] = podstatus.exited(track, code, policy, now, self._wall(), init=is_init)
+                log.warning(
+                    "init container exited" if is_init else "container exited",
+                    pod=key,
+                    container=track.name,
+                    exit_code=code,
+                    restart_in=group[i].restart_at and group[i].backoff_s,
+                )
+        for _ in range(len(init)):
+            index = podstatus.current_init(init)
+            if index is None or podstatus.init_failed(init) or not _due(init[index], now):
+                break
+            record, init[index] = self._start(key, record, init[index], policy, init=True)
+            if not podstatus.completed(init[index]):
+                break
+        if podstatus.initialized(init):
+            for i, track in enumerate(app):
+                if _due(track, now):
+                    record, app[i] = self._start(key, record, track, policy, init=False)
+        probes = self._probes.get(key, {})
+        next_probe = self._next_probe.setdefault(key, {})
+        for i, track in enumerate(app):
+            probe = probes.get(track.name)
+            if probe is None or track.running_since is None:
+                continue
+            due = next_probe.get(track.name, track.running_since + probe.initial_delay)
+            if now >= due:
+                ok = run_probe(
+                    probe, str(self.cluster.net.netns_path(record.netns)), self._exec_for(record, track.name)
+                )
+                app[i] = podstatus.probed(track, ok, probe.success_threshold, probe.failure_threshold)
+                next_probe[track.name] = self._clock() + probe.period
+        return record, PodTracks(init=tuple(init), app=tuple(app))
+
+    def _start(
+        self, key: str, record: PodRecord, track: ContainerTrack, policy: str, *, init: bool
+    ) -> tuple[PodRecord, ContainerTrack]:
+        """Start (or restart) one container; a container without command has no process: an init
+        container of that kind completes at once, an app container counts as running."""
+        wall = self._wall()
+        now = self._clock()
+        spec = record.spec.container(track.name)
+        if spec is not None and not spec.command:
+            return record, (_completed(track, wall) if init else podstatus.started(track, now, wall))
+        try:
+            record = self.cluster.start_container(record.spec.name, record.spec.namespace, track.name)
+        except (ClusterError, OSError) as e:
+            log.warning("container not started", pod=key, container=track.name, error=str(e))
+            return record, podstatus.exited(track, None, policy, now, wall, init=init)
+        self._next_probe.setdefault(key, {}).pop(track.name, None)
+        probed = not init and track.name in self._probes.get(key, {})
+        return record, podstatus.started(track, now, wall, probed=probed)
+
+    def _exec_for(
+        self, record: PodRecord, container: str | None = None
+    ) -> Callable[[Sequence[str], float], int]:
         def run(argv: Sequence[str], timeout: float) -> int:
             try:
                 return self.cluster.exec(
-                    record.spec.name, record.spec.namespace, argv, timeout=timeout
+                    record.spec.name, record.spec.namespace, argv, timeout=timeout, container=container
                 ).returncode
             except (ClusterError, OSError) as e:
                 log.info(
@@ -355,7 +450,15 @@ class Kubelet:
 
     def next_restart(self) -> float | None:
         """When (on this kubelet's clock) the earliest container restart is due."""
-        return min((t.restart_at for t in self._tracks.values() if t.restart_at is not None), default=None)
+        return min(
+            (
+                t.restart_at
+                for tracks in self._tracks.values()
+                for t in (*tracks.init, *tracks.app)
+                if t.restart_at is not None
+            ),
+            default=None,
+        )
 
     def apply_service(
         self, name: str, namespace: str, ports: Sequence[Mapping[str, Any]], selector: Mapping[str, str]
@@ -503,11 +606,6 @@ class PodCredentials:
             return
 
 
-def _first_container(resource: Resource) -> Mapping[str, Any]:
-    containers = resource.spec.get("containers") or []
-    return containers[0] if containers and isinstance(containers[0], Mapping) else {}
-
-
 def pod_resource(record: PodRecord) -> Resource:
     """The Pod object a kubelet would report for a running pod of the local cluster."""
     doc = _pod_document(record.spec)
@@ -522,7 +620,8 @@ def pod_resource(record: PodRecord) -> Resource:
 
 
 def _pod_document(pod: PodSpec) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": CONTAINER_NAME, "image": LOCAL_IMAGE}
+    apps = pod.app_containers()
+    container: dict[str, Any] = {"name": apps[0].name if apps else CONTAINER_NAME, "image": LOCAL_IMAGE}
     if pod.command:
         container["command"] = list(pod.command)
     if pod.ports:
@@ -534,8 +633,21 @@ def _pod_document(pod: PodSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": dict(pod.labels)},
-        "spec": {"nodeName": pod.node, "serviceAccountName": pod.service_account, "containers": [container]},
+        "spec": {
+            "nodeName": pod.node,
+            "serviceAccountName": pod.service_account,
+            "containers": [container, *(_container_document(c) for c in apps[1:])],
+            **(
+                {"initContainers": [_container_document(c) for c in pod.init_containers]}
+                if pod.init_containers
+                else {}
+            ),
+        },
     }
+
+
+def _container_document(container: ContainerSpec) -> dict[str, Any]:
+    return {"name": container.name, "image": LOCAL_IMAGE, "command": list(container.command)}
 
 
 def pending_pod_resource(pod: PodSpec) -> Resource:
@@ -590,48 +702,155 @@ def schedule(nodes: Sequence[str], pods: Iterable[PodRecord]) -> str:
 
 
 def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
-    """A stored Pod manifest as a local-cluster pod: the first container's command + args run inside
-    it; ``spec.nodeName`` picks the node (``default_node`` when unset: the caller schedules)."""
+    """A stored Pod manifest as a local-cluster pod: each container (and init container) runs its
+    command + args as its own process, with its env, workingDir and securityContext (the container's
+    runAsUser/runAsGroup/runAsNonRoot over the pod's); ``spec.nodeName`` picks the node
+    (``default_node`` when unset: the caller schedules)."""
     source = f"pod {resource.namespace}/{resource.name}"
     spec = spec_as(resource, K8sPodSpec)
     if spec.host_network:
         raise InvalidClusterSpec(
             source, "$.spec.hostNetwork", "host-network pods are not supported by the local cluster"
         )
-    first = _first_container(resource)
-    command = [*(first.get("command") or []), *(first.get("args") or [])]
-    if not all(isinstance(part, str) for part in command):
-        raise InvalidClusterSpec(
-            source, "$.spec.containers[0].command", "every command and args item must be a string"
-        )
+    node = spec.node_name or default_node
     ports = tuple(
         PodPort(port=p.container_port, name=p.name, protocol="UDP" if p.protocol == "UDP" else "TCP")
         for c in spec.containers or ()
         for p in c.ports or ()
         if p.protocol in ("TCP", "UDP")
     )
-    if not command and first.get("image") not in (None, "", LOCAL_IMAGE):
-        command = standin_command([p.port for p in ports if p.protocol == "TCP"])
-    env, from_status = container_env(first.get("env"), source, resource, spec.node_name or default_node)
-    if command and command[:3] == standin_command([])[:3]:
-        env.setdefault("POD_VERSION", resource.labels.get("version", ""))  # the stand-in's answer names it
-    parse_probe(first, source)  # a bad readinessProbe fails the pod alone, with the field named
-    working_dir = first.get("workingDir") or ""
-    if not isinstance(working_dir, str) or (working_dir and not working_dir.startswith("/")):
-        raise InvalidClusterSpec(source, "$.spec.containers[0].workingDir", "must be an absolute path")
+    pod_security = resource.spec.get("securityContext")
+    if pod_security is not None and not isinstance(pod_security, Mapping):
+        raise InvalidClusterSpec(source, "$.spec.securityContext", "must be a mapping")
+    built = {
+        group: tuple(
+            _container_spec(raw, group, i, source, resource, node, pod_security or {})
+            for i, raw in enumerate(_containers(resource, group))
+        )
+        for group in ("initContainers", "containers")
+    }
+    for i, raw in enumerate(_containers(resource, "containers")):
+        parse_probe(raw, source, i)  # a bad readinessProbe fails the pod alone, with the field named
+    containers = built["containers"]
+    first = containers[0] if containers else ContainerSpec(name=CONTAINER_NAME)
+    if not built["initContainers"] and containers == (
+        ContainerSpec(
+            name=CONTAINER_NAME,
+            command=first.command,
+            env=first.env,
+            env_from_status=first.env_from_status,
+            working_dir=first.working_dir,
+        ),
+    ):
+        containers = ()  # the form a pod built in code has (PodSpec(command=...)): equal specs compare equal
     return PodSpec(
         name=resource.name,
         namespace=resource.namespace,
-        node=spec.node_name or default_node,
-        command=tuple(command),
+        node=node,
+        command=first.command,
         labels=dict(resource.labels),
         service_account=spec.service_account_name,
         uid=resource.uid,
         ports=ports,
+        env=first.env,
+        env_from_status=first.env_from_status,
+        working_dir=first.working_dir,
+        containers=containers,
+        init_containers=built["initContainers"],
+    )
+
+
+def _containers(resource: Resource, group: str) -> list[Mapping[str, Any]]:
+    """``spec.containers`` or ``spec.initContainers`` of a stored Pod (mappings only)."""
+    return [c for c in resource.spec.get(group) or () if isinstance(c, Mapping)]
+
+
+def _images(resource: Resource, group: str) -> dict[str, str]:
+    return {
+        str(c.get("name") or CONTAINER_NAME): str(c.get("image") or LOCAL_IMAGE)
+        for c in _containers(resource, group)
+    }
+
+
+def _container_spec(
+    raw: Mapping[str, Any],
+    group: str,
+    index: int,
+    source: str,
+    resource: Resource,
+    node: str,
+    pod_security: Mapping[str, Any],
+) -> ContainerSpec:
+    where = f"$.spec.{group}[{index}]"
+    name = raw.get("name") or (CONTAINER_NAME if group == "containers" and index == 0 else None)
+    if not isinstance(name, str):
+        raise InvalidClusterSpec(source, f"{where}.name", "every container needs a name")
+    command = [*(raw.get("command") or []), *(raw.get("args") or [])]
+    if not all(isinstance(part, str) for part in command):
+        raise InvalidClusterSpec(source, f"{where}.command", "every command and args item must be a string")
+    if not command and group == "containers" and raw.get("image") not in (None, "", LOCAL_IMAGE):
+        ports = [
+            p.get("containerPort")
+            for p in raw.get("ports") or ()
+            if isinstance(p, Mapping) and p.get("protocol", "TCP") == "TCP"
+        ]
+        command = standin_command([p for p in ports if isinstance(p, int)])
+    env, from_status = container_env(raw.get("env"), source, resource, node, where=f"{where}.env")
+    if command and command[:3] == standin_command([])[:3]:
+        env.setdefault("POD_VERSION", resource.labels.get("version", ""))  # the stand-in's answer names it
+    working_dir = raw.get("workingDir") or ""
+    if not isinstance(working_dir, str) or (working_dir and not working_dir.startswith("/")):
+        raise InvalidClusterSpec(source, f"{where}.workingDir", "must be an absolute path")
+    user, group_id = _run_as(raw, pod_security, where, source, resource, name)
+    return ContainerSpec(
+        name=name,
+        command=tuple(command),
         env=env,
         env_from_status=from_status,
         working_dir=working_dir,
+        run_as_user=user,
+        run_as_group=group_id,
     )
+
+
+def _run_as(
+    raw: Mapping[str, Any],
+    pod_security: Mapping[str, Any],
+    where: str,
+    source: str,
+    resource: Resource,
+    container: str,
+) -> tuple[int | None, int | None]:
+    """The container's (uid, gid) from securityContext (the container's field over the pod's), checked
+    against ``runAsNonRoot`` as the kubelet checks it (refused with its message)."""
+    security = raw.get("securityContext")
+    if security is not None and not isinstance(security, Mapping):
+        raise InvalidClusterSpec(source, f"{where}.securityContext", "must be a mapping")
+    security = security or {}
+
+    def pick(key: str) -> tuple[Any, str]:
+        if security.get(key) is not None:
+            return security[key], f"{where}.securityContext.{key}"
+        return pod_security.get(key), f"$.spec.securityContext.{key}"
+
+    ids: list[int | None] = []
+    for key in ("runAsUser", "runAsGroup"):
+        value, at = pick(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31
+        ):
+            raise InvalidClusterSpec(source, at, f"{value!r} is not a user or group id (0 to 2147483647)")
+        ids.append(value)
+    non_root, at = pick("runAsNonRoot")
+    if non_root is True and not ids[0]:
+        pod = f'"{resource.name}_{resource.namespace}({resource.uid})"'
+        message = (
+            "container has runAsNonRoot and image will run as root"
+            if ids[0] is None
+            else "container's runAsUser breaks non-root policy"
+        )
+        raise InvalidClusterSpec(source, at, f"{message} (pod: {pod}, container: {container})")
+    return ids[0], ids[1]
 
 
 STANDIN_MODULE = "ambientctl.apps.standin"
@@ -656,7 +875,12 @@ _MAP_FIELD = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 
 
 def container_env(
-    entries: object, source: str, pod: Resource | None = None, node: str = ""
+    entries: object,
+    source: str,
+    pod: Resource | None = None,
+    node: str = "",
+    *,
+    where: str = "$.spec.containers[0].env",
 ) -> tuple[dict[str, str], dict[str, str]]:
     """A container's ``env`` list as the process environment: literal ``value``s (a missing value is
     ""); a later entry of the same name wins, as in Kubernetes. ``valueFrom.fieldRef`` (the downward
@@ -666,7 +890,6 @@ def container_env(
     Other ``valueFrom`` sources (ConfigMaps, Secrets, resources) are refused, naming the entry."""
     if entries is None:
         return {}, {}
-    where = "$.spec.containers[0].env"
     if not isinstance(entries, list):
         raise InvalidClusterSpec(source, where, "must be a list of {name, value} entries")
     env: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """readinessProbe for the local cluster's kubelet: parse a container's probe, run one check.
 
-``parse_probe`` turns ``spec.containers[0].readinessProbe`` into a ``Probe`` (Kubernetes' defaults:
+``parse_probe`` turns a container's ``readinessProbe`` (``spec.containers[i]``) into a ``Probe`` (Kubernetes' defaults:
 periodSeconds 10, timeoutSeconds 1, successThreshold 1, failureThreshold 3, initialDelaySeconds 0; a named
 port resolved against the container's ports) or raises ``InvalidClusterSpec`` naming the field.
 ``run_probe`` performs one check: ``httpGet`` (HTTP/1.1 GET, a status 200-399 passes) and ``tcpSocket``
@@ -63,12 +63,12 @@ def _port(value: object, ports: Sequence[Mapping[str, Any]], where: str, source:
     raise InvalidClusterSpec(source, f"{where}.port", "give a port number or a containerPort name")
 
 
-def parse_probe(container: Mapping[str, Any], source: str) -> Probe | None:
-    """The first container's readinessProbe, or None when it has none."""
+def parse_probe(container: Mapping[str, Any], source: str, index: int = 0) -> Probe | None:
+    """The readinessProbe of container ``index`` of the pod, or None when it has none."""
     raw = container.get("readinessProbe")
     if raw is None:
         return None
-    where = "$.spec.containers[0].readinessProbe"
+    where = f"$.spec.containers[{index}].readinessProbe"
     if not isinstance(raw, Mapping):
         raise InvalidClusterSpec(source, where, "must be a mapping")
     handlers = [k for k in ("httpGet", "tcpSocket", "exec", "grpc") if k in raw]

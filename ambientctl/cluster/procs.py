@@ -8,6 +8,10 @@ mount namespace: the kubelet, whose new network namespaces must be visible to ev
 reused by an unrelated process is never signalled. Stopping is SIGTERM to the process group, a bounded
 wait, then SIGKILL. ``sweep_netns`` kills whatever still runs inside given namespaces (found through
 /proc/<pid>/ns/net), which is how ``down`` leaves no process behind even without its records.
+A process may run as another user (a pod's ``securityContext.runAsUser``/``runAsGroup``): inside a netns
+the switch happens after entering it (``ip netns exec <netns> setpriv --reuid U --regid G
+--clear-groups -- argv``: entering a netns needs root), on the host through Popen's user/group; no
+supplementary groups are kept. The log file is opened by the supervisor, so it stays writable.
 """
 
 from __future__ import annotations
@@ -61,15 +65,23 @@ class ProcessSupervisor:
         log_name: str,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        user: int | None = None,
+        group: int | None = None,
     ) -> ProcessRecord:
-        """Start ``argv`` inside ``netns`` (``""``: the host's); returns once the process exists (not once
-        it is ready)."""
+        """Start ``argv`` inside ``netns`` (``""``: the host's), as ``user``/``group`` when given (the
+        other one then 0); returns once the process exists (not once it is ready)."""
         environment = dict(os.environ if env is None else env)
         self.check_command(name, argv, environment)
         ip_tool = shutil.which(self.ip_tool)
         if ip_tool is None and netns:
             raise ProcessStartFailed(name, f"{self.ip_tool} not found: apt-get install iproute2")
+        switch = user is not None or group is not None
         enter = [ip_tool, "netns", "exec", netns] if netns and ip_tool else []
+        if enter and switch:
+            enter += as_user_argv(name, user, group)
+        ids: dict[str, object] = (
+            {"user": user or 0, "group": group or 0, "extra_groups": []} if switch and not enter else {}
+        )
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = self.log_path(log_name)
@@ -84,6 +96,7 @@ class ProcessSupervisor:
                 cwd=cwd,
                 start_new_session=True,  # its own process group: stop() signals the whole group
                 close_fds=True,
+                **ids,  # type: ignore[arg-type]
             )
         except OSError as e:
             where = (
@@ -206,12 +219,6 @@ class ProcessSupervisor:
             return None
         return 128 - code if code < 0 else code
 
-    def collect_returncode(self, record: ProcessRecord) -> int | None:
-        """Like ``collect_exit`` but as ``Popen.returncode`` (``-n``: killed by signal ``n``), so a
-        signal is told apart from an exit code of ``128 + n``."""
-        self._reap(record.pid)
-        return self._exits.pop(record.pid, None)
-
     def _reap(self, pid: int) -> None:
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
@@ -223,6 +230,17 @@ class ProcessSupervisor:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(msgspec.json.encode(record) + b"\n")
+
+
+def as_user_argv(name: str, user: int | None, group: int | None) -> list[str]:
+    """The prefix that runs the rest of a command line as ``user``/``group`` (None: 0), without
+    supplementary groups (``setpriv`` of util-linux, after ``ip netns exec`` entered the netns)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ProcessStartFailed(
+            name, "setpriv not found (runAsUser/runAsGroup need it): apt-get install util-linux"
+        )
+    return [setpriv, f"--reuid={user or 0}", f"--regid={group or 0}", "--clear-groups", "--"]
 
 
 def _all_pids() -> list[int]:

@@ -65,8 +65,32 @@ class PodPort(msgspec.Struct, frozen=True, kw_only=True):
     protocol: Protocol = "TCP"
 
 
+class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One container of a pod: its own process in the pod's network namespace (empty ``command``: no
+    process, the container only holds its place, as a pause container does)."""
+
+    name: str
+    command: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    # name -> "podIP" | "hostIP", as PodSpec.env_from_status.
+    env_from_status: dict[str, str] = {}
+    # "": the root directory "/" (never the directory the kubelet or `cluster up` ran in).
+    working_dir: str = ""
+    # securityContext.runAsUser / runAsGroup after the pod's and the container's were merged (the
+    # container's wins); None: root (uid 0 / gid 0), as a container of an image without USER.
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+
+
+# The one container of a pod built in code with ``PodSpec(command=...)`` (no ``containers``).
+DEFAULT_CONTAINER = "main"
+
+
 class PodSpec(msgspec.Struct, frozen=True):
-    """A pod of the local cluster: one network namespace on one node, with an optional process in it."""
+    """A pod of the local cluster: one network namespace on one node, with its containers' processes in
+    it. ``containers`` and ``init_containers`` are what runs; a pod built in code with only ``command``
+    (and ``env``, ``working_dir``) has one container of that command, named ``main``. When
+    ``containers`` is given, ``command``/``env``/``working_dir`` repeat its first container's."""
 
     name: str
     namespace: str
@@ -84,8 +108,35 @@ class PodSpec(msgspec.Struct, frozen=True):
     # Environment variables whose value is known only once the pod exists: name -> "podIP" | "hostIP"
     # (a manifest's env valueFrom.fieldRef status.podIP / status.hostIP).
     env_from_status: dict[str, str] = {}
-    # The process's working directory ("": the kubelet's own).
+    # The process's working directory ("": "/").
     working_dir: str = ""
+    containers: tuple[ContainerSpec, ...] = ()
+    # Run one at a time, each to completion, before ``containers`` start.
+    init_containers: tuple[ContainerSpec, ...] = ()
+
+    def app_containers(self) -> tuple[ContainerSpec, ...]:
+        """The app containers (from ``command`` when the pod was built without ``containers``)."""
+        if self.containers:
+            return self.containers
+        if not self.command:
+            return ()
+        return (
+            ContainerSpec(
+                name=DEFAULT_CONTAINER,
+                command=self.command,
+                env=self.env,
+                env_from_status=self.env_from_status,
+                working_dir=self.working_dir,
+            ),
+        )
+
+    def container(self, name: str) -> ContainerSpec | None:
+        """The app or init container of that name."""
+        return next((c for c in (*self.init_containers, *self.app_containers()) if c.name == name), None)
+
+    def first_containers(self) -> tuple[ContainerSpec, ...]:
+        """What starts with the pod's sandbox: its first init container, else every app container."""
+        return self.init_containers[:1] if self.init_containers else self.app_containers()
 
 
 class ServicePort(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,6 +233,28 @@ def validate_pod(pod: PodSpec) -> None:
             raise InvalidClusterSpec(source, path, problem)
     if pod.command and not pod.command[0]:
         raise InvalidClusterSpec(source, "command[0]", "empty program name")
+    names: set[str] = set()
+    for group, containers in (("initContainers", pod.init_containers), ("containers", pod.containers)):
+        for i, container in enumerate(containers):
+            at = f"{group}[{i}]"
+            problem = name_problem(container.name, label=True)
+            if problem:
+                raise InvalidClusterSpec(source, f"{at}.name", problem)
+            if container.name in names:
+                raise InvalidClusterSpec(
+                    source, f"{at}.name", f"{container.name!r} is used by another container"
+                )
+            names.add(container.name)
+            if container.command and not container.command[0]:
+                raise InvalidClusterSpec(source, f"{at}.command[0]", "empty program name")
+            for field, value in (
+                ("runAsUser", container.run_as_user),
+                ("runAsGroup", container.run_as_group),
+            ):
+                if value is not None and not 0 <= value <= 2**31 - 1:
+                    raise InvalidClusterSpec(
+                        source, f"{at}.securityContext.{field}", f"{value} is out of range"
+                    )
     seen: set[tuple[int, str]] = set()
     for i, port in enumerate(pod.ports):
         if (port.port, port.protocol) in seen:

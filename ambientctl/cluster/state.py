@@ -47,7 +47,18 @@ class PodRecord(msgspec.Struct, frozen=True, kw_only=True):
     # Node-side end of the pod's veth (in the node netns); the pod side is always eth0.
     host_veth: str
     node_ip: str
+    # The first app container's process (what a one-container pod runs); also in ``processes``.
     process: ProcessRecord | None = None
+    # Every container's current (or last) process, keyed by container name, init containers included.
+    processes: dict[str, ProcessRecord] = {}
+
+    def container_processes(self) -> dict[str, ProcessRecord]:
+        """Each container's process by name (a record written before ``processes`` existed: its
+        ``process`` under the first app container's name)."""
+        if self.processes or self.process is None:
+            return self.processes
+        apps = self.spec.app_containers()
+        return {apps[0].name if apps else "": self.process}
 
 
 class ServiceRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from ambientctl.commands.applystatus import report_policy_status
 from istiod_lite.app import ControlPlane
 from istiod_lite.config import IstiodConfig
-from meshcore.store import ResourceRef
+from meshcore.store import ResourceRef, SqliteStore, store_path
 from meshcore.testing.resources import AMBIENT, authz, ns, waypoint
 
 DEADLINE = 10.0
@@ -133,3 +134,19 @@ async def test_a_deleted_policy_is_skipped(plane: ControlPlane) -> None:
     plane.store.apply([authz("kept", selector={"matchLabels": {"app": "a"}})])
     await eventually(lambda: observed(plane, "kept"), "the policy applied after the deleted one")
     assert plane.store.get(ResourceRef("AuthorizationPolicy", "demo", "gone")) is None
+
+
+async def test_apply_reports_istiods_warnings_for_what_it_just_applied(plane: ControlPlane) -> None:
+    # ambientctl's side, as ``apply`` runs it once istiod-lite is up: a blocking poll, so off the loop.
+    applied = [
+        authz("fine", selector={"matchLabels": {"app": "a"}}),
+        authz("ext", action="CUSTOM", provider={"name": "opa"}, rules=[{}]),
+        authz("at-waypoint", targetRefs=[{**GATEWAY, "name": "nowhere"}]),
+    ]
+    lines: list[str] = []
+    with SqliteStore(store_path(plane.config.state_dir)) as cli_store:  # another process's handle
+        cli_store.apply(applied)
+        await asyncio.to_thread(report_policy_status, cli_store, applied, timeout=DEADLINE, emit=lines.append)
+    assert [line.split(":")[1].strip() for line in lines] == ["authorizationpolicy/ext", "authorizationpolicy/at-waypoint"]
+    assert all(line.startswith("Warning: ") for line in lines)
+    assert "CUSTOM" in lines[0] and "ambientctl waypoint apply -n demo --name nowhere" in lines[1]

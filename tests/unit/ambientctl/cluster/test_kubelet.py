@@ -9,7 +9,7 @@ import pytest
 
 from ambientctl.cluster.errors import InvalidClusterSpec
 from ambientctl.cluster.kubelet import pod_resource, pod_spec_from_resource, schedule, select_endpoints
-from ambientctl.cluster.spec import PodPort, PodSpec, ServicePort
+from ambientctl.cluster.spec import ContainerSpec, PodPort, PodSpec, ServicePort
 from ambientctl.cluster.state import PodRecord
 from meshcore.store import build_resource, spec_as, status_as
 from meshcore.store.schema import PodStatus
@@ -88,6 +88,7 @@ def test_a_pod_manifest_runs_its_first_containers_command_and_args() -> None:
         labels={"app": "web"},
         service_account="web-sa",
         ports=(PodPort(port=8080, name="http"),),
+        containers=(ContainerSpec(name="c", command=("python3", "-m", "http.server", "8080")),),
     )
 
 

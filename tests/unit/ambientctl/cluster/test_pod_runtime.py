@@ -111,3 +111,83 @@ def test_a_command_runs_as_given_in_its_working_directory() -> None:
 def test_a_relative_working_directory_is_refused() -> None:
     with pytest.raises(InvalidClusterSpec, match="workingDir: must be an absolute path"):
         pod_spec_from_resource(pod({"command": ["sleep"], "workingDir": "tmp"}), "n")
+
+
+def many(containers: list[dict[str, Any]], init: list[dict[str, Any]] | None = None, **spec: Any) -> Resource:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop", "labels": {"version": "v2"}, "uid": "u1"},
+        "spec": {"containers": containers, **({"initContainers": init} if init else {}), **spec},
+    }
+    return build_resource(doc)
+
+
+def test_each_container_and_init_container_is_its_own_process_with_its_own_env() -> None:
+    got = pod_spec_from_resource(
+        many(
+            [
+                {"name": "app", "command": ["sleep", "9"], "env": [field("ME", "metadata.name")]},
+                {"name": "side", "image": "proxy", "ports": [{"containerPort": 15000}], "workingDir": "/srv"},
+            ],
+            [{"name": "setup", "command": ["true"], "env": [{"name": "STEP", "value": "1"}]}],
+        ),
+        "node-1",
+    )
+    assert [c.name for c in got.init_containers] == ["setup"]
+    assert got.init_containers[0].env == {"STEP": "1"}
+    app, side = got.containers
+    assert (app.command, app.env) == (("sleep", "9"), {"ME": "web"})
+    assert side.command == (sys.executable, "-m", STANDIN_MODULE, "--port", "15000")  # its own ports only
+    assert side.working_dir == "/srv"
+    assert [c.name for c in got.first_containers()] == ["setup"]
+
+
+SECURITY = [
+    ("the pod's runAsUser applies to a container without one", {"runAsUser": 1000}, {}, (1000, None)),
+    (
+        "a container's runAsUser and runAsGroup win over the pod's",
+        {"runAsUser": 1000, "runAsGroup": 1000},
+        {"runAsUser": 2000, "runAsGroup": 3000},
+        (2000, 3000),
+    ),
+    ("runAsNonRoot with a non-zero uid runs", {"runAsNonRoot": True}, {"runAsUser": 65534}, (65534, None)),
+    ("no securityContext runs as root", {}, {}, (None, None)),
+]
+
+
+@pytest.mark.parametrize(
+    ("pod_sc", "container_sc", "ids"), [r[1:] for r in SECURITY], ids=[r[0] for r in SECURITY]
+)
+def test_security_context_sets_the_containers_user_and_group(
+    pod_sc: dict[str, Any], container_sc: dict[str, Any], ids: tuple[int | None, int | None]
+) -> None:
+    container: dict[str, Any] = {"name": "c", "command": ["sleep", "1"]}
+    if container_sc:
+        container["securityContext"] = container_sc
+    got = pod_spec_from_resource(many([container], securityContext=pod_sc), "n")
+    assert (got.containers[0].run_as_user, got.containers[0].run_as_group) == ids
+
+
+NON_ROOT = [
+    (
+        "runAsNonRoot without a uid is refused",
+        {"runAsNonRoot": True},
+        "container has runAsNonRoot and image will run as root",
+    ),
+    (
+        "runAsNonRoot with uid 0 is refused",
+        {"runAsNonRoot": True, "runAsUser": 0},
+        "runAsUser breaks non-root policy",
+    ),
+    ("a negative uid is refused", {"runAsUser": -1}, "not a user or group id"),
+    ("a uid given as text is refused", {"runAsGroup": "1000"}, "not a user or group id"),
+]
+
+
+@pytest.mark.parametrize(("sc", "words"), [r[1:] for r in NON_ROOT], ids=[r[0] for r in NON_ROOT])
+def test_a_container_that_would_break_its_security_context_is_refused(sc: dict[str, Any], words: str) -> None:
+    resource = many([{"name": "c", "command": ["sleep", "1"], "securityContext": sc}])
+    with pytest.raises(InvalidClusterSpec, match=words) as refused:
+        pod_spec_from_resource(resource, "n")
+    assert "containers[0].securityContext" in str(refused.value)
