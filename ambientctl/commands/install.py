@@ -89,6 +89,15 @@ _NODE_NAME_ENV = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "
 
 
 _POD_NAME_ENV = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+_POD_NAMESPACE_ENV = {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+_SERVICE_ACCOUNT_ENV = {"name": "SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}}
+
+# ztunnel's projected service-account token and the mesh root (Istio's paths, audience and lifetime).
+TOKEN_DIR = "/var/run/secrets/tokens"
+TOKEN_AUDIENCE = "istio-ca"
+TOKEN_SECONDS = 43200
+ROOT_CERT_DIR = "/var/run/secrets/istio"
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"  # Istio's name; key root-cert.pem
 
 
 def _istiod_role_rules() -> list[JSON]:
@@ -202,11 +211,18 @@ def _ztunnel(image: str) -> list[JSON]:
             *_env({
                 "PROXY_MODE": "shared",
                 "XDS_ADDRESS": f"istiod.{NAMESPACE}.svc:15012",
+                # No pre-shared node credential: the projected token on the token CA port, bound to this
+                # node through the token's pod claims (ztunnel.credentials).
                 "CA_ADDRESS": f"istiod.{NAMESPACE}.svc:15011",
+                "CA_AUTH": "token",
+                "ISTIO_TOKEN_PATH": f"{TOKEN_DIR}/istio-token",
+                "CA_ROOT_CA": f"{ROOT_CERT_DIR}/root-cert.pem",
                 "INPOD_UDS": f"{ZTUNNEL_SOCKET_DIR}/ztunnel.sock",
                 "LOG_FORMAT": "json",
             }),
             _NODE_NAME_ENV,
+            _POD_NAMESPACE_ENV,
+            _SERVICE_ACCOUNT_ENV,
         ],
         "ports": [{"name": "http-readiness", "containerPort": 15021, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 5},
@@ -218,12 +234,29 @@ def _ztunnel(image: str) -> list[JSON]:
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]},
         },
-        "volumeMounts": [{"name": "ztunnel-socket", "mountPath": ZTUNNEL_SOCKET_DIR}],
+        "volumeMounts": [
+            {"name": "ztunnel-socket", "mountPath": ZTUNNEL_SOCKET_DIR},
+            {"name": "istio-token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "istiod-ca-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True},
+        ],
     }
+    volumes = [
+        _socket_volume(),
+        # The kubelet rewrites the token before it expires; ztunnel reads the file at every CA call.
+        {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE, "expirationSeconds": TOKEN_SECONDS, "path": "istio-token"}}]}},
+        {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+    ]
     return [
         _service_account("ztunnel"),
-        _daemonset("ztunnel", {"containers": [container], "volumes": [_socket_volume()]}),
+        _daemonset("ztunnel", {"containers": [container], "volumes": volumes}),
     ]
+
+
+def _cni_role_rules() -> list[JSON]:
+    """The node agent reads its own DaemonSet at SIGTERM (uninstall or restart?): the verbs are
+    ``ztunnel.cni.install.DAEMONSET_VERBS`` (a test keeps them equal; ambientctl cannot import ztunnel)."""
+    return [{"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]}]
 
 
 def _cni_agent(image: str) -> list[JSON]:
@@ -231,7 +264,18 @@ def _cni_agent(image: str) -> list[JSON]:
         "name": "install-cni",
         "image": image,
         "command": ["ztunnel-node-agent"],
-        "env": [*_env({"LOG_FORMAT": "json"}), _NODE_NAME_ENV],
+        "env": [
+            *_env({
+                "LOG_FORMAT": "json",
+                # Install ambient-cni into the host's CNI directories; remove it at SIGTERM only when this
+                # DaemonSet is being deleted (ztunnel.cni.install).
+                "MOUNTED_CNI_BIN_DIR": "/host/opt/cni/bin",
+                "MOUNTED_CNI_NET_DIR": "/host/etc/cni/net.d",
+                "DAEMONSET_NAME": "istio-cni",
+            }),
+            _NODE_NAME_ENV,
+            _POD_NAMESPACE_ENV,
+        ],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
         # Host network and privileged: it writes the host's CNI directories and programs nftables in
         # every enrolled pod's network namespace.
@@ -245,6 +289,12 @@ def _cni_agent(image: str) -> list[JSON]:
     }
     return [
         _service_account("istio-cni"),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": _meta("istio-cni"), "rules": _cni_role_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta("istio-cni"),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "istio-cni"},
+         "subjects": [{"kind": "ServiceAccount", "name": "istio-cni", "namespace": NAMESPACE}]},
         _daemonset("istio-cni", {
             "hostNetwork": True,
             "dnsPolicy": "ClusterFirstWithHostNet",

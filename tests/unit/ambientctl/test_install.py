@@ -19,6 +19,8 @@ from istiod_lite.ca.secret import SECRET_VERBS
 from istiod_lite.ca.tokenreview import TOKEN_REVIEW_VERBS
 from istiod_lite.leader import LEASE_VERBS
 from meshcore.store.kubernetes import rbac_rules
+from ztunnel.cni.install import DAEMONSET_VERBS
+from ztunnel.config import parse_config as parse_ztunnel_config
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "daemonset" / "ambient-mesh.yaml"
@@ -95,6 +97,38 @@ def test_ztunnel_gets_the_capabilities_istios_ztunnel_needs_and_the_node_agents_
     assert sorted(container["securityContext"]["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
     assert not container["securityContext"]["privileged"]
     assert {"name": "ztunnel-socket", "mountPath": "/var/run/ztunnel"} in container["volumeMounts"]
+
+
+def test_ztunnel_authenticates_with_its_projected_token_and_no_node_credential() -> None:
+    pod = find("DaemonSet", "ztunnel")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (source,) = volumes["istio-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"] == {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}
+    assert volumes["istiod-ca-cert"]["configMap"]["name"] == "istio-ca-root-cert"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ISTIO_TOKEN_PATH"] == mounts["istio-token"] + "/istio-token"
+    assert env["CA_ROOT_CA"] == mounts["istiod-ca-cert"] + "/root-cert.pem"
+    # The settings parse as ztunnel will parse them (fieldRefs filled in as the kubelet would).
+    config = parse_ztunnel_config({**{k: v for k, v in env.items() if v is not None}, "NODE_NAME": "node-1",
+                                   "POD_NAMESPACE": "istio-system", "SERVICE_ACCOUNT": "ztunnel"})
+    assert config.ca_auth.value == "token" and config.node_credential_dir is None
+    assert config.ca_address == "istiod.istio-system.svc:15011" and config.xds_address == "istiod.istio-system.svc:15012"
+    assert pod["serviceAccountName"] == "ztunnel"  # istiod-lite's trusted node account istio-system/ztunnel
+
+
+def test_the_cni_node_agent_may_read_its_own_daemonset_and_nothing_else() -> None:
+    role = find("Role", "istio-cni")
+    assert role["metadata"]["namespace"] == "istio-system"
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": list(DAEMONSET_VERBS)}]
+    binding = find("RoleBinding", "istio-cni")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istio-cni", "namespace": "istio-system"}]
+    container = find("DaemonSet", "istio-cni")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {env["MOUNTED_CNI_BIN_DIR"], env["MOUNTED_CNI_NET_DIR"]} <= mounts
+    assert env["DAEMONSET_NAME"] == "istio-cni"
 
 
 def test_the_cni_node_agent_runs_on_the_host_network_with_the_hosts_cni_directories() -> None:
