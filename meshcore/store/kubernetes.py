@@ -192,6 +192,7 @@ def to_resource(obj: Mapping[str, Any], kind: str) -> Resource:
         uid=str(meta.get("uid", "")),
         spec=dict(spec or {}),
         status=dict(obj.get("status") or {}),
+        generation=int(meta.get("generation") or 0),
     )
 
 
@@ -200,6 +201,7 @@ def to_manifest(resource: Resource, *, with_status: bool = False) -> JSON:
     doc = resource.to_dict()
     doc["metadata"].pop("resourceVersion", None)
     doc["metadata"].pop("uid", None)
+    doc["metadata"].pop("generation", None)
     if not with_status:
         doc.pop("status", None)
     if resource.kind == "ServiceAccount":
