@@ -9,6 +9,10 @@ functions (``*_table``) that tolerate both Istio's spellings (``"Allow"``, ``"He
 numbers, and never fail on a missing field (it prints ``NA``). An unreachable or non-ztunnel endpoint
 is one actionable error line. ``--node NAME`` reads the ztunnel of that node of the local cluster
 (its admin port listens on 127.0.0.1 inside the node's network namespace, so the request is made there).
+With ``--kubeconfig``/``--context``, ``--node NAME`` reads the ztunnel pod on that Kubernetes node (label
+``app=ztunnel`` in ``istio-system``) through the API server's pod port-forward: a WebSocket with the
+``v4.channel.k8s.io`` subprotocol to ``pods/NAME/portforward?ports=15000``, one HTTP/1.1 request on its
+data channel, the answer read until complete; anything on the error channel is the error shown.
 """
 
 from __future__ import annotations
@@ -101,10 +105,173 @@ def _local_cluster_dump(node: str) -> Any:
         raise CliError(f"the ztunnel of node {node!r} did not return JSON ({e})") from None
 
 
+# --- through the Kubernetes API server's port-forward ---------------------------------------------------
+
+KUBE_SCHEME = "kube-node://"
+ZTUNNEL_NAMESPACE = "istio-system"
+ZTUNNEL_APP_LABEL = ("app", "ztunnel")
+ZTUNNEL_ADMIN_PORT = 15000
+PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+
+
+def _cli_state() -> Any:
+    """The invocation's ``CliState`` (None outside a command)."""
+    from typer._click.globals import get_current_context
+
+    from .common import cli_state
+
+    ctx = get_current_context(silent=True)
+    return cli_state(ctx) if ctx is not None else None
+
+
+def _on_kubernetes() -> bool:
+    state = _cli_state()
+    return bool(state is not None and state.on_kubernetes)
+
+
+def pick_ztunnel_pod(pods: Iterable[Mapping[str, Any]], node: str) -> tuple[str, str]:
+    """(namespace, name) of the ztunnel pod on ``node`` (a Running one first), or a ``CliError`` naming the
+    nodes that do have one."""
+    key, value = ZTUNNEL_APP_LABEL
+    ztunnels = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(key) == value]
+    here = [p for p in ztunnels if (p.get("spec") or {}).get("nodeName") == node]
+    here.sort(key=lambda p: (p.get("status") or {}).get("phase") != "Running")
+    if here:
+        meta = here[0]["metadata"]
+        return str(meta.get("namespace", ZTUNNEL_NAMESPACE)), str(meta["name"])
+    nodes = sorted({str((p.get("spec") or {}).get("nodeName")) for p in ztunnels})
+    where = (f"ztunnel pods run on: {', '.join(nodes)}" if nodes else
+             f"no pod labelled {key}={value} there: is the mesh installed (`ambientctl install`)?")
+    raise CliError(f"no ztunnel pod on node {node!r} in {ZTUNNEL_NAMESPACE} ({where})")
+
+
+def _kube_admin_json(node: str, path: str) -> Any:
+    """GET ``path`` of the ztunnel admin on Kubernetes node ``node`` through the API server."""
+    import asyncio
+
+    from meshcore.store.errors import StoreUnavailable
+    from meshcore.store.kubernetes import load_configuration
+
+    if not node:
+        raise CliError("with --kubeconfig/--context, name the node whose ztunnel to read: --node NAME (reached "
+                       "through the API server's pod port-forward), or pass --admin URL")
+    state = _cli_state()
+    try:
+        configuration = load_configuration(kubeconfig=state.kubeconfig, context=state.kube_context)
+    except StoreUnavailable as e:
+        raise CliError(str(e)) from None
+    where, status, body = asyncio.run(_kube_admin_get(configuration, node, path))
+    if status != 200:
+        raise CliError(f"the ztunnel {where} answered HTTP {status} for {path}: is this a ztunnel's admin port?")
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise CliError(f"the ztunnel {where} did not return JSON for {path} ({e})") from None
+
+
+async def _kube_admin_get(configuration: Any, node: str, path: str) -> tuple[str, int, bytes]:
+    import asyncio
+
+    import aiohttp
+    from kubernetes_asyncio.client import ApiClient
+    from kubernetes_asyncio.stream import WsApiClient
+
+    from meshcore.store.errors import StoreUnavailable
+    from meshcore.store.kubernetes import ApiFailure, api_call
+
+    try:
+        async with asyncio.timeout(ADMIN_TIMEOUT_S * 2):
+            async with ApiClient(configuration) as api:
+                listed = await api_call(api, "GET", f"/api/v1/namespaces/{ZTUNNEL_NAMESPACE}/pods")
+            namespace, pod = pick_ztunnel_pod(listed.get("items") or [], node)
+            where = f"on node {node!r} (pod {namespace}/{pod}, through the API server's port-forward)"
+            async with WsApiClient(configuration) as ws_api:
+                connecting = await ws_api.call_api(
+                    f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward", "GET",
+                    query_params=[("ports", str(ZTUNNEL_ADMIN_PORT))],
+                    header_params={"sec-websocket-protocol": PORTFORWARD_PROTOCOL},
+                    auth_settings=["BearerToken"], _preload_content=False,
+                )
+                async with connecting as ws:
+                    status, body = await _http_over_portforward(ws, path, where)
+                    return where, status, body
+    except ApiFailure as e:
+        raise CliError(f"cannot list the ztunnel pods in {ZTUNNEL_NAMESPACE}: {e}") from None
+    except StoreUnavailable as e:
+        raise CliError(str(e)) from None
+    except aiohttp.WSServerHandshakeError as e:
+        raise CliError(f"the API server refused the port-forward to the ztunnel on node {node!r} (HTTP {e.status}); "
+                       "the user needs create on pods/portforward in istio-system") from None
+    except (aiohttp.ClientError, OSError) as e:
+        raise CliError(f"port-forward to the ztunnel on node {node!r} failed: {e or type(e).__name__}") from None
+    except TimeoutError:
+        raise CliError(f"no answer from the ztunnel on node {node!r} through the API server within "
+                       f"{ADMIN_TIMEOUT_S * 2:g}s") from None
+
+
+async def _http_over_portforward(ws: Any, path: str, where: str) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET on port-forward channel 0; the status and body. Each channel starts with the port
+    number (2 bytes); text on channel 1 is the API server's or kubelet's error."""
+    import aiohttp
+    import h11
+
+    http = h11.Connection(h11.CLIENT)
+    request = http.send(h11.Request(method="GET", target=path, headers=[
+        ("Host", f"localhost:{ZTUNNEL_ADMIN_PORT}"), ("Accept", "application/json"), ("Connection", "close")]))
+    await ws.send_bytes(b"\x00" + (request or b"") + (http.send(h11.EndOfMessage()) or b""))
+    prefix_left = {0: 2, 1: 2}
+    error = bytearray()
+    status, body = 0, bytearray()
+
+    def take(data: bytes) -> bool:
+        """Feed the HTTP parser; True once the response is complete."""
+        nonlocal status
+        http.receive_data(data)
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                return False
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body.extend(event.data)
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return True
+
+    try:
+        async for message in ws:
+            if message.type is not aiohttp.WSMsgType.BINARY or not message.data:
+                continue
+            channel, data = message.data[0], message.data[1:]
+            skip = min(prefix_left.get(channel, 0), len(data))
+            prefix_left[channel] = prefix_left.get(channel, 0) - skip
+            data = data[skip:]
+            if channel == 1:
+                error.extend(data)
+            elif channel == 0 and data and take(data):
+                return status, bytes(body)
+        if error:
+            raise CliError(f"port-forward to the ztunnel {where}: {error.decode(errors='replace').strip()}")
+        if take(b""):
+            return status, bytes(body)
+    except h11.RemoteProtocolError as e:
+        raise CliError(f"the ztunnel {where} did not answer HTTP ({e})") from None
+    raise CliError(f"the port-forward to the ztunnel {where} closed before a whole answer")
+
+
+def _admin_json(base: str, path: str) -> Any:
+    if base.startswith(KUBE_SCHEME):
+        return _kube_admin_json(base[len(KUBE_SCHEME):], path)
+    return fetch_json(base, path)
+
+
 def admin_base(admin: str | None, node: str | None) -> str:
-    """``--admin`` / ``--node`` to a base URL (``http://host:port``), or a ``CliError`` saying what to pass."""
+    """``--admin`` / ``--node`` to a base URL (``http://host:port``), or a ``CliError`` saying what to pass.
+    With ``--kubeconfig``/``--context`` and no ``--admin``: ``kube-node://NODE`` (read through the API server)."""
     if admin and node:
         raise CliError("pass either --admin or --node, not both")
+    if not admin and _on_kubernetes():
+        return f"{KUBE_SCHEME}{node or ''}"
     if node:
         found = node_admin_address(node)
         if found is None:
@@ -156,7 +323,7 @@ def load_dump(base: str, file: Path | None) -> dict[str, Any]:
     elif base.startswith(NODE_SCHEME):
         dump = _local_cluster_dump(base[len(NODE_SCHEME):])
     else:
-        dump = fetch_json(base, "/config_dump")
+        dump = _admin_json(base, "/config_dump")
     if not isinstance(dump, dict):
         raise CliError("the config dump is not a JSON object: is this a ztunnel's /config_dump?")
     return dump
@@ -166,7 +333,7 @@ def load_connections(base: str, dump: Mapping[str, Any], file: Path | None) -> l
     """Live connections: the dump's ``workloadState`` (what istioctl reads), else ``/connections``."""
     if isinstance(dump.get("workloadState"), dict) or file is not None:
         return connections_from_workload_state(dump)
-    live = fetch_json(base, "/connections")
+    live = _admin_json(base, "/connections")
     if not isinstance(live, list):
         raise CliError(f"ztunnel admin endpoint {base}/connections did not return a list")
     return [connection_from_admin(c) for c in live if isinstance(c, dict)]

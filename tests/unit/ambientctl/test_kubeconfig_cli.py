@@ -90,8 +90,8 @@ def test_an_unknown_context_is_refused_naming_the_kubeconfig_and_the_context(kub
 
 @pytest.mark.parametrize(
     "command",
-    [["cluster", "status"], ["cluster", "up"], ["logs", "-c", "ztunnel"], ["zc", "workloads", "--node", "node-1"]],
-    ids=["cluster status refuses", "cluster up refuses", "logs refuses", "zc --node (a local node) refuses"],
+    [["cluster", "status"], ["cluster", "up"], ["cluster", "down"], ["logs", "-c", "ztunnel"]],
+    ids=["cluster status refuses", "cluster up refuses", "cluster down refuses", "logs refuses"],
 )
 def test_local_cluster_only_commands_refuse_with_a_kubeconfig_naming_themselves(
     kubeconfig: Path, command: list[str]
