@@ -17,10 +17,32 @@ from typer.core import TyperGroup
 from meshcore.logs import LEVELS, configure_logging
 from meshcore.store import STATE_DIR_ENV, StoreError
 
-from .commands import cluster, demo, install, namespace, resources, troubleshoot, waypoint, ztunnel_config
-from .commands.common import EXIT_FAILURE, CliError, CliState, report_error
+from .commands import (
+    cluster,
+    demo,
+    describe,
+    install,
+    namespace,
+    resources,
+    troubleshoot,
+    version,
+    waypoint,
+    ztunnel_config,
+)
+from .commands.common import EXIT_FAILURE, CliError, CliState, OutputFormat, report_error
 
-COMMAND_MODULES = (resources, namespace, waypoint, demo, cluster, ztunnel_config, troubleshoot, install)
+COMMAND_MODULES = (
+    resources,
+    describe,
+    namespace,
+    waypoint,
+    demo,
+    cluster,
+    ztunnel_config,
+    troubleshoot,
+    install,
+    version,
+)
 
 
 class ErrorReportingGroup(TyperGroup):
@@ -59,6 +81,9 @@ def _root(
         typer.Option("--context", help="The kubeconfig context to use (implies the Kubernetes cluster; "
                      "default kubeconfig: KUBECONFIG or ~/.kube/config).", show_default=False),
     ] = None,
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the client's and istiod-lite's versions, then exit.")
+    ] = False,
 ) -> None:
     """Operate an ambient-mode service mesh: apply config, enrol namespaces, inspect state."""
     if log_level not in LEVELS:
@@ -67,6 +92,11 @@ def _root(
     state = CliState(state_dir_flag=state_dir, kubeconfig=kubeconfig, kube_context=context)
     ctx.obj = state
     ctx.call_on_close(state.close)
+    if show_version:
+        version.show_versions(state, client_only=False, output=OutputFormat.table)
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        ctx.fail("Missing command.")
 
 
 def build_app() -> typer.Typer:
@@ -79,7 +109,8 @@ def build_app() -> typer.Typer:
         pretty_exceptions_show_locals=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
-    application.callback()(_root)
+    # Invoked without a command only for --version; anything else without one fails as before.
+    application.callback(invoke_without_command=True)(_root)
     for module in COMMAND_MODULES:
         module.register(application)
     return application

@@ -41,6 +41,20 @@ class OutputFormat(StrEnum):
     yaml = "yaml"
 
 
+class ListFormat(StrEnum):
+    """``-o`` of the get-like commands (``get``): kubectl's ``table|wide|json|yaml|name``."""
+
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
+
+    def documents(self) -> OutputFormat | None:
+        """The document format (json/yaml) this asks for, None for the line formats."""
+        return OutputFormat(self.value) if self in (ListFormat.json, ListFormat.yaml) else None
+
+
 @dataclass
 class CliState:
     """What the global options decided, plus the store once a command opened it.

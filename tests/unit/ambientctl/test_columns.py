@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from ambientctl.commands.columns import build_table
+from ambientctl.commands.columns import (
+    _COLUMNS,
+    NodeRow,
+    TableContext,
+    build_table,
+    human_duration,
+    node_table,
+    policy_status,
+    qualified_name,
+)
 from meshcore.store import Resource, build_resource
 
 GW_API = "gateway.networking.k8s.io/v1"
@@ -31,7 +41,7 @@ NAMESPACES = {
 @pytest.mark.parametrize(
     ("resource", "row"),
     [
-        (res("Pod"), ["x", "-", "Pending", "0", "<none>", "<none>", "default", "ambient"]),
+        (res("Pod"), ["x", "-", "Pending", "0", "<unknown>", "ambient"]),
         (
             res(
                 "Pod",
@@ -39,7 +49,7 @@ NAMESPACES = {
                 spec={"nodeName": "n1"},
                 status={"phase": "Running", "podIP": "10.0.0.1"},
             ),
-            ["x", "-", "Running", "0", "10.0.0.1", "n1", "default", "none"],
+            ["x", "-", "Running", "0", "<unknown>", "none"],
         ),
         (
             res(
@@ -56,7 +66,7 @@ NAMESPACES = {
                     ],
                 },
             ),
-            ["x", "0/1", "CrashLoopBackOff", "4", "<none>", "<none>", "default", "ambient"],
+            ["x", "0/1", "CrashLoopBackOff", "4", "<unknown>", "ambient"],
         ),
         (
             res(
@@ -66,7 +76,7 @@ NAMESPACES = {
                     "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 53, "protocol": "UDP"}],
                 },
             ),
-            ["x", "None", "80/TCP,53/UDP", "<none>"],
+            ["x", "ClusterIP", "None", "80/TCP,53/UDP"],
         ),
         (
             res(
@@ -77,9 +87,12 @@ NAMESPACES = {
                     "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}],
                 },
             ),
-            ["x", "DENY", "Gateway/wp", "0"],
+            ["x", "DENY", "Gateway/wp", "0", "-"],
         ),
-        (res("AuthorizationPolicy", "security.istio.io/v1", spec={}), ["x", "ALLOW", "<namespace>", "0"]),
+        (
+            res("AuthorizationPolicy", "security.istio.io/v1", spec={}),
+            ["x", "ALLOW", "<namespace>", "0", "-"],
+        ),
         (
             res(
                 "Gateway",
@@ -141,3 +154,168 @@ def test_all_namespaces_adds_a_namespace_column_for_namespaced_kinds_only() -> N
     assert headers[:2] == ["NAMESPACE", "NAME"] and rows[0][:2] == ["demo", "x"]
     headers, _ = build_table("Namespace", list(NAMESPACES.values()), {}, all_namespaces=True)
     assert headers == ["NAME", "LABELS"]
+
+
+NOW = datetime(2026, 12, 7, 15, 0, 0, tzinfo=UTC)
+RUNNING_POD = res(
+    "Pod",
+    spec={"nodeName": "node-1", "serviceAccountName": "web"},
+    status={"phase": "Running", "podIP": "10.244.1.5", "startTime": "2026-12-07T14:56:40Z"},
+)
+
+
+def test_wide_adds_a_pods_ip_node_and_service_account_after_age() -> None:
+    headers, rows = build_table(
+        "Pod", [RUNNING_POD], TableContext(NAMESPACES, NOW), all_namespaces=False, wide=True
+    )
+    assert headers == [
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "IP",
+        "NODE",
+        "SERVICE-ACCOUNT",
+        "DATAPLANE-MODE",
+    ]
+    assert rows == [["x", "-", "Running", "0", "3m20s", "10.244.1.5", "node-1", "web", "ambient"]]
+    narrow, _ = build_table("Pod", [RUNNING_POD], TableContext(NAMESPACES, NOW), all_namespaces=False)
+    assert "IP" not in narrow and "NODE" not in narrow
+
+
+def test_wide_adds_a_services_selector_and_a_deployments_containers_images_selector() -> None:
+    svc = res("Service", spec={"selector": {"app": "web"}, "ports": [{"port": 80}]})
+    assert build_table("Service", [svc], {}, all_namespaces=False, wide=True) == (
+        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR"],
+        [["x", "ClusterIP", "<none>", "80/TCP", "app=web"]],
+    )
+    deploy = res(
+        "Deployment",
+        "apps/v1",
+        spec={
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [{"name": "web", "image": "nginx"}, {"name": "log", "command": ["sh"]}]
+                },
+            },
+        },
+    )
+    headers, rows = build_table("Deployment", [deploy], {}, all_namespaces=False, wide=True)
+    assert headers[-3:] == ["CONTAINERS", "IMAGES", "SELECTOR"]
+    assert rows[0][-3:] == ["web,log", "nginx,<none>", "app=web"]
+
+
+def test_several_kinds_name_rows_kind_dot_group_slash_name() -> None:
+    _, rows = build_table("Pod", [res("Pod")], {}, all_namespaces=False, with_kind=True)
+    assert rows[0][0] == "pod/x"
+    assert qualified_name(Resource(kind="Deployment", name="x")) == "deployment.apps/x"
+    assert qualified_name(res("AuthorizationPolicy", "security.istio.io/v1", spec={})) == (
+        "authorizationpolicy.security.istio.io/x"
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(_COLUMNS))
+def test_no_header_has_a_blank(kind: str) -> None:
+    assert all(" " not in c.header for c in _COLUMNS[kind])
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (-5, "<invalid>"),
+        (0, "0s"),
+        (119, "119s"),
+        (200, "3m20s"),
+        (540, "9m"),
+        (3000, "50m"),
+        (4 * 3600 + 120, "4h2m"),
+        (30 * 3600, "30h"),
+        (3 * 86400 + 5 * 3600, "3d5h"),
+        (40 * 86400, "40d"),
+        (3 * 365 * 86400 + 86400, "3y1d"),
+        (9 * 365 * 86400, "9y"),
+    ],
+    ids=[
+        "a time in the future is invalid",
+        "no time is 0s",
+        "under two minutes counts seconds",
+        "under ten minutes shows minutes and seconds",
+        "whole minutes drop the seconds",
+        "under three hours counts minutes",
+        "under eight hours shows hours and minutes",
+        "under two days counts hours",
+        "under eight days shows days and hours",
+        "under two years counts days",
+        "under eight years shows years and days",
+        "beyond that counts years",
+    ],
+)
+def test_age_reads_as_kubectls(seconds: int, text: str) -> None:
+    assert human_duration(seconds) == text
+
+
+def _policy(*conditions: dict[str, str]) -> Resource:
+    return res(
+        "AuthorizationPolicy", "security.istio.io/v1", spec={}, status={"conditions": list(conditions)}
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "status"),
+    [
+        (res("AuthorizationPolicy", "security.istio.io/v1", spec={}), "-"),
+        (_policy({"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted"}), "Accepted"),
+        (
+            _policy(
+                {"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted"},
+                {"type": "WaypointAccepted", "status": "True", "reason": "Accepted"},
+            ),
+            "Accepted",
+        ),
+        (
+            _policy(
+                {"type": "ZtunnelAccepted", "status": "False", "reason": "UnsupportedValue", "message": "m"}
+            ),
+            "Ztunnel:UnsupportedValue",
+        ),
+        (
+            _policy(
+                {"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted"},
+                {"type": "WaypointAccepted", "status": "False", "reason": "TargetNotFound"},
+            ),
+            "Waypoint:TargetNotFound",
+        ),
+        (_policy({"type": "ZtunnelAccepted", "status": "False"}), "Ztunnel:False"),
+        (_policy({"type": "SomethingElse", "status": "False", "reason": "X"}), "-"),
+    ],
+    ids=[
+        "a policy istiod has not looked at yet shows a dash",
+        "ztunnel accepted it",
+        "both ztunnel and the waypoint accepted it",
+        "ztunnel refused part of it with a reason",
+        "only the refusing condition is shown",
+        "a refusal without a reason shows its status",
+        "conditions of other types are not this column's",
+    ],
+)
+def test_policy_status_column(policy: Resource, status: str) -> None:
+    assert policy_status(policy) == status
+    assert build_table("AuthorizationPolicy", [policy], {}, all_namespaces=False)[1][0][-1] == status
+
+
+def test_nodes_table_reads_as_kubectls_and_wide_adds_the_internal_ip() -> None:
+    nodes = [NodeRow("node-1", True, "10.0.0.2"), NodeRow("node-2", False, "10.0.0.3")]
+    assert node_table(nodes, version="v0.1.0") == (
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        [
+            ["node-1", "Ready", "<none>", "<unknown>", "v0.1.0"],
+            ["node-2", "NotReady", "<none>", "<unknown>", "v0.1.0"],
+        ],
+    )
+    headers, rows = node_table(nodes, version="v0.1.0", wide=True, kernel="6.1.0")
+    assert headers[5:] == ["INTERNAL-IP", "EXTERNAL-IP", "KERNEL-VERSION"]
+    assert rows[0][5:] == ["10.0.0.2", "<none>", "6.1.0"]

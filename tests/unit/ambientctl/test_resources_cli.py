@@ -168,10 +168,18 @@ def test_pod_fields_the_local_cluster_ignores_are_named_in_warnings(ctl: Ctl) ->
 def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ctl) -> None:
     ctl.ok("apply", "-f", str(MESH))
     ctl.ok("namespace", "enable", "demo")
-    assert table(ctl.ok("get", "po", "-n", "demo")) == [
-        ["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE", "SERVICE-ACCOUNT", "DATAPLANE-MODE"],
-        ["client", "-", "Running", "0", "10.244.1.10", "node-1", "client", "ambient"],
-        ["server", "-", "Running", "0", "10.244.2.10", "node-2", "server", "ambient"],
+    assert table(ctl.ok("get", "po", "-n", "demo", "-o", "wide")) == [
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "SERVICE-ACCOUNT", "DATAPLANE-MODE"],
+        ["client", "-", "Running", "0", "<unknown>", "10.244.1.10", "node-1", "client", "ambient"],
+        ["server", "-", "Running", "0", "<unknown>", "10.244.2.10", "node-2", "server", "ambient"],
+    ]
+    assert table(ctl.ok("get", "po", "-n", "demo"))[0] == [
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "DATAPLANE-MODE",
     ]
     rows = table(ctl.ok("get", "pods", "-A"))
     assert rows[0][:2] == ["NAMESPACE", "NAME"] and rows[1][:2] == ["demo", "client"]
@@ -179,15 +187,16 @@ def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ct
 
 def test_get_services_policies_and_namespaces_tables(ctl: Ctl) -> None:
     ctl.ok("apply", "-f", str(MESH))
-    assert table(ctl.ok("get", "svc", "-n", "demo")) == [
-        ["NAME", "CLUSTER-IP", "PORT(S)", "SELECTOR"],
-        ["server", "10.96.0.10", "80/TCP", "app=server"],
+    assert table(ctl.ok("get", "svc", "-n", "demo", "-o", "wide")) == [
+        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR"],
+        ["server", "ClusterIP", "10.96.0.10", "80/TCP", "app=server"],
     ]
     assert table(ctl.ok("get", "authorizationpolicies", "-n", "demo"))[1] == [
         "server-allow-client",
         "ALLOW",
         "app=server",
         "1",
+        "-",
     ]
     ctl.ok("namespace", "enable", "demo")
     assert table(ctl.ok("get", "namespaces")) == [
@@ -292,8 +301,8 @@ def test_after_cluster_down_no_pod_claims_to_run_or_to_have_an_ip(ctl: Ctl) -> N
     with SqliteStore(store_path(ctl.state_dir)) as store:
         assert sorted(mark_pods_stopped(store)) == ["demo/client", "demo/server"]
         assert mark_pods_stopped(store) == []  # nothing changes the second time
-    result = ctl("get", "po", "-n", "demo")
-    assert [row[:5] for row in table(result.stdout)[1:]] == [
+    result = ctl("get", "po", "-n", "demo", "-o", "wide")
+    assert [row[:4] + row[5:6] for row in table(result.stdout)[1:]] == [
         ["client", "-", "Pending", "0", "<none>"],
         ["server", "-", "Pending", "0", "<none>"],
     ]
