@@ -7,12 +7,13 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.xds_client import APPLY_STEP, XdsClient
 from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
-from meshcore.proto import workload_pb2
+from meshcore.proto import discovery_pb2_grpc, workload_pb2
 from meshcore.state import ProxyState, Rejection
 from meshcore.testing import builders
 from meshcore.testing.fake_xds import FakeXdsServer, RecordedRequest
@@ -212,3 +213,44 @@ async def test_close_during_a_big_apply_stops_it_without_publishing(mesh: Mesh) 
         while mesh.client.connected:  # noqa: ASYNC110 (bounded poll: run() ends once the stream is closed)
             await asyncio.sleep(0.005)
     assert mesh.cell.current() is before
+
+
+async def test_a_credentials_function_is_asked_again_at_each_reconnect() -> None:
+    """A renewed client certificate (or root) is used from the next connection attempt on: the first
+    credentials trust the wrong root, so the handshake fails; the client reconnects with the next ones."""
+    from meshcore.testing.fake_ca import FakeCa
+    from meshcore.tls.contexts import channel_credentials, channel_options
+
+    ca, wrong = FakeCa(), FakeCa()
+    serving = ca.issue_with_sans([])  # a leaf for DNS no-uri-san.invalid
+    fake = FakeXdsServer()
+    server = grpc.aio.server()
+    discovery_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(fake, server)  # type: ignore[no-untyped-call]
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        grpc.ssl_server_credentials([(serving.key_pem.encode(), "".join(serving.chain_pem).encode())]),
+    )
+    await server.start()
+    roots = [wrong.roots_pem, ca.roots_pem]
+    calls: list[str] = []
+
+    def credentials() -> grpc.ChannelCredentials:
+        calls.append(roots[min(len(calls), 1)])
+        return channel_credentials(calls[-1])
+
+    cell: StateCell[ProxyState] = StateCell(ProxyState.empty())
+    client = XdsClient(f"127.0.0.1:{port}", credentials, NODE_ID, {}, cell,
+                       channel_options=channel_options("no-uri-san.invalid"),
+                       backoff=Backoff(initial=0.005, maximum=0.05), rng=random.Random(1))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(client.run())
+            try:
+                await fake.push(ADDRESS_TYPE_URL, {WEB.uid: WEB})
+                await fake.push(AUTHORIZATION_TYPE_URL, {})
+                await asyncio.wait_for(client.ready.wait(), 10)
+            finally:
+                client.close()
+    finally:
+        await server.stop(None)
+    assert calls[0] == wrong.roots_pem and calls[-1] == ca.roots_pem
