@@ -16,12 +16,13 @@ network namespace, from a thread that entered it):
 5. per node, the CNI config ``nodes/<node>/net.d/10-ambient.conflist`` (from now on every new pod's
    sandbox goes through ``ambient-cni``), then the ``kubelet`` on the host (ready after its first sync).
 ``cluster up`` does not call ``start`` itself: ``start_supervised`` starts the cluster's supervisor
-(``supervisor.py``, the component ``supervisor`` on the host), which calls ``start`` so that every component
-is its child, then restarts any that dies with the same ``Command`` (kept in ``Mesh.commands``); ``stop``
-stops the supervisor first. A component already running is left alone, so ``start`` is idempotent. A component that exits or is
-not ready in time raises a ``ClusterError`` quoting the end of its log. The pure pieces (file layout,
-command lines and environments) are table-tested. ``stop`` reverses the order; ``Cluster.down`` alone
-also removes everything (it stops every recorded process and deletes ``nodes/``).
+(``supervisor.py``, the component ``supervisor`` on the host), which calls ``start`` so that every
+component is its child, then restarts any that dies with the same ``Command`` (kept in
+``Mesh.commands``); ``stop`` stops the supervisor first. A component already running is left alone, so
+``start`` is idempotent. A component that exits or is not ready in time raises a ``ClusterError``
+quoting the end of its log. The pure pieces (file layout, command lines and environments) are
+table-tested. ``stop`` reverses the order; ``Cluster.down`` alone also removes everything (it stops every
+recorded process and deletes ``nodes/``).
 """
 
 from __future__ import annotations
