@@ -390,9 +390,17 @@ def upstream_crds() -> dict[str, str]:
 
 
 def _connect(kubeconfig: str | None, context: str | None) -> Any:
+    from typer._click.globals import get_current_context
+
     from meshcore.store.errors import StoreUnavailable
     from meshcore.store.kubernetes import load_configuration
 
+    from .common import cli_state
+
+    ctx = get_current_context(silent=True)
+    if ctx is not None:  # the global --kubeconfig/--context when the command's own are not given
+        state = cli_state(ctx)
+        kubeconfig, context = kubeconfig or state.kubeconfig, context or state.kube_context
     try:
         return load_configuration(kubeconfig=kubeconfig, context=context)
     except StoreUnavailable as e:

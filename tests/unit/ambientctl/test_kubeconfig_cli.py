@@ -100,3 +100,10 @@ def test_local_cluster_only_commands_refuse_with_a_kubeconfig_naming_themselves(
     assert got.exit_code == 1, got.output
     assert "works only on the local cluster" in got.output
     assert f"`ambientctl {' '.join(command[:2 if command[0] == 'cluster' else 1])}" in got.output
+
+
+def test_install_and_uninstall_take_the_global_kubeconfig_and_context_too(kubeconfig: Path) -> None:
+    # The context "nowhere" points at a closed loopback port: reaching it proves the global options were used.
+    got = run("--kubeconfig", str(kubeconfig), "--context", "nowhere", "uninstall")
+    assert got.exit_code == 1, got.output
+    assert "127.0.0.1:9" in got.output and "Traceback" not in got.output
