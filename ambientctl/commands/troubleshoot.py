@@ -8,7 +8,9 @@
   seen and the remediation, grouped as ``linkerd check`` prints them; exit 1 on any failure;
   ``-o json``.
 - ``proxy-status`` (alias ``ps``): one row per proxy connected to istiod-lite, istioctl's columns.
-- ``explain FROM TO[:PORT]``: what the data plane decides for a connection (``troubleshoot.explain``).
+- ``explain FROM TO[:PORT]``: what the data plane decides for a connection (``troubleshoot.explain``) and,
+  beside it, the last such connection as the ztunnels' and waypoints' access logs recorded it (with a
+  denial's reason).
 - ``logs --component C [--node] [--pod] [-f] [--since] [--denied]``: a component's logs on every node,
   merged by time; ``tap TARGET``: live access records of a pod or service (``troubleshoot.logs``).
 - ``stat`` (alias ``top``) and ``graph`` (text, DOT, json): golden signals per service and the edges
@@ -44,8 +46,12 @@ from ambientctl.troubleshoot.explain import (
     RequestSpec,
     describe_pod,
     explain,
+    last_seen,
+    last_seen_json,
     mesh_config_from_registry,
+    record_query,
     render,
+    render_last_seen,
     render_pod,
     resolve_destination,
     resolve_source,
@@ -61,6 +67,7 @@ from ambientctl.troubleshoot.logs import (
     denied,
     follow,
     parse_duration,
+    parse_line,
     read,
     record_json,
     since,
@@ -275,12 +282,37 @@ def explain_cmd(
         return
     ip, port = target
     result = explain(config, src, ip, port, _request(method, path, header or []))
+    seen = last_seen(_access_records(ctx), record_query(result))
     if output is Format.json:
-        typer.echo(json.dumps({**explain_json(result), "config": sync}, indent=2))
+        typer.echo(json.dumps({**explain_json(result), "config": sync, "lastSeen": last_seen_json(seen)}, indent=2))
         return
     typer.echo(f"config:       istiod-lite's registry; {sync}")
-    for line in render(result):
+    for line in render(result) + render_last_seen(seen):
         typer.echo(line)
+
+
+# Of each ztunnel and waypoint log, explain reads at most this much of the end (the recent records).
+EXPLAIN_LOG_TAIL = 4 << 20
+
+
+def _access_records(ctx: typer.Context, max_bytes: int = EXPLAIN_LOG_TAIL) -> list[LogRecord]:
+    """The access records at the end of every ztunnel's and waypoint's log (what ``tap`` follows)."""
+    log_dir, nodes = _log_dir_and_nodes(ctx)
+    files = component_files(log_dir, "ztunnel", nodes, []) + component_files(log_dir, "waypoint", nodes,
+                                                                              _waypoint_pods(ctx))  # fmt: skip
+    out: list[LogRecord] = []
+    for f in files:
+        try:
+            with f.path.open("rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - max_bytes))
+                lines = fh.read().decode("utf-8", "replace").split("\n")
+        except FileNotFoundError:
+            continue
+        for text in lines[1:] if size > max_bytes else lines:  # the first line of a tail may be cut
+            if text and (record := parse_line(text, f.source)).is_access:
+                out.append(record)
+    return out
 
 
 def _sync_of(reach: Reach, node: str) -> str:

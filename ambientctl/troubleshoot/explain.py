@@ -20,6 +20,12 @@ to ``dst_ip:dst_port``, on one configuration (``MeshConfig``: the workloads, ser
 The functions used are the data plane's own (``meshcore.routing``, ``meshcore.policy``); the route rules
 are restated here only because ambientctl may not import ztunnel, and tests check both agree.
 ``mesh_config_from_registry`` turns istiod-lite's ``/debug/registryz`` document back into model values.
+Beside the prediction, what happened: ``record_query`` says which access-log records (``logs.LogRecord``,
+the ztunnels' and waypoints' ``scope=access`` lines that ``tap`` and ``logs --denied`` read) are about
+the explained source and destination (the source by its pod IP or name, the destination by the address
+dialled, a hop's CONNECT authority, an endpoint's address or the service's hostname); ``last_seen``
+picks the most recent such connection as each proxy logged it, and ``outcome`` reads a record's result
+and, for a denial, its reason (the policy named in ztunnel's error, or the waypoint's 403 and policy).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -47,6 +54,8 @@ from meshcore.policy import ConnFacts, Decision, RequestFacts, evaluate_l4, eval
 from meshcore.policy.errors import PolicyError
 from meshcore.routing import SockAddr, address_of, expected_identities, service_endpoints, service_port
 from meshcore.state import ProxyState
+
+from .logs import LogRecord, record_json
 
 # ztunnel's own listener ports: a connection to one of them on loopback is refused (SelfCall).
 ZTUNNEL_PORTS = frozenset({15001, 15006, 15008, 15080})
@@ -658,3 +667,116 @@ def _waypoint_gateway_text(gw: GatewayAddress) -> str:
     if gw.hostname is not None:
         return f"{gw.hostname.namespace}/{gw.hostname.hostname}"
     return gw.address.address if gw.address is not None else "?"
+
+
+# --- the access log beside the prediction -------------------------------------------------------------------
+
+# Records of one connection, as the proxies it crossed logged it, are this close in time to each other.
+SAME_CONNECTION = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordQuery:
+    """What an access-log record must name to be about an explained connection."""
+
+    source: tuple[str, str]  # (namespace, name) of the source workload
+    source_ips: frozenset[str]
+    destinations: frozenset[str]  # ``ip:port``: dialled, CONNECT authorities, endpoints, direct hops
+    service: str = ""  # hostname, when a service was dialled
+
+
+def record_query(e: Explanation) -> RecordQuery:
+    dests = {str(e.destination)}
+    for h in e.route.hops:
+        dests.add(str(h.authority if h.authority is not None else h.next_hop))
+    dests.update(str(SockAddr(v.facts.dst_ip, v.facts.dst_port)) for v in e.l4)
+    service = e.route.service.hostname if e.route.service is not None else ""
+    return RecordQuery((e.source.namespace, e.source.name), frozenset(e.source.addresses), frozenset(dests), service)
+
+
+def _ip_of(addr: str) -> str:
+    host = addr.rpartition(":")[0] if addr.count(":") == 1 or addr.startswith("[") else addr
+    return host.strip("[]")
+
+
+def _namespace_of(f: Mapping[str, str]) -> str | None:
+    if "src.namespace" in f:
+        return f["src.namespace"]
+    identity = f.get("src.identity", "")
+    _, sep, rest = identity.partition("/ns/")
+    return rest.split("/", 1)[0] if sep else None
+
+
+def about(record: LogRecord, q: RecordQuery) -> bool:
+    """Whether an access record is about the source and destination of ``q``."""
+    if not record.is_access:
+        return False
+    f = record.fields
+    ns, name = q.source
+    by_ip = _ip_of(f.get("src.addr", "")) in q.source_ips
+    by_name = f.get("src.workload") == name and _namespace_of(f) in (ns, None)
+    if not (by_ip or by_name):
+        return False
+    if q.service and f.get("dst.service") == q.service:
+        return True
+    return f.get("dst.hbone_addr") in q.destinations or f.get("dst.addr") in q.destinations
+
+
+def last_seen(records: Iterable[LogRecord], q: RecordQuery, window: timedelta = SAME_CONNECTION) -> tuple[LogRecord, ...]:
+    """The most recent record about ``q`` and, from each other proxy (and direction), its latest one
+    within ``window`` of it: the last connection as each proxy it crossed logged it, newest first."""
+    latest: dict[tuple[str, str], tuple[datetime, LogRecord]] = {}
+    for r in records:
+        if r.time is None or not about(r, q):
+            continue
+        key = (r.source, r.fields.get("direction", r.event))
+        if key not in latest or r.time >= latest[key][0]:
+            latest[key] = (r.time, r)
+    if not latest:
+        return ()
+    ordered = sorted(latest.values(), key=lambda pair: pair[0], reverse=True)
+    newest = ordered[0][0]
+    return tuple(r for when, r in ordered if newest - when <= window)
+
+
+def outcome(record: LogRecord) -> tuple[str, str]:
+    """(``DENIED`` | ``FAILED`` | ``OK``, why) for one access record."""
+    f = record.fields
+    if record.event == "request complete":
+        code = f.get("response_code", "")
+        detail = f.get("detail", "")
+        if code == "403" or detail.startswith("rbac_access_denied"):
+            by = f" by {f['policy']}" if f.get("policy") else ""
+            return "DENIED", f"HTTP 403{by}" + (f" ({detail})" if detail else "")
+        flags = f.get("response_flags", "-")
+        failed = not code or code == "0" or code.startswith("5")
+        return ("FAILED" if failed else "OK"), f"HTTP {code or '-'}" + (f" {flags}" if flags not in ("-", "") else "")
+    error = f.get("error")
+    if error is not None:
+        lowered = error.lower()
+        denied = "denied" in lowered or "policy rejection" in lowered or " 401" in error
+        return ("DENIED" if denied else "FAILED"), error
+    return "OK", f"{f.get('bytes_sent', '-')}/{f.get('bytes_recv', '-')} bytes in {f.get('duration', '-')}"
+
+
+def render_last_seen(records: Sequence[LogRecord]) -> list[str]:
+    """The lines ``explain`` prints under its verdict: what the access logs last recorded."""
+    if not records:
+        return ["last seen:    no access-log record for this source and destination"]
+    newest = records[0].time
+    when = f"{newest:%Y-%m-%d %H:%M:%S}Z" if newest is not None else "?"
+    lines = [f"last seen:    {when} in the access logs, as each proxy logged it"]
+    for r in records:
+        word, why = outcome(r)
+        where = f"{r.source} ({r.fields.get('direction', r.event)})"
+        stamp = f"{r.time:%H:%M:%S.%f}"[:-3] if r.time is not None else "-"
+        lines.append(f"  {stamp} {where}: {word}: {why}")
+    return lines
+
+
+def last_seen_json(records: Sequence[LogRecord]) -> list[dict[str, Any]]:
+    out = []
+    for r in records:
+        word, why = outcome(r)
+        out.append({**record_json(r), "outcome": word, "reason": why})
+    return out

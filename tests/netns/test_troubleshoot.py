@@ -2,7 +2,8 @@
 names the one rule removed from a pod's nftables (from its node agent's own record of what it
 installed) until a restart of that node agent repairs it, then names the fault once a ztunnel is killed
 and once istiod is stopped; ``explain`` predicts an allowed and a denied connection and the data plane then does exactly
-that, and ``logs --denied`` finds the refusal; with a per-service-account waypoint and an L7 policy,
+that, ``explain`` then shows the refusal from the access log with the policy that denied it, and
+``logs --denied`` finds the refusal; with a per-service-account waypoint and an L7 policy,
 ``explain --method POST`` predicts 403 at the waypoint and a real POST gets it; ``tap`` shows a request
 made after it started; ``proxy-status`` lists every node's ztunnel as SYNCED with its version;
 ``fetch`` reads an endpoint inside a node's netns from the host; ``bug-report`` writes an archive with
@@ -119,7 +120,28 @@ def test_explain_predicts_what_the_data_plane_does(mc: MeshCluster) -> None:
     refused = mc.request("bad", NS, URL, timeout=3.0)
     assert refused["ok"] == 0, refused
     text = ctl(mc, "explain", f"{NS}/bad", f"svc/{NS}/echo").stdout
-    assert f"DENY  {NS}/deny-bad: matched rule 0" in text and text.rstrip().endswith("DENIED")
+    assert f"DENY  {NS}/deny-bad: matched rule 0" in text and "\nverdict:      DENIED\n" in text
+
+    # Beside the prediction, the refusal just made, as the destination's ztunnel logged it, with its reason.
+    def last_denial() -> str | None:
+        out = ctl(mc, "explain", f"{NS}/bad", f"svc/{NS}/echo").stdout
+        return out if any("(inbound): DENIED: " in x and f"explicitly denied by: {NS}/deny-bad" in x
+                          for x in out.splitlines()) else None  # fmt: skip
+
+    seen = wait_for("explain shows the last denial", last_denial, timeout=10).splitlines()
+    i = next(n for n, x in enumerate(seen) if x.startswith("last seen:"))
+    assert seen[i - 1] == "verdict:      DENIED" and "in the access logs" in seen[i], seen
+    assert any("ztunnel-node-2 (inbound): DENIED" in x for x in seen[i + 1 :]), seen
+    doc = json.loads(ctl(mc, "explain", f"{NS}/bad", f"svc/{NS}/echo", "-o", "json").stdout)
+    assert any(r["outcome"] == "DENIED" and r["reason"].endswith(f"explicitly denied by: {NS}/deny-bad")
+               for r in doc["lastSeen"]), doc["lastSeen"]  # fmt: skip
+    # The allowed client's connection is its own: no denial is shown for it.
+    def allowed_seen() -> list[dict[str, Any]] | None:
+        doc = json.loads(ctl(mc, "explain", f"{NS}/client", f"svc/{NS}/echo", "-o", "json").stdout)
+        return doc["lastSeen"] or None
+
+    mine = wait_for("explain shows the client's last connection", allowed_seen, timeout=10)
+    assert all(r["outcome"] == "OK" for r in mine), mine
 
     pod = ctl(mc, "explain", f"{NS}/server").stdout
     assert f"DENY  {NS}/deny-bad (selector, 1 rule(s))" in pod and f"echo.{NS}.svc.cluster.local" in pod
@@ -277,7 +299,7 @@ def test_check_names_the_one_rule_removed_from_a_pod_and_a_node_agent_restart_re
         return results if all(r["result"] == "success" for r in results) else None
 
     (ok,) = wait_for("check finds bad's rules in place again", repaired, timeout=30)
-    assert ok["detail"].startswith("3 pod(s)")
+    assert ok["detail"].endswith("pod(s), checked rule by rule by the node agents"), ok
     with NetnsHandle.open(str(mc.cluster.net.netns_path(record.netns))) as handle:
         nat_rule_handle(handle, 15001)
 
