@@ -1,4 +1,4 @@
-"""``ambientctl --kubeconfig FILE [--context NAME]``: the store commands (apply, get, delete, namespace)
+"""``ambientctl --kubeconfig FILE [--context NAME]``: the store commands (apply, get, describe, delete, namespace)
 work on the Kubernetes cluster (here the API stand-in) instead of the embedded store, and the commands
 that only the local cluster can answer refuse, naming themselves."""
 
@@ -62,6 +62,10 @@ def test_apply_get_and_delete_go_to_the_api_server_of_the_kubeconfig(
     got = run(*k, "get", "pods", "-n", "demo", "-o", "json")
     assert got.exit_code == 0, got.output
     assert [i["metadata"]["name"] for i in json.loads(got.stdout)["items"]] == ["web"]
+
+    described = run(*k, "describe", "pod", "web", "-n", "demo")
+    assert described.exit_code == 0, described.output
+    assert "web" in described.stdout and "node-1" in described.stdout
 
     enabled = run(*k, "namespace", "enable", "demo")
     assert enabled.exit_code == 0, enabled.output
