@@ -44,7 +44,7 @@ OUT_DENIED = rec("ztunnel-node-1", line(
     "40:01.300000", "error", "connection complete", **{
         "src.addr": "10.0.0.1:50100", "src.workload": "client", "src.namespace": "default",
         "dst.addr": "10.0.0.2:15008", "dst.hbone_addr": "10.0.0.2:8080", "dst.service": HOST,
-        "direction": "outbound", "error": "HBONE CONNECT to 10.0.0.2:8080 refused with 401", "scope": "access"}))  # fmt: skip
+        "direction": "outbound", "error": "HBONE tunnel to 10.0.0.2:8080 refused by the server with HTTP status 401", "scope": "access"}))  # fmt: skip
 IN_DENIED = rec("ztunnel-node-2", line(
     "40:01.200000", "error", "connection complete", **{
         "src.addr": "10.0.0.1:41000", "src.workload": "client", "src.namespace": "default",
@@ -108,7 +108,7 @@ def test_the_last_connection_is_shown_as_each_proxy_logged_it_newest_first() -> 
     ("record", "expected"),
     [
         (IN_DENIED, ("DENIED", "explicitly denied by: default/deny-bad")),
-        (OUT_DENIED, ("DENIED", "HBONE CONNECT to 10.0.0.2:8080 refused with 401")),
+        (OUT_DENIED, ("DENIED", "HBONE tunnel to 10.0.0.2:8080 refused by the server with HTTP status 401")),
         (WAYPOINT_403, ("DENIED", "HTTP 403 by default/get-only (rbac_access_denied_matched_policy[default/get-only])")),
         (IN_ALLOWED_EARLIER, ("OK", "12/34 bytes in 5ms")),
         (rec("z", line("00:00.0", "error", "connection complete", error="BrokenPipeError: [Errno 32] Broken pipe",
@@ -133,7 +133,7 @@ def test_render_shows_each_proxys_record_with_its_reason() -> None:
     lines = render_last_seen((OUT_DENIED, IN_DENIED))
     assert lines == [
         "last seen:    2026-12-07 15:40:01Z in the access logs, as each proxy logged it",
-        "  15:40:01.300 ztunnel-node-1 (outbound): DENIED: HBONE CONNECT to 10.0.0.2:8080 refused with 401",
+        "  15:40:01.300 ztunnel-node-1 (outbound): DENIED: HBONE tunnel to 10.0.0.2:8080 refused by the server with HTTP status 401",
         "  15:40:01.200 ztunnel-node-2 (inbound): DENIED: explicitly denied by: default/deny-bad",
     ]
     assert render_last_seen(()) == ["last seen:    no access-log record for this source and destination"]
