@@ -210,18 +210,28 @@ def condition(resource: Resource, type_: str) -> dict[str, Any] | None:
 
 
 def policy_status(policy: Resource) -> str:
-    """An AuthorizationPolicy's STATUS: ``-`` before istiod-lite wrote a condition, ``Accepted`` when
-    every condition it wrote is True, else each non-True one as ``Ztunnel:<reason>``/``Waypoint:<reason>``
-    (the status itself when no reason was given)."""
+    """An AuthorizationPolicy's STATUS from istiod-lite's conditions: ``-`` before it wrote one,
+    ``Pending`` while they describe an older generation of the spec, ``Accepted`` when each is True as
+    written; else, per condition, ``Ztunnel:<reason>`` / ``Waypoint:<reason>`` for a False one (not
+    enforced there) and ``Accepted(Ztunnel:<reason>)`` for a True one with another reason than Accepted
+    (enforced in a changed form, never more permissive: the message says how)."""
     written = [(prefix, found) for type_, prefix in POLICY_CONDITIONS if (found := condition(policy, type_))]
     if not written:
         return "-"
-    problems = [
-        f"{prefix}:{found.get('reason') or found.get('status') or 'Unknown'}"
-        for prefix, found in written
-        if found.get("status") != "True"
-    ]
-    return ",".join(problems) if problems else "Accepted"
+    generation = getattr(policy, "generation", 0)
+    if generation and any(
+        isinstance(c.get("observedGeneration"), int) and c["observedGeneration"] < generation
+        for _, c in written
+    ):
+        return "Pending"
+    parts = []
+    for prefix, found in written:
+        reason = str(found.get("reason") or "")
+        if found.get("status") != "True":
+            parts.append(f"{prefix}:{reason or found.get('status') or 'Unknown'}")
+        elif reason not in ("", "Accepted"):
+            parts.append(f"Accepted({prefix}:{reason})")
+    return ",".join(parts) or "Accepted"
 
 
 def policy_target(r: Resource) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from ambientctl.commands.columns import (
@@ -258,10 +259,11 @@ def test_age_reads_as_kubectls(seconds: int, text: str) -> None:
     assert human_duration(seconds) == text
 
 
-def _policy(*conditions: dict[str, str]) -> Resource:
-    return res(
+def _policy(*conditions: dict[str, Any], generation: int = 0) -> Resource:
+    policy = res(
         "AuthorizationPolicy", "security.istio.io/v1", spec={}, status={"conditions": list(conditions)}
     )
+    return msgspec.structs.replace(policy, generation=generation) if generation else policy
 
 
 @pytest.mark.parametrize(
@@ -290,6 +292,24 @@ def _policy(*conditions: dict[str, str]) -> Resource:
             "Waypoint:TargetNotFound",
         ),
         (_policy({"type": "ZtunnelAccepted", "status": "False"}), "Ztunnel:False"),
+        (
+            _policy({"type": "ZtunnelAccepted", "status": "True", "reason": "UnsupportedValue"}),
+            "Accepted(Ztunnel:UnsupportedValue)",
+        ),
+        (
+            _policy(
+                {"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted", "observedGeneration": 1},
+                generation=2,
+            ),
+            "Pending",
+        ),
+        (
+            _policy(
+                {"type": "ZtunnelAccepted", "status": "True", "reason": "Accepted", "observedGeneration": 2},
+                generation=2,
+            ),
+            "Accepted",
+        ),
         (_policy({"type": "SomethingElse", "status": "False", "reason": "X"}), "-"),
     ],
     ids=[
@@ -299,6 +319,9 @@ def _policy(*conditions: dict[str, str]) -> Resource:
         "ztunnel refused part of it with a reason",
         "only the refusing condition is shown",
         "a refusal without a reason shows its status",
+        "enforced in a changed form shows accepted with the reason",
+        "conditions about an older generation of the spec are pending",
+        "conditions about the current generation count",
         "conditions of other types are not this column's",
     ],
 )
