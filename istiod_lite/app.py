@@ -82,6 +82,9 @@ MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel accepts xDS messages up to 200 
 # (RESOURCE_EXHAUSTED) before it is deserialized, so it costs no memory.
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 WATCH_POLL_SECONDS = 0.02
+# Status writes per turn of the watch loop: each is a store transaction (a few ms on SQLite), and the loop
+# also serves xDS and the CA, so a bulk apply of policies is written over several turns.
+STATUS_WRITES_PER_TURN = 32
 # This replica's identity in the leader Lease: the pod name (the manifests set POD_NAME), else the host.
 POD_NAME_ENV = "POD_NAME"
 
@@ -173,6 +176,7 @@ class ControlPlane:
         # converters decided for each, kept while its spec and annotations hold (``registry.policy_status``).
         self._policies: dict[ResourceRef, Resource] = {}
         self._policy_facts: dict[ResourceRef, tuple[Resource, PolicyFacts]] = {}
+        self._policy_dirty: set[ResourceRef] = set()  # policies whose status is to be computed (and written)
         self._policy_status_writes = Counter(
             "istiod_lite_policy_status_writes",
             "AuthorizationPolicy status writes (only when a condition changed)",
@@ -396,6 +400,7 @@ class ControlPlane:
                     self._load_all()
                 self.waypoints.observe(ev.resource for ev in events)
             self._reconcile_waypoints()
+            self._flush_policy_status()  # once per turn, within its write budget
             await asyncio.sleep(WATCH_POLL_SECONDS)
 
     def _take_over(self) -> None:
@@ -501,31 +506,45 @@ class ControlPlane:
         everything: bool = False,
         bindings_changed: bool = False,
     ) -> None:
-        """Write ``ZtunnelAccepted``/``WaypointAccepted`` on the AuthorizationPolicies a batch can affect
-        (``registry.policy_status``): those changed, and every one with targetRefs when a Service's or a
-        waypoint's binding may have changed. Call after ``_publish``. The leader's only; a condition is
-        written only when it changed, so our own write, coming back through the watch, writes nothing."""
+        """Mark for ``_flush_policy_status`` (``ZtunnelAccepted``/``WaypointAccepted``, ``registry.policy_status``)
+        the AuthorizationPolicies a batch can affect: those changed, and every one with targetRefs when a
+        Service's or a waypoint's binding may have changed. Call after ``_publish``. Only the leader writes,
+        and only a condition that changed, so our own write, coming back through the watch, writes nothing."""
         if everything:
             self._policies = {}
         for ref in deleted:
             self._policies.pop(ref, None)
             self._policy_facts.pop(ref, None)
-        dirty: set[ResourceRef] = set()
+            self._policy_dirty.discard(ref)
         for r in changed:
             if r.kind == "AuthorizationPolicy":
                 self._policies[r.ref] = r
-                dirty.add(r.ref)
+                self._policy_dirty.add(r.ref)
         if everything:
-            dirty = set(self._policies)
+            self._policy_dirty = set(self._policies)
             self._policy_facts = {ref: f for ref, f in self._policy_facts.items() if ref in self._policies}
         elif bindings_changed:
-            dirty |= {ref for ref, r in self._policies.items() if self._facts(r).for_waypoint}
-        if not dirty or not self.is_leader:  # a follower writes no status (see _update_traffic)
+            self._policy_dirty |= {ref for ref, r in self._policies.items() if self._facts(r).for_waypoint}
+
+    def _flush_policy_status(self) -> None:
+        """Write the status of the policies marked dirty, at most ``STATUS_WRITES_PER_TURN`` writes per turn
+        of the watch loop (each is a store transaction: a bulk apply must not stall xDS serving); the rest
+        wait for the next turn, computed against the snapshot of then."""
+        if not self._policy_dirty:
+            return
+        if not self.is_leader:  # a follower writes no status; on taking the lease it re-reads everything
+            self._policy_dirty.clear()
             return
         snap = self.snapshot
         now = self._clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-        for ref in sorted(dirty):
-            resource = self._policies[ref]
+        budget = STATUS_WRITES_PER_TURN
+        for ref in sorted(self._policy_dirty):
+            if budget == 0:
+                break
+            self._policy_dirty.discard(ref)
+            resource = self._policies.get(ref)
+            if resource is None:
+                continue
             try:
                 conditions = policy_conditions(
                     self._facts(resource),
@@ -536,6 +555,7 @@ class ControlPlane:
                 status = merge_status(resource.status, conditions, generation=resource.generation, now=now)
                 if status is None:
                     continue
+                budget -= 1
                 result = self.store.set_status(ref, status)
             except ResourceNotFound:
                 continue  # deleted meanwhile: its deletion comes through the watch

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ambientctl.commands.applystatus import report_policy_status
-from istiod_lite.app import ControlPlane
+from istiod_lite.app import STATUS_WRITES_PER_TURN, ControlPlane
 from istiod_lite.config import IstiodConfig
 from meshcore.store import ResourceRef, SqliteStore, store_path
 from meshcore.testing.resources import AMBIENT, authz, ns, waypoint
@@ -126,6 +126,15 @@ async def test_n_applies_write_n_statuses_and_no_loop(plane: ControlPlane) -> No
     plane.store.set_status(ref, {})
     await eventually(lambda: observed(plane, "p") and quiet(plane), "istiod to write the wiped status back")
     assert writes(plane) == n + 1
+
+
+async def test_a_bulk_apply_is_written_over_several_turns_of_the_watch_loop(plane: ControlPlane) -> None:
+    n = 3 * STATUS_WRITES_PER_TURN + 5
+    plane.store.apply([authz(f"p{i}", selector={"matchLabels": {"app": f"a{i}"}}) for i in range(n)])
+    first = await eventually(lambda: writes(plane), "the first status writes")
+    assert first <= STATUS_WRITES_PER_TURN  # one turn's budget, then the loop yields to xDS and the CA
+    await eventually(lambda: all(observed(plane, f"p{i}") for i in range(n)) and quiet(plane), "every status")
+    assert writes(plane) == n
 
 
 async def test_a_deleted_policy_is_skipped(plane: ControlPlane) -> None:
