@@ -101,13 +101,16 @@ ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"  # Istio's name; key root-cert.pem
 
 
 def _istiod_role_rules() -> list[JSON]:
-    """istiod-lite's namespaced rules in istio-system: the leader Lease and the CA root's Secret. The verbs
-    are those ``istiod_lite.leader.LEASE_VERBS`` and ``istiod_lite.ca.secret.SECRET_VERBS`` name
+    """istiod-lite's namespaced rules in istio-system: the leader Lease, the CA root's Secret and the root's
+    ConfigMap. The verbs are those ``istiod_lite.leader.LEASE_VERBS``, ``istiod_lite.ca.secret.SECRET_VERBS``
+    and ``CONFIGMAP_VERBS`` name
     (ambientctl cannot import istiod_lite; a test keeps them equal, and others check them against the
     calls made on the API stand-in)."""
     return [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+        # The root published for ztunnel (istio-ca-root-cert): istiod_lite.ca.secret.CONFIGMAP_VERBS.
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
     ]
 
 

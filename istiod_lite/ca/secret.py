@@ -18,6 +18,13 @@ Invariants:
   together) is refused with the Secret and key named and what to do; it is never replaced, since a new
   root invalidates every certificate in the mesh.
 - Only ``get`` and ``create`` on Secrets in that namespace (``SECRET_VERBS``; the manifests' Role).
+
+The root is then published, as Istio's istiod publishes it, in the ConfigMap ``istio-ca-root-cert``
+(key ``root-cert.pem``) of that namespace, where ztunnel mounts it to verify istiod (``CA_ROOT_CA``):
+created when missing, updated only when its root differs (``CONFIGMAP_VERBS``: get, create, update).
+Replicas publish the same root, so their writes agree; a conflict is re-read and retried. A failure to
+publish is logged with the reason and does not stop istiod-lite (its CA is fine; ztunnels that cannot
+read the root say so).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from meshcore.store.kubernetes import ApiFailure, api_call
 from meshcore.tls import certs
 
 if TYPE_CHECKING:
-    from kubernetes_asyncio.client import Configuration
+    from kubernetes_asyncio.client import ApiClient, Configuration
 
 log = structlog.get_logger("istiod_lite.ca")
 
@@ -50,6 +57,10 @@ CHAIN_KEY = "cert-chain.pem"
 ROOT_KEY = "root-cert.pem"
 SECRET_VERBS: tuple[str, ...] = ("get", "create")
 SECRETS = "/api/v1/namespaces/{namespace}/secrets"
+ROOT_CONFIGMAP = "istio-ca-root-cert"  # Istio's name; key root-cert.pem
+CONFIGMAP_VERBS: tuple[str, ...] = ("get", "create", "update")
+CONFIGMAPS = "/api/v1/namespaces/{namespace}/configmaps"
+PUBLISH_ATTEMPTS = 3
 
 
 def load_secret_root(
@@ -69,52 +80,110 @@ async def _load(
     from kubernetes_asyncio.client import ApiClient
 
     async with ApiClient(configuration) as api:
-        path = SECRETS.format(namespace=namespace)
+        material = await _load_material(api, namespace, trust_domain, now, request_timeout=request_timeout)
+        roots_pem = "".join(certs.cert_to_pem(c) for c in material.roots)
+        await publish_root(api, namespace, roots_pem, request_timeout=request_timeout)
+        return material
 
-        async def get(name: str) -> dict[str, Any] | None:
+
+async def publish_root(api: ApiClient, namespace: str, roots_pem: str, *, request_timeout: float = 30.0) -> bool:
+    """Make ``istio-ca-root-cert`` in ``namespace`` hold ``roots_pem`` (see module doc); False when it could not."""
+    from meshcore.store.errors import StoreUnavailable
+
+    path = f"{CONFIGMAPS.format(namespace=namespace)}/{ROOT_CONFIGMAP}"
+    body: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/part-of": "ambient-mesh"}},
+        "data": {ROOT_KEY: roots_pem},
+    }
+    where = f"{namespace}/{ROOT_CONFIGMAP}"
+    try:
+        for _ in range(PUBLISH_ATTEMPTS):
             try:
-                return await api_call(api, "GET", f"{path}/{name}", request_timeout=request_timeout)
+                current: dict[str, Any] | None = await api_call(api, "GET", path, request_timeout=request_timeout)
             except ApiFailure as e:
-                if e.status == 404:
-                    return None
-                raise _api_problem(e, f"read Secret {namespace}/{name}") from None
+                if e.status != 404:
+                    raise
+                current = None
+            try:
+                if current is None:
+                    await api_call(api, "POST", CONFIGMAPS.format(namespace=namespace), body=body,
+                                   request_timeout=request_timeout)
+                    log.info("CA root published", configmap=where)
+                    return True
+                data = current.get("data")
+                if isinstance(data, dict) and data.get(ROOT_KEY) == roots_pem:
+                    return True
+                meta = current.get("metadata") or {}
+                body["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+                await api_call(api, "PUT", path, body=body, request_timeout=request_timeout)
+                log.info("CA root published (replaced a different root)", configmap=where)
+                return True
+            except ApiFailure as e:
+                if e.status != 409:
+                    raise
+                body["metadata"].pop("resourceVersion", None)  # another writer was first: read again
+        log.warning("CA root not published: it kept changing under us", configmap=where)
+    except ApiFailure as e:
+        hint = " (RBAC: istiod-lite's Role needs get, create, update on configmaps)" if e.status == 403 else ""
+        log.warning("CA root not published; ztunnels cannot verify istiod until it is", configmap=where,
+                    error=f"{e}{hint}")
+    except StoreUnavailable as e:
+        log.warning("CA root not published; ztunnels cannot verify istiod until it is", configmap=where,
+                    error=str(e))
+    return False
 
-        plugged = await get(PLUGGED_SECRET)
-        if plugged is not None:
-            material = _from_secret(plugged, f"{namespace}/{PLUGGED_SECRET}", plugged=True)
-            log.info("CA from the plug-in Secret", secret=f"{namespace}/{PLUGGED_SECRET}")
-            return material
-        existing = await get(CA_SECRET)
-        if existing is not None:
-            return _from_secret(existing, f"{namespace}/{CA_SECRET}", plugged=False)
-        made = generate_root(trust_domain=trust_domain, now=now)
-        body = {
-            "apiVersion": "v1", "kind": "Secret", "type": CA_SECRET_TYPE,
-            "metadata": {"name": CA_SECRET, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/part-of": "ambient-mesh"}},
-            "data": {
-                CA_CERT_KEY: _b64(certs.cert_to_pem(made.cert)),
-                CA_KEY_KEY: _b64(certs.key_to_pem(made.key)),
-                CHAIN_KEY: "",
-                ROOT_KEY: "",
-            },
-        }
+
+async def _load_material(
+    api: ApiClient, namespace: str, trust_domain: str, now: datetime, *, request_timeout: float
+) -> CaMaterial:
+    path = SECRETS.format(namespace=namespace)
+
+    async def get(name: str) -> dict[str, Any] | None:
         try:
-            await api_call(api, "POST", path, body=body, request_timeout=request_timeout)
+            return await api_call(api, "GET", f"{path}/{name}", request_timeout=request_timeout)
         except ApiFailure as e:
-            if e.status != 409:
-                raise _api_problem(e, f"create Secret {namespace}/{CA_SECRET}") from None
-            # Another replica created it first: use that one (never ours, never overwrite).
-            again = await get(CA_SECRET)
-            if again is None:
-                raise CaStorageError(
-                    f"Secret {namespace}/{CA_SECRET} was created by another replica and then deleted; restart "
-                    "istiod-lite once the other replica is running"
-                ) from None
-            return _from_secret(again, f"{namespace}/{CA_SECRET}", plugged=False)
-        log.info("CA root created", secret=f"{namespace}/{CA_SECRET}", trust_domain=trust_domain)
-        return CaMaterial(key=made.key, cert=made.cert, chain=(), roots=made.roots,
-                          source=f"Secret {namespace}/{CA_SECRET} (created)")
+            if e.status == 404:
+                return None
+            raise _api_problem(e, f"read Secret {namespace}/{name}") from None
+
+    plugged = await get(PLUGGED_SECRET)
+    if plugged is not None:
+        material = _from_secret(plugged, f"{namespace}/{PLUGGED_SECRET}", plugged=True)
+        log.info("CA from the plug-in Secret", secret=f"{namespace}/{PLUGGED_SECRET}")
+        return material
+    existing = await get(CA_SECRET)
+    if existing is not None:
+        return _from_secret(existing, f"{namespace}/{CA_SECRET}", plugged=False)
+    made = generate_root(trust_domain=trust_domain, now=now)
+    body = {
+        "apiVersion": "v1", "kind": "Secret", "type": CA_SECRET_TYPE,
+        "metadata": {"name": CA_SECRET, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/part-of": "ambient-mesh"}},
+        "data": {
+            CA_CERT_KEY: _b64(certs.cert_to_pem(made.cert)),
+            CA_KEY_KEY: _b64(certs.key_to_pem(made.key)),
+            CHAIN_KEY: "",
+            ROOT_KEY: "",
+        },
+    }
+    try:
+        await api_call(api, "POST", path, body=body, request_timeout=request_timeout)
+    except ApiFailure as e:
+        if e.status != 409:
+            raise _api_problem(e, f"create Secret {namespace}/{CA_SECRET}") from None
+        # Another replica created it first: use that one (never ours, never overwrite).
+        again = await get(CA_SECRET)
+        if again is None:
+            raise CaStorageError(
+                f"Secret {namespace}/{CA_SECRET} was created by another replica and then deleted; restart "
+                "istiod-lite once the other replica is running"
+            ) from None
+        return _from_secret(again, f"{namespace}/{CA_SECRET}", plugged=False)
+    log.info("CA root created", secret=f"{namespace}/{CA_SECRET}", trust_domain=trust_domain)
+    return CaMaterial(key=made.key, cert=made.cert, chain=(), roots=made.roots,
+                      source=f"Secret {namespace}/{CA_SECRET} (created)")
 
 
 def _from_secret(secret: dict[str, Any], where: str, *, plugged: bool) -> CaMaterial:
@@ -153,4 +222,5 @@ def _b64(pem: str) -> str:
     return base64.b64encode(pem.encode("ascii")).decode("ascii")
 
 
-__all__ = ["CA_SECRET", "PLUGGED_SECRET", "SECRET_VERBS", "load_secret_root"]
+__all__ = ["CA_SECRET", "CONFIGMAP_VERBS", "PLUGGED_SECRET", "ROOT_CONFIGMAP", "SECRET_VERBS", "load_secret_root",
+           "publish_root"]

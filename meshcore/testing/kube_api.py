@@ -108,7 +108,7 @@ class ApiResource:
 
 
 def mesh_resources() -> list[ApiResource]:
-    """The types the mesh's store holds (``meshcore.store.resource.KINDS``) plus Leases and Secrets."""
+    """The types the mesh's store holds (``meshcore.store.resource.KINDS``) plus Leases, Secrets and ConfigMaps."""
     out: list[ApiResource] = []
     for kind, (api_version, namespaced) in KINDS.items():
         group, _, version = api_version.rpartition("/")
@@ -117,6 +117,7 @@ def mesh_resources() -> list[ApiResource]:
         )
     out.append(ApiResource("coordination.k8s.io", "v1", "leases", "Lease", True, False))
     out.append(ApiResource("", "v1", "secrets", "Secret", True, False))  # the CA root (istio-ca-secret, cacerts)
+    out.append(ApiResource("", "v1", "configmaps", "ConfigMap", True, False))  # the published root (istio-ca-root-cert)
     return out
 
 

@@ -14,7 +14,7 @@ import pytest
 from kubernetes_asyncio.client import Configuration
 
 from istiod_lite.ca.errors import CaMaterialInvalid, CaStorageError
-from istiod_lite.ca.secret import CA_SECRET, SECRET_VERBS, load_secret_root
+from istiod_lite.ca.secret import CA_SECRET, CONFIGMAP_VERBS, ROOT_CONFIGMAP, SECRET_VERBS, load_secret_root
 from meshcore.store.kubernetes import load_configuration
 from meshcore.testing.kube_api import ThreadedKubeApi
 from meshcore.tls import certs
@@ -133,3 +133,39 @@ def test_a_forbidden_read_names_the_rbac_the_role_needs(api: ThreadedKubeApi) ->
     with pytest.raises(CaStorageError, match="needs get and create on secrets"):
         load(api)
     assert creates(api) == 0
+
+
+def published(api: ThreadedKubeApi) -> str | None:
+    stored = api.call(api.server.get_object, "ConfigMap", NS, ROOT_CONFIGMAP)
+    return None if stored is None else str(stored["data"]["root-cert.pem"])
+
+
+def configmap_writes(api: ThreadedKubeApi) -> list[str]:
+    return [r.verb for r in api.server.requests if r.resource == "configmaps" and r.verb != "get"]
+
+
+def test_the_root_is_published_in_istio_ca_root_cert_for_ztunnel(api: ThreadedKubeApi) -> None:
+    material = load(api)
+    assert published(api) == "".join(certs.cert_to_pem(c) for c in material.roots)
+    load(api)  # a second replica: the same root, nothing written
+    assert configmap_writes(api) == ["create"]
+    assert {r.verb for r in api.server.requests if r.resource == "configmaps"} <= set(CONFIGMAP_VERBS)
+
+
+def test_a_published_root_that_differs_is_replaced(api: ThreadedKubeApi) -> None:
+    api.call(api.server.put_object, {"apiVersion": "v1", "kind": "ConfigMap",
+                                     "metadata": {"name": ROOT_CONFIGMAP, "namespace": NS},
+                                     "data": {"root-cert.pem": "an old root"}})
+    material = load(api)
+    assert published(api) == "".join(certs.cert_to_pem(c) for c in material.roots)
+    assert configmap_writes(api) == ["update"]
+
+
+def test_a_root_that_cannot_be_published_does_not_stop_the_ca(api: ThreadedKubeApi) -> None:
+    load(api)  # the Secret exists now: the next start reads it, then the ConfigMap read fails
+    api.call(api.server.put_object, {"apiVersion": "v1", "kind": "ConfigMap",
+                                     "metadata": {"name": ROOT_CONFIGMAP, "namespace": NS},
+                                     "data": {"root-cert.pem": "an old root"}})
+    api.call(api.server.fail_next, 403, 1, "update")
+    assert load(api).cert is not None
+    assert published(api) == "an old root"

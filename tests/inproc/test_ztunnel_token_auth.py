@@ -100,7 +100,10 @@ async def test_a_ztunnel_with_only_its_token_gets_config_and_the_certificates_of
     await put_and_see(api, plane, pod("demo", "client", "client", "node-1", net + "11"))
     await put_and_see(api, plane, pod("demo", "server", "server", "node-2", net + "12"))
     await ztunnel_token(api, plane, tmp_path / "istio-token")
-    (tmp_path / "root-cert.pem").write_text(plane.ca.roots_pem)
+    # The root as the DaemonSet mounts it: the istio-ca-root-cert ConfigMap istiod-lite published.
+    published = await asyncio.to_thread(api.call, api.server.get_object, "ConfigMap", "istio-system",
+                                        "istio-ca-root-cert")
+    (tmp_path / "root-cert.pem").write_text(published["data"]["root-cert.pem"])
     config = dataclasses.replace(
         make_config("node-1", None), xds_address=f"127.0.0.1:{plane.xds_port}",
         ca_address=f"127.0.0.1:{plane.token_ca_port}", ca_auth=CaAuth.TOKEN,

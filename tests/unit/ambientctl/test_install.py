@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from ambientctl.cli import app
 from ambientctl.commands.install import DEFAULT_IMAGE, render_manifests, to_yaml
-from istiod_lite.ca.secret import SECRET_VERBS
+from istiod_lite.ca.secret import CONFIGMAP_VERBS, SECRET_VERBS
 from istiod_lite.ca.tokenreview import TOKEN_REVIEW_VERBS
 from istiod_lite.leader import LEASE_VERBS
 from meshcore.store.kubernetes import rbac_rules
@@ -60,7 +60,7 @@ def test_istiod_gets_the_rbac_the_kubernetes_store_needs_bound_to_its_service_ac
     assert env["STORE"] == "kubernetes"
 
 
-def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_and_ca_secret_calls() -> None:
+def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_ca_secret_and_root_configmap_calls() -> None:
     deployment = find("Deployment", "istiod")["spec"]
     assert deployment["replicas"] == 2
     env = {e["name"]: e for e in deployment["template"]["spec"]["containers"][0]["env"]}
@@ -70,6 +70,7 @@ def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_and_ca_secre
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_VERBS)},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": list(SECRET_VERBS)},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": list(CONFIGMAP_VERBS)},
     ]
     binding = find("RoleBinding", "istiod-lite")
     assert binding["roleRef"]["name"] == "istiod-lite"

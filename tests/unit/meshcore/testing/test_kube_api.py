@@ -400,3 +400,21 @@ async def test_a_continue_token_whose_version_was_compacted_gets_410_expired_and
     assert (status, expired["kind"], expired["code"], expired["reason"]) == (410, "Status", 410, "Expired")
     status, again = await call(http, "GET", PODS, limit="10")
     assert status == 200 and [i["metadata"]["name"] for i in again["items"]] == ["a", "b", "c", "d"]
+
+
+async def test_configmaps_are_served_with_a_data_map_and_conflict_checked_updates(
+    api: KubeApiServer, http: aiohttp.ClientSession
+) -> None:
+    await make_ns(http, "istio-system")
+    path = "/api/v1/namespaces/istio-system/configmaps"
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio-ca-root-cert"},
+            "data": {"root-cert.pem": "one"}}
+    status, created = await call(http, "POST", path, body)
+    assert status == 201 and created["data"] == {"root-cert.pem": "one"}
+    assert (await call(http, "POST", path, body))[0] == 409  # AlreadyExists
+    stale = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}, "data": {"root-cert.pem": "two"}}
+    assert (await call(http, "PUT", f"{path}/istio-ca-root-cert", stale))[0] == 409
+    fresh = {**stale, "metadata": {**body["metadata"], "resourceVersion": created["metadata"]["resourceVersion"]}}
+    status, updated = await call(http, "PUT", f"{path}/istio-ca-root-cert", fresh)
+    assert status == 200 and updated["data"] == {"root-cert.pem": "two"}
+    assert [r.verb for r in api.requests if r.resource == "configmaps"] == ["create", "create", "update", "update"]
