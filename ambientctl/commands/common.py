@@ -29,6 +29,7 @@ EXIT_FAILURE = 1
 # every kind the store watches may take.
 KUBE_FIELD_MANAGER = "ambientctl"
 KUBE_SYNC_TIMEOUT_S = 20.0
+KUBE_SYNC_ATTEMPTS = 2  # a wrong address or missing RBAC fails the command at once, not after the timeout
 
 
 class CliError(Exception):
@@ -86,7 +87,7 @@ class CliState:
 
                 self._store = KubernetesStore.connect(
                     kubeconfig=self.kubeconfig, context=self.kube_context, field_manager=KUBE_FIELD_MANAGER,
-                    sync_timeout=KUBE_SYNC_TIMEOUT_S,
+                    sync_timeout=KUBE_SYNC_TIMEOUT_S, max_sync_failures=KUBE_SYNC_ATTEMPTS,
                 )
             else:
                 self._store = SqliteStore(store_path(self.state_dir()))

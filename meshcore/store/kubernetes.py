@@ -285,9 +285,14 @@ class KubernetesStore:
         write_timeout: float = 30.0,
         watch_timeout: int = 300,
         page_size: int = DEFAULT_PAGE_SIZE,
+        max_sync_failures: int | None = None,
     ) -> None:
         self._paths = {k: kind_path(k) for k in (kinds or DEFAULT_KINDS)}
         self._page_size = page_size
+        # None: keep trying for the whole sync_timeout (a server may come up meanwhile); N: give up as soon
+        # as one kind's initial list has failed N times (a command line fails at once on a wrong address).
+        self._max_sync_failures = max_sync_failures
+        self._sync_failures: collections.Counter[str] = collections.Counter()
         self.field_manager = field_manager
         self._write_timeout = write_timeout
         self._watch_timeout = watch_timeout
@@ -351,11 +356,25 @@ class KubernetesStore:
         for kind in self._paths:
             self._tasks.append(asyncio.create_task(self._reflect(kind), name=f"reflect-{kind}"))
 
+    def _gave_up(self) -> bool:
+        limit = self._max_sync_failures
+        return limit is not None and any(n >= limit for n in self._sync_failures.values())
+
     async def _wait_synced(self, limit: float) -> None:
         assert self._changed is not None
         try:
             async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self._synced >= set(self._paths)), limit)
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._synced >= set(self._paths) or self._gave_up()), limit
+                )
+            if self._synced >= set(self._paths):
+                return
+            failed = sorted(k for k, n in self._sync_failures.items() if k not in self._synced)
+            reasons = "; ".join(f"{k}: {self._last_error.get(k, 'no answer')}" for k in failed)
+            raise StoreUnavailable(
+                f"Kubernetes API {self._configuration.host}: the initial list failed {self._max_sync_failures} "
+                f"time(s) ({reasons}); check the address, credentials and RBAC"
+            )
         except TimeoutError:
             pending = sorted(set(self._paths) - self._synced)
             reasons = "; ".join(f"{k}: {self._last_error.get(k, 'no answer')}" for k in pending)
@@ -363,6 +382,12 @@ class KubernetesStore:
                 f"Kubernetes API {self._configuration.host}: the initial list of {', '.join(pending)} did not "
                 f"complete within {limit:g}s ({reasons}); check the address, credentials and RBAC"
             ) from None
+
+    async def _sync_failed(self, kind: str) -> None:
+        """Count a failure of ``kind``'s initial list (for ``max_sync_failures``)."""
+        if kind not in self._synced:
+            self._sync_failures[kind] += 1
+            await self._notify()
 
     async def _request(
         self,
@@ -401,6 +426,7 @@ class KubernetesStore:
             except Exception as e:
                 self.stats["watch_errors"] += 1
                 self._last_error[kind] = str(e) or type(e).__name__
+                await self._sync_failed(kind)
                 delay = backoff.next()
                 log.warning("Kubernetes watch failed; retrying", kind=kind, error=self._last_error[kind],
                             retry_in=round(delay, 2))
@@ -424,6 +450,7 @@ class KubernetesStore:
             self.stats["relists_gone"] += 1
             return None
         self.stats["watch_errors"] += 1
+        await self._sync_failed(kind)
         delay = backoff.next()
         log.warning("Kubernetes API request failed; retrying", kind=kind, error=str(e), retry_in=round(delay, 2))
         await asyncio.sleep(delay)

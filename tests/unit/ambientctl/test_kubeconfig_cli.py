@@ -92,6 +92,12 @@ def test_an_unknown_context_is_refused_naming_the_kubeconfig_and_the_context(kub
     assert "Traceback" not in got.output
 
 
+def test_an_unreachable_api_server_is_one_line_naming_it(kubeconfig: Path) -> None:
+    got = run("--kubeconfig", str(kubeconfig), "--context", "nowhere", "get", "pods")
+    assert got.exit_code == 1
+    assert "127.0.0.1:9" in got.output and "initial list failed" in got.output and "Traceback" not in got.output
+
+
 @pytest.mark.parametrize(
     "command",
     [["cluster", "status"], ["cluster", "up"], ["cluster", "down"], ["logs", "-c", "ztunnel"]],

@@ -111,6 +111,11 @@ def test_an_expired_continue_token_lists_again_from_the_start_without_losing_or_
         assert added == [f"p{i}" for i in range(5)]
 
 
+def test_with_max_sync_failures_an_unreachable_server_fails_the_start_naming_the_failures() -> None:
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:9: the initial list failed 1 time"):
+        KubernetesStore.connect(host="http://127.0.0.1:9", sync_timeout=60, max_sync_failures=1)
+
+
 def test_bookmarks_are_taken_as_the_version_to_resume_from(api: ThreadedKubeApi) -> None:
     with connect(api) as store:
         eventually(lambda: api.call(api.server.open_watches) == len(DEFAULT_KINDS), "every watch open")
