@@ -78,7 +78,16 @@ from .spec import (
     validate_cluster_spec,
     validate_pod,
 )
-from .state import ClusterState, PodRecord, ProcessRecord, ServiceRecord, StateFile, object_key
+from .state import (
+    LOCK_TIMEOUT_S,
+    ClusterState,
+    PodRecord,
+    ProcessRecord,
+    ServiceRecord,
+    StateFile,
+    object_key,
+)
+from .supervision import ComponentHealth, LastExit, read_report
 
 CLUSTER_DIR = "cluster"
 NODES_DIR = "nodes"
@@ -88,6 +97,8 @@ ROOT_CERT_FILE = "root-cert.pem"
 ISTIO_TOKEN_PATH = "ISTIO_TOKEN_PATH"
 ISTIO_ROOT_CERT_PATH = "ISTIO_ROOT_CERT_PATH"
 EXEC_TIMEOUT_S = 60.0
+# The supervisor's component name (``mesh.SUPERVISOR``; mesh imports this module, not the reverse).
+SUPERVISOR_COMPONENT = "supervisor"
 
 log = structlog.get_logger("ambientctl.cluster")
 
@@ -129,6 +140,12 @@ class ProcessStatus(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     running: bool
     log: str
+    # From the supervisor's report (``supervision``): Running, Exited, or BackOff (a restart is due).
+    state: str = "Running"
+    restarts: int = 0
+    last_exit: LastExit | None = None
+    # Wall clock of the pending restart (BackOff).
+    restart_at: float | None = None
 
 
 class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -259,6 +276,11 @@ class Cluster:
         except StateCorrupt:
             return False
         return state is not None and state.phase == "up"
+
+    def recorded_prefix(self) -> str | None:
+        """The prefix the recorded cluster was created with (None: no cluster recorded)."""
+        state = self._state.load()
+        return None if state is None else state.spec.prefix
 
     def status(self) -> ClusterStatus:
         state = self._state.load()
@@ -557,6 +579,38 @@ class Cluster:
             self._state.save(msgspec.structs.replace(state, processes={**state.processes, name: record}))
             return record
 
+    def restart_component(
+        self,
+        replacing: ProcessRecord,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        *,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+    ) -> ProcessRecord | None:
+        """Start a component again in place of its dead process ``replacing`` (same name, netns and log;
+        ``argv``/``env`` as it was started with). None when its record no longer names that process:
+        it was stopped on purpose or started again by someone else meanwhile (never a second copy).
+        ``ClusterBusy`` after ``lock_timeout``; ``ClusterNotUp`` once the cluster is going down."""
+        with self._state.lock(timeout=lock_timeout):
+            state = self._require_up()
+            current = state.processes.get(replacing.name)
+            same = current is not None and (current.pid, current.start_ticks) == (
+                replacing.pid,
+                replacing.start_ticks,
+            )
+            if current is None or not same:
+                return None
+            if self.procs.is_running(current):
+                return current
+            record = self.procs.start(current.name, current.netns, argv, log_name=current.name, env=env)
+            processes = {**state.processes, current.name: record}
+            self._state.save(msgspec.structs.replace(state, processes=processes))
+            return record
+
+    def components(self) -> dict[str, ProcessRecord]:
+        """Every recorded component's process, running or not; ``ClusterNotUp`` unless the cluster is up."""
+        return dict(self._require_up().processes)
+
     def find_component(self, name: str) -> ProcessRecord | None:
         """The component's process, if it is recorded and running."""
         state = self._state.load()
@@ -707,6 +761,17 @@ class Cluster:
             host_links_removed=tuple(links),
         )
 
+    def _process_statuses(self, state: ClusterState) -> tuple[ProcessStatus, ...]:
+        """Each component's process, with its restarts and last exit from the supervisor's report (if the
+        recorded supervisor wrote one)."""
+        supervisor = state.processes.get(SUPERVISOR_COMPONENT)
+        report = None if supervisor is None else read_report(self.procs.run_dir, supervisor.pid)
+        health = report.components if report is not None else {}
+        return tuple(
+            _process_status(p, self.procs.is_running(p), health.get(name))
+            for name, p in sorted(state.processes.items())
+        )
+
     def _status(self, state: ClusterState) -> ClusterStatus:
         layout = build_layout(state.spec)
         problems: list[str] = []
@@ -746,10 +811,7 @@ class Cluster:
             ServiceStatus(name=s.name, namespace=s.namespace, vip=s.vip, ports=s.ports, endpoints=s.endpoints)
             for _, s in sorted(state.services.items())
         )
-        processes = tuple(
-            ProcessStatus(name=p.name, netns=p.netns, pid=p.pid, running=self.procs.is_running(p), log=p.log)
-            for _, p in sorted(state.processes.items())
-        )
+        processes = self._process_statuses(state)
         phase: Phase = state.phase
         if phase == "up" and problems:
             phase = "degraded"
@@ -764,6 +826,23 @@ class Cluster:
             processes=processes,
             problems=tuple(problems),
         )
+
+
+def _process_status(record: ProcessRecord, running: bool, health: ComponentHealth | None) -> ProcessStatus:
+    state = "Running" if running else "Exited"
+    if health is not None and not running and health.state == "BackOff":
+        state = "BackOff"
+    return ProcessStatus(
+        name=record.name,
+        netns=record.netns,
+        pid=record.pid,
+        running=running,
+        log=record.log,
+        state=state,
+        restarts=health.restarts if health else 0,
+        last_exit=health.last_exit if health else None,
+        restart_at=health.restart_at if health and state == "BackOff" else None,
+    )
 
 
 def _describe(spec: ClusterSpec) -> str:

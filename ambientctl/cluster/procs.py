@@ -219,6 +219,12 @@ class ProcessSupervisor:
             return None
         return 128 - code if code < 0 else code
 
+    def collect_returncode(self, record: ProcessRecord) -> int | None:
+        """Like ``collect_exit`` but as ``Popen.returncode`` (``-n``: killed by signal ``n``), so a
+        signal is told apart from an exit code of ``128 + n``."""
+        self._reap(record.pid)
+        return self._exits.pop(record.pid, None)
+
     def _reap(self, pid: int) -> None:
         child = self._children.get(pid)
         if child is not None and child.poll() is not None:
