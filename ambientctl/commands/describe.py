@@ -41,6 +41,7 @@ USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 FOR_SERVICE_ACCOUNT = "istio.io/for-service-account"
 WAYPOINT_CLASS = "istio-waypoint"
+WAYPOINT_FOR = "istio.io/waypoint-for"
 
 
 def register(app: typer.Typer) -> None:
@@ -264,7 +265,10 @@ def waypoint_for_pod(
         ns = labels.get(USE_WAYPOINT_NAMESPACE) or pod.namespace
         if (ns, use) not in waypoints:
             return None, f"{whose} {USE_WAYPOINT}={use} names no waypoint in namespace {ns}"
-        return f"{ns}/{use}", f"{whose} {USE_WAYPOINT} label"
+        return (
+            f"{ns}/{use}",
+            f"{whose} {USE_WAYPOINT} label; {_serves(waypoints[(ns, use)], per_account=False)}",
+        )
 
     found = by_label(pod.labels, "the pod's")
     if found is not None:
@@ -275,11 +279,18 @@ def waypoint_for_pod(
             ns == pod.namespace
             and (gw.annotations.get(FOR_SERVICE_ACCOUNT) or gw.labels.get(FOR_SERVICE_ACCOUNT)) == account
         ):
-            return f"{ns}/{name}", f"{FOR_SERVICE_ACCOUNT}={account}"
+            return f"{ns}/{name}", f"{FOR_SERVICE_ACCOUNT}={account}; {_serves(gw, per_account=True)}"
     found = by_label(namespace_labels, "the namespace's")
     if found is not None:
         return found
     return None, ""
+
+
+def _serves(gateway: Resource, *, per_account: bool) -> str:
+    """What traffic the waypoint takes (``istio.io/waypoint-for``; ``service`` by default, ``all`` for a
+    per-service-account one), which decides whether traffic addressed to the pod itself goes through it."""
+    kind = gateway.labels.get(WAYPOINT_FOR) or ("all" if per_account else "service")
+    return f"{WAYPOINT_FOR}={kind}"
 
 
 # --- pods -------------------------------------------------------------------------------------------------

@@ -142,6 +142,16 @@ def test_waypoint_binding_by_labels(
     assert waypoint_for_pod(pod(labels=pod_labels), ns_labels, gateways)[0] == expected
 
 
+def test_the_waypoint_line_says_which_traffic_the_waypoint_takes() -> None:
+    by_namespace = waypoint_for_pod(pod(), {"istio.io/use-waypoint": "wp"}, [gateway("wp")])
+    assert by_namespace == (
+        "shop/wp",
+        "the namespace's istio.io/use-waypoint label; istio.io/waypoint-for=service",
+    )
+    per_account = gateway("sa-wp", annotations={"istio.io/for-service-account": "web"})
+    assert waypoint_for_pod(pod(), {}, [per_account])[1].endswith("istio.io/waypoint-for=all")
+
+
 def test_describe_pod_shows_kubernetes_fields_and_the_mesh_view() -> None:
     running = Resource(
         kind="Pod",

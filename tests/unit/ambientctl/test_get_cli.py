@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from ambientctl.cli import app
@@ -106,6 +108,27 @@ def test_get_arguments_parse_as_kubectls(args: list[str], requests: list[GetRequ
 def test_bad_get_arguments_say_what_to_write(args: list[str], words: str) -> None:
     with pytest.raises(CliError, match=words):
         parse_get_args(args)
+
+
+KIND_NAMES = ["po", "pods", "svc", "Service", "deploy", "ap", "ns", "nodes", "no"]
+NAMES = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)
+
+
+@given(st.lists(st.tuples(st.sampled_from(KIND_NAMES), NAMES), min_size=1, max_size=8))
+def test_kind_slash_name_pairs_keep_every_name_once_under_its_kind(pairs: list[tuple[str, str]]) -> None:
+    requests = parse_get_args([f"{kind}/{name}" for kind, name in pairs])
+    got = {(r.kind, name) for r in requests for name in r.names}
+    wanted = {(parse_get_args([kind])[0].kind, name) for kind, name in pairs}
+    assert got == wanted
+    assert all(len(set(r.names)) == len(r.names) for r in requests)
+    assert len({r.kind for r in requests}) == len(requests)
+
+
+@given(st.lists(st.sampled_from([*KIND_NAMES, "all"]), min_size=1, max_size=6), st.lists(NAMES, max_size=4))
+def test_a_kind_list_asks_each_kind_once_with_the_same_names(kinds: list[str], names: list[str]) -> None:
+    requests = parse_get_args([",".join(kinds), *names])
+    assert len({r.kind for r in requests}) == len(requests)
+    assert all(r.names == tuple(dict.fromkeys(names)) for r in requests)
 
 
 def test_get_all_prints_one_block_per_kind_naming_rows_kind_slash_name(ctl: Ctl) -> None:
