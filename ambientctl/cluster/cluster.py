@@ -29,7 +29,9 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +43,7 @@ from meshcore.store import name_problem
 from .cni import CniRuntime
 from .errors import (
     ClusterAlreadyUp,
+    ClusterBusy,
     ClusterDegraded,
     ClusterError,
     ClusterNotUp,
@@ -58,6 +61,7 @@ from .net import NetworkDriver
 from .plan import (
     ClusterLayout,
     NodeLayout,
+    WriteNetnsFile,
     allocate_pod_ip,
     allocate_vip,
     build_layout,
@@ -213,8 +217,10 @@ class Cluster:
         # Per-node files of the mesh (CNI config, sockets, credentials): ``nodes_dir/<node>/``.
         self.nodes_dir = self.directory / NODES_DIR
         self.cni = cni or CniRuntime(self.nodes_dir)
-        self._state = StateFile(self.directory)
+        self._state = _ThreadedStateFile(self.directory)
         self._host_check = host_check
+        # Pods this object is starting outside the state lock (reserved, not yet committed).
+        self._starting: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -295,17 +301,25 @@ class Cluster:
     # --- pods -----------------------------------------------------------------------------------------
 
     def add_pod(self, pod: PodSpec) -> str:
-        """Create the pod's netns and veth, start its command; returns its IP. Same spec again: no-op."""
+        """Create the pod's netns and veth, run the CNI ADD, start its containers; returns its IP. Same
+        spec again: no-op. Several threads may add different pods at once: the state lock is held only
+        to reserve the pod (``reserve_pod``: its address and names, recorded before the kernel changes)
+        and to commit its processes, never while the kernel, the CNI plugins or the processes work."""
         validate_pod(pod)
+        key = object_key(pod.namespace, pod.name)
         with self._state.lock():
             state = self._require_up()
             layout = build_layout(state.spec)
             node = layout.find_node(pod.node)
             if node is None:
                 raise UnknownNode(pod.node, [n.name for n in layout.nodes])
-            key = object_key(pod.namespace, pod.name)
             existing = state.pods.get(key)
             if existing is not None:
+                if key in self._starting:
+                    # Another thread is starting this very pod: the same spec is that start.
+                    if existing.spec == pod:
+                        return existing.ip
+                    raise PodExists(pod.namespace, pod.name)
                 if not self.net.netns_exists(existing.netns):
                     # Recorded but gone (deleted by hand): clear what is left and make it afresh.
                     self._remove_pod_objects(existing)
@@ -322,26 +336,59 @@ class Cluster:
                 if container.command:
                     env = self._pod_env(pod, node, "", container)
                     self.procs.check_command(f"pod {key}", container.command, env)
-            used = [p.ip for p in state.pods.values() if p.spec.node == node.name]
-            record = pod_record(layout, node, pod, allocate_pod_ip(node, used))
-            for other_key, other in state.pods.items():
-                if record.netns == other.netns or record.host_veth == other.host_veth:
-                    raise NameCollision(f"pod {key}", f"pod {other_key}")
-            state = _with_pod(state, key, record)
+            state, reserved = reserve_pod(state, layout, node, pod)
+            steps = plan_pod(layout, node, reserved, list(state.services.values()))
             self._state.save(state)  # intent first: a crash from here on is cleaned by `down`
             try:
-                self.net.apply(plan_pod(layout, node, record, list(state.services.values())))
+                # The pod's hosts and resolv.conf under the lock: a Service changed from now on rewrites them.
+                self.net.apply([s for s in steps if isinstance(s, WriteNetnsFile)])
+            except BaseException:
+                self._remove_pod_objects(reserved)
+                self._state.save(_without_pod(state, key))
+                raise
+            self._starting.add(key)
+        record = reserved
+        try:
+            try:
+                self.net.apply([s for s in steps if not isinstance(s, WriteNetnsFile)])
                 # As a kubelet: the network plugins run once the sandbox exists, before any container.
                 self.cni.add(record, str(self.net.netns_path(record.netns)))
                 for container in pod.first_containers():
                     record = self._start_container(record, node, container)
             except BaseException:
-                self._remove_pod_objects(record)
-                self._state.save(_without_pod(state, key))
+                self._abandon_pod(key, reserved, record)
                 raise
-            self._state.save(_with_pod(state, key, record))
-            log.info("pod added", pod=key, node=node.name, ip=record.ip, netns=record.netns)
-            return record.ip
+            self._commit_pod(key, reserved, record)
+        finally:
+            self._starting.discard(key)
+        log.info("pod added", pod=key, node=node.name, ip=record.ip, netns=record.netns)
+        return record.ip
+
+    def _abandon_pod(self, key: str, reserved: PodRecord, made: PodRecord) -> None:
+        """A pod start failed halfway: remove what it made and its reservation (if still its own)."""
+        with self._state.lock():
+            self._remove_pod_objects(made)
+            state = self._state.load()
+            if state is not None and state.pods.get(key) == reserved:
+                self._state.save(_without_pod(state, key))
+
+    def _commit_pod(self, key: str, reserved: PodRecord, made: PodRecord) -> None:
+        """Record the started pod's processes over its reservation. If the reservation is gone (the pod
+        was removed, or the cluster went down, while it started), what was made is removed and the
+        start fails."""
+        with self._state.lock():
+            state = self._state.load()
+            current = None if state is None or state.phase != "up" else state.pods.get(key)
+            if state is not None and current == reserved:
+                self._state.save(_with_pod(state, key, made))
+                return
+            if current is None:
+                self._remove_pod_objects(made)
+            else:  # a newer pod of that name holds the netns: stop only what this start ran
+                self.procs.stop_all([*made.container_processes().values()])
+        if state is None or state.phase != "up":
+            raise ClusterNotUp(str(self.directory.parent))
+        raise ClusterError(f"pod {key} was removed while it was starting")
 
     def remove_pod(self, name: str, namespace: str) -> None:
         """Stop the pod's process, delete its netns (the veth and node route go with it), drop it from
@@ -865,6 +912,42 @@ def container_log_name(pod: PodSpec, container: str) -> str:
     if apps and apps[0].name == container:
         return _pod_log_name(pod)
     return f"{_pod_log_name(pod)}~{container}"
+
+
+class _ThreadedStateFile(StateFile):
+    """The state file whose lock threads of this process also take in turn, waiting on a thread lock
+    (a ``flock`` belongs to an open file, so two threads would otherwise poll each other out)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self._threads = threading.Lock()
+
+    @contextmanager
+    def lock(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        if not self._threads.acquire(timeout=timeout):
+            raise ClusterBusy(str(self.directory / "lock"), timeout)
+        try:
+            with super().lock(timeout):
+                yield
+        finally:
+            self._threads.release()
+
+
+def reserve_pod(
+    state: ClusterState, layout: ClusterLayout, node: NodeLayout, pod: PodSpec
+) -> tuple[ClusterState, PodRecord]:
+    """``state`` with ``pod`` recorded on ``node`` (no process yet), and that record: the lowest address
+    of the node that no recorded pod holds. Pods still starting are recorded too, so two starts never
+    get one address; an address comes free when its pod's record goes. Raises ``AddressExhausted``
+    when the node has none left, ``NameCollision`` when another pod's netns or veth has the same name."""
+    key = object_key(pod.namespace, pod.name)
+    others = {k: p for k, p in state.pods.items() if k != key}
+    used = [p.ip for p in others.values() if p.spec.node == node.name]
+    record = pod_record(layout, node, pod, allocate_pod_ip(node, used))
+    for other_key, other in others.items():
+        if record.netns == other.netns or record.host_veth == other.host_veth:
+            raise NameCollision(f"pod {key}", f"pod {other_key}")
+    return _with_pod(state, key, record), record
 
 
 def _with_pod(state: ClusterState, key: str, record: PodRecord) -> ClusterState:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,6 +60,7 @@ CONTAINER_NAME = "main"
 LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
+POD_START_WORKERS = 8  # pods one sync pass starts (and removes) at once
 TOKEN_TTL = timedelta(hours=1)
 TOKEN_REFRESH_AT = 0.8  # of the token's lifetime, as kubelet refreshes projected tokens
 
@@ -158,10 +161,16 @@ class Kubelet:
         self.sync_services()
 
     def sync_pods(self) -> SyncReport:
-        """Make the cluster run exactly the store's Pods (a manifest's first container command runs in
-        the pod); pods without ``spec.nodeName`` are scheduled on the node with the fewest pods. Then
-        services follow. A pod that cannot run is rejected alone."""
+        """Make the cluster run exactly the store's Pods; pods without ``spec.nodeName`` are scheduled on
+        the node with the fewest pods. Then services follow. A pod that cannot run is rejected alone.
+
+        One pass: the pods to start are decided and bound (``spec.nodeName``, one store write) here; then
+        up to ``POD_START_WORKERS`` of them start at once, and the pods gone from the store are removed,
+        on a thread pool (``Cluster.add_pod``/``remove_pod`` hold the cluster lock only for their
+        bookkeeping); then their statuses are written here, in key order. The store is only used from
+        the calling thread."""
         layout = self.cluster.layout()
+        nodes = [n.name for n in layout.nodes]
         running = {f"{p.spec.namespace}/{p.spec.name}": p for p in self.cluster.pods()}
         stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
         synced: dict[str, str] = {}
@@ -169,11 +178,11 @@ class Kubelet:
         now = self._clock()
         for key in [k for k in self._backoff if k not in stored]:
             del self._backoff[key]
+        load = Counter(p.spec.node for p in running.values())  # as ``schedule``, plus this pass's pods
+        wanted: dict[str, tuple[PodSpec, Resource, PodRecord | None]] = {}
         for key, resource in sorted(stored.items()):
             current = running.get(key)
-            default_node = (
-                current.spec.node if current else schedule([n.name for n in layout.nodes], running.values())
-            )
+            default_node = current.spec.node if current else min(nodes, key=lambda n: load[n])
             try:
                 pod = pod_spec_from_resource(resource, default_node)
             except (ClusterError, StoreError, ValueError) as e:
@@ -184,32 +193,57 @@ class Kubelet:
             if waiting is not None and waiting.pod == pod and waiting.retry_at > now:
                 rejected[key] = f"{waiting.error} (retrying in {waiting.retry_at - now:.1f} s)"
                 continue
-            try:
-                resource = self._bind(resource, pod.node)
-                if current is not None and msgspec.structs.replace(current.spec, labels=pod.labels) != pod:
-                    # A changed pod restarts (pods are immutable); a relabelled one does not (add_pod).
-                    self.cluster.remove_pod(pod.name, pod.namespace)
-                    del running[key]
-                    current = None
-                self.credentials.ensure(resource, pod.node)  # before the process starts, as a volume is
-                self.cluster.add_pod(pod)
-            except (ClusterError, StoreError, ValueError) as e:
-                rejected[key] = str(e)
-                self._failed(key, pod, resource, str(e), now)
+            if current is None:
+                load[pod.node] += 1
+            wanted[key] = (pod, resource, current)
+        bound = self._bind_all({k: (r, pod.node) for k, (pod, r, _) in wanted.items()})
+        gone = [(k, r) for k, r in sorted(running.items()) if k not in stored]
+
+        def start(key: str) -> PodRecord | None:
+            pod, _, current = wanted[key]
+            resource = bound[key]
+            if isinstance(resource, Exception):
+                raise resource
+            if current is not None and msgspec.structs.replace(current.spec, labels=pod.labels) != pod:
+                # A changed pod restarts (pods are immutable); a relabelled one does not (add_pod).
+                self.cluster.remove_pod(pod.name, pod.namespace)
+                current = None
+            self.credentials.ensure(resource, pod.node)  # before the process starts, as a volume is
+            self.cluster.add_pod(pod)
+            return current
+
+        def remove(record: PodRecord) -> None:
+            self.cluster.remove_pod(record.spec.name, record.spec.namespace)
+
+        with ThreadPoolExecutor(max_workers=POD_START_WORKERS, thread_name_prefix="pod-sync") as pool:
+            starts = {key: pool.submit(start, key) for key in wanted}
+            removals = [(key, pool.submit(remove, record)) for key, record in gone]
+            outcomes: dict[str, PodRecord | None | Exception] = {}
+            for key, future in starts.items():
+                try:
+                    outcomes[key] = future.result()
+                except (ClusterError, StoreError, ValueError) as e:
+                    outcomes[key] = e
+            removed = []
+            for key, future in removals:
+                future.result()
+                removed.append(key)
+        running = {f"{p.spec.namespace}/{p.spec.name}": p for p in self.cluster.pods()}
+        for key, outcome in outcomes.items():
+            pod, resource, _ = wanted[key]
+            written = bound[key]
+            resource = written if isinstance(written, Resource) else resource
+            if isinstance(outcome, Exception):
+                rejected[key] = str(outcome)
+                self._failed(key, pod, resource, str(outcome), now)
                 continue
             self._backoff.pop(key, None)
-            record = self.cluster.find_pod(pod.name, pod.namespace)
+            record = running.get(key)
             assert record is not None, "add_pod returned but the pod is not recorded"
-            running[key] = record
             synced[key] = record.ip
-            if current is None or key not in self._tracks:
+            if outcome is None or key not in self._tracks:
                 self._started(key, resource)
             self._register(resource, record)
-        removed = []
-        for key, record in sorted(running.items()):
-            if key not in stored:
-                self.cluster.remove_pod(record.spec.name, record.spec.namespace)
-                removed.append(key)
         for key in [k for k in self._tracks if k not in stored or k not in running]:
             self._tracks.pop(key, None)
             self._start_times.pop(key, None)
@@ -217,6 +251,29 @@ class Kubelet:
             self._next_probe.pop(key, None)
         self.sync_services()
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
+
+    def _bind_all(self, pods: Mapping[str, tuple[Resource, str]]) -> dict[str, Resource | Exception]:
+        """``_bind`` for many pods in one store write (each alone if that write is refused): key -> the
+        stored Pod, or the error that pod's write met."""
+        changed = {k: r for k, (r, node) in pods.items() if r.spec.get("nodeName") != node}
+        out: dict[str, Resource | Exception] = {k: r for k, (r, _) in pods.items() if k not in changed}
+        if not changed:
+            return out
+        try:
+            results = self.store.apply(
+                [
+                    msgspec.structs.replace(r, spec={**r.spec, "nodeName": pods[k][1]})
+                    for k, r in changed.items()
+                ]
+            )
+            out.update(zip(changed, (result.resource for result in results), strict=True))
+        except StoreError:
+            for key, (resource, node) in changed.items():
+                try:
+                    out[key] = self._bind(resource, node)
+                except StoreError as e:
+                    out[key] = e
+        return out
 
     def refresh_credentials(self) -> list[str]:
         """Re-issue the tokens of running pods that are due (see ``PodCredentials``); returns their keys.
