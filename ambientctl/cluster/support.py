@@ -3,8 +3,11 @@
 The store accepts every field Kubernetes defines (strict decoding refuses only unknown ones), but the
 local cluster realises a subset: a field it would ignore must be named in a warning on apply, never
 dropped silently. ``IMPLEMENTED`` holds, per kind, the tree of implemented fields (``True``: the whole
-value is honoured; a ``dict``: walk into it; a one-element ``list``: each item against that tree). Only
-the first container of a pod runs; a further container is named as a whole. ``unimplemented_fields``
+value is honoured; a ``dict``: walk into it; a one-element ``list``: each item against that tree). Every
+container and init container runs (its own process); of ``securityContext`` only ``runAsUser``,
+``runAsGroup`` and ``runAsNonRoot`` are implemented (pod and container level), the rest is named; an
+image without command is named (containers: the stand-in serves; init containers: complete at once).
+``unimplemented_fields``
 returns kubectl-style paths (``spec.containers[0].resources``). Pure: keep it in step with
 ``kubelet.pod_spec_from_resource`` and ``kubelet.select_endpoints``.
 """
@@ -16,8 +19,11 @@ from typing import Any
 
 from meshcore.store import Resource
 
+_RUN_AS: dict[str, Any] = {"runAsUser": True, "runAsGroup": True, "runAsNonRoot": True}
+
 _CONTAINER: dict[str, Any] = {
     "name": True,
+    "securityContext": _RUN_AS,
     "image": True,  # named in the warning when no command is given (see below)
     "command": True,
     "args": True,
@@ -27,6 +33,8 @@ _CONTAINER: dict[str, Any] = {
     "env": [{"name": True, "value": True, "valueFrom": {"fieldRef": True}}],
     "ports": [{"name": True, "containerPort": True, "protocol": True}],
 }
+# Kubernetes refuses probes on init containers; a readinessProbe there is named, not run.
+_INIT_CONTAINER = {k: v for k, v in _CONTAINER.items() if k != "readinessProbe"}
 
 IMPLEMENTED: dict[str, dict[str, Any]] = {
     "Pod": {
@@ -34,7 +42,9 @@ IMPLEMENTED: dict[str, dict[str, Any]] = {
         "serviceAccountName": True,
         "hostNetwork": True,  # refused when true, with the reason, when the pod is run
         "restartPolicy": True,
+        "securityContext": _RUN_AS,
         "containers": [_CONTAINER],
+        "initContainers": [_INIT_CONTAINER],
     },
     "Service": {
         "selector": True,
@@ -59,23 +69,20 @@ def unimplemented_fields(resource: Resource) -> list[str]:
     found: list[str] = []
     spec = resource.spec
     if resource.kind == "Pod":
-        containers = spec.get("containers")
-        if isinstance(containers, list):
-            found.extend(
-                f"spec.containers[{i}] (only the first container runs)" for i in range(1, len(containers))
-            )
-            first = containers[0] if containers and isinstance(containers[0], Mapping) else {}
-            if first.get("image") and not first.get("command") and not first.get("args"):
-                found.append(
-                    f"spec.containers[0].image {first['image']} (images are not run: the stand-in HTTP server "
-                    "answers on its containerPorts; give command/args to run a host command)"
-                )
-        _walk(
-            tree,
-            {**spec, "containers": containers[:1] if isinstance(containers, list) else containers},
-            "spec",
-            found,
-        )
+        for group, stand_in in (
+            ("initContainers", "an init container without command completes at once"),
+            ("containers", "the stand-in HTTP server answers on its containerPorts"),
+        ):
+            for i, container in enumerate(spec.get(group) or ()):
+                if not isinstance(container, Mapping):
+                    continue
+                image = container.get("image")
+                if image and image != "local" and not container.get("command") and not container.get("args"):
+                    found.append(
+                        f"spec.{group}[{i}].image {image} (images are not run: {stand_in}; "
+                        "give command/args to run a host command)"
+                    )
+        _walk(tree, spec, "spec", found)
     else:
         _walk(tree, spec, "spec", found)
         kind = spec.get("type", "ClusterIP")

@@ -158,7 +158,8 @@ def test_pod_fields_the_local_cluster_ignores_are_named_in_warnings(ctl: Ctl) ->
     result = ctl("apply", "-f", "-", input=pod)
     assert result.exit_code == 0 and result.stdout == "pod/web created\n"
     assert result.stderr.splitlines() == [
-        "Warning: pod/web: spec.containers[1] (only the first container runs) is not implemented by the local "
+        "Warning: pod/web: spec.containers[1].image nginx (images are not run: the stand-in HTTP server answers "
+        "on its containerPorts; give command/args to run a host command) is not implemented by the local "
         "cluster and is ignored",
         "Warning: pod/web: spec.containers[0].resources is not implemented by the local cluster and is ignored",
         "note: the local cluster is not up: these pods are not running; `ambientctl cluster up` starts them",

@@ -36,7 +36,24 @@ CASES = [
         pod({**RUN, "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 80}]}),
         [],
     ),
-    ("a second container is named", pod(RUN, RUN), ["spec.containers[1] (only the first container runs)"]),
+    ("a second container and an init container are implemented", pod(RUN, RUN, initContainers=[RUN]), []),
+    (
+        "runAsUser, runAsGroup and runAsNonRoot are implemented, other securityContext fields are named",
+        pod(
+            {**RUN, "securityContext": {"runAsUser": 1, "runAsGroup": 2, "privileged": True}},
+            securityContext={"runAsNonRoot": True, "runAsUser": 1, "fsGroup": 3},
+        ),
+        ["spec.containers[0].securityContext.privileged", "spec.securityContext.fsGroup"],
+    ),
+    (
+        "an init container's image without a command is named, as is its readinessProbe",
+        pod(RUN, initContainers=[{"name": "i", "image": "busybox", "readinessProbe": {"exec": {}}}]),
+        [
+            "spec.initContainers[0].image busybox (images are not run: an init container without command "
+            "completes at once; give command/args to run a host command)",
+            "spec.initContainers[0].readinessProbe",
+        ],
+    ),
     (
         "container resources are named",
         pod({**RUN, "resources": {"limits": {"cpu": "1"}}}),
@@ -107,7 +124,6 @@ def test_a_deployment_names_its_own_fields_and_its_templates_pod_fields() -> Non
     )
     assert unimplemented_fields(deployment) == [
         "spec.minReadySeconds",
-        "spec.template.spec.containers[1] (only the first container runs)",
         "spec.template.spec.volumes",
     ]
 
