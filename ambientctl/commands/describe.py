@@ -237,9 +237,9 @@ def _string_map(value: Any) -> bool:
 
 def _selects(service: Resource, pod: Resource) -> bool:
     selector = service.spec.get("selector")
-    return (
-        _string_map(selector) and bool(selector) and all(pod.labels.get(k) == v for k, v in selector.items())
-    )
+    if not _string_map(selector) or not selector:
+        return False
+    return all(pod.labels.get(k) == v for k, v in selector.items())
 
 
 # --- waypoint binding (the label rules, in istiod's order) ------------------------------------------------
@@ -394,7 +394,7 @@ def describe_pod(
     w.kv(
         1,
         "Ambient",
-        f"enrolled ({'istio.io/dataplane-mode=' + mode})"
+        f"enrolled (istio.io/dataplane-mode={mode})"
         if enrolled
         else f"not enrolled (dataplane mode {mode or NONE})",
     )

@@ -205,13 +205,13 @@ def parse_get_args(args: Sequence[str]) -> list[GetRequest]:
             if name not in names:
                 names.append(name)
         return [GetRequest(kind, tuple(names)) for kind, names in wanted.items()]
-    kinds_text, names = args[0], tuple(dict.fromkeys(args[1:]))
+    kinds_text, given = args[0], tuple(dict.fromkeys(args[1:]))
     for part in kinds_text.split(","):
         if not part.strip():
             raise CliError(f"{kinds_text!r}: an empty kind in the list (write pods,svc)")
         for kind in ALL_KINDS if part.strip().lower() == "all" else (_get_kind(part),):
             wanted.setdefault(kind, [])
-    return [GetRequest(kind, names) for kind in wanted]
+    return [GetRequest(kind, given) for kind in wanted]
 
 
 def _get_kind(text: str) -> str:
