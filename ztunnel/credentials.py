@@ -167,7 +167,7 @@ class TokenXdsSource:
                 bundle = await self.secrets.fetch_certificate(self.identity)
             except CertificateUnavailable as exc:
                 log.warning("own certificate for xDS not available yet; retrying", identity=str(self.identity),
-                            error=str(exc.__cause__ or exc), retry_in_s=delay)
+                            error=str(exc), retry_in_s=delay)
                 closed = asyncio.ensure_future(self._closed.wait())
                 try:
                     await asyncio.wait([closed], timeout=delay)
