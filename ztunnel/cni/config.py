@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -31,7 +31,18 @@ from ztunnel.config import (
     parse_log_level,
     parse_positive_int,
 )
-from ztunnel.redirect import RedirectOptions
+
+if TYPE_CHECKING:
+    from ztunnel.redirect import RedirectOptions
+
+
+def _redirect_options(*, ipv6: bool = False, dns_capture: bool = False) -> RedirectOptions:
+    # Imported when an agent's settings are made, never for the plugin: ``ztunnel.redirect`` loads the
+    # kernel side (pyroute2), a third of the plugin's start-up, and the plugin runs once per pod.
+    from ztunnel.redirect import RedirectOptions
+
+    return RedirectOptions(ipv6=ipv6, dns_capture=dns_capture)
+
 
 # -- the plugin --------------------------------------------------------------------------------------------
 
@@ -140,7 +151,7 @@ class NodeAgentConfig:
     # Pods whose redirection is installed or removed at the same time (the kernel step; the ZDS hand-off
     # and the annotation are not bounded by it).
     max_parallel: int = 16
-    redirect: RedirectOptions = field(default_factory=RedirectOptions)
+    redirect: RedirectOptions = field(default_factory=_redirect_options)
     # None: nftables through libnftables in-process (the `nft` binary where the library is missing);
     # a path (NFT_PATH): always run that nft binary.
     nft: str | None = None
@@ -216,7 +227,7 @@ def parse_config(
         kwargs["max_parallel"] = _setting(parse_positive_int, v, MAX_PARALLEL)
     ipv6 = _setting(parse_bool, get(AMBIENT_IPV6) or "false", AMBIENT_IPV6)
     dns = _setting(parse_bool, get(AMBIENT_DNS_CAPTURE) or "false", AMBIENT_DNS_CAPTURE)
-    kwargs["redirect"] = RedirectOptions(ipv6=ipv6, dns_capture=dns)
+    kwargs["redirect"] = _redirect_options(ipv6=ipv6, dns_capture=dns)
     if (v := get(NFT_PATH)) is not None:
         if not v.strip():
             raise ConfigError(NFT_PATH, "must name the nft binary, got an empty value")
