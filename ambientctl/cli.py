@@ -23,6 +23,7 @@ from .commands import (
     describe,
     install,
     namespace,
+    pods,
     resources,
     troubleshoot,
     version,
@@ -42,6 +43,7 @@ COMMAND_MODULES = (
     troubleshoot,
     install,
     version,
+    pods,
 )
 
 

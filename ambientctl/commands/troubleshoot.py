@@ -96,6 +96,7 @@ from ambientctl.troubleshoot.traffic import (
     traffic,
 )
 
+from . import pods
 from .common import EXIT_FAILURE, CliError, cli_state, note, print_table
 
 OK, WARN, FAIL = "✔", "‼", "✖"
@@ -351,7 +352,14 @@ def _log_dir_and_nodes(ctx: typer.Context) -> tuple[Path, list[str]]:
 
 def logs(
     ctx: typer.Context,
-    component: Annotated[str, typer.Option("--component", "-c", help=f"One of {', '.join(COMPONENTS)}.")],
+    pod_name: Annotated[
+        str | None,
+        typer.Argument(metavar="[POD]", help="A pod: its container's log (-c picks the container)."),
+    ] = None,
+    component: Annotated[
+        str | None,
+        typer.Option("--component", "-c", help=f"One of {', '.join(COMPONENTS)}; with POD: the container."),
+    ] = None,
     node: Annotated[str | None, typer.Option("--node", help="Only this node's component.")] = None,
     pod: Annotated[
         str | None, typer.Option("--pod", help="<ns>/<name>: that waypoint pod, or lines about that pod.")
@@ -366,8 +374,29 @@ def logs(
     output: Annotated[
         Format, typer.Option("-o", "--output", help="text or json (one object per line).")
     ] = Format.text,
+    namespace: Annotated[
+        str | None, typer.Option("-n", "--namespace", help="With POD: its namespace.")
+    ] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="With POD: only the last N lines.")] = None,
+    previous: Annotated[
+        bool, typer.Option("--previous", "-p", help="With POD: the container's run before its last restart.")
+    ] = False,
 ) -> None:
-    """Logs of a component on every node (or one), merged by time, each line prefixed with its source."""
+    """Logs of a component on every node (or one), merged by time, each line prefixed with its source;
+    with POD, that pod's container log (as kubectl logs)."""
+    if pod_name is not None:
+        return pods.show_pod_logs(
+            ctx,
+            pod_name,
+            namespace=namespace,
+            container=component,
+            follow=follow_,
+            since=since_,
+            tail=tail,
+            previous=previous,
+        )
+    if component is None:
+        raise CliError(f"give a POD (its container's log) or -c/--component ({', '.join(COMPONENTS)})")
     log_dir, nodes = _log_dir_and_nodes(ctx)
     pod_ref = _pod_ref(pod) if pod else None
     waypoints = _waypoint_pods(ctx) if component == "waypoint" else []
