@@ -83,6 +83,15 @@ async def put_and_see(api: ThreadedKubeApi, cp: ControlPlane, obj: dict[str, Any
     pytest.fail(f"istiod-lite's cache never saw {ref}")
 
 
+async def registered(cp: ControlPlane, node: str, identity: SpiffeId) -> None:
+    """Wait (with a deadline) until the registry counts ``identity`` among the pods on ``node``."""
+    for _ in range(500):  # up to 10 s
+        if identity in cp.snapshot.identities_on_node(node):
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"the registry never put {identity} on {node}")
+
+
 async def ztunnel_token(api: ThreadedKubeApi, cp: ControlPlane, path: Path, node: str = "node-1") -> str:
     """A ztunnel pod on ``node`` and its projected token (audience istio-ca, pod- and node-bound) in ``path``."""
     stored = await put_and_see(api, cp, pod("istio-system", f"ztunnel-{node}", "ztunnel", node))
@@ -128,6 +137,7 @@ async def test_a_ztunnel_token_never_obtains_a_pod_identity_of_another_node(
     api: ThreadedKubeApi, plane: ControlPlane, tmp_path: Path
 ) -> None:
     await put_and_see(api, plane, pod("demo", "server", "server", "node-2"))
+    await registered(plane, "node-2", SERVER)  # refused for its node, not for a registry that lags
     await ztunnel_token(api, plane, tmp_path / "istio-token")
     async with token_ca_client(f"127.0.0.1:{plane.token_ca_port}", plane.ca.roots_pem, tmp_path / "istio-token") as c:
         with pytest.raises(CaRefused, match="no pod with identity spiffe://cluster.local/ns/demo/sa/server on node "
@@ -141,6 +151,7 @@ async def test_a_rotated_token_is_read_at_the_next_call(
     api: ThreadedKubeApi, plane: ControlPlane, tmp_path: Path
 ) -> None:
     await put_and_see(api, plane, pod("demo", "client", "client", "node-1"))
+    await registered(plane, "node-1", CLIENT)
     path = tmp_path / "istio-token"
     old = await ztunnel_token(api, plane, path)
     async with token_ca_client(f"127.0.0.1:{plane.token_ca_port}", plane.ca.roots_pem, path) as c:
@@ -162,6 +173,7 @@ async def test_a_ztunnel_token_from_another_namespace_may_not_impersonate(
     api: ThreadedKubeApi, plane: ControlPlane, tmp_path: Path
 ) -> None:
     await put_and_see(api, plane, pod("demo", "client", "client", "node-1"))
+    await registered(plane, "node-1", CLIENT)  # refused for its account, not for a registry that lags
     stored = await put_and_see(api, plane, pod("demo", "fake-ztunnel", "ztunnel", "node-1"))
     token = await asyncio.to_thread(api.call, api.server.issue_token, "demo", "ztunnel", pod_name="fake-ztunnel",
                                     pod_uid=stored["metadata"]["uid"], node_name="node-1")
