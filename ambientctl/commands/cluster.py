@@ -33,7 +33,7 @@ from ambientctl.cluster import (
 )
 from ambientctl.cluster.errors import NeedsRoot, PrefixMismatch, UnknownNode
 from ambientctl.cluster.kubelet import mark_pods_stopped
-from ambientctl.cluster.mesh import Mesh, MeshStatus
+from ambientctl.cluster.mesh import SUPERVISOR, Mesh, MeshStatus
 from ambientctl.cluster.spec import validate_cluster_spec
 from ambientctl.cluster.supervision import describe_exit
 
@@ -179,6 +179,12 @@ def status(
         return
     for problem in current.problems:
         note(f"warning: {problem}")
+    supervisor = next((p for p in current.processes if p.name == SUPERVISOR), None)
+    if supervisor is not None and not supervisor.running:
+        note(
+            "warning: the supervisor is not running, so a mesh component that dies stays down: "
+            "`ambientctl cluster up` starts it again"
+        )
     if current.phase == "down":
         typer.echo("no local cluster is up (`ambientctl cluster up` creates one)")
         return

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ambientctl.cli import app
 from ambientctl.cluster import ClusterSpec
-from ambientctl.cluster.state import ClusterState, StateFile
+from ambientctl.cluster.state import ClusterState, ProcessRecord, StateFile
 
 CLUSTER_COMMANDS = [
     ("cluster", "status"),
@@ -100,3 +100,14 @@ def test_cluster_errors_name_the_fix(tmp_path: Path, args: tuple[str, ...], expe
     assert expected in line, line
     loaded = state.load()
     assert loaded is not None and loaded.phase == "up"  # nothing was removed
+
+
+def test_status_warns_when_the_supervisor_is_not_running(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "cluster")
+    # A pid above the kernel's pid_max: no process has it.
+    dead = ProcessRecord(name="supervisor", netns="", pid=2**22 + 1, start_ticks=1, argv=("x",), log="x.log")
+    state.save(ClusterState(phase="up", spec=ClusterSpec(prefix="ab-"), processes={"supervisor": dead}))
+    code, stdout, stderr = run(tmp_path, "cluster", "status")
+    assert code == 0, (stdout, stderr)
+    assert "the supervisor is not running" in stderr and "`ambientctl cluster up` starts it again" in stderr
+    assert any(line.startswith("supervisor ") and "Exited" in line for line in stdout.splitlines()), stdout
