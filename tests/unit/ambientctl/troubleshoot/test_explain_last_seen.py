@@ -7,6 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ambientctl.troubleshoot.explain import (
     MeshConfig,
@@ -145,3 +147,19 @@ def test_json_keeps_the_record_and_adds_the_outcome() -> None:
                                 "reason": "explicitly denied by: default/deny-bad"}  # fmt: skip
     assert {k: doc[k] for k in expected} == expected
     assert doc["fields"]["src.addr"] == "10.0.0.1:41000" and doc["time"].startswith("2026-12-07T15:40:01")
+
+
+_FIELD_NAMES = st.sampled_from(["src.addr", "src.workload", "src.namespace", "src.identity", "dst.addr",
+                                "dst.hbone_addr", "dst.service", "direction", "error", "response_code",
+                                "response_flags", "policy", "detail", "scope"])  # fmt: skip
+
+
+@given(st.sampled_from(["connection complete", "connection failed", "request complete", "other"]),
+       st.dictionaries(_FIELD_NAMES, st.text(max_size=24) | st.sampled_from(["access", "10.0.0.1:5", "[::1]:80",
+                                                                            "403", HOST, "10.0.0.2:8080"])))  # fmt: skip
+def test_any_record_is_matched_and_read_without_failing(event: str, fields: dict[str, str]) -> None:
+    record = LogRecord("z", "raw", None, "info", event, fields)
+    assert about(record, QUERY) in (True, False)
+    word, why = outcome(record)
+    assert word in ("DENIED", "FAILED", "OK") and isinstance(why, str)
+    assert last_seen([record], QUERY) == ()  # a record without a time is never the last one
