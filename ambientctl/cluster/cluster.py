@@ -750,6 +750,8 @@ class Cluster:
             ISTIO_TOKEN_PATH: str(self.pod_dir(pod.namespace, pod.name) / TOKEN_FILE),
             ISTIO_ROOT_CERT_PATH: str(self.pod_dir(pod.namespace, pod.name) / ROOT_CERT_FILE),
         }
+        if container is not None and container.run_as_user:
+            env["HOME"] = "/"  # as for a user an image's /etc/passwd does not name
         # The manifest's env wins, as a container's own env does.
         env.update(pod.env if container is None else container.env)
         from_status = pod.env_from_status if container is None else container.env_from_status

@@ -3,7 +3,8 @@ time, each to completion; then each app container is its own process in the pod'
 its own env, workingDir ("/" when unset), user and group (securityContext, the container's over the
 pod's) and log; the pod is Ready only when both containers are; ``exec`` runs as the chosen container.
 A failing init container under ``restartPolicy: Never`` fails its pod (``Init:Error``) and no app
-container starts. The kubelet is driven in this process (``sync_pods`` then ``check_containers``
+container starts. A restarted container gets a fresh log, the previous run's kept (``logs --previous``);
+``ambientctl exec`` passes the command's exit code through. The kubelet is driven in this process (``sync_pods`` then ``check_containers``
 until a deadline); no mesh is needed.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from ambientctl.cli import app
 from ambientctl.cluster import Cluster, ClusterSpec
 from ambientctl.cluster.kubelet import Kubelet
 from ambientctl.cluster.podstatus import display_status, ready_counts
@@ -59,6 +62,14 @@ spec:
   - {{name: fail, image: local, command: [sh, -c, "exit 3"]}}
   containers:
   - {{name: app, image: local, command: [sleep, "600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: flaky, namespace: shop}}
+spec:
+  nodeName: node-1
+  containers:
+  - {{name: once, image: local, command: [sh, -c, "echo ran as $$; exit 1"]}}
 """
 
 
@@ -93,7 +104,7 @@ def test_init_containers_then_two_containers_with_their_own_users_share_the_pods
         store.apply(load_documents(POD.format(d=shared), "test"))
         kubelet = Kubelet(cluster, store)
         report = kubelet.sync_pods()
-        assert set(report.synced) == {"shop/two", "shop/broken"}, report.rejected
+        assert set(report.synced) == {"shop/two", "shop/broken", "shop/flaky"}, report.rejected
 
         def status(name: str) -> dict[str, Any]:
             kubelet.check_containers()
@@ -110,6 +121,16 @@ def test_init_containers_then_two_containers_with_their_own_users_share_the_pods
 
         ready = wait_for("pod two Ready", when("two", lambda s: ready_counts(s) == (2, 2)), timeout=40)
         broken = wait_for("pod broken Failed", when("broken", lambda s: s.get("phase") == "Failed"))
+        flaky = cluster.find_pod("flaky", "shop")
+        assert flaky is not None
+        log = cluster.container_log_path(flaky, "once")
+        previous = log.with_name(log.name + ".previous")
+
+        def restarted() -> bool:  # the first restart comes after the 10 s back-off
+            kubelet.check_containers()
+            return previous.exists() and log.exists() and "ran as" in log.read_text()
+
+        wait_for("flaky restarted with a fresh log", restarted, timeout=30)
 
     # Init containers ran in order, each to completion, as their own user.
     assert (shared / "order").read_text().split() == ["first", "second"]
@@ -145,3 +166,17 @@ def test_init_containers_then_two_containers_with_their_own_users_share_the_pods
     assert broken["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
     failed = cluster.find_pod("broken", "shop")
     assert failed is not None and "app" not in failed.container_processes()
+
+    # The previous run's log is kept apart from the current one's.
+    assert previous.read_text() != log.read_text()
+    assert previous.read_text().startswith("ran as") and log.read_text().startswith("ran as")
+
+    # The CLI: exec as the container (exit code passed through), logs of one container.
+    def ctl(*args: str) -> Result:
+        return CliRunner().invoke(app, ["--state-dir", str(cluster.directory.parent), *args])
+
+    check = 'test "$(id -u):$(id -g):$(pwd):$ME:$HOME" = 4321:4322:/:two:/'
+    assert ctl("exec", "two", "-n", "shop", "-c", "side", "--", "sh", "-c", check).exit_code == 0
+    assert ctl("exec", "shop/two", "--", "sh", "-c", "exit 7").exit_code == 7
+    assert "side of two" in ctl("logs", "two", "-n", "shop", "-c", "side").stdout
+    assert ctl("logs", "shop/flaky", "--previous").stdout == previous.read_text()
