@@ -19,10 +19,17 @@ audience ``istio-ca`` bound to the pod's name, uid, service account and node, si
 in ``<state-dir>/sa-issuer/``) and ``root-cert.pem`` (the mesh root istiod_lite handed out with the
 node's credential). While the pod runs, ``refresh_credentials`` re-issues the token once 80% of its
 lifetime has passed (kubelet's rule), so a long-running waypoint keeps a valid one; the file is
-replaced atomically. A pod whose credential cannot be written fails alone (Pending, retried). A
-manifest's ``spec.containers[0].env`` literal ``value``s reach the process; ``valueFrom`` is refused
-with the reason (the downward-API facts POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, SERVICE_ACCOUNT
-are always set).
+replaced atomically. A pod whose credential cannot be written fails alone (Pending, retried).
+
+Containers: every container and init container of a manifest is its own process (``ContainerSpec``:
+``command`` + ``args``, ``env`` values and ``valueFrom.fieldRef``, other sources refused with the
+reason; ``workingDir``; ``securityContext`` runAsUser/runAsGroup, the container's over the pod's, and
+runAsNonRoot refused with the kubelet's message; an image without command runs the stand-in). The
+downward-API facts POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME, SERVICE_ACCOUNT are always set.
+``check_containers`` keeps one ``ContainerTrack`` per container (``PodTracks``): init containers run one
+at a time, each started once the one before completed, then the app containers, each restarted on its
+own per ``restartPolicy`` and back-off, each probed by its own readinessProbe; the pod is Ready only
+when all of its containers are.
 """
 
 from __future__ import annotations
