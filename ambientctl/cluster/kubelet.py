@@ -195,6 +195,7 @@ class Kubelet:
             except (ClusterError, StoreError, ValueError) as e:
                 rejected[key] = str(e)
                 log.warning("pod not run", pod=key, error=str(e))
+                self._write_status(resource, config_error_status(resource, str(e)))
                 continue
             waiting = self._backoff.get(key)
             if waiting is not None and waiting.pod == pod and waiting.retry_at > now:
@@ -319,6 +320,15 @@ class Kubelet:
                 self.store.apply([msgspec.structs.replace(stored, status=status)])
             except StoreError as e:
                 log.warning("pod status not written", pod=key, error=str(e))
+
+    def _write_status(self, stored: Resource, status: dict[str, Any]) -> None:
+        """Write ``status`` on a stored Pod when it differs (a failed write is logged: retried next pass)."""
+        if stored.status == status:
+            return
+        try:
+            self.store.set_status(stored.ref, status)
+        except StoreError as e:
+            log.warning("pod status not written", pod=f"{stored.namespace}/{stored.name}", error=str(e))
 
     def _register(self, stored: Resource, record: PodRecord) -> None:
         """Write nodeName and the observed status into a stored manifest, keeping the rest as applied."""
@@ -728,6 +738,24 @@ def pending_status(reason: str) -> dict[str, Any]:
         "conditions": [
             {"type": "PodScheduled", "status": "True"},
             {"type": "Ready", "status": "False", "reason": "SandboxFailed", "message": reason},
+        ],
+    }
+
+
+def config_error_status(pod: Resource, message: str) -> dict[str, Any]:
+    """The status of a pod whose containers cannot be created from its spec (``runAsNonRoot`` with root,
+    an env source not supported, ...): ``Pending``, each container waiting with the kubelet's reason
+    ``CreateContainerConfigError`` and ``message`` (so ``get pods`` shows why)."""
+    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": message}}
+    return {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": message},
+        ],
+        "containerStatuses": [
+            {"name": name, "image": image, "ready": False, "restartCount": 0, "state": waiting}
+            for name, image in _images(pod, "containers").items()
         ],
     }
 

@@ -70,6 +70,15 @@ spec:
   nodeName: node-1
   containers:
   - {{name: once, image: local, command: [sh, -c, "echo ran as $$; exit 1"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: rootless, namespace: shop}}
+spec:
+  nodeName: node-1
+  securityContext: {{runAsNonRoot: true}}
+  containers:
+  - {{name: app, image: local, command: [sleep, "600"]}}
 """
 
 
@@ -105,6 +114,10 @@ def test_init_containers_then_two_containers_with_their_own_users_share_the_pods
         kubelet = Kubelet(cluster, store)
         report = kubelet.sync_pods()
         assert set(report.synced) == {"shop/two", "shop/broken", "shop/flaky"}, report.rejected
+        assert "container has runAsNonRoot and image will run as root" in report.rejected["shop/rootless"]
+        rootless = store.get(ResourceRef("Pod", "shop", "rootless"))
+        assert rootless is not None and display_status(rootless.status) == "CreateContainerConfigError"
+        assert cluster.find_pod("rootless", "shop") is None  # nothing of it runs
 
         def status(name: str) -> dict[str, Any]:
             kubelet.check_containers()

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from ambientctl.cluster.errors import InvalidClusterSpec
-from ambientctl.cluster.kubelet import STANDIN_MODULE, container_env, pod_spec_from_resource
+from ambientctl.cluster.kubelet import (
+    STANDIN_MODULE,
+    config_error_status,
+    container_env,
+    pod_spec_from_resource,
+)
+from ambientctl.cluster.podstatus import display_status, ready_counts
 from meshcore.store import Resource, build_resource
 
 
@@ -191,3 +197,16 @@ def test_a_container_that_would_break_its_security_context_is_refused(sc: dict[s
     with pytest.raises(InvalidClusterSpec, match=words) as refused:
         pod_spec_from_resource(resource, "n")
     assert "containers[0].securityContext" in str(refused.value)
+
+
+def test_a_pod_refused_for_its_spec_shows_create_container_config_error() -> None:
+    resource = many([{"name": "c", "image": "app:1", "securityContext": {"runAsNonRoot": True}}])
+    with pytest.raises(InvalidClusterSpec) as refused:
+        pod_spec_from_resource(resource, "n")
+    status = config_error_status(resource, str(refused.value))
+    assert display_status(status) == "CreateContainerConfigError"
+    assert status["phase"] == "Pending" and ready_counts(status) == (0, 1)
+    assert (
+        "runAsNonRoot and image will run as root"
+        in status["containerStatuses"][0]["state"]["waiting"]["message"]
+    )
