@@ -439,7 +439,7 @@ def test_a_normal_user_is_told_in_one_line_that_root_is_needed(open_dir: Path, v
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     done = run_ctl(open_dir, nobody, {"PATH": os.environ["PATH"]}, verb)
     assert done.returncode == 1, done.stderr
-    assert done.stderr.startswith("error: this machine cannot run the local cluster: not running as root")
+    assert done.stderr.startswith("error: the local cluster needs root: run with sudo")
     assert "Traceback" not in done.stderr
 
 
