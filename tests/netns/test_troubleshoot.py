@@ -87,8 +87,14 @@ def failures(doc: dict[str, Any]) -> list[str]:
 def test_fetch_reads_a_ztunnel_endpoint_from_the_host(mc: MeshCluster) -> None:
     result = ctl(mc, "fetch", "node/node-1", ":15021/healthz/ready")
     assert result.exit_code == 0, result.output
-    dump = json.loads(ctl(mc, "fetch", "node/node-2", ":15000/config_dump").stdout)
-    assert {w["name"] for w in dump["workloads"]} >= {"server", "client", "bad"}
+
+    def workloads() -> set[str] | None:
+        dump = json.loads(ctl(mc, "fetch", "node/node-2", ":15000/config_dump").stdout)
+        names = {w["name"] for w in dump["workloads"]}
+        return names if names >= {"server", "client", "bad"} else None
+
+    # Running pods reach node-2's ztunnel through istiod's next push: wait for it, bounded.
+    wait_for("node-2's ztunnel knows every pod", workloads, timeout=20)
 
 
 def test_proxy_status_lists_every_ztunnel_synced(mc: MeshCluster) -> None:
