@@ -15,17 +15,24 @@ import pytest
 
 from ambientctl.cluster import Cluster, ClusterSpec, PodSpec
 from ambientctl.cluster.cni import CniPluginFailed, CniRuntime, build_conflist, node_conf_dir
-from ambientctl.cluster.testing import random_prefix
+from ambientctl.cluster.errors import ClusterError
+from ambientctl.cluster.testing import random_prefix, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 PLUGIN = "refuse-bad"
-# ADD: prevResult back, or a CNI error for pods named bad-*; DEL: nothing to undo.
+# ADD: prevResult back, or a CNI error for pods named bad-*; pods named slow-* first wait (30 s at most)
+# for the file ``gate`` (from the conflist) after creating ``gate``.waiting; DEL: nothing to undo.
 PLUGIN_SOURCE = f"""#!{sys.executable}
-import json, os, sys
+import json, os, sys, time
 conf = json.load(sys.stdin)
 args = dict(p.split("=", 1) for p in os.environ.get("CNI_ARGS", "").split(";") if "=" in p)
 if os.environ["CNI_COMMAND"] == "ADD":
+    if args.get("K8S_POD_NAME", "").startswith("slow-"):
+        open(conf["gate"] + ".waiting", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(conf["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
     if args.get("K8S_POD_NAME", "").startswith("bad-"):
         print(json.dumps({{"cniVersion": "1.0.0", "code": 999, "msg": "refused by the test plugin"}}))
         sys.exit(1)
@@ -54,7 +61,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for node in ("node-1", "node-2"):
             conf = node_conf_dir(made.nodes_dir, node)
             conf.mkdir(parents=True)
-            (conf / "10-test.conflist").write_bytes(build_conflist("test", [{"type": PLUGIN}]))
+            plugin_conf = {"type": PLUGIN, "gate": str(tmp_path / "gate")}
+            (conf / "10-test.conflist").write_bytes(build_conflist("test", [plugin_conf]))
         yield made
     finally:
         made.down()
@@ -93,3 +101,23 @@ def test_pods_started_at_once_fail_alone_and_never_share_an_address(cluster: Clu
     assert late not in ips.values()
     record = cluster.find_pod("late", "default")
     assert record is not None and record.ip == late and cluster.net.netns_exists(record.netns)
+
+
+def test_a_pod_removed_while_it_starts_leaves_nothing_and_its_start_fails(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    pod = PodSpec("slow-1", "default", "node-1", command=("sleep", "infinity"))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(cluster.add_pod, pod)
+        wait_for("the CNI ADD of slow-1 under way", lambda: Path(f"{gate}.waiting").exists(), timeout=30)
+        reserved = cluster.find_pod("slow-1", "default")
+        assert reserved is not None and reserved.process is None  # reserved, not started
+        cluster.remove_pod("slow-1", "default")  # the lock is free while the pod's sandbox is made
+        gate.touch()
+        with pytest.raises(ClusterError, match="removed while it was starting"):
+            starting.result(timeout=60)
+    assert cluster.find_pod("slow-1", "default") is None
+    assert reserved.netns not in netns_names(cluster.layout().prefix)
+    assert [r for r in cluster.procs.pidfile_records() if "slow-1" in r.name] == []
+    assert cluster.status().problems == ()
