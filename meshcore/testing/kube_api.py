@@ -22,6 +22,11 @@ paths):
   consistent list (the state at the first chunk's resourceVersion, writes made since then not shown).
   A token whose resourceVersion was compacted gets 410 Expired: the client starts a new list. A
   ``resourceVersion`` given together with ``continue`` is refused (400), as the conventions say.
+- field selectors: ``fieldSelector=f=v,f!=v,...`` (``==`` too; a backslash escapes ``,``, ``=`` or itself) on a list
+  and a watch, for ``metadata.name`` and ``metadata.namespace`` of every resource and ``spec.nodeName`` of
+  Pods (the field a node's agents select their pods by); any other field is refused with 400 ``field label
+  not supported``. A watch reports an object's change into the selection as ADDED and out of it as
+  DELETED (the object as it was, at the new resourceVersion), as the API server's watch cache does.
 
 Invariants: one global revision (every write that changes an object takes the next one; a write that
 changes nothing takes none and sends no event); the change log is kept in revision order until
@@ -29,7 +34,8 @@ changes nothing takes none and sends no event); the change log is kept in revisi
 
 Simplifications, stated so no test relies on them being real: no authentication or authorization (every
 request is recorded in ``requests`` with its RBAC verb instead, so tests can derive the RBAC a client
-needs); no label/field selectors (refused with 400, not ignored); no admission, defaulting or
+needs); no label selectors (refused with 400, not ignored); field selectors only on the fields below; no
+admission, defaulting or
 schema validation; deleting a Namespace deletes its contents at once (a real server finalizes it
 asynchronously); lists in applied configurations are atomic (owned as one field).
 
@@ -187,6 +193,8 @@ class _Event:
     resource: ApiResource
     namespace: str
     object: JSON
+    # MODIFIED: the object before the change (never mutated once replaced), for field-selected watches.
+    previous: JSON | None = None
 
 
 @dataclass(eq=False)
@@ -235,8 +243,9 @@ class KubeApiServer:
         self._conns: set[asyncio.Task[None]] = set()
         self.requests: list[RecordedRequest] = []
         self._tokens: dict[str, _Token] = {}
-        # Paginated lists: (revision, resource, namespace) -> the collection's items at that revision.
-        self._list_snapshots: dict[tuple[int, ApiResource, str], list[JSON]] = {}
+        # Paginated lists: (revision, resource, namespace, field selector) -> the collection's (selected)
+        # items at that revision.
+        self._list_snapshots: dict[tuple[int, ApiResource, str, str], list[JSON]] = {}
         self._expire_continues = 0
         # Port-forward: (namespace, pod, port) -> the loopback (host, port) that stands for it.
         self._forwards: dict[tuple[str, str, int], tuple[str, int]] = {}
@@ -428,8 +437,8 @@ class KubeApiServer:
         self.revision += 1
         return self.revision
 
-    def _record(self, type_: str, key: tuple[ApiResource, str, str], obj: JSON) -> None:
-        self._log.append(_Event(self.revision, type_, key[0], key[1], copy.deepcopy(obj)))
+    def _record(self, type_: str, key: tuple[ApiResource, str, str], obj: JSON, previous: JSON | None = None) -> None:
+        self._log.append(_Event(self.revision, type_, key[0], key[1], copy.deepcopy(obj), previous))
         self._log_revs.append(self.revision)
         self._wake_all()
 
@@ -469,7 +478,7 @@ class KubeApiServer:
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         meta["resourceVersion"] = str(self._next_revision())
         self._objects[key] = new
-        self._record("MODIFIED", key, new)
+        self._record("MODIFIED", key, new, old)  # old is out of _objects now: no one changes it
         return copy.deepcopy(new)
 
     def _delete(self, key: tuple[ApiResource, str, str]) -> JSON:
@@ -706,9 +715,10 @@ class KubeApiServer:
     def _dispatch(
         self, method: str, t: _Target, query: dict[str, str], headers: dict[str, str], body: bytes
     ) -> tuple[int, JSON]:
-        for unsupported in ("labelSelector", "fieldSelector"):
-            if query.get(unsupported):
-                raise ApiError(400, "BadRequest", f"{unsupported} is not supported by the API stand-in")
+        if query.get("labelSelector"):
+            raise ApiError(400, "BadRequest", "labelSelector is not supported by the API stand-in")
+        if query.get("fieldSelector") and (method != "GET" or t.name):
+            raise ApiError(400, "BadRequest", "the stand-in takes fieldSelector on a list or watch of a collection")
         if method == "GET":
             self._audit("get" if t.name else "list", t)
             return (200, self._get(t)) if t.name else (200, self._list(t, query))
@@ -751,20 +761,21 @@ class KubeApiServer:
         if limit_text and (not limit_text.isdigit() or int(limit_text) < 0):
             raise ApiError(400, "BadRequest", f"limit must be a non-negative integer, not {limit_text!r}")
         limit = int(limit_text or 0)
+        selector = query.get("fieldSelector", "")
         if token:
             if query.get("resourceVersion", "") not in ("", "0"):
                 raise ApiError(400, "BadRequest", "specifying resourceVersion is not allowed with continue")
-            return self._list_chunk(t, token, limit)
+            return self._list_chunk(t, token, limit, selector)
         listed = self._list_now(t, query)
         if limit and len(listed["items"]) > limit:
             revision = int(listed["metadata"]["resourceVersion"])
-            self._list_snapshots[(revision, t.resource, t.namespace)] = listed["items"]
+            self._list_snapshots[(revision, t.resource, t.namespace, selector)] = listed["items"]
             while len(self._list_snapshots) > MAX_LIST_SNAPSHOTS:
                 del self._list_snapshots[next(iter(self._list_snapshots))]
-            return self._chunk(t, revision, listed["items"], 0, limit)
+            return self._chunk(t, revision, listed["items"], 0, limit, selector)
         return listed
 
-    def _list_chunk(self, t: _Target, token: str, limit: int) -> JSON:
+    def _list_chunk(self, t: _Target, token: str, limit: int, selector: str) -> JSON:
         try:
             state = json.loads(base64.urlsafe_b64decode(token.encode()))
             revision, start, namespace = int(state["rv"]), int(state["start"]), str(state["ns"])
@@ -772,20 +783,24 @@ class KubeApiServer:
             raise ApiError(400, "BadRequest", f"the continue token is not valid: {e}") from None
         if namespace != t.namespace:
             raise ApiError(400, "BadRequest", "the continue token belongs to another collection")
+        if str(state.get("fs", "")) != selector:
+            raise ApiError(400, "BadRequest", "the continue token belongs to a list with another fieldSelector")
         if self._expire_continues > 0:
             self._expire_continues -= 1
-            self._list_snapshots.pop((revision, t.resource, t.namespace), None)
-        items = self._list_snapshots.get((revision, t.resource, t.namespace))
+            self._list_snapshots.pop((revision, t.resource, t.namespace, selector), None)
+        items = self._list_snapshots.get((revision, t.resource, t.namespace, selector))
         if items is None:
             raise ApiError(410, "Expired", f"the continue token's resource version {revision} is too old (the "
                            f"history up to {self.compacted} was compacted); start a new list without continue")
-        return self._chunk(t, revision, items, start, limit)
+        return self._chunk(t, revision, items, start, limit, selector)
 
-    def _chunk(self, t: _Target, revision: int, items: list[JSON], start: int, limit: int) -> JSON:
+    def _chunk(self, t: _Target, revision: int, items: list[JSON], start: int, limit: int, selector: str) -> JSON:
         end = start + limit if limit else len(items)
         meta: JSON = {"resourceVersion": str(revision)}
         if end < len(items):
-            state = {"rv": revision, "start": end, "ns": t.namespace}
+            state: JSON = {"rv": revision, "start": end, "ns": t.namespace}
+            if selector:
+                state["fs"] = selector
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
             meta["remainingItemCount"] = len(items) - end
         return {"kind": f"{t.resource.kind}List", "apiVersion": t.resource.api_version, "metadata": meta,
@@ -801,8 +816,9 @@ class KubeApiServer:
                                "state exactly" if code == 400 else f"too old resource version: {rv}")
             if n > self.revision:
                 raise ApiError(504, "Timeout", f"Too large resource version: {rv}, current: {self.revision}")
+        selected = parse_field_selector(query.get("fieldSelector", ""), t.resource)
         items = [copy.deepcopy(o) for k, o in sorted(self._objects.items(), key=lambda kv: kv[0][1:])
-                 if k[0] == t.resource and (not t.namespace or k[1] == t.namespace)]
+                 if k[0] == t.resource and (not t.namespace or k[1] == t.namespace) and selects(selected, o)]
         return {"kind": f"{t.resource.kind}List", "apiVersion": t.resource.api_version,
                 "metadata": {"resourceVersion": str(self.revision)}, "items": items}
 
@@ -998,10 +1014,12 @@ class KubeApiServer:
         rv = query.get("resourceVersion", "")
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
         timeout = float(query.get("timeoutSeconds") or 1800)
+        selector = query.get("fieldSelector", "")
+        selected = parse_field_selector(selector, t.resource)  # refused (400) before the stream starts
         initial: list[JSON] = []
         if rv in ("", "0"):
             position = self.revision
-            initial = [{"type": "ADDED", "object": o} for o in self._list(t, {})["items"]]
+            initial = [{"type": "ADDED", "object": o} for o in self._list(t, {"fieldSelector": selector})["items"]]
         else:
             position = _parse_rv(rv)
         writer.write(conn.send(h11.Response(status_code=200, headers=[
@@ -1024,8 +1042,9 @@ class KubeApiServer:
                     break
                 start = bisect.bisect_right(self._log_revs, position)
                 batch = [e for e in itertools.islice(self._log, start, None)]
-                events = [{"type": e.type, "object": e.object} for e in batch
-                          if e.resource == t.resource and (not t.namespace or e.namespace == t.namespace)]
+                events = [ev for e in batch
+                          if e.resource == t.resource and (not t.namespace or e.namespace == t.namespace)
+                          and (ev := _selected_event(e, selected)) is not None]
                 if batch:
                     position = batch[-1].revision
                 await self._write_events(conn, writer, events)
@@ -1123,6 +1142,122 @@ def parse_ws_frame(data: bytes, *, require_mask: bool = False) -> tuple[bool, in
     if masked:
         payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return fin, opcode, payload, pos + n
+
+
+# Field selectors: fields every resource is selectable by, and those of particular kinds (the API server's
+# field label conversions; the stand-in has the ones the mesh's clients use).
+COMMON_SELECTABLE_FIELDS = ("metadata.name", "metadata.namespace")
+SELECTABLE_FIELDS: dict[str, tuple[str, ...]] = {"Pod": ("spec.nodeName",)}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRequirement:
+    """One term of a field selector: ``field`` equals (or, ``equal=False``, differs from) ``value``."""
+
+    field: str
+    equal: bool
+    value: str
+
+
+def parse_field_selector(text: str, resource: ApiResource) -> tuple[FieldRequirement, ...]:
+    """The terms of ``text`` (``f=v,f==v,f!=v``, values escaped with backslash), or ``ApiError`` 400 for a
+    term that does not parse or a field ``resource`` is not selectable by."""
+    terms: list[FieldRequirement] = []
+    for term in _split_unescaped(text, ","):
+        if not term:
+            continue
+        op_at = _find_operator(term)
+        if op_at is None:
+            raise ApiError(400, "BadRequest", f"invalid field selector: {term!r}: expected FIELD=VALUE, "
+                           "FIELD==VALUE or FIELD!=VALUE")
+        at, op = op_at
+        name, value = term[:at].strip(), _unescape(term[at + len(op):], text)
+        allowed = COMMON_SELECTABLE_FIELDS + SELECTABLE_FIELDS.get(resource.kind, ())
+        if name not in allowed:
+            raise ApiError(400, "BadRequest", f'"{name}" is not a known field selector: only "'
+                           + '", "'.join(allowed) + f'" (field label not supported: {name})')
+        terms.append(FieldRequirement(name, op != "!=", value))
+    return tuple(terms)
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    parts, current, escaped = [], [], False
+    for c in text:
+        if escaped:
+            current.append("\\" + c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+    if escaped:
+        current.append("\\")
+    parts.append("".join(current))
+    return parts
+
+
+def _find_operator(term: str) -> tuple[int, str] | None:
+    i = 0
+    while i < len(term):
+        if term[i] == "\\":
+            i += 2
+            continue
+        for op in ("!=", "==", "="):
+            if term.startswith(op, i):
+                return i, op
+        i += 1
+    return None
+
+
+def _unescape(value: str, selector: str) -> str:
+    out, escaped = [], False
+    for c in value:
+        if escaped:
+            if c not in "\\,=":
+                raise ApiError(400, "BadRequest", f"invalid field selector {selector!r}: invalid escape \\{c}")
+            out.append(c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c in ",=":
+            raise ApiError(400, "BadRequest", f"invalid field selector {selector!r}: unescaped {c!r} in a value")
+        else:
+            out.append(c)
+    if escaped:
+        raise ApiError(400, "BadRequest", f"invalid field selector {selector!r}: a value ends in a lone backslash")
+    return "".join(out)
+
+
+def field_value(obj: JSON, field_name: str) -> str:
+    """The value a field selector compares (absent: the empty string, as the API server's field sets have)."""
+    node: Any = obj
+    for part in field_name.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return "" if node is None else str(node)
+
+
+def selects(terms: tuple[FieldRequirement, ...], obj: JSON) -> bool:
+    return all((field_value(obj, r.field) == r.value) == r.equal for r in terms)
+
+
+def _selected_event(event: _Event, terms: tuple[FieldRequirement, ...]) -> JSON | None:
+    """The event a watch with field selector ``terms`` sends for ``event``, or None: a change into the
+    selection is ADDED, out of it DELETED (the object as it was, at the new resourceVersion)."""
+    if not terms:
+        return {"type": event.type, "object": event.object}
+    now = selects(terms, event.object)
+    if event.type == "MODIFIED" and event.previous is not None:
+        before = selects(terms, event.previous)
+        if now and not before:
+            return {"type": "ADDED", "object": event.object}
+        if before and not now:
+            gone = copy.deepcopy(event.previous)
+            gone["metadata"]["resourceVersion"] = event.object["metadata"]["resourceVersion"]
+            return {"type": "DELETED", "object": gone}
+    return {"type": event.type, "object": event.object} if now else None
 
 
 def _verb(method: str, t: _Target, query: dict[str, str]) -> str:
