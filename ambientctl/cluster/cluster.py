@@ -5,7 +5,10 @@ Composition of the pure plan (``plan``), the kernel (``net.NetworkDriver``), pro
 Rules: (1) intent is recorded before the kernel changes, so a crash leaves a record ``down`` can use;
 (2) a failed ``up`` or ``add_pod`` removes what it made before raising (nothing half-built stays);
 (3) ``down`` removes what is recorded *and* sweeps everything named with the prefix, so it also
-cleans up after a lost state file; (4) ``up`` on a running cluster changes nothing and reports it.
+cleans up after a lost state file; (4) ``up`` on a running cluster changes nothing and reports it;
+(5) ``add_pod`` holds the lock only to reserve a pod (``reserve_pod``: its address among every recorded
+pod's, starting ones included, so none is given twice) and to commit it: several threads start pods at
+once, and a pod removed (or a cluster taken down) while it starts is cleaned up by that start.
 Pods get their network from the node's CNI plugins as a kubelet's pods do (``cni.CniRuntime``: ADD
 after the netns exists and before the process starts, a failure fails that pod alone; DEL before the
 netns goes). Files live in ``<state-dir>/cluster/``: state.json, lock, logs/<name>.log, run/<name>.pid,
