@@ -12,7 +12,8 @@ is one actionable error line. ``--node NAME`` reads the ztunnel of that node of 
 With ``--kubeconfig``/``--context``, ``--node NAME`` reads the ztunnel pod on that Kubernetes node (label
 ``app=ztunnel`` in ``istio-system``) through the API server's pod port-forward: a WebSocket with the
 ``v4.channel.k8s.io`` subprotocol to ``pods/NAME/portforward?ports=15000``, one HTTP/1.1 request on its
-data channel, the answer read until complete; anything on the error channel is the error shown.
+data channel, the answer read until complete; anything on the error channel is the error shown (the
+port-forward lives in ``ambientctl.troubleshoot.remote``, shared with the troubleshooting commands).
 """
 
 from __future__ import annotations
@@ -108,10 +109,7 @@ def _local_cluster_dump(node: str) -> Any:
 # --- through the Kubernetes API server's port-forward ---------------------------------------------------
 
 KUBE_SCHEME = "kube-node://"
-ZTUNNEL_NAMESPACE = "istio-system"
-ZTUNNEL_APP_LABEL = ("app", "ztunnel")
 ZTUNNEL_ADMIN_PORT = 15000
-PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
 
 
 def _cli_state() -> Any:
@@ -129,134 +127,28 @@ def _on_kubernetes() -> bool:
     return bool(state is not None and state.on_kubernetes)
 
 
-def pick_ztunnel_pod(pods: Iterable[Mapping[str, Any]], node: str) -> tuple[str, str]:
-    """(namespace, name) of the ztunnel pod on ``node`` (a Running one first), or a ``CliError`` naming the
-    nodes that do have one."""
-    key, value = ZTUNNEL_APP_LABEL
-    ztunnels = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(key) == value]
-    here = [p for p in ztunnels if (p.get("spec") or {}).get("nodeName") == node]
-    here.sort(key=lambda p: (p.get("status") or {}).get("phase") != "Running")
-    if here:
-        meta = here[0]["metadata"]
-        return str(meta.get("namespace", ZTUNNEL_NAMESPACE)), str(meta["name"])
-    nodes = sorted({str((p.get("spec") or {}).get("nodeName")) for p in ztunnels})
-    where = (f"ztunnel pods run on: {', '.join(nodes)}" if nodes else
-             f"no pod labelled {key}={value} there: is the mesh installed (`ambientctl install`)?")
-    raise CliError(f"no ztunnel pod on node {node!r} in {ZTUNNEL_NAMESPACE} ({where})")
-
-
 def _kube_admin_json(node: str, path: str) -> Any:
-    """GET ``path`` of the ztunnel admin on Kubernetes node ``node`` through the API server."""
-    import asyncio
-
-    from meshcore.store.errors import StoreUnavailable
-    from meshcore.store.kubernetes import load_configuration
+    """GET ``path`` of the ztunnel admin on Kubernetes node ``node`` through the API server (the shared
+    ``troubleshoot.remote.KubeReach``)."""
+    from ambientctl.troubleshoot.reach import ReachError, Target
+    from ambientctl.troubleshoot.remote import KubeReach
 
     if not node:
         raise CliError("with --kubeconfig/--context, name the node whose ztunnel to read: --node NAME (reached "
                        "through the API server's pod port-forward), or pass --admin URL")
     state = _cli_state()
     try:
-        configuration = load_configuration(kubeconfig=state.kubeconfig, context=state.kube_context)
-    except StoreUnavailable as e:
+        reach = KubeReach.connect(state.kubeconfig, state.kube_context, timeout=ADMIN_TIMEOUT_S * 2)
+        answer = reach.get(Target("node", node=node), ZTUNNEL_ADMIN_PORT, path)
+    except ReachError as e:
         raise CliError(str(e)) from None
-    where, status, body = asyncio.run(_kube_admin_get(configuration, node, path))
-    if status != 200:
-        raise CliError(f"the ztunnel {where} answered HTTP {status} for {path}: is this a ztunnel's admin port?")
+    where = f"on node {node!r} (through the API server's port-forward)"
+    if answer.status != 200:
+        raise CliError(f"the ztunnel {where} answered HTTP {answer.status} for {path}: is this a ztunnel's admin port?")
     try:
-        return json.loads(body)
+        return json.loads(answer.body)
     except ValueError as e:
         raise CliError(f"the ztunnel {where} did not return JSON for {path} ({e})") from None
-
-
-async def _kube_admin_get(configuration: Any, node: str, path: str) -> tuple[str, int, bytes]:
-    import asyncio
-
-    import aiohttp
-    from kubernetes_asyncio.client import ApiClient
-    from kubernetes_asyncio.stream import WsApiClient
-
-    from meshcore.store.errors import StoreUnavailable
-    from meshcore.store.kubernetes import ApiFailure, api_call
-
-    try:
-        async with asyncio.timeout(ADMIN_TIMEOUT_S * 2):
-            async with ApiClient(configuration) as api:
-                listed = await api_call(api, "GET", f"/api/v1/namespaces/{ZTUNNEL_NAMESPACE}/pods")
-            namespace, pod = pick_ztunnel_pod(listed.get("items") or [], node)
-            where = f"on node {node!r} (pod {namespace}/{pod}, through the API server's port-forward)"
-            async with WsApiClient(configuration) as ws_api:
-                connecting = await ws_api.call_api(
-                    f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward", "GET",
-                    query_params=[("ports", str(ZTUNNEL_ADMIN_PORT))],
-                    header_params={"sec-websocket-protocol": PORTFORWARD_PROTOCOL},
-                    auth_settings=["BearerToken"], _preload_content=False,
-                )
-                async with connecting as ws:
-                    status, body = await _http_over_portforward(ws, path, where)
-                    return where, status, body
-    except ApiFailure as e:
-        raise CliError(f"cannot list the ztunnel pods in {ZTUNNEL_NAMESPACE}: {e}") from None
-    except StoreUnavailable as e:
-        raise CliError(str(e)) from None
-    except aiohttp.WSServerHandshakeError as e:
-        raise CliError(f"the API server refused the port-forward to the ztunnel on node {node!r} (HTTP {e.status}); "
-                       "the user needs create on pods/portforward in istio-system") from None
-    except (aiohttp.ClientError, OSError) as e:
-        raise CliError(f"port-forward to the ztunnel on node {node!r} failed: {e or type(e).__name__}") from None
-    except TimeoutError:
-        raise CliError(f"no answer from the ztunnel on node {node!r} through the API server within "
-                       f"{ADMIN_TIMEOUT_S * 2:g}s") from None
-
-
-async def _http_over_portforward(ws: Any, path: str, where: str) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET on port-forward channel 0; the status and body. Each channel starts with the port
-    number (2 bytes); text on channel 1 is the API server's or kubelet's error."""
-    import aiohttp
-    import h11
-
-    http = h11.Connection(h11.CLIENT)
-    request = http.send(h11.Request(method="GET", target=path, headers=[
-        ("Host", f"localhost:{ZTUNNEL_ADMIN_PORT}"), ("Accept", "application/json"), ("Connection", "close")]))
-    await ws.send_bytes(b"\x00" + (request or b"") + (http.send(h11.EndOfMessage()) or b""))
-    prefix_left = {0: 2, 1: 2}
-    error = bytearray()
-    status, body = 0, bytearray()
-
-    def take(data: bytes) -> bool:
-        """Feed the HTTP parser; True once the response is complete."""
-        nonlocal status
-        http.receive_data(data)
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
-                return False
-            if isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body.extend(event.data)
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                return True
-
-    try:
-        async for message in ws:
-            if message.type is not aiohttp.WSMsgType.BINARY or not message.data:
-                continue
-            channel, data = message.data[0], message.data[1:]
-            skip = min(prefix_left.get(channel, 0), len(data))
-            prefix_left[channel] = prefix_left.get(channel, 0) - skip
-            data = data[skip:]
-            if channel == 1:
-                error.extend(data)
-            elif channel == 0 and data and take(data):
-                return status, bytes(body)
-        if error:
-            raise CliError(f"port-forward to the ztunnel {where}: {error.decode(errors='replace').strip()}")
-        if take(b""):
-            return status, bytes(body)
-    except h11.RemoteProtocolError as e:
-        raise CliError(f"the ztunnel {where} did not answer HTTP ({e})") from None
-    raise CliError(f"the port-forward to the ztunnel {where} closed before a whole answer")
 
 
 def _admin_json(base: str, path: str) -> Any:

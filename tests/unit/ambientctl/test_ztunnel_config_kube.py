@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ambientctl.cli import app
-from ambientctl.commands.ztunnel_config import pick_ztunnel_pod
+from ambientctl.troubleshoot.remote import pick_ztunnel_pod
 from meshcore.testing.kube_api import RecordedRequest, ThreadedKubeApi, write_kubeconfig
 
 DUMP: dict[str, Any] = {

@@ -1,0 +1,447 @@
+"""Reaching the mesh's endpoints on a Kubernetes cluster through its API server: what ``reach`` is for
+the local cluster, for ``--kubeconfig``/``--context``.
+
+Every troubleshooting command that reads a proxy or istiod on Kubernetes goes through ``KubeReach``; the
+commands only choose their source (``Reach`` or ``KubeReach``, the same ``get``/``json``/``istiod``/
+``ztunnel`` calls and ``ReachError`` on failure). Nothing here needs more of the cluster than a user who
+may read pods, port-forward to them and read their logs:
+
+- finding a pod: the istio-system pods are listed (``GET /api/v1/namespaces/istio-system/pods``; labels
+  are matched here, a Running pod first): istiod by ``app=istiod``, a node's ztunnel by ``app=ztunnel``
+  and ``spec.nodeName``, a node agent by ``app=istio-cni``; a waypoint by its gateway label
+  (``gateway.networking.k8s.io/gateway-name``) in its namespace; ``pod/NS/NAME`` is that pod.
+- ``GET`` on a pod's port: the API server's pod port-forward, a WebSocket with the ``v4.channel.k8s.io``
+  subprotocol to ``pods/NAME/portforward?ports=PORT``; one HTTP/1.1 request on the data channel
+  (channel 0), the answer read until complete; each channel's first two bytes are the port number; text
+  on the error channel (1) is the API server's or kubelet's error and becomes the ``ReachError``.
+- logs: the ``pods/log`` subresource (``GET .../pods/NAME/log?container=&sinceSeconds=&tailLines=``, and
+  ``follow=true`` streamed line by line while the caller iterates).
+
+Invariants: a command never sees a half answer (an answer is complete or a ``ReachError``); every network
+wait is bounded by ``timeout`` except a followed log, which ends when the caller stops iterating;
+pod lists are read once per ``KubeReach`` (one command) and reused. The Kubernetes client is imported
+only when a method runs (the local cluster's commands never load it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .reach import (
+    AGENT_MONITORING,
+    ISTIOD,
+    ISTIOD_MONITORING,
+    MAX_BODY,
+    ZTUNNEL_ADMIN,
+    Answer,
+    ReachError,
+    Target,
+    parse_target,
+)
+
+ISTIO_SYSTEM = "istio-system"
+ISTIOD_LABEL = ("app", "istiod")
+ZTUNNEL_LABEL = ("app", "ztunnel")
+NODE_AGENT_LABEL = ("app", "istio-cni")
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+KUBE_TIMEOUT_S = 10.0
+# The verbs a user needs for what this module does (docs/kubernetes.md says the same).
+USER_RBAC = (
+    ("pods", ("get", "list")),
+    ("pods/portforward", ("get", "create")),
+    ("pods/log", ("get",)),
+)
+
+JSON = dict[str, Any]
+
+
+# --- pure: which pod --------------------------------------------------------------------------------------
+
+
+def _labels(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (pod.get("metadata") or {}).get("labels") or {}
+
+
+def _running_first(pods: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(pods, key=lambda p: ((p.get("status") or {}).get("phase") != "Running",
+                                       str((p.get("metadata") or {}).get("name"))))  # fmt: skip
+
+
+def _ref(pod: Mapping[str, Any], namespace: str) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("namespace") or namespace), str(meta.get("name"))
+
+
+def labelled(pods: Iterable[Mapping[str, Any]], label: tuple[str, str]) -> list[Mapping[str, Any]]:
+    """The pods carrying ``label`` (key, value), Running ones first, then by name."""
+    key, value = label
+    return _running_first(p for p in pods if _labels(p).get(key) == value)
+
+
+def pick_ztunnel_pod(pods: Iterable[Mapping[str, Any]], node: str) -> tuple[str, str]:
+    """(namespace, name) of the ztunnel pod on ``node`` (a Running one first), or a ``ReachError`` naming
+    the nodes that do have one."""
+    ztunnels = labelled(pods, ZTUNNEL_LABEL)
+    here = [p for p in ztunnels if (p.get("spec") or {}).get("nodeName") == node]
+    if here:
+        return _ref(here[0], ISTIO_SYSTEM)
+    nodes = sorted({str((p.get("spec") or {}).get("nodeName")) for p in ztunnels})
+    key, value = ZTUNNEL_LABEL
+    where = (f"ztunnel pods run on: {', '.join(nodes)}" if nodes else
+             f"no pod labelled {key}={value} there: is the mesh installed (`ambientctl install`)?")
+    raise ReachError(f"no ztunnel pod on node {node!r} in {ISTIO_SYSTEM} ({where})")
+
+
+def pick_istiod_pod(pods: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """(namespace, name) of an istiod-lite pod (a Running one first), or a ``ReachError``."""
+    found = labelled(pods, ISTIOD_LABEL)
+    if not found:
+        key, value = ISTIOD_LABEL
+        raise ReachError(f"no istiod pod (label {key}={value}) in {ISTIO_SYSTEM}: is the mesh installed "
+                         "(`ambientctl install`)?")  # fmt: skip
+    return _ref(found[0], ISTIO_SYSTEM)
+
+
+def pick_waypoint_pod(pods: Iterable[Mapping[str, Any]], namespace: str, gateway: str) -> tuple[str, str]:
+    """(namespace, name) of a pod of waypoint ``gateway`` in ``namespace`` (its gateway label)."""
+    found = labelled(pods, (GATEWAY_NAME_LABEL, gateway))
+    if not found:
+        names = sorted({str(_labels(p).get(GATEWAY_NAME_LABEL)) for p in pods if GATEWAY_NAME_LABEL in _labels(p)})
+        raise ReachError(f"no pod of waypoint {namespace}/{gateway} (label {GATEWAY_NAME_LABEL}={gateway})"
+                         + (f"; waypoints with pods in {namespace}: {', '.join(names)}" if names else ""))
+    return _ref(found[0], namespace)
+
+
+def parse_remote_target(text: str) -> Target:
+    """``reach.parse_target``'s targets plus ``waypoint/<namespace>/<gateway>`` (its pod, by gateway label)."""
+    parts = text.strip().split("/")
+    if len(parts) == 3 and parts[0] == "waypoint" and parts[1] and parts[2]:
+        return Target("waypoint", namespace=parts[1], name=parts[2])
+    try:
+        return parse_target(text)
+    except ReachError:
+        raise ReachError(f"{text!r} is not a target: use istiod, node/<node> (its ztunnel), "
+                         "pod/<namespace>/<name> or waypoint/<namespace>/<gateway>") from None
+
+
+def default_container(pod: Mapping[str, Any]) -> str | None:
+    """kubectl's choice when none is named: the default-container annotation, else the first container."""
+    annotated = ((pod.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CONTAINER_ANNOTATION)
+    if annotated:
+        return str(annotated)
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return str(containers[0].get("name")) if containers and isinstance(containers[0], Mapping) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LogSource:
+    """One container log to read: ``label`` prefixes its lines (``ztunnel-node-1``, ``waypoint ns/name``)."""
+
+    label: str
+    namespace: str
+    pod: str
+    container: str | None = None
+
+
+def log_query(container: str | None, since_seconds: int | None, tail_lines: int | None,
+              follow: bool = False) -> list[tuple[str, str]]:  # fmt: skip
+    """The ``pods/log`` query parameters, only those that are set."""
+    query: list[tuple[str, str]] = []
+    if container:
+        query.append(("container", container))
+    if since_seconds is not None:
+        query.append(("sinceSeconds", str(max(1, since_seconds))))
+    if tail_lines is not None:
+        query.append(("tailLines", str(tail_lines)))
+    if follow:
+        query.append(("follow", "true"))
+    return query
+
+
+# --- through the API server -------------------------------------------------------------------------------
+
+
+class KubeReach:
+    """The mesh's endpoints on one Kubernetes cluster, reached through its API server (module docstring)."""
+
+    def __init__(self, configuration: Any, *, timeout: float = KUBE_TIMEOUT_S) -> None:
+        self.configuration = configuration
+        self.timeout = timeout
+        self._pods: dict[str, list[JSON]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None, context: str | None, *, timeout: float = KUBE_TIMEOUT_S) -> KubeReach:
+        from meshcore.store.errors import StoreUnavailable
+        from meshcore.store.kubernetes import load_configuration
+
+        try:
+            return cls(load_configuration(kubeconfig=kubeconfig, context=context), timeout=timeout)
+        except StoreUnavailable as e:
+            raise ReachError(str(e)) from None
+
+    @property
+    def where(self) -> str:
+        return f"the Kubernetes API server {self.configuration.host}"
+
+    # --- pods ----------------------------------------------------------------------------------------------
+
+    def pods(self, namespace: str = ISTIO_SYSTEM) -> list[JSON]:
+        """The pods of ``namespace`` ("" for every namespace), listed once per ``KubeReach``."""
+        with self._lock:
+            if namespace not in self._pods:
+                path = f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+                listed = self._run(self._call("GET", path), f"list the pods in {namespace or 'any namespace'}")
+                self._pods[namespace] = [p for p in json.loads(listed).get("items") or [] if isinstance(p, dict)]
+            return self._pods[namespace]
+
+    def ztunnel_pods(self) -> list[Mapping[str, Any]]:
+        return labelled(self.pods(), ZTUNNEL_LABEL)
+
+    def nodes(self) -> list[str]:
+        """The nodes a ztunnel pod runs on (the ztunnel DaemonSet's nodes), sorted."""
+        return sorted({str((p.get("spec") or {}).get("nodeName")) for p in self.ztunnel_pods()
+                       if (p.get("spec") or {}).get("nodeName")})  # fmt: skip
+
+    def resolve(self, target: Target, port: int = ZTUNNEL_ADMIN) -> tuple[str, str]:
+        """The pod that serves ``target``: (namespace, name). ``node/N`` is its ztunnel, except on the node
+        agent's monitoring port (15014), which the node agent pod serves (host network)."""
+        if target.kind == ISTIOD:
+            return pick_istiod_pod(self.pods())
+        if target.kind == "node":
+            if port == AGENT_MONITORING:
+                agents = [p for p in labelled(self.pods(), NODE_AGENT_LABEL)
+                          if (p.get("spec") or {}).get("nodeName") == target.node]  # fmt: skip
+                if agents:
+                    return _ref(agents[0], ISTIO_SYSTEM)
+            return pick_ztunnel_pod(self.pods(), target.node)
+        if target.kind == "waypoint":
+            return pick_waypoint_pod(self.pods(target.namespace), target.namespace, target.name)
+        return target.namespace, target.name
+
+    # --- GET through the port-forward ----------------------------------------------------------------------
+
+    def get(self, target: Target, port: int, path: str, *, timeout: float | None = None) -> Answer:
+        """``GET path`` on ``port`` of the pod serving ``target``; any status is returned, failures raise."""
+        namespace, pod = self.resolve(target, port)
+        return self.get_pod(namespace, pod, port, path, timeout=timeout, label=str(target))
+
+    def get_pod(self, namespace: str, pod: str, port: int, path: str, *, timeout: float | None = None,
+                label: str = "") -> Answer:  # fmt: skip
+        where = f"{label or f'pod/{namespace}/{pod}'} :{port}{path} (pod {namespace}/{pod}, through the API server's port-forward)"
+        wait = self.timeout if timeout is None else timeout
+        status, body = self._run(self._forward_get(namespace, pod, port, path, where), where, wait)
+        return Answer(status, body)
+
+    def json(self, target: Target, port: int, path: str) -> Any:
+        """``GET`` and decode JSON; a non-200 answer or a non-JSON body is a ``ReachError``."""
+        answer = self.get(target, port, path)
+        if answer.status != 200:
+            raise ReachError(f"{target} :{port}{path} answered HTTP {answer.status}: {answer.text.strip()[:200]}")
+        try:
+            return json.loads(answer.body)
+        except ValueError as e:
+            raise ReachError(f"{target} :{port}{path} did not answer JSON ({e})") from None
+
+    def istiod(self, path: str) -> Any:
+        return self.json(Target(ISTIOD), ISTIOD_MONITORING, path)
+
+    def ztunnel(self, node: str, path: str, port: int = ZTUNNEL_ADMIN) -> Any:
+        return self.json(Target("node", node=node), port, path)
+
+    # --- logs ----------------------------------------------------------------------------------------------
+
+    def log(self, source: LogSource, *, since_seconds: int | None = None, tail_lines: int | None = None) -> str:
+        """The container log's text (``pods/log``)."""
+        path = f"/api/v1/namespaces/{source.namespace}/pods/{source.pod}/log"
+        body = self._run(self._call("GET", path, log_query(source.container, since_seconds, tail_lines)),
+                         f"read the log of pod {source.namespace}/{source.pod}")  # fmt: skip
+        return body.decode("utf-8", "replace")
+
+    def follow_logs(self, sources: Sequence[LogSource], *, since_seconds: int | None = None,
+                    tail_lines: int | None = None) -> Iterator[tuple[LogSource, str]]:  # fmt: skip
+        """(source, line) as each followed log (``follow=true``) sends it, until the caller stops iterating
+        (closing the iterator ends every stream) or every stream has ended. A stream that fails raises its
+        ``ReachError`` here, after the lines received before it."""
+        import aiohttp
+
+        lines: queue.Queue[tuple[LogSource, str] | ReachError | None] = queue.Queue()
+        loop = asyncio.new_event_loop()
+
+        async def one(api: Any, source: LogSource) -> None:
+            path = f"/api/v1/namespaces/{source.namespace}/pods/{source.pod}/log"
+            what = f"follow the log of pod {source.namespace}/{source.pod}"
+            try:
+                async with await self._open(api, path, log_query(source.container, since_seconds, tail_lines,
+                                                                 follow=True), what) as response:  # fmt: skip
+                    async for raw in response.content:
+                        lines.put((source, raw.decode("utf-8", "replace").rstrip("\r\n")))
+            except ReachError as e:
+                lines.put(e)
+            except (aiohttp.ClientError, OSError) as e:
+                lines.put(ReachError(f"cannot {what} through {self.where}: {e or type(e).__name__}"))
+
+        async def main() -> None:
+            from kubernetes_asyncio.client import ApiClient
+
+            try:
+                async with ApiClient(self.configuration) as api:
+                    await asyncio.gather(*(one(api, s) for s in sources))
+            finally:
+                lines.put(None)
+
+        task = loop.create_task(main())
+
+        def run() -> None:
+            with contextlib.suppress(BaseException):  # cancelled when the caller stops iterating
+                loop.run_until_complete(task)
+
+        thread = threading.Thread(target=run, name="kube-logs", daemon=True)
+        thread.start()
+        try:
+            while (item := lines.get()) is not None:
+                if isinstance(item, ReachError):
+                    raise item
+                yield item
+        finally:
+            loop.call_soon_threadsafe(task.cancel)
+            thread.join(self.timeout)
+            if not thread.is_alive():
+                loop.close()
+
+    # --- plumbing ------------------------------------------------------------------------------------------
+
+    def _run(self, work: Any, what: str, timeout: float | None = None) -> Any:
+        """Run one coroutine to completion within the timeout; a ``ReachError`` on any failure."""
+        import aiohttp
+
+        from meshcore.store.errors import StoreUnavailable
+
+        wait = self.timeout if timeout is None else timeout
+
+        async def bounded() -> Any:
+            async with asyncio.timeout(wait):
+                return await work
+
+        try:
+            return asyncio.run(bounded())
+        except TimeoutError:
+            raise ReachError(f"no answer within {wait:g}s: {what} through {self.where}") from None
+        except StoreUnavailable as e:
+            raise ReachError(str(e)) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise ReachError(f"cannot {what} through {self.where}: {e or type(e).__name__}") from None
+
+    async def _call(self, method: str, path: str, query: list[tuple[str, str]] | None = None) -> bytes:
+        from kubernetes_asyncio.client import ApiClient
+
+        async with ApiClient(self.configuration) as api:
+            async with await self._open(api, path, query or [], f"{method} {path}") as response:
+                return bytes(await response.read())
+
+    async def _open(self, api: Any, path: str, query: list[tuple[str, str]], what: str) -> Any:
+        """The response of a GET, or a ``ReachError`` carrying the API's Status message (and, for 401/403,
+        the RBAC the user needs)."""
+        response = await api.call_api(path, "GET", query_params=query, header_params={"Accept": "*/*"},
+                                      auth_settings=["BearerToken"], _preload_content=False)  # fmt: skip
+        if response.status == 200:
+            return response
+        async with response:
+            data = await response.read()
+        try:
+            message = str(json.loads(data).get("message") or "")
+        except (ValueError, AttributeError):
+            message = data[:200].decode(errors="replace")
+        hint = _rbac_hint(path) if response.status in (401, 403) else ""
+        raise ReachError(f"cannot {what}: the API server answered HTTP {response.status}"
+                         + (f": {message}" if message else "") + hint)
+
+    async def _forward_get(self, namespace: str, pod: str, port: int, path: str, where: str) -> tuple[int, bytes]:
+        import aiohttp
+        from kubernetes_asyncio.stream import WsApiClient
+
+        try:
+            async with WsApiClient(self.configuration) as ws_api:
+                connecting = await ws_api.call_api(
+                    f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward", "GET",
+                    query_params=[("ports", str(port))],
+                    header_params={"sec-websocket-protocol": PORTFORWARD_PROTOCOL},
+                    auth_settings=["BearerToken"], _preload_content=False,
+                )
+                async with connecting as ws:
+                    return await http_over_portforward(ws, port, path, where)
+        except aiohttp.WSServerHandshakeError as e:
+            hint = _rbac_hint("portforward") if e.status in (401, 403) else ""
+            gone = f": no pod {namespace}/{pod}" if e.status == 404 else ""
+            raise ReachError(f"the API server refused the port-forward for {where} (HTTP {e.status}){gone}{hint}") from None
+
+
+def _rbac_hint(path: str) -> str:
+    if path.endswith("/log"):
+        return "; the user needs get on pods/log"
+    if path.endswith("portforward"):
+        return "; the user needs get and create on pods/portforward"
+    return "; the user needs get and list on pods"
+
+
+async def http_over_portforward(ws: Any, port: int, path: str, where: str) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET on port-forward channel 0 of ``ws`` (an aiohttp WebSocket); the status and body.
+    Each channel starts with the port number (2 bytes); text on channel 1 is the API server's or kubelet's
+    error. A body over ``MAX_BODY`` is refused."""
+    import aiohttp
+    import h11
+
+    http = h11.Connection(h11.CLIENT)
+    request = http.send(h11.Request(method="GET", target=path, headers=[
+        ("Host", f"localhost:{port}"), ("Accept", "application/json, text/plain, */*"), ("Connection", "close")]))
+    await ws.send_bytes(b"\x00" + (request or b"") + (http.send(h11.EndOfMessage()) or b""))
+    prefix_left = {0: 2, 1: 2}
+    error = bytearray()
+    status, body = 0, bytearray()
+
+    def take(data: bytes) -> bool:
+        """Feed the HTTP parser; True once the response is complete."""
+        nonlocal status
+        http.receive_data(data)
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                return False
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body.extend(event.data)
+                if len(body) > MAX_BODY:
+                    raise ReachError(f"{where}: answer larger than {MAX_BODY >> 20} MiB")
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return True
+
+    try:
+        async for message in ws:
+            if message.type is not aiohttp.WSMsgType.BINARY or not message.data:
+                continue
+            channel, data = message.data[0], message.data[1:]
+            skip = min(prefix_left.get(channel, 0), len(data))
+            prefix_left[channel] = prefix_left.get(channel, 0) - skip
+            data = data[skip:]
+            if channel == 1:
+                error.extend(data)
+            elif channel == 0 and data and take(data):
+                return status, bytes(body)
+        if error:
+            raise ReachError(f"port-forward for {where}: {error.decode(errors='replace').strip()}")
+        with contextlib.suppress(h11.RemoteProtocolError):
+            if status and take(b""):
+                return status, bytes(body)
+    except h11.RemoteProtocolError as e:
+        raise ReachError(f"{where} did not answer HTTP ({e})") from None
+    raise ReachError(f"the port-forward for {where} closed before a whole answer")
