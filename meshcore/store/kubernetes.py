@@ -20,6 +20,10 @@ Invariants:
   hint, and checked again with backoff.
 - Not atomic: ``apply`` of several resources writes them one by one and stops at the first failure, as
   ``kubectl apply`` does (the Kubernetes API has no multi-object transaction).
+- A kind given a field selector (``field_selectors``) is listed and watched with it: the cache holds only
+  the selected objects, and one that leaves the selection is DELETED from it (the API server's watch says
+  so), so a node's agent never lists the whole cluster's pods. ``set_labels``/``set_annotations`` of an
+  existing object are one merge patch under this store's field manager.
 
 Threading: the Kubernetes client runs on a private event loop in a daemon thread; the ``Store`` methods
 are synchronous (as the protocol is) and may be called from any other thread or event loop. A write blocks
@@ -89,6 +93,24 @@ STATUS_VERBS: tuple[str, ...] = ("update", "patch")
 # before one list without a limit is asked for.
 DEFAULT_PAGE_SIZE = 500
 LIST_RESTARTS = 3
+# A store that only reads (the reflectors: list+watch) and changes labels/annotations of existing objects
+# (set_labels/set_annotations: one merge patch each) calls these; see ``reader_rbac_rules``.
+READ_VERBS: tuple[str, ...] = ("list", "watch")
+METADATA_PATCH_VERBS: tuple[str, ...] = ("patch",)
+
+# The CNI node agent's store (ztunnel.cni): every Namespace (the enrolment label) and the Pods of its own
+# node (a field selector: never the whole cluster's), read; Pod annotations written (the redirection
+# annotation). The agent opens its store with these, the manifests' ClusterRole is derived from them.
+NODE_AGENT_KINDS: tuple[str, ...] = ("Namespace", "Pod")
+NODE_AGENT_PATCHED_KINDS: tuple[str, ...] = ("Pod",)
+NODE_AGENT_FIELD_MANAGER = "ztunnel-node-agent"
+
+
+def node_agent_field_selectors(node_name: str) -> dict[str, str]:
+    """The node agent's field selectors: Pods whose ``spec.nodeName`` is ``node_name``."""
+    if not node_name or any(c in node_name for c in ",=!\\"):
+        raise ValueError(f"node name {node_name!r}: expected a Kubernetes node name (a DNS subdomain)")
+    return {"Pod": f"spec.nodeName={node_name}"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +160,33 @@ def rbac_rules(kinds: Iterable[str] = DEFAULT_KINDS) -> builtins.list[JSON]:
                                                                 if kind_has_status(p)),
                       "verbs": builtins.list(STATUS_VERBS)})
     return [r for r in rules if r["resources"]]
+
+
+def reader_rbac_rules(kinds: Iterable[str], *, patched: Iterable[str] = ()) -> builtins.list[JSON]:
+    """ClusterRole rules for a ``KubernetesStore`` of ``kinds`` that only reads them and changes labels or
+    annotations of existing objects of ``patched`` (no apply, delete or status), grouped by API group."""
+    patched_set = set(patched)
+    verbs: dict[tuple[str, str], builtins.list[str]] = {}
+    for kind in kinds:
+        path = kind_path(kind)
+        extra = METADATA_PATCH_VERBS if kind in patched_set else ()
+        verbs[(path.group, path.plural)] = [*READ_VERBS, *extra]
+    unknown = patched_set - set(kinds)
+    if unknown:
+        raise ValueError(f"patched kinds {sorted(unknown)} are not among the kinds read {sorted(set(kinds))}")
+    rules: builtins.list[JSON] = []
+    for (group, plural_name), granted in sorted(verbs.items()):
+        same = next((r for r in rules if r["apiGroups"] == [group] and r["verbs"] == granted), None)
+        if same is not None:
+            same["resources"] = sorted([*same["resources"], plural_name])
+        else:
+            rules.append({"apiGroups": [group], "resources": [plural_name], "verbs": granted})
+    return rules
+
+
+def node_agent_rbac_rules() -> builtins.list[JSON]:
+    """What the node agent's store calls (``NODE_AGENT_KINDS`` read, ``NODE_AGENT_PATCHED_KINDS`` patched)."""
+    return reader_rbac_rules(NODE_AGENT_KINDS, patched=NODE_AGENT_PATCHED_KINDS)
 
 
 def kind_has_status(plural_name: str) -> bool:
@@ -286,8 +335,13 @@ class KubernetesStore:
         watch_timeout: int = 300,
         page_size: int = DEFAULT_PAGE_SIZE,
         max_sync_failures: int | None = None,
+        field_selectors: Mapping[str, str] | None = None,
     ) -> None:
         self._paths = {k: kind_path(k) for k in (kinds or DEFAULT_KINDS)}
+        # kind -> fieldSelector its list and watch carry (only the selected objects are cached).
+        self._selectors = dict(field_selectors or {})
+        if unknown := sorted(set(self._selectors) - set(self._paths)):
+            raise ValueError(f"field selectors for kinds this store does not watch: {', '.join(unknown)}")
         self._page_size = page_size
         # None: keep trying for the whole sync_timeout (a server may come up meanwhile); N: give up as soon
         # as one kind's initial list has failed N times (a command line fails at once on a wrong address).
@@ -468,6 +522,8 @@ class KubernetesStore:
             try:
                 while True:
                     query = {"limit": str(limit)} if limit else {}
+                    if path.kind in self._selectors:
+                        query["fieldSelector"] = self._selectors[path.kind]
                     if token:
                         query["continue"] = token
                     listed = await self._request("GET", path.collection(), query=query)
@@ -531,6 +587,8 @@ class KubernetesStore:
         assert self._api is not None
         query = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(self._watch_timeout)}
+        if path.kind in self._selectors:
+            query["fieldSelector"] = self._selectors[path.kind]
         try:
             response = await self._api.call_api(
                 path.collection(), "GET", query_params=list(query.items()),
@@ -684,7 +742,8 @@ class KubernetesStore:
         patch: JSON = {k: v for k, v in add.items()}
         patch.update({k: None for k in removed if k in current and k not in add})
         stored = await self._write(
-            self._request("PATCH", path.object(ref), body={"metadata": {field: patch}}, content_type=MERGE_PATCH),
+            self._request("PATCH", path.object(ref), body={"metadata": {field: patch}}, content_type=MERGE_PATCH,
+                          query={"fieldManager": self.field_manager}),
             ref,
         )
         await self._until(self._saw(ref, str(stored["metadata"]["resourceVersion"])), str(ref))
