@@ -47,6 +47,15 @@ port is reached at the loopback address the test gave with ``forward_port`` (no 
 refuses: the reason on the error channel). The socket closes when every forwarded connection has ended
 or the client closes it. Recorded with RBAC verb ``create`` on ``pods/portforward``.
 
+Pod logs (``GET /api/v1/namespaces/NS/pods/NAME/log``, RBAC verb ``get`` on ``pods/log``): plain text, the
+lines the test wrote with ``write_log`` (each stamped with when it was written, or the time given).
+Parameters as the API documents them: ``container`` (required when the pod has more than one; 400 naming
+the choices, or naming a container the pod does not have), ``sinceSeconds`` or ``sinceTime`` (RFC 3339; not
+both), ``tailLines``, ``limitBytes``, ``timestamps`` (each line prefixed with its RFC 3339 time and a
+space), ``follow`` (the lines so far, then each new one as it is written, until the pod is deleted, the
+client goes away or ``close_watches`` ends it). ``previous`` is answered 400 as for a container that never
+restarted (the stand-in keeps no earlier run). A pod that does not exist is 404.
+
 TokenReview (``POST /apis/authentication.k8s.io/v1/tokenreviews``, create only, nothing stored): tokens
 are opaque strings the test mints with ``issue_token`` (a service account, optionally bound to a pod and
 node, with audiences) and may ``revoke_token``. A review answers ``status.authenticated`` with the user
@@ -60,7 +69,7 @@ A paginated list's consistent state is kept as a snapshot per (first chunk's rev
 tokens get 410 as if compacted).
 
 Test controls: ``compact()``, ``send_bookmarks()``, ``stall_watches()``, ``close_watches()``,
-``expire_continue_tokens(count)``, ``forward_port(...)``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
+``expire_continue_tokens(count)``, ``forward_port(...)``, ``write_log(...)``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
 """
 
 from __future__ import annotations
@@ -78,7 +87,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -249,6 +258,8 @@ class KubeApiServer:
         self._expire_continues = 0
         # Port-forward: (namespace, pod, port) -> the loopback (host, port) that stands for it.
         self._forwards: dict[tuple[str, str, int], tuple[str, int]] = {}
+        # Pod logs: (namespace, pod, container) -> (when written, line) in the order written.
+        self._logs: dict[tuple[str, str, str], list[tuple[datetime, str]]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -313,6 +324,14 @@ class KubeApiServer:
     def forward_port(self, namespace: str, pod: str, port: int, target: tuple[str, int]) -> None:
         """``pods/portforward`` to ``port`` of that pod connects to ``target`` (a listener of the test)."""
         self._forwards[(namespace, pod, port)] = target
+
+    def write_log(self, namespace: str, pod: str, container: str, text: str, *, at: datetime | None = None) -> None:
+        """Append ``text`` (one or more lines) to that container's log, stamped ``at`` (default: now);
+        followers of the log get it at once."""
+        when = at or datetime.now(UTC)
+        self._logs.setdefault((namespace, pod, container), []).extend(
+            (when, line) for line in text.removesuffix("\n").split("\n"))
+        self._wake_all()
 
     def expire_continue_tokens(self, count: int = 1) -> None:
         """The next ``count`` continue requests find their list's state gone, as compaction past its
@@ -550,6 +569,9 @@ class KubeApiServer:
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         try:
+            log = _LOG_PATH.fullmatch(url.path)
+            if log is not None:
+                return await self._pod_log(conn, writer, method, query, log["ns"], log["pod"])
             forward = _PORTFORWARD_PATH.fullmatch(url.path)
             if forward is not None:
                 ports = [p for v in parse_qs(url.query).get("ports", []) for p in v.split(",")]
@@ -575,9 +597,9 @@ class KubeApiServer:
 
     async def _send(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, data: bytes,
-        extra: list[tuple[str, str]] | None = None,
+        extra: list[tuple[str, str]] | None = None, *, content_type: str = "application/json",
     ) -> None:
-        headers = [("content-type", "application/json"), ("content-length", str(len(data))), *(extra or [])]
+        headers = [("content-type", content_type), ("content-length", str(len(data))), *(extra or [])]
         writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
         writer.write(conn.send(h11.Data(data=data)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
@@ -606,6 +628,83 @@ class KubeApiServer:
         if name and res.namespaced and not namespace:
             raise ApiError(404, "NotFound", f"{res.plural} is namespaced: use /namespaces/NS/{res.plural}/{name}")
         return _Target(res, namespace, name, sub)
+
+    # --- pods/log -------------------------------------------------------------------------------------------
+
+    async def _pod_log(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, method: str, query: dict[str, str],
+        namespace: str, pod: str,
+    ) -> bool:
+        """Answer one pods/log request (module docstring); True when the connection may be reused."""
+        self.requests.append(RecordedRequest("get", "", "pods", "log", namespace, pod))
+        if method != "GET":
+            raise ApiError(405, "MethodNotAllowed", f"method {method} is not supported on pods/log")
+        self._inject_fault("get")
+        found = self.get_object("Pod", namespace, pod)
+        if found is None:
+            raise ApiError(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"})
+        spec = found.get("spec") or {}
+        names = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, dict)]
+        others = [str(c.get("name")) for c in spec.get("initContainers") or [] if isinstance(c, dict)]
+        container = query.get("container", "")
+        if not container:
+            if len(names) != 1:
+                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {pod}, choose one "
+                               f"of: [{' '.join(names)}]" + (f" or one of the init containers: [{' '.join(others)}]"
+                                                             if others else ""))
+            container = names[0]
+        elif container not in names + others:
+            raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {pod}")
+        if _flag(query, "previous"):
+            raise ApiError(400, "BadRequest", f'previous terminated container "{container}" in pod "{pod}" not found')
+        since = _log_since(query)
+        tail = _log_int(query, "tailLines", 0)
+        limit = _log_int(query, "limitBytes", 1)
+        stamps = _flag(query, "timestamps")
+        key = (namespace, pod, container)
+
+        def render(entries: list[tuple[datetime, str]]) -> bytes:
+            return "".join((f"{_rfc3339_nano(w)} " if stamps else "") + line + "\n" for w, line in entries).encode()
+
+        entries = [e for e in self._logs.get(key, []) if since is None or e[0] >= since]
+        if tail is not None:
+            entries = entries[len(entries) - tail:] if tail else []
+        data = render(entries)
+        if limit is not None:
+            data = data[:limit]
+        if not _flag(query, "follow"):
+            await self._send(conn, writer, 200, data, content_type="text/plain")
+            return True
+        writer.write(conn.send(h11.Response(status_code=200, headers=[
+            ("content-type", "text/plain"), ("transfer-encoding", "chunked")])) or b"")
+        sent, position = len(data), len(self._logs.get(key, []))
+        follower = _Watch()
+        self._watches.add(follower)
+        try:
+            while True:
+                if data:
+                    writer.write(conn.send(h11.Data(data=data)) or b"")
+                    await writer.drain()
+                if limit is not None and sent >= limit:
+                    break
+                follower.wake.clear()
+                now = self.get_object("Pod", namespace, pod)
+                log = self._logs.get(key, [])
+                if follower.closed or now is None or now["metadata"].get("uid") != found["metadata"].get("uid"):
+                    break
+                if len(log) == position:
+                    await follower.wake.wait()
+                    data = b""
+                    continue
+                data, position = render(log[position:]), len(log)
+                if limit is not None:
+                    data = data[:limit - sent]
+                sent += len(data)
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+        finally:
+            self._watches.discard(follower)
+        return False
 
     # --- port-forward over WebSocket ---------------------------------------------------------------------
 
@@ -1080,6 +1179,7 @@ class KubeApiServer:
 # --- helpers (pure) -------------------------------------------------------------------------------------
 
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+_LOG_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log/?")
 _PORTFORWARD_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/portforward/?")
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's key suffix
 WS_CONTINUATION, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -1266,6 +1366,41 @@ def _verb(method: str, t: _Target, query: dict[str, str]) -> str:
             return "watch"
         return "get" if t.name else "list"
     return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "").lower() in ("1", "true")
+
+
+def _log_int(query: dict[str, str], name: str, least: int) -> int | None:
+    text = query.get(name, "")
+    if not text:
+        return None
+    if not text.lstrip("-").isdigit() or int(text) < least:
+        raise ApiError(422, "Invalid", f"{name}: Invalid value: {text!r}: must be an integer of at least {least}")
+    return int(text)
+
+
+def _log_since(query: dict[str, str]) -> datetime | None:
+    """``sinceSeconds`` (at least 1) or ``sinceTime`` (RFC 3339) as the earliest time shown; not both."""
+    seconds, time_text = query.get("sinceSeconds", ""), query.get("sinceTime", "")
+    if seconds and time_text:
+        raise ApiError(422, "Invalid", "at most one of sinceTime or sinceSeconds may be specified")
+    if seconds:
+        value = _log_int(query, "sinceSeconds", 1)
+        assert value is not None
+        return datetime.now(UTC) - timedelta(seconds=value)
+    if time_text:
+        try:
+            when = datetime.fromisoformat(time_text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ApiError(400, "BadRequest", f"sinceTime {time_text!r} is not an RFC 3339 time") from None
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return None
+
+
+def _rfc3339_nano(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
 def _json_body(body: bytes) -> Any:
