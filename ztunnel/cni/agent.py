@@ -14,7 +14,9 @@ remove the rules, then DelWorkload, then the annotation. Netns fds are opened pe
 against the recorded identity, and closed: the agent never keeps a pod's namespace alive.
 Stopping the agent leaves every pod as it is (rules in place; ztunnel keeps serving and gets a fresh
 snapshot when the agent is back). On Kubernetes ``main`` also installs ``ambient-cni`` into the host's CNI
-directories at start and removes it at SIGTERM only when its DaemonSet is being deleted (``cni.install``).
+directories at start and removes it at SIGTERM only when its DaemonSet is being deleted (``cni.install``),
+and with ``STORE=kubernetes`` reads the API server (``open_store``): every Namespace, and only the Pods of
+its own node (a ``spec.nodeName`` field selector), annotations patched as ``ztunnel-node-agent``.
 """
 
 from __future__ import annotations
@@ -752,6 +754,9 @@ def _parser() -> argparse.ArgumentParser:
         cfg.NFT_PATH: "run this nft binary instead of libnftables (default: the library, else nft)",
         cfg.LOG_LEVEL: "debug, info, warning or error",
         cfg.LOG_FORMAT: "console or json",
+        cfg.STORE: "where pods and namespaces are read: sqlite (the embedded store, default) or kubernetes",
+        cfg.KUBECONFIG: "with STORE=kubernetes outside a pod: the kubeconfig file",
+        cfg.KUBE_CONTEXT: "with STORE=kubernetes: the kubeconfig context",
     }
     for name, text in flags.items():
         p.add_argument("--" + name.lower().replace("_", "-"), dest=name, help=f"{text} (env {name})")
@@ -774,10 +779,28 @@ async def _serve(agent: NodeAgent) -> int:
     return 0
 
 
+def open_store(config: cfg.NodeAgentConfig) -> Store:
+    """The store ``config.store`` names: the embedded one, or the API server, read as the node agent's
+    RBAC allows (Namespaces, and only this node's Pods: ``spec.nodeName`` field selector; annotations
+    patched under the field manager ``ztunnel-node-agent``). The Kubernetes client is imported only then."""
+    if config.store == "kubernetes":
+        from meshcore.store import kubernetes as kube
+
+        return kube.KubernetesStore.connect(
+            kubeconfig=config.kubeconfig,
+            context=config.kube_context,
+            kinds=kube.NODE_AGENT_KINDS,
+            field_selectors=kube.node_agent_field_selectors(config.node_name),
+            field_manager=kube.NODE_AGENT_FIELD_MANAGER,
+        )
+    from meshcore.store import open_store as open_embedded
+
+    return open_embedded(str(config.state_dir) if config.state_dir else None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``ztunnel-node-agent``: run the node agent until SIGTERM/SIGINT; a bad setting exits 2."""
     from meshcore.logs import configure_logging
-    from meshcore.store import open_store
 
     args = vars(_parser().parse_args(argv))
     try:
@@ -787,7 +810,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     configure_logging(config.log_level, config.log_format)
     try:
-        store = open_store(str(config.state_dir) if config.state_dir else None)
+        store = open_store(config)
     except StoreError as e:
         print(f"ztunnel-node-agent: {e}", file=sys.stderr)
         sys.exit(2)

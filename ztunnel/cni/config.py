@@ -6,7 +6,10 @@ pod is enrolled), ``cni_event_address`` (the agent's event socket, Istio's key n
 (seconds the plugin waits for the agent to capture an enrolled pod). Unknown keys are ignored, as CNI
 plugins must. Agent: ``parse_config(env, flags)`` -> ``NodeAgentConfig``; flags win over the environment,
 which wins over the defaults; a bad value raises ``ConfigError`` naming the variable. ``INPOD_UDS`` is
-the ZDS socket path ztunnel connects to (Istio's name and default). Pure: reads only what it is given.
+the ZDS socket path ztunnel connects to (Istio's name and default). ``STORE`` picks where the agent reads
+pods and namespaces, with istiod-lite's setting name and values: ``sqlite`` (the embedded store in
+``AMBIENT_STATE_DIR``, the default) or ``kubernetes`` (the API server: in-cluster config in a pod, else
+``KUBECONFIG``/``KUBE_CONTEXT``). Pure: reads only what it is given.
 """
 
 from __future__ import annotations
@@ -121,6 +124,10 @@ NFT_PATH = "NFT_PATH"
 PROC_ROOT = "PROC_ROOT"
 LOG_LEVEL = "LOG_LEVEL"
 LOG_FORMAT = "LOG_FORMAT"
+STORE = "STORE"  # as istiod_lite.config: "sqlite" (embedded, default) or "kubernetes" (the API server)
+STORE_BACKENDS = ("sqlite", "kubernetes")
+KUBECONFIG = "KUBECONFIG"
+KUBE_CONTEXT = "KUBE_CONTEXT"
 
 DEFAULT_INPOD_UDS = "/var/run/ztunnel/ztunnel.sock"
 DEFAULT_NETNS_MAP = "/var/run/ambient-cni/pods.json"  # tmpfs: netns paths do not survive a reboot either
@@ -159,6 +166,12 @@ class NodeAgentConfig:
     proc_root: Path = Path("/proc")
     log_level: str = "info"
     log_format: str = "console"
+    # "sqlite" (the embedded store in state_dir) or "kubernetes" (this node's pods from the API server);
+    # with kubernetes, the kubeconfig file and context (None: in-cluster config in a pod, else the
+    # kubeconfig's defaults).
+    store: str = "sqlite"
+    kubeconfig: str | None = None
+    kube_context: str | None = None
 
 
 T = TypeVar("T")
@@ -234,4 +247,12 @@ def parse_config(
         kwargs["nft"] = v.strip()
     kwargs["log_level"] = _setting(parse_log_level, get(LOG_LEVEL) or "info", LOG_LEVEL)
     kwargs["log_format"] = _setting(parse_log_format, get(LOG_FORMAT) or "console", LOG_FORMAT)
+    backend = (get(STORE) or "").strip().lower() or "sqlite"
+    if backend not in STORE_BACKENDS:
+        raise ConfigError(STORE, f"{get(STORE)!r}: expected one of {', '.join(STORE_BACKENDS)}")
+    kwargs["store"] = backend
+    if backend == "kubernetes" and any(c in node for c in ",=!\\"):
+        raise ConfigError(NODE_NAME, f"{node!r} is not a Kubernetes node name (it selects this node's pods)")
+    kwargs["kubeconfig"] = (get(KUBECONFIG) or "").strip() or None
+    kwargs["kube_context"] = (get(KUBE_CONTEXT) or "").strip() or None
     return NodeAgentConfig(**kwargs)

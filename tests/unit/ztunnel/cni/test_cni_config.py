@@ -50,6 +50,8 @@ def test_environment_and_flags() -> None:
         ({"NODE_NAME": "n", "AMBIENT_IPV6": "maybe"}, "AMBIENT_IPV6"),
         ({"NODE_NAME": "n", "INPOD_UDS": " "}, "INPOD_UDS"),
         ({"NODE_NAME": "n", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"NODE_NAME": "n", "STORE": "etcd"}, "STORE"),
+        ({"NODE_NAME": "a,b", "STORE": "kubernetes"}, "NODE_NAME"),
     ],
     ids=[
         "the node name is required",
@@ -61,6 +63,8 @@ def test_environment_and_flags() -> None:
         "booleans are true or false",
         "a socket path cannot be blank",
         "the log format is console or json",
+        "the store is sqlite or kubernetes",
+        "on kubernetes the node name must not change the pods' field selector",
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -68,3 +72,12 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
         parse_config(env)
     assert info.value.variable == variable
     assert str(info.value).startswith(variable + ": ")
+
+
+def test_the_store_is_chosen_with_istiods_setting_names() -> None:
+    assert parse_config({"NODE_NAME": "n"}).store == "sqlite"
+    config = parse_config({"NODE_NAME": "n", "STORE": " Kubernetes ", "KUBECONFIG": "/k/config",
+                           "KUBE_CONTEXT": "prod"})
+    assert (config.store, config.kubeconfig, config.kube_context) == ("kubernetes", "/k/config", "prod")
+    in_cluster = parse_config({"NODE_NAME": "n", "STORE": "kubernetes", "KUBECONFIG": ""})
+    assert (in_cluster.kubeconfig, in_cluster.kube_context) == (None, None)
