@@ -5,7 +5,8 @@ Role: one pure renderer (``render_manifests``) for everything the mesh needs on 
 ``meshcore.store.kubernetes.rbac_rules()``, derived from the calls the Kubernetes store makes), its
 Deployment and Service (15012 xDS + CA, 15011 token CA, 15014 monitoring), the ztunnel DaemonSet (the
 capabilities Istio's ztunnel needs) and the CNI node agent DaemonSet (host network, the host's CNI
-directories). ``daemonset/ambient-mesh.yaml`` is this output checked in (a golden test keeps them equal).
+directories; ``STORE=kubernetes``, its ClusterRole ``meshcore.store.kubernetes.node_agent_rbac_rules()``,
+derived from the calls its store makes: Namespaces and its node's Pods read, Pod annotations patched). ``daemonset/ambient-mesh.yaml`` is this output checked in (a golden test keeps them equal).
 
 Invariants: rendering is deterministic (same settings, same bytes) and does no I/O; every document is a
 valid object of a current Kubernetes release (a unit test validates each one offline).
@@ -263,6 +264,8 @@ def _cni_role_rules() -> list[JSON]:
 
 
 def _cni_agent(image: str) -> list[JSON]:
+    from meshcore.store.kubernetes import node_agent_rbac_rules  # the Kubernetes client only when rendering
+
     container: JSON = {
         "name": "install-cni",
         "image": image,
@@ -270,6 +273,8 @@ def _cni_agent(image: str) -> list[JSON]:
         "env": [
             *_env({
                 "LOG_FORMAT": "json",
+                # Namespaces and this node's Pods (NODE_NAME below) from the API server, in-cluster config.
+                "STORE": "kubernetes",
                 # Install ambient-cni into the host's CNI directories; remove it at SIGTERM only when this
                 # DaemonSet is being deleted (ztunnel.cni.install).
                 "MOUNTED_CNI_BIN_DIR": "/host/opt/cni/bin",
@@ -292,6 +297,12 @@ def _cni_agent(image: str) -> list[JSON]:
     }
     return [
         _service_account("istio-cni"),
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": _meta("istio-cni", None), "rules": node_agent_rbac_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": _meta("istio-cni", None),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istio-cni"},
+         "subjects": [{"kind": "ServiceAccount", "name": "istio-cni", "namespace": NAMESPACE}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": _meta("istio-cni"), "rules": _cni_role_rules()},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

@@ -18,7 +18,8 @@ from ambientctl.commands.install import DEFAULT_IMAGE, render_manifests, to_yaml
 from istiod_lite.ca.secret import CONFIGMAP_VERBS, SECRET_VERBS
 from istiod_lite.ca.tokenreview import TOKEN_REVIEW_VERBS
 from istiod_lite.leader import LEASE_VERBS
-from meshcore.store.kubernetes import rbac_rules
+from meshcore.store.kubernetes import node_agent_rbac_rules, rbac_rules
+from ztunnel.cni.config import parse_config as parse_node_agent_config
 from ztunnel.cni.install import DAEMONSET_VERBS
 from ztunnel.config import parse_config as parse_ztunnel_config
 
@@ -130,6 +131,20 @@ def test_the_cni_node_agent_may_read_its_own_daemonset_and_nothing_else() -> Non
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {env["MOUNTED_CNI_BIN_DIR"], env["MOUNTED_CNI_NET_DIR"]} <= mounts
     assert env["DAEMONSET_NAME"] == "istio-cni"
+
+
+def test_the_cni_node_agent_reads_the_api_server_with_the_cluster_role_its_store_calls_need() -> None:
+    assert find("ClusterRole", "istio-cni")["rules"] == node_agent_rbac_rules()
+    binding = find("ClusterRoleBinding", "istio-cni")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istio-cni"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istio-cni", "namespace": "istio-system"}]
+    container = find("DaemonSet", "istio-cni")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # The settings parse as the agent will parse them (the fieldRef filled in as the kubelet would).
+    values = {k: e["value"] for k, e in env.items() if "value" in e}
+    config = parse_node_agent_config({**values, "NODE_NAME": "node-1"})
+    assert (config.store, config.kubeconfig, config.node_name) == ("kubernetes", None, "node-1")
 
 
 def test_the_cni_node_agent_runs_on_the_host_network_with_the_hosts_cni_directories() -> None:
