@@ -1,5 +1,5 @@
 """istiod_lite.waypoints: the waypoint controller (Gateway of class ``istio-waypoint`` -> its ServiceAccount,
-Pod and Service in the store, and the Gateway's status). ``objects`` is the pure part; ``controller``
+Deployment and Service in the store, and the Gateway's status). ``objects`` is the pure part; ``controller``
 the store-writing shell istiod_lite's app runs (the only writer of these objects)."""
 
 from istiod_lite.waypoints.controller import WaypointController

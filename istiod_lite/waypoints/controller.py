@@ -1,16 +1,24 @@
-"""The waypoint controller: keeps each waypoint Gateway's ServiceAccount, Pod and Service in the store, and
-its status, in line with the Gateway (the store-writing shell around ``waypoints.objects``).
+"""The waypoint controller: keeps each waypoint Gateway's ServiceAccount, Deployment and Service in the
+store, and its status, in line with the Gateway (the store-writing shell around ``waypoints.objects``).
 
-istiod_lite runs exactly one (one writer): its store watch loop hands every batch of changes to
-``observe`` and then calls ``reconcile_pending``; at start ``resync`` reconciles every Gateway and deletes
-what the controller made for Gateways that no longer exist (a Gateway deleted while istiod_lite was down).
+istiod_lite runs exactly one (one writer, the leader): its store watch loop hands every batch of changes
+to ``observe`` and then calls ``reconcile_pending``; at start ``resync`` reconciles every Gateway and
+deletes what the controller made for Gateways that no longer exist (a Gateway deleted while istiod_lite
+was down).
 
 Reconciling one Gateway reads it and what the controller made for it from the store, then writes only
-the differences: create the ServiceAccount if missing; create the pod for the current template and delete
-managed pods of other templates; create or fix the Service (keeping the cluster IP the allocator wrote
-back); write the status with ``set_status`` when it changed. Re-running changes nothing (idempotent):
-the controller's own writes come back through the watch and reconcile to no-ops. A deleted or refused
-Gateway has everything the controller made for it deleted (a ServiceAccount only if the controller made it).
+the differences: refuse (``Programmed=False``, ``NameConflict``) when a Deployment or Service of the
+Gateway's name exists that the controller did not make; create the ServiceAccount if missing; create
+the Deployment, or update it when its selector or pod template no longer holds the wanted one (the
+cluster's Deployment controller then rolls the pods; a user's ``replicas`` is kept); delete stale
+managed pods no Deployment made (an older version's bare pods: the upgrade migration) once a pod of the
+Deployment is ready (until then they serve and count for the status); create or fix the
+Service (keeping the cluster IP the allocator wrote back); write the status, which follows the
+Deployment's pods (the same code path on Kubernetes and on the local cluster, whose Deployment
+controller runs the template), with ``set_status`` when it changed. Re-running changes nothing
+(idempotent): the controller's own writes come back through the watch and reconcile to no-ops. A deleted
+or refused Gateway has everything the controller made for it deleted (a ServiceAccount only if the
+controller made it); the Deployment's pods go with the Deployment (the cluster's garbage collection).
 
 A Gateway whose reconcile fails (the store is locked, say) is retried after ``RETRY_SECONDS`` without
 holding up the others; each failure is logged and counted.
@@ -27,10 +35,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from istiod_lite.registry.waypoints import GATEWAY_NAME_LABEL, gateway_refusal, is_waypoint_gateway
 from istiod_lite.waypoints.objects import (
+    TEMPLATE_HASH_LABEL,
     ControllerSettings,
+    deployment_update,
     desired,
     gateway_status,
+    is_bare_pod,
     is_managed,
+    pod_ready,
     same_status,
     service_update,
 )
@@ -41,7 +53,8 @@ from meshcore.store.resource import Resource, ResourceRef
 log = structlog.get_logger("istiod_lite.waypoints")
 
 RETRY_SECONDS = 1.0
-_OWNED_KINDS = ("Pod", "Service", "ServiceAccount")
+# What the controller makes (and deletes). "Pod": only stale bare pods; a Deployment's pods are its own.
+OWNED_KINDS = ("Deployment", "Pod", "Service", "ServiceAccount")
 
 
 def _now() -> str:
@@ -84,7 +97,7 @@ class WaypointController:
         for r in changed:
             if r.kind == "Gateway":
                 self._pending.setdefault((r.namespace, r.name), 0.0)
-            elif r.kind in _OWNED_KINDS:
+            elif r.kind in OWNED_KINDS:
                 gateway = r.labels.get(GATEWAY_NAME_LABEL) or (r.name if r.kind == "ServiceAccount" else "")
                 if gateway and (r.kind != "ServiceAccount" or is_managed(r)):
                     self._pending.setdefault((r.namespace, gateway), 0.0)
@@ -93,7 +106,7 @@ class WaypointController:
         """Reconcile every Gateway, and every Gateway something managed still names (orphans)."""
         for r in self._store.list("Gateway"):
             self._pending.setdefault((r.namespace, r.name), 0.0)
-        for kind in _OWNED_KINDS:
+        for kind in OWNED_KINDS:
             for r in self._store.list(kind):
                 if is_managed(r):
                     self._pending.setdefault((r.namespace, r.labels[GATEWAY_NAME_LABEL]), 0.0)
@@ -128,13 +141,32 @@ class WaypointController:
 
     def _owned(self, namespace: str, gateway: str) -> dict[str, list[Resource]]:
         owned: dict[str, list[Resource]] = {}
-        for kind in _OWNED_KINDS:
+        for kind in OWNED_KINDS:
             owned[kind] = [
                 r
                 for r in self._store.list(kind, namespace)
-                if is_managed(r) and r.labels.get(GATEWAY_NAME_LABEL) == gateway
+                if is_managed(r)
+                and r.labels.get(GATEWAY_NAME_LABEL) == gateway
+                and (kind != "Pod" or is_bare_pod(r))
             ]
         return owned
+
+    def _deployment_pods(self, namespace: str, gateway: str) -> list[Resource]:
+        """The pods a Deployment made from the waypoint's template (any revision of it)."""
+        return [
+            p
+            for p in self._store.list("Pod", namespace)
+            if is_managed(p)
+            and p.labels.get(GATEWAY_NAME_LABEL) == gateway
+            and TEMPLATE_HASH_LABEL in p.labels
+        ]
+
+    def _not_ours(self, ref: ResourceRef, owned: list[Resource]) -> Resource | None:
+        """The object of ``ref`` when it exists and the controller did not make it (never taken over)."""
+        if any(r.name == ref.name for r in owned):
+            return None
+        existing = self._store.get(ref)
+        return existing if existing is not None and not is_managed(existing) else None
 
     def reconcile(self, namespace: str, name: str) -> int:
         """Bring one Gateway's objects and status in line; returns the number of store writes."""
@@ -150,21 +182,29 @@ class WaypointController:
             service: Resource | None = None
         else:
             want = desired(gateway, self._settings)
+            for ref, kind in ((want.deployment.ref, "Deployment"), (want.service.ref, "Service")):
+                clash = self._not_ours(ref, owned[kind])
+                if clash is not None:
+                    return writes + self._refuse_name_clash(gateway, clash)
             if self._store.get(want.service_account.ref) is None:
                 writes += self._apply(want.service_account)
-            pods = [p for p in owned["Pod"] if p.name == want.pod.name]
-            if not pods:
-                writes += self._apply(want.pod)
-                pods = [want.pod]
-            stale = [p.ref for p in owned["Pod"] if p.name != want.pod.name]
-            if stale:
-                writes += self._remove(stale, f"waypoint {namespace}/{name}: pod template changed")
+            current_deployment = next((d for d in owned["Deployment"] if d.name == name), None)
+            update = deployment_update(current_deployment, want.deployment)
+            if update is not None:
+                writes += self._apply(update)
+            others = [d.ref for d in owned["Deployment"] if d.name != name]
+            if others:
+                writes += self._remove(others, f"waypoint {namespace}/{name}: not the waypoint's Deployment")
+            pods = self._deployment_pods(namespace, name)
+            if owned["Pod"] and any(pod_ready(p)[0] for p in pods):
+                writes += self._remove(
+                    [p.ref for p in owned["Pod"]],
+                    f"waypoint {namespace}/{name}: a bare pod of an older version, replaced by Deployment "
+                    f"{namespace}/{name} whose pod is ready",
+                )
+            else:
+                pods += owned["Pod"]  # an older version's pod serves until the Deployment's is ready
             current_service = next((s for s in owned["Service"] if s.name == name), None)
-            if current_service is None:
-                current_service = self._store.get(want.service.ref)
-                if current_service is not None and not is_managed(current_service):
-                    writes += self._refuse_name_clash(gateway, current_service)
-                    return writes
             update = service_update(current_service, want.service)
             if update is not None:
                 writes += self._apply(update)
@@ -187,12 +227,14 @@ class WaypointController:
             )
         return writes
 
-    def _refuse_name_clash(self, gateway: Resource, service: Resource) -> int:
-        """A Service named like the Gateway already exists and is not ours: never take it over."""
+    def _refuse_name_clash(self, gateway: Resource, taken: Resource) -> int:
+        """A Deployment or Service named like the Gateway already exists and is not ours: never take it
+        over."""
+        kind = taken.kind
         message = (
-            f"Service {service.namespace}/{service.name} already exists and was not made for this waypoint; "
-            f"the waypoint's Service is named after the Gateway, so rename the Gateway (e.g. "
-            f"{gateway.name}-waypoint) or remove that Service"
+            f"{kind} {taken.namespace}/{taken.name} already exists and was not made for this waypoint; "
+            f"the waypoint's {kind} is named after the Gateway, so rename the Gateway (e.g. "
+            f"{gateway.name}-waypoint) or remove that {kind}"
         )
         previous = gateway.status.get("conditions")
         status = {
@@ -227,5 +269,5 @@ class WaypointController:
         return len(deleted)
 
     def _delete(self, namespace: str, name: str, owned: dict[str, list[Resource]], why: str) -> int:
-        refs = [r.ref for kind in _OWNED_KINDS for r in owned[kind]]
+        refs = [r.ref for kind in OWNED_KINDS for r in owned[kind]]
         return self._remove(refs, f"waypoint {namespace}/{name}: {why}") if refs else 0

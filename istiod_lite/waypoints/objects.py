@@ -1,28 +1,39 @@
 """What the waypoint controller makes for one waypoint Gateway, and the status it writes back (pure).
 
-For a Gateway of class ``istio-waypoint`` with the HBONE listener, as Istio makes a Deployment and a
-Service (here a Pod, since the store has no Deployments):
+For a Gateway of class ``istio-waypoint`` with the HBONE listener, as Istio makes them:
 
 - a ServiceAccount ``<gw>`` (only when missing: one that exists is the user's and is never changed);
-- a Pod ``<gw>-<5 chars>``: the 5 characters hash the pod template, so a changed template (a new
-  ``waypoint_xds_address``, say) makes a new pod and the old one is deleted, as a Deployment rolls. It
-  runs ``["waypoint"]`` as service account ``<gw>`` with ``XDS_ADDRESS``/``CA_ADDRESS`` in its env and
-  ports 15008 ``mesh``, 15020 ``metrics``, 15021 ``status-port``; labels
-  ``gateway.networking.k8s.io/gateway-name: <gw>``, ``istio.io/dataplane-mode: none`` (ztunnel never
-  captures it) and ``networking.istio.io/tunnel: http`` (it terminates HBONE itself);
+- an ``apps/v1`` Deployment ``<gw>`` selecting ``gateway.networking.k8s.io/gateway-name: <gw>``, with no
+  ``replicas`` of its own (Kubernetes' default 1; a user's ``kubectl scale`` or an autoscaler is kept, as
+  with Istio). Its pod template runs ``["waypoint"]`` as service account ``<gw>`` with
+  ``XDS_ADDRESS``/``CA_ADDRESS`` in its env (``POD_NAME``, ``POD_IP``, ``NODE_NAME`` from the downward
+  API), ports 15008 ``mesh``, 15020 ``metrics``, 15021 ``status-port``, the projected service-account
+  token (audience ``istio-ca``) at ``/var/run/secrets/tokens/istio-token`` and the mesh root (ConfigMap
+  ``istio-ca-root-cert``) at ``/var/run/secrets/istio``: Istio's paths, the waypoint's defaults. Pod
+  labels: Istio's (``gateway-name``, ``gateway-class-name``, ``gateway.istio.io/managed``, the older
+  ``istio.io/gateway-name``, ``istio.io/dataplane-mode: none`` so ztunnel never captures it,
+  canonical name/revision, ``sidecar.istio.io/inject: "false"``) plus ``networking.istio.io/tunnel:
+  http`` (it terminates HBONE itself). The cluster's Deployment controller (Kubernetes', or the local
+  cluster's ``ambientctl.cluster.deployments``) makes and rolls the pods: a pod deleted or evicted is
+  replaced, a changed template rolls;
 - a Service ``<gw>`` selecting ``gateway.networking.k8s.io/gateway-name: <gw>`` on port 15008 ``mesh``
   (``appProtocol: all``, as Istio's waypoint Service has it).
 
-Ownership: every object made carries ``gateway.networking.k8s.io/gateway-name: <gw>`` and
-``gateway.istio.io/managed: istio.io-mesh-controller`` (Istio's labels) plus the annotation
-``istio.io/gateway-uid: <the Gateway's uid>``; the controller only ever changes or deletes objects with
-the managed label (and a ServiceAccount only if it made it). The store models no ``ownerReferences``
-(``meshcore.store.Resource`` has no such field), so the labels are the ownership record.
+Ownership: every object made carries ``gateway.networking.k8s.io/gateway-name: <gw>``,
+``gateway.networking.k8s.io/gateway-class-name: istio-waypoint`` and ``gateway.istio.io/managed:
+istio.io-mesh-controller`` (Istio's labels) plus the annotation ``istio.io/gateway-uid: <the Gateway's
+uid>``; the controller only ever changes or deletes objects with the managed label (and a ServiceAccount
+only if it made it). The store models no ``ownerReferences`` (``meshcore.store.Resource`` has no such
+field), so the labels are the ownership record. A waypoint pod made directly by an older version (a
+managed pod without ``pod-template-hash``, the label every Deployment's pod carries) is stale
+(``is_bare_pod``): the controller deletes it once a pod of the Deployment is ready.
 
 Status: ``status.addresses`` is ``[{type: IPAddress, value: <VIP>}]`` once the Service has a cluster IP
 (the local cluster allocates it asynchronously), else ``[{type: Hostname, value: <gw>.<ns>.svc...>}]``;
-conditions ``Accepted`` and ``Programmed`` with reasons a user can act on. A refused Gateway gets
-``Accepted=False`` and nothing is made (what was made before is deleted).
+conditions ``Accepted`` and ``Programmed`` (True once a pod of the Deployment is ready: the pods, which
+both Kubernetes and the local cluster keep in the store, say more than the Deployment's counts) with
+reasons a user can act on. A refused Gateway gets ``Accepted=False`` and nothing is made (what was made
+before is deleted).
 
 Pure: resources in, resources and dicts out; time arrives as ``now`` (an RFC 3339 string).
 """
@@ -42,6 +53,7 @@ from istiod_lite.registry.waypoints import (
     MANAGED_GATEWAY_LABEL,
     MESH_LISTENER_PORT,
     WAYPOINT_CONTROLLER_NAME,
+    WAYPOINT_GATEWAY_CLASS,
     gateway_refusal,
     mesh_listener,
 )
@@ -50,10 +62,23 @@ from meshcore.enrollment import DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE
 from meshcore.store.resource import KINDS, Resource
 
 GATEWAY_UID_ANNOTATION = "istio.io/gateway-uid"
+GATEWAY_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
+LEGACY_GATEWAY_NAME_LABEL = (
+    "istio.io/gateway-name"  # older Istio releases' pod label; tooling still selects on it
+)
+TEMPLATE_HASH_LABEL = "pod-template-hash"  # set on every pod a Deployment (its ReplicaSet) makes
 WAYPOINT_COMMAND = ("waypoint",)
 CONTAINER_NAME = "waypoint"
 METRICS_PORT = 15020
 STATUS_PORT = 15021
+# Istio's projected token and mesh root for proxies (paths the waypoint reads by default).
+TOKEN_VOLUME = "istio-token"
+TOKEN_DIR = "/var/run/secrets/tokens"
+TOKEN_AUDIENCE = "istio-ca"
+TOKEN_SECONDS = 43200
+ROOT_CERT_VOLUME = "istiod-ca-cert"
+ROOT_CERT_DIR = "/var/run/secrets/istio"
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
 # Kubernetes' alphabet for generated name suffixes (no vowels, no look-alikes).
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -66,6 +91,7 @@ class ControllerSettings:
     ca_address: str = ""  # "" = the same as xds_address (istiod serves both)
     trust_domain: str = "cluster.local"
     domain_suffix: str = "cluster.local"
+    image: str = ""  # the waypoint container's image ("": none; the local cluster runs the command)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +99,32 @@ class Desired:
     """The objects one waypoint Gateway should have."""
 
     service_account: Resource
-    pod: Resource
+    deployment: Resource
     service: Resource
+
+    @property
+    def pod(self) -> Resource:
+        """A pod of the Deployment's template, as a Deployment controller makes it (name
+        ``<gw>-<template hash>-<5 characters>``, the template's labels plus ``pod-template-hash``)."""
+        template = self.deployment.spec["template"]
+        digest = _suffix(template)
+        return Resource(
+            kind="Pod",
+            name=f"{self.deployment.name}-{digest}-{_suffix([template, 'pod'])}",
+            namespace=self.deployment.namespace,
+            api_version=KINDS["Pod"][0],
+            labels={**template["metadata"]["labels"], TEMPLATE_HASH_LABEL: digest},
+            annotations=dict(template["metadata"].get("annotations") or {}),
+            spec=template["spec"],
+        )
 
 
 def owner_labels(gateway_name: str) -> dict[str, str]:
-    return {GATEWAY_NAME_LABEL: gateway_name, MANAGED_GATEWAY_LABEL: MANAGED_BY_MESH_CONTROLLER}
+    return {
+        GATEWAY_NAME_LABEL: gateway_name,
+        GATEWAY_CLASS_LABEL: WAYPOINT_GATEWAY_CLASS,
+        MANAGED_GATEWAY_LABEL: MANAGED_BY_MESH_CONTROLLER,
+    }
 
 
 def is_managed(resource: Resource) -> bool:
@@ -86,6 +132,11 @@ def is_managed(resource: Resource) -> bool:
     return resource.labels.get(MANAGED_GATEWAY_LABEL) == MANAGED_BY_MESH_CONTROLLER and bool(
         resource.labels.get(GATEWAY_NAME_LABEL)
     )
+
+
+def is_bare_pod(pod: Resource) -> bool:
+    """A managed waypoint pod no Deployment made (an older version's): stale once the Deployment exists."""
+    return pod.kind == "Pod" and is_managed(pod) and TEMPLATE_HASH_LABEL not in pod.labels
 
 
 def hostname(gateway: Resource, settings: ControllerSettings) -> str:
@@ -97,41 +148,66 @@ def _suffix(template: Any) -> str:
     return "".join(_SUFFIX_ALPHABET[b % len(_SUFFIX_ALPHABET)] for b in digest[:5])
 
 
+def _field(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _pod_template(gateway: Resource, settings: ControllerSettings) -> dict[str, Any]:
+    name, namespace = gateway.name, gateway.namespace
+    env = [
+        {"name": "XDS_ADDRESS", "value": settings.xds_address},
+        {"name": "CA_ADDRESS", "value": settings.ca_address or settings.xds_address},
+        _field("POD_NAME", "metadata.name"),
+        {"name": "POD_NAMESPACE", "value": namespace},
+        _field("POD_IP", "status.podIP"),
+        _field("NODE_NAME", "spec.nodeName"),
+        {"name": "SERVICE_ACCOUNT", "value": name},
+        {"name": "TRUST_DOMAIN", "value": settings.trust_domain},
+        {"name": "GATEWAY_NAME", "value": name},
+    ]
+    labels = {
+        "sidecar.istio.io/inject": "false",
+        DATAPLANE_MODE_LABEL: DATAPLANE_MODE_NONE,
+        "service.istio.io/canonical-name": name,
+        "service.istio.io/canonical-revision": "latest",
+        TUNNEL_LABEL: "http",
+        LEGACY_GATEWAY_NAME_LABEL: name,
+        **owner_labels(name),
+    }
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        **({"image": settings.image} if settings.image else {}),
+        "command": list(WAYPOINT_COMMAND),
+        "env": env,
+        "ports": [
+            {"name": "mesh", "containerPort": MESH_LISTENER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"},
+        ],
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": True},
+        ],
+    }
+    token = {"audience": TOKEN_AUDIENCE, "expirationSeconds": TOKEN_SECONDS, "path": "istio-token"}
+    return {
+        "metadata": {"labels": labels},
+        "spec": {
+            "serviceAccountName": name,
+            "containers": [container],
+            "volumes": [
+                {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
+                {"name": ROOT_CERT_VOLUME, "configMap": {"name": ROOT_CERT_CONFIGMAP}},
+            ],
+        },
+    }
+
+
 def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
     """What to make for an accepted waypoint Gateway (``gateway_refusal(gateway)`` is "")."""
     name, namespace = gateway.name, gateway.namespace
     labels = owner_labels(name)
     annotations = {GATEWAY_UID_ANNOTATION: gateway.uid} if gateway.uid else {}
-    env = [
-        {"name": "XDS_ADDRESS", "value": settings.xds_address},
-        {"name": "CA_ADDRESS", "value": settings.ca_address or settings.xds_address},
-        {"name": "POD_NAMESPACE", "value": namespace},
-        {"name": "SERVICE_ACCOUNT", "value": name},
-        {"name": "TRUST_DOMAIN", "value": settings.trust_domain},
-        {"name": "GATEWAY_NAME", "value": name},
-    ]
-    pod_labels = {
-        **labels,
-        DATAPLANE_MODE_LABEL: DATAPLANE_MODE_NONE,
-        TUNNEL_LABEL: "http",
-        "service.istio.io/canonical-name": name,
-    }
-    spec: dict[str, Any] = {
-        "serviceAccountName": name,
-        "containers": [
-            {
-                "name": CONTAINER_NAME,
-                "command": list(WAYPOINT_COMMAND),
-                "env": env,
-                "ports": [
-                    {"name": "mesh", "containerPort": MESH_LISTENER_PORT, "protocol": "TCP"},
-                    {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                    {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"},
-                ],
-            }
-        ],
-    }
-    pod_name = f"{name}-{_suffix({'labels': pod_labels, 'spec': spec, 'gateway': gateway.uid})}"
     return Desired(
         service_account=Resource(
             kind="ServiceAccount",
@@ -141,14 +217,17 @@ def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
             labels=labels,
             annotations=annotations,
         ),
-        pod=Resource(
-            kind="Pod",
-            name=pod_name,
+        deployment=Resource(
+            kind="Deployment",
+            name=name,
             namespace=namespace,
-            api_version=KINDS["Pod"][0],
-            labels=pod_labels,
+            api_version=KINDS["Deployment"][0],
+            labels=labels,
             annotations=annotations,
-            spec=spec,
+            spec={
+                "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
+                "template": _pod_template(gateway, settings),
+            },
         ),
         service=Resource(
             kind="Service",
@@ -170,6 +249,42 @@ def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
                 ],
             },
         ),
+    )
+
+
+def contains(have: Any, want: Any) -> bool:
+    """``have`` holds everything ``want`` says: mappings may hold more keys (the defaults an API server
+    fills in), lists must match item by item, other values must be equal."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and contains(have[k], v) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(have) == len(want)
+            and all(contains(h, w) for h, w in zip(have, want, strict=True))
+        )
+    return bool(have == want)
+
+
+def deployment_update(current: Resource | None, want: Resource) -> Resource | None:
+    """The Deployment to write (None: ``current`` already runs the wanted template). Keeps what others own
+    in it: ``replicas`` (a user's scale, an autoscaler), the strategy and whatever defaults the API server
+    filled in, and labels/annotations someone else added; the selector and the pod template are ours."""
+    if current is None:
+        return want
+    same = (
+        all(current.labels.get(k) == v for k, v in want.labels.items())
+        and all(current.annotations.get(k) == v for k, v in want.annotations.items())
+        and contains(current.spec.get("selector"), want.spec["selector"])
+        and contains(current.spec.get("template"), want.spec["template"])
+    )
+    if same:
+        return None
+    return msgspec.structs.replace(
+        want,
+        labels={**current.labels, **want.labels},
+        annotations={**current.annotations, **want.annotations},
+        spec={**current.spec, **want.spec},
     )
 
 
@@ -206,7 +321,7 @@ def service_vip(service: Resource | None) -> str:
     return first if isinstance(first, str) and first not in ("", "None") else ""
 
 
-def _pod_ready(pod: Resource) -> tuple[bool, str]:
+def pod_ready(pod: Resource) -> tuple[bool, str]:
     """(running and ready, what it is doing otherwise)."""
     phase = pod.status.get("phase") or "Pending"
     conditions = pod.status.get("conditions")
@@ -268,7 +383,7 @@ def gateway_status(
         {"type": "IPAddress", "value": vip} if vip else {"type": "Hostname", "value": host}
     ]
     accepted = _condition("Accepted", True, "Accepted", "Resource accepted", previous, now)
-    states = sorted((p.name, *_pod_ready(p)) for p in pods)
+    states = sorted((p.name, *pod_ready(p)) for p in pods)
     if not vip:
         programmed = _condition(
             "Programmed",
@@ -280,13 +395,15 @@ def gateway_status(
             now,
         )
     elif not any(ok for _, ok, _ in states):
-        doing = "; ".join(f"pod {gateway.namespace}/{n} is {what}" for n, _, what in states) or "no pod yet"
+        doing = "; ".join(f"pod {gateway.namespace}/{n} is {what}" for n, _, what in states) or (
+            f"Deployment {gateway.namespace}/{gateway.name} has no pod yet"
+        )
         programmed = _condition(
             "Programmed",
             False,
             "Pending",
             f"the waypoint has no ready pod ({doing}); ztunnels refuse traffic bound to it meanwhile. "
-            f"Check the pod's events and the waypoint's logs",
+            f"Check the Deployment's and the pod's events and the waypoint's logs",
             previous,
             now,
         )
@@ -327,11 +444,15 @@ __all__ = [
     "WAYPOINT_CONTROLLER_NAME",
     "ControllerSettings",
     "Desired",
+    "contains",
+    "deployment_update",
     "desired",
     "gateway_status",
     "hostname",
+    "is_bare_pod",
     "is_managed",
     "owner_labels",
+    "pod_ready",
     "same_status",
     "service_update",
     "service_vip",

@@ -204,10 +204,11 @@ async def test_only_the_leader_runs_the_waypoint_controller(replicas: Replicas) 
         return [r for r in replicas.api.server.requests if r.resource == kind and r.verb == "create"]
 
     # The leader makes the waypoint's objects; the follower sees them too (it serves them) and makes none.
-    await wait_until(lambda: made("pods") and made("services"), "the waypoint's pod and service are made")
+    await wait_until(lambda: made("deployments") and made("services"), "the waypoint's Deployment and Service are made")
     # Noted by the follower (its watch loop notes and would reconcile in one turn), kept for when it leads.
     await wait_until(lambda: follower.waypoints.pending > 0, "the follower has noted the Gateway")
-    assert len(made("pods")) == 1 and len(made("services")) == 1
+    assert len(made("deployments")) == 1 and len(made("services")) == 1
+    assert not made("pods")  # the cluster's Deployment controller makes the pods
 
 
 async def test_the_lease_calls_are_exactly_the_role_the_manifests_grant(replicas: Replicas) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ambientctl.cluster.deployments import DeploymentController
 from istiod_lite.app import ControlPlane
 from istiod_lite.config import IstiodConfig
 from meshcore import satoken
@@ -164,13 +165,15 @@ async def test_waypoint_pods_are_told_the_token_port(tmp_path: Path):
     await cp.start()
     try:
         cp.store.apply([r.ns("demo"), r.waypoint("waypoint", "demo")])
+        deployments = DeploymentController(cp.store)
         deadline = asyncio.get_running_loop().time() + 10
         pods = []
         while not pods and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
+            deployments.sync()  # the local cluster's Deployment controller makes the pod
             pods = cp.store.list("Pod", "demo")
-        assert pods, "the waypoint controller made no pod within 10 s"
-        env = {e["name"]: e["value"] for e in pods[0].spec["containers"][0]["env"]}
+        assert pods, "the waypoint controller's Deployment made no pod within 10 s"
+        env = {e["name"]: e.get("value") for e in pods[0].spec["containers"][0]["env"]}
         assert (env["XDS_ADDRESS"], env["CA_ADDRESS"]) == ("10.0.0.9:15012", "10.0.0.9:15011")
     finally:
         await cp.stop(grace=0)

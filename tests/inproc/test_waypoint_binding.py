@@ -1,6 +1,7 @@
 """A real istiod_lite on loopback: a per-service-account waypoint Gateway -> the controller's objects ->
 the Gateway's address -> Workload.waypoint and Service.waypoint at a real delta-xDS client; deleting the
-Gateway returns them to unset. The local cluster's VIP allocator and kubelet are played by store writes
+Gateway returns them to unset. The local cluster's Deployment controller (the real one) makes the
+waypoint's pod from the controller's Deployment; its VIP allocator and kubelet are played by store writes
 from a second store handle (as another process would write them). Waits are event/deadline based.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from ambientctl.cluster.deployments import DeploymentController
 from istiod_lite.app import ControlPlane
 from istiod_lite.config import IstiodConfig
 from meshcore.aio.state_cell import StateCell
@@ -106,14 +108,18 @@ async def test_a_per_sa_waypoint_binds_once_programmed_and_unbinds_when_deleted(
     store.apply(
         [waypoint("server-waypoint", address=None, annotations={"istio.io/for-service-account": "server"})]
     )
-    # The controller makes the waypoint's Service and pod and writes a Hostname address (no VIP yet) ...
+    deployments = DeploymentController(store)
+
+    def waypoint_pods() -> list[Any]:
+        deployments.sync()  # the local cluster's Deployment controller, on every change it sees
+        return [p for p in store.list("Pod", "demo") if p.name.startswith("server-waypoint-")]
+
+    # The controller makes the waypoint's Service and Deployment (whose pod the cluster makes) and writes
+    # a Hostname address (no VIP yet) ...
     wp_service = await eventually(
         lambda: store.get(ResourceRef("Service", "demo", "server-waypoint")), "the waypoint's Service"
     )
-    (wp_pod,) = await eventually(
-        lambda: [p for p in store.list("Pod", "demo") if p.name.startswith("server-waypoint-")],
-        "the waypoint's pod",
-    )
+    (wp_pod,) = await eventually(waypoint_pods, "the waypoint's Deployment's pod")
     gateway = await eventually(
         lambda: (
             (g := store.get(ResourceRef("Gateway", "demo", "server-waypoint")))
@@ -188,7 +194,8 @@ async def test_a_per_sa_waypoint_binds_once_programmed_and_unbinds_when_deleted(
     await eventually(
         lambda: (
             store.get(ResourceRef("Service", "demo", "server-waypoint")) is None
-            and not [p for p in store.list("Pod", "demo") if p.name.startswith("server-waypoint-")]
+            and store.get(ResourceRef("Deployment", "demo", "server-waypoint")) is None
+            and not waypoint_pods()
         ),
         "the controller's objects to go",
     )

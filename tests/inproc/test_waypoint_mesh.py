@@ -23,6 +23,7 @@ import msgspec
 import pytest
 from prometheus_client import generate_latest
 
+from ambientctl.cluster.deployments import DeploymentController
 from istiod_lite.app import ControlPlane
 from istiod_lite.ca.storage import write_credential
 from istiod_lite.config import IstiodConfig
@@ -118,9 +119,12 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def _kubelet_programs_the_waypoint(cp: ControlPlane, waypoint_ip: str) -> str:
-    """What the local cluster's kubelet does for the controller's objects; returns the pod's name."""
+    """What the local cluster's Deployment controller and kubelet do for the controller's objects; returns
+    the pod's name."""
+    deployments = DeploymentController(cp.store)
     async with asyncio.timeout(10):
         while True:
+            deployments.sync()
             pods = [p for p in cp.store.list("Pod", "demo")
                     if p.labels.get("gateway.networking.k8s.io/gateway-name") == "server-waypoint"]
             svc = cp.store.get(ResourceRef("Service", "demo", "server-waypoint"))
