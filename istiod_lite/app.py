@@ -165,6 +165,7 @@ class ControlPlane:
             ControllerSettings(
                 xds_address=config.waypoint_xds_address,
                 ca_address=config.waypoint_ca_address,
+                image=config.waypoint_image,
                 trust_domain=config.trust_domain,
                 domain_suffix=self._registry_settings.domain_suffix,
             ),

@@ -41,6 +41,9 @@ LOG_FORMAT = "LOG_FORMAT"
 WAYPOINT_XDS_ADDRESS = "WAYPOINT_XDS_ADDRESS"
 DEFAULT_WAYPOINT_XDS_ADDRESS = "istiod.istio-system.svc:15012"
 WAYPOINT_CA_ADDRESS = "WAYPOINT_CA_ADDRESS"
+# The container image of waypoint pods (their Deployment's template); "" = none (the local cluster runs the
+# command itself; on Kubernetes a container needs one, so the manifests set it).
+WAYPOINT_IMAGE = "WAYPOINT_IMAGE"
 # The CA for bearer-token callers (server-authenticated TLS, no client certificate): HOST:PORT or "off".
 TOKEN_CA_ADDRESS = "ISTIOD_TOKEN_CA_ADDRESS"
 # The cluster-state backend: "sqlite" (embedded, default) or "kubernetes" (the API server).
@@ -82,6 +85,7 @@ class IstiodConfig:
     allow_empty_store: bool = False
     waypoint_xds_address: str = DEFAULT_WAYPOINT_XDS_ADDRESS
     waypoint_ca_address: str = f"istiod.istio-system.svc:{DEFAULT_TOKEN_CA_PORT}"
+    waypoint_image: str = ""
     # The token CA port (``--token-ca-address``). None: not served. The dataclass default is None so
     # that code embedding a ControlPlane opts in; ``parse_config`` (the binary) defaults to <xds host>:15011.
     token_ca_host: str = "0.0.0.0"
@@ -211,6 +215,9 @@ def parse_config(
         e.get(WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS), WAYPOINT_XDS_ADDRESS, DEFAULT_WAYPOINT_XDS_ADDRESS
     )
     waypoint_ca_default = f"{waypoint_xds.rpartition(':')[0]}:{token_port or DEFAULT_TOKEN_CA_PORT}"
+    waypoint_image = e.get(WAYPOINT_IMAGE, "").strip()
+    if any(c.isspace() for c in waypoint_image):
+        raise ConfigError(f"{WAYPOINT_IMAGE}={waypoint_image!r}: expected an image reference such as ambient-mesh:0.1.0")
     backend = e.get(STORE, "sqlite").strip().lower() or "sqlite"
     if backend not in STORE_BACKENDS:
         raise ConfigError(f"{STORE}={e[STORE]!r}: expected one of {', '.join(STORE_BACKENDS)}")
@@ -238,6 +245,7 @@ def parse_config(
         waypoint_ca_address=_checked_host_port(
             e.get(WAYPOINT_CA_ADDRESS, waypoint_ca_default), WAYPOINT_CA_ADDRESS, waypoint_ca_default
         ),
+        waypoint_image=waypoint_image,
         token_ca_host=token_host,
         token_ca_port=token_port,
         store=backend,

@@ -130,6 +130,7 @@ def _istiod(image: str) -> list[JSON]:
             "ISTIOD_TOKEN_CA_ADDRESS": "0.0.0.0:15011",
             "ISTIOD_MONITORING_ADDRESS": "0.0.0.0:15014",
             "LOG_FORMAT": "json",
+            "WAYPOINT_IMAGE": image,  # the waypoint Deployments istiod-lite makes run the same image
         }) + [_POD_NAME_ENV],
         "ports": [
             {"name": "grpc-xds", "containerPort": 15012, "protocol": "TCP"},

@@ -501,3 +501,24 @@ def test_other_gateway_classes_are_left_alone(store: SqliteStore) -> None:
     assert made(store) == {"ServiceAccount": [], "Deployment": [], "Service": []}
     ingress = store.get(ResourceRef("Gateway", "demo", "ingress"))
     assert ingress is not None and ingress.status == {}
+
+
+def test_on_kubernetes_waypoint_pods_run_the_image_the_manifests_give_istiod(tmp_path: Path) -> None:
+    from ambientctl.commands.install import render_manifests
+    from istiod_lite.config import parse_config
+
+    istiod = next(d for d in render_manifests("registry.example/mesh:2") if d["kind"] == "Deployment")
+    (container,) = istiod["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    config = parse_config(state_dir=str(tmp_path), env=env)
+    assert config.waypoint_image == "registry.example/mesh:2"
+    settings = ControllerSettings(xds_address=config.waypoint_xds_address, image=config.waypoint_image)
+    template = desired(waypoint(), settings).deployment.spec["template"]
+    assert template["spec"]["containers"][0]["image"] == "registry.example/mesh:2"
+
+
+def test_an_image_reference_with_spaces_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    from istiod_lite.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="WAYPOINT_IMAGE"):
+        parse_config(state_dir=str(tmp_path), env={"WAYPOINT_IMAGE": "mesh :2"})
