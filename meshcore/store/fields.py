@@ -184,6 +184,27 @@ DEPLOYMENT_SPEC: dict[str, Tree] = {
 }
 
 
+_OBJECT_REFERENCE: dict[str, Tree] = dict.fromkeys(
+    "kind namespace name uid apiVersion resourceVersion fieldPath".split(), OPAQUE
+)
+
+# v1 Event: its fields sit at the top level, beside metadata (no spec, no status).
+EVENT: dict[str, Tree] = {
+    "apiVersion": OPAQUE,
+    "kind": OPAQUE,
+    "metadata": METADATA,
+    "involvedObject": _OBJECT_REFERENCE,
+    "related": _OBJECT_REFERENCE,
+    "source": {"component": OPAQUE, "host": OPAQUE},
+    "series": {"count": OPAQUE, "lastObservedTime": OPAQUE},
+    **dict.fromkeys(
+        "type reason message count firstTimestamp lastTimestamp eventTime action reportingComponent "
+        "reportingInstance".split(),
+        OPAQUE,
+    ),
+}
+
+
 def _document(spec: Tree, **extra: Tree) -> dict[str, Tree]:
     return {
         "apiVersion": OPAQUE,
@@ -211,6 +232,7 @@ FIELDS: dict[str, dict[str, Tree]] = {
     "AuthorizationPolicy": _document(AUTHORIZATION_POLICY_SPEC),
     "Gateway": _document(GATEWAY_SPEC),
     "Deployment": _document(DEPLOYMENT_SPEC),
+    "Event": EVENT,
 }
 _TOP_LEVEL = _document(OPAQUE)
 

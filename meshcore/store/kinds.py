@@ -24,6 +24,7 @@ _NAMES: dict[str, tuple[str, tuple[str, ...]]] = {
     "DestinationRule": ("destinationrules", ("dr",)),
     "HTTPLocalRateLimitPolicy": ("httplocalratelimitpolicies", ()),
     "Deployment": ("deployments", ("deploy",)),
+    "Event": ("events", ("ev",)),
 }
 
 

@@ -242,6 +242,7 @@ def to_resource(obj: Mapping[str, Any], kind: str) -> Resource:
         spec=dict(spec or {}),
         status=dict(obj.get("status") or {}),
         generation=int(meta.get("generation") or 0),
+        creation_timestamp=str(meta.get("creationTimestamp") or ""),
     )
 
 
@@ -251,6 +252,7 @@ def to_manifest(resource: Resource, *, with_status: bool = False) -> JSON:
     doc["metadata"].pop("resourceVersion", None)
     doc["metadata"].pop("uid", None)
     doc["metadata"].pop("generation", None)
+    doc["metadata"].pop("creationTimestamp", None)
     if not with_status:
         doc.pop("status", None)
     if resource.kind == "ServiceAccount":

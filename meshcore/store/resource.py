@@ -27,7 +27,12 @@ KINDS: dict[str, tuple[str, bool]] = {
     "DestinationRule": ("networking.istio.io/v1", True),
     "HTTPLocalRateLimitPolicy": ("policy.ambientmesh.io/v1alpha1", True),
     "Deployment": ("apps/v1", True),
+    "Event": ("v1", True),
 }
+
+# Kinds whose fields sit at the top level of the document, beside metadata (a v1 Event's type, reason,
+# message, involvedObject ...): the store keeps them in ``spec``; ``to_dict`` puts them back on top.
+TOP_LEVEL_KINDS = frozenset({"Event"})
 
 
 class ResourceRef(msgspec.Struct, frozen=True, order=True):
@@ -57,6 +62,10 @@ class Resource(msgspec.Struct, frozen=True):
     # status, label or annotation write); controllers echo it as a condition's observedGeneration.
     # 0 for a resource not yet stored (or stored before generations were kept).
     generation: int = 0
+    # Kubernetes' metadata.creationTimestamp (RFC 3339, UTC, whole seconds): set by the store when the object
+    # is created and kept by every later write (a writer's value is ignored, as the API server ignores it).
+    # "" for a resource not yet stored, or stored by a version that kept none (AGE shows <unknown>).
+    creation_timestamp: str = ""
 
     @property
     def ref(self) -> ResourceRef:
@@ -77,12 +86,16 @@ class Resource(msgspec.Struct, frozen=True):
             meta["uid"] = self.uid
         if self.generation:
             meta["generation"] = self.generation
+        if self.creation_timestamp:
+            meta["creationTimestamp"] = self.creation_timestamp
         doc: dict[str, Any] = {
             "apiVersion": self.api_version or KINDS.get(self.kind, ("v1", True))[0],
             "kind": self.kind,
             "metadata": meta,
         }
-        if self.spec:
+        if self.kind in TOP_LEVEL_KINDS:
+            doc.update({k: v for k, v in self.spec.items() if k not in doc})
+        elif self.spec:
             doc["spec"] = self.spec
         if self.status:
             doc["status"] = self.status

@@ -33,7 +33,7 @@ from .fields import (
     unknown_fields,
 )
 from .limits import ANNOTATIONS_HINT, MAX_ANNOTATIONS_BYTES, annotations_over_limit
-from .resource import KINDS, Resource
+from .resource import KINDS, TOP_LEVEL_KINDS, Resource
 from .traffic_schema import (
     DestinationRuleSpec,
     GRPCRouteSpec,
@@ -353,6 +353,35 @@ class _DeploymentDocument(_Document, frozen=True):
     status: dict[str, Any] | None = None
 
 
+# --- Event (v1) ------------------------------------------------------------------------------------------
+
+
+class ObjectReference(_K8s, frozen=True):
+    kind: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    api_version: str | None = None
+    field_path: str | None = None
+
+
+class EventSource(_K8s, frozen=True):
+    component: str | None = None
+    host: str | None = None
+
+
+class _EventDocument(_Document, frozen=True):
+    involved_object: ObjectReference
+    type: Literal["Normal", "Warning"] | None = None
+    reason: str | None = None
+    message: str | None = None
+    count: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    first_timestamp: str | None = None
+    last_timestamp: str | None = None
+    source: EventSource | None = None
+    reporting_component: str | None = None
+
+
 _DOCUMENT_TYPES: dict[str, type[_Document]] = {
     "Namespace": _PlainDocument,
     "ServiceAccount": _PlainDocument,
@@ -366,6 +395,7 @@ _DOCUMENT_TYPES: dict[str, type[_Document]] = {
     "DestinationRule": _DestinationRuleDocument,
     "HTTPLocalRateLimitPolicy": _RateLimitDocument,
     "Deployment": _DeploymentDocument,
+    "Event": _EventDocument,
 }
 
 
@@ -436,8 +466,12 @@ def _build(doc: object) -> Resource:
         namespace = ""
     _KIND_CHECKS.get(kind, _no_check)(typed)
 
-    spec = _normalise("$.spec", doc.get("spec"))
-    status = _normalise("$.status", doc.get("status"))
+    if kind in TOP_LEVEL_KINDS:
+        own = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+        spec, status = _normalise("$", own), {}
+    else:
+        spec = _normalise("$.spec", doc.get("spec"))
+        status = _normalise("$.status", doc.get("status"))
     if kind == "Pod" and "serviceAccountName" not in spec:
         # The API server's defaulting: every pod runs as some service account.
         spec["serviceAccountName"] = "default"

@@ -30,8 +30,9 @@ import sqlite3
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,16 @@ log = structlog.get_logger(__name__)
 class SqliteStore:
     """The ``Store`` on one SQLite file; safe to use from several processes and threads at once."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.path = Path(path)
+        # What metadata.creationTimestamp of a created object is read from (tests pass a fake one).
+        self._wall_clock = wall_clock
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._encoder = msgspec.json.Encoder()
@@ -237,6 +246,7 @@ class SqliteStore:
             if r.kind not in KINDS:
                 raise UnknownKind(r.kind, list(KINDS))
         results: builtins.list[ApplyResult] = []
+        created_at = self._now()
         with self._writing() as db:
             revision = _revision(db)
             for new in batch:
@@ -253,6 +263,7 @@ class SqliteStore:
                     resource_version=revision,
                     uid=old.uid if old else str(uuid.uuid4()),
                     generation=_next_generation(old, new),
+                    creation_timestamp=old.creation_timestamp if old else created_at,
                 )
                 self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
                 results.append(ApplyResult(stored.ref, action, stored))
@@ -328,6 +339,7 @@ class SqliteStore:
                 resource_version=revision,
                 uid=base.uid or str(uuid.uuid4()),
                 generation=base.generation or 1,
+                creation_timestamp=old.creation_timestamp if old else self._now(),
             )
             self._write(db, revision, "ADDED" if old is None else "MODIFIED", stored)
             return ApplyResult(ref, "created" if old is None else "configured", stored)
@@ -397,6 +409,10 @@ class SqliteStore:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def _now(self) -> str:
+        """metadata.creationTimestamp for an object created now: RFC 3339, UTC, whole seconds."""
+        return self._wall_clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     # --- rows -------------------------------------------------------------------------------------------
 
