@@ -19,6 +19,11 @@
 - ``bug-report [--out PATH]``: one tar.gz of every component's config dump, logs, metrics, versions and
   the cluster's resources, key material redacted (``troubleshoot.bugreport``); prints where it wrote it.
 Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
+
+With ``--kubeconfig``/``--context``, ``fetch``, ``check``, ``proxy-status`` and ``logs --component`` work on
+that Kubernetes cluster: they take ``troubleshoot.remote.KubeReach`` (the API server's pod list, pod
+port-forward and pods/log) as their source instead of the local cluster's ``Reach`` and log files; the
+other commands refuse there (``CliState.state_dir``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import typer
 
 from ambientctl.cluster import Cluster, ClusterError
 from ambientctl.troubleshoot.bugreport import default_path, gather, secrets_in, write_archive
-from ambientctl.troubleshoot.checks import CheckResult, gather_mesh, gather_pre
+from ambientctl.troubleshoot.checks import CheckResult, gather_kubernetes, gather_mesh, gather_pre, kube_rows
 from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource, log_files_for
 from ambientctl.troubleshoot.explain import (
     ExplainInputError,
@@ -81,7 +86,14 @@ from ambientctl.troubleshoot.reach import (
     parse_location,
     parse_target,
 )
-from ambientctl.troubleshoot.syncstatus import proxy_rows, row_json, status_table
+from ambientctl.troubleshoot.remote import (
+    KubeReach,
+    LogSource,
+    component_sources,
+    merge_logs,
+    parse_remote_target,
+)
+from ambientctl.troubleshoot.syncstatus import ProxyRow, proxy_rows, row_json, status_table
 from ambientctl.troubleshoot.traffic import (
     Edge,
     Sample,
@@ -99,7 +111,7 @@ from ambientctl.troubleshoot.traffic import (
 from . import pods
 from .common import EXIT_FAILURE, CliError, cli_state, note, print_table
 
-OK, WARN, FAIL = "✔", "‼", "✖"
+OK, WARN, FAIL, SKIP = "✔", "‼", "✖", "-"
 
 
 class Format(StrEnum):
@@ -119,6 +131,15 @@ def _reach(ctx: typer.Context) -> Reach:
     return Reach(Cluster(cli_state(ctx).state_dir()))
 
 
+def _kube_reach(ctx: typer.Context) -> KubeReach | None:
+    """The Kubernetes cluster's endpoints with --kubeconfig/--context, else None (the local cluster)."""
+    state = cli_state(ctx)
+    if not state.on_kubernetes:
+        return None
+    with _errors():
+        return KubeReach.connect(state.kubeconfig, state.kube_context)
+
+
 # --- fetch -------------------------------------------------------------------------------------------
 
 
@@ -129,10 +150,16 @@ def fetch(
         str, typer.Argument(help=":PORT/PATH, e.g. :15014/debug/syncz or :15000/config_dump.")
     ],
 ) -> None:
-    """GET an endpoint of the local cluster from the host (it is entered in its network namespace)."""
+    """GET an endpoint of the local cluster from the host (it is entered in its network namespace); with
+    --kubeconfig/--context, of that cluster's pods through the API server's port-forward (also
+    waypoint/<namespace>/<gateway>)."""
+    kube = _kube_reach(ctx)
     with _errors():
         port, path = parse_location(location)
-        answer = _reach(ctx).get(parse_target(target), port, path)
+        if kube is not None:
+            answer = kube.get(parse_remote_target(target), port, path)
+        else:
+            answer = _reach(ctx).get(parse_target(target), port, path)
     sys.stdout.write(answer.text)
     if answer.text and not answer.text.endswith("\n"):
         sys.stdout.write("\n")
@@ -153,6 +180,9 @@ def format_results(results: Sequence[CheckResult]) -> list[str]:
                 lines.append("")
             lines += [r.category.value, "-" * len(r.category.value)]
             category = r.category
+        if r.skipped:
+            lines.append(f"{SKIP} {r.description}: skipped ({r.detail})")
+            continue
         mark = FAIL if not r.ok else (WARN if r.warning else OK)
         lines.append(
             f"{mark} {r.description}" + (f" ({r.detail})" if r.ok and r.detail and not r.warning else "")
@@ -175,10 +205,18 @@ def check(
     pre: Annotated[bool, typer.Option("--pre", help="Only check this machine can host the mesh.")] = False,
     output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
 ) -> None:
-    """Check the machine and the mesh; exit 1 if any check fails."""
+    """Check the machine and the mesh; exit 1 if any check fails. With --kubeconfig/--context: the checks
+    that apply to a Kubernetes cluster (the others are listed as skipped, with why)."""
     started = time.monotonic()
-    results = gather_pre()
-    if not pre:
+    kube = _kube_reach(ctx)
+    if kube is not None:
+        if pre:
+            raise CliError("--pre checks this machine as a host of the local cluster; run it without "
+                           "--kubeconfig/--context")
+        results, _ = gather_kubernetes(kube)
+    else:
+        results = gather_pre()
+    if not pre and kube is None:
         state = cli_state(ctx)
         cluster = Cluster(state.state_dir())
         mesh_results, _ = gather_mesh(cluster, state.store(), Reach(cluster))
@@ -202,7 +240,19 @@ def proxy_status(
     ctx: typer.Context,
     output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
 ) -> None:
-    """One row per proxy connected to istiod-lite and the sync state of each of its types."""
+    """One row per proxy connected to istiod-lite and the sync state of each of its types (with
+    --kubeconfig/--context: of every istiod replica, through the API server's port-forward)."""
+    kube = _kube_reach(ctx)
+    if kube is not None:
+        with _errors():
+            try:
+                rows, problems = kube_rows(kube)
+            except ValueError as e:
+                raise CliError(str(e)) from None
+        for problem in problems:
+            note(f"warning: {problem}; its proxies are not listed")
+        _print_rows(rows, output)
+        return
     with _errors():
         reach = _reach(ctx)
         place = reach.place(parse_target("istiod"))
@@ -210,6 +260,10 @@ def proxy_status(
             rows = proxy_rows(reach.istiod("/debug/syncz"), f"istiod-lite@{place.host}")
         except ValueError as e:
             raise CliError(str(e)) from None
+    _print_rows(rows, output)
+
+
+def _print_rows(rows: Sequence[ProxyRow], output: Format) -> None:
     if output is Format.json:
         typer.echo(json.dumps([row_json(r) for r in rows], indent=2))
         return
@@ -397,6 +451,10 @@ def logs(
         )
     if component is None:
         raise CliError(f"give a POD (its container's log) or -c/--component ({', '.join(COMPONENTS)})")
+    kube = _kube_reach(ctx)
+    if kube is not None:
+        return _kube_logs(kube, component, node=node, pod=pod, follow_=follow_, since_=since_, denied_=denied_,
+                          output=output, tail=tail)
     log_dir, nodes = _log_dir_and_nodes(ctx)
     pod_ref = _pod_ref(pod) if pod else None
     waypoints = _waypoint_pods(ctx) if component == "waypoint" else []
@@ -425,6 +483,59 @@ def logs(
                 emit(record)
         except KeyboardInterrupt:
             return
+
+
+def _kube_logs(
+    kube: KubeReach, component: str, *, node: str | None, pod: str | None, follow_: bool, since_: str | None,
+    denied_: bool, output: Format, tail: int | None,
+) -> None:
+    """``logs --component`` on Kubernetes: each pod's container log through the API server's pods/log."""
+    if tail is not None and tail < 0:
+        raise CliError("--tail must be 0 or more")
+    pod_ref = _pod_ref(pod) if pod else None
+    try:
+        cutoff_delta = parse_duration(since_) if since_ else None
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    with _errors():
+        waypoints = kube.waypoint_pods() if component == "waypoint" else []
+        refs = [((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")) for p in waypoints]
+        narrowed = pod_ref if component == "waypoint" and pod_ref in refs else None
+        try:
+            sources = component_sources(component, kube.pods(), waypoints, node=node, pod=narrowed)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    cutoff = datetime.now(UTC) - cutoff_delta if cutoff_delta is not None else None
+    since_seconds = -int(-cutoff_delta.total_seconds() // 1) if cutoff_delta is not None else None
+
+    def keep(r: LogRecord) -> bool:
+        if cutoff is not None and r.time is not None and not since(r, cutoff):
+            return False
+        if denied_ and not denied(r):
+            return False
+        return not (pod_ref is not None and narrowed is None and not concerns(r, pod=pod_ref))
+
+    def emit(r: LogRecord) -> None:
+        typer.echo(json.dumps(record_json(r)) if output is Format.json else f"[{r.source}] {r.raw}")
+
+    if not follow_:
+        texts: list[tuple[LogSource, str]] = []
+        with _errors():
+            for source in sources:
+                texts.append((source, kube.log(source, since_seconds=since_seconds, tail_lines=tail)))
+        for record in merge_logs(texts, keep):
+            emit(record)
+        return
+    lines = kube.follow_logs(sources, since_seconds=since_seconds, tail_lines=tail)
+    try:
+        with _errors():
+            for source, line in lines:
+                if (record := parse_line(line, source.label)) and keep(record):
+                    emit(record)
+    except KeyboardInterrupt:
+        return
+    finally:
+        lines.close()
 
 
 def tap(

@@ -14,6 +14,14 @@ is read from times istiod-lite wrote (when each proxy's stream started, each cer
 none may be ahead of this machine's clock. A check whose facts cannot be gathered fails with the reason; nothing is skipped silently.
 Order and categories follow ``linkerd check``: host, control plane, CA, data plane, config sync,
 certificates.
+
+On Kubernetes (``gather_kubernetes``, through ``remote.KubeReach``: the API server's pod list and pod
+port-forward, nothing else) the subset that means something for a cluster runs: the mesh's pods are
+there, every istiod replica is Ready and answers ``/ready``, istiod serves config, the CA root (as the
+ztunnels hold it) and its days left, every node's ztunnel pod is Ready and answers ``/healthz/ready``,
+sync state over every replica, clocks. The checks that are about this machine or need what only the
+local cluster exposes (host tools, processes, the node agents' redirection, per-identity certificates)
+are each one ``skipped`` line saying why, never a failure and never silently left out.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -40,12 +48,16 @@ from meshcore.store import SqliteStore
 from .reach import (
     AGENT_MONITORING,
     ISTIOD_MONITORING,
+    ZTUNNEL_ADMIN,
     ZTUNNEL_READINESS,
     Reach,
     ReachError,
     Target,
 )
 from .syncstatus import ProxyRow, proxy_rows
+
+if TYPE_CHECKING:
+    from .remote import KubeReach
 
 # tool -> Debian package that provides it
 REQUIRED_TOOLS = {"ip": "iproute2", "nft": "nftables"}
@@ -63,6 +75,7 @@ MAX_POD_RESULTS = 10
 class Category(StrEnum):
     host = "host"
     cluster = "local cluster"
+    kubernetes = "Kubernetes cluster"
     control_plane = "control plane (istiod-lite)"
     ca = "certificate authority"
     data_plane = "data plane (node agents and ztunnels)"
@@ -79,12 +92,15 @@ class CheckResult:
     detail: str = ""  # what was seen (always set on failure)
     remediation: str = ""  # what to do (set on failure and warning)
     warning: bool = False  # passed, but something needs attention soon
+    skipped: bool = False  # not run here; ``detail`` says why (counts as no failure)
 
     def to_json(self) -> dict[str, Any]:
+        result = "skipped" if self.skipped else "warning" if self.ok and self.warning else (
+            "success" if self.ok else "error")
         return {
             "category": self.category.value,
             "description": self.description,
-            "result": "warning" if self.ok and self.warning else ("success" if self.ok else "error"),
+            "result": result,
             "detail": self.detail,
             "remediation": self.remediation,
         }
@@ -100,6 +116,10 @@ def failed(category: Category, description: str, detail: str, remediation: str) 
 
 def warned(category: Category, description: str, detail: str, remediation: str) -> CheckResult:
     return CheckResult(category, description, True, detail, remediation, warning=True)
+
+
+def skipped(category: Category, description: str, why: str) -> CheckResult:
+    return CheckResult(category, description, True, why, skipped=True)
 
 
 # --- pure checks ----------------------------------------------------------------------------------------
@@ -323,7 +343,13 @@ def redirection_checks(
     return out
 
 
-def sync_checks(rows: Sequence[ProxyRow], nodes: Sequence[str]) -> list[CheckResult]:
+def _local_ztunnel_logs(node: str) -> str:
+    return f"ambientctl cluster logs {ztunnel_name(node)}"
+
+
+def sync_checks(rows: Sequence[ProxyRow], nodes: Sequence[str],
+                ztunnel_logs: Callable[[str], str] = _local_ztunnel_logs) -> list[CheckResult]:  # fmt: skip
+    """``ztunnel_logs(node)``: the command that shows that node's ztunnel log (local cluster or Kubernetes)."""
     c = Category.sync
     connected = {r.node for r in rows if r.kind == "ztunnel"}
     missing = [n for n in nodes if n not in connected]
@@ -332,7 +358,7 @@ def sync_checks(rows: Sequence[ProxyRow], nodes: Sequence[str]) -> list[CheckRes
         if not missing
         else failed(
             c, "every node's ztunnel is connected to istiod-lite", f"not connected: {', '.join(missing)}",
-            "read why: " + "; ".join(f"ambientctl cluster logs {ztunnel_name(n)}" for n in missing),
+            "read why: " + "; ".join(ztunnel_logs(n) for n in missing),
         )
     ]  # fmt: skip
     nacked = [r for r in rows if r.nacks or "NACKED" in r.statuses.values()]
@@ -608,3 +634,215 @@ def _settled_rows(reach: Reach) -> list[ProxyRow] | str:
         if all(r.synced or r.nacks for r in rows) or time.monotonic() >= deadline:
             return rows
         time.sleep(0.1)
+
+
+# --- on Kubernetes -------------------------------------------------------------------------------------------
+
+KUBE_LOGS_HINT = "(with the same --kubeconfig/--context)"
+
+
+def kube_ztunnel_logs(node: str) -> str:
+    return f"ambientctl logs --component ztunnel --node {node} {KUBE_LOGS_HINT}"
+
+
+def pod_ready(pod: Mapping[str, Any]) -> str | None:
+    """None when the pod is Running with condition Ready True, else what its status shows (phase, a
+    container's waiting or terminated reason)."""
+    status = pod.get("status") or {}
+    phase = str(status.get("phase") or "Unknown")
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or () if isinstance(c, Mapping))  # fmt: skip
+    if phase == "Running" and ready:
+        return None
+    reasons = []
+    for c in status.get("containerStatuses") or ():
+        state = (c.get("state") or {}) if isinstance(c, Mapping) else {}
+        for kind in ("waiting", "terminated"):
+            if isinstance(state.get(kind), Mapping):
+                reasons.append(f"{c.get('name')}: {state[kind].get('reason') or kind}")
+    return f"phase {phase}" + ("" if phase != "Running" else ", not Ready") + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
+def kube_pod_check(category: Category, what: str, pod: Mapping[str, Any], probe: str | None,
+                   logs: str) -> CheckResult:  # fmt: skip
+    """A mesh pod on Kubernetes: Ready as the kubelet reports it, and its own readiness endpoint answered
+    200 through the port-forward (``probe`` None), else what was seen and where to look."""
+    meta = pod.get("metadata") or {}
+    ref = f"{meta.get('namespace')}/{meta.get('name')}"
+    describe = f"kubectl -n {meta.get('namespace')} describe pod {meta.get('name')}"
+    not_ready = pod_ready(pod)
+    if not_ready is not None:
+        return failed(category, what, f"pod {ref}: {not_ready}", f"see its events: {describe}; its log: {logs}")
+    if probe is not None:
+        return failed(category, what, probe, f"read why: {logs}")
+    return passed(category, what, f"pod {ref}")
+
+
+def kube_install_check(istiods: Sequence[Mapping[str, Any]], ztunnels: Sequence[Mapping[str, Any]]) -> CheckResult:
+    c, what = Category.kubernetes, "the mesh is installed (istiod and ztunnel pods in istio-system)"
+    missing = [name for name, found in (("istiod (app=istiod)", istiods), ("ztunnel (app=ztunnel)", ztunnels))
+               if not found]  # fmt: skip
+    if missing:
+        return failed(c, what, f"no {' and no '.join(missing)} pod in istio-system",
+                      "install the mesh: ambientctl install (with the same --kubeconfig/--context)")  # fmt: skip
+    return passed(c, what, f"{len(istiods)} istiod, {len(ztunnels)} ztunnel pod(s)")
+
+
+def root_from_dumps(dumps: Mapping[str, Mapping[str, Any] | str]) -> bytes | None:
+    """The CA root a ztunnel holds (the first ``rootCerts`` PEM of its certificates), or None."""
+    import base64
+    import binascii
+
+    for dump in dumps.values():
+        if not isinstance(dump, Mapping):
+            continue
+        for entry in dump.get("certificates") or ():
+            roots = entry.get("rootCerts") if isinstance(entry, Mapping) else None
+            for root in roots or ():
+                if isinstance(root, Mapping) and root.get("pem"):
+                    try:
+                        return base64.b64decode(str(root["pem"]), validate=True)
+                    except (binascii.Error, ValueError):
+                        continue
+    return None
+
+
+def kube_root_check(dumps: Mapping[str, Mapping[str, Any] | str], now: datetime) -> CheckResult:
+    pem = root_from_dumps(dumps)
+    if pem is None:
+        return warned(Category.ca, "the CA root certificate is valid",
+                      "no ztunnel holds a workload certificate yet, so the root could not be read through one",
+                      "enroll a namespace (ambientctl namespace enable NS), or read it: kubectl -n istio-system "
+                      "get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}'")  # fmt: skip
+    return root_check(pem, now)
+
+
+def kube_rows(reach: KubeReach) -> tuple[list[ProxyRow], list[str]]:
+    """Sync rows from every istiod replica (each proxy is connected to one), each row naming its replica;
+    and the replicas that could not be read, with why. A ``ReachError`` when no replica answered."""
+    from .remote import ISTIO_SYSTEM, ISTIOD_LABEL, labelled
+
+    rows: list[ProxyRow] = []
+    problems: list[str] = []
+    replicas = [p for p in labelled(reach.pods(), ISTIOD_LABEL) if (p.get("status") or {}).get("phase") == "Running"]
+    for pod in replicas:
+        name = str((pod.get("metadata") or {}).get("name"))
+        try:
+            answer = reach.get_pod(ISTIO_SYSTEM, name, ISTIOD_MONITORING, "/debug/syncz", label=f"istiod {name}")
+            if answer.status != 200:
+                raise ReachError(f"istiod {name} :{ISTIOD_MONITORING}/debug/syncz answered HTTP {answer.status}")
+            rows += proxy_rows(_json(answer.body), f"istiod-lite@{name}")
+        except (ReachError, ValueError) as e:
+            problems.append(str(e))
+    if not replicas:
+        raise ReachError("no Running istiod pod (app=istiod) in istio-system")
+    if problems and not rows and len(problems) == len(replicas):
+        raise ReachError("; ".join(problems))
+    return sorted(rows, key=lambda r: (r.name, r.node_id)), problems
+
+
+def _json(body: bytes) -> Any:
+    import json
+
+    return json.loads(body)
+
+
+def _settled_kube_rows(reach: KubeReach) -> tuple[list[ProxyRow], list[str]] | str:
+    deadline = time.monotonic() + SYNC_SETTLE_S
+    while True:
+        try:
+            rows, problems = kube_rows(reach)
+        except ReachError as e:
+            return str(e)
+        if all(r.synced or r.nacks for r in rows) or time.monotonic() >= deadline:
+            return rows, problems
+        time.sleep(0.1)
+
+
+def gather_kubernetes(reach: KubeReach, *, now: Callable[[], datetime] | None = None
+                      ) -> tuple[list[CheckResult], MeshFacts]:  # fmt: skip
+    """The Kubernetes subset of the mesh checks (module docstring), through ``reach``."""
+    from .remote import ISTIO_SYSTEM, ISTIOD_LABEL, ZTUNNEL_LABEL, labelled
+
+    clock = now or (lambda: datetime.now(UTC))
+    facts = MeshFacts()
+    results = [skipped(Category.host, "this machine can host the mesh (root, network namespaces, ip, nft)",
+                       "with --kubeconfig/--context the mesh runs on the cluster's nodes, not here; the node "
+                       "agent DaemonSet's pods bring what a node needs")]  # fmt: skip
+    try:
+        pods = reach.pods()
+    except ReachError as e:
+        results.append(failed(Category.kubernetes, "the pods in istio-system can be listed", str(e),
+                              "check the kubeconfig and context, and that the user may get and list pods in "
+                              "istio-system (docs/kubernetes.md)"))  # fmt: skip
+        return results, facts
+    istiods, ztunnels = labelled(pods, ISTIOD_LABEL), labelled(pods, ZTUNNEL_LABEL)
+    results.append(kube_install_check(istiods, ztunnels))
+
+    def probe(pod: Mapping[str, Any], port: int, path: str) -> str | None:
+        name = str((pod.get("metadata") or {}).get("name"))
+        try:
+            answer = reach.get_pod(ISTIO_SYSTEM, name, port, path)
+        except ReachError as e:
+            return str(e)
+        return None if answer.status == 200 else f"pod {name} :{port}{path} answered {answer.status}: {answer.text.strip()[:200]}"
+
+    def dump(pod: Mapping[str, Any]) -> Mapping[str, Any] | str:
+        name = str((pod.get("metadata") or {}).get("name"))
+        try:
+            answer = reach.get_pod(ISTIO_SYSTEM, name, ZTUNNEL_ADMIN, "/config_dump")
+            if answer.status != 200:
+                return f"pod {name} :{ZTUNNEL_ADMIN}/config_dump answered {answer.status}"
+            got = _json(answer.body)
+        except (ReachError, ValueError) as e:
+            return str(e)
+        return got if isinstance(got, Mapping) else f"pod {name}: /config_dump is not a JSON object"
+
+    by_node = {str((p.get("spec") or {}).get("nodeName")): p for p in reversed(ztunnels)}  # Running ones win
+    facts.nodes = sorted(by_node)
+    cp, dp = Category.control_plane, Category.data_plane
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        istiod_ready = [pool.submit(probe, p, ISTIOD_MONITORING, "/ready") for p in istiods]
+        registry = pool.submit(_json_or_reason, lambda: reach.istiod("/debug/registryz")) if istiods else None
+        ztunnel_ready = {n: pool.submit(probe, p, ZTUNNEL_READINESS, "/healthz/ready") for n, p in by_node.items()}
+        dumps = {n: pool.submit(dump, p) for n, p in by_node.items()}
+        for pod, ready in zip(istiods, istiod_ready, strict=True):
+            name = (pod.get("metadata") or {}).get("name")
+            results.append(kube_pod_check(cp, f"istiod-lite {name} is ready", pod, ready.result(),
+                                          f"ambientctl logs --component istiod {KUBE_LOGS_HINT}"))  # fmt: skip
+        if registry is not None:
+            results.append(registry_check(registry.result()))
+        facts.dumps = {n: f.result() for n, f in dumps.items()}
+        results.append(kube_root_check(facts.dumps, clock()))
+        for n in facts.nodes:
+            results.append(kube_pod_check(dp, f"ztunnel on {n} is ready", by_node[n], ztunnel_ready[n].result(),
+                                          kube_ztunnel_logs(n)))  # fmt: skip
+    results.append(skipped(Category.redirection, "every enrolled pod's traffic is redirected to ztunnel",
+                           "the node agents' rule-by-rule view is read on the local cluster only (not yet "
+                           "through the API server)"))  # fmt: skip
+
+    settled = _settled_kube_rows(reach) if istiods else "no istiod pod to ask"
+    if isinstance(settled, str):
+        results.append(failed(Category.sync, "istiod-lite reports its proxies' sync state", settled,
+                              f"read why: ambientctl logs --component istiod {KUBE_LOGS_HINT}"))  # fmt: skip
+    else:
+        facts.rows, problems = settled
+        for problem in problems:
+            results.append(failed(Category.sync, "every istiod replica reports its proxies' sync state", problem,
+                                  f"read why: ambientctl logs --component istiod {KUBE_LOGS_HINT}"))  # fmt: skip
+        results += sync_checks(facts.rows, facts.nodes, kube_ztunnel_logs)
+
+    results.append(skipped(Category.certificates, "every ztunnel holds a valid certificate for each local identity",
+                           "needs every namespace's enrolled pods and their nodes, which the local cluster's "
+                           "store gives; per node: ambientctl zc certificates --node NODE"))  # fmt: skip
+    stamps: list[tuple[str, datetime | None]] = [
+        (f"the start of {r.name}'s xDS stream", _time(r.connected_since)) for r in facts.rows
+    ]
+    for n, held in facts.dumps.items():
+        for entry in held.get("certificates") or () if isinstance(held, Mapping) else ():
+            for cert in (entry.get("certChain") or ())[:1] if isinstance(entry, Mapping) else ():
+                if isinstance(cert, Mapping):
+                    stamps.append((f"the certificate of {entry.get('identity')} on {n} (valid from)",
+                                   _time(cert.get("validFrom"))))  # fmt: skip
+    results.append(clock_check(clock(), stamps))
+    return results, facts

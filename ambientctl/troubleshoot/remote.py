@@ -30,10 +30,12 @@ import contextlib
 import json
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from .logs import GATEWAY_NAME_LABEL, LogRecord, parse_line
 from .reach import (
     AGENT_MONITORING,
     ISTIOD,
@@ -50,7 +52,6 @@ ISTIO_SYSTEM = "istio-system"
 ISTIOD_LABEL = ("app", "istiod")
 ZTUNNEL_LABEL = ("app", "ztunnel")
 NODE_AGENT_LABEL = ("app", "istio-cni")
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 KUBE_TIMEOUT_S = 10.0
@@ -167,6 +168,56 @@ def log_query(container: str | None, since_seconds: int | None, tail_lines: int 
     return query
 
 
+def component_sources(component: str, system_pods: Sequence[Mapping[str, Any]],
+                      waypoint_pods: Sequence[Mapping[str, Any]], *, node: str | None = None,
+                      pod: tuple[str, str] | None = None) -> list[LogSource]:  # fmt: skip
+    """The container logs of ``component`` on Kubernetes, labelled as the local cluster labels its log
+    files: ``ztunnel-<node>``, ``node-agent-<node>``, ``istiod`` (``istiod <pod>`` when several),
+    ``waypoint <ns>/<pod>``. ``system_pods``: istio-system's pods; ``waypoint_pods``: pods carrying the
+    gateway label (``pod`` narrows to that one, which must be a waypoint's). A ``ValueError`` says what
+    matched nothing."""
+    if component in ("ztunnel", "node-agent"):
+        label = ZTUNNEL_LABEL if component == "ztunnel" else NODE_AGENT_LABEL
+        found = labelled(system_pods, label)
+        chosen = [p for p in found if node is None or (p.get("spec") or {}).get("nodeName") == node]
+        if not chosen:
+            nodes = sorted({str((p.get("spec") or {}).get("nodeName")) for p in found})
+            raise ValueError(f"no {component} pod (label {label[0]}={label[1]}) in {ISTIO_SYSTEM}"
+                             + (f" on node {node!r} (it runs on: {', '.join(nodes) or 'no node'})" if node else ""))
+        return [LogSource(f"{component}-{(p.get('spec') or {}).get('nodeName')}", *_ref(p, ISTIO_SYSTEM),
+                          default_container(p)) for p in chosen]  # fmt: skip
+    if component == "istiod":
+        found = labelled(system_pods, ISTIOD_LABEL)
+        if not found:
+            raise ValueError(f"no istiod pod (label app=istiod) in {ISTIO_SYSTEM}")
+        return [LogSource("istiod" if len(found) == 1 else f"istiod {_ref(p, ISTIO_SYSTEM)[1]}",
+                          *_ref(p, ISTIO_SYSTEM), default_container(p)) for p in found]  # fmt: skip
+    if component == "waypoint":
+        refs = [(_ref(p, ""), p) for p in _running_first(waypoint_pods) if GATEWAY_NAME_LABEL in _labels(p)]
+        chosen = [(r, p) for r, p in refs if pod is None or r == pod]
+        if pod is not None and not chosen:
+            raise ValueError(f"{pod[0]}/{pod[1]} is not a waypoint pod (waypoints: "
+                             f"{', '.join(f'{n}/{m}' for (n, m), _ in refs) or 'none'})")  # fmt: skip
+        return [LogSource(f"waypoint {ns}/{name}", ns, name, default_container(p)) for (ns, name), p in chosen]
+    raise ValueError(f"unknown component {component!r}: one of ztunnel, waypoint, istiod, node-agent")
+
+
+def merge_logs(texts: Iterable[tuple[LogSource, str]], keep: Callable[[LogRecord], bool]) -> list[LogRecord]:
+    """Every kept line of each log text, merged by time (stable: a line without a time stays after its
+    log's previous line), as ``logs.read`` merges the local cluster's files."""
+    out: list[tuple[datetime, int, LogRecord]] = []
+    seq = 0
+    for source, text in texts:
+        last = datetime.min.replace(tzinfo=UTC)
+        for line in text.splitlines():
+            record = parse_line(line, source.label)
+            last = record.time or last
+            seq += 1
+            if keep(record):
+                out.append((last, seq, record))
+    return [r for _, _, r in sorted(out, key=lambda t: (t[0], t[1]))]
+
+
 # --- through the API server -------------------------------------------------------------------------------
 
 
@@ -203,6 +254,10 @@ class KubeReach:
                 listed = self._run(self._call("GET", path), f"list the pods in {namespace or 'any namespace'}")
                 self._pods[namespace] = [p for p in json.loads(listed).get("items") or [] if isinstance(p, dict)]
             return self._pods[namespace]
+
+    def waypoint_pods(self, namespace: str = "") -> list[JSON]:
+        """Pods carrying the gateway label (a waypoint's), in ``namespace`` or every namespace."""
+        return [p for p in self.pods(namespace) if GATEWAY_NAME_LABEL in _labels(p)]
 
     def ztunnel_pods(self) -> list[Mapping[str, Any]]:
         return labelled(self.pods(), ZTUNNEL_LABEL)

@@ -1,0 +1,299 @@
+"""``ambientctl --kubeconfig FILE`` check, proxy-status, fetch and logs --component on a Kubernetes cluster
+(the API stand-in, in-process): istiod, the ztunnels and a waypoint are pods in the stand-in; their
+monitoring, admin and readiness ports are tiny HTTP servers on loopback reached through the stand-in's
+pod port-forward; logs come from the stand-in's pods/log. Nothing of the local cluster is opened."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from typer.testing import CliRunner
+
+from ambientctl.cli import app
+from ambientctl.troubleshoot.remote import USER_RBAC, KubeReach, LogSource, component_sources
+from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from meshcore.testing.kube_api import ThreadedKubeApi, write_kubeconfig
+
+NOW = datetime.now(UTC)
+
+
+def root_pem(days: int = 3650) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def stream(pod: str, node: str, status: str = "SYNCED", nack: str = "") -> dict[str, Any]:
+    types = {ADDRESS_TYPE_URL: {"status": status, "nacks": [{"time": "t", "message": nack}] if nack else []},
+             AUTHORIZATION_TYPE_URL: {"status": "SYNCED"}}
+    return {"node_id": f"ztunnel~10.0.0.1~{pod}.istio-system~istio-system.svc.cluster.local", "cluster": "Kubernetes",
+            "metadata": {"NODE_NAME": node, "ISTIO_VERSION": "1.24.0"}, "types": types,
+            "connected_since": (NOW - timedelta(minutes=5)).isoformat()}
+
+
+@dataclass
+class Endpoint:
+    """A loopback HTTP server answering fixed (status, JSON) per path; ``routes`` may change during a test."""
+
+    routes: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> tuple[str, int]:
+        routes = self.routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                status, doc = routes.get(self.path, (404, {"error": "no such path"}))
+                body = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return "127.0.0.1", self.server.server_address[1]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def pod(name: str, namespace: str, labels: dict[str, str], node: str, *containers: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": c, "image": "mesh:1"} for c in containers]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+@dataclass
+class Mesh:
+    api: ThreadedKubeApi
+    kubeconfig: Path
+    istiod: Endpoint
+    ztunnels: dict[str, Endpoint]  # node -> admin + readiness routes
+    waypoint: Endpoint
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    dump = {"workloads": [], "services": [], "policies": [], "certificates": [
+        {"identity": "spiffe://cluster.local/ns/shop/sa/web", "state": "Available",
+         "certChain": [{"validFrom": (NOW - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")}],
+         "rootCerts": [{"pem": base64.b64encode(root_pem()).decode()}]}]}
+    istiod = Endpoint({"/ready": (200, "ok"), "/debug/registryz": (200, {"workloads": [{}], "services": [],
+                                                                         "policies": []}),
+                       "/debug/syncz": (200, [stream("ztunnel-a", "node-1"), stream("ztunnel-b", "node-2")])})
+    ztunnels = {n: Endpoint({"/config_dump": (200, dump), "/healthz/ready": (200, "ready")}) for n in ("node-1", "node-2")}
+    waypoint = Endpoint({"/config_dump": (200, {"configs": []})})
+    started: list[Endpoint] = []
+    with ThreadedKubeApi() as api:
+        try:
+            for ns in ("istio-system", "shop"):
+                api.call(api.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            api.call(api.server.put_object, pod("istiod-0", "istio-system", {"app": "istiod"}, "node-1", "discovery"))
+            address = istiod.start()
+            started.append(istiod)
+            api.call(api.server.forward_port, "istio-system", "istiod-0", 15014, address)
+            for name, node in (("ztunnel-a", "node-1"), ("ztunnel-b", "node-2")):
+                api.call(api.server.put_object, pod(name, "istio-system", {"app": "ztunnel"}, node, "istio-proxy"))
+                address = ztunnels[node].start()
+                started.append(ztunnels[node])
+                for port in (15000, 15021):
+                    api.call(api.server.forward_port, "istio-system", name, port, address)
+            api.call(api.server.put_object, pod("waypoint-7f", "shop", {
+                "gateway.networking.k8s.io/gateway-name": "waypoint"}, "node-2", "istio-proxy"))
+            address = waypoint.start()
+            started.append(waypoint)
+            api.call(api.server.forward_port, "shop", "waypoint-7f", 15000, address)
+            yield Mesh(api, Path(write_kubeconfig(tmp_path / "kubeconfig", api.url)), istiod, ztunnels, waypoint)
+        finally:
+            for endpoint in started:
+                endpoint.stop()
+
+
+def run(mesh: Mesh, *args: str) -> Any:
+    return CliRunner().invoke(app, ["--state-dir", str(mesh.kubeconfig.parent / "local"),
+                                    "--kubeconfig", str(mesh.kubeconfig), *args])
+
+
+def test_proxy_status_lists_the_proxies_istiod_serves_through_its_port_forward(mesh: Mesh) -> None:
+    got = run(mesh, "proxy-status")
+    assert got.exit_code == 0, got.output
+    lines = got.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "CLUSTER", "WDS", "WADS", "NACKS", "ISTIOD", "VERSION"]
+    assert [line.split() for line in lines[1:]] == [
+        ["ztunnel-a.istio-system", "Kubernetes", "SYNCED", "SYNCED", "0", "istiod-lite@istiod-0", "1.24.0"],
+        ["ztunnel-b.istio-system", "Kubernetes", "SYNCED", "SYNCED", "0", "istiod-lite@istiod-0", "1.24.0"],
+    ]
+    as_json = run(mesh, "proxy-status", "-o", "json")
+    assert [r["node"] for r in json.loads(as_json.stdout)] == ["node-1", "node-2"]
+    assert not (mesh.kubeconfig.parent / "local").exists()  # the local cluster was never opened
+
+
+def test_proxy_status_without_an_istiod_pod_says_the_mesh_is_not_installed(mesh: Mesh) -> None:
+    mesh.api.call(mesh.api.server.delete_object, "Pod", "istio-system", "istiod-0")
+    got = run(mesh, "proxy-status")
+    assert got.exit_code == 1
+    assert "no Running istiod pod (app=istiod) in istio-system" in got.output and "Traceback" not in got.output
+
+
+def test_check_on_a_healthy_cluster_passes_and_lists_what_it_skipped(mesh: Mesh) -> None:
+    got = run(mesh, "check")
+    assert got.exit_code == 0, got.output
+    out = got.stdout
+    for line in ("✔ the mesh is installed (istiod and ztunnel pods in istio-system)",
+                 "✔ istiod-lite istiod-0 is ready", "✔ istiod-lite is serving configuration",
+                 "✔ ztunnel on node-1 is ready", "✔ ztunnel on node-2 is ready",
+                 "✔ every node's ztunnel is connected to istiod-lite (2 node(s))",
+                 "- this machine can host the mesh (root, network namespaces, ip, nft): skipped (with --kubeconfig",
+                 "- every enrolled pod's traffic is redirected to ztunnel: skipped",
+                 "Status check results are ✔"):  # fmt: skip
+        assert line in out, out
+    assert "days left" in out  # the CA root as the ztunnels hold it
+    results = json.loads(run(mesh, "check", "-o", "json").stdout)["results"]
+    assert {r["result"] for r in results} == {"success", "skipped"}
+
+
+def test_check_on_an_unhealthy_cluster_fails_naming_the_ztunnel_and_the_nack(mesh: Mesh) -> None:
+    mesh.ztunnels["node-2"].routes["/healthz/ready"] = (503, "not ready")
+    mesh.istiod.routes["/debug/syncz"] = (200, [stream("ztunnel-a", "node-1", "NACKED", "bad address")])
+    got = run(mesh, "check")
+    assert got.exit_code == 1, got.output
+    out = got.stdout
+    assert "✖ ztunnel on node-2 is ready" in out and "/healthz/ready answered 503" in out
+    assert "not connected: node-2" in out
+    assert "ambientctl logs --component ztunnel --node node-2" in out  # the fix works on Kubernetes too
+    assert "ztunnel-a.istio-system: bad address" in out
+    assert "✔ ztunnel on node-1 is ready" in out
+
+
+def test_check_where_a_pod_is_not_ready_shows_its_status(mesh: Mesh) -> None:
+    broken = pod("ztunnel-b", "istio-system", {"app": "ztunnel"}, "node-2", "istio-proxy")
+    broken["status"] = {"phase": "Pending", "containerStatuses": [
+        {"name": "istio-proxy", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}
+    mesh.api.call(mesh.api.server.put_object, broken)
+    got = run(mesh, "check")
+    assert got.exit_code == 1
+    assert "pod istio-system/ztunnel-b: phase Pending (istio-proxy: ImagePullBackOff)" in got.stdout
+    assert "kubectl -n istio-system describe pod ztunnel-b" in got.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "location", "expected"),
+    [("node/node-1", ":15000/config_dump", "spiffe://cluster.local/ns/shop/sa/web"),
+     ("istiod", ":15014/debug/registryz", '"workloads"'),
+     ("waypoint/shop/waypoint", ":15000/config_dump", '"configs"'),
+     ("pod/shop/waypoint-7f", ":15000/config_dump", '"configs"')],
+    ids=["a node's ztunnel admin", "istiod's monitoring port", "a waypoint found by its gateway label",
+         "a pod by its name"],
+)
+def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, target: str, location: str, expected: str) -> None:
+    got = run(mesh, "fetch", target, location)
+    assert got.exit_code == 0, got.output
+    assert expected in got.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["fetch", "node/node-9", ":15000/config_dump"], "no ztunnel pod on node 'node-9' in istio-system (ztunnel "
+      "pods run on: node-1, node-2)"),
+     (["fetch", "waypoint/shop/other", ":15000/"], "no pod of waypoint shop/other"),
+     (["fetch", "node/node-1", ":15000/nothing"], "answered HTTP 404"),
+     (["fetch", "node/node-1", ":15099/"], "nothing listens on port 15099 of pod istio-system/ztunnel-a"),
+     (["check", "--pre"], "--pre checks this machine"),
+     (["logs", "--component", "ztunnel", "--node", "node-9"], "no ztunnel pod (label app=ztunnel) in istio-system "
+      "on node 'node-9'"),
+     (["logs", "--component", "waypoint", "--pod", "shop/web"], ""),
+     (["tap", "svc/shop/web"], "works only on the local cluster")],
+    ids=["fetch from a node without a ztunnel names the nodes that have one", "fetch of an unknown waypoint",
+         "an endpoint's error status fails the command", "a port nothing listens on shows the port-forward's error",
+         "check --pre refuses", "logs of a node without that component", "waypoint logs about a pod of none",
+         "a command not made for Kubernetes still refuses"],
+)
+def test_what_goes_wrong_is_one_line(mesh: Mesh, args: list[str], expected: str) -> None:
+    got = run(mesh, *args)
+    if args[:2] == ["logs", "--component"] and not expected:  # no waypoint logged about it: empty, not an error
+        assert got.exit_code == 0 and got.stdout == "", got.output
+        return
+    assert got.exit_code == 1, got.output
+    assert expected in got.output and "Traceback" not in got.output
+
+
+def write_logs(mesh: Mesh) -> None:
+    t = NOW - timedelta(minutes=1)
+    lines = {("ztunnel-a", 0): "connection complete src.addr=10.0.0.1", ("ztunnel-b", 1): "xds connected",
+             ("ztunnel-a", 2): "connection failed scope=access error='policy rejection' dst.workload=web"}
+    for (name, second), event in sorted(lines.items(), key=lambda kv: kv[0][1]):
+        stamp = (t + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        mesh.api.call(mesh.api.server.write_log, "istio-system", name, "istio-proxy", f"{stamp} [info     ] {event}")
+
+
+def test_logs_of_a_component_are_every_pods_log_merged_by_time(mesh: Mesh) -> None:
+    write_logs(mesh)
+    got = run(mesh, "logs", "--component", "ztunnel")
+    assert got.exit_code == 0, got.output
+    assert [line.split("] ", 1)[0] + "]" for line in got.stdout.splitlines()] == [
+        "[ztunnel-node-1]", "[ztunnel-node-2]", "[ztunnel-node-1]"]
+    assert "connection failed" in got.stdout.splitlines()[2]
+
+    one = run(mesh, "logs", "--component", "ztunnel", "--node", "node-2", "--tail", "1", "-o", "json")
+    assert [json.loads(line)["event"] for line in one.stdout.splitlines()] == ["xds connected"]
+
+    refused = run(mesh, "logs", "--component", "ztunnel", "--denied", "--since", "10m")
+    assert [line.split("] ", 1)[0] for line in refused.stdout.splitlines()] == ["[ztunnel-node-1"]
+
+
+def test_following_logs_yields_lines_as_the_api_server_sends_them(mesh: Mesh) -> None:
+    reach = KubeReach.connect(str(mesh.kubeconfig), None)
+    sources = [LogSource("ztunnel-node-1", "istio-system", "ztunnel-a", "istio-proxy")]
+    mesh.api.call(mesh.api.server.write_log, "istio-system", "ztunnel-a", "istio-proxy", "before")
+    lines = reach.follow_logs(sources, tail_lines=1)
+    try:
+        assert next(lines) == (sources[0], "before")
+        mesh.api.call(mesh.api.server.write_log, "istio-system", "ztunnel-a", "istio-proxy", "after")
+        assert next(lines) == (sources[0], "after")
+        mesh.api.call(mesh.api.server.delete_object, "Pod", "istio-system", "ztunnel-a")
+        assert list(lines) == []  # the stream ends with the pod
+    finally:
+        lines.close()
+
+
+def test_component_sources_label_logs_as_the_local_cluster_does(mesh: Mesh) -> None:
+    reach = KubeReach.connect(str(mesh.kubeconfig), None)
+    waypoints = reach.waypoint_pods()
+    assert [s.label for s in component_sources("ztunnel", reach.pods(), [])] == ["ztunnel-node-1", "ztunnel-node-2"]
+    assert component_sources("istiod", reach.pods(), []) == [LogSource("istiod", "istio-system", "istiod-0", "discovery")]
+    assert component_sources("waypoint", [], waypoints) == [
+        LogSource("waypoint shop/waypoint-7f", "shop", "waypoint-7f", "istio-proxy")]
+
+
+def test_the_commands_need_only_the_verbs_the_docs_name(mesh: Mesh) -> None:
+    write_logs(mesh)
+    for args in (["check"], ["proxy-status"], ["fetch", "waypoint/shop/waypoint", ":15000/config_dump"],
+                 ["logs", "--component", "waypoint"], ["logs", "--component", "ztunnel"]):
+        run(mesh, *args)
+    granted = {(resource, verb) for resource, verbs in USER_RBAC for verb in verbs}
+    used = {(r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb) for r in mesh.api.server.requests}
+    assert used and used <= granted, used - granted
