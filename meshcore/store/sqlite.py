@@ -61,13 +61,20 @@ from .limits import (
 from .locks import find_lock_holders
 from .resource import KINDS, Resource, ResourceRef
 
-# "AMSH": marks a SQLite file as an ambient-mesh store.
-APPLICATION_ID = 0x414D5348
-SCHEMA_VERSION = 1
-DEFAULT_BUSY_TIMEOUT = 5.0
-# SQLite's primary result codes (the low byte of an extended code) that say what went wrong.
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_CORRUPT, _SQLITE_NOTADB = 5, 6, 11, 26
-_RECOVER = "restore it from a backup, or move it aside to start with an empty store"
+# The file's marks, SQLite's result codes and the object lookup, shared with the light reader.
+from .sqlite_read import (
+    APPLICATION_ID,
+    DEFAULT_BUSY_TIMEOUT,
+    RECOVER_HINT,
+    SCHEMA_VERSION,
+    SELECT_OBJECT,
+    SQLITE_BUSY,
+    SQLITE_CORRUPT,
+    SQLITE_LOCKED,
+    SQLITE_NOTADB,
+    object_key,
+    read_header,
+)
 
 _SCHEMA = (
     """CREATE TABLE objects (
@@ -152,9 +159,7 @@ class SqliteStore:
             raise self._failure(e, StoreUnavailable(f"cannot use store {self.path}: {e}")) from None
 
     def _header(self) -> tuple[int, int]:
-        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        return int(app_id), int(version)
+        return read_header(self._db)
 
     def _initialise(self) -> tuple[int, int]:
         db = self._db
@@ -205,13 +210,13 @@ class SqliteStore:
             raise self._failure(e, StoreUnavailable(f"store {self.path}: {e}")) from None
         except msgspec.DecodeError as e:
             raise StoreDamaged(
-                f"{self.path}: a stored object cannot be read ({e}); the store is damaged: {_RECOVER}"
+                f"{self.path}: a stored object cannot be read ({e}); the store is damaged: {RECOVER_HINT}"
             ) from None
 
     def _failure(self, e: sqlite3.Error, otherwise: StoreError) -> StoreError:
         """The error for ``e``: a locked or a damaged store says so; anything else is ``otherwise``."""
         code = getattr(e, "sqlite_errorcode", 0) & 0xFF
-        if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in str(e):
+        if code in (SQLITE_BUSY, SQLITE_LOCKED) or "database is locked" in str(e):
             holders = tuple(
                 str(h) for h in find_lock_holders(_store_files(self.path), exclude_pid=os.getpid())
             )
@@ -224,13 +229,13 @@ class SqliteStore:
                 f"{self._busy_timeout:g}s; stop that process or let it finish, then retry",
                 holders,
             )
-        if code == _SQLITE_NOTADB:  # no SQLite header: our store damaged, or a wrong --state-dir
+        if code == SQLITE_NOTADB:  # no SQLite header: our store damaged, or a wrong --state-dir
             return StoreDamaged(
                 f"{self.path} is not an ambient-mesh store or is damaged (SQLite: {e}); if it is this mesh's "
-                f"store, {_RECOVER}; otherwise use another --state-dir"
+                f"store, {RECOVER_HINT}; otherwise use another --state-dir"
             )
-        if code == _SQLITE_CORRUPT:
-            return StoreDamaged(f"{self.path} is damaged (SQLite: {e}); {_RECOVER}")
+        if code == SQLITE_CORRUPT:
+            return StoreDamaged(f"{self.path} is damaged (SQLite: {e}); {RECOVER_HINT}")
         return otherwise
 
     def _live(self) -> sqlite3.Connection:
@@ -424,9 +429,7 @@ class SqliteStore:
             raise StoreError(f"{resource.ref}: cannot be stored as JSON: {e}") from None
 
     def _select(self, db: sqlite3.Connection, ref: ResourceRef) -> Resource | None:
-        row = db.execute(
-            "SELECT body FROM objects WHERE kind = ? AND namespace = ? AND name = ?", _key(ref)
-        ).fetchone()
+        row = db.execute(SELECT_OBJECT, _key(ref)).fetchone()
         return None if row is None else self._decoder.decode(row[0])
 
     def _select_many(
@@ -509,8 +512,7 @@ def _revision(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _key(ref: ResourceRef) -> tuple[str, str, str]:
-    return (ref.kind, ref.namespace, ref.name)
+_key = object_key
 
 
 def _next_generation(old: Resource | None, new: Resource) -> int:
