@@ -818,8 +818,8 @@ def gather_kubernetes(reach: KubeReach, *, now: Callable[[], datetime] | None = 
             results.append(kube_pod_check(dp, f"ztunnel on {n} is ready", by_node[n], ztunnel_ready[n].result(),
                                           kube_ztunnel_logs(n)))  # fmt: skip
     results.append(skipped(Category.redirection, "every enrolled pod's traffic is redirected to ztunnel",
-                           "the node agents' rule-by-rule view is read on the local cluster only (not yet "
-                           "through the API server)"))  # fmt: skip
+                           "the node agents' rule-by-rule view is read on the local cluster only, not yet "
+                           "through the API server"))  # fmt: skip
 
     settled = _settled_kube_rows(reach) if istiods else "no istiod pod to ask"
     if isinstance(settled, str):
