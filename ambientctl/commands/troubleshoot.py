@@ -145,14 +145,33 @@ def _kube_reach(ctx: typer.Context) -> KubeReach | None:
 
 def fetch(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="istiod, node/<node> or pod/<namespace>/<name>.")],
+    target: Annotated[
+        str | None,
+        typer.Argument(metavar="TARGET", help="istiod, node/<node> or pod/<namespace>/<name> (or --node/--pod).",
+                       show_default=False),
+    ] = None,
     location: Annotated[
-        str, typer.Argument(help=":PORT/PATH, e.g. :15014/debug/syncz or :15000/config_dump.")
-    ],
+        str | None,
+        typer.Argument(metavar=":PORT/PATH", help=":PORT/PATH, e.g. :15014/debug/syncz or :15000/config_dump.",
+                       show_default=False),
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option("--node", help="That node's ztunnel (and node agent): TARGET node/<node>.")
+    ] = None,
+    pod: Annotated[str | None, typer.Option("--pod", help="<namespace>/<name>: TARGET pod/<ns>/<name>.")] = None,
 ) -> None:
     """GET an endpoint of the local cluster from the host (it is entered in its network namespace); with
     --kubeconfig/--context, of that cluster's pods through the API server's port-forward (also
     waypoint/<namespace>/<gateway>)."""
+    if node is not None or pod is not None:
+        if node is not None and pod is not None:
+            raise CliError("pass either --node or --pod, not both")
+        if location is not None:
+            raise CliError("with --node or --pod give only :PORT/PATH, not a TARGET too")
+        location, target = target, f"node/{node}" if node is not None else "pod/{}/{}".format(*_pod_ref(pod or ""))
+    if target is None or location is None:
+        raise CliError("give TARGET :PORT/PATH (TARGET: istiod, node/<node>, pod/<namespace>/<name>), or "
+                       "--node NAME or --pod NAMESPACE/NAME with :PORT/PATH")
     kube = _kube_reach(ctx)
     with _errors():
         port, path = parse_location(location)

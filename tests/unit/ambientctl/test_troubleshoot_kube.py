@@ -201,16 +201,18 @@ def test_check_where_a_pod_is_not_ready_shows_its_status(mesh: Mesh) -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "location", "expected"),
-    [("node/node-1", ":15000/config_dump", "spiffe://cluster.local/ns/shop/sa/web"),
-     ("istiod", ":15014/debug/registryz", '"workloads"'),
-     ("waypoint/shop/waypoint", ":15000/config_dump", '"configs"'),
-     ("pod/shop/waypoint-7f", ":15000/config_dump", '"configs"')],
-    ids=["a node's ztunnel admin", "istiod's monitoring port", "a waypoint found by its gateway label",
-         "a pod by its name"],
+    ("args", "expected"),
+    [(["node/node-1", ":15000/config_dump"], "spiffe://cluster.local/ns/shop/sa/web"),
+     (["--node", "node-1", ":15000/config_dump"], "spiffe://cluster.local/ns/shop/sa/web"),
+     (["istiod", ":15014/debug/registryz"], '"workloads"'),
+     (["waypoint/shop/waypoint", ":15000/config_dump"], '"configs"'),
+     (["pod/shop/waypoint-7f", ":15000/config_dump"], '"configs"'),
+     (["--pod", "shop/waypoint-7f", ":15000/config_dump"], '"configs"')],
+    ids=["a node's ztunnel admin", "a node's ztunnel with --node", "istiod's monitoring port",
+         "a waypoint found by its gateway label", "a pod by its name", "a pod with --pod"],
 )
-def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, target: str, location: str, expected: str) -> None:
-    got = run(mesh, "fetch", target, location)
+def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, args: list[str], expected: str) -> None:
+    got = run(mesh, "fetch", *args)
     assert got.exit_code == 0, got.output
     assert expected in got.stdout
 
@@ -223,13 +225,18 @@ def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, target: st
      (["fetch", "node/node-1", ":15000/nothing"], "answered HTTP 404"),
      (["fetch", "node/node-1", ":15099/"], "nothing listens on port 15099 of pod istio-system/ztunnel-a"),
      (["check", "--pre"], "--pre checks this machine"),
+     (["fetch", "--node", "node-1", "--pod", "shop/web", ":15000/"], "either --node or --pod"),
+     (["fetch", "--pod", "web", ":15000/"], "name the pod as <namespace>/<name>"),
+     (["fetch", "--node", "node-1", "istiod", ":15000/"], "give only :PORT/PATH"),
+     (["fetch", "istiod"], "give TARGET :PORT/PATH"),
      (["logs", "--component", "ztunnel", "--node", "node-9"], "no ztunnel pod (label app=ztunnel) in istio-system "
       "on node 'node-9'"),
      (["logs", "--component", "waypoint", "--pod", "shop/web"], ""),
      (["tap", "svc/shop/web"], "works only on the local cluster")],
     ids=["fetch from a node without a ztunnel names the nodes that have one", "fetch of an unknown waypoint",
          "an endpoint's error status fails the command", "a port nothing listens on shows the port-forward's error",
-         "check --pre refuses", "logs of a node without that component", "waypoint logs about a pod of none",
+         "check --pre refuses", "fetch with both --node and --pod", "fetch --pod without a namespace",
+         "fetch --node with a TARGET too", "fetch without a location", "logs of a node without that component", "waypoint logs about a pod of none",
          "a command not made for Kubernetes still refuses"],
 )
 def test_what_goes_wrong_is_one_line(mesh: Mesh, args: list[str], expected: str) -> None:
