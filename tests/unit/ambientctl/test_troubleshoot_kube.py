@@ -308,3 +308,25 @@ def test_the_commands_need_only_the_verbs_the_docs_name(mesh: Mesh) -> None:
     granted = {(resource, verb) for resource, verbs in USER_RBAC for verb in verbs}
     used = {(r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb) for r in mesh.api.server.requests}
     assert used and used <= granted, used - granted
+
+
+def test_logs_follow_prints_each_pods_lines_until_the_pod_is_gone(mesh: Mesh) -> None:
+    write_logs(mesh)
+    result: list[Any] = []
+    follower = threading.Thread(target=lambda: result.append(
+        run(mesh, "logs", "-c", "ztunnel", "--node", "node-1", "-f")), daemon=True)
+    follower.start()
+
+    def following() -> bool:
+        return any(r.subresource == "log" and r.name == "ztunnel-a" for r in mesh.api.server.requests)
+
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    while not following() and datetime.now(UTC) < deadline:
+        follower.join(0.05)
+    assert following(), "the command never asked for the log"
+    mesh.api.call(mesh.api.server.delete_object, "Pod", "istio-system", "ztunnel-a")
+    follower.join(10)
+    assert not follower.is_alive() and result, "following did not end with the pod"
+    got = result[0]
+    assert got.exit_code == 0, got.output
+    assert [line.split("] ", 1)[0] for line in got.stdout.splitlines()] == ["[ztunnel-node-1"] * 2
