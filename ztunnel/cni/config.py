@@ -1,11 +1,9 @@
 """Settings of the CNI plugin (its network config JSON on stdin) and of the node agent (environment/flags).
 
-Plugin: ``decode_plugin_config(stdin)`` -> ``PluginConfig``; keys as in a conflist entry (``cniVersion``,
-``name``, ``type``, ``prevResult``) plus ours: ``state_dir`` (the embedded store, read to decide whether a
-pod is enrolled), ``cni_event_address`` (the agent's event socket, Istio's key name) and ``event_timeout``
-(seconds the plugin waits for the agent to capture an enrolled pod). Unknown keys are ignored, as CNI
-plugins must. Agent: ``parse_config(env, flags)`` -> ``NodeAgentConfig``; flags win over the environment,
-which wins over the defaults; a bad value raises ``ConfigError`` naming the variable. ``INPOD_UDS`` is
+Plugin: ``decode_plugin_config(stdin)`` -> ``PluginConfig``, defined in ``plugin_config`` (which the
+plugin, a process per pod, imports without this module and its ``ztunnel.config`` parsers) and
+re-exported here. Agent: ``parse_config(env, flags)`` -> ``NodeAgentConfig``; flags win over the
+environment, which wins over the defaults; a bad value raises ``ConfigError`` naming the variable. ``INPOD_UDS`` is
 the ZDS socket path ztunnel connects to (Istio's name and default). ``STORE`` picks where the agent reads
 pods and namespaces, with istiod-lite's setting name and values: ``sqlite`` (the embedded store in
 ``AMBIENT_STATE_DIR``, the default) or ``kubernetes`` (the API server: in-cluster config in a pod, else
@@ -21,9 +19,14 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
+from ztunnel.cni.errors import ConfigError
 
-from ztunnel.cni.errors import CniConfigInvalid, CniDecodeFailed, CniVersionUnsupported, ConfigError
+# The plugin's settings, re-exported: the plugin itself imports ``plugin_config`` alone (see there).
+from ztunnel.cni.plugin_config import DEFAULT_EVENT_SOCKET as DEFAULT_EVENT_SOCKET
+from ztunnel.cni.plugin_config import DEFAULT_EVENT_TIMEOUT as DEFAULT_EVENT_TIMEOUT
+from ztunnel.cni.plugin_config import SUPPORTED_CNI_VERSIONS as SUPPORTED_CNI_VERSIONS
+from ztunnel.cni.plugin_config import PluginConfig as PluginConfig
+from ztunnel.cni.plugin_config import decode_plugin_config as decode_plugin_config
 from ztunnel.config import ConfigError as ZtunnelConfigError
 from ztunnel.config import (
     HostPort,
@@ -45,65 +48,6 @@ def _redirect_options(*, ipv6: bool = False, dns_capture: bool = False) -> Redir
     from ztunnel.redirect import RedirectOptions
 
     return RedirectOptions(ipv6=ipv6, dns_capture=dns_capture)
-
-
-# -- the plugin --------------------------------------------------------------------------------------------
-
-SUPPORTED_CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
-DEFAULT_EVENT_SOCKET = (
-    "/var/run/ambient-cni/pluginevent.sock"  # istio-cni: /var/run/istio-cni/pluginevent.sock
-)
-DEFAULT_EVENT_TIMEOUT = 30.0
-MAX_CONFIG_BYTES = 1 << 20
-
-
-class PluginConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """One plugin entry of a conflist as the runtime hands it over (with ``prevResult`` when chained)."""
-
-    cni_version: str = msgspec.field(name="cniVersion")
-    name: str = ""
-    type: str = ""
-    # Directory of the embedded store (``<state_dir>/store.db``); None: the default state directory.
-    state_dir: str | None = None
-    cni_event_address: str = DEFAULT_EVENT_SOCKET
-    event_timeout: float = DEFAULT_EVENT_TIMEOUT
-    # The previous plugin's result, passed through untouched (kept as raw JSON so nothing is lost);
-    # empty when the runtime sent none (see ``prev_result_json``).
-    prev_result: msgspec.Raw = msgspec.field(name="prevResult", default_factory=msgspec.Raw)
-
-    @property
-    def prev_result_json(self) -> bytes | None:
-        """The previous result's JSON bytes, or None when there is none (absent or null)."""
-        data = bytes(self.prev_result).strip()
-        return None if data in (b"", b"null") else data
-
-
-def decode_plugin_config(data: bytes) -> PluginConfig:
-    """The network config on stdin; ``CniDecodeFailed`` for non-JSON, ``CniConfigInvalid`` for a bad
-    field, ``CniVersionUnsupported`` for a cniVersion we do not speak."""
-    if len(data) > MAX_CONFIG_BYTES:
-        raise CniDecodeFailed(f"{len(data)} bytes, over the {MAX_CONFIG_BYTES}-byte limit")
-    if not data.strip():
-        raise CniDecodeFailed("stdin is empty")
-    try:
-        raw: Any = msgspec.json.decode(data)
-    except msgspec.DecodeError as e:
-        raise CniDecodeFailed(str(e)) from None
-    if not isinstance(raw, dict):
-        raise CniDecodeFailed(f"expected a JSON object, got {type(raw).__name__}")
-    try:
-        conf = msgspec.json.decode(data, type=PluginConfig)
-    except msgspec.ValidationError as e:
-        raise CniConfigInvalid(str(e)) from None
-    if conf.cni_version not in SUPPORTED_CNI_VERSIONS:
-        raise CniVersionUnsupported(conf.cni_version, SUPPORTED_CNI_VERSIONS)
-    if not conf.event_timeout > 0:
-        raise CniConfigInvalid(
-            f"event_timeout must be a positive number of seconds, got {conf.event_timeout}"
-        )
-    if not conf.cni_event_address:
-        raise CniConfigInvalid("cni_event_address must be the path of the node agent's event socket")
-    return conf
 
 
 # -- the node agent ----------------------------------------------------------------------------------------

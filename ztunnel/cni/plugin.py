@@ -10,23 +10,32 @@ printed unchanged, and the agent is told best-effort so it learns the netns path
 an unreadable store fails the ADD, since a pod that should be captured must not start uncaptured. DEL never
 fails (the runtime must be able to tear down); CHECK validates the call and passes.
 Must not: touch the pod's network itself (the agent does), or print anything else on stdout.
+
+Start-up is paid per pod (a fresh process for every ADD and DEL), so this module imports only what a
+call needs: msgspec, ``plugin_config`` (the network config), ``wire`` (the event format and the blocking
+client), the errors, the enrolment rule (``enroll.pod_facts``) and a read-only look at the store
+(``meshcore.store.sqlite_read.read_objects``: plain sqlite3, one snapshot, the same SQL and file checks as
+``SqliteStore``, never creating or changing the file). No structlog, asyncio, YAML or ztunnel settings:
+log lines are JSON written to stderr by ``log``. The store stays the plugin's own source of truth for
+enrolment (the agent's view may lag a just-created pod): the fail-closed rules above hold unchanged.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
-import structlog
 
-from meshcore.store import ResourceRef, SqliteStore, StoreError, store_path
-from meshcore.store.paths import default_state_dir
-from ztunnel.cni.config import SUPPORTED_CNI_VERSIONS, PluginConfig, decode_plugin_config
+from meshcore.store.errors import StoreError
+from meshcore.store.paths import default_state_dir, store_path
+from meshcore.store.resource import ResourceRef
+from meshcore.store.sqlite_read import read_objects
 from ztunnel.cni.enroll import pod_facts
 from ztunnel.cni.errors import (
     CniAgentUnavailable,
@@ -36,9 +45,10 @@ from ztunnel.cni.errors import (
     CniStoreUnavailable,
     EventError,
 )
-from ztunnel.cni.events import EventReply, PluginEvent, send_event
+from ztunnel.cni.plugin_config import SUPPORTED_CNI_VERSIONS, PluginConfig, decode_plugin_config
+from ztunnel.cni.wire import EventReply, PluginEvent, send_event
 
-log = structlog.get_logger("ztunnel.cni.plugin")
+LOGGER = "ztunnel.cni.plugin"
 
 CNI_COMMAND = "CNI_COMMAND"
 CNI_CONTAINERID = "CNI_CONTAINERID"
@@ -174,9 +184,10 @@ def store_enrollment(config: PluginConfig, namespace: str, name: str) -> bool | 
     if not db.is_file():
         raise CniStoreUnavailable(str(db), "no store file there")
     try:
-        with SqliteStore(db) as store:
-            pod = store.get(ResourceRef("Pod", namespace, name))
-            ns = store.get(ResourceRef("Namespace", "", namespace))
+        # Read-only, one snapshot; the same SQL and file checks as SqliteStore (meshcore.store.sqlite_read).
+        pod, ns = read_objects(
+            db, [ResourceRef("Pod", namespace, name), ResourceRef("Namespace", "", namespace)]
+        )
     except StoreError as e:
         raise CniStoreUnavailable(str(db), str(e)) from None
     if pod is None:
@@ -186,6 +197,22 @@ def store_enrollment(config: PluginConfig, namespace: str, name: str) -> bool | 
 
 def notify_agent(config: PluginConfig, event: PluginEvent, timeout: float) -> EventReply:
     return send_event(config.cni_event_address, event, timeout)
+
+
+# -- logging -------------------------------------------------------------------------------------------
+
+
+def log(level: str, event: str, **fields: Any) -> None:
+    """One JSON line on stderr (the runtime keeps it in its own log), in the shape of the mesh's JSON logs
+    (``meshcore.logs``): the plugin does not load structlog, which would double its start-up."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    line = {**fields, "event": event, "level": level, "logger": LOGGER, "timestamp": stamp}
+    try:
+        sys.stderr.write(msgspec.json.encode(line).decode() + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # no stderr (closed by the runtime): the result on stdout is what counts
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -211,8 +238,12 @@ def _best_effort(notify: Notify, config: PluginConfig, event: PluginEvent, timeo
     try:
         notify(config, event, timeout)
     except EventError as e:
-        log.info(
-            "node agent not told", pod=f"{event.pod_namespace}/{event.pod_name}", cmd=event.cmd, error=str(e)
+        log(
+            "info",
+            "node agent not told",
+            pod=f"{event.pod_namespace}/{event.pod_name}",
+            cmd=event.cmd,
+            error=str(e),
         )
 
 
@@ -234,7 +265,7 @@ def cmd_add(inv: Invocation, enrollment: Enrollment, notify: Notify) -> bytes:
         raise CniAgentUnavailable(config.cni_event_address, str(e)) from None
     if not reply.ok:
         raise CniEnrollFailed(f"{namespace}/{name}", reply.error or "no reason given")
-    log.info("pod captured", pod=f"{namespace}/{name}", captured=reply.captured)
+    log("info", "pod captured", pod=f"{namespace}/{name}", captured=reply.captured)
     return success_result(config)
 
 
@@ -267,15 +298,12 @@ def run(
             return cmd_del(inv, notify), 0
         return b"", 0  # CHECK: the call is valid; the agent keeps the pod's capture in shape itself
     except CniError as e:
-        log.warning("CNI call failed", command=env.get(CNI_COMMAND, ""), code=e.code, error=e.msg)
+        log("warning", "CNI call failed", command=env.get(CNI_COMMAND, ""), code=e.code, error=e.msg)
         return error_result(e, cni_version), 1
 
 
 def main() -> None:
     """``ambient-cni``: one CNI call (the runtime's environment and stdin) -> stdout and exit status."""
-    from meshcore.logs import configure_logging
-
-    configure_logging("info", "json")  # stderr; the runtime keeps it in its own log
     command = os.environ.get(CNI_COMMAND, "")
     stdin = b"" if command == "VERSION" else sys.stdin.buffer.read()
     out, status = run(os.environ, stdin)

@@ -302,6 +302,11 @@ def test_the_plugin_process_reports_garbage_stdin_as_cni_error_json() -> None:
     )
     assert done.returncode == 1
     assert error_of(done.stdout)["code"] == 6
+    # The failure is logged as one JSON line on stderr, as the mesh's JSON logs are (without structlog).
+    (line,) = done.stderr.splitlines()
+    logged = json.loads(line)
+    assert (logged["event"], logged["level"], logged["code"]) == ("CNI call failed", "warning", 6)
+    assert logged["timestamp"].endswith("Z") and "cannot decode" in logged["error"]
 
 
 def test_the_example_conflist_configures_this_plugin() -> None:
