@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .kinds import is_namespaced, plural, resolve_kind, supported_kinds
     from .load import Loaded, collect_paths, load_documents, load_paths
     from .paths import STATE_DIR_ENV, resolve_state_dir, store_path
-    from .resource import KINDS, Resource, ResourceRef
+    from .resource import KINDS, OwnerReference, Resource, ResourceRef
     from .schema import build_resource, name_problem, spec_as, status_as
     from .sqlite import SqliteStore
 
@@ -61,7 +61,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("is_namespaced", "plural", "resolve_kind", "supported_kinds"), "kinds"),
     **dict.fromkeys(("Loaded", "collect_paths", "load_documents", "load_paths"), "load"),
     **dict.fromkeys(("STATE_DIR_ENV", "resolve_state_dir", "store_path"), "paths"),
-    **dict.fromkeys(("KINDS", "Resource", "ResourceRef"), "resource"),
+    **dict.fromkeys(("KINDS", "OwnerReference", "Resource", "ResourceRef"), "resource"),
     **dict.fromkeys(("build_resource", "name_problem", "spec_as", "status_as"), "schema"),
     "SqliteStore": "sqlite",
 }
@@ -75,6 +75,7 @@ __all__ = [
     "InvalidResource",
     "Loaded",
     "NotAStore",
+    "OwnerReference",
     "Resource",
     "ResourceError",
     "ResourceNotFound",

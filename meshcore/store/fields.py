@@ -33,14 +33,19 @@ _NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
-METADATA: dict[str, Tree] = dict.fromkeys(
-    (
-        "name generateName namespace selfLink uid resourceVersion generation creationTimestamp "
-        "deletionTimestamp deletionGracePeriodSeconds labels annotations ownerReferences finalizers "
-        "managedFields"
-    ).split(),
-    OPAQUE,
-)
+METADATA: dict[str, Tree] = {
+    **dict.fromkeys(
+        (
+            "name generateName namespace selfLink uid resourceVersion generation creationTimestamp "
+            "deletionTimestamp deletionGracePeriodSeconds labels annotations finalizers managedFields"
+        ).split(),
+        OPAQUE,
+    ),
+    # Kubernetes' OwnerReference (the store keeps these; a misspelled one must not silently lose its owner).
+    "ownerReferences": [
+        dict.fromkeys("apiVersion kind name uid controller blockOwnerDeletion".split(), OPAQUE)
+    ],
+}
 
 _PROBE: dict[str, Tree] = {
     "exec": {"command": OPAQUE},

@@ -53,7 +53,7 @@ from kubernetes_asyncio import config as k8s_config
 from .base import ApplyAction, ApplyResult, EventType, Store, WatchEvent
 from .errors import ResourceNotFound, StoreError, StoreUnavailable, UnknownKind
 from .kinds import plural
-from .resource import KINDS, Resource, ResourceRef
+from .resource import KINDS, OwnerReference, Resource, ResourceRef
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, Configuration
@@ -243,6 +243,25 @@ def to_resource(obj: Mapping[str, Any], kind: str) -> Resource:
         status=dict(obj.get("status") or {}),
         generation=int(meta.get("generation") or 0),
         creation_timestamp=str(meta.get("creationTimestamp") or ""),
+        owner_references=_owner_references(meta.get("ownerReferences")),
+    )
+
+
+def _owner_references(raw: object) -> tuple[OwnerReference, ...]:
+    """metadata.ownerReferences as the API server returns them (it validated them on write)."""
+    if not isinstance(raw, list):
+        return ()
+    return tuple(
+        OwnerReference(
+            api_version=str(o.get("apiVersion", "")),
+            kind=str(o.get("kind", "")),
+            name=str(o.get("name", "")),
+            uid=str(o.get("uid", "")),
+            controller=o["controller"] if isinstance(o.get("controller"), bool) else None,
+            block_owner_deletion=o["blockOwnerDeletion"] if isinstance(o.get("blockOwnerDeletion"), bool) else None,
+        )
+        for o in raw
+        if isinstance(o, Mapping)
     )
 
 
@@ -889,6 +908,7 @@ def _same_content(old: Resource, new: Resource, *, with_status: bool) -> bool:
         old.labels == new.labels
         and old.annotations == new.annotations
         and old.spec == new.spec
+        and old.owner_references == new.owner_references
         and (not with_status or old.status == new.status)
     )
 

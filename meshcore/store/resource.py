@@ -46,6 +46,24 @@ class ResourceRef(msgspec.Struct, frozen=True, order=True):
         return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
 
 
+class OwnerReference(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """One entry of Kubernetes' ``metadata.ownerReferences``: an object in the same namespace (or a
+    cluster-scoped one) this object belongs to. Kubernetes' garbage collector deletes a dependent once
+    every owner is gone; ``controller: true`` marks the one owner that manages it (at most one may)."""
+
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API's shape (camelCase keys; unset flags left out)."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+
 class Resource(msgspec.Struct, frozen=True):
     kind: str
     name: str
@@ -66,6 +84,14 @@ class Resource(msgspec.Struct, frozen=True):
     # is created and kept by every later write (a writer's value is ignored, as the API server ignores it).
     # "" for a resource not yet stored, or stored by a version that kept none (AGE shows <unknown>).
     creation_timestamp: str = ""
+    # Kubernetes' metadata.ownerReferences, kept as given by the writer (the store does not check that the
+    # owners exist; on Kubernetes the garbage collector deletes dependents of a deleted owner).
+    owner_references: tuple[OwnerReference, ...] = ()
+
+    @property
+    def controller(self) -> OwnerReference | None:
+        """The owner reference with ``controller: true`` (what ``describe`` shows as ``Controlled By``)."""
+        return next((o for o in self.owner_references if o.controller), None)
 
     @property
     def ref(self) -> ResourceRef:
@@ -88,6 +114,8 @@ class Resource(msgspec.Struct, frozen=True):
             meta["generation"] = self.generation
         if self.creation_timestamp:
             meta["creationTimestamp"] = self.creation_timestamp
+        if self.owner_references:
+            meta["ownerReferences"] = [o.to_dict() for o in self.owner_references]
         doc: dict[str, Any] = {
             "apiVersion": self.api_version or KINDS.get(self.kind, ("v1", True))[0],
             "kind": self.kind,

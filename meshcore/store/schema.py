@@ -33,7 +33,7 @@ from .fields import (
     unknown_fields,
 )
 from .limits import ANNOTATIONS_HINT, MAX_ANNOTATIONS_BYTES, annotations_over_limit
-from .resource import KINDS, TOP_LEVEL_KINDS, Resource
+from .resource import KINDS, TOP_LEVEL_KINDS, OwnerReference, Resource
 from .traffic_schema import (
     DestinationRuleSpec,
     GRPCRouteSpec,
@@ -76,6 +76,7 @@ class ObjectMeta(_K8s, frozen=True):
     namespace: str | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
+    owner_references: list[OwnerReference] | None = None
 
 
 # --- Pod ------------------------------------------------------------------------------------------------
@@ -458,6 +459,7 @@ def _build(doc: object) -> Resource:
             "$.metadata.annotations",
             f"{over} bytes in total, over the limit of {MAX_ANNOTATIONS_BYTES} bytes; {ANNOTATIONS_HINT}",
         )
+    _check_owner_references(meta.owner_references or [])
     if namespaced:
         namespace = meta.namespace or "default"
         _check_name("$.metadata.namespace", namespace, label=True)
@@ -484,6 +486,7 @@ def _build(doc: object) -> Resource:
         annotations=dict(meta.annotations or {}),
         spec=spec,
         status=status,
+        owner_references=tuple(meta.owner_references or ()),
     )
 
 
@@ -692,6 +695,23 @@ def _check_name(path: str, name: str, *, label: bool) -> None:
     problem = name_problem(name, label=label)
     if problem:
         raise _Problem(path, problem)
+
+
+def _check_owner_references(refs: list[OwnerReference]) -> None:
+    """The API server's rules: apiVersion, kind, name and uid set; at most one controller."""
+    for i, ref in enumerate(refs):
+        for field in ("api_version", "kind", "name", "uid"):
+            if not getattr(ref, field):
+                raise _Problem(
+                    f"$.metadata.ownerReferences[{i}].{_camel(field)}",
+                    "must not be empty (an owner reference names its owner by apiVersion, kind, name and uid)",
+                )
+    controllers = [f"{r.kind}/{r.name}" for r in refs if r.controller]
+    if len(controllers) > 1:
+        raise _Problem(
+            "$.metadata.ownerReferences",
+            f"only one reference can have controller set to true, found it on {', '.join(controllers)}",
+        )
 
 
 def _check_labels(path: str, labels: Mapping[str, str] | None) -> None:

@@ -531,6 +531,7 @@ def _same_content(old: Resource, new: Resource) -> bool:
         and old.spec == new.spec
         and old.status == new.status
         and old.api_version == new.api_version
+        and old.owner_references == new.owner_references
     )
 
 
