@@ -8,7 +8,8 @@ feeds the next, and so on (CNI spec 1.0.0 chaining). ADD runs after the pod's ne
 its process starts; DEL runs in reverse order before the netns is deleted and never fails the caller.
 No conflist on a node: nothing to call (a cluster without the mesh). The pure pieces (``prev_result``,
 ``plugin_env``, ``plugin_stdin``, ``parse_result``) are table-tested; ``CniRuntime`` runs binaries
-found on the CNI path with a deadline. Must not: decide anything about enrollment (the plugin does).
+found on the CNI path (``$CNI_PATH``, else next to this Python, then /opt/cni/bin) with a deadline, each
+call a fresh process as a kubelet's is (so what the plugin imports is paid per pod). Must not: decide anything about enrollment (the plugin does).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ CONF_DIR = "net.d"
 POD_IFNAME = "eth0"
 PLUGIN_TIMEOUT_S = 60.0
 DEFAULT_CNI_BIN_DIRS = ("/opt/cni/bin",)
+CNI_PATH_ENV = "CNI_PATH"  # the runtime's own setting, read by default_cni_path
 
 Command = Literal["ADD", "DEL", "CHECK"]
 
@@ -182,9 +184,12 @@ def parse_result(stdout: bytes, returncode: int) -> dict[str, Any]:
 # --- running plugins ------------------------------------------------------------------------------------
 
 
-def default_cni_path() -> list[str]:
-    """Where plugin binaries are looked up: next to this Python (the console scripts), then /opt/cni/bin."""
-    return [os.path.dirname(sys.executable), *DEFAULT_CNI_BIN_DIRS]
+def default_cni_path(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Where plugin binaries are looked up: the directories of ``$CNI_PATH`` when it is set (the CNI
+    spec's name for the plugin search path; the kubelet's ``--cni-bin-dir``), else next to this Python
+    (the console scripts), then /opt/cni/bin."""
+    listed = [d for d in environ.get(CNI_PATH_ENV, "").split(os.pathsep) if d]
+    return listed or [os.path.dirname(sys.executable), *DEFAULT_CNI_BIN_DIRS]
 
 
 class CniRuntime:

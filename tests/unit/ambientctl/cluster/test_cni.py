@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from ambientctl.cluster.cni import (
     CniRuntime,
     build_conflist,
     decode_conflist,
+    default_cni_path,
     node_conf_dir,
     parse_result,
     plugin_env,
@@ -198,3 +200,23 @@ def test_a_plugin_missing_from_the_cni_path_is_named(tmp_path: Path) -> None:
     conf.write_bytes(build_conflist("test", [{"type": "absent-plugin"}]))
     with pytest.raises(CniPluginFailed, match="no executable 'absent-plugin' in the CNI path"):
         cni.add(RECORD, "/var/run/netns/x")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"CNI_PATH": "/a/bin:/b/bin"}, ["/a/bin", "/b/bin"]),
+        ({"CNI_PATH": ":/a/bin:"}, ["/a/bin"]),
+        ({"CNI_PATH": ""}, None),
+        ({}, None),
+    ],
+    ids=[
+        "CNI_PATH lists the plugin directories in order",
+        "empty entries of CNI_PATH are skipped",
+        "an empty CNI_PATH means the default",
+        "without CNI_PATH plugins are looked up next to this Python, then in /opt/cni/bin",
+    ],
+)
+def test_where_plugins_are_looked_up(environ: dict[str, str], expected: list[str] | None) -> None:
+    default = [os.path.dirname(sys.executable), "/opt/cni/bin"]
+    assert default_cni_path(environ) == (expected if expected is not None else default)
