@@ -37,6 +37,9 @@ import structlog
 from meshcore.store import Resource, ResourceError, ResourceRef, Store, build_resource, spec_as
 from meshcore.store.schema import DeploymentSpec, selector_matches
 
+from .events import EventBook, InvolvedObject
+from .events import flush as flush_events
+
 log = structlog.get_logger("ambientctl.cluster.deployments")
 
 OWNER_ANNOTATION = "ambientmesh.io/deployment"
@@ -178,8 +181,12 @@ def _ready(pod: Resource) -> bool:
 class DeploymentController:
     """Applies ``plan`` for every stored Deployment; deletes the pods of deleted ones; writes status."""
 
-    def __init__(self, store: Store, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, store: Store, *, rng: random.Random | None = None, events: EventBook | None = None
+    ) -> None:
         self.store = store
+        # ScalingReplicaSet Events (as kube-controller-manager's), written once per ``sync``.
+        self.events = events or EventBook()
         self._rng = rng or random.Random()
         self._suffix: Callable[[], str] = lambda: random_suffix(self._rng)
 
@@ -202,6 +209,7 @@ class DeploymentController:
                 done.extend(self._sync_one(deployment, owned.get(key, [])))
             except ResourceError as e:
                 log.warning("deployment not synced", deployment=f"{key[0]}/{key[1]}", error=str(e))
+        flush_events(self.store, self.events)
         return done
 
     def _sync_one(self, deployment: Resource, pods: list[Resource]) -> list[str]:
@@ -216,6 +224,9 @@ class DeploymentController:
             self.store.delete([ResourceRef("Pod", deployment.namespace, n) for n in step.delete])
             done.extend(f"deleted {deployment.namespace}/{n}" for n in step.delete)
             gone = set(step.delete)
+            for old_hash in sorted({p.template_hash for p in view if p.name in gone}):
+                left = sum(1 for p in view if p.template_hash == old_hash and p.name not in gone)
+                self._scaled(deployment, "down", old_hash, left)
             view = [p for p in view if p.name not in gone]
         if step.create:
             taken = {p.name for p in mine}
@@ -228,10 +239,22 @@ class DeploymentController:
             self.store.apply(new_pods)
             done.extend(f"created {p.namespace}/{p.name}" for p in new_pods)
             view += [OwnedPod(p.name, current, False) for p in new_pods]
+            self._scaled(deployment, "up", current, sum(1 for p in view if p.template_hash == current))
         status = deployment_status(spec, current, view)
         if status != deployment.status:
             self.store.set_status(deployment.ref, status)
         return done
+
+    def _scaled(self, deployment: Resource, direction: str, pod_hash: str, to: int) -> None:
+        """kube-controller-manager's ScalingReplicaSet Event (the replica set is named as Kubernetes names
+        it, ``<deployment>-<template hash>``: this controller keeps no ReplicaSet objects)."""
+        self.events.record(
+            InvolvedObject.of(deployment),
+            "Normal",
+            "ScalingReplicaSet",
+            f"Scaled {direction} replica set {deployment.name}-{pod_hash} to {to}",
+            component="deployment-controller",
+        )
 
 
 def replace_replicas(deployment: Resource, replicas: int) -> Resource:

@@ -3,8 +3,8 @@ under ``Events:`` (Scheduled, Pulled/Created/Started, Killing, BackOff, Unhealth
 as v1 ``Event`` objects of the store.
 
 ``EventBook`` is pure (no store, no I/O): components ``record`` what happened to an object; the caller
-takes the pending writes with ``take`` and stores them in one write where it already writes statuses, so
-recording never costs a store transaction of its own. Rules, as Kubernetes' event recorder and API server
+takes the pending writes with ``take`` and stores them in one write where it already writes statuses (``flush``, once per
+sync pass), so recording never costs a store transaction of its own. Rules, as Kubernetes' event recorder and API server
 keep them:
 
 * a repeat of the same type, reason and message (same source) on the same object updates that Event's
@@ -26,8 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import msgspec
+import structlog
 
-from meshcore.store import Resource, ResourceRef
+from meshcore.store import Resource, ResourceRef, Store, StoreError
+
+log = structlog.get_logger("ambientctl.cluster.events")
 
 EVENT_TTL = timedelta(hours=1)
 MAX_EVENTS_PER_OBJECT = 50
@@ -89,6 +92,7 @@ class EventBook:
         self._deleted: set[ResourceRef] = set()
         self._stored: set[ResourceRef] = set()  # handed out by ``take`` or seeded: a drop must delete them
         self._last_name = 0
+        self.seeded = False  # whether ``flush`` adopted the store's Events yet
 
     def seed(self, stored: Iterable[Resource]) -> None:
         """Adopt Events already in the store (dedup, cap and expiry then apply to them too)."""
@@ -104,7 +108,17 @@ class EventBook:
         """Note that ``reason``/``message`` happened to ``obj`` now; returns the Event as it will be stored."""
         now = self._wall_clock()
         stamp = _stamp(now)
-        key: _Key = (obj.kind, obj.namespace, obj.name, obj.uid, obj.field_path, type_, reason, message, component)
+        key: _Key = (
+            obj.kind,
+            obj.namespace,
+            obj.name,
+            obj.uid,
+            obj.field_path,
+            type_,
+            reason,
+            message,
+            component,
+        )
         with self._lock:
             ref = self._by_key.get(key)
             old = self._events.get(ref) if ref is not None else None
@@ -228,7 +242,12 @@ def _involved(event: Resource) -> dict[str, object]:
 
 def _object_of(event: Resource) -> _Object:
     obj = _involved(event)
-    return (str(obj.get("kind", "")), str(obj.get("namespace", "")), str(obj.get("name", "")), str(obj.get("uid", "")))
+    return (
+        str(obj.get("kind", "")),
+        str(obj.get("namespace", "")),
+        str(obj.get("name", "")),
+        str(obj.get("uid", "")),
+    )
 
 
 def _key_of(event: Resource) -> _Key:
@@ -243,3 +262,20 @@ def _key_of(event: Resource) -> _Key:
         str(event.spec.get("message", "")),
         component,
     )
+
+
+def flush(store: Store, book: EventBook) -> None:
+    """Write what ``book`` recorded since the last flush in one store write (and delete the expired or
+    over-the-cap Events); the first flush adopts the Events already stored (an earlier process's, a
+    user's). A failed write is logged, never raised: Events are best effort, as in Kubernetes."""
+    try:
+        if not book.seeded:
+            book.seed(store.list("Event"))
+            book.seeded = True
+        writes, deletes = book.take()
+        if writes:
+            store.apply(writes)
+        if deletes:
+            store.delete(deletes)
+    except StoreError as e:
+        log.warning("events not written", error=str(e))

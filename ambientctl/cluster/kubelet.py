@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -56,6 +56,8 @@ from meshcore.store.schema import ServiceSpec as K8sServiceSpec
 from . import podstatus
 from .cluster import ROOT_CERT_FILE, TOKEN_FILE, Cluster
 from .errors import ClusterError, InvalidClusterSpec, PodNotFound
+from .events import EventBook, InvolvedObject
+from .events import flush as flush_events
 from .podstatus import ContainerTrack, Termination
 from .probes import Probe, parse_probe, run_probe
 from .spec import ContainerSpec, PodPort, PodSpec, Protocol, ServicePort
@@ -121,9 +123,12 @@ class Kubelet:
         clock: Callable[[], float] = time.monotonic,
         credentials: PodCredentials | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        events: EventBook | None = None,
     ) -> None:
         self.cluster = cluster
         self.store = store
+        # What kubectl users read under ``Events:``; written in one batch per sync/check pass.
+        self.events = events or EventBook(wall_clock=wall_clock)
         self._clock = clock
         self._wall_clock = wall_clock
         self._backoff: dict[str, _Backoff] = {}
@@ -133,6 +138,8 @@ class Kubelet:
         # "namespace/name" -> container name -> its readinessProbe, and when (kubelet clock) it is next due.
         self._probes: dict[str, dict[str, Probe]] = {}
         self._next_probe: dict[str, dict[str, float]] = {}
+        # "namespace/name" -> the stored Pod last seen (what its Events name, also once it is deleted).
+        self._involved: dict[str, Resource] = {}
         self.credentials = credentials or PodCredentials(cluster)
 
     def run_pod(self, pod: PodSpec) -> Resource:
@@ -160,12 +167,17 @@ class Kubelet:
 
     def delete_pod(self, name: str, namespace: str) -> None:
         """Remove the pod from the cluster (if there) and the store; endpoints follow."""
+        record = self.cluster.find_pod(name, namespace)
         try:
             self.cluster.remove_pod(name, namespace)
         except PodNotFound:
             log.info("pod not in the cluster; removing it from the store only", pod=f"{namespace}/{name}")
+        stored = self.store.get(ResourceRef("Pod", namespace, name))
+        if record is not None and stored is not None:
+            self._killing(stored, record)
         self.store.delete([ResourceRef("Pod", namespace, name)])
         self.sync_services()
+        self.flush_events()
 
     def sync_pods(self) -> SyncReport:
         """Make the cluster run exactly the store's Pods; pods without ``spec.nodeName`` are scheduled on
@@ -196,6 +208,7 @@ class Kubelet:
                 rejected[key] = str(e)
                 log.warning("pod not run", pod=key, error=str(e))
                 self._write_status(resource, config_error_status(resource, str(e)))
+                self.events.record(InvolvedObject.of(resource), "Warning", "Failed", f"Error: {e}")
                 continue
             waiting = self._backoff.get(key)
             if waiting is not None and waiting.pod == pod and waiting.retry_at > now:
@@ -205,6 +218,16 @@ class Kubelet:
                 load[pod.node] += 1
             wanted[key] = (pod, resource, current)
         bound = self._bind_all({k: (r, pod.node) for k, (pod, r, _) in wanted.items()})
+        for key, (pod, resource, _) in wanted.items():
+            written = bound[key]
+            if resource.spec.get("nodeName") != pod.node and isinstance(written, Resource):
+                self.events.record(
+                    InvolvedObject.of(written),
+                    "Normal",
+                    "Scheduled",
+                    f"Successfully assigned {pod.namespace}/{pod.name} to {pod.node}",
+                    component="default-scheduler",
+                )
         gone = [(k, r) for k, r in sorted(running.items()) if k not in stored]
 
         def start(key: str) -> PodRecord | None:
@@ -241,6 +264,8 @@ class Kubelet:
             for key, future in removals:
                 future.result()
                 removed.append(key)
+        for key, record in gone:
+            self._killing(self._involved.get(key), record)
         running = {f"{p.spec.namespace}/{p.spec.name}": p for p in self.cluster.pods()}
         for key, outcome in outcomes.items():
             pod, resource, _ = wanted[key]
@@ -249,11 +274,25 @@ class Kubelet:
             if isinstance(outcome, Exception):
                 rejected[key] = str(outcome)
                 self._failed(key, pod, resource, str(outcome), now)
+                self.events.record(
+                    InvolvedObject.of(resource),
+                    "Warning",
+                    "FailedCreatePodSandBox",
+                    f"Failed to create pod sandbox: {outcome}",
+                )
                 continue
             self._backoff.pop(key, None)
             record = running.get(key)
             assert record is not None, "add_pod returned but the pod is not recorded"
             synced[key] = record.ip
+            if outcome is None and wanted[key][2] is not None:  # its spec changed: a new sandbox
+                self._killing(resource, wanted[key][2])
+                self.events.record(
+                    InvolvedObject.of(resource),
+                    "Normal",
+                    "SandboxChanged",
+                    "Pod sandbox changed, it will be killed and re-created.",
+                )
             if outcome is None or key not in self._tracks:
                 self._started(key, resource)
             self._register(resource, record)
@@ -262,7 +301,9 @@ class Kubelet:
             self._start_times.pop(key, None)
             self._probes.pop(key, None)
             self._next_probe.pop(key, None)
+            self._involved.pop(key, None)
         self.sync_services()
+        self.flush_events()
         return SyncReport(synced=synced, rejected=rejected, removed=tuple(removed))
 
     def _bind_all(self, pods: Mapping[str, tuple[Resource, str]]) -> dict[str, Resource | Exception]:
@@ -386,6 +427,11 @@ class Kubelet:
         ]
         self._tracks[key] = PodTracks(init=tuple(init_tracks), app=tuple(app_tracks))
         self._start_times[key] = wall
+        self._involved[key] = resource
+        for tracks, is_init in ((init_tracks, True), (app_tracks, False)):
+            for track in tracks:
+                if track.running_since is not None:
+                    self._container_started(key, track.name, init=is_init)
 
     def _status(self, key: str, stored: Resource, record: PodRecord) -> dict[str, Any]:
         tracks = self._tracks.get(key)
@@ -423,6 +469,7 @@ class Kubelet:
             if resource is None or before is None:
                 continue
             policy = str(resource.spec.get("restartPolicy") or "Always")
+            self._involved[key] = resource
             record, after = self._step(key, record, before, policy)
             if after == before:
                 continue
@@ -440,6 +487,7 @@ class Kubelet:
                 changed.append(key)
         if readiness_changed:
             self.sync_services()
+        self.flush_events()
         return changed
 
     def _step(
@@ -457,6 +505,10 @@ class Kubelet:
                     continue
                 code = self.cluster.procs.collect_exit(process)
                 group[i] = podstatus.exited(track, code, policy, now, self._wall(), init=is_init)
+                if group[i].restart_at is not None:
+                    self._record(
+                        key, "Warning", "BackOff", self._backoff_message(key, track.name), track.name, is_init
+                    )
                 log.warning(
                     "init container exited" if is_init else "container exited",
                     pod=key,
@@ -487,6 +539,14 @@ class Kubelet:
                     probe, str(self.cluster.net.netns_path(record.netns)), self._exec_for(record, track.name)
                 )
                 app[i] = podstatus.probed(track, ok, probe.success_threshold, probe.failure_threshold)
+                if not ok:
+                    self._record(
+                        key,
+                        "Warning",
+                        "Unhealthy",
+                        f"Readiness probe failed: {_probe_text(probe)}",
+                        track.name,
+                    )
                 next_probe[track.name] = self._clock() + probe.period
         return record, PodTracks(init=tuple(init), app=tuple(app))
 
@@ -504,10 +564,82 @@ class Kubelet:
             record = self.cluster.start_container(record.spec.name, record.spec.namespace, track.name)
         except (ClusterError, OSError) as e:
             log.warning("container not started", pod=key, container=track.name, error=str(e))
+            self._record(key, "Warning", "Failed", f"Error: {e}", track.name, init)
             return record, podstatus.exited(track, None, policy, now, wall, init=init)
+        self._container_started(key, track.name, init=init)
         self._next_probe.setdefault(key, {}).pop(track.name, None)
         probed = not init and track.name in self._probes.get(key, {})
         return record, podstatus.started(track, now, wall, probed=probed)
+
+    # --- events ---------------------------------------------------------------------------------------
+
+    def flush_events(self) -> None:
+        """Write the Events recorded since the last flush (``events.flush``: one store write)."""
+        flush_events(self.store, self.events)
+
+    def _object(self, key: str, container: str = "", init: bool = False) -> InvolvedObject:
+        resource = self._involved.get(key)
+        if resource is None:  # a pod this kubelet never saw in the store (uid unknown)
+            namespace, _, name = key.partition("/")
+            resource = Resource(kind="Pod", name=name, namespace=namespace)
+        return InvolvedObject.of(resource, container=container, init=init)
+
+    def _record(
+        self,
+        key: str,
+        type_: Literal["Normal", "Warning"],
+        reason: str,
+        message: str,
+        container: str = "",
+        init: bool = False,
+    ) -> None:
+        self.events.record(self._object(key, container, init), type_, reason, message)
+
+    def _backoff_message(self, key: str, container: str) -> str:
+        namespace, _, name = key.partition("/")
+        resource = self._involved.get(key)
+        uid = resource.uid if resource is not None else ""
+        return f"Back-off restarting failed container {container} in pod {name}_{namespace}({uid})"
+
+    def _container_started(self, key: str, container: str, *, init: bool) -> None:
+        """Pulled (what the local cluster made of the image), Created and Started for one container."""
+        resource = self._involved.get(key)
+        group = "initContainers" if init else "containers"
+        raw = (
+            next(
+                (
+                    c
+                    for c in _containers(resource, group)
+                    if str(c.get("name") or CONTAINER_NAME) == container
+                ),
+                {},
+            )
+            if resource is not None
+            else {}
+        )
+        image = raw.get("image")
+        if isinstance(image, str) and image not in ("", LOCAL_IMAGE):
+            if raw.get("command") or raw.get("args") or init:
+                pulled = (
+                    f'Container image "{image}" not pulled: the local cluster runs the container\'s command'
+                )
+            else:
+                pulled = (
+                    f'Container image "{image}" is not run by the local cluster: its stand-in HTTP server '
+                    "answers on the container's ports"
+                )
+            self._record(key, "Normal", "Pulled", pulled, container, init)
+        self._record(key, "Normal", "Created", f"Created container {container}", container, init)
+        self._record(key, "Normal", "Started", f"Started container {container}", container, init)
+
+    def _killing(self, resource: Resource | None, record: PodRecord) -> None:
+        """Killing for each container of a pod being removed."""
+        pod = record.spec
+        key = f"{pod.namespace}/{pod.name}"
+        if resource is not None:
+            self._involved.setdefault(key, resource)
+        for container in pod.app_containers():
+            self._record(key, "Normal", "Killing", f"Stopping container {container.name}", container.name)
 
     def _exec_for(
         self, record: PodRecord, container: str | None = None
@@ -1043,6 +1175,15 @@ def _field_ref(value_from: object) -> str | None:
     ref = value_from["fieldRef"]
     path = ref.get("fieldPath") if isinstance(ref, Mapping) else None
     return path if isinstance(path, str) else None
+
+
+def _probe_text(probe: Probe) -> str:
+    """What a failed readiness probe checked, for its Unhealthy event."""
+    if probe.kind == "exec":
+        return f"command {' '.join(probe.command)!r} did not exit 0"
+    if probe.kind == "tcpSocket":
+        return f"no TCP connection to {probe.host}:{probe.port}"
+    return f"HTTP GET http://{probe.host}:{probe.port}{probe.path} did not answer 200-399"
 
 
 def select_endpoints(

@@ -7,15 +7,20 @@ for namespaced kinds; with several kinds in one ``get`` the NAME cell is ``kind[
 columns marked ``wide`` show only with ``-o wide`` (kubectl's: a pod's IP and NODE, a Service's
 SELECTOR, a Deployment's CONTAINERS, IMAGES and SELECTOR).
 
+Every kind has AGE, from ``metadata.creationTimestamp`` (kubectl's human duration; ``<unknown>`` for an
+object stored by a version that kept none), last among the columns kubectl shows without ``-o wide``
+(for pods, like kubectl, before the wide ones). Events have kubectl's own columns instead, no NAME:
+LAST SEEN, TYPE, REASON, OBJECT, MESSAGE (``-o wide``: SUBOBJECT, SOURCE, FIRST SEEN, COUNT, NAME too);
+``event_time`` is what ``get events`` sorts them by.
+
 Pods show READY, STATUS and RESTARTS as kubectl does (from ``status.containerStatuses``:
 CrashLoopBackOff, Error, Completed ... else the phase; ``Pending`` for a pod without any status yet),
-AGE from ``status.startTime`` (kubectl's human duration; ``<unknown>`` without one: the store records
-no creation time) and DATAPLANE-MODE: the pod's own ``istio.io/dataplane-mode`` label, else its
+AGE and DATAPLANE-MODE: the pod's own ``istio.io/dataplane-mode`` label, else its
 namespace's, else ``<none>``; the control plane, not this table, decides what is captured.
 AuthorizationPolicies show STATUS from istiod-lite's ``ZtunnelAccepted``/``WaypointAccepted`` conditions
 (``policy_status``). Gateways show the Gateway API CRD's printer columns: CLASS, ADDRESS (the first of
-``status.addresses``), PROGRAMMED (``Unknown`` until a controller wrote the condition) and AGE
-(``<unknown>``). Nodes come from the local cluster, not the store (``node_table``).
+``status.addresses``), PROGRAMMED (``Unknown`` until a controller wrote the condition) and AGE.
+Nodes come from the local cluster, not the store (``node_table``).
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def qualified_name(resource: Resource) -> str:
 
 def columns(kind: str, *, wide: bool = False) -> list[Column]:
     """The columns after NAME for ``kind`` (``wide``: with the ``-o wide`` ones)."""
-    return [c for c in _COLUMNS.get(kind, ()) if wide or not c.wide]
+    return [c for c in _COLUMNS.get(kind, [AGE]) if wide or not c.wide]
 
 
 def build_table(
@@ -91,10 +96,12 @@ def build_table(
     ctx = namespaces if isinstance(namespaces, TableContext) else TableContext(namespaces)
     cols = columns(kind, wide=wide)
     with_ns = all_namespaces and is_namespaced(kind)
-    headers = (["NAMESPACE"] if with_ns else []) + ["NAME", *(c.header for c in cols)]
+    named = with_kind or kind not in _NAMELESS
+    headers = (["NAMESPACE"] if with_ns else []) + (["NAME"] if named else []) + [c.header for c in cols]
     rows = [
         ([r.namespace] if with_ns else [])
-        + [qualified_name(r) if with_kind else r.name, *(c.value(r, ctx) for c in cols)]
+        + ([qualified_name(r) if with_kind else r.name] if named else [])
+        + [c.value(r, ctx) for c in cols]
         for r in resources
     ]
     return headers, rows
@@ -155,6 +162,10 @@ def age(since: Any, now: datetime | None) -> str:
     return human_duration((now - started).total_seconds())
 
 
+# kubectl's AGE: since the object was created (metadata.creationTimestamp).
+AGE = Column("AGE", lambda r, c: age(r.creation_timestamp, c.now))
+
+
 # --- Pods -------------------------------------------------------------------------------------------------
 
 
@@ -171,7 +182,7 @@ _POD: list[Column] = [
     Column("READY", lambda r, _c: ready_count(r.status)),
     Column("STATUS", lambda r, _c: display_status(r.status) if r.status else "Pending"),
     Column("RESTARTS", lambda r, _c: str(restart_total(r.status))),
-    Column("AGE", lambda r, c: age(r.status.get("startTime"), c.now)),
+    AGE,
     Column("IP", lambda r, _c: _or_none(status_as(r, PodStatus).pod_ip), wide=True),
     Column("NODE", lambda r, _c: _or_none(_pod_spec(r).node_name), wide=True),
     Column("SERVICE-ACCOUNT", lambda r, _c: _pod_spec(r).service_account_name, wide=True),
@@ -190,6 +201,7 @@ _SERVICE: list[Column] = [
     Column("TYPE", lambda r, _c: spec_as(r, ServiceSpec).type),
     Column("CLUSTER-IP", lambda r, _c: _or_none(spec_as(r, ServiceSpec).cluster_ip)),
     Column("PORT(S)", lambda r, _c: _ports(r)),
+    AGE,
     Column("SELECTOR", lambda r, _c: labels_text(spec_as(r, ServiceSpec).selector or {}), wide=True),
 ]
 
@@ -249,6 +261,7 @@ _POLICY: list[Column] = [
     Column("TARGET", lambda r, _c: policy_target(r)),
     Column("RULES", lambda r, _c: str(len(spec_as(r, AuthorizationPolicySpec).rules or ()))),
     Column("STATUS", lambda r, _c: policy_status(r)),
+    AGE,
 ]
 
 
@@ -283,7 +296,7 @@ _GATEWAY: list[Column] = [
     Column("CLASS", lambda r, _c: spec_as(r, GatewaySpec).gateway_class_name),
     Column("ADDRESS", lambda r, _c: _or_none(gateway_address(r))),
     Column("PROGRAMMED", lambda r, _c: gateway_programmed(r)),
-    Column("AGE", lambda _r, _c: UNKNOWN_AGE),
+    AGE,
 ]
 
 
@@ -296,6 +309,7 @@ _ROUTE: list[Column] = [
     Column("HOSTNAMES", lambda r, _c: _or_none(",".join(spec_as(r, HTTPRouteSpec).hostnames or ()))),
     Column("PARENTS", lambda r, _c: _parents(r)),
     Column("RULES", lambda r, _c: str(len(spec_as(r, HTTPRouteSpec).rules or ()))),
+    AGE,
 ]
 
 
@@ -328,6 +342,7 @@ _DEPLOYMENT: list[Column] = [
     Column("READY", lambda r, _c: f"{r.status.get('readyReplicas', 0)}/{r.spec.get('replicas', 1)}"),
     Column("UP-TO-DATE", lambda r, _c: str(r.status.get("updatedReplicas", 0))),
     Column("AVAILABLE", lambda r, _c: str(r.status.get("availableReplicas", 0))),
+    AGE,
     Column(
         "CONTAINERS",
         lambda r, _c: _or_none(",".join(str(c.get("name")) for c in _template_containers(r))),
@@ -342,9 +357,58 @@ _DEPLOYMENT: list[Column] = [
 ]
 
 
+# --- Events -----------------------------------------------------------------------------------------------
+
+
+def event_time(event: Resource) -> str:
+    """When an Event was last seen (lastTimestamp, else eventTime/firstTimestamp, else its creation):
+    RFC 3339 text, what ``get events`` sorts by."""
+    for name in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        value = event.spec.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return event.creation_timestamp
+
+
+def _event_object(event: Resource) -> str:
+    obj = event.spec.get("involvedObject")
+    if not isinstance(obj, dict):
+        return NONE
+    return f"{str(obj.get('kind') or '').lower()}/{obj.get('name') or ''}"
+
+
+def _event_subobject(event: Resource) -> str:
+    obj = event.spec.get("involvedObject")
+    return _or_none(str(obj.get("fieldPath") or "") if isinstance(obj, dict) else "")
+
+
+def _event_source(event: Resource) -> str:
+    source = event.spec.get("source")
+    if not isinstance(source, dict):
+        return _or_none(str(event.spec.get("reportingComponent") or ""))
+    return _or_none(", ".join(str(source[k]) for k in ("component", "host") if source.get(k)))
+
+
+_EVENT: list[Column] = [
+    Column("LAST-SEEN", lambda r, c: age(event_time(r), c.now)),
+    Column("TYPE", lambda r, _c: str(r.spec.get("type") or "Normal")),
+    Column("REASON", lambda r, _c: _or_none(str(r.spec.get("reason") or ""))),
+    Column("OBJECT", lambda r, _c: _event_object(r)),
+    Column("SUBOBJECT", lambda r, _c: _event_subobject(r), wide=True),
+    Column("SOURCE", lambda r, _c: _event_source(r), wide=True),
+    Column("MESSAGE", lambda r, _c: str(r.spec.get("message") or "")),
+    Column("FIRST-SEEN", lambda r, c: age(r.spec.get("firstTimestamp"), c.now), wide=True),
+    Column("COUNT", lambda r, _c: str(r.spec.get("count") or 1), wide=True),
+    Column("NAME", lambda r, _c: r.name, wide=True),
+]
+# Kinds whose table has no NAME column first (kubectl's events table).
+_NAMELESS = frozenset({"Event"})
+
+
 _COLUMNS: dict[str, list[Column]] = {
     "Deployment": _DEPLOYMENT,
-    "Namespace": [Column("LABELS", lambda r, _c: labels_text(r.labels))],
+    "Event": _EVENT,
+    "Namespace": [Column("LABELS", lambda r, _c: labels_text(r.labels)), AGE],
     "Pod": _POD,
     "Service": _SERVICE,
     "AuthorizationPolicy": _POLICY,

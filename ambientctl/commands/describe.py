@@ -4,7 +4,9 @@ The text is built by pure functions (``describe_pod``, ``describe_service``, ``d
 ``describe_generic``) from stored resources and a ``MeshView`` (the pod's node's ztunnel and node
 agent as the local cluster records them, the trust domain); the command only gathers those and prints.
 Layout as kubectl's: ``Key:`` then the value, keys of a block aligned, nested blocks indented two blanks,
-``<none>`` for nothing, and ``Events:`` last (``<none>``: the store keeps no Event objects yet).
+``<none>`` for nothing, and ``Events:`` last: the Events about the object (the local cluster's kubelet
+and Deployment controller record them), oldest first, in kubectl's Type/Reason/Age/From/Message table
+(``Age`` with ``(xN over D)`` for a repeated one).
 
 For a pod, beyond Kubernetes' fields: whether it is enrolled in ambient (``meshcore.enrollment``, the
 rule the node agent and istiod-lite share) and the node agent's redirection mark, its SPIFFE identity
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -28,7 +31,7 @@ import typer
 from meshcore.enrollment import REDIRECTION_ANNOTATION, in_ambient_mesh
 from meshcore.store import KINDS, Resource, ResourceNotFound, ResourceRef, Store, is_namespaced, resolve_kind
 
-from .columns import conditions, dataplane_mode, labels_text, policy_status
+from .columns import age, conditions, dataplane_mode, labels_text, policy_status
 from .common import CliError, cli_state, note
 from .selector import SelectorError, parse_selector, selector_matches
 
@@ -119,14 +122,34 @@ def _metadata(w: Writer, r: Resource) -> None:
     w.multi(0, "Annotations", [f"{k}: {v}" for k, v in sorted(r.annotations.items())])
 
 
-def _events(w: Writer, events: Sequence[Mapping[str, Any]]) -> None:
+def _events(w: Writer, events: Sequence[Mapping[str, Any]], now: datetime | None = None) -> None:
     if not events:
         w.kv(0, "Events", NONE)
         return
+    now = now or datetime.now(UTC)
     w.header(0, "Events")
-    w.text_line(1, "Type    Reason    Message")
-    for e in events:
-        w.text_line(1, f"{e.get('type', 'Normal')}  {e.get('reason', '')}  {e.get('message', '')}")
+    rows = [["Type", "Reason", "Age", "From", "Message"], ["----", "------", "----", "----", "-------"]]
+    for e in sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("firstTimestamp") or "")):
+        last = age(e.get("lastTimestamp") or e.get("firstTimestamp"), now)
+        count = e.get("count")
+        if isinstance(count, int) and count > 1:
+            last += f" (x{count} over {age(e.get('firstTimestamp'), now)})"
+        source = e.get("source")
+        origin = source.get("component") if isinstance(source, Mapping) else e.get("reportingComponent")
+        rows.append(
+            [
+                str(e.get("type") or "Normal"),
+                str(e.get("reason") or ""),
+                last,
+                str(origin or ""),
+                str(e.get("message") or ""),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        w.text_line(
+            1, ("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]).rstrip()
+        )
 
 
 def _title(key: str) -> str:
@@ -601,7 +624,7 @@ def _mesh_view(ctx: typer.Context) -> MeshView:
 
 
 def _events_for(store: Store, r: Resource) -> list[dict[str, Any]]:
-    """Events about ``r`` when the store holds the Event kind (it does not yet: always none)."""
+    """The Events about ``r`` (their fields; kind and name of the involved object match)."""
     if "Event" not in KINDS:
         return []
     return [

@@ -43,7 +43,15 @@ from meshcore.store import (
 )
 
 from .applystatus import report_after_apply
-from .columns import NodeRow, TableContext, build_table, labels_text, node_table, qualified_name
+from .columns import (
+    NodeRow,
+    TableContext,
+    build_table,
+    event_time,
+    labels_text,
+    node_table,
+    qualified_name,
+)
 from .common import (
     CliError,
     ListFormat,
@@ -278,6 +286,8 @@ def get(
             node_docs = [node_document(n, _node_version()) for n in node_rows]
             continue
         found, lost = _fetch(store, request, ns_flag, all_namespaces)
+        if request.kind == "Event":  # kubectl's events table, oldest first (the store lists by name)
+            found.sort(key=lambda e: (event_time(e), e.namespace, e.name))
         missing.extend(lost)
         blocks.append((request.kind, [r for r in found if selector_matches(requirements, r.labels)]))
 

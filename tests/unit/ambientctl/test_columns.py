@@ -13,6 +13,7 @@ from ambientctl.commands.columns import (
     NodeRow,
     TableContext,
     build_table,
+    event_time,
     human_duration,
     node_table,
     policy_status,
@@ -77,7 +78,7 @@ NAMESPACES = {
                     "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 53, "protocol": "UDP"}],
                 },
             ),
-            ["x", "ClusterIP", "None", "80/TCP,53/UDP"],
+            ["x", "ClusterIP", "None", "80/TCP,53/UDP", "<unknown>"],
         ),
         (
             res(
@@ -88,11 +89,11 @@ NAMESPACES = {
                     "targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "wp"}],
                 },
             ),
-            ["x", "DENY", "Gateway/wp", "0", "-"],
+            ["x", "DENY", "Gateway/wp", "0", "-", "<unknown>"],
         ),
         (
             res("AuthorizationPolicy", "security.istio.io/v1", spec={}),
-            ["x", "ALLOW", "<namespace>", "0", "-"],
+            ["x", "ALLOW", "<namespace>", "0", "-", "<unknown>"],
         ),
         (
             res(
@@ -127,9 +128,9 @@ NAMESPACES = {
                 GW_API,
                 spec={"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}], "rules": [{}, {}]},
             ),
-            ["x", "<none>", "Service/reviews", "2"],
+            ["x", "<none>", "Service/reviews", "2", "<unknown>"],
         ),
-        (res("ServiceAccount"), ["x"]),
+        (res("ServiceAccount"), ["x", "<unknown>"]),
     ],
     ids=[
         "a bare pod shows its namespace's dataplane mode and the default service account",
@@ -141,7 +142,7 @@ NAMESPACES = {
         "a gateway no controller has acted on shows no address and PROGRAMMED Unknown",
         "a programmed gateway shows its first status address and PROGRAMMED True",
         "an HTTPRoute shows its parent service and rule count",
-        "a service account shows only its name",
+        "a service account shows its name and age",
     ],
 )
 def test_row(resource: Resource, row: list[str]) -> None:
@@ -154,14 +155,17 @@ def test_all_namespaces_adds_a_namespace_column_for_namespaced_kinds_only() -> N
     headers, rows = build_table("Pod", [res("Pod")], {}, all_namespaces=True)
     assert headers[:2] == ["NAMESPACE", "NAME"] and rows[0][:2] == ["demo", "x"]
     headers, _ = build_table("Namespace", list(NAMESPACES.values()), {}, all_namespaces=True)
-    assert headers == ["NAME", "LABELS"]
+    assert headers == ["NAME", "LABELS", "AGE"]
 
 
 NOW = datetime(2026, 12, 7, 15, 0, 0, tzinfo=UTC)
-RUNNING_POD = res(
-    "Pod",
-    spec={"nodeName": "node-1", "serviceAccountName": "web"},
-    status={"phase": "Running", "podIP": "10.244.1.5", "startTime": "2026-12-07T14:56:40Z"},
+RUNNING_POD = msgspec.structs.replace(
+    res(
+        "Pod",
+        spec={"nodeName": "node-1", "serviceAccountName": "web"},
+        status={"phase": "Running", "podIP": "10.244.1.5", "startTime": "2026-12-07T14:59:00Z"},
+    ),
+    creation_timestamp="2026-12-07T14:56:40Z",
 )
 
 
@@ -188,8 +192,8 @@ def test_wide_adds_a_pods_ip_node_and_service_account_after_age() -> None:
 def test_wide_adds_a_services_selector_and_a_deployments_containers_images_selector() -> None:
     svc = res("Service", spec={"selector": {"app": "web"}, "ports": [{"port": 80}]})
     assert build_table("Service", [svc], {}, all_namespaces=False, wide=True) == (
-        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR"],
-        [["x", "ClusterIP", "<none>", "80/TCP", "app=web"]],
+        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE", "SELECTOR"],
+        [["x", "ClusterIP", "<none>", "80/TCP", "<unknown>", "app=web"]],
     )
     deploy = res(
         "Deployment",
@@ -327,7 +331,8 @@ def _policy(*conditions: dict[str, Any], generation: int = 0) -> Resource:
 )
 def test_policy_status_column(policy: Resource, status: str) -> None:
     assert policy_status(policy) == status
-    assert build_table("AuthorizationPolicy", [policy], {}, all_namespaces=False)[1][0][-1] == status
+    headers, rows = build_table("AuthorizationPolicy", [policy], {}, all_namespaces=False)
+    assert rows[0][headers.index("STATUS")] == status
 
 
 def test_nodes_table_reads_as_kubectls_and_wide_adds_the_internal_ip() -> None:
@@ -342,3 +347,123 @@ def test_nodes_table_reads_as_kubectls_and_wide_adds_the_internal_ip() -> None:
     headers, rows = node_table(nodes, version="v0.1.0", wide=True, kernel="6.1.0")
     assert headers[5:] == ["INTERNAL-IP", "EXTERNAL-IP", "KERNEL-VERSION"]
     assert rows[0][5:] == ["10.0.0.2", "<none>", "6.1.0"]
+
+
+CREATED = "2026-12-07T14:00:00Z"  # an hour before NOW
+
+
+def stored(resource: Resource, created: str = CREATED) -> Resource:
+    return msgspec.structs.replace(resource, creation_timestamp=created)
+
+
+@pytest.mark.parametrize(
+    ("resource", "headers"),
+    [
+        (stored(res("Pod")), ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "DATAPLANE-MODE"]),
+        (
+            stored(res("Service", spec={"ports": [{"port": 80}]})),
+            ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"],
+        ),
+        (
+            stored(res("AuthorizationPolicy", "security.istio.io/v1", spec={})),
+            ["NAME", "ACTION", "TARGET", "RULES", "STATUS", "AGE"],
+        ),
+        (stored(NAMESPACES["demo"]), ["NAME", "LABELS", "AGE"]),
+        (stored(res("ServiceAccount")), ["NAME", "AGE"]),
+        (
+            stored(res("VirtualService", "networking.istio.io/v1", spec={"hosts": ["a"]})),
+            ["NAME", "AGE"],
+        ),
+    ],
+    ids=[
+        "a pod's age is since its creation, before the dataplane mode column",
+        "a service's age comes last",
+        "a policy's age comes last",
+        "a namespace's age comes last",
+        "a kind without columns of its own has its age",
+        "an Istio kind without columns of its own has its age",
+    ],
+)
+def test_every_kind_shows_its_age_since_creation(resource: Resource, headers: list[str]) -> None:
+    got, rows = build_table(resource.kind, [resource], TableContext(NAMESPACES, NOW), all_namespaces=False)
+    assert got == headers
+    assert rows[0][headers.index("AGE")] == "60m"
+
+
+def test_a_pods_age_is_since_creation_not_since_it_started() -> None:
+    pod = stored(res("Pod", status={"phase": "Running", "startTime": "2026-12-07T14:59:00Z"}))
+    headers, rows = build_table("Pod", [pod], TableContext(NAMESPACES, NOW), all_namespaces=False)
+    assert rows[0][headers.index("AGE")] == "60m"
+
+
+def test_an_object_stored_without_a_creation_time_has_an_unknown_age() -> None:
+    headers, rows = build_table(
+        "Service",
+        [res("Service", spec={"ports": [{"port": 80}]})],
+        TableContext({}, NOW),
+        all_namespaces=False,
+    )
+    assert rows[0][headers.index("AGE")] == "<unknown>"
+
+
+def event(name: str, last: str, **fields: Any) -> Resource:
+    return build_resource(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": "demo"},
+            "involvedObject": {
+                "kind": "Pod",
+                "name": "web",
+                "namespace": "demo",
+                "fieldPath": "spec.containers{app}",
+            },
+            "type": "Warning",
+            "reason": "BackOff",
+            "message": "Back-off restarting failed container app in pod web_demo(u)",
+            "count": 3,
+            "firstTimestamp": "2026-12-07T14:50:00Z",
+            "lastTimestamp": last,
+            "source": {"component": "kubelet", "host": "node-1"},
+            **fields,
+        }
+    )
+
+
+def test_events_show_kubectls_columns_without_a_name() -> None:
+    e = event("web.1", "2026-12-07T14:59:30Z")
+    assert build_table("Event", [e], TableContext({}, NOW), all_namespaces=False) == (
+        ["LAST-SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        [
+            [
+                "30s",
+                "Warning",
+                "BackOff",
+                "pod/web",
+                "Back-off restarting failed container app in pod web_demo(u)",
+            ]
+        ],
+    )
+    headers, rows = build_table("Event", [e], TableContext({}, NOW), all_namespaces=True, wide=True)
+    assert headers == [
+        "NAMESPACE",
+        "LAST-SEEN",
+        "TYPE",
+        "REASON",
+        "OBJECT",
+        "SUBOBJECT",
+        "SOURCE",
+        "MESSAGE",
+        "FIRST-SEEN",
+        "COUNT",
+        "NAME",
+    ]
+    assert rows[0][0] == "demo" and rows[0][5:7] == ["spec.containers{app}", "kubelet, node-1"]
+    assert rows[0][-3:] == ["10m", "3", "web.1"]
+
+
+def test_events_sort_by_when_they_were_last_seen() -> None:
+    a = event("a", "2026-12-07T14:59:30Z")
+    b = event("b", "2026-12-07T14:10:00Z")
+    c = event("c", "", eventTime="2026-12-07T14:30:00Z")
+    assert [e.name for e in sorted([a, b, c], key=event_time)] == ["b", "c", "a"]

@@ -3,6 +3,7 @@ labels, endpoints of a Service, and the kubectl layout of the text; pure functio
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from ambientctl.cli import app
 from ambientctl.commands.describe import (
     MeshView,
     ProcessView,
+    Writer,
+    _events,
     describe_pod,
     describe_policy,
     describe_service,
@@ -297,3 +300,36 @@ def test_describe_through_the_cli(tmp_path: Path) -> None:
     assert every.stdout.count("Name:") == 2
     missing = run("describe", "pod", "ghost", "-n", "demo")
     assert missing.exit_code == 1 and 'pod "ghost" in namespace "demo" not found' in missing.stderr
+
+
+def test_describe_lists_the_objects_events_oldest_first_as_kubectl_does() -> None:
+    events = [
+        {
+            "type": "Warning",
+            "reason": "BackOff",
+            "message": "Back-off restarting failed container app in pod web_shop(u)",
+            "count": 4,
+            "firstTimestamp": "2026-12-07T14:50:00Z",
+            "lastTimestamp": "2026-12-07T14:59:00Z",
+            "source": {"component": "kubelet"},
+        },
+        {
+            "type": "Normal",
+            "reason": "Scheduled",
+            "message": "Successfully assigned shop/web to node-1",
+            "count": 1,
+            "firstTimestamp": "2026-12-07T14:49:00Z",
+            "lastTimestamp": "2026-12-07T14:49:00Z",
+            "source": {"component": "default-scheduler"},
+        },
+    ]
+    w = Writer()
+    _events(w, events, datetime(2026, 12, 7, 15, 0, 0, tzinfo=UTC))
+    assert w.text().splitlines() == [
+        "Events:",
+        "  Type     Reason     Age                From               Message",
+        "  ----     ------     ----               ----               -------",
+        "  Normal   Scheduled  11m                default-scheduler  Successfully assigned shop/web to node-1",
+        "  Warning  BackOff    60s (x4 over 10m)  kubelet            Back-off restarting failed container app in "
+        "pod web_shop(u)",
+    ]

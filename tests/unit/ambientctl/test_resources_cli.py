@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,15 @@ def table(stdout: str) -> list[list[str]]:
     import re
 
     return [re.split(r"\s{2,}", line.strip()) for line in stdout.strip().splitlines()]
+
+def aged(rows: list[list[str]]) -> list[list[str]]:
+    """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
+    if "AGE" not in rows[0]:
+        return rows
+    i = rows[0].index("AGE")
+    assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
+    return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
+
 
 
 def test_apply_reports_created_then_unchanged_then_configured(ctl: Ctl, tmp_path: Path) -> None:
@@ -169,10 +179,10 @@ def test_pod_fields_the_local_cluster_ignores_are_named_in_warnings(ctl: Ctl) ->
 def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ctl) -> None:
     ctl.ok("apply", "-f", str(MESH))
     ctl.ok("namespace", "enable", "demo")
-    assert table(ctl.ok("get", "po", "-n", "demo", "-o", "wide")) == [
+    assert aged(table(ctl.ok("get", "po", "-n", "demo", "-o", "wide"))) == [
         ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "SERVICE-ACCOUNT", "DATAPLANE-MODE"],
-        ["client", "-", "Running", "0", "<unknown>", "10.244.1.10", "node-1", "client", "ambient"],
-        ["server", "-", "Running", "0", "<unknown>", "10.244.2.10", "node-2", "server", "ambient"],
+        ["client", "-", "Running", "0", "<age>", "10.244.1.10", "node-1", "client", "ambient"],
+        ["server", "-", "Running", "0", "<age>", "10.244.2.10", "node-2", "server", "ambient"],
     ]
     assert table(ctl.ok("get", "po", "-n", "demo"))[0] == [
         "NAME",
@@ -188,21 +198,22 @@ def test_get_pods_table_shows_node_ip_service_account_and_dataplane_mode(ctl: Ct
 
 def test_get_services_policies_and_namespaces_tables(ctl: Ctl) -> None:
     ctl.ok("apply", "-f", str(MESH))
-    assert table(ctl.ok("get", "svc", "-n", "demo", "-o", "wide")) == [
-        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "SELECTOR"],
-        ["server", "ClusterIP", "10.96.0.10", "80/TCP", "app=server"],
+    assert aged(table(ctl.ok("get", "svc", "-n", "demo", "-o", "wide"))) == [
+        ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE", "SELECTOR"],
+        ["server", "ClusterIP", "10.96.0.10", "80/TCP", "<age>", "app=server"],
     ]
-    assert table(ctl.ok("get", "authorizationpolicies", "-n", "demo"))[1] == [
+    assert aged(table(ctl.ok("get", "authorizationpolicies", "-n", "demo")))[1] == [
         "server-allow-client",
         "ALLOW",
         "app=server",
         "1",
         "-",
+        "<age>",
     ]
     ctl.ok("namespace", "enable", "demo")
-    assert table(ctl.ok("get", "namespaces")) == [
-        ["NAME", "LABELS"],
-        ["demo", "istio.io/dataplane-mode=ambient"],
+    assert aged(table(ctl.ok("get", "namespaces"))) == [
+        ["NAME", "LABELS", "AGE"],
+        ["demo", "istio.io/dataplane-mode=ambient", "<age>"],
     ]
 
 
@@ -340,9 +351,9 @@ def test_scale_sets_a_deployments_replicas_and_get_shows_its_columns(ctl: Ctl) -
         ctl.ok("scale", "deployment", "details-v1", "--replicas", "3")
         == "deployment.apps/details-v1 unchanged\n"
     )
-    assert table(ctl.ok("get", "deploy")) == [
-        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE"],
-        ["details-v1", "0/3", "0", "0"],
+    assert aged(table(ctl.ok("get", "deploy"))) == [
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        ["details-v1", "0/3", "0", "0", "<age>"],
     ]
 
 

@@ -218,3 +218,29 @@ def test_a_pod_without_the_owner_annotation_is_never_touched(store: SqliteStore)
     DeploymentController(store).sync()
     assert store.get(ResourceRef("Pod", "shop", "stray")) is not None
     assert len(owned(store)) == 1
+
+
+def scaling_events(store: SqliteStore) -> list[str]:
+    events = [e for e in store.list("Event", "shop") if e.spec["reason"] == "ScalingReplicaSet"]
+    assert all(
+        e.spec["involvedObject"]["kind"] == "Deployment"
+        and e.spec["involvedObject"]["name"] == "web"
+        and e.spec["type"] == "Normal"
+        for e in events
+    )
+    return sorted(e.spec["message"] for e in events)
+
+
+def test_scaling_is_recorded_as_scaling_replica_set_events(store: SqliteStore) -> None:
+    controller = DeploymentController(store, rng=random.Random(7))
+    store.apply([build_resource(deployment_doc(replicas=3))])
+    controller.sync()
+    h = template_hash(deployment_doc()["spec"]["template"])
+    assert scaling_events(store) == [f"Scaled up replica set web-{h} to 3"]
+    store.apply([build_resource(deployment_doc(replicas=1))])
+    mark_ready(store)
+    controller.sync()
+    assert scaling_events(store) == [
+        f"Scaled down replica set web-{h} to 1",
+        f"Scaled up replica set web-{h} to 3",
+    ]
