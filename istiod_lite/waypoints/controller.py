@@ -8,8 +8,8 @@ was down).
 
 Reconciling one Gateway reads it and what the controller made for it from the store, then writes only
 the differences: refuse (``Programmed=False``, ``NameConflict``) when a Deployment or Service of the
-Gateway's name exists that the controller did not make; create the ServiceAccount if missing; create
-the Deployment, or update it when its selector or pod template no longer holds the wanted one (the
+Gateway's name exists that the controller did not make; create the ServiceAccount if missing (or add
+the owner reference to one it made before references were kept); create the Deployment, or update it when its selector or pod template no longer holds the wanted one (the
 cluster's Deployment controller then rolls the pods; a user's ``replicas`` is kept); delete stale
 managed pods no Deployment made (an older version's bare pods: the upgrade migration) once a pod of the
 Deployment is ready (until then they serve and count for the status); create or fix the
@@ -19,6 +19,9 @@ controller runs the template), with ``set_status`` when it changed. Re-running c
 (idempotent): the controller's own writes come back through the watch and reconcile to no-ops. A deleted
 or refused Gateway has everything the controller made for it deleted (a ServiceAccount only if the
 controller made it); the Deployment's pods go with the Deployment (the cluster's garbage collection).
+Everything made carries the Gateway as its controlling owner reference, so on Kubernetes the garbage
+collector also deletes it with the Gateway (while istiod-lite is down, say); the controller's own deletion
+and the collector's agree (whichever comes second finds nothing).
 
 A Gateway whose reconcile fails (the store is locked, say) is retried after ``RETRY_SECONDS`` without
 holding up the others; each failure is logged and counted.
@@ -44,6 +47,7 @@ from istiod_lite.waypoints.objects import (
     is_managed,
     pod_ready,
     same_status,
+    service_account_update,
     service_update,
 )
 from meshcore.store.base import Store
@@ -186,8 +190,9 @@ class WaypointController:
                 clash = self._not_ours(ref, owned[kind])
                 if clash is not None:
                     return writes + self._refuse_name_clash(gateway, clash)
-            if self._store.get(want.service_account.ref) is None:
-                writes += self._apply(want.service_account)
+            account = service_account_update(self._store.get(want.service_account.ref), want.service_account)
+            if account is not None:
+                writes += self._apply(account)
             current_deployment = next((d for d in owned["Deployment"] if d.name == name), None)
             update = deployment_update(current_deployment, want.deployment)
             if update is not None:

@@ -9,7 +9,9 @@ For a Gateway of class ``istio-waypoint`` with the HBONE listener, as Istio make
   ``XDS_ADDRESS``/``CA_ADDRESS`` in its env (``POD_NAME``, ``POD_IP``, ``NODE_NAME`` from the downward
   API), ports 15008 ``mesh``, 15020 ``metrics``, 15021 ``status-port``, the projected service-account
   token (audience ``istio-ca``) at ``/var/run/secrets/tokens/istio-token`` and the mesh root (ConfigMap
-  ``istio-ca-root-cert``) at ``/var/run/secrets/istio``: Istio's paths, the waypoint's defaults. Pod
+  ``istio-ca-root-cert``) at ``/var/run/secrets/istio``: Istio's paths, the waypoint's defaults; a
+  ``readinessProbe`` on Istio's ``:15021/healthz/ready`` (the waypoint's readiness: config synced and its
+  certificate held), so neither Kubernetes nor the local cluster sends it traffic before then. Pod
   labels: Istio's (``gateway-name``, ``gateway-class-name``, ``gateway.istio.io/managed``, the older
   ``istio.io/gateway-name``, ``istio.io/dataplane-mode: none`` so ztunnel never captures it,
   canonical name/revision, ``sidecar.istio.io/inject: "false"``) plus ``networking.istio.io/tunnel:
@@ -22,9 +24,11 @@ For a Gateway of class ``istio-waypoint`` with the HBONE listener, as Istio make
 Ownership: every object made carries ``gateway.networking.k8s.io/gateway-name: <gw>``,
 ``gateway.networking.k8s.io/gateway-class-name: istio-waypoint`` and ``gateway.istio.io/managed:
 istio.io-mesh-controller`` (Istio's labels) plus the annotation ``istio.io/gateway-uid: <the Gateway's
-uid>``; the controller only ever changes or deletes objects with the managed label (and a ServiceAccount
-only if it made it). The store models no ``ownerReferences`` (``meshcore.store.Resource`` has no such
-field), so the labels are the ownership record. A waypoint pod made directly by an older version (a
+uid>``, and the Gateway as their controlling owner reference (``ownerReferences``: ``controller: true``,
+the Gateway's uid; Kubernetes' garbage collector deletes them with the Gateway; an owner reference missing
+from an object an older version made is added). The controller only ever changes or deletes objects with
+the managed label (and a ServiceAccount only if it made it): the labels stay the ownership record it
+reads. A waypoint pod made directly by an older version (a
 managed pod without ``pod-template-hash``, the label every Deployment's pod carries) is stale
 (``is_bare_pod``): the controller deletes it once a pod of the Deployment is ready.
 
@@ -59,7 +63,7 @@ from istiod_lite.registry.waypoints import (
 )
 from istiod_lite.registry.workloads import TUNNEL_LABEL
 from meshcore.enrollment import DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE
-from meshcore.store.resource import KINDS, Resource
+from meshcore.store.resource import KINDS, OwnerReference, Resource
 
 GATEWAY_UID_ANNOTATION = "istio.io/gateway-uid"
 GATEWAY_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
@@ -71,6 +75,18 @@ WAYPOINT_COMMAND = ("waypoint",)
 CONTAINER_NAME = "waypoint"
 METRICS_PORT = 15020
 STATUS_PORT = 15021
+READINESS_PATH = "/healthz/ready"  # Istio's waypoint readiness, served by the waypoint on STATUS_PORT
+# The readinessProbe of the waypoint container: Istio's port and path; checked every 2 s (Istio checks
+# every 15 s after a 1 s startupProbe, which the local cluster's kubelet does not run), 4 failures to go
+# unready as Istio's.
+READINESS_PROBE: dict[str, Any] = {
+    "httpGet": {"path": READINESS_PATH, "port": STATUS_PORT, "scheme": "HTTP"},
+    "initialDelaySeconds": 1,
+    "periodSeconds": 2,
+    "timeoutSeconds": 1,
+    "successThreshold": 1,
+    "failureThreshold": 4,
+}
 # Istio's projected token and mesh root for proxies (paths the waypoint reads by default).
 TOKEN_VOLUME = "istio-token"
 TOKEN_DIR = "/var/run/secrets/tokens"
@@ -184,6 +200,7 @@ def _pod_template(gateway: Resource, settings: ControllerSettings) -> dict[str, 
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
             {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"},
         ],
+        "readinessProbe": READINESS_PROBE,
         "volumeMounts": [
             {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
             {"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": True},
@@ -203,11 +220,34 @@ def _pod_template(gateway: Resource, settings: ControllerSettings) -> dict[str, 
     }
 
 
+def owner_reference(gateway: Resource) -> tuple[OwnerReference, ...]:
+    """The Gateway as the controlling owner of what is made for it (none before it has a uid)."""
+    if not gateway.uid:
+        return ()
+    api_version = gateway.api_version or KINDS["Gateway"][0]
+    return (OwnerReference(api_version, "Gateway", gateway.name, gateway.uid, controller=True),)
+
+
+def with_owner(current: Resource, want: Resource) -> tuple[OwnerReference, ...]:
+    """``want``'s owner reference plus the others ``current`` has (another controller's is replaced: at
+    most one may be the controller)."""
+    ours = {o.uid for o in want.owner_references}
+    kept = tuple(
+        o for o in current.owner_references if o.uid not in ours and not (o.controller and want.owner_references)
+    )
+    return (*want.owner_references, *kept)
+
+
+def has_owner(current: Resource, want: Resource) -> bool:
+    return all(o in current.owner_references for o in want.owner_references)
+
+
 def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
     """What to make for an accepted waypoint Gateway (``gateway_refusal(gateway)`` is "")."""
     name, namespace = gateway.name, gateway.namespace
     labels = owner_labels(name)
     annotations = {GATEWAY_UID_ANNOTATION: gateway.uid} if gateway.uid else {}
+    owners = owner_reference(gateway)
     return Desired(
         service_account=Resource(
             kind="ServiceAccount",
@@ -216,6 +256,7 @@ def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
             api_version=KINDS["ServiceAccount"][0],
             labels=labels,
             annotations=annotations,
+            owner_references=owners,
         ),
         deployment=Resource(
             kind="Deployment",
@@ -224,6 +265,7 @@ def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
             api_version=KINDS["Deployment"][0],
             labels=labels,
             annotations=annotations,
+            owner_references=owners,
             spec={
                 "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
                 "template": _pod_template(gateway, settings),
@@ -236,6 +278,7 @@ def desired(gateway: Resource, settings: ControllerSettings) -> Desired:
             api_version=KINDS["Service"][0],
             labels=labels,
             annotations=annotations,
+            owner_references=owners,
             spec={
                 "selector": {GATEWAY_NAME_LABEL: name},
                 "ports": [
@@ -275,6 +318,7 @@ def deployment_update(current: Resource | None, want: Resource) -> Resource | No
     same = (
         all(current.labels.get(k) == v for k, v in want.labels.items())
         and all(current.annotations.get(k) == v for k, v in want.annotations.items())
+        and has_owner(current, want)
         and contains(current.spec.get("selector"), want.spec["selector"])
         and contains(current.spec.get("template"), want.spec["template"])
     )
@@ -285,6 +329,7 @@ def deployment_update(current: Resource | None, want: Resource) -> Resource | No
         labels={**current.labels, **want.labels},
         annotations={**current.annotations, **want.annotations},
         spec={**current.spec, **want.spec},
+        owner_references=with_owner(current, want),
     )
 
 
@@ -295,6 +340,7 @@ def service_update(current: Resource | None, want: Resource) -> Resource | None:
         same = (
             all(current.labels.get(k) == v for k, v in want.labels.items())
             and all(current.annotations.get(k) == v for k, v in want.annotations.items())
+            and has_owner(current, want)
             and current.spec.get("selector") == want.spec["selector"]
             and current.spec.get("ports") == want.spec["ports"]
         )
@@ -308,8 +354,19 @@ def service_update(current: Resource | None, want: Resource) -> Resource | None:
             labels={**current.labels, **want.labels},
             annotations={**current.annotations, **want.annotations},
             spec={**want.spec, **kept},
+            owner_references=with_owner(current, want),
         )
     return want
+
+
+def service_account_update(current: Resource | None, want: Resource) -> Resource | None:
+    """The ServiceAccount to write (None: nothing to do). A missing one is made; one the controller made
+    (an older version's, without the owner reference) gets the reference; a user's is never changed."""
+    if current is None:
+        return want
+    if not is_managed(current) or has_owner(current, want):
+        return None
+    return msgspec.structs.replace(current, owner_references=with_owner(current, want))
 
 
 def service_vip(service: Resource | None) -> str:
@@ -452,8 +509,10 @@ __all__ = [
     "is_bare_pod",
     "is_managed",
     "owner_labels",
+    "owner_reference",
     "pod_ready",
     "same_status",
+    "service_account_update",
     "service_update",
     "service_vip",
 ]

@@ -2,7 +2,8 @@
 code path as on the local cluster makes a Deployment, a Service and a ServiceAccount through the API; a
 Deployment as an API server returns it (defaults filled in, scaled by a user) is left alone; the Gateway's
 status follows the pod Kubernetes' Deployment controller would make (played here by a write to the stand-in,
-as that controller would make it); deleting the Gateway deletes what was made."""
+as that controller would make it); what is made is controlled by the Gateway (ownerReferences) and its pods
+are gated by the waypoint's readinessProbe; deleting the Gateway deletes what was made."""
 
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ def test_a_waypoint_on_kubernetes_is_a_deployment_kept_as_the_cluster_and_users_
     assert api.call(server.get_object, "Service", "demo", "waypoint") is not None
     assert api.call(server.get_object, "ServiceAccount", "demo", "waypoint") is not None
     assert not writes_to(api, "pods")  # Kubernetes' Deployment controller makes the pods
+    # The Gateway controls each of them, so Kubernetes' garbage collector deletes them with it.
+    gateway_uid = api.call(server.get_object, "Gateway", "demo", "waypoint")["metadata"]["uid"]
+    for kind in ("Deployment", "Service", "ServiceAccount"):
+        assert api.call(server.get_object, kind, "demo", "waypoint")["metadata"]["ownerReferences"] == [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "waypoint",
+             "uid": gateway_uid, "controller": True}
+        ], kind
+    assert template["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
 
     # What an API server returns: defaults filled in; and a user scaled it to 2.
     defaulted = copy.deepcopy(deployment)

@@ -17,14 +17,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ambientctl.cluster.deployments import OWNER_ANNOTATION, DeploymentController
+from ambientctl.cluster.probes import parse_probe
 from istiod_lite.waypoints import ControllerSettings, WaypointController
 from istiod_lite.waypoints.controller import OWNED_KINDS
 from istiod_lite.waypoints.objects import contains, deployment_update, desired
 from meshcore.store import ResourceRef, SqliteStore, build_resource
 from meshcore.store.kinds import plural
 from meshcore.store.kubernetes import DEFAULT_KINDS, rbac_rules
-from meshcore.store.resource import KINDS, Resource
+from meshcore.store.resource import KINDS, OwnerReference, Resource
 from meshcore.testing.resources import svc, waypoint
+from waypoint.config import parse_config
 
 GW = ResourceRef("Gateway", "demo", "waypoint")
 DEPLOYMENT = ResourceRef("Deployment", "demo", "waypoint")
@@ -522,3 +524,50 @@ def test_an_image_reference_with_spaces_is_refused_naming_the_variable(tmp_path:
 
     with pytest.raises(ConfigError, match="WAYPOINT_IMAGE"):
         parse_config(state_dir=str(tmp_path), env={"WAYPOINT_IMAGE": "mesh :2"})
+
+
+def test_everything_made_is_controlled_by_the_gateway_so_kubernetes_collects_it_with_the_gateway(
+    store: SqliteStore,
+) -> None:
+    gateway = apply_gateway(store)
+    run(controller(store), store)
+    owner = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "name": "waypoint",
+             "uid": gateway.uid, "controller": True}
+    for kind in ("ServiceAccount", "Deployment", "Service"):
+        made_one = store.get(ResourceRef(kind, "demo", "waypoint"))
+        assert made_one is not None and made_one.to_dict()["metadata"]["ownerReferences"] == [owner], kind
+
+
+def test_what_an_older_version_made_without_owner_references_gets_them_and_a_users_account_never(
+    store: SqliteStore,
+) -> None:
+    user_account = Resource(kind="ServiceAccount", name="mine", namespace="demo", api_version="v1")
+    gateway = apply_gateway(store)
+    want = desired(gateway, SETTINGS)
+    older = [msgspec.structs.replace(r, owner_references=()) for r in (want.service_account, want.deployment,
+                                                                        want.service)]
+    store.apply([user_account, *older])
+    other_owner = OwnerReference("v1", "ConfigMap", "keep", "cm-1")
+    store.apply([msgspec.structs.replace(older[1], owner_references=(other_owner,))])
+    run(controller(store), store)
+    for kind in ("ServiceAccount", "Deployment", "Service"):
+        made_one = store.get(ResourceRef(kind, "demo", "waypoint"))
+        assert made_one is not None and made_one.controller is not None, kind
+        assert made_one.controller.uid == gateway.uid
+    deployment = store.get(DEPLOYMENT)
+    assert deployment is not None and other_owner in deployment.owner_references  # another owner is kept
+    assert store.get(user_account.ref) == store.list("ServiceAccount", "demo")[0]
+    assert store.list("ServiceAccount", "demo")[0].owner_references == ()
+    since = store.revision()
+    assert run(controller(store), store, 0) == 0 and store.revision() == since  # and then nothing more
+
+
+def test_the_waypoint_container_is_ready_only_when_it_answers_istios_readiness_endpoint() -> None:
+    want = desired(waypoint("waypoint", "demo", uid="gw-uid"), SETTINGS)
+    (container,) = want.deployment.spec["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"}
+    probe = parse_probe(container, "waypoint pod")  # what the local cluster's kubelet runs
+    assert probe is not None and (probe.kind, probe.port, probe.path) == ("httpGet", 15021, "/healthz/ready")
+    assert parse_config(
+        {"POD_NAME": "waypoint-1", "POD_NAMESPACE": "demo", "GATEWAY_NAME": "waypoint"}
+    ).readiness_addr.port == probe.port  # the waypoint serves its readiness there by default
