@@ -12,6 +12,8 @@ the ip rule and route it installed are in the pod's netns now (rule by rule, wor
 installs every enrolled pod's rules again when it starts). Clock skew
 is read from times istiod-lite wrote (when each proxy's stream started, each certificate's start):
 none may be ahead of this machine's clock. A check whose facts cannot be gathered fails with the reason; nothing is skipped silently.
+``components_check`` reads the cluster supervisor's restarts and last exits: a component not running
+fails, one restarted within the last hour warns with how it last exited.
 Order and categories follow ``linkerd check``: host, control plane, CA, data plane, config sync,
 certificates.
 
@@ -41,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from ambientctl.cluster import Cluster, ClusterError
+from ambientctl.cluster.cluster import ProcessStatus
 from ambientctl.cluster.mesh import ISTIOD, agent_name, ztunnel_name
+from ambientctl.cluster.supervision import describe_exit
 from meshcore.enrollment import REDIRECTION_ANNOTATION, REDIRECTION_ENABLED, in_ambient_mesh
 from meshcore.store import SqliteStore
 
@@ -70,6 +74,8 @@ SYNC_SETTLE_S = 2.0
 NFT_TIMEOUT_S = 5.0
 # At most this many pods get a result line of their own; the rest are counted in one.
 MAX_POD_RESULTS = 10
+# A mesh component restarted this recently (seconds) makes ``components_check`` warn.
+RESTART_WARN_S = 3600.0
 
 
 class Category(StrEnum):
@@ -174,6 +180,40 @@ def cluster_check(phase: str | None, problems: Sequence[str]) -> CheckResult:
             "recreate what is missing: ambientctl cluster down && ambientctl cluster up",
         )  # fmt: skip
     return passed(c, what)
+
+
+def components_check(processes: Sequence[ProcessStatus], now: float) -> CheckResult:
+    """The cluster supervisor's view of the mesh components (``ClusterStatus.processes``): one not running
+    fails (with its state and last exit, and the fix); ones that restarted within ``RESTART_WARN_S`` are a
+    warning naming each, how often it restarted and how it last exited. ``now``: wall clock (time.time())."""
+    c, what = Category.cluster, "mesh components running"
+    down = [p for p in processes if not p.running]
+    if down:
+        seen = "; ".join(
+            f"{p.name} not running ({p.state}"
+            + (f", {describe_exit(p.last_exit, now)}" if p.last_exit else "")
+            + (f", restart due in {max(0.0, p.restart_at - now):.0f}s" if p.restart_at else "")
+            + ")"
+            for p in down
+        )
+        return failed(
+            c, what, seen,
+            f"read why: ambientctl cluster logs {down[0].name}; start it again: ambientctl cluster up (the "
+            "supervisor also restarts a dead component with back-off: ambientctl cluster status shows it)",
+        )  # fmt: skip
+    recent = [
+        p for p in processes
+        if p.restarts and p.last_exit is not None and now - p.last_exit.at <= RESTART_WARN_S
+    ]  # fmt: skip
+    if recent:
+        seen = "; ".join(
+            f"{p.name} restarted {p.restarts} time{'s' if p.restarts != 1 else ''}, last "
+            f"{describe_exit(p.last_exit, now)}"
+            for p in recent
+            if p.last_exit is not None
+        )
+        return warned(c, what, seen, f"read why it exited: ambientctl cluster logs {recent[0].name}")
+    return passed(c, what, f"{len(processes)} running")
 
 
 def process_check(category: Category, component: str, running: bool | None) -> CheckResult:
@@ -520,6 +560,7 @@ def gather_mesh(
     results = [cluster_check(status.phase, status.problems)]
     if status.phase in ("down",):
         return results, facts
+    results.append(components_check(status.processes, time.time()))
     running = {p.name: p.running for p in status.processes}
     facts.nodes = [n.name for n in status.nodes]
     istiod = Target(ISTIOD)
