@@ -13,11 +13,12 @@ Must not: touch the pod's network itself (the agent does), or print anything els
 
 Start-up is paid per pod (a fresh process for every ADD and DEL), so this module imports only what a
 call needs: msgspec, ``plugin_config`` (the network config), ``wire`` (the event format and the blocking
-client), the errors, the enrolment rule (``enroll.pod_facts``) and a read-only look at the store
-(``meshcore.store.sqlite_read.read_objects``: plain sqlite3, one snapshot, the same SQL and file checks as
-``SqliteStore``, never creating or changing the file). No structlog, asyncio, YAML or ztunnel settings:
-log lines are JSON written to stderr by ``log``. The store stays the plugin's own source of truth for
-enrolment (the agent's view may lag a just-created pod): the fail-closed rules above hold unchanged.
+client), the errors and, on an ADD that reads the store only, the enrolment rule (``enroll.pod_facts``)
+and a read-only look at the store (``meshcore.store.sqlite_read.read_objects``: plain sqlite3, one
+snapshot, the same SQL and file checks as ``SqliteStore``, never creating or changing the file). No
+structlog, asyncio, YAML or ztunnel settings: log lines are JSON written to stderr by ``log``. The store
+stays the plugin's own source of truth for enrolment (the agent's view may lag a just-created pod, which
+must not start uncaptured), so the fail-closed rules above hold unchanged.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import msgspec
 from meshcore.store.errors import StoreError
 from meshcore.store.paths import default_state_dir, store_path
 from meshcore.store.resource import ResourceRef
-from meshcore.store.sqlite_read import read_objects
-from ztunnel.cni.enroll import pod_facts
 from ztunnel.cni.errors import (
     CniAgentUnavailable,
     CniEnrollFailed,
@@ -176,6 +175,11 @@ def store_enrollment(config: PluginConfig, namespace: str, name: str) -> bool | 
     """Whether the pod is enrolled, read from the embedded store; None when the store has no such pod.
 
     Raises ``CniStoreUnavailable`` when the store cannot be read (no file: never created here)."""
+    # Imported here, not at the top: only this path needs sqlite3 and the enrolment rule's module, and
+    # every DEL (and every VERSION, CHECK, non-Kubernetes ADD) is a process of its own that skips them.
+    from meshcore.store.sqlite_read import read_objects
+    from ztunnel.cni.enroll import pod_facts
+
     if config.state_dir:
         state_dir = Path(config.state_dir).expanduser()
     else:
