@@ -4,7 +4,9 @@ controllers do, without the ReplicaSet objects): keep ``spec.replicas`` pods of 
 Pods of a Deployment are named ``<deployment>-<template hash>-<5 characters>``, carry the template's
 labels plus ``pod-template-hash`` (so istiod_lite names the workload after the Deployment, as Istio
 does) and the annotation ``OWNER_ANNOTATION: <deployment name>`` (ownership; a pod without it is never
-touched, even if the selector matches it). ``plan`` is pure: from the Deployment and its pods (with
+touched, even if the selector matches it), and the Deployment as their controlling ``ownerReferences``
+entry (what ``describe`` shows as ``Controlled By``; the pods of a deleted Deployment are deleted here,
+the local cluster's garbage collection). ``plan`` is pure: from the Deployment and its pods (with
 readiness) it returns the next step:
 
 * scale: create pods of the current template up to ``replicas``; delete extras (unready first, then by
@@ -128,10 +130,18 @@ def pod_from_template(deployment: Resource, current_hash: str, suffix: str) -> R
             "namespace": deployment.namespace,
             "labels": labels,
             "annotations": annotations,
+            **({"ownerReferences": [_controlled_by(deployment)]} if deployment.uid else {}),
         },
         "spec": template.get("spec") or {},
     }
     return build_resource(doc, source=f"deployment {deployment.namespace}/{deployment.name}")
+
+
+def _controlled_by(deployment: Resource) -> dict[str, Any]:
+    """The pod's owner reference: the Deployment itself (Kubernetes names its ReplicaSet; there is none
+    here), so ``describe`` shows ``Controlled By``. Ownership is still read from ``OWNER_ANNOTATION``."""
+    return {"apiVersion": deployment.api_version or "apps/v1", "kind": "Deployment", "name": deployment.name,
+            "uid": deployment.uid, "controller": True, "blockOwnerDeletion": True}
 
 
 def random_suffix(rng: random.Random) -> str:

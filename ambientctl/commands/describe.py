@@ -395,6 +395,8 @@ def describe_pod(
             w.kv(1, "IP", ip)
     else:
         w.kv(0, "IPs", NONE)
+    if pod.controller is not None:  # kubectl's line: the owner reference with controller: true
+        w.kv(0, "Controlled By", f"{pod.controller.kind}/{pod.controller.name}")
     _containers(w, "Init Containers", spec.get("initContainers"), status.get("initContainerStatuses"))
     _containers(w, "Containers", spec.get("containers"), status.get("containerStatuses"))
     w.kv(0, "Restart Policy", spec.get("restartPolicy") or "Always")

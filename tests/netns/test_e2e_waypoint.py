@@ -1,7 +1,8 @@
 """A waypoint on the local cluster, driven as a user would: ``ambientctl waypoint apply --service-account``,
 an AuthorizationPolicy with ``targetRefs``, requests from a client pod on the other node.
 
-Proves: the waypoint is made and programmed from one command; requests then reach both servers from the
+Proves: the waypoint is made and programmed from one command (its pod Ready through its readinessProbe on
+15021 ``/healthz/ready``, controlled by its Deployment); requests then reach both servers from the
 waypoint (balanced per request); GET / is allowed and POST denied with 403 ``RBAC: access denied`` by the
 L7 policy; the node link carries only TLS to 15008 with the waypoint in the path; deleting the waypoint
 returns the service to L4-only (POST answered by the server, its pod and Service removed).
@@ -93,6 +94,13 @@ def test_a_per_service_account_waypoint_enforces_l7_policy_and_leaves_cleanly(mc
 
     ips = waypoint_ips(mc)
     assert ips
+    # Ready only through the kubelet's readinessProbe on Istio's 15021 /healthz/ready; run by its Deployment.
+    (pod,) = [p for p in mc.store.list("Pod", "shop") if p.labels.get("gateway.networking.k8s.io/gateway-name")]
+    (container,) = pod.spec["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"}
+    assert [c.get("ready") for c in pod.status["containerStatuses"]] == [True]
+    assert pod.controller is not None and (pod.controller.kind, pod.controller.name) == (
+        "Deployment", "server-waypoint")
     wait_for("requests arriving from the waypoint",
              lambda: str(mc.request("client", "shop", URL)["results"][0].get("peer") or "").split(":")[0] in ips)
     spread = mc.request("client", "shop", URL, count=20)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
@@ -24,7 +25,7 @@ from ambientctl.commands.describe import (
     service_endpoints,
     waypoint_for_pod,
 )
-from meshcore.store import Resource
+from meshcore.store import OwnerReference, Resource
 
 REPO = Path(__file__).resolve().parents[3]
 MESH = REPO / "examples" / "mesh.yaml"
@@ -333,3 +334,14 @@ def test_describe_lists_the_objects_events_oldest_first_as_kubectl_does() -> Non
         "  Warning  BackOff    60s (x4 over 10m)  kubelet            Back-off restarting failed container app in "
         "pod web_shop(u)",
     ]
+
+
+def test_describe_pod_names_the_controlling_owner_as_kubectl_does() -> None:
+    owned = Resource(kind="Pod", name="web-5d9c7-abcde", namespace="shop", spec={"nodeName": "node-1"},
+                     owner_references=(OwnerReference("apps/v1", "Deployment", "web", "u-1", controller=True),))
+    mesh = MeshView(cluster_up=True, node_processes={})
+    text = describe_pod(owned, namespace=None, policies=[], services=[], gateways=[], mesh=mesh)
+    assert any(line.split() == ["Controlled", "By:", "Deployment/web"] for line in text.splitlines())
+    bare = msgspec.structs.replace(owned, owner_references=(OwnerReference("v1", "ConfigMap", "c", "u-2"),))
+    text = describe_pod(bare, namespace=None, policies=[], services=[], gateways=[], mesh=mesh)
+    assert "Controlled By" not in text  # only a controller is named

@@ -244,3 +244,14 @@ def test_scaling_is_recorded_as_scaling_replica_set_events(store: SqliteStore) -
         f"Scaled down replica set web-{h} to 1",
         f"Scaled up replica set web-{h} to 3",
     ]
+
+
+def test_the_pods_are_controlled_by_their_deployment(store: SqliteStore) -> None:
+    (deployment,) = store.apply([build_resource(deployment_doc(replicas=2))])
+    DeploymentController(store, rng=random.Random(7)).sync()
+    assert len(owned(store)) == 2
+    for pod in owned(store):
+        assert pod.to_dict()["metadata"]["ownerReferences"] == [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": deployment.resource.uid,
+             "controller": True, "blockOwnerDeletion": True}
+        ]
