@@ -14,20 +14,32 @@ image stand-in (``ambientctl.apps.standin`` on containerPort 9080), the shape of
 The time is sampled by polling the store every 20 ms. Needs root. Everything is removed at the end, also
 on failure. Never part of the test run.
 
+``--plugin-tree DIR`` (repeatable; ``.`` is this checkout) runs the whole measurement once per tree, in a
+fresh cluster each, alternating over ``--rounds``, with that tree's ``ambient-cni`` (a wrapper like the
+console script with the tree first on ``sys.path``, found through the kubelet's ``CNI_PATH``); everything
+else runs from this checkout. That compares CNI plugins before/after in one run.
+
     .venv/bin/python bench/cluster_deployments.py [--deployments 5] [--replicas 10]
+    .venv/bin/python bench/cluster_deployments.py --plugin-tree /tmp/before --plugin-tree . --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from ambientctl.cluster.deployments import OWNER_ANNOTATION, TEMPLATE_HASH_LABEL, template_hash
+from ambientctl.cluster.mesh import MeshSettings
 from ambientctl.cluster.testing import AMBIENT, REDIRECTION, MeshCluster, namespace
 from meshcore.store import ResourceRef, load_documents
 
 POLL_S = 0.02
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def deployment(name: str, replicas: int, version: str) -> str:
@@ -61,13 +73,22 @@ def wait(what: str, check: object, timeout: float) -> float:
     return time.monotonic() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--deployments", type=int, default=5)
-    parser.add_argument("--replicas", type=int, default=10)
-    args = parser.parse_args()
+def plugin_dir(tree: Path) -> Path:
+    """A directory holding an ``ambient-cni`` that imports from ``tree`` (as the console script does)."""
+    directory = Path(tempfile.mkdtemp(prefix="cni-bin-"))
+    script = directory / "ambient-cni"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(tree)!r})\n"
+        "from ztunnel.cni.plugin import main\nsys.exit(main())\n"
+    )
+    script.chmod(0o755)
+    return directory
+
+
+def measure(args: argparse.Namespace, settings: MeshSettings | None) -> tuple[float, float, float]:
+    """(apply -> all Ready, apply -> all captured, rollout) in seconds, on a fresh cluster."""
     total = args.deployments * args.replicas
-    mc = MeshCluster.create(nodes=2)
+    mc = MeshCluster.create(nodes=2, settings=settings)
     try:
         mc.apply(namespace("bench", AMBIENT))
         names = [f"app{i}" for i in range(args.deployments)]
@@ -106,8 +127,41 @@ def main() -> None:
         mc.store.apply([new_doc])
         t_roll = wait(f"rollout of {args.replicas} replicas", rolled, timeout=300)
         print(f"template change rolled across {args.replicas} replicas: {t_roll:.2f} s")
+        return t_ready, t_captured, t_roll
     finally:
         mc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--deployments", type=int, default=5)
+    parser.add_argument("--replicas", type=int, default=10)
+    parser.add_argument("--plugin-tree", action="append", default=[], help="a tree whose ambient-cni to use")
+    parser.add_argument("--rounds", type=int, default=1, help="with --plugin-tree: passes over the trees")
+    args = parser.parse_args()
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, {os.cpu_count()} cpus, load {os.getloadavg()}"
+    )
+    print("# " + " ".join([sys.executable, *sys.argv]))
+    if not args.plugin_tree:
+        measure(args, None)
+        return
+    trees = [ROOT if t == "." else Path(t).resolve() for t in args.plugin_tree]
+    dirs = {tree: plugin_dir(tree) for tree in trees}
+    results: dict[Path, list[tuple[float, float, float]]] = {tree: [] for tree in trees}
+    try:
+        for _ in range(args.rounds):
+            for tree in trees:
+                print(f"\n## ambient-cni from {tree}")
+                cni_path = os.pathsep.join([str(dirs[tree]), os.path.dirname(sys.executable), "/opt/cni/bin"])
+                results[tree].append(measure(args, MeshSettings(extra_env={"CNI_PATH": cni_path})))
+    finally:
+        for directory in dirs.values():
+            shutil.rmtree(directory, ignore_errors=True)
+    print("\n| plugin tree | apply -> all Ready (s) | -> all captured (s) | rollout (s) |\n|---|---|---|---|")
+    for tree, rows in results.items():
+        cols = [", ".join(f"{row[i]:.2f}" for row in rows) for i in range(3)]
+        print(f"| {tree} | {cols[0]} | {cols[1]} | {cols[2]} |")
 
 
 if __name__ == "__main__":
