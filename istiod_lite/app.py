@@ -8,8 +8,8 @@ on the token CA port carrying only the CA for service-account-token callers (``c
 monitoring HTTP server (``/metrics``, ``/debug/syncz``, ``/debug/registryz``, ``/ready``).
 
 Replicas: on the Kubernetes store several replicas run at once. Every one serves xDS and the CA; only the
-one holding the Lease (``istiod_lite.leader``) runs the waypoint controller and writes route/policy
-status (``is_leader``). A follower keeps its registry current but writes nothing; on taking the lease it
+one holding the Lease (``istiod_lite.leader``) runs the waypoint controller, writes route/policy
+status and keeps the mesh root's ConfigMap in every namespace (``ca.secret.RootPublisher``) (``is_leader``). A follower keeps its registry current but writes nothing; on taking the lease it
 re-reads the whole store once and writes only what differs from what the cluster holds (so status the
 previous leader wrote is not written again). On the SQLite store there is one writer and no election.
 
@@ -72,6 +72,8 @@ from meshcore.store.resource import Resource, ResourceRef
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, Configuration
+
+    from istiod_lite.ca.secret import RootPublisher
 
 log = structlog.get_logger("istiod_lite")
 
@@ -209,6 +211,9 @@ class ControlPlane:
             "istiod_lite_leader", "1 while this replica runs the controllers and writes status", registry=self.metrics
         )
         self._leader_gauge.set(0 if config.store == "kubernetes" else 1)
+        # istio-ca-root-cert in every namespace (Kubernetes store only; the leader writes).
+        self.root_publisher: RootPublisher | None = None
+        self._root_task: asyncio.Task[None] | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -220,6 +225,8 @@ class ControlPlane:
         # Taking the lease: the watch loop re-reads everything once before its next batch. Losing it:
         # writes stop at once (is_leader is read before each one).
         self._resync_as_leader = leading
+        if leading and self.root_publisher is not None:
+            self.root_publisher.everywhere()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -269,6 +276,7 @@ class ControlPlane:
         self._watch_task = asyncio.create_task(self._watch(), name="istiod-store-watch")
         if cfg.store == "kubernetes":
             self._start_election()
+            self._start_root_publisher()
         self.ready.set()
         log.info(
             "istiod-lite serving",
@@ -289,6 +297,20 @@ class ControlPlane:
         self.elector = LeaderElector(ApiClient(configuration), self._lease, on_change=self._on_leadership)
         self._elector_task = asyncio.create_task(self.elector.run(), name="istiod-leader-election")
 
+    def _start_root_publisher(self) -> None:
+        from kubernetes_asyncio.client import ApiClient  # the Kubernetes client only on that store
+
+        from istiod_lite.ca.secret import RootPublisher
+
+        self.root_publisher = RootPublisher(
+            ApiClient(self.store.configuration),  # type: ignore[attr-defined]
+            self.ca.roots_pem,
+            namespaces=lambda: self.store.list("Namespace"),
+            is_leader=lambda: self.is_leader,
+            metrics=self.metrics,
+        )
+        self._root_task = asyncio.create_task(self.root_publisher.run(), name="istiod-root-configmaps")
+
     async def _stop_election(self) -> None:
         if self._elector_task is None or self.elector is None:
             return
@@ -304,6 +326,11 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
         await self._stop_election()
+        if self._root_task is not None and self.root_publisher is not None:
+            self._root_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._root_task
+            await self.root_publisher.api.close()
         await self.push.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
@@ -400,6 +427,10 @@ class ControlPlane:
                     log.exception("incremental registry update failed; rebuilding from the whole store")
                     self._load_all()
                 self.waypoints.observe(ev.resource for ev in events)
+                if self.root_publisher is not None:
+                    self.root_publisher.namespaces_added(
+                        ev.resource.name for ev in events if ev.type == "ADDED" and ev.resource.kind == "Namespace"
+                    )
             self._reconcile_waypoints()
             self._flush_policy_status()  # once per turn, within its write budget
             await asyncio.sleep(WATCH_POLL_SECONDS)

@@ -2,7 +2,8 @@
 
 Role: one pure renderer (``render_manifests``) for everything the mesh needs on a cluster: the
 ``istio-system`` Namespace, this mesh's CRDs, service accounts, istiod-lite's ClusterRole (its rules are
-``meshcore.store.kubernetes.rbac_rules()``, derived from the calls the Kubernetes store makes), its
+``meshcore.store.kubernetes.rbac_rules()``, derived from the calls the Kubernetes store makes; another,
+``istiod-lite-ca-root``, for the mesh root's ConfigMap it keeps in every namespace), its
 Deployment and Service (15012 xDS + CA, 15011 token CA, 15014 monitoring), the ztunnel DaemonSet (the
 capabilities Istio's ztunnel needs) and the CNI node agent DaemonSet (host network, the host's CNI
 directories; ``STORE=kubernetes``, its ClusterRole ``meshcore.store.kubernetes.node_agent_rbac_rules()``,
@@ -102,17 +103,21 @@ ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"  # Istio's name; key root-cert.pem
 
 
 def _istiod_role_rules() -> list[JSON]:
-    """istiod-lite's namespaced rules in istio-system: the leader Lease, the CA root's Secret and the root's
-    ConfigMap. The verbs are those ``istiod_lite.leader.LEASE_VERBS``, ``istiod_lite.ca.secret.SECRET_VERBS``
-    and ``CONFIGMAP_VERBS`` name
+    """istiod-lite's namespaced rules in istio-system: the leader Lease and the CA root's Secret. The verbs
+    are those ``istiod_lite.leader.LEASE_VERBS`` and ``istiod_lite.ca.secret.SECRET_VERBS`` name
     (ambientctl cannot import istiod_lite; a test keeps them equal, and others check them against the
     calls made on the API stand-in)."""
     return [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
-        # The root published for ztunnel (istio-ca-root-cert): istiod_lite.ca.secret.CONFIGMAP_VERBS.
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
     ]
+
+
+# The mesh root published in every namespace (istio-ca-root-cert, as Istio's namespace controller does):
+# istiod_lite.ca.secret.CONFIGMAP_VERBS, cluster-wide (kept equal by a test, checked against the calls).
+_CA_ROOT_RULES: list[JSON] = [
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "update"]},
+]
 
 
 def _istiod(image: str) -> list[JSON]:
@@ -160,6 +165,12 @@ def _istiod(image: str) -> list[JSON]:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta("istiod-lite-tokenreview", None),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istiod-lite-tokenreview"},
+         "subjects": [{"kind": "ServiceAccount", "name": "istiod", "namespace": NAMESPACE}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": _meta("istiod-lite-ca-root", None), "rules": _CA_ROOT_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": _meta("istiod-lite-ca-root", None),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "istiod-lite-ca-root"},
          "subjects": [{"kind": "ServiceAccount", "name": "istiod", "namespace": NAMESPACE}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": _meta("istiod-lite"), "rules": _istiod_role_rules()},

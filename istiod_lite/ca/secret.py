@@ -21,10 +21,20 @@ Invariants:
 
 The root is then published, as Istio's istiod publishes it, in the ConfigMap ``istio-ca-root-cert``
 (key ``root-cert.pem``) of that namespace, where ztunnel mounts it to verify istiod (``CA_ROOT_CA``):
-created when missing, updated only when its root differs (``CONFIGMAP_VERBS``: get, create, update).
-Replicas publish the same root, so their writes agree; a conflict is re-read and retried. A failure to
-publish is logged with the reason and does not stop istiod-lite (its CA is fine; ztunnels that cannot
-read the root say so).
+created when missing, updated only when its root differs. Replicas publish the same root, so their
+writes agree; a conflict is re-read and retried. A failure to publish is logged with the reason and does
+not stop istiod-lite (its CA is fine; ztunnels that cannot read the root say so).
+
+``RootPublisher`` then keeps that ConfigMap in every namespace, as Istio's namespace controller does
+(waypoint pods mount it wherever they run): on a namespace's creation, on taking the leader Lease, when
+the root changes (``set_root``) and every ``RESYNC_SECONDS`` (a deleted or edited ConfigMap comes back;
+one cluster-wide list, then writes only where the root is missing or differs). Only the leader writes
+(``is_leader`` is read before each pass). Kubernetes' own namespaces (``SKIPPED_NAMESPACES``, as Istio
+skips them) and terminating ones are left alone. A user's edits are not fought beyond the root's key:
+an update rewrites ``data["root-cert.pem"]`` and keeps the other keys, labels and annotations. One
+namespace's failure is logged and counted and retried on the next pass; the others are published.
+Verbs: ``CONFIGMAP_VERBS`` (get, list, create, update on configmaps in every namespace: the manifests'
+ClusterRole ``istiod-lite-ca-root``).
 """
 
 from __future__ import annotations
@@ -33,14 +43,19 @@ import asyncio
 import base64
 import binascii
 import concurrent.futures
+import copy
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter
 
 from istiod_lite.ca.errors import CaMaterialInvalid, CaStorageError
 from istiod_lite.ca.storage import CaMaterial, Named, generate_root, material_from_pem
+from meshcore.store.errors import StoreUnavailable
 from meshcore.store.kubernetes import ApiFailure, api_call
+from meshcore.store.resource import Resource
 from meshcore.tls import certs
 
 if TYPE_CHECKING:
@@ -58,9 +73,14 @@ ROOT_KEY = "root-cert.pem"
 SECRET_VERBS: tuple[str, ...] = ("get", "create")
 SECRETS = "/api/v1/namespaces/{namespace}/secrets"
 ROOT_CONFIGMAP = "istio-ca-root-cert"  # Istio's name; key root-cert.pem
-CONFIGMAP_VERBS: tuple[str, ...] = ("get", "create", "update")
+CONFIGMAP_VERBS: tuple[str, ...] = ("get", "list", "create", "update")
 CONFIGMAPS = "/api/v1/namespaces/{namespace}/configmaps"
+ALL_CONFIGMAPS = "/api/v1/configmaps"
 PUBLISH_ATTEMPTS = 3
+RESYNC_SECONDS = 60.0
+# Kubernetes' own namespaces: Istio's namespace controller publishes nothing there.
+SKIPPED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
+PART_OF_LABEL = {"app.kubernetes.io/part-of": "ambient-mesh"}
 
 
 def load_secret_root(
@@ -88,51 +108,193 @@ async def _load(
 
 async def publish_root(api: ApiClient, namespace: str, roots_pem: str, *, request_timeout: float = 30.0) -> bool:
     """Make ``istio-ca-root-cert`` in ``namespace`` hold ``roots_pem`` (see module doc); False when it could not."""
-    from meshcore.store.errors import StoreUnavailable
-
-    path = f"{CONFIGMAPS.format(namespace=namespace)}/{ROOT_CONFIGMAP}"
-    body: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/part-of": "ambient-mesh"}},
-        "data": {ROOT_KEY: roots_pem},
-    }
     where = f"{namespace}/{ROOT_CONFIGMAP}"
     try:
-        for _ in range(PUBLISH_ATTEMPTS):
-            try:
-                current: dict[str, Any] | None = await api_call(api, "GET", path, request_timeout=request_timeout)
-            except ApiFailure as e:
-                if e.status != 404:
-                    raise
-                current = None
-            try:
-                if current is None:
-                    await api_call(api, "POST", CONFIGMAPS.format(namespace=namespace), body=body,
-                                   request_timeout=request_timeout)
-                    log.info("CA root published", configmap=where)
-                    return True
-                data = current.get("data")
-                if isinstance(data, dict) and data.get(ROOT_KEY) == roots_pem:
-                    return True
-                meta = current.get("metadata") or {}
-                body["metadata"]["resourceVersion"] = meta.get("resourceVersion")
-                await api_call(api, "PUT", path, body=body, request_timeout=request_timeout)
-                log.info("CA root published (replaced a different root)", configmap=where)
-                return True
-            except ApiFailure as e:
-                if e.status != 409:
-                    raise
-                body["metadata"].pop("resourceVersion", None)  # another writer was first: read again
-        log.warning("CA root not published: it kept changing under us", configmap=where)
+        current = await _get_root_configmap(api, namespace, request_timeout)
+        return await _write_root(api, namespace, roots_pem, current, request_timeout=request_timeout)
     except ApiFailure as e:
-        hint = " (RBAC: istiod-lite's Role needs get, create, update on configmaps)" if e.status == 403 else ""
         log.warning("CA root not published; ztunnels cannot verify istiod until it is", configmap=where,
-                    error=f"{e}{hint}")
+                    error=f"{e}{_rbac_hint(e)}")
     except StoreUnavailable as e:
         log.warning("CA root not published; ztunnels cannot verify istiod until it is", configmap=where,
                     error=str(e))
     return False
+
+
+async def _get_root_configmap(api: ApiClient, namespace: str, request_timeout: float) -> dict[str, Any] | None:
+    path = f"{CONFIGMAPS.format(namespace=namespace)}/{ROOT_CONFIGMAP}"
+    try:
+        found: dict[str, Any] = await api_call(api, "GET", path, request_timeout=request_timeout)
+    except ApiFailure as e:
+        if e.status == 404:
+            return None
+        raise
+    return found
+
+
+def _holds(configmap: dict[str, Any] | None, roots_pem: str) -> bool:
+    data = (configmap or {}).get("data")
+    return isinstance(data, dict) and data.get(ROOT_KEY) == roots_pem
+
+
+async def _write_root(
+    api: ApiClient, namespace: str, roots_pem: str, current: dict[str, Any] | None, *, request_timeout: float
+) -> bool:
+    """Create the ConfigMap, or rewrite only its root key (other keys, labels and annotations kept); a
+    conflict (another writer first) is re-read and retried. Raises ``ApiFailure`` for anything else."""
+    where = f"{namespace}/{ROOT_CONFIGMAP}"
+    collection = CONFIGMAPS.format(namespace=namespace)
+    for _ in range(PUBLISH_ATTEMPTS):
+        if _holds(current, roots_pem):
+            return True
+        try:
+            if current is None:
+                body: dict[str, Any] = {
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace, "labels": dict(PART_OF_LABEL)},
+                    "data": {ROOT_KEY: roots_pem},
+                }
+                await api_call(api, "POST", collection, body=body, request_timeout=request_timeout)
+                log.info("CA root published", configmap=where)
+                return True
+            body = copy.deepcopy(current)
+            data = body.get("data")
+            body["data"] = {**(data if isinstance(data, dict) else {}), ROOT_KEY: roots_pem}
+            body.pop("status", None)
+            await api_call(api, "PUT", f"{collection}/{ROOT_CONFIGMAP}", body=body, request_timeout=request_timeout)
+            log.info("CA root published (replaced a different root)", configmap=where)
+            return True
+        except ApiFailure as e:
+            if e.status != 409:
+                raise
+        current = await _get_root_configmap(api, namespace, request_timeout)  # another writer was first
+    log.warning("CA root not published: it kept changing under us", configmap=where)
+    return False
+
+
+def _rbac_hint(e: ApiFailure) -> str:
+    if e.status != 403:
+        return ""
+    return f" (RBAC: istiod-lite's ClusterRole needs {', '.join(CONFIGMAP_VERBS)} on configmaps)"
+
+
+class RootPublisher:
+    """Keeps ``istio-ca-root-cert`` holding the mesh root in every namespace (module doc). ``run`` is one
+    task of istiod-lite's loop; the other methods are called from that loop and never block."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        roots_pem: str,
+        *,
+        namespaces: Callable[[], Iterable[Resource]],
+        is_leader: Callable[[], bool],
+        metrics: CollectorRegistry | None = None,
+        resync_seconds: float = RESYNC_SECONDS,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self.api = api
+        self._roots = roots_pem
+        self._namespaces = namespaces
+        self._is_leader = is_leader
+        self._resync = resync_seconds
+        self._timeout = request_timeout
+        self._pending: set[str] = set()
+        self._everywhere = True  # the first pass covers every namespace
+        self._wake = asyncio.Event()
+        self.passes = 0  # passes over every namespace done (for tests and debugging)
+        self.declined = 0  # turns with work left undone because this replica does not lead
+        self._writes = Counter("istiod_lite_root_configmap_writes",
+                               "istio-ca-root-cert ConfigMaps created or whose root was rewritten",
+                               registry=metrics)
+        self._failures = Counter("istiod_lite_root_configmap_failures",
+                                 "istio-ca-root-cert ConfigMaps that could not be published (retried)",
+                                 registry=metrics)
+
+    def namespaces_added(self, names: Iterable[str]) -> None:
+        """New namespaces: publish there on the next turn."""
+        before = len(self._pending)
+        self._pending.update(names)
+        if len(self._pending) > before:
+            self._wake.set()
+
+    def everywhere(self) -> None:
+        """Check every namespace on the next turn (on taking the lease)."""
+        self._everywhere = True
+        self._wake.set()
+
+    def set_root(self, roots_pem: str) -> None:
+        """A new root: publish it everywhere."""
+        if roots_pem != self._roots:
+            self._roots = roots_pem
+            self.everywhere()
+
+    async def run(self) -> None:
+        while True:
+            if not (self._everywhere or self._pending):
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._resync)
+                except TimeoutError:
+                    self._everywhere = True
+            self._wake.clear()
+            if not self._is_leader():  # taking the lease calls everywhere()
+                self._everywhere = False
+                self._pending.clear()
+                self.declined += 1
+                continue
+            try:
+                if self._everywhere:
+                    self._everywhere = False
+                    self._pending.clear()
+                    await self._publish_everywhere()
+                    self.passes += 1
+                else:
+                    names, self._pending = sorted(self._pending), set()
+                    wanted = {ns.name for ns in self._wanted()}
+                    for name in names:
+                        if name in wanted and self._is_leader():
+                            await self._publish(name)
+            except (ApiFailure, StoreUnavailable) as e:
+                self._failures.inc()
+                log.warning("CA root ConfigMaps not checked; retrying on the next pass",
+                            error=f"{e}{_rbac_hint(e) if isinstance(e, ApiFailure) else ''}",
+                            retry_in=self._resync)
+
+    def _wanted(self) -> list[Resource]:
+        return [ns for ns in self._namespaces()
+                if ns.name not in SKIPPED_NAMESPACES and ns.status.get("phase") != "Terminating"]
+
+    async def _publish_everywhere(self) -> None:
+        listed = await api_call(self.api, "GET", ALL_CONFIGMAPS,
+                                query={"fieldSelector": f"metadata.name={ROOT_CONFIGMAP}"},
+                                request_timeout=self._timeout)
+        existing = {str(item["metadata"]["namespace"]): item for item in listed.get("items") or ()}
+        for ns in self._wanted():
+            if not self._is_leader():
+                return
+            current = existing.get(ns.name)
+            if not _holds(current, self._roots):
+                await self._publish(ns.name, current)
+
+    async def _publish(self, namespace: str, *listed: dict[str, Any] | None) -> None:
+        """One namespace (``listed``: its ConfigMap as a list returned it, None for none; else it is read);
+        a failure is logged and counted, never raised (the other namespaces go on)."""
+        try:
+            current = listed[0] if listed else await _get_root_configmap(self.api, namespace, self._timeout)
+            if _holds(current, self._roots):
+                return
+            if await _write_root(self.api, namespace, self._roots, current, request_timeout=self._timeout):
+                self._writes.inc()
+                return
+        except ApiFailure as e:
+            if e.status == 404 or (e.status == 403 and "terminat" in e.message):
+                return  # the namespace is gone or going
+            log.warning("CA root not published in a namespace; retrying on the next pass",
+                        configmap=f"{namespace}/{ROOT_CONFIGMAP}", error=f"{e}{_rbac_hint(e)}")
+        except StoreUnavailable as e:
+            log.warning("CA root not published in a namespace; retrying on the next pass",
+                        configmap=f"{namespace}/{ROOT_CONFIGMAP}", error=str(e))
+        self._failures.inc()
 
 
 async def _load_material(
@@ -222,5 +384,6 @@ def _b64(pem: str) -> str:
     return base64.b64encode(pem.encode("ascii")).decode("ascii")
 
 
-__all__ = ["CA_SECRET", "CONFIGMAP_VERBS", "PLUGGED_SECRET", "ROOT_CONFIGMAP", "SECRET_VERBS", "load_secret_root",
+__all__ = ["CA_SECRET", "CONFIGMAP_VERBS", "PLUGGED_SECRET", "ROOT_CONFIGMAP", "SECRET_VERBS", "RootPublisher",
+           "load_secret_root",
            "publish_root"]

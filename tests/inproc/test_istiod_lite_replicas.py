@@ -1,7 +1,7 @@
 """Two istiod-lite replicas on the Kubernetes store (the API stand-in): both serve, one leader writes route
 status, the other takes over when the leader stops, and the status is written once across the hand-over;
-only the leader runs the waypoint controller; the Lease calls the replicas make are exactly the Role the
-manifests grant; every replica signs with the one CA root kept in the istio-ca-secret Secret."""
+only the leader runs the waypoint controller and publishes the CA root in every namespace (a new one too);
+the Lease calls the replicas make are exactly the Role the manifests grant; every replica signs with the one CA root kept in the istio-ca-secret Secret."""
 
 from __future__ import annotations
 
@@ -235,3 +235,23 @@ async def test_every_replica_signs_with_the_one_root_kept_in_the_secret(replicas
     await replicas.stop(a)
     c = await replicas.start("istiod-c")
     assert c.ca.signing_cert == b.ca.signing_cert
+
+
+async def test_the_leader_publishes_the_root_in_every_namespace_and_in_a_new_one(replicas: Replicas) -> None:
+    from istiod_lite.ca.secret import ROOT_CONFIGMAP
+
+    def root_in(namespace: str) -> str | None:
+        got = replicas.api.call(replicas.api.server.get_object, "ConfigMap", namespace, ROOT_CONFIGMAP)
+        return None if got is None else str(got["data"]["root-cert.pem"])
+
+    a, b = await replicas.start("istiod-a"), await replicas.start("istiod-b")
+    leader, follower = await one_leader(a, b)
+    assert leader.root_publisher is not None and follower.root_publisher is not None
+    await wait_until(lambda: leader.root_publisher.passes >= 1, "the leader's pass over every namespace")  # type: ignore[union-attr]
+    assert root_in("demo") == root_in("istio-system") == leader.ca.roots_pem
+    await replicas.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "later"}})
+    await wait_until(lambda: root_in("later") == leader.ca.roots_pem, "the root in the namespace made later")
+    assert follower.root_publisher.passes == 0
+    writes = sorted((r.verb, r.namespace) for r in replicas.api.server.requests
+                    if r.resource == "configmaps" and r.verb in ("create", "update"))
+    assert writes == [("create", "demo"), ("create", "istio-system"), ("create", "later")]  # each once

@@ -61,7 +61,7 @@ def test_istiod_gets_the_rbac_the_kubernetes_store_needs_bound_to_its_service_ac
     assert env["STORE"] == "kubernetes"
 
 
-def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_ca_secret_and_root_configmap_calls() -> None:
+def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_and_ca_secret_calls() -> None:
     deployment = find("Deployment", "istiod")["spec"]
     assert deployment["replicas"] == 2
     env = {e["name"]: e for e in deployment["template"]["spec"]["containers"][0]["env"]}
@@ -71,10 +71,18 @@ def test_istiod_runs_two_replicas_with_a_role_for_exactly_the_lease_ca_secret_an
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": list(LEASE_VERBS)},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": list(SECRET_VERBS)},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": list(CONFIGMAP_VERBS)},
     ]
     binding = find("RoleBinding", "istiod-lite")
     assert binding["roleRef"]["name"] == "istiod-lite"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istiod", "namespace": "istio-system"}]
+
+
+def test_istiod_may_keep_the_root_configmap_in_every_namespace_with_exactly_the_publishers_verbs() -> None:
+    role = find("ClusterRole", "istiod-lite-ca-root")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": list(CONFIGMAP_VERBS)}]
+    binding = find("ClusterRoleBinding", "istiod-lite-ca-root")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "istiod-lite-ca-root"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istiod", "namespace": "istio-system"}]
 
 
