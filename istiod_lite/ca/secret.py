@@ -157,10 +157,13 @@ async def _write_root(
                 await api_call(api, "POST", collection, body=body, request_timeout=request_timeout)
                 log.info("CA root published", configmap=where)
                 return True
+            # As read (a list's items carry no kind), with the root's key rewritten; resourceVersion kept
+            # so a concurrent edit conflicts instead of being overwritten.
             body = copy.deepcopy(current)
             data = body.get("data")
-            body["data"] = {**(data if isinstance(data, dict) else {}), ROOT_KEY: roots_pem}
-            body.pop("status", None)
+            body.update(apiVersion="v1", kind="ConfigMap",
+                        data={**(data if isinstance(data, dict) else {}), ROOT_KEY: roots_pem})
+            body.get("metadata", {}).pop("managedFields", None)
             await api_call(api, "PUT", f"{collection}/{ROOT_CONFIGMAP}", body=body, request_timeout=request_timeout)
             log.info("CA root published (replaced a different root)", configmap=where)
             return True
