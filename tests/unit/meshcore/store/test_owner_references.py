@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshcore.store import (
     InvalidResource,
@@ -121,3 +123,32 @@ def test_both_stores_keep_them_as_given_and_a_change_of_them_alone_is_a_write(st
 
     (orphaned,) = store.apply([build_resource(pod_doc())])
     assert orphaned.action == "configured" and stored(store).owner_references == ()
+
+
+_TEXT = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
+
+
+@st.composite
+def owner_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
+    refs = draw(st.lists(st.fixed_dictionaries(
+        {"apiVersion": _TEXT, "kind": _TEXT, "name": _TEXT, "uid": _TEXT},
+        optional={"controller": st.booleans(), "blockOwnerDeletion": st.booleans()},
+    ), max_size=4))
+    seen = False
+    for ref in refs:  # at most one controller, as the API server requires
+        if ref.get("controller"):
+            if seen:
+                ref["controller"] = False
+            seen = True
+    return refs
+
+
+@given(owner_lists())
+def test_any_valid_owner_list_round_trips_through_decoding_and_printing(owners: list[dict[str, Any]]) -> None:
+    pod = build_resource(pod_doc(*owners))
+    printed = pod.to_dict()["metadata"].get("ownerReferences", [])
+    assert printed == owners
+    assert build_resource({**pod_doc(), "metadata": pod.to_dict()["metadata"]}).owner_references == (
+        pod.owner_references
+    )
+    assert to_resource(pod.to_dict(), "Pod").owner_references == pod.owner_references
