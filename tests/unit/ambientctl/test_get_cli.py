@@ -19,7 +19,7 @@ from ambientctl.cluster.spec import ClusterSpec
 from ambientctl.cluster.state import ClusterState, StateFile
 from ambientctl.commands.common import CliError
 from ambientctl.commands.resources import GetRequest, WatchSpec, parse_get_args, watch_lines
-from meshcore.store import Resource, SqliteStore, build_resource, store_path
+from meshcore.store import InvalidResource, Resource, SqliteStore, build_resource, store_path
 
 REPO = Path(__file__).resolve().parents[3]
 MESH = REPO / "examples" / "mesh.yaml"
@@ -62,6 +62,7 @@ def ctl(tmp_path: Path) -> Ctl:
 def table(stdout: str) -> list[list[str]]:
     return [re.split(r"\s{2,}", line.strip()) for line in stdout.strip().splitlines()]
 
+
 def aged(rows: list[list[str]]) -> list[list[str]]:
     """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
     if "AGE" not in rows[0]:
@@ -69,7 +70,6 @@ def aged(rows: list[list[str]]) -> list[list[str]]:
     i = rows[0].index("AGE")
     assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
     return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
-
 
 
 @pytest.mark.parametrize(
@@ -259,3 +259,40 @@ def _pod(name: str, phase: str, namespace: str = "demo") -> Resource:
             "status": {"phase": phase},
         }
     )
+
+
+USER_EVENT = """\
+apiVersion: v1
+kind: Event
+metadata: {name: web.deploy-note, namespace: demo}
+involvedObject: {kind: Deployment, name: web, namespace: demo}
+type: Normal
+reason: ScalingReplicaSet
+message: Scaled up replica set web-abc to 2
+count: 2
+firstTimestamp: "2026-01-01T00:00:00Z"
+lastTimestamp: "2026-01-01T00:01:00Z"
+"""
+
+
+def test_a_users_event_is_applied_listed_and_described_with_its_object(ctl: Ctl) -> None:
+    assert ctl.ok("apply", "-f", "-", input=USER_EVENT) == "event/web.deploy-note created\n"
+    rows = table(ctl.ok("get", "events", "-n", "demo"))
+    assert rows[0] == ["LAST-SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert rows[1][1:] == [
+        "Normal",
+        "ScalingReplicaSet",
+        "deployment/web",
+        "Scaled up replica set web-abc to 2",
+    ]
+    doc = yaml.safe_load(ctl.ok("get", "ev", "web.deploy-note", "-n", "demo", "-o", "yaml"))
+    assert doc["involvedObject"]["name"] == "web" and doc["count"] == 2 and "spec" not in doc
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["metadata"]["creationTimestamp"])
+    described = ctl.ok("describe", "deploy", "web", "-n", "demo")
+    assert "ScalingReplicaSet" in described.split("Events:", 1)[1]
+    assert "(x2 over" in described
+
+
+def test_an_event_with_a_typo_is_refused_with_the_field() -> None:
+    with pytest.raises(InvalidResource, match='unknown field "reasn"'):
+        build_resource(yaml.safe_load(USER_EVENT.replace("reason:", "reasn:")))

@@ -71,6 +71,7 @@ def table(stdout: str) -> list[list[str]]:
 
     return [re.split(r"\s{2,}", line.strip()) for line in stdout.strip().splitlines()]
 
+
 def aged(rows: list[list[str]]) -> list[list[str]]:
     """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
     if "AGE" not in rows[0]:
@@ -78,7 +79,6 @@ def aged(rows: list[list[str]]) -> list[list[str]]:
     i = rows[0].index("AGE")
     assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
     return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
-
 
 
 def test_apply_reports_created_then_unchanged_then_configured(ctl: Ctl, tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ def table(text: str) -> list[list[str]]:
     """Rows split on runs of 2+ spaces (cells such as 'TRAFFIC TYPE' hold one space)."""
     return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
 
+
 def aged(rows: list[list[str]]) -> list[list[str]]:
     """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
     if "AGE" not in rows[0]:
@@ -111,7 +112,6 @@ def aged(rows: list[list[str]]) -> list[list[str]]:
     i = rows[0].index("AGE")
     assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
     return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
-
 
 
 # --- generate -----------------------------------------------------------------------------------------
