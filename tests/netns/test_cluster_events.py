@@ -55,7 +55,9 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def test_a_crashing_container_shows_back_off_and_describe_lists_scheduled_and_started(cluster: Cluster) -> None:
+def test_a_crashing_container_shows_back_off_and_describe_lists_scheduled_and_started(
+    cluster: Cluster,
+) -> None:
     def ctl(*args: str) -> Result:
         return CliRunner().invoke(app, ["--state-dir", str(cluster.directory.parent), *args])
 
@@ -79,7 +81,9 @@ def test_a_crashing_container_shows_back_off_and_describe_lists_scheduled_and_st
         and row[4].startswith("Back-off restarting failed container app in pod crash_shop(")
         for row in rows
     ), lines
-    assert ["Normal", "Scheduled", "pod/web", "Successfully assigned shop/web to node-1"] in [r[1:] for r in rows]
+    assert ["Normal", "Scheduled", "pod/web", "Successfully assigned shop/web to node-1"] in [
+        r[1:] for r in rows
+    ]
     # oldest first: the Scheduled events come before the BackOff
     reasons = [row[2] for row in rows]
     assert reasons.index("Scheduled") < reasons.index("BackOff")

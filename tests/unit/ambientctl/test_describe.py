@@ -337,8 +337,13 @@ def test_describe_lists_the_objects_events_oldest_first_as_kubectl_does() -> Non
 
 
 def test_describe_pod_names_the_controlling_owner_as_kubectl_does() -> None:
-    owned = Resource(kind="Pod", name="web-5d9c7-abcde", namespace="shop", spec={"nodeName": "node-1"},
-                     owner_references=(OwnerReference("apps/v1", "Deployment", "web", "u-1", controller=True),))
+    owned = Resource(
+        kind="Pod",
+        name="web-5d9c7-abcde",
+        namespace="shop",
+        spec={"nodeName": "node-1"},
+        owner_references=(OwnerReference("apps/v1", "Deployment", "web", "u-1", controller=True),),
+    )
     mesh = MeshView(cluster_up=True, node_processes={})
     text = describe_pod(owned, namespace=None, policies=[], services=[], gateways=[], mesh=mesh)
     assert any(line.split() == ["Controlled", "By:", "Deployment/web"] for line in text.splitlines())

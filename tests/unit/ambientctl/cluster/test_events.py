@@ -38,11 +38,17 @@ def book(clock: Clock, **kw: int) -> EventBook:
 
 def test_a_new_event_has_kubernetes_fields(clock: Clock) -> None:
     b = book(clock)
-    event = b.record(InvolvedObject("Pod", "demo", "web", "uid-1", "spec.containers{app}"), "Warning", "BackOff", "m")
+    event = b.record(
+        InvolvedObject("Pod", "demo", "web", "uid-1", "spec.containers{app}"), "Warning", "BackOff", "m"
+    )
     assert event.kind == "Event" and event.namespace == "demo" and event.name.startswith("web.")
     assert event.spec == {
         "involvedObject": {
-            "kind": "Pod", "namespace": "demo", "name": "web", "uid": "uid-1", "fieldPath": "spec.containers{app}"
+            "kind": "Pod",
+            "namespace": "demo",
+            "name": "web",
+            "uid": "uid-1",
+            "fieldPath": "spec.containers{app}",
         },
         "type": "Warning",
         "reason": "BackOff",
@@ -84,7 +90,9 @@ def test_a_repeat_updates_count_and_last_timestamp_instead_of_adding(clock: Cloc
         ),
     ],
 )
-def test_what_differs_is_not_merged(clock: Clock, second: InvolvedObject, third: tuple[str, str, str]) -> None:
+def test_what_differs_is_not_merged(
+    clock: Clock, second: InvolvedObject, third: tuple[str, str, str]
+) -> None:
     b = book(clock)
     one = b.record(POD, "Warning", "BackOff", "m")
     two = b.record(second, third[0], third[1], third[2])  # type: ignore[arg-type]
@@ -110,7 +118,9 @@ def test_the_oldest_events_of_an_object_beyond_the_cap_are_deleted(clock: Clock)
     writes, deletes = b.take()
     assert deletes == []  # never written: dropped before any write
     assert sorted(w.spec["message"] for w in writes if w.spec["involvedObject"]["name"] == "web") == [
-        "start 2", "start 3", "start 4"
+        "start 2",
+        "start 3",
+        "start 4",
     ]
     clock.advance(seconds=1)
     b.record(POD, "Normal", "Started", "start 5")
@@ -178,7 +188,11 @@ def test_events_already_stored_are_adopted(clock: Clock, tmp_path: Path) -> None
 def test_a_users_event_without_timestamps_expires_too(clock: Clock) -> None:
     b = book(clock)
     user = Resource(
-        "Event", "mine", "demo", "v1", spec={"involvedObject": {"kind": "Pod", "name": "web"}, "reason": "Hello"}
+        "Event",
+        "mine",
+        "demo",
+        "v1",
+        spec={"involvedObject": {"kind": "Pod", "name": "web"}, "reason": "Hello"},
     )
     b.seed([user])
     assert b.take() == ([], [user.ref])

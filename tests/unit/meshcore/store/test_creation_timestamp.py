@@ -42,7 +42,12 @@ def store(tmp_path: Path, wall: FakeWall) -> Iterator[SqliteStore]:
 
 def policy(action: str = "DENY", **fields: object) -> Resource:
     return Resource(
-        "AuthorizationPolicy", "deny", "demo", "security.istio.io/v1", spec={"action": action, "rules": [{}]}, **fields
+        "AuthorizationPolicy",
+        "deny",
+        "demo",
+        "security.istio.io/v1",
+        spec={"action": action, "rules": [{}]},
+        **fields,
     )  # type: ignore[arg-type]
 
 
@@ -69,7 +74,10 @@ def test_a_clock_in_another_zone_is_written_as_utc(tmp_path: Path) -> None:
     "write",
     [
         pytest.param(lambda s: s.apply([policy("ALLOW")]), id="a spec change keeps it"),
-        pytest.param(lambda s: s.set_status(REF, {"conditions": [{"type": "ZtunnelAccepted"}]}), id="a status write keeps it"),
+        pytest.param(
+            lambda s: s.set_status(REF, {"conditions": [{"type": "ZtunnelAccepted"}]}),
+            id="a status write keeps it",
+        ),
         pytest.param(lambda s: s.set_labels(REF, {"team": "a"}, ()), id="a label write keeps it"),
         pytest.param(lambda s: s.set_annotations(REF, {"note": "x"}, ()), id="an annotation write keeps it"),
         pytest.param(
@@ -122,7 +130,9 @@ def test_a_yaml_creation_timestamp_is_accepted_and_dropped_by_validation() -> No
     assert build_resource(doc).creation_timestamp == ""
 
 
-def test_an_object_stored_by_an_older_version_has_none_until_recreated(tmp_path: Path, wall: FakeWall) -> None:
+def test_an_object_stored_by_an_older_version_has_none_until_recreated(
+    tmp_path: Path, wall: FakeWall
+) -> None:
     path = tmp_path / "store.db"
     with SqliteStore(path, wall_clock=wall) as s:
         s.apply([policy()])
