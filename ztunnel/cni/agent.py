@@ -629,6 +629,10 @@ class NodeAgent:
         self.netns_map.record(
             event.pod_namespace, event.pod_name, NetnsEntry(event.netns, netns_id, event.container_id)
         )
+        # An attempt started before this line may have looked for the netns before it was recorded: its
+        # failure says nothing about this event, so only attempts started from now on count. Taken before
+        # the store read below yields: an attempt started meanwhile (it sees the netns) must count.
+        seen = self._attempts
         self._cni_deleted.discard((event.pod_namespace, event.pod_name))
         try:
             pod, namespace = await asyncio.to_thread(self._read_pod, event.pod_namespace, event.pod_name)
@@ -646,9 +650,6 @@ class NodeAgent:
             return EventReply(ok=True, captured=False)
         uid = pod.uid
         self._failures.pop(uid, None)  # an explicit ADD is a retry now
-        # An attempt already running may have looked for the netns before this ADD recorded it: its
-        # failure says nothing about this event, so only attempts started from now on count.
-        seen = self._attempts
 
         def settled() -> bool:
             record = self._captured.get(uid)
