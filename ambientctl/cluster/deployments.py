@@ -39,8 +39,9 @@ import structlog
 from meshcore.store import Resource, ResourceError, ResourceRef, Store, build_resource, spec_as
 from meshcore.store.schema import DeploymentSpec, selector_matches
 
-from .events import EventBook, InvolvedObject
+from .events import DEPLOYMENT_CONTROLLER, EventBook, InvolvedObject
 from .events import flush as flush_events
+from .events import seed as seed_events
 
 log = structlog.get_logger("ambientctl.cluster.deployments")
 
@@ -196,13 +197,14 @@ class DeploymentController:
     ) -> None:
         self.store = store
         # ScalingReplicaSet Events (as kube-controller-manager's), written once per ``sync``.
-        self.events = events or EventBook()
+        self.events = events or EventBook(adopts=lambda c: c == DEPLOYMENT_CONTROLLER)
         self._rng = rng or random.Random()
         self._suffix: Callable[[], str] = lambda: random_suffix(self._rng)
 
     def sync(self) -> list[str]:
         """One pass over every Deployment; returns what was done (``created ns/pod``, ``deleted ns/pod``)."""
         done: list[str] = []
+        seed_events(self.store, self.events)
         deployments = {(d.namespace, d.name): d for d in self.store.list("Deployment")}
         owned: dict[tuple[str, str], list[Resource]] = {}
         for pod in self.store.list("Pod"):
@@ -263,7 +265,7 @@ class DeploymentController:
             "Normal",
             "ScalingReplicaSet",
             f"Scaled {direction} replica set {deployment.name}-{pod_hash} to {to}",
-            component="deployment-controller",
+            component=DEPLOYMENT_CONTROLLER,
         )
 
 

@@ -15,7 +15,9 @@ keep them:
 
 so the Events in the store are bounded by the objects' number, whatever runs. ``seed`` adopts the Events
 already stored (of an earlier kubelet, or a user's ``apply``), so those follow the same rules. Event names
-are ``<object name>.<hex of the wall clock in ns>`` as the recorder makes them. Thread-safe: one lock.
+are ``<object name>.<hex of the wall clock in ns>`` as the recorder makes them. Each process's book adopts
+only the stored Events of its own components (``adopts``), so two books never expire each other's.
+Thread-safe: one lock.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ log = structlog.get_logger("ambientctl.cluster.events")
 EVENT_TTL = timedelta(hours=1)
 MAX_EVENTS_PER_OBJECT = 50
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# The source component of the Deployment controller's Events (kube-controller-manager's name for it).
+DEPLOYMENT_CONTROLLER = "deployment-controller"
 
 EventKind = Literal["Normal", "Warning"]
 
@@ -79,11 +83,15 @@ class EventBook:
         ttl: timedelta = EVENT_TTL,
         per_object: int = MAX_EVENTS_PER_OBJECT,
         host: str = "",
+        adopts: Callable[[str], bool] = lambda _component: True,
     ) -> None:
+        """``adopts(source component)``: which stored Events ``seed`` takes on (each Event should be kept
+        by one book, the one of the component that records it, so two books never expire each other's)."""
         self._wall_clock = wall_clock
         self._ttl = ttl
         self._per_object = per_object
         self._host = host
+        self._adopts = adopts
         self._lock = threading.Lock()
         self._events: dict[ResourceRef, Resource] = {}  # every Event this book keeps (stored or pending)
         self._by_key: dict[_Key, ResourceRef] = {}
@@ -98,7 +106,11 @@ class EventBook:
         """Adopt Events already in the store (dedup, cap and expiry then apply to them too)."""
         with self._lock:
             for event in stored:
-                if event.kind == "Event" and event.ref not in self._events:
+                if (
+                    event.kind == "Event"
+                    and event.ref not in self._events
+                    and self._adopts(_key_of(event)[-1])
+                ):
                     self._keep(event)
                     self._stored.add(event.ref)
 
@@ -264,14 +276,24 @@ def _key_of(event: Resource) -> _Key:
     )
 
 
+def seed(store: Store, book: EventBook) -> None:
+    """Adopt the Events already stored (an earlier process's, a user's) once, before ``book`` records:
+    a repeat then counts on the stored Event. A failed read is logged and tried again next time."""
+    if book.seeded:
+        return
+    try:
+        book.seed(store.list("Event"))
+        book.seeded = True
+    except StoreError as e:
+        log.warning("stored events not read", error=str(e))
+
+
 def flush(store: Store, book: EventBook) -> None:
     """Write what ``book`` recorded since the last flush in one store write (and delete the expired or
-    over-the-cap Events); the first flush adopts the Events already stored (an earlier process's, a
-    user's). A failed write is logged, never raised: Events are best effort, as in Kubernetes."""
+    over-the-cap Events). A failed write is logged, never raised: Events are best effort, as in
+    Kubernetes."""
+    seed(store, book)
     try:
-        if not book.seeded:
-            book.seed(store.list("Event"))
-            book.seeded = True
         writes, deletes = book.take()
         if writes:
             store.apply(writes)

@@ -56,8 +56,9 @@ from meshcore.store.schema import ServiceSpec as K8sServiceSpec
 from . import podstatus
 from .cluster import ROOT_CERT_FILE, TOKEN_FILE, Cluster
 from .errors import ClusterError, InvalidClusterSpec, PodNotFound
-from .events import EventBook, InvolvedObject
+from .events import DEPLOYMENT_CONTROLLER, EventBook, InvolvedObject
 from .events import flush as flush_events
+from .events import seed as seed_events
 from .podstatus import ContainerTrack, Termination
 from .probes import Probe, parse_probe, run_probe
 from .spec import ContainerSpec, PodPort, PodSpec, Protocol, ServicePort
@@ -128,7 +129,7 @@ class Kubelet:
         self.cluster = cluster
         self.store = store
         # What kubectl users read under ``Events:``; written in one batch per sync/check pass.
-        self.events = events or EventBook(wall_clock=wall_clock)
+        self.events = events or EventBook(wall_clock=wall_clock, adopts=lambda c: c != DEPLOYMENT_CONTROLLER)
         self._clock = clock
         self._wall_clock = wall_clock
         self._backoff: dict[str, _Backoff] = {}
@@ -188,6 +189,7 @@ class Kubelet:
         cluster lock only to reserve and commit), while the pods gone from the store are removed one at
         a time on another thread; then their statuses are written here, in key order. The store is only
         used from the calling thread."""
+        seed_events(self.store, self.events)  # before recording: a restarted kubelet counts on its Events
         layout = self.cluster.layout()
         nodes = [n.name for n in layout.nodes]
         running = {f"{p.spec.namespace}/{p.spec.name}": p for p in self.cluster.pods()}
@@ -294,7 +296,8 @@ class Kubelet:
                     "Pod sandbox changed, it will be killed and re-created.",
                 )
             if outcome is None or key not in self._tracks:
-                self._started(key, resource)
+                # Events only for a sandbox just made, not for a running pod this kubelet meets anew.
+                self._started(key, resource, fresh=outcome is None)
             self._register(resource, record)
         for key in [k for k in self._tracks if k not in stored or k not in running]:
             self._tracks.pop(key, None)
@@ -387,7 +390,9 @@ class Kubelet:
     def _wall(self) -> str:
         return self._wall_clock().strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def _started(self, key: str, resource: Resource, record: PodRecord | None = None) -> None:
+    def _started(
+        self, key: str, resource: Resource, record: PodRecord | None = None, *, fresh: bool = True
+    ) -> None:
         """A pod's sandbox was just (re)created, or this kubelet meets a running pod for the first time:
         a fresh history for each container, from the processes the pod's record holds (containers
         before the one running completed; none running yet: the first init container, else every app
@@ -428,7 +433,7 @@ class Kubelet:
         self._tracks[key] = PodTracks(init=tuple(init_tracks), app=tuple(app_tracks))
         self._start_times[key] = wall
         self._involved[key] = resource
-        for tracks, is_init in ((init_tracks, True), (app_tracks, False)):
+        for tracks, is_init in ((init_tracks, True), (app_tracks, False)) if fresh else ():
             for track in tracks:
                 if track.running_since is not None:
                     self._container_started(key, track.name, init=is_init)
@@ -459,6 +464,7 @@ class Kubelet:
         allow, run readiness probes, write the statuses that changed; returns the keys of pods whose
         status changed. Services follow when a pod's readiness changed (an unready pod gets no
         traffic)."""
+        seed_events(self.store, self.events)
         stored = {f"{r.namespace}/{r.name}": r for r in self.store.list("Pod")}
         changed: list[str] = []
         readiness_changed = False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ambientctl.cluster.events import EVENT_TTL, EventBook, InvolvedObject
+from ambientctl.cluster.events import EVENT_TTL, EventBook, InvolvedObject, flush, seed
 from meshcore.store import Resource, SqliteStore, build_resource
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -196,3 +196,38 @@ def test_a_users_event_without_timestamps_expires_too(clock: Clock) -> None:
     )
     b.seed([user])
     assert b.take() == ([], [user.ref])
+
+
+def test_a_book_adopts_only_the_stored_events_of_its_own_components(clock: Clock) -> None:
+    kubelet, controller = book(clock), book(clock)
+    pod_event = kubelet.record(POD, "Normal", "Started", "Started container app")
+    deploy_event = controller.record(
+        InvolvedObject("Deployment", "demo", "web", "uid-3"), "Normal", "ScalingReplicaSet", "Scaled up",
+        component="deployment-controller",
+    )  # fmt: skip
+    stored = [pod_event, deploy_event]
+    mine = EventBook(wall_clock=clock, adopts=lambda c: c == "deployment-controller")
+    mine.seed(stored)
+    assert mine.events() == [deploy_event]
+    clock.advance(hours=2)
+    assert mine.take() == ([], [deploy_event.ref])  # the kubelet's Event is left to the kubelet's book
+
+
+def test_seed_then_flush_write_once_and_count_on_the_stored_event(clock: Clock, tmp_path: Path) -> None:
+    with SqliteStore(tmp_path / "s.db") as store:
+        first = book(clock)
+        first.record(POD, "Warning", "BackOff", "m")
+        flush(store, first)
+        revision = store.revision()
+        flush(store, first)  # nothing new: no write
+        assert store.revision() == revision
+        restarted = book(clock)
+        seed(store, restarted)
+        clock.advance(seconds=5)
+        restarted.record(POD, "Warning", "BackOff", "m")
+        flush(store, restarted)
+        (event,) = store.list("Event")
+        assert event.spec["count"] == 2 and event.spec["lastTimestamp"] == "2026-03-04T05:06:12Z"
+        clock.advance(hours=2)
+        flush(store, restarted)
+        assert store.list("Event") == []
