@@ -626,16 +626,20 @@ def _mesh_view(ctx: typer.Context) -> MeshView:
 
 
 def _events_for(store: Store, r: Resource) -> list[dict[str, Any]]:
-    """The Events about ``r`` (their fields; kind and name of the involved object match)."""
+    """The Events about ``r`` (their fields), as kubectl selects them: the involved object's kind and name,
+    and its uid when both have one (an earlier object of the same name has other Events)."""
     if "Event" not in KINDS:
         return []
     return [
-        e.spec
-        for e in store.list("Event", r.namespace or None)
-        if isinstance(e.spec.get("involvedObject"), Mapping)
-        and e.spec["involvedObject"].get("kind") == r.kind
-        and e.spec["involvedObject"].get("name") == r.name
+        e.spec for e in store.list("Event", r.namespace or None) if _about(e.spec.get("involvedObject"), r)
     ]
+
+
+def _about(obj: object, r: Resource) -> bool:
+    if not isinstance(obj, Mapping) or obj.get("kind") != r.kind or obj.get("name") != r.name:
+        return False
+    uid = obj.get("uid")
+    return not (uid and r.uid) or uid == r.uid
 
 
 def describe_one(store: Store, r: Resource, mesh_view: Callable[[], MeshView]) -> str:

@@ -296,3 +296,16 @@ def test_a_users_event_is_applied_listed_and_described_with_its_object(ctl: Ctl)
 def test_an_event_with_a_typo_is_refused_with_the_field() -> None:
     with pytest.raises(InvalidResource, match='unknown field "reasn"'):
         build_resource(yaml.safe_load(USER_EVENT.replace("reason:", "reasn:")))
+
+
+def test_describe_leaves_out_the_events_of_an_earlier_object_of_the_same_name(ctl: Ctl) -> None:
+    uid = yaml.safe_load(ctl.ok("get", "deploy", "web", "-n", "demo", "-o", "yaml"))["metadata"]["uid"]
+    mine = USER_EVENT.replace("namespace: demo}\ntype", f"namespace: demo, uid: {uid}}}\ntype")
+    earlier = (
+        USER_EVENT.replace("web.deploy-note", "web.earlier")
+        .replace("namespace: demo}\ntype", "namespace: demo, uid: 0000-gone}\ntype")
+        .replace("Scaled up replica set web-abc to 2", "from the deleted one")
+    )
+    ctl.ok("apply", "-f", "-", input=mine + "---\n" + earlier)
+    events = ctl.ok("describe", "deploy", "web", "-n", "demo").split("Events:", 1)[1]
+    assert "Scaled up replica set web-abc to 2" in events and "from the deleted one" not in events
