@@ -2,7 +2,9 @@
 
 Invariants: every write appends one ``changes`` row and updates ``objects`` in the same transaction;
 an object's resource_version is its change's revision; revisions commit in increasing order, so the
-watch is a plain ``WHERE revision > ?`` poll. The file is created 0600 and marked as ours
+watch is a plain ``WHERE revision > ?`` poll. Server-set metadata as the API server keeps it: uid,
+generation, and ``creationTimestamp`` (set from ``wall_clock`` on create, kept by every later write, a
+writer's value ignored). The file is created 0600 and marked as ours
 (``application_id``, schema in ``user_version``); any other file or a newer schema is refused
 (``NotAStore``/``StoreSchemaTooNew``) and never modified; a file SQLite finds damaged is
 ``StoreDamaged``, a lock held past the busy timeout ``StoreLocked`` (naming the holder when
