@@ -6,49 +6,25 @@ deadline; "quiet" means istiod has read the store's latest revision and written 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ambientctl.commands.applystatus import report_policy_status
 from istiod_lite.app import STATUS_WRITES_PER_TURN, ControlPlane
-from istiod_lite.config import IstiodConfig
 from meshcore.store import ResourceRef, SqliteStore, store_path
 from meshcore.testing.resources import AMBIENT, authz, ns, waypoint
+from meshcore.testing.waits import eventually
 
 DEADLINE = 10.0
 GATEWAY = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
 
 
-async def eventually(predicate: Callable[[], Any], what: str, within: float = DEADLINE) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not (result := predicate()):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-    return result
-
-
 @pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(
-        IstiodConfig(
-            state_dir=tmp_path,
-            xds_host="127.0.0.1",
-            xds_port=0,
-            monitoring_host="127.0.0.1",
-            monitoring_port=0,
-            debounce_seconds=0.02,
-        )
-    )
-    await cp.start()
-    try:
-        cp.store.apply([ns("demo", **AMBIENT)])
-        yield cp
-    finally:
-        await cp.stop(grace=0)
+async def plane(plane: ControlPlane) -> ControlPlane:
+    """The shared plane (conftest) with the ambient namespace ``demo``."""
+    plane.store.apply([ns("demo", **AMBIENT)])
+    return plane
 
 
 def observed(plane: ControlPlane, name: str) -> dict[str, tuple[str, str, str]] | None:

@@ -4,46 +4,24 @@ is refused alone with its status written back, the rest applies. Waits are event
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from istiod_lite.app import ControlPlane
-from istiod_lite.config import IstiodConfig
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.xds_client import XdsClient
 from meshcore.model.traffic import BackendRef
 from meshcore.store import ResourceRef
 from meshcore.store.resource import Resource
 from meshcore.testing.resources import AMBIENT, ns, pod, svc
+from meshcore.testing.waits import eventually
 from meshcore.tls.contexts import channel_credentials, channel_options
 from waypoint.state import WAYPOINT_KINDS, WaypointState
 
 ECHO = "demo/echo.demo.svc.cluster.local"
 DEADLINE = 10.0
-
-
-async def eventually(predicate: Callable[[], Any], what: str, within: float = DEADLINE) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not (result := predicate()):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-    return result
-
-
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(IstiodConfig(state_dir=tmp_path, xds_host="127.0.0.1", xds_port=0,
-                                   monitoring_host="127.0.0.1", monitoring_port=0, debounce_seconds=0.02))
-    await cp.start()
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0)
 
 
 @pytest.fixture

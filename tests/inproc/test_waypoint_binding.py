@@ -8,7 +8,7 @@ from a second store handle (as another process would write them). Waits are even
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,6 @@ import pytest
 
 from ambientctl.cluster.deployments import DeploymentController
 from istiod_lite.app import ControlPlane
-from istiod_lite.config import IstiodConfig
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.xds_client import XdsClient
 from meshcore.model import GatewayAddress, NetworkAddress
@@ -28,6 +27,7 @@ from meshcore.store import ResourceRef, SqliteStore
 from meshcore.store.paths import store_path
 from meshcore.testing.resources import AMBIENT, authz, ns, pod, svc, waypoint
 from meshcore.testing.resources import pod_uid as uid
+from meshcore.testing.waits import eventually
 from meshcore.tls.contexts import channel_credentials, channel_options
 
 SERVER_SVC = "demo/server.demo.svc.cluster.local"
@@ -35,33 +35,9 @@ WAYPOINT_VIP = "10.96.50.1"
 DEADLINE = 10.0
 
 
-async def eventually(predicate: Callable[[], Any], what: str, within: float = DEADLINE) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not (result := predicate()):
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-    return result
-
-
 @pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(
-        IstiodConfig(
-            state_dir=tmp_path,
-            xds_host="127.0.0.1",
-            xds_port=0,
-            monitoring_host="127.0.0.1",
-            monitoring_port=0,
-            debounce_seconds=0.02,
-            waypoint_xds_address="127.0.0.1:15012",
-        )
-    )
-    await cp.start()
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0)
+def istiod_overrides() -> dict[str, Any]:
+    return {"waypoint_xds_address": "127.0.0.1:15012"}
 
 
 @pytest.fixture
