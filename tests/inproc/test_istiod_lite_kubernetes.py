@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from istiod_lite.config import IstiodConfig
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.xds_client import XdsClient
 from meshcore.state import ProxyState
-from meshcore.testing.kube_api import ThreadedKubeApi
+from meshcore.testing.kube_api import ThreadedKubeApi, write_kubeconfig
 from meshcore.tls.contexts import channel_credentials, channel_options
 
 UID = "Kubernetes//Pod/demo/{}"
@@ -38,25 +38,8 @@ def pod(name: str, ip: str, node: str = "node-1", **labels: str) -> dict[str, An
 
 
 @pytest.fixture
-def api() -> Iterator[ThreadedKubeApi]:
-    with ThreadedKubeApi() as server:
-        server.call(server.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}})
-        # Where the leader Lease lives: the only replica takes it and writes status.
-        server.call(server.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": "istio-system"}})
-        yield server
-
-
-@pytest.fixture
 async def plane(api: ThreadedKubeApi, tmp_path: Path) -> AsyncIterator[tuple[ControlPlane, int]]:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: standin\n"
-        f"clusters: [{{name: standin, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: tester, user: {token: not-checked}}]\n"
-        "contexts: [{name: standin, context: {cluster: standin, user: tester}}]\n"
-    )
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
     port = free_port()
     cp = ControlPlane(IstiodConfig(
         state_dir=tmp_path, xds_host="127.0.0.1", xds_port=port, monitoring_host="127.0.0.1", monitoring_port=0,

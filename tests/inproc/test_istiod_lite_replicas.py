@@ -19,7 +19,7 @@ from istiod_lite.app import ControlPlane
 from istiod_lite.config import IstiodConfig
 from istiod_lite.leader import LEASE_VERBS, LeaseSettings
 from meshcore.model.convert_traffic import SERVICE_TRAFFIC_TYPE_URL
-from meshcore.testing.kube_api import ThreadedKubeApi
+from meshcore.testing.kube_api import ThreadedKubeApi, write_kubeconfig
 
 # Short, but with room for a loaded CI machine (a renew late by more than 1.5 s would change leaders).
 FAST = {"lease_duration": 2.0, "renew_deadline": 1.5, "retry_period": 0.1}
@@ -55,13 +55,7 @@ def api() -> Iterator[ThreadedKubeApi]:
 class Replicas:
     def __init__(self, api: ThreadedKubeApi, tmp_path: Path) -> None:
         self.api = api
-        self.kubeconfig = tmp_path / "kubeconfig"
-        self.kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: standin\n"
-            f"clusters: [{{name: standin, cluster: {{server: '{api.url}'}}}}]\n"
-            "users: [{name: tester, user: {token: not-checked}}]\n"
-            "contexts: [{name: standin, context: {cluster: standin, user: tester}}]\n"
-        )
+        self.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
         self.tmp_path = tmp_path
         self.running: list[ControlPlane] = []
         self.offsets: dict[str, timedelta] = {}

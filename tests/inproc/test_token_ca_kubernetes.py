@@ -6,15 +6,15 @@ API server does not vouch for is UNAUTHENTICATED, and an API server that cannot 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from istiod_lite.app import ControlPlane
 from istiod_lite.ca.tokenreview import TOKEN_REVIEW_VERBS
-from istiod_lite.config import IstiodConfig
 from meshcore.aio.ca_client import CaCertificateProvider, CaRefused, CaUnavailable, token_ca_client
 from meshcore.identity import SpiffeId
 from meshcore.store.resource import ResourceRef
@@ -33,24 +33,14 @@ def api() -> Iterator[ThreadedKubeApi]:
 
 
 @pytest.fixture
-async def plane(api: ThreadedKubeApi, tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: standin\n"
-        f"clusters: [{{name: standin, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: tester, user: {token: not-checked}}]\n"
-        "contexts: [{name: standin, context: {cluster: standin, user: tester}}]\n"
-    )
-    cp = ControlPlane(IstiodConfig(
-        state_dir=tmp_path, xds_host="127.0.0.1", xds_port=0, monitoring_host="127.0.0.1", monitoring_port=0,
-        token_ca_host="127.0.0.1", token_ca_port=0, store="kubernetes", kubeconfig=str(kubeconfig),
-        kube_context="standin",
-    ))
-    await cp.start()
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0)
+def istiod_overrides() -> dict[str, Any]:
+    return {"token_ca_host": "127.0.0.1", "token_ca_port": 0}
+
+
+@pytest.fixture
+def plane(kube_plane: ControlPlane) -> ControlPlane:
+    """istiod-lite on the Kubernetes store (conftest) with its token CA port on loopback."""
+    return kube_plane
 
 
 async def waypoint_token(api: ThreadedKubeApi, cp: ControlPlane, path: Path, *, pod_uid: str | None = None) -> str:

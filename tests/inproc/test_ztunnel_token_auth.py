@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import grpc
 import pytest
 
 from istiod_lite.app import ControlPlane
-from istiod_lite.config import IstiodConfig
 from meshcore.aio.ca_client import CaCertificateProvider, CaRefused, token_ca_client
 from meshcore.identity import SpiffeId
 from meshcore.store.resource import ResourceRef
@@ -42,34 +40,14 @@ def pod(namespace: str, name: str, sa: str, node: str, ip: str | None = None) ->
 
 
 @pytest.fixture
-def api() -> Iterator[ThreadedKubeApi]:
-    with ThreadedKubeApi() as server:
-        server.call(server.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": "demo", "labels": {"istio.io/dataplane-mode": "ambient"}}})
-        server.call(server.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": "istio-system"}})
-        yield server
+def istiod_overrides() -> dict[str, Any]:
+    return {"token_ca_host": "127.0.0.1", "token_ca_port": 0}
 
 
 @pytest.fixture
-async def plane(api: ThreadedKubeApi, tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: standin\n"
-        f"clusters: [{{name: standin, cluster: {{server: '{api.url}'}}}}]\n"
-        "users: [{name: tester, user: {token: not-checked}}]\n"
-        "contexts: [{name: standin, context: {cluster: standin, user: tester}}]\n"
-    )
-    cp = ControlPlane(IstiodConfig(
-        state_dir=tmp_path, xds_host="127.0.0.1", xds_port=0, monitoring_host="127.0.0.1", monitoring_port=0,
-        token_ca_host="127.0.0.1", token_ca_port=0, debounce_seconds=0.02, store="kubernetes",
-        kubeconfig=str(kubeconfig), kube_context="standin",
-    ))
-    await cp.start()
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0)
+def plane(kube_plane: ControlPlane) -> ControlPlane:
+    """istiod-lite on the Kubernetes store (conftest) with its token CA port on loopback."""
+    return kube_plane
 
 
 async def put_and_see(api: ThreadedKubeApi, cp: ControlPlane, obj: dict[str, Any]) -> dict[str, Any]:
