@@ -19,6 +19,7 @@ from meshcore.aio.ca_client import CaCertificateProvider, CaRefused, CaUnavailab
 from meshcore.identity import SpiffeId
 from meshcore.store.resource import ResourceRef
 from meshcore.testing.kube_api import ThreadedKubeApi
+from meshcore.testing.waits import eventually
 from meshcore.tls import certs
 
 WAYPOINT = SpiffeId("cluster.local", "demo", "waypoint")
@@ -94,6 +95,11 @@ async def test_an_api_server_that_cannot_answer_is_unavailable_and_grants_nothin
     assert plane.elector is not None
     async with asyncio.timeout(10):  # the Lease is created: the next create is the TokenReview
         await plane.elector.wait_for(True)
+
+    def roots_published() -> bool:  # the leader's root ConfigMap creates are done: they would take the fault
+        return all(api.call(api.server.get_object, "ConfigMap", ns, "istio-ca-root-cert") for ns in ("istio-system", "demo"))
+
+    await eventually(roots_published, "istio-ca-root-cert in every namespace")
     await asyncio.to_thread(api.call, api.server.fail_next, 503, 1, "create")
     async with token_ca_client(f"127.0.0.1:{plane.token_ca_port}", plane.ca.roots_pem, tmp_path / "istio-token") as c:
         provider = CaCertificateProvider(c, impersonate=False)
