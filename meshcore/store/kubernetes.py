@@ -1,7 +1,8 @@
 """The ``Store`` on a Kubernetes API server: list+watch per kind into a local cache, writes over REST.
 
 Role: the cluster-state backend when the mesh runs on a real cluster (``STORE=kubernetes``). Reads
-(``get``, ``list``, ``snapshot``, ``changes_since``, ``watch``) are served from a local cache that one
+(``get``, ``list``, ``snapshot``, ``changes_since``, ``watch``) are served from a local cache (only
+``read_live``, one GET for a caller that cannot wait for the watch, goes past it) that one
 reflector per kind keeps: list (in chunks with ``limit``/``continue``; an expired continue token lists again
 from the start), then watch from the list's resourceVersion with bookmarks, resume from the
 last version seen when a stream ends, re-list on 410 Gone, jittered exponential backoff on errors. Writes
@@ -97,12 +98,17 @@ LIST_RESTARTS = 3
 # (set_labels/set_annotations: one merge patch each) calls these; see ``reader_rbac_rules``.
 READ_VERBS: tuple[str, ...] = ("list", "watch")
 METADATA_PATCH_VERBS: tuple[str, ...] = ("patch",)
+# ``read_live`` (one GET of an object on the API server, past the cache) calls this.
+LIVE_READ_VERBS: tuple[str, ...] = ("get",)
 
 # The CNI node agent's store (ztunnel.cni): every Namespace (the enrolment label) and the Pods of its own
 # node (a field selector: never the whole cluster's), read; Pod annotations written (the redirection
 # annotation). The agent opens its store with these, the manifests' ClusterRole is derived from them.
 NODE_AGENT_KINDS: tuple[str, ...] = ("Namespace", "Pod")
 NODE_AGENT_PATCHED_KINDS: tuple[str, ...] = ("Pod",)
+# A CNI ADD for a pod the agent's watch has not delivered yet (or a pod recreated under the same name) is
+# decided from the Pod and its Namespace read live (``read_live``).
+NODE_AGENT_LIVE_KINDS: tuple[str, ...] = ("Namespace", "Pod")
 NODE_AGENT_FIELD_MANAGER = "ztunnel-node-agent"
 
 
@@ -162,18 +168,24 @@ def rbac_rules(kinds: Iterable[str] = DEFAULT_KINDS) -> builtins.list[JSON]:
     return [r for r in rules if r["resources"]]
 
 
-def reader_rbac_rules(kinds: Iterable[str], *, patched: Iterable[str] = ()) -> builtins.list[JSON]:
-    """ClusterRole rules for a ``KubernetesStore`` of ``kinds`` that only reads them and changes labels or
-    annotations of existing objects of ``patched`` (no apply, delete or status), grouped by API group."""
-    patched_set = set(patched)
+def reader_rbac_rules(
+    kinds: Iterable[str], *, patched: Iterable[str] = (), live: Iterable[str] = ()
+) -> builtins.list[JSON]:
+    """ClusterRole rules for a ``KubernetesStore`` of ``kinds`` that only reads them (list+watch; also one
+    object at a time with ``read_live`` for ``live``) and changes labels or annotations of existing objects
+    of ``patched`` (no apply, delete or status), grouped by API group."""
+    kinds = builtins.list(kinds)
+    patched_set, live_set = set(patched), set(live)
     verbs: dict[tuple[str, str], builtins.list[str]] = {}
     for kind in kinds:
         path = kind_path(kind)
+        got = LIVE_READ_VERBS if kind in live_set else ()
         extra = METADATA_PATCH_VERBS if kind in patched_set else ()
-        verbs[(path.group, path.plural)] = [*READ_VERBS, *extra]
-    unknown = patched_set - set(kinds)
-    if unknown:
-        raise ValueError(f"patched kinds {sorted(unknown)} are not among the kinds read {sorted(set(kinds))}")
+        verbs[(path.group, path.plural)] = [*got, *READ_VERBS, *extra]
+    for what, given in (("patched", patched_set), ("live-read", live_set)):
+        unknown = given - set(kinds)
+        if unknown:
+            raise ValueError(f"{what} kinds {sorted(unknown)} are not among the kinds read {sorted(set(kinds))}")
     rules: builtins.list[JSON] = []
     for (group, plural_name), granted in sorted(verbs.items()):
         same = next((r for r in rules if r["apiGroups"] == [group] and r["verbs"] == granted), None)
@@ -185,8 +197,9 @@ def reader_rbac_rules(kinds: Iterable[str], *, patched: Iterable[str] = ()) -> b
 
 
 def node_agent_rbac_rules() -> builtins.list[JSON]:
-    """What the node agent's store calls (``NODE_AGENT_KINDS`` read, ``NODE_AGENT_PATCHED_KINDS`` patched)."""
-    return reader_rbac_rules(NODE_AGENT_KINDS, patched=NODE_AGENT_PATCHED_KINDS)
+    """What the node agent's store calls (``NODE_AGENT_KINDS`` read, ``NODE_AGENT_PATCHED_KINDS`` patched,
+    ``NODE_AGENT_LIVE_KINDS`` read live)."""
+    return reader_rbac_rules(NODE_AGENT_KINDS, patched=NODE_AGENT_PATCHED_KINDS, live=NODE_AGENT_LIVE_KINDS)
 
 
 def kind_has_status(plural_name: str) -> bool:
@@ -818,6 +831,30 @@ class KubernetesStore:
     def get(self, ref: ResourceRef) -> Resource | None:
         with self._lock:
             return self._objects.get(ref)
+
+    def read_live(self, ref: ResourceRef, *, timeout: float | None = None) -> Resource | None:
+        """``ref`` as the API server has it now: one GET, past the cache (which it leaves as it is), for a
+        caller that cannot wait for the watch. None when it does not exist (404). Its
+        ``resource_version`` is 0 (the cache's revisions number only what the watch delivered). Raises
+        ``StoreUnavailable`` when the server cannot be reached or does not answer within ``timeout``
+        seconds (default: the write timeout), ``StoreError`` with the status when it refuses (403: RBAC)."""
+        path = self._path(ref.kind)
+        limit = self._write_timeout if timeout is None else timeout
+        return self._run(self._read_live(path, ref, limit), timeout=limit + 1.0)
+
+    async def _read_live(self, path: KindPath, ref: ResourceRef, limit: float) -> Resource | None:
+        assert self._api is not None
+        try:
+            obj = await api_call(self._api, "GET", path.object(ref), request_timeout=limit)
+        except ApiFailure as e:
+            if e.status == 404:
+                return None
+            hint = f" (RBAC: grant get on {path.plural})" if e.status == 403 else ""
+            raise StoreError(
+                f"{ref}: the Kubernetes API {self._configuration.host} refused the read: {e}{hint}"
+            ) from None
+        self.stats["live_reads"] += 1
+        return to_resource(obj, ref.kind)
 
     def list(self, kind: str | None = None, namespace: str | None = None) -> builtins.list[Resource]:
         with self._lock:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meshcore.store import ResourceRef
+from meshcore.store import ResourceRef, StoreError
 from meshcore.store.kubernetes import (
     NODE_AGENT_FIELD_MANAGER,
     NODE_AGENT_KINDS,
@@ -108,15 +108,46 @@ def test_the_node_agents_rbac_is_exactly_the_calls_its_store_makes(api: Threaded
         ref = ResourceRef("Pod", "demo", "a")
         store.set_annotations(ref, {"ambient.istio.io/redirection": "enabled"}, [])
         store.set_annotations(ref, {}, ["ambient.istio.io/redirection"])
+        assert store.read_live(ref) is not None and store.read_live(ResourceRef("Namespace", "", "demo")) is not None
         eventually(lambda: api.call(api.server.open_watches) == len(NODE_AGENT_KINDS), "every watch open")
     recorded = {(r.group, r.resource, r.verb) for r in api.server.requests}
     granted = {(g, res, v) for rule in node_agent_rbac_rules() for g in rule["apiGroups"]
                for res in rule["resources"] for v in rule["verbs"]}
     assert recorded == granted
     assert node_agent_rbac_rules() == [
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
     ]
+
+
+def test_a_live_read_sees_what_the_stalled_watch_has_not_delivered_and_leaves_the_cache_alone(
+    api: ThreadedKubeApi,
+) -> None:
+    with node_agent_store(api) as store:
+        eventually(lambda: api.call(api.server.open_watches) == len(NODE_AGENT_KINDS), "every watch open")
+        api.call(api.server.stall_watches)
+        created = api.call(api.server.put_object, pod("new", "node-1"))
+        ref = ResourceRef("Pod", "demo", "new")
+        live = store.read_live(ref, timeout=5)
+        assert live is not None and live.uid == created["metadata"]["uid"]
+        assert live.spec["nodeName"] == "node-1" and live.resource_version == 0
+        assert store.get(ref) is None  # the cache is the watch's alone
+        assert store.read_live(ResourceRef("Pod", "demo", "never-created")) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(403, "refused the read: 403.*RBAC: grant get on pods"), (500, "refused the read: 500")],
+    ids=["a forbidden read names the RBAC grant", "a server error is named with its status"],
+)
+def test_a_refused_live_read_raises_a_store_error_naming_the_api_server(
+    api: ThreadedKubeApi, status: int, message: str
+) -> None:
+    with node_agent_store(api) as store:
+        api.call(api.server.fail_next, status, 1, "get")
+        with pytest.raises(StoreError, match=message) as raised:
+            store.read_live(ResourceRef("Pod", "demo", "a"), timeout=5)
+        assert api.url in str(raised.value)
 
 
 BAD_SETTINGS = [
@@ -126,6 +157,8 @@ BAD_SETTINGS = [
     ("an empty node name", lambda api: node_agent_field_selectors(""), "node name"),
     ("a patched kind the store does not read", lambda api: reader_rbac_rules(["Namespace"], patched=["Pod"]),
      "Pod"),
+    ("a live-read kind the store does not read", lambda api: reader_rbac_rules(["Namespace"], live=["Pod"]),
+     "live-read kinds"),
 ]
 
 
