@@ -45,7 +45,7 @@ from meshcore.aio.relay import relay
 from meshcore.aio.secrets import SecretManager
 from meshcore.aio.state_cell import StateCell
 from meshcore.aio.tls_contexts import TlsContexts
-from meshcore.aio.xds_client import XdsClient
+from meshcore.aio.xds_client import XdsClient, run_setting_ready
 from meshcore.identity import SpiffeId
 from meshcore.logs import set_level
 from meshcore.model.l7 import L7Authorization
@@ -636,12 +636,7 @@ class _MtlsXdsSource:
             cluster_id=config.cluster_id,
             channel_options=channel_options(),
         )
-        ready = asyncio.ensure_future(self._client.ready.wait())
-        ready.add_done_callback(lambda _: self.ready.set())
-        try:
-            await self._client.run()
-        finally:
-            ready.cancel()
+        await run_setting_ready(self._client, self.ready)
 
     def close(self) -> None:
         self._closed = True

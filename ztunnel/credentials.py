@@ -33,7 +33,7 @@ import structlog
 from meshcore.aio.ca_client import CaCertificateProvider, CaClient, load_node_credential, token_ca_client
 from meshcore.aio.secrets import CertificateUnavailable, SecretManager, SecretManagerClosed
 from meshcore.aio.state_cell import StateCell
-from meshcore.aio.xds_client import XdsClient
+from meshcore.aio.xds_client import XdsClient, run_setting_ready
 from meshcore.identity import SpiffeId
 from meshcore.state import ProxyState
 from meshcore.tls import certs
@@ -136,12 +136,7 @@ class TokenXdsSource:
             self.target, self._credentials, node_id, metadata, cell, cluster_id=cluster_id,
             channel_options=channel_options(),
         )
-        ready = asyncio.ensure_future(self._client.ready.wait())
-        ready.add_done_callback(lambda _: self.ready.set())
-        try:
-            await self._client.run()
-        finally:
-            ready.cancel()
+        await run_setting_ready(self._client, self.ready)
 
     def close(self) -> None:
         self._closed.set()

@@ -10,7 +10,8 @@ snapshot is never cleared on disconnect: the proxy keeps serving the config it h
 A big response (a full push: 10,000+ resources) is decoded on the event loop in steps of ``APPLY_STEP``
 resources, yielding to other tasks between steps, so the proxy keeps serving connections meanwhile without
 the GIL hand-offs a worker thread would cost; readers see nothing until the whole response is applied.
-Owns no tasks: the caller runs ``run()`` in its TaskGroup and calls ``close()`` to stop it.
+Owns no tasks: the caller runs ``run()`` in its TaskGroup and calls ``close()`` to stop it
+(``run_setting_ready`` runs it and mirrors its ``ready`` into the caller's own event).
 What it applies is a registry of resource kinds (``meshcore.state.kinds``): ztunnel's Address and
 Authorization over ``ProxyState`` by default; the waypoint passes its own kinds over its own snapshot.
 """
@@ -228,3 +229,14 @@ class XdsClient(Generic[S]):
         if self._protocol.ready and not self.ready.is_set():
             self.ready.set()
             log.info("xds ready", target=self.target, version=getattr(after, "version", None))
+
+
+async def run_setting_ready(client: XdsClient[Any], ready: asyncio.Event) -> None:
+    """Run ``client`` until it stops, setting ``ready`` once the client's ``ready`` is set; ``ready`` is
+    also set when the client stops before that (the wait is cancelled then, which sets it too)."""
+    waiting = asyncio.ensure_future(client.ready.wait())
+    waiting.add_done_callback(lambda _: ready.set())
+    try:
+        await client.run()
+    finally:
+        waiting.cancel()
