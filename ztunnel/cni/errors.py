@@ -111,6 +111,20 @@ class CniEnrollFailed(CniError):
         )
 
 
+class CniEnrollUndecided(CniError):
+    """``enrollment: agent``: the node agent could not decide whether the pod is enrolled (it could not
+    read the pod from the API server, or the pod is not this node's)."""
+
+    code = CNI_TRY_AGAIN_LATER
+
+    def __init__(self, pod: str, problem: str) -> None:
+        super().__init__(
+            f"the node agent could not decide whether pod {pod} is enrolled in the ambient mesh: {problem}",
+            "the pod does not start uncaptured (fail closed); the node agent's log has the details; "
+            "the kubelet will retry",
+        )
+
+
 # -- node agent ---------------------------------------------------------------------------------------
 
 

@@ -2,23 +2,36 @@
 
 The runtime runs it once per call: ``CNI_*`` variables in the environment, the network config (with
 ``prevResult``) on stdin, the result or a CNI error JSON (``{cniVersion, code, msg, details}``, non-zero
-exit) on stdout. ADD: if the pod is enrolled (decided from the embedded store by the rule shared with
-istiod_lite), the node agent is told and the plugin waits while it installs redirection and hands the
-pod to ztunnel; if that fails, so does the ADD (the kubelet retries). A pod that is not enrolled, or not
-yet in the store, or not a Kubernetes pod (no ``K8S_POD_*`` args) passes through: ``prevResult`` is
-printed unchanged, and the agent is told best-effort so it learns the netns path for later. Fail closed:
-an unreadable store fails the ADD, since a pod that should be captured must not start uncaptured. DEL never
-fails (the runtime must be able to tear down); CHECK validates the call and passes.
-Must not: touch the pod's network itself (the agent does), or print anything else on stdout.
+exit) on stdout. Who decides whether a pod is enrolled is the conflist entry's ``enrollment``:
+
+- ``"store"`` (the default; the local cluster): the plugin, from the embedded store, by the rule shared
+  with istiod_lite. Enrolled: the node agent is told and the plugin waits while it installs redirection
+  and hands the pod to ztunnel; if that fails, so does the ADD (the kubelet retries). Not enrolled, or not
+  yet in the store: the pod passes through, and the agent is told best-effort so it learns the netns path
+  for later. Fail closed: an unreadable store fails the ADD, since a pod that should be captured must not
+  start uncaptured.
+- ``"agent"`` (written by the node agent's host install on Kubernetes, where a node has no store): the
+  plugin decides nothing and always waits for the node agent (``PluginEvent.agent_decides``). The agent
+  decides by the same rule from its view of the API server, reading the Pod and its Namespace live when
+  its view does not have the pod yet (or has an earlier pod of that name), captures the pod when it is
+  enrolled, and replies. Its error, or no agent, fails the ADD (fail closed); its ``ok`` passes the pod
+  (captured, or not enrolled).
+
+Not a Kubernetes pod (no ``K8S_POD_*`` args): passes through in both modes. Passing through prints
+``prevResult`` unchanged. DEL never fails (the runtime must be able to tear down); CHECK validates the
+call and passes. Must not: touch the pod's network itself (the agent does), or print anything else on
+stdout.
 
 Start-up is paid per pod (a fresh process for every ADD and DEL), so this module imports only what a
 call needs: msgspec, ``plugin_config`` (the network config), ``wire`` (the event format and the blocking
-client), the errors and, on an ADD that reads the store only, the enrolment rule (``enroll.pod_facts``)
+client), the errors and, on an ADD that reads the store only (never in ``"agent"`` mode), the enrolment
+rule (``enroll.pod_facts``)
 and a read-only look at the store (``meshcore.store.sqlite_read.read_objects``: plain sqlite3, one
 snapshot, the same SQL and file checks as ``SqliteStore``, never creating or changing the file). No
-structlog, asyncio, YAML or ztunnel settings: log lines are JSON written to stderr by ``log``. The store
-stays the plugin's own source of truth for enrolment (the agent's view may lag a just-created pod, which
-must not start uncaptured), so the fail-closed rules above hold unchanged.
+structlog, asyncio, YAML or ztunnel settings: log lines are JSON written to stderr by ``log``. In
+``"store"`` mode the store stays the plugin's own source of truth for enrolment (the agent's view may lag a
+just-created pod, which must not start uncaptured); in ``"agent"`` mode the agent covers that lag with its
+live read, and fails the ADD when it cannot make one.
 """
 
 from __future__ import annotations
@@ -39,12 +52,18 @@ from meshcore.store.resource import ResourceRef
 from ztunnel.cni.errors import (
     CniAgentUnavailable,
     CniEnrollFailed,
+    CniEnrollUndecided,
     CniEnvInvalid,
     CniError,
     CniStoreUnavailable,
     EventError,
 )
-from ztunnel.cni.plugin_config import SUPPORTED_CNI_VERSIONS, PluginConfig, decode_plugin_config
+from ztunnel.cni.plugin_config import (
+    ENROLLMENT_AGENT,
+    SUPPORTED_CNI_VERSIONS,
+    PluginConfig,
+    decode_plugin_config,
+)
 from ztunnel.cni.wire import EventReply, PluginEvent, send_event
 
 LOGGER = "ztunnel.cni.plugin"
@@ -222,7 +241,7 @@ def log(level: str, event: str, **fields: Any) -> None:
 # -- commands ------------------------------------------------------------------------------------------
 
 
-def _event(inv: Invocation, cmd: Literal["add", "del"], wait: bool) -> PluginEvent:
+def _event(inv: Invocation, cmd: Literal["add", "del"], wait: bool, agent_decides: bool = False) -> PluginEvent:
     assert inv.config is not None and inv.pod is not None
     namespace, name = inv.pod
     return PluginEvent(
@@ -235,6 +254,7 @@ def _event(inv: Invocation, cmd: Literal["add", "del"], wait: bool) -> PluginEve
         pod_uid=inv.args.get(K8S_POD_UID, ""),
         pod_ips=pod_ips(inv.config),
         wait=wait,
+        agent_decides=agent_decides,
     )
 
 
@@ -257,6 +277,8 @@ def cmd_add(inv: Invocation, enrollment: Enrollment, notify: Notify) -> bytes:
     if inv.pod is None:
         return success_result(config)  # not a Kubernetes pod: nothing of ours
     namespace, name = inv.pod
+    if config.enrollment == ENROLLMENT_AGENT:
+        return _add_decided_by_agent(inv, notify)
     enrolled = enrollment(config, namespace, name)
     if not enrolled:
         _best_effort(
@@ -270,6 +292,25 @@ def cmd_add(inv: Invocation, enrollment: Enrollment, notify: Notify) -> bytes:
     if not reply.ok:
         raise CniEnrollFailed(f"{namespace}/{name}", reply.error or "no reason given")
     log("info", "pod captured", pod=f"{namespace}/{name}", captured=reply.captured)
+    return success_result(config)
+
+
+def _add_decided_by_agent(inv: Invocation, notify: Notify) -> bytes:
+    """``enrollment: agent``: the agent decides and replies; no reply or its error fails the ADD."""
+    assert inv.config is not None and inv.pod is not None
+    config = inv.config
+    pod = "/".join(inv.pod)
+    try:
+        reply = notify(config, _event(inv, "add", wait=True, agent_decides=True), config.event_timeout)
+    except EventError as e:
+        raise CniAgentUnavailable(config.cni_event_address, str(e)) from None
+    if not reply.ok:
+        problem = reply.error or "no reason given"
+        raise CniEnrollFailed(pod, problem) if reply.enrolled else CniEnrollUndecided(pod, problem)
+    if reply.captured:
+        log("info", "pod captured", pod=pod, captured=True, decided_by="agent")
+    else:
+        log("info", "pod not enrolled; passed through", pod=pod, enrolled=reply.enrolled, decided_by="agent")
     return success_result(config)
 
 

@@ -1,16 +1,19 @@
 """The CNI plugin's settings: its network configuration JSON on stdin, decoded and checked.
 
 ``decode_plugin_config(stdin)`` -> ``PluginConfig``; keys as in a conflist entry (``cniVersion``,
-``name``, ``type``, ``prevResult``) plus ours: ``state_dir`` (the embedded store, read to decide whether a
-pod is enrolled), ``cni_event_address`` (the agent's event socket, Istio's key name) and ``event_timeout``
-(seconds the plugin waits for the agent to capture an enrolled pod). Unknown keys are ignored, as CNI
+``name``, ``type``, ``prevResult``) plus ours: ``enrollment`` (who decides whether a pod is enrolled:
+``"store"``, the default and the local cluster's, the plugin itself from the embedded store; ``"agent"``,
+written by the node agent's host install on Kubernetes, where a node has no store: the node agent, from its
+view of the API server), ``state_dir`` (the embedded store, read in ``"store"`` mode), ``cni_event_address``
+(the agent's event socket, Istio's key name) and ``event_timeout`` (seconds the plugin waits for the agent
+to capture an enrolled pod). Unknown keys are ignored, as CNI
 plugins must. Apart from the node agent's settings (``config``) because the plugin is a fresh process per
 pod: this module imports only msgspec and the plugin's errors. Pure: reads only what it is given.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -22,6 +25,9 @@ DEFAULT_EVENT_SOCKET = (
 )
 DEFAULT_EVENT_TIMEOUT = 30.0
 MAX_CONFIG_BYTES = 1 << 20
+ENROLLMENT_STORE = "store"  # the plugin decides from the embedded store (the local cluster)
+ENROLLMENT_AGENT = "agent"  # the node agent decides (Kubernetes: no store on the node)
+Enrollment = Literal["store", "agent"]
 
 
 class PluginConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,6 +36,8 @@ class PluginConfig(msgspec.Struct, frozen=True, kw_only=True):
     cni_version: str = msgspec.field(name="cniVersion")
     name: str = ""
     type: str = ""
+    # Who decides whether a pod is enrolled: the plugin from the embedded store, or the node agent.
+    enrollment: Enrollment = ENROLLMENT_STORE
     # Directory of the embedded store (``<state_dir>/store.db``); None: the default state directory.
     state_dir: str | None = None
     cni_event_address: str = DEFAULT_EVENT_SOCKET

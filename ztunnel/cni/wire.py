@@ -3,7 +3,8 @@
 Protocol (ours; Istio's plugin POSTs /cmdadd over HTTP on the same kind of socket): the plugin connects
 to ``cni_event_address`` (SOCK_STREAM, mode 0600: only root may drive pod capture), writes one
 ``PluginEvent`` as a JSON object and a newline, and reads one ``EventReply`` line; then both close. A
-line is at most ``MAX_LINE`` bytes. ``send_event`` is blocking, as the plugin is a short-lived process;
+line is at most ``MAX_LINE`` bytes. Fields added later have defaults meaning what a line without them
+meant (an older plugin's event, an older agent's reply), so both sides decode the other's older lines. ``send_event`` is blocking, as the plugin is a short-lived process;
 the agent's asyncio server is ``events.EventServer``. Apart from it because the plugin runs once per pod:
 this module imports only msgspec, socket and the plugin's errors (no asyncio, no structlog).
 """
@@ -34,16 +35,22 @@ class PluginEvent(msgspec.Struct, frozen=True, kw_only=True):
     # K8S_POD_UID when the runtime passes it ("" otherwise).
     pod_uid: str = ""
     pod_ips: tuple[str, ...] = ()
-    # True: the plugin found the pod enrolled and waits for the capture's outcome; False: best effort.
+    # True: the plugin waits for the outcome (it found the pod enrolled, or left the decision to the agent);
+    # False: best effort.
     wait: bool = False
+    # True: the plugin decided nothing (``enrollment: agent``): the agent decides from its view (read live
+    # from the API server when the view lacks the pod) and fails the ADD when it cannot.
+    agent_decides: bool = False
 
 
 class EventReply(msgspec.Struct, frozen=True, kw_only=True):
-    """The agent's answer: ``ok`` or ``error``; ``captured`` says whether the pod is now redirected."""
+    """The agent's answer: ``ok`` or ``error``; ``captured`` says whether the pod is now redirected,
+    ``enrolled`` whether the agent found it enrolled (False from agents that predate the field)."""
 
     ok: bool
     error: str = ""
     captured: bool = False
+    enrolled: bool = False
 
 
 _event_decoder = msgspec.json.Decoder(PluginEvent)

@@ -122,3 +122,39 @@ def test_an_agent_that_never_answers_times_out(tmp_path: Path) -> None:
 def test_malformed_events_are_refused(line: bytes, words: str) -> None:
     with pytest.raises(EventMalformed, match=words):
         decode_event(line)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"ok": true, "captured": true}', EventReply(ok=True, captured=True, enrolled=False)),
+        (b'{"ok": false, "error": "boom"}', EventReply(ok=False, error="boom")),
+    ],
+    ids=["an older agent's ok reply decodes with enrolled false", "an older agent's error reply decodes too"],
+)
+def test_an_older_agents_reply_still_decodes(tmp_path: Path, line: bytes, expected: EventReply) -> None:
+    path = tmp_path / "old-agent.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(line + b"\n")
+
+        import threading
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        try:
+            assert send_event(str(path), EVENT, 5.0) == expected
+        finally:
+            thread.join(5)
+
+
+def test_an_older_plugins_event_decodes_as_one_that_decided_itself() -> None:
+    line = b'{"cmd": "add", "pod_namespace": "demo", "pod_name": "web", "container_id": "c1", "netns": "/n", "wait": true}'
+    event = decode_event(line)
+    assert (event.wait, event.agent_decides) == (True, False)

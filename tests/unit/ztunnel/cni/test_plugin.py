@@ -227,6 +227,66 @@ def test_an_unreadable_store_fails_the_add_rather_than_start_the_pod_uncaptured(
     assert "/x/store.db" in doc["msg"]
 
 
+# -- ADD with enrollment: agent (Kubernetes: the node agent decides) ------------------------------------
+
+AGENT_CONF = {**CONF, "enrollment": "agent"}
+
+
+def never_read_the_store(config: PluginConfig, namespace: str, name: str) -> bool | None:
+    raise AssertionError("the plugin read the store in agent mode")
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [EventReply(ok=True, captured=True, enrolled=True), EventReply(ok=True, enrolled=False), EventReply(ok=True)],
+    ids=[
+        "an enrolled pod the agent captured passes prevResult through",
+        "a pod the agent found not enrolled passes prevResult through",
+        "an ok reply without the enrolled field (an older agent) passes too",
+    ],
+)
+def test_in_agent_mode_the_plugin_sends_no_decision_and_waits_for_the_agents(reply: EventReply) -> None:
+    out, status, agent = call(env("ADD"), AGENT_CONF, enrolled=never_read_the_store, agent=Agent(reply))
+    assert (status, json.loads(out)) == (0, PREV)
+    ((event, timeout),) = agent.events
+    assert (event.agent_decides, event.wait, event.pod_uid, timeout) == (True, True, "abc", 30.0)
+
+
+@pytest.mark.parametrize(
+    ("agent", "code", "words"),
+    [
+        (Agent(error=AgentUnreachable("/run/x.sock", "no such socket")), 11, "not reachable"),
+        (Agent(EventReply(ok=False, error="cannot read it from the Kubernetes API: 403 Forbidden")), 11,
+         "could not decide whether pod demo/web is enrolled"),
+        (Agent(EventReply(ok=False, error="ztunnel refused it: boom", enrolled=True)), 100, "boom"),
+    ],
+    ids=[
+        "an unreachable agent fails the ADD (fail closed, whatever the pod is)",
+        "an agent that could not decide fails the ADD with try-again-later and its reason",
+        "an enrolled pod the agent could not capture fails the ADD with the capture's reason",
+    ],
+)
+def test_in_agent_mode_the_add_fails_closed_when_the_agent_does_not_say_ok(
+    agent: Agent, code: int, words: str
+) -> None:
+    out, status, _ = call(env("ADD"), AGENT_CONF, enrolled=never_read_the_store, agent=agent)
+    doc = error_of(out)
+    assert (status, doc["code"]) == (1, code)
+    assert words in doc["msg"]
+
+
+def test_in_agent_mode_a_non_kubernetes_container_still_passes_without_the_agent() -> None:
+    out, status, agent = call(env("ADD", CNI_ARGS="IgnoreUnknown=1"), AGENT_CONF, enrolled=never_read_the_store)
+    assert (status, json.loads(out), agent.events) == (0, PREV, [])
+
+
+def test_an_unknown_enrollment_mode_is_refused_as_invalid_config() -> None:
+    out, status, agent = call(env("ADD"), {**CONF, "enrollment": "cluster"}, enrolled=never_read_the_store)
+    doc = error_of(out)
+    assert (status, doc["code"], agent.events) == (1, 7, [])
+    assert "enrollment" in doc["msg"]
+
+
 # -- DEL and CHECK ---------------------------------------------------------------------------------------
 
 

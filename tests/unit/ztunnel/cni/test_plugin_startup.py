@@ -2,7 +2,8 @@
 it must load neither the node agent's kernel side (``ztunnel.redirect``, pyroute2) nor the heavy shared
 machinery (structlog and rich, asyncio, YAML, the store's schema and writer, ztunnel's settings), on any
 path of a call: the import itself, an ADD that reads the store, one whose agent is unreachable (the
-error paths log), and a DEL."""
+error paths log), a DEL, and an ADD in ``enrollment: agent`` mode (Kubernetes: no store read at all, the
+agent decides; here no agent, so the ADD fails closed)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ HEAVY_MODULES = (
     "meshcore.store.kubernetes",
 )
 
-# argv: the heavy lists (JSON), the state directory, then the commands to run in this one process.
+# argv: the heavy lists (JSON), the state directory, then the commands to run in this one process
+# (COMMAND or COMMAND:ENROLLMENT, e.g. ADD:agent).
 PROBE = """
 import json, sys
 packages, modules = json.loads(sys.argv[1])
@@ -41,11 +43,13 @@ env = {
     "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web", "CNI_PATH": "/opt/cni/bin",
 }
 results = []
-for command in sys.argv[3:]:
+for given in sys.argv[3:]:
+    command, _, enrollment = given.partition(":")
     conf = {"cniVersion": "1.0.0", "name": "n", "type": "ambient-cni", "state_dir": sys.argv[2],
-            "cni_event_address": sys.argv[2] + "/no-agent.sock", "event_timeout": 1}
+            "cni_event_address": sys.argv[2] + "/no-agent.sock", "event_timeout": 1,
+            "enrollment": enrollment or "store"}
     out, status = run({**env, "CNI_COMMAND": command}, json.dumps(conf).encode())
-    results.append([command, status, json.loads(out)["code"] if status else 0])
+    results.append([given, status, json.loads(out)["code"] if status else 0])
 heavy = [m for m in sys.modules if m.split(".")[0] in packages or m in modules or m.startswith(tuple(x + "." for x in modules))]
 print(json.dumps({"results": results, "heavy": sorted(heavy)}))
 """
@@ -60,9 +64,10 @@ def _store(state_dir: Path, namespace_labels: dict[str, str]) -> None:
         store.apply([build_resource(d) for d in docs])
 
 
-def _probe(state_dir: Path, *commands: str) -> dict[str, list]:
+def _probe(state_dir: Path, *commands: str, also: tuple[str, ...] = ()) -> dict[str, list]:
+    heavy = [[*HEAVY_PACKAGES, *also], [*HEAVY_MODULES, *also]]
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps([HEAVY_PACKAGES, HEAVY_MODULES]), str(state_dir), *commands],
+        [sys.executable, "-c", PROBE, json.dumps(heavy), str(state_dir), *commands],
         capture_output=True,
         text=True,
         timeout=60,
@@ -102,6 +107,14 @@ def test_an_unreadable_store_still_fails_the_add_closed_without_loading_the_stor
     seen = _probe(tmp_path, "ADD")
     assert seen["results"] == [["ADD", 1, 11]]
     assert seen["heavy"] == []
+
+
+def test_an_add_the_agent_decides_reads_no_store_and_loads_nothing_heavy(tmp_path: Path) -> None:
+    # No store file at all (a Kubernetes node): agent mode never looks for one; no agent: fail closed.
+    seen = _probe(tmp_path, "ADD:agent", "DEL:agent", also=("sqlite3", "meshcore.store.sqlite_read", "ztunnel.cni.enroll"))
+    assert seen["results"] == [["ADD:agent", 1, 11], ["DEL:agent", 0, 0]]
+    assert seen["heavy"] == []
+    assert not (tmp_path / "store.db").exists()
 
 
 def test_the_agent_settings_still_carry_the_redirect_options() -> None:
