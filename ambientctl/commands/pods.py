@@ -12,6 +12,12 @@ pod X, choose one of: [a b]``). ``--previous`` shows the run before the last res
 printing what is appended, across restarts (the log file is replaced), until Ctrl-C or the pod is gone.
 Pod logs are the processes' raw output without timestamps, so ``--since`` is refused for them with that
 reason rather than ignored. POD is ``NAME``, ``pod/NAME`` or ``NS/NAME``.
+
+With ``--kubeconfig``/``--context`` (the source ``troubleshoot.remote.reach_for`` chooses), ``logs POD`` reads
+the API server's ``pods/log`` (``container``, ``follow``, ``tailLines``, ``sinceSeconds``, ``previous``):
+the API server picks or refuses the container and answers ``--previous``, and its refusal is printed as
+it said it. ``exec`` refuses there, saying why: it needs the ``pods/exec`` subresource, which ambientctl
+does not speak (``kubectl exec`` does).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from ambientctl.cluster.cluster import PREVIOUS_LOG_SUFFIX
 from ambientctl.cluster.errors import ClusterError
 from ambientctl.cluster.spec import PodSpec
 from ambientctl.cluster.state import PodRecord
+from ambientctl.troubleshoot.logs import parse_duration
+from ambientctl.troubleshoot.reach import ReachError
+from ambientctl.troubleshoot.remote import KubeReach, LogSource, reach_for
 
 from .common import CliError, cli_state
 
@@ -103,6 +112,9 @@ def exec_in_pod(
 ) -> None:
     """Run a command in a pod as its container runs (netns, user, env, workingDir): exec POD -- CMD..."""
     ns, name = pod_ref(pod, namespace)
+    if cli_state(ctx).on_kubernetes:
+        raise CliError(f"exec with --kubeconfig/--context needs the API server's pods/exec subresource, which "
+                       f"ambientctl does not speak; use `kubectl exec -n {ns} {name} -- ...`")
     cluster = Cluster(cli_state(ctx).state_dir())
     record = _find(cluster, ns, name)
     apps = [c.name for c in record.spec.app_containers()]
@@ -131,15 +143,24 @@ def show_pod_logs(
     previous: bool = False,
 ) -> None:
     """``logs POD``: one container's log (see the module doc)."""
+    if tail is not None and tail < 0:
+        raise CliError("--tail must be 0 or more")
+    if previous and follow:
+        raise CliError("--previous and -f cannot be used together (the previous run has ended)")
+    state = cli_state(ctx)
+    if state.on_kubernetes:
+        try:
+            kube = reach_for(state).kube
+        except ReachError as e:
+            raise CliError(str(e)) from None
+        assert kube is not None  # on_kubernetes
+        return _kube_pod_logs(kube, LogSource("", *pod_ref(pod, namespace), container), follow=follow, since=since,
+                              tail=tail, previous=previous)
     if since is not None:
         raise CliError(
             "--since is not supported for pod logs: the local cluster keeps a container's raw output "
             "without timestamps; use --tail N"
         )
-    if tail is not None and tail < 0:
-        raise CliError("--tail must be 0 or more")
-    if previous and follow:
-        raise CliError("--previous and -f cannot be used together (the previous run has ended)")
     ns, name = pod_ref(pod, namespace)
     cluster = Cluster(cli_state(ctx).state_dir())
     record = _find(cluster, ns, name)
@@ -163,6 +184,33 @@ def show_pod_logs(
             _follow(cluster, record, path, len(data))
         except KeyboardInterrupt:
             return
+
+
+def _kube_pod_logs(kube: KubeReach, source: LogSource, *, follow: bool, since: str | None, tail: int | None,
+                   previous: bool) -> None:  # fmt: skip
+    """``logs POD`` on Kubernetes: the container's log through the API server's pods/log."""
+    try:
+        delta = parse_duration(since) if since is not None else None
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    since_seconds = -int(-delta.total_seconds() // 1) if delta is not None else None
+    out = sys.stdout.buffer
+    try:
+        if not follow:
+            out.write(kube.log(source, since_seconds=since_seconds, tail_lines=tail, previous=previous).encode())
+            out.flush()
+            return
+        lines = kube.follow_logs([source], since_seconds=since_seconds, tail_lines=tail)
+        try:
+            for _, line in lines:
+                out.write(line.encode() + b"\n")
+                out.flush()
+        except KeyboardInterrupt:
+            return
+        finally:
+            lines.close()
+    except ReachError as e:
+        raise CliError(str(e)) from None
 
 
 def last_lines(data: bytes, tail: int | None) -> bytes:

@@ -20,10 +20,10 @@
   the cluster's resources, key material redacted (``troubleshoot.bugreport``); prints where it wrote it.
 Formatting lives here; verdicts are computed by the pure functions of ``ambientctl.troubleshoot``.
 
-With ``--kubeconfig``/``--context``, ``fetch``, ``check``, ``proxy-status`` and ``logs --component`` work on
-that Kubernetes cluster: they take ``troubleshoot.remote.KubeReach`` (the API server's pod list, pod
-port-forward and pods/log) as their source instead of the local cluster's ``Reach`` and log files; the
-other commands refuse there (``CliState.state_dir``).
+With ``--kubeconfig``/``--context`` every command here works on that Kubernetes cluster: the source is
+chosen once, by ``troubleshoot.remote.reach_for`` (``_view``): ``KubeReach`` (the API server's pod list,
+pod port-forward and pods/log) instead of the local cluster's ``Reach``, log files and store; the commands
+call the same methods on either (``MeshView``). ``check --pre`` and ``exec`` stay local-only.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import typer
 from ambientctl.cluster import Cluster, ClusterError
 from ambientctl.troubleshoot.bugreport import default_path, gather, secrets_in, write_archive
 from ambientctl.troubleshoot.checks import CheckResult, gather_kubernetes, gather_mesh, gather_pre, kube_rows
-from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource, log_files_for
+from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource
 from ambientctl.troubleshoot.explain import (
     ExplainInputError,
     RequestSpec,
@@ -64,7 +64,6 @@ from ambientctl.troubleshoot.explain import (
 from ambientctl.troubleshoot.explain import to_json as explain_json
 from ambientctl.troubleshoot.logs import (
     COMPONENTS,
-    GATEWAY_NAME_LABEL,
     TAP_HEADERS,
     LogRecord,
     component_files,
@@ -82,16 +81,17 @@ from ambientctl.troubleshoot.reach import (
     ZTUNNEL_STATS,
     Reach,
     ReachError,
-    Target,
     parse_location,
     parse_target,
 )
 from ambientctl.troubleshoot.remote import (
     KubeReach,
     LogSource,
+    MeshView,
     component_sources,
     merge_logs,
     parse_remote_target,
+    reach_for,
 )
 from ambientctl.troubleshoot.syncstatus import ProxyRow, proxy_rows, row_json, status_table
 from ambientctl.troubleshoot.traffic import (
@@ -127,17 +127,20 @@ def _errors() -> Iterator[None]:
         raise CliError(str(e)) from None
 
 
+def _view(ctx: typer.Context) -> MeshView:
+    """This command's source (``reach_for``: the Kubernetes cluster with --kubeconfig/--context, else the
+    local cluster)."""
+    with _errors():
+        return reach_for(cli_state(ctx))
+
+
 def _reach(ctx: typer.Context) -> Reach:
     return Reach(Cluster(cli_state(ctx).state_dir()))
 
 
 def _kube_reach(ctx: typer.Context) -> KubeReach | None:
     """The Kubernetes cluster's endpoints with --kubeconfig/--context, else None (the local cluster)."""
-    state = cli_state(ctx)
-    if not state.on_kubernetes:
-        return None
-    with _errors():
-        return KubeReach.connect(state.kubeconfig, state.kube_context)
+    return _view(ctx).kube if cli_state(ctx).on_kubernetes else None
 
 
 # --- fetch -------------------------------------------------------------------------------------------
@@ -328,9 +331,9 @@ def explain_cmd(
     output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
 ) -> None:
     """Explain what the mesh does with a connection: route, expected identities, every policy and the verdict."""
+    view = _view(ctx)
     with _errors():
-        reach = _reach(ctx)
-        registry = reach.istiod("/debug/registryz")
+        registry = view.reach.istiod("/debug/registryz")
         try:
             config = mesh_config_from_registry(registry)
         except (msgspec.ValidationError, TypeError) as e:
@@ -340,7 +343,7 @@ def explain_cmd(
             target = resolve_destination(config.state, destination, namespace) if destination else None
         except ExplainInputError as e:
             raise CliError(str(e)) from None
-        sync = _sync_of(reach, src.node)
+        sync = _sync_of(view, src.node)
     if target is None:
         summary = describe_pod(config, src)
         if output is Format.json:
@@ -356,7 +359,7 @@ def explain_cmd(
         return
     ip, port = target
     result = explain(config, src, ip, port, _request(method, path, header or []))
-    seen = last_seen(_access_records(ctx), record_query(result))
+    seen = last_seen(_access_records(view), record_query(result))
     if output is Format.json:
         typer.echo(json.dumps({**explain_json(result), "config": sync, "lastSeen": last_seen_json(seen)}, indent=2))
         return
@@ -369,30 +372,21 @@ def explain_cmd(
 EXPLAIN_LOG_TAIL = 4 << 20
 
 
-def _access_records(ctx: typer.Context, max_bytes: int = EXPLAIN_LOG_TAIL) -> list[LogRecord]:
-    """The access records at the end of every ztunnel's and waypoint's log (what ``tap`` follows)."""
-    log_dir, nodes = _log_dir_and_nodes(ctx)
-    files = component_files(log_dir, "ztunnel", nodes, []) + component_files(log_dir, "waypoint", nodes,
-                                                                              _waypoint_pods(ctx))  # fmt: skip
-    out: list[LogRecord] = []
-    for f in files:
-        try:
-            with f.path.open("rb") as fh:
-                size = fh.seek(0, 2)
-                fh.seek(max(0, size - max_bytes))
-                lines = fh.read().decode("utf-8", "replace").split("\n")
-        except FileNotFoundError:
-            continue
-        for text in lines[1:] if size > max_bytes else lines:  # the first line of a tail may be cut
-            if text and (record := parse_line(text, f.source)).is_access:
-                out.append(record)
-    return out
+def _access_records(view: MeshView, max_bytes: int = EXPLAIN_LOG_TAIL) -> list[LogRecord]:
+    """The access records at the end of every ztunnel's and waypoint's log (what ``tap`` follows); a log
+    that could not be read is named on stderr."""
+    with _errors():
+        records, problems = view.access_records(lambda r: r.is_access, tail_bytes=max_bytes)
+    for problem in problems:
+        note(f"warning: {problem}; its access records are not searched")
+    return records
 
 
-def _sync_of(reach: Reach, node: str) -> str:
-    """Whether the source node's ztunnel holds what istiod-lite has (so the answer is what it decides)."""
+def _sync_of(view: MeshView, node: str) -> str:
+    """Whether the source node's ztunnel holds what istiod-lite has (so the answer is what it decides);
+    on Kubernetes over every istiod replica."""
     try:
-        rows = proxy_rows(reach.istiod("/debug/syncz"), "istiod-lite")
+        rows = kube_rows(view.kube)[0] if view.kube else proxy_rows(view.reach.istiod("/debug/syncz"), "istiod-lite")
     except (ReachError, ValueError) as e:
         return f"sync state unknown ({e})"
     for r in rows:
@@ -409,11 +403,6 @@ def _pod_ref(text: str) -> tuple[str, str]:
     if not sep or not ns or not name:
         raise CliError(f"{text!r}: name the pod as <namespace>/<name>")
     return ns, name
-
-
-def _waypoint_pods(ctx: typer.Context) -> list[tuple[str, str]]:
-    pods = cli_state(ctx).store().list("Pod")
-    return sorted((p.namespace, p.name) for p in pods if GATEWAY_NAME_LABEL in p.labels)
 
 
 def _log_dir_and_nodes(ctx: typer.Context) -> tuple[Path, list[str]]:
@@ -476,7 +465,7 @@ def logs(
                           output=output, tail=tail)
     log_dir, nodes = _log_dir_and_nodes(ctx)
     pod_ref = _pod_ref(pod) if pod else None
-    waypoints = _waypoint_pods(ctx) if component == "waypoint" else []
+    waypoints = _view(ctx).waypoints() if component == "waypoint" else []
     narrowed = pod_ref if component == "waypoint" and pod_ref in waypoints else None
     try:
         files = component_files(log_dir, component, nodes, waypoints, node=node, pod=narrowed)
@@ -571,7 +560,7 @@ def tap(
     ] = Format.text,
 ) -> None:
     """Live access records (ztunnels and waypoints) of a pod or a service, from now on."""
-    log_dir, nodes = _log_dir_and_nodes(ctx)
+    view = _view(ctx)
     pod_ref: tuple[str, str] | None = None
     service: str | None = None
     if target.startswith(("svc/", "service/")):
@@ -581,15 +570,14 @@ def tap(
         service = f"{name}.{ns}"
     else:
         pod_ref = _pod_ref(target)
-    files = component_files(log_dir, "ztunnel", nodes, [])
-    files += component_files(log_dir, "waypoint", nodes, _waypoint_pods(ctx))
 
     def keep(r: LogRecord) -> bool:
         return r.is_access and concerns(r, pod=pod_ref, service=service)
 
     deadline = None if duration is None else time.monotonic() + duration
     widths = [12, 16, 24, 36, 44, 10, 12, 8]
-    records = follow(files, keep, until=lambda: deadline is not None and time.monotonic() >= deadline)
+    with _errors():
+        records = view.follow_access(keep, until=lambda: deadline is not None and time.monotonic() >= deadline)
     # Printed once following: everything written from now on is shown.
     if output is Format.text:
         typer.echo("  ".join(h.ljust(w) for h, w in zip(TAP_HEADERS, widths, strict=True)).rstrip())
@@ -609,23 +597,26 @@ def tap(
                 return
     except KeyboardInterrupt:
         return
+    except ReachError as e:
+        raise CliError(str(e)) from None
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
 
 
 # --- stat and graph -----------------------------------------------------------------------------------
 
 
-def scrape(ctx: typer.Context, reach: Reach) -> list[Sample]:
+def scrape(view: MeshView) -> list[Sample]:
     """Every ztunnel's and waypoint's metrics, each series tagged with the proxy it came from."""
     samples: list[Sample] = []
+    view.refresh()
     with _errors():
-        nodes = [n.name for n in reach.cluster.layout().nodes]
-    targets = [(f"ztunnel-{n}", Target("node", node=n)) for n in nodes]
-    targets += [
-        (f"waypoint {ns}/{name}", Target("pod", namespace=ns, name=name)) for ns, name in _waypoint_pods(ctx)
-    ]
+        targets = view.proxy_targets()
     for label, target in targets:
         try:
-            answer = reach.get(target, ZTUNNEL_STATS, "/metrics")
+            answer = view.reach.get(target, ZTUNNEL_STATS, "/metrics")
             if answer.status == 200:
                 samples += tag(parse_metrics(answer.text), label)
             else:
@@ -635,14 +626,13 @@ def scrape(ctx: typer.Context, reach: Reach) -> list[Sample]:
     return samples
 
 
-def _window(ctx: typer.Context, interval: float) -> list[Edge]:
-    reach = _reach(ctx)
+def _window(view: MeshView, interval: float) -> list[Edge]:
     if interval <= 0:
-        return traffic(None, scrape(ctx, reach))
-    before = scrape(ctx, reach)
+        return traffic(None, scrape(view))
+    before = scrape(view)
     started = time.monotonic()
     time.sleep(interval)
-    after = scrape(ctx, reach)
+    after = scrape(view)
     return traffic(before, after, time.monotonic() - started)
 
 
@@ -661,9 +651,10 @@ def stat(
     output: Annotated[Format, typer.Option("-o", "--output", help="text or json.")] = Format.text,
 ) -> None:
     """Golden signals per destination service: rate, success rate, denials, latency p50/p95/p99, bytes."""
+    view = _view(ctx)
     try:
         while True:
-            rows = stats(_window(ctx, interval))
+            rows = stats(_window(view, interval))
             if output is Format.json:
                 typer.echo(json.dumps([stat_json(r) for r in rows], indent=2))
             else:
@@ -691,7 +682,7 @@ def graph(
     ] = GraphFormat.text,
 ) -> None:
     """Who talks to whom: edges with rate, success rate, mTLS and the source principal (dot | dot -Tsvg)."""
-    edges = _window(ctx, interval)
+    edges = _window(_view(ctx), interval)
     if output is GraphFormat.json:
         typer.echo(json.dumps([edge_json(e) for e in edges], indent=2))
     elif output is GraphFormat.dot:
@@ -714,15 +705,12 @@ def dashboard(
     ] = True,
 ) -> None:
     """Serve the dashboard (service graph, golden signals, proxies, recent denials) on localhost until Ctrl-C."""
-    reach = _reach(ctx)
+    view = _view(ctx)
     with _errors():
-        reach.cluster.layout()  # a clear error now rather than on every poll
-
-    def waypoints() -> list[tuple[str, str]]:
-        return _waypoint_pods(ctx)
+        view.nodes()  # a clear error now rather than on every poll
 
     try:
-        server = DashboardServer(LiveSource(reach, log_files_for(reach, waypoints), waypoints), port=port)
+        server = DashboardServer(LiveSource(view), port=port)
     except OSError as e:
         raise CliError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}; pick another with --port") from None
     typer.echo(f"dashboard on {server.url} (Ctrl-C stops)")
@@ -750,14 +738,17 @@ def bug_report(
     """Write one archive with every component's config dump, logs, metrics, versions and the cluster's
     resources (private keys never included) and print its path."""
     state = cli_state(ctx)
-    cluster = Cluster(state.state_dir())
+    view = _view(ctx)
     created = datetime.now(UTC)
     path = (out or default_path(created)).resolve()
     if path.is_dir():
         path = path / default_path(created).name
-    report = gather(cluster, state.store(), Reach(cluster), _waypoint_pods(ctx), with_checks=checks)
+    report = gather(view, state.store, with_checks=checks)
+    # The local cluster's key files are cut out of every member; a Kubernetes cluster's keys are not on
+    # this machine (Secrets' values and PEM private keys are redacted all the same).
+    secrets = secrets_in(state.state_dir()) if view.cluster is not None else []
     try:
-        withheld = write_archive(report, path, secrets_in(state.state_dir()), created=created)
+        withheld = write_archive(report, path, secrets, created=created)
     except OSError as e:
         raise CliError(f"cannot write {path}: {e.strerror or e}; pick another place with --out") from None
     gaps = len(report.missing) + len(withheld)

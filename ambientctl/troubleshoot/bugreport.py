@@ -1,10 +1,14 @@
-"""``ambientctl bug-report``: one ``tar.gz`` with what a maintainer needs to understand a local cluster.
+"""``ambientctl bug-report``: one ``tar.gz`` with what a maintainer needs to understand the mesh, on the
+local cluster or (``--kubeconfig``/``--context``) on a Kubernetes cluster.
 
 What goes in: istiod-lite's ``/debug/syncz``, ``/debug/registryz`` and metrics; each node's ztunnel
 ``/config_dump`` and metrics and its node agent's ``/debug/pods`` and metrics; each waypoint pod's
 ``/config_dump`` and metrics; the tail of every component's and pod's log; the versions (package,
 Python, kernel, nft, ip, and each proxy's ``ISTIO_VERSION`` as istiod-lite sees it); ``check``'s
-results; the cluster's status; and every resource in the store. ``MANIFEST.txt`` lists each member and
+results; the cluster's status; and every resource in the store. On Kubernetes the endpoints are reached
+through the API server's pod port-forward, the logs are the tail of each istio-system pod's and waypoint
+pod's containers (``pods/log``), and the cluster's status is its istio-system pods; ``MANIFEST.txt`` lists
+each member and
 every part that could not be gathered, with the reason (a report of a broken cluster is the usual one,
 so a part that fails never fails the report, and is never silently missing).
 
@@ -40,10 +44,10 @@ from typing import Any
 
 import msgspec
 
-from ambientctl.cluster import Cluster, ClusterError
-from meshcore.store import SqliteStore
+from ambientctl.cluster import ClusterError
+from meshcore.store import SqliteStore, Store, StoreError
 
-from .checks import gather_mesh
+from .checks import gather_kubernetes, gather_mesh
 from .reach import (
     AGENT_MONITORING,
     ISTIOD,
@@ -52,10 +56,10 @@ from .reach import (
     WAYPOINT_STATS,
     ZTUNNEL_ADMIN,
     ZTUNNEL_STATS,
-    Reach,
     ReachError,
     Target,
 )
+from .remote import ISTIO_SYSTEM, KubeReach, LogSource, MeshView, default_container
 from .syncstatus import proxy_rows
 
 PACKAGE = "ambient-mesh"
@@ -71,6 +75,7 @@ MIN_SECRET_LINE = 24
 SECRET_FIELD = re.compile(r"(private[_-]?key|key[_-]?pem|^key$|secret[_-]?key)", re.IGNORECASE)
 KEY_FILE_MAX = 1 << 16  # a key file is a few KiB; larger files are not keys
 LOG_TAIL = 4 << 20  # bytes of each log kept (its end)
+KUBE_LOG_TAIL_LINES = 20_000  # on Kubernetes, lines of each container's log kept (its end)
 TOOL_TIMEOUT_S = 5.0
 
 
@@ -235,7 +240,7 @@ def _text(answer_status: int, text: str, where: str) -> str:
     return text
 
 
-def _get(reach: Reach, target: Target, port: int, path: str) -> Callable[[], str]:
+def _get(reach: Any, target: Target, port: int, path: str) -> Callable[[], str]:
     def fetch() -> str:
         answer = reach.get(target, port, path)
         return _text(answer.status, answer.text, f"{target} :{port}{path}")
@@ -252,17 +257,35 @@ def _pretty(fetch: Callable[[], str]) -> Callable[[], str]:
     return produce
 
 
-def gather(
-    cluster: Cluster,
-    store: SqliteStore,
-    reach: Reach,
-    waypoints: Sequence[tuple[str, str]],
-    *,
-    with_checks: bool = True,
-) -> Report:
-    """Everything the module docstring lists, from the local cluster and the store (never raises for a
-    part that cannot be read: it is recorded in ``Report.missing``)."""
+def _kube_logs(report: Report, kube: KubeReach, waypoints: Sequence[tuple[str, str]]) -> None:
+    """The tail of every container log of istio-system's pods and of the waypoint pods, as
+    ``logs/<namespace>.<pod>.<container>.log``."""
+    pods = list(kube.pods())
+    for ns in sorted({ns for ns, _ in waypoints}):
+        pods += [p for p in kube.pods(ns) if (ns, str((p.get("metadata") or {}).get("name"))) in waypoints]
+    if not pods:
+        report.missing["logs/"] = f"no pod in {ISTIO_SYSTEM} and no waypoint pod"
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or ISTIO_SYSTEM), str(meta.get("name"))
+        containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
+        for container in containers or [default_container(pod) or ""]:
+            source = LogSource(f"{ns}/{name}", ns, name, container or None)
+            report.attempt(f"logs/{ns}.{name}.{container}.log",
+                           partial(kube.log, source, tail_lines=KUBE_LOG_TAIL_LINES))  # fmt: skip
+
+
+def gather(view: MeshView, store: Callable[[], Store], *, with_checks: bool = True) -> Report:
+    """Everything the module docstring lists, from the cluster ``view`` reaches and the store (opened by
+    ``store()`` when its resources are read; never raises for a part that cannot be read: it is recorded
+    in ``Report.missing``)."""
     report = Report()
+    reach = view.reach
+    waypoints: list[tuple[str, str]] = []
+    try:
+        waypoints = view.waypoints()
+    except (ReachError, ClusterError, OSError) as e:
+        report.missing["waypoints/"] = str(e)
     istiod = Target(ISTIOD)
     syncz: Any = None
     try:
@@ -275,8 +298,8 @@ def gather(
 
     nodes: list[str] = []
     try:
-        nodes = [n.name for n in cluster.layout().nodes]
-    except ClusterError as e:
+        nodes = view.nodes()
+    except ReachError as e:
         report.missing["nodes/"] = str(e)
     for n in nodes:
         node = Target("node", node=n)
@@ -290,12 +313,19 @@ def gather(
         report.attempt(f"{base}/config_dump.json", _pretty(_get(reach, pod, WAYPOINT_ADMIN, "/config_dump")))
         report.attempt(f"{base}/metrics.txt", _get(reach, pod, WAYPOINT_STATS, "/metrics"))
 
-    log_dir = cluster.procs.log_dir
-    logs = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
-    if not logs:
-        report.missing["logs/"] = f"no log files in {log_dir}"
-    for log in logs:
-        report.attempt(f"logs/{log.name}", partial(_tail, log))
+    cluster, kube = view.cluster, view.kube
+    if cluster is not None:
+        log_dir = cluster.procs.log_dir
+        logs = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
+        if not logs:
+            report.missing["logs/"] = f"no log files in {log_dir}"
+        for log in logs:
+            report.attempt(f"logs/{log.name}", partial(_tail, log))
+    elif kube is not None:
+        try:
+            _kube_logs(report, kube, waypoints)
+        except ReachError as e:
+            report.missing["logs/"] = str(e)
 
     proxies: list[dict[str, str]] = []
     if syncz is not None:
@@ -315,16 +345,30 @@ def gather(
             "proxies": proxies,
         },
     )
-    report.attempt("cluster/status.json", lambda: msgspec.json.format(msgspec.json.encode(cluster.status())).decode() + "\n")
-    resources = [redact_resource(r.to_dict()) for r in sorted(store.list(), key=lambda r: (r.kind, r.namespace, r.name))]
-    report.add("resources.json", json.dumps(resources, indent=2) + "\n")
+    if cluster is not None:
+        report.attempt("cluster/status.json", lambda: msgspec.json.format(msgspec.json.encode(cluster.status())).decode() + "\n")
+    elif kube is not None:
+        report.attempt(f"cluster/{ISTIO_SYSTEM}-pods.json", lambda: json.dumps(
+            [redact_resource(p) for p in kube.pods()], indent=2, sort_keys=True) + "\n")
+    try:
+        listed = store().list()
+    except StoreError as e:  # a store that cannot be opened or listed (the API server's refusal): named
+        report.missing["resources.json"] = str(e) or type(e).__name__
+    else:
+        resources = [redact_resource(r.to_dict()) for r in sorted(listed, key=lambda r: (r.kind, r.namespace, r.name))]
+        report.add("resources.json", json.dumps(resources, indent=2) + "\n")
     if with_checks:
         started = time.monotonic()
         try:
-            results, _ = gather_mesh(cluster, store, reach)
+            if kube is not None:
+                results, _ = gather_kubernetes(kube)
+            elif cluster is not None and isinstance(opened := store(), SqliteStore):
+                results, _ = gather_mesh(cluster, opened, view.reach)
+            else:
+                raise ValueError("checks need the local cluster's own store")
             report.add_json("check.json", {"seconds": round(time.monotonic() - started, 3),
                                            "results": [r.to_json() for r in results]})  # fmt: skip
-        except (ReachError, ClusterError, OSError, ValueError) as e:
+        except (ReachError, ClusterError, StoreError, OSError, ValueError) as e:
             report.missing["check.json"] = str(e)
     return report
 

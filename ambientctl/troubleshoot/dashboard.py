@@ -3,10 +3,12 @@
 ``DashboardServer`` serves, on a loopback address only, the static page shipped in this package
 (``static/``: HTML, JS, CSS, no CDN, nothing fetched from the internet) and one JSON document,
 ``/api/snapshot``, that the page polls. The snapshot comes from a ``Source`` callable, so tests serve a
-fixed one; ``LiveSource`` builds it from the local cluster each time it is asked: every ztunnel's and
-waypoint's metrics (rates between this scrape and the previous one, ``traffic``), istiod-lite's sync
-state (``proxy_rows``) and the recent refused connections and requests from the logs (``logs.denied``).
-A failing part of the snapshot is reported in its ``errors`` list; the rest is still served.
+fixed one; ``LiveSource`` builds it from the mesh each time it is asked, through the command's source
+(``remote.MeshView``: the local cluster, or a Kubernetes cluster through its API server, pods re-listed
+at each snapshot): every ztunnel's and waypoint's metrics (rates between this scrape and the previous one,
+``traffic``), istiod-lite's sync state (``proxy_rows``; on Kubernetes every replica's) and the recent
+refused connections and requests from the logs (``logs.denied``). A failing part of the snapshot is
+reported in its ``errors`` list; the rest is still served.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from .logs import LogFile, LogRecord, component_files, denied, read, since
-from .reach import ISTIOD_MONITORING, ZTUNNEL_STATS, Reach, ReachError, Target
-from .syncstatus import proxy_rows, row_json
+from .checks import kube_rows
+from .logs import LogRecord, denied, since
+from .reach import ISTIOD_MONITORING, ZTUNNEL_STATS, ReachError, Target
+from .remote import MeshView
+from .syncstatus import ProxyRow, proxy_rows, row_json
 from .traffic import Sample, edge_json, parse_metrics, stat_json, stats, tag, traffic
 
 Source = Callable[[], dict[str, Any]]
@@ -64,24 +68,23 @@ def denial_json(r: LogRecord) -> dict[str, Any]:
 
 
 class LiveSource:
-    """Snapshots of the local cluster (module docstring); thread-safe, one scrape at a time."""
+    """Snapshots of the mesh ``view`` reaches (module docstring); thread-safe, one scrape at a time."""
 
-    def __init__(self, reach: Reach, log_files: Callable[[], list[LogFile]],
-                 waypoints: Callable[[], list[tuple[str, str]]]) -> None:  # fmt: skip
-        self.reach = reach
-        self.log_files = log_files
-        self.waypoints = waypoints
+    def __init__(self, view: MeshView) -> None:
+        self.view = view
         self._lock = threading.Lock()
         self._previous: tuple[float, list[Sample]] | None = None
 
     def _scrape(self, errors: list[str]) -> list[Sample]:
         samples: list[Sample] = []
-        nodes = [n.name for n in self.reach.cluster.layout().nodes]
-        targets = [(f"ztunnel-{n}", Target("node", node=n)) for n in nodes]
-        targets += [(f"waypoint {ns}/{name}", Target("pod", namespace=ns, name=name)) for ns, name in self.waypoints()]
+        try:
+            targets = self.view.proxy_targets()
+        except ReachError as e:
+            errors.append(f"proxies: {e}")
+            return samples
         for label, target in targets:
             try:
-                answer = self.reach.get(target, ZTUNNEL_STATS, "/metrics")
+                answer = self.view.reach.get(target, ZTUNNEL_STATS, "/metrics")
                 if answer.status != 200:
                     raise ReachError(f"HTTP {answer.status}")
                 samples += tag(parse_metrics(answer.text), label)
@@ -92,6 +95,7 @@ class LiveSource:
     def __call__(self) -> dict[str, Any]:
         with self._lock:
             errors: list[str] = []
+            self.view.refresh()
             now = time.monotonic()
             samples = self._scrape(errors)
             before = self._previous
@@ -101,14 +105,27 @@ class LiveSource:
             else:
                 edges = traffic(before[1], samples, max(now - before[0], 1e-3))
             try:
-                syncz = self.reach.json(Target("istiod"), ISTIOD_MONITORING, "/debug/syncz")
-                proxies = [row_json(r) for r in proxy_rows(syncz, "istiod-lite")]
+                proxies = [row_json(r) for r in self._sync_rows(errors)]
             except (ReachError, ValueError) as e:
                 errors.append(f"istiod-lite sync state: {e}")
                 proxies = []
             cutoff = datetime.now(UTC) - DENIALS_WINDOW
-            recent = read(self.log_files(), lambda r: since(r, cutoff) and denied(r))
+            try:
+                recent, problems = self.view.access_records(lambda r: since(r, cutoff) and denied(r),
+                                                            since_seconds=int(DENIALS_WINDOW.total_seconds()))  # fmt: skip
+            except ReachError as e:
+                recent, problems = [], [str(e)]
+            errors += [f"denials: {p}" for p in problems]
             return snapshot(edges, proxies, [denial_json(r) for r in recent[-MAX_DENIALS:]][::-1], errors)
+
+
+    def _sync_rows(self, errors: list[str]) -> list[ProxyRow]:
+        kube = self.view.kube
+        if kube is None:
+            return proxy_rows(self.view.reach.json(Target("istiod"), ISTIOD_MONITORING, "/debug/syncz"), "istiod-lite")
+        rows, problems = kube_rows(kube)
+        errors += [f"istiod-lite sync state: {p}" for p in problems]
+        return rows
 
 
 def snapshot(edges: list[Any], proxies: list[dict[str, Any]], denials: list[dict[str, Any]],
@@ -186,13 +203,3 @@ def _handler(source: Source) -> type[BaseHTTPRequestHandler]:
 
     return Handler
 
-
-def log_files_for(reach: Reach, waypoints: Callable[[], list[tuple[str, str]]]) -> Callable[[], list[LogFile]]:
-    """Every ztunnel's and waypoint's log (where denials are written), resolved at each call."""
-
-    def files() -> list[LogFile]:
-        nodes = [n.name for n in reach.cluster.layout().nodes]
-        log_dir = reach.cluster.procs.log_dir
-        return component_files(log_dir, "ztunnel", nodes, []) + component_files(log_dir, "waypoint", nodes, waypoints())
-
-    return files

@@ -33,9 +33,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .logs import GATEWAY_NAME_LABEL, LogRecord, parse_line
+from ambientctl.cluster import Cluster, ClusterError
+
+from .logs import GATEWAY_NAME_LABEL, LogRecord, component_files, follow, parse_line, read
 from .reach import (
     AGENT_MONITORING,
     ISTIOD,
@@ -43,10 +46,14 @@ from .reach import (
     MAX_BODY,
     ZTUNNEL_ADMIN,
     Answer,
+    Reach,
     ReachError,
     Target,
     parse_target,
 )
+
+if TYPE_CHECKING:
+    from meshcore.store import Store
 
 ISTIO_SYSTEM = "istio-system"
 ISTIOD_LABEL = ("app", "istiod")
@@ -61,6 +68,10 @@ USER_RBAC = (
     ("pods/portforward", ("get", "create")),
     ("pods/log", ("get",)),
 )
+# Of each ztunnel's and waypoint's log on Kubernetes, the commands that read recent access records (explain)
+# ask for at most this many lines (the local cluster reads a tail of each file by bytes).
+KUBE_ACCESS_TAIL_LINES = 20_000
+FOLLOW_POLL_S = 0.2
 
 JSON = dict[str, Any]
 
@@ -154,11 +165,13 @@ class LogSource:
 
 
 def log_query(container: str | None, since_seconds: int | None, tail_lines: int | None,
-              follow: bool = False) -> list[tuple[str, str]]:  # fmt: skip
+              follow: bool = False, previous: bool = False) -> list[tuple[str, str]]:  # fmt: skip
     """The ``pods/log`` query parameters, only those that are set."""
     query: list[tuple[str, str]] = []
     if container:
         query.append(("container", container))
+    if previous:
+        query.append(("previous", "true"))
     if since_seconds is not None:
         query.append(("sinceSeconds", str(max(1, since_seconds))))
     if tail_lines is not None:
@@ -229,6 +242,11 @@ class KubeReach:
         self.timeout = timeout
         self._pods: dict[str, list[JSON]] = {}
         self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Forget the pod lists read so far (a long-running command, the dashboard, re-reads them)."""
+        with self._lock:
+            self._pods.clear()
 
     @classmethod
     def connect(cls, kubeconfig: str | None, context: str | None, *, timeout: float = KUBE_TIMEOUT_S) -> KubeReach:
@@ -315,18 +333,23 @@ class KubeReach:
 
     # --- logs ----------------------------------------------------------------------------------------------
 
-    def log(self, source: LogSource, *, since_seconds: int | None = None, tail_lines: int | None = None) -> str:
-        """The container log's text (``pods/log``)."""
+    def log(self, source: LogSource, *, since_seconds: int | None = None, tail_lines: int | None = None,
+            previous: bool = False) -> str:  # fmt: skip
+        """The container log's text (``pods/log``; ``previous``: the run before its last restart). The API
+        server's refusal (no such pod or container, no previous run) is the ``ReachError``, its message kept."""
         path = f"/api/v1/namespaces/{source.namespace}/pods/{source.pod}/log"
-        body = self._run(self._call("GET", path, log_query(source.container, since_seconds, tail_lines)),
+        query = log_query(source.container, since_seconds, tail_lines, previous=previous)
+        body = self._run(self._call("GET", path, query),
                          f"read the log of pod {source.namespace}/{source.pod}")  # fmt: skip
         return body.decode("utf-8", "replace")
 
     def follow_logs(self, sources: Sequence[LogSource], *, since_seconds: int | None = None,
-                    tail_lines: int | None = None) -> Iterator[tuple[LogSource, str]]:  # fmt: skip
+                    tail_lines: int | None = None,
+                    until: Callable[[], bool] | None = None) -> Iterator[tuple[LogSource, str]]:  # fmt: skip
         """(source, line) as each followed log (``follow=true``) sends it, until the caller stops iterating
-        (closing the iterator ends every stream) or every stream has ended. A stream that fails raises its
-        ``ReachError`` here, after the lines received before it."""
+        (closing the iterator ends every stream), every stream has ended or ``until()`` is true (checked
+        every ``FOLLOW_POLL_S`` while no line comes). A stream that fails raises its ``ReachError`` here,
+        after the lines received before it."""
         import aiohttp
 
         lines: queue.Queue[tuple[LogSource, str] | ReachError | None] = queue.Queue()
@@ -363,10 +386,20 @@ class KubeReach:
         thread = threading.Thread(target=run, name="kube-logs", daemon=True)
         thread.start()
         try:
-            while (item := lines.get()) is not None:
+            while True:
+                try:
+                    item = lines.get(timeout=FOLLOW_POLL_S) if until is not None else lines.get()
+                except queue.Empty:
+                    if until is not None and until():
+                        return
+                    continue
+                if item is None:
+                    return
                 if isinstance(item, ReachError):
                     raise item
                 yield item
+                if until is not None and until():
+                    return
         finally:
             loop.call_soon_threadsafe(task.cancel)
             thread.join(self.timeout)
@@ -500,3 +533,146 @@ async def http_over_portforward(ws: Any, port: int, path: str, where: str) -> tu
     except h11.RemoteProtocolError as e:
         raise ReachError(f"{where} did not answer HTTP ({e})") from None
     raise ReachError(f"the port-forward for {where} closed before a whole answer")
+
+
+# --- the commands' source: the local cluster or a Kubernetes cluster ----------------------------------------
+
+
+class CliStateLike(Protocol):
+    """What ``reach_for`` needs of ``ambientctl.commands.common.CliState`` (the global options)."""
+
+    kubeconfig: str | None
+    kube_context: str | None
+
+    @property
+    def on_kubernetes(self) -> bool: ...
+
+    def state_dir(self) -> Path: ...
+
+    def store(self) -> Store: ...
+
+
+class MeshView:
+    """Where a troubleshooting command reads the mesh's proxies, chosen once by ``reach_for``: the local
+    cluster (``Reach``, its log files, the store's waypoint pods) or a Kubernetes cluster (``KubeReach``:
+    the pod list, port-forward and pods/log). The commands call these methods and never branch on which.
+    Failures are ``ReachError`` (a local cluster that is not up included)."""
+
+    def __init__(self, reach: Reach | KubeReach, waypoints: Callable[[], list[tuple[str, str]]]) -> None:
+        self.reach = reach
+        self._waypoints = waypoints
+
+    @property
+    def kube(self) -> KubeReach | None:
+        return self.reach if isinstance(self.reach, KubeReach) else None
+
+    @property
+    def cluster(self) -> Cluster | None:
+        return self.reach.cluster if isinstance(self.reach, Reach) else None
+
+    def refresh(self) -> None:
+        """Re-read the pods at the next call (a long-running command between two rounds)."""
+        if isinstance(self.reach, KubeReach):
+            self.reach.refresh()
+
+    def nodes(self) -> list[str]:
+        """The nodes a ztunnel serves: the local cluster's nodes, or those a ztunnel pod runs on."""
+        if isinstance(self.reach, KubeReach):
+            return self.reach.nodes()
+        try:
+            return [n.name for n in self.reach.cluster.layout().nodes]
+        except ClusterError as e:
+            raise ReachError(str(e)) from None
+
+    def waypoints(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every waypoint pod, sorted."""
+        return self._waypoints()
+
+    def proxy_targets(self) -> list[tuple[str, Target]]:
+        """Every ztunnel (``ztunnel-<node>``) and waypoint pod (``waypoint <ns>/<name>``) with its target,
+        labelled as their logs are."""
+        targets = [(f"ztunnel-{n}", Target("node", node=n)) for n in self.nodes()]
+        return targets + [(f"waypoint {ns}/{name}", Target("pod", namespace=ns, name=name))
+                          for ns, name in self.waypoints()]  # fmt: skip
+
+    def _access_sources(self, kube: KubeReach) -> list[LogSource]:
+        """Every ztunnel's and waypoint's container log; a ``ReachError`` when no ztunnel pod runs."""
+        try:
+            ztunnels = component_sources("ztunnel", kube.pods(), [])
+        except ValueError as e:
+            raise ReachError(f"{e}: is the mesh installed (`ambientctl install`)?") from None
+        return ztunnels + component_sources("waypoint", [], kube.waypoint_pods())
+
+    def _access_files(self, cluster: Cluster) -> list[Any]:
+        nodes = self.nodes()
+        log_dir = cluster.procs.log_dir
+        return component_files(log_dir, "ztunnel", nodes, []) + component_files(log_dir, "waypoint", nodes,
+                                                                                 self.waypoints())  # fmt: skip
+
+    def access_records(self, keep: Callable[[LogRecord], bool], *, tail_bytes: int | None = None,
+                       since_seconds: int | None = None) -> tuple[list[LogRecord], list[str]]:  # fmt: skip
+        """The kept lines of every ztunnel's and waypoint's log, merged by time, and the logs that could
+        not be read (with why). ``tail_bytes``: only the end of each local file (on Kubernetes the last
+        ``KUBE_ACCESS_TAIL_LINES`` lines); ``since_seconds``: on Kubernetes asked of the API server (``keep``
+        filters by time anyway)."""
+        if isinstance(self.reach, KubeReach):
+            kube = self.reach
+            texts: list[tuple[LogSource, str]] = []
+            problems: list[str] = []
+            for source in self._access_sources(kube):
+                try:
+                    texts.append((source, kube.log(source, since_seconds=since_seconds, tail_lines=(
+                        KUBE_ACCESS_TAIL_LINES if tail_bytes is not None else None))))
+                except ReachError as e:
+                    problems.append(f"{source.label}: {e}")
+            return merge_logs(texts, keep), problems
+        files = self._access_files(self.reach.cluster)
+        if tail_bytes is None:
+            return read(files, keep), []
+        out: list[LogRecord] = []
+        for f in files:
+            try:
+                with f.path.open("rb") as fh:
+                    size = fh.seek(0, 2)
+                    fh.seek(max(0, size - tail_bytes))
+                    lines = fh.read().decode("utf-8", "replace").split("\n")
+            except FileNotFoundError:
+                continue
+            for text in lines[1:] if size > tail_bytes else lines:  # the first line of a tail may be cut
+                if text and keep(record := parse_line(text, f.source)):
+                    out.append(record)
+        return out, []
+
+    def follow_access(self, keep: Callable[[LogRecord], bool], *,
+                      until: Callable[[], bool] = lambda: False) -> Iterator[LogRecord]:  # fmt: skip
+        """Kept lines of every ztunnel's and waypoint's log written from now on, until ``until()``; the
+        logs are chosen when this is called (local files: their current ends)."""
+        if isinstance(self.reach, KubeReach):
+            return _kept(self.reach.follow_logs(self._access_sources(self.reach), tail_lines=0, until=until), keep)
+        return follow(self._access_files(self.reach.cluster), keep, until=until)
+
+
+def _kept(lines: Iterator[tuple[LogSource, str]], keep: Callable[[LogRecord], bool]) -> Iterator[LogRecord]:
+    """The kept records of followed lines; closing this closes the streams."""
+    try:
+        for source, line in lines:
+            if keep(record := parse_line(line, source.label)):
+                yield record
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
+
+
+def reach_for(state: CliStateLike) -> MeshView:
+    """The one choice of source for every troubleshooting command: with ``--kubeconfig``/``--context`` that
+    cluster's API server (``KubeReach``; waypoint pods by their gateway label), else the local cluster
+    (``Reach``; waypoint pods from the store)."""
+    if state.on_kubernetes:
+        kube = KubeReach.connect(state.kubeconfig, state.kube_context)
+        return MeshView(kube, lambda: sorted(_ref(p, "") for p in kube.waypoint_pods()))
+
+    def local_waypoints() -> list[tuple[str, str]]:
+        return sorted((p.namespace, p.name) for p in state.store().list("Pod") if GATEWAY_NAME_LABEL in p.labels)
+
+    return MeshView(Reach(Cluster(state.state_dir())), local_waypoints)

@@ -100,8 +100,8 @@ def test_an_unreachable_api_server_is_one_line_naming_it(kubeconfig: Path) -> No
 
 @pytest.mark.parametrize(
     "command",
-    [["cluster", "status"], ["cluster", "up"], ["cluster", "down"], ["tap", "svc/demo/web"]],
-    ids=["cluster status refuses", "cluster up refuses", "cluster down refuses", "tap refuses"],
+    [["cluster", "status"], ["cluster", "up"], ["cluster", "down"]],
+    ids=["cluster status refuses", "cluster up refuses", "cluster down refuses"],
 )
 def test_local_cluster_only_commands_refuse_with_a_kubeconfig_naming_themselves(
     kubeconfig: Path, command: list[str]

@@ -232,7 +232,7 @@ def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, args: list
      (["logs", "--component", "ztunnel", "--node", "node-9"], "no ztunnel pod (label app=ztunnel) in istio-system "
       "on node 'node-9'"),
      (["logs", "--component", "waypoint", "--pod", "shop/web"], ""),
-     (["tap", "svc/shop/web"], "works only on the local cluster"),
+     (["exec", "shop/web", "--", "true"], "needs the API server's pods/exec subresource"),
      (["--context", "nowhere", "proxy-status"], "cannot list the pods in istio-system through the Kubernetes API "
       "server http://127.0.0.1:9"),
      (["--context", "nowhere", "check"], "✖ the pods in istio-system can be listed")],
@@ -240,7 +240,7 @@ def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, args: list
          "an endpoint's error status fails the command", "a port nothing listens on shows the port-forward's error",
          "check --pre refuses", "fetch with both --node and --pod", "fetch --pod without a namespace",
          "fetch --node with a TARGET too", "fetch without a location", "logs of a node without that component", "waypoint logs about a pod of none",
-         "a command not made for Kubernetes still refuses", "an unreachable API server is named",
+         "exec refuses saying it needs pods/exec", "an unreachable API server is named",
          "check against an unreachable API server fails its first check"],
 )
 def test_what_goes_wrong_is_one_line(mesh: Mesh, args: list[str], expected: str) -> None:
