@@ -1,6 +1,7 @@
 """Test kit for the end-to-end tier and the benchmarks: a local cluster with the mesh, driven through the
 store as a user would (not used by ambientctl itself).
 
+``run_ambientctl`` runs the real CLI in a subprocess and ``alive`` tells whether a pid still runs.
 ``MeshCluster.create`` brings up a cluster (unique prefix, short state directory so unix socket paths
 fit) and the mesh on it; ``close`` always brings it down. Pods run the shipped apps
 (``ambientctl.apps.echo`` / ``client``) and requests are made from inside pods with ``client``, whose
@@ -47,6 +48,31 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, po
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what}: not within {timeout:g} s (last: {value!r})")
         time.sleep(poll)
+
+
+def run_ambientctl(
+    state_dir: Path, *args: str, check: bool = True, timeout: float = 90.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ambientctl --state-dir <state_dir> args...`` as a user runs it (bounded by ``timeout``);
+    with ``check``, a non-zero exit fails the test naming the args, stdout and stderr."""
+    done = subprocess.run(
+        [PY, "-m", "ambientctl", "--state-dir", str(state_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def alive(pid: int) -> bool:
+    """A process with this pid exists and is not a zombie (from /proc/<pid>/stat's state field)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 def namespace(name: str, labels: dict[str, str] | None = None) -> str:

@@ -5,20 +5,31 @@ up; ``make_veth(a, b, addr_a, addr_b)`` joins two namespaces (or one and the hos
 made is removed at teardown even when the test failed, and teardown errors are collected and raised after
 all cleanup ran (a leak must fail loudly, not hide). Names are unique per process and call, so tests and
 helpers running in parallel never collide.
+
+For the local cluster's tests: ``state_dir`` is a fresh short directory under /tmp (unix socket paths
+must fit), removed at teardown; ``cluster`` is a one-node local cluster (no mesh) in its own state
+directory, brought down at teardown; ``mc`` is a module's two-node ``MeshCluster`` (the mesh on it, no
+workloads), closed after the module. A module that needs another shape defines its own.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as pyroute2_netns
+
+from ambientctl.cluster import Cluster, ClusterSpec
+from ambientctl.cluster.testing import MeshCluster, random_prefix
 
 NETNS_RUN_DIR = "/var/run/netns"
 T = TypeVar("T")
@@ -140,3 +151,32 @@ def _make_veth(
     for end, ns, addr in ((a, ns_a, addr_a), (b, ns_b, addr_b)):
         with _in(ns) as ipr:
             _set_link_up(ipr, end, addr)
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="ctl", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(state_dir: Path) -> Iterator[Cluster]:
+    prefix = random_prefix()
+    made = Cluster(state_dir, prefix=prefix)
+    try:
+        made.up(ClusterSpec(nodes=1, prefix=prefix))
+        yield made
+    finally:
+        Cluster(state_dir, prefix=prefix).down()
+
+
+@pytest.fixture(scope="module")
+def mc() -> Iterator[MeshCluster]:
+    cluster = MeshCluster.create(nodes=2)
+    try:
+        yield cluster
+    finally:
+        cluster.close()

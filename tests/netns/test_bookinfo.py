@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ambientctl.cluster.mesh import ZTUNNEL_STATS_PORT
-from ambientctl.cluster.testing import AMBIENT, MeshCluster, wait_for
+from ambientctl.cluster.testing import AMBIENT, MeshCluster, run_ambientctl, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -99,21 +98,7 @@ while True:
 
 
 def ctl(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ambientctl", "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-@pytest.fixture(scope="module")
-def mc() -> Iterator[MeshCluster]:
-    cluster = MeshCluster.create(nodes=2)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+    return run_ambientctl(state_dir, *args, check=False, timeout=60)
 
 
 def bookinfo_pods(mc: MeshCluster) -> list[Any]:

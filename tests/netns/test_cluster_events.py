@@ -6,18 +6,13 @@ and ``describe pod`` shows the pod's own. The kubelet is driven in this process 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner, Result
 
 from ambientctl.cli import app
-from ambientctl.cluster import Cluster, ClusterSpec
+from ambientctl.cluster import Cluster
 from ambientctl.cluster.kubelet import Kubelet
-from ambientctl.cluster.testing import random_prefix, wait_for
+from ambientctl.cluster.testing import wait_for
 from meshcore.store import SqliteStore, load_documents, store_path
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,19 +35,6 @@ spec:
   containers:
   - {name: main, image: busybox, command: [sleep, "600"]}
 """
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    prefix = random_prefix()
-    state_dir = Path(tempfile.mkdtemp(prefix="events", dir="/tmp"))
-    made = Cluster(state_dir, prefix=prefix)
-    try:
-        made.up(ClusterSpec(nodes=1, prefix=prefix))
-        yield made
-    finally:
-        Cluster(state_dir, prefix=prefix).down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def test_a_crashing_container_shows_back_off_and_describe_lists_scheduled_and_started(

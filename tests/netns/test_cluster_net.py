@@ -33,6 +33,7 @@ from ambientctl.cluster.errors import (
 )
 from ambientctl.cluster.kubelet import Kubelet
 from ambientctl.cluster.procs import ProcessSupervisor
+from ambientctl.cluster.testing import alive
 from meshcore.store import ResourceRef, SqliteStore, build_resource, store_path
 
 pytestmark = pytest.mark.timeout(60)
@@ -107,14 +108,6 @@ def netns_names(prefix: str) -> list[str]:
 def host_links(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if f": {prefix}" in line]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def assert_nothing_left(prefix: str, pids: list[int]) -> None:

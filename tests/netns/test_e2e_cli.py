@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ambientctl.cluster import Cluster
 from ambientctl.cluster.mesh import Mesh
-from ambientctl.cluster.testing import random_prefix, wait_for
+from ambientctl.cluster.testing import alive, random_prefix, wait_for
+from ambientctl.cluster.testing import run_ambientctl as ctl
 from meshcore.store import ResourceRef, SqliteStore, store_path
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,35 +51,6 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: http}]
 """
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="e2c", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def ctl(state_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "ambientctl", "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    if check:
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def leftovers(prefix: str) -> list[str]:

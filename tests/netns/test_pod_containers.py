@@ -11,9 +11,6 @@ until a deadline); no mesh is needed.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from ambientctl.cli import app
-from ambientctl.cluster import Cluster, ClusterSpec
+from ambientctl.cluster import Cluster
 from ambientctl.cluster.kubelet import Kubelet
 from ambientctl.cluster.podstatus import display_status, ready_counts
-from ambientctl.cluster.testing import random_prefix, wait_for
+from ambientctl.cluster.testing import wait_for
 from meshcore.store import ResourceRef, SqliteStore, load_documents, store_path
 
 pytestmark = pytest.mark.timeout(60)
@@ -80,19 +77,6 @@ spec:
   containers:
   - {{name: app, image: local, command: [sleep, "600"]}}
 """
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    prefix = random_prefix()
-    state_dir = Path(tempfile.mkdtemp(prefix="containers", dir="/tmp"))
-    made = Cluster(state_dir, prefix=prefix)
-    try:
-        made.up(ClusterSpec(nodes=1, prefix=prefix))
-        yield made
-    finally:
-        Cluster(state_dir, prefix=prefix).down()
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def ids(pid: int) -> tuple[int, int]:

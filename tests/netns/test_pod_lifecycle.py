@@ -7,7 +7,6 @@ Service through the mesh from all 3 pods, then scales down to 1."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,15 +34,6 @@ def command_pod(name: str, ns: str, command: list[str], labels: dict[str, str], 
         f"spec:\n  nodeName: node-1\n{extra}  containers:\n"
         f"  - {{name: main, image: local, command: {command}, ports: [{{name: http, containerPort: 8080}}]}}\n"
     )
-
-
-@pytest.fixture(scope="module")
-def mc() -> Iterator[MeshCluster]:
-    cluster = MeshCluster.create(nodes=2)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 PROBED_WEB = """apiVersion: v1

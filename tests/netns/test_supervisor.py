@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +14,18 @@ import pytest
 
 from ambientctl.cluster import Cluster
 from ambientctl.cluster.mesh import Mesh
-from ambientctl.cluster.testing import random_prefix, wait_for
+from ambientctl.cluster.testing import alive, random_prefix, run_ambientctl, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sup", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def ctl(state_dir: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "ambientctl", "--state-dir", str(state_dir), *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    return done.stdout
+    return run_ambientctl(state_dir, *args).stdout
 
 
 def components(state_dir: Path) -> dict[str, dict[str, Any]]:
     status = json.loads(ctl(state_dir, "cluster", "status", "-o", "json"))
     return {p["name"]: p for p in status["processes"]}
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_a_killed_ztunnel_is_restarted_serving_and_shown_in_status(state_dir: Path) -> None:
@@ -91,11 +62,6 @@ def test_a_killed_ztunnel_is_restarted_serving_and_shown_in_status(state_dir: Pa
         Mesh(cluster).stop()
         assert [p.name for p in cluster.status().processes if p.running] == []
     finally:
-        done = subprocess.run(
-            [sys.executable, "-m", "ambientctl", "--state-dir", str(state_dir), "cluster", "down"],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        done = run_ambientctl(state_dir, "cluster", "down", check=False)
     assert done.returncode == 0, done.stderr
     assert [pid for pid in pids if alive(pid)] == []
