@@ -17,8 +17,6 @@ Must not: exit on a failed pass (it is logged; the next change or retry tries ag
 
 from __future__ import annotations
 
-import argparse
-import signal
 import sys
 import threading
 import time
@@ -26,14 +24,13 @@ from pathlib import Path
 
 import structlog
 
-from meshcore.logs import configure_logging
 from meshcore.store import SqliteStore, StoreError, store_path
 
 from .cluster import Cluster
+from .component import start_component
 from .deployments import DeploymentController
 from .errors import ClusterError, ClusterNotUp
 from .kubelet import Kubelet
-from .spec import DEFAULT_PREFIX
 
 log = structlog.get_logger("ambientctl.cluster.kubelet")
 
@@ -105,19 +102,10 @@ def run(cluster: Cluster, store: SqliteStore, stop: threading.Event, *, poll: fl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="kubelet", description="the local cluster's kubelet")
-    parser.add_argument("--state-dir", required=True, type=Path)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    cluster = Cluster(args.state_dir, prefix=args.prefix)
+    started = start_component("kubelet", "the local cluster's kubelet", argv)
     try:
-        with SqliteStore(store_path(args.state_dir)) as store:
-            run(cluster, store, stop)
+        with SqliteStore(store_path(started.args.state_dir)) as store:
+            run(started.cluster, store, started.stop)
     except (ClusterError, StoreError) as e:
         print(f"kubelet: {e}", file=sys.stderr)
         sys.exit(2)

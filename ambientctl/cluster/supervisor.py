@@ -18,25 +18,20 @@ logged and retried after the next back-off; nothing makes the supervisor exit bu
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import structlog
 
-from meshcore.logs import configure_logging
-
 from .cluster import Cluster
+from .component import start_component
 from .errors import ClusterBusy, ClusterError, ClusterNotUp
 from .mesh import Command, Mesh, MeshSettings
-from .spec import DEFAULT_PREFIX
 from .state import ProcessRecord
 from .supervision import (
     ComponentHealth,
@@ -218,19 +213,11 @@ def run(cluster: Cluster, mesh: Mesh, stop: threading.Event, *, poll: float = PO
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="supervisor", description="the local cluster's supervisor")
-    parser.add_argument("--state-dir", required=True, type=Path)
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    cluster = Cluster(args.state_dir, prefix=args.prefix)
+    started = start_component("supervisor", "the local cluster's supervisor", argv)
+    cluster = started.cluster
     code = 0
     try:
-        run(cluster, Mesh(cluster, MeshSettings(log_level=args.log_level)), stop)
+        run(cluster, Mesh(cluster, MeshSettings(log_level=started.args.log_level)), started.stop)
     except ClusterError as e:
         print(f"supervisor: {e}", file=sys.stderr)
         code = 2
