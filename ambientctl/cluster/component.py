@@ -1,6 +1,7 @@
 """How the local cluster's long-running components (``supervisor``, ``kubelet_main``) start: the same
-command line (``--state-dir``, ``--prefix``, ``--log-level``), logging configured from it, and a stop
-event that SIGTERM/SIGINT set (a component checks it between passes and exits cleanly).
+command line (``--state-dir``, ``--prefix``, ``--log-level``; ``component_argv`` builds it for ``mesh``,
+``start_component`` parses it), logging configured from it, and a stop event that SIGTERM/SIGINT set (a
+component checks it between passes and exits cleanly).
 
 Invariant: nothing here touches the cluster beyond making its ``Cluster`` handle; signal handlers are
 installed in the calling (main) thread only.
@@ -27,6 +28,11 @@ class ComponentStart:
     args: argparse.Namespace
     stop: threading.Event
     cluster: Cluster
+
+
+def component_argv(python: str, module: str, state_dir: Path, prefix: str, log_level: str) -> tuple[str, ...]:
+    """The command that starts the component ``module`` (``python -m module``) for a cluster."""
+    return (python, "-m", module, "--state-dir", str(state_dir), "--prefix", prefix, "--log-level", log_level)
 
 
 def start_component(prog: str, description: str, argv: list[str] | None) -> ComponentStart:

@@ -43,6 +43,7 @@ from meshcore.aio.netns import NetnsError, NetnsHandle, make_marked_socket
 
 from .cluster import Cluster
 from .cni import build_conflist, node_conf_dir
+from .component import component_argv
 from .errors import ClusterError, UnknownNode
 from .kubelet_main import ready_path
 from .plan import ClusterLayout, NodeLayout
@@ -255,17 +256,7 @@ def kubelet_command(
     return Command(
         KUBELET,
         "",  # on the host: the namespaces it creates must be visible to everyone (see kubelet_main)
-        (
-            python,
-            "-m",
-            "ambientctl.cluster.kubelet_main",
-            "--state-dir",
-            str(state_dir),
-            "--prefix",
-            prefix,
-            "--log-level",
-            log_level,
-        ),
+        component_argv(python, "ambientctl.cluster.kubelet_main", state_dir, prefix, log_level),
         dict(env),
     )
 
@@ -276,17 +267,7 @@ def supervisor_command(
     return Command(
         SUPERVISOR,
         "",  # on the host, like the kubelet it starts
-        (
-            python,
-            "-m",
-            "ambientctl.cluster.supervisor",
-            "--state-dir",
-            str(state_dir),
-            "--prefix",
-            prefix,
-            "--log-level",
-            log_level,
-        ),
+        component_argv(python, "ambientctl.cluster.supervisor", state_dir, prefix, log_level),
         dict(env),
     )
 
