@@ -101,6 +101,18 @@ def local_cluster(store: SqliteStore) -> DeploymentController:
     return DeploymentController(store, rng=random.Random(7))
 
 
+def waypoint_running(store: SqliteStore) -> tuple[WaypointController, DeploymentController]:
+    """A Gateway reconciled, its Service given a VIP, its Deployment's pod made and running (not yet
+    observed by the controller)."""
+    apply_gateway(store)
+    c, deployments = controller(store), local_cluster(store)
+    run(c, store)
+    allocate_vip(store)
+    deployments.sync()
+    pods_run(store)
+    return c, deployments
+
+
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
@@ -215,12 +227,7 @@ def test_the_deployment_controller_runs_the_template_and_status_follows_its_pod(
 
 
 def test_a_deleted_waypoint_pod_is_made_again_by_the_deployment(store: SqliteStore) -> None:
-    apply_gateway(store)
-    c, deployments = controller(store), local_cluster(store)
-    run(c, store)
-    allocate_vip(store)
-    deployments.sync()
-    pods_run(store)
+    c, deployments = waypoint_running(store)
     run(c, store)
     assert conditions(store)["Programmed"] == ("True", "Programmed")
     (evicted,) = waypoint_pods(store)
@@ -241,12 +248,7 @@ def test_a_deleted_waypoint_pod_is_made_again_by_the_deployment(store: SqliteSto
 
 
 def test_reconciling_again_changes_nothing(store: SqliteStore) -> None:
-    apply_gateway(store)
-    c, deployments = controller(store), local_cluster(store)
-    run(c, store)
-    allocate_vip(store)
-    deployments.sync()
-    pods_run(store)
+    c, deployments = waypoint_running(store)
     deployments.sync()  # the Deployment's status
     assert run(c, store, 0) > 0  # the VIP and the running pod change the status once
     since = store.revision()
