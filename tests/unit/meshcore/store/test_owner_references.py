@@ -5,8 +5,6 @@ to the API server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,12 +16,10 @@ from meshcore.store import (
     OwnerReference,
     Resource,
     ResourceRef,
-    SqliteStore,
     Store,
     build_resource,
 )
-from meshcore.store.kubernetes import KubernetesStore, to_manifest, to_resource
-from meshcore.testing.kube_api import ThreadedKubeApi
+from meshcore.store.kubernetes import to_manifest, to_resource
 
 OWNER = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "d-1", "controller": True,
          "blockOwnerDeletion": True}
@@ -84,16 +80,6 @@ def test_the_kubernetes_store_reads_them_from_and_sends_them_to_the_api_server()
     resource = to_resource(api_obj, "Pod")
     assert resource.controller == OwnerReference("apps/v1", "Deployment", "web", "d-1", True, True)
     assert to_manifest(resource)["metadata"]["ownerReferences"] == [OWNER]
-
-
-@pytest.fixture(params=["sqlite", "kubernetes"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        with SqliteStore(tmp_path / "store.db") as s:
-            yield s
-        return
-    with ThreadedKubeApi() as api, KubernetesStore.connect(host=api.url, sync_timeout=10, write_timeout=10) as k:
-        yield k
 
 
 def stored(store: Store) -> Resource:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,23 +14,10 @@ from meshcore.store import (
     Resource,
     ResourceNotFound,
     ResourceRef,
-    SqliteStore,
     Store,
     UnknownKind,
     build_resource,
 )
-from meshcore.store.kubernetes import KubernetesStore
-from meshcore.testing.kube_api import ThreadedKubeApi
-
-
-@pytest.fixture(params=["sqlite", "kubernetes"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        with SqliteStore(tmp_path / "store.db") as s:
-            yield s
-        return
-    with ThreadedKubeApi() as api, KubernetesStore.connect(host=api.url, sync_timeout=10, write_timeout=10) as k:
-        yield k
 
 
 def ns(name: str, **labels: str) -> Resource:
