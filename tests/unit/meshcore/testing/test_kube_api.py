@@ -4,7 +4,6 @@ compaction, 409 on stale updates and apply conflicts, the status subresource, se
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +12,7 @@ import aiohttp
 import pytest
 
 from meshcore.testing.kube_api import APPLY_PATCH, MERGE_PATCH, KubeApiServer
+from meshcore.testing.kube_watch import WatchStream
 
 PODS = "/api/v1/namespaces/demo/pods"
 ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/demo/httproutes"
@@ -22,12 +22,6 @@ ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/demo/httproutes"
 async def api() -> AsyncIterator[KubeApiServer]:
     async with KubeApiServer() as server:
         yield server
-
-
-@pytest.fixture
-async def http(api: KubeApiServer) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(api.url) as session:
-        yield session
 
 
 async def call(
@@ -50,26 +44,10 @@ async def make_ns(http: aiohttp.ClientSession, name: str = "demo") -> None:
     assert status == 201
 
 
-class Stream:
-    """Reads watch events line by line with a deadline per event."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-
-    async def next(self) -> dict[str, Any]:
-        line = await asyncio.wait_for(self.response.content.readline(), timeout=5)
-        assert line, "the watch stream ended"
-        event: dict[str, Any] = json.loads(line)
-        return event
-
-    async def ended(self) -> bool:
-        return await asyncio.wait_for(self.response.content.readline(), timeout=5) == b""
-
-
-async def open_watch(http: aiohttp.ClientSession, path: str, **params: str) -> tuple[Stream, aiohttp.ClientResponse]:
+async def open_watch(http: aiohttp.ClientSession, path: str, **params: str) -> tuple[WatchStream, aiohttp.ClientResponse]:
     r = await http.get(path, params={"watch": "1", **params})
     assert r.status == 200
-    return Stream(r), r
+    return WatchStream(r), r
 
 
 async def test_a_watch_from_the_lists_version_sees_every_later_change_in_order_and_nothing_before(

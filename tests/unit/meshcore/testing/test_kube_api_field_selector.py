@@ -5,7 +5,6 @@ refused with 400, never ignored."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +22,7 @@ from meshcore.testing.kube_api import (
     mesh_resources,
     parse_field_selector,
 )
+from meshcore.testing.kube_watch import WatchStream
 
 ALL_PODS = "/api/v1/pods"
 PODS = "/api/v1/namespaces/demo/pods"
@@ -35,12 +35,6 @@ async def api() -> AsyncIterator[KubeApiServer]:
         for ns in ("demo", "other"):
             server.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         yield server
-
-
-@pytest.fixture
-async def http(api: KubeApiServer) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(api.url) as session:
-        yield session
 
 
 def pod(name: str, node: str | None, ns: str = "demo") -> dict[str, Any]:
@@ -104,17 +98,6 @@ async def test_a_selector_the_stand_in_cannot_serve_is_refused_with_400_not_igno
         assert message in body["message"], case
 
 
-class Stream:
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-
-    async def next(self) -> dict[str, Any]:
-        line = await asyncio.wait_for(self.response.content.readline(), timeout=5)
-        assert line, "the watch stream ended"
-        event: dict[str, Any] = json.loads(line)
-        return event
-
-
 async def test_a_selected_watch_sees_changes_into_the_selection_as_added_and_out_of_it_as_deleted(
     api: KubeApiServer, http: aiohttp.ClientSession
 ) -> None:
@@ -126,7 +109,7 @@ async def test_a_selected_watch_sees_changes_into_the_selection_as_added_and_out
     r = await http.get(ALL_PODS, params={"watch": "1", "fieldSelector": "spec.nodeName=node-1",
                                          "resourceVersion": listed["metadata"]["resourceVersion"]})
     try:
-        stream = Stream(r)
+        stream = WatchStream(r)
         api.put_object({**pod("elsewhere", "node-2"), "metadata": {"name": "elsewhere", "namespace": "demo",
                                                                   "labels": {"x": "1"}}})  # not selected
         bound = pod("pending", "node-1")  # scheduled onto this node: MODIFIED elsewhere, ADDED here
@@ -160,7 +143,7 @@ async def test_a_selected_watch_without_a_version_starts_with_the_selected_objec
     api.put_object(pod("elsewhere", "node-2"))
     r = await http.get(ALL_PODS, params={"watch": "1", "fieldSelector": "spec.nodeName=node-1"})
     try:
-        stream = Stream(r)
+        stream = WatchStream(r)
         first = await stream.next()
         assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "here")
         api.put_object(pod("later", "node-1"))
