@@ -12,13 +12,12 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from typer.testing import CliRunner, Result
 
-from ambientctl.cli import app
 from ambientctl.cluster.spec import ClusterSpec
 from ambientctl.cluster.state import ClusterState, StateFile
 from ambientctl.commands.common import CliError
 from ambientctl.commands.resources import GetRequest, WatchSpec, parse_get_args, watch_lines
+from ambientctl.testing import Ctl, aged, table
 from meshcore.store import InvalidResource, Resource, SqliteStore, build_resource, store_path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -37,39 +36,12 @@ spec:
 """
 
 
-class Ctl:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: str | None = None) -> Result:
-        return self.runner.invoke(app, ["--state-dir", str(self.state_dir), *args], input=input)
-
-    def ok(self, *args: str, input: str | None = None) -> str:
-        result = self(*args, input=input)
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result.stdout
-
-
 @pytest.fixture
 def ctl(tmp_path: Path) -> Ctl:
     c = Ctl(tmp_path / "state")
     c.ok("apply", "-f", str(MESH))
     c.ok("apply", "-f", "-", input=DEPLOYMENT)
     return c
-
-
-def table(stdout: str) -> list[list[str]]:
-    return [re.split(r"\s{2,}", line.strip()) for line in stdout.strip().splitlines()]
-
-
-def aged(rows: list[list[str]]) -> list[list[str]]:
-    """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
-    if "AGE" not in rows[0]:
-        return rows
-    i = rows[0].index("AGE")
-    assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
-    return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
 
 
 @pytest.mark.parametrize(

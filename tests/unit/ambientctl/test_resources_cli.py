@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
+from ambientctl import testing
 from ambientctl.cli import app
+from ambientctl.testing import aged, table
 from meshcore.store import STATE_DIR_ENV, ResourceRef, SqliteStore, store_path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -29,20 +30,8 @@ spec:
 """
 
 
-class Ctl:
-    """Runs ambientctl against one state directory."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: str | None = None) -> Result:
-        return self.runner.invoke(app, ["--state-dir", str(self.state_dir), *args], input=input)
-
-    def ok(self, *args: str, input: str | None = None) -> str:
-        result = self(*args, input=input)
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result.stdout
+class Ctl(testing.Ctl):
+    """Runs ambientctl against one state directory; also reads a namespace's labels from its store."""
 
     def fails(self, *args: str) -> str:
         """Exit code 1 and exactly one line on stderr (no traceback); returns that line."""
@@ -63,22 +52,6 @@ class Ctl:
 @pytest.fixture
 def ctl(tmp_path: Path) -> Ctl:
     return Ctl(tmp_path / "state")
-
-
-def table(stdout: str) -> list[list[str]]:
-    """kubectl-style output split into cells (columns are separated by at least two blanks)."""
-    import re
-
-    return [re.split(r"\s{2,}", line.strip()) for line in stdout.strip().splitlines()]
-
-
-def aged(rows: list[list[str]]) -> list[list[str]]:
-    """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
-    if "AGE" not in rows[0]:
-        return rows
-    i = rows[0].index("AGE")
-    assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
-    return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
 
 
 def test_apply_reports_created_then_unchanged_then_configured(ctl: Ctl, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typer.testing import CliRunner, Result
 
 from ambientctl.cli import app
 from ambientctl.commands import waypoint as wp
+from ambientctl.testing import aged, table
 from meshcore.store import Resource, ResourceRef, SqliteStore, build_resource, store_path
 
 GW_API = "gateway.networking.k8s.io/v1"
@@ -98,20 +98,6 @@ def gateway(name: str, ns: str = "shop", *, cls: str = "istio-waypoint", **meta:
             "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
         },
     }
-
-
-def table(text: str) -> list[list[str]]:
-    """Rows split on runs of 2+ spaces (cells such as 'TRAFFIC TYPE' hold one space)."""
-    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
-
-
-def aged(rows: list[list[str]]) -> list[list[str]]:
-    """The table with each AGE cell (seconds since the store created the object) checked and read as <age>."""
-    if "AGE" not in rows[0]:
-        return rows
-    i = rows[0].index("AGE")
-    assert all(re.fullmatch(r"\d+s", row[i]) for row in rows[1:]), rows
-    return [rows[0]] + [[*row[:i], "<age>", *row[i + 1 :]] for row in rows[1:]]
 
 
 # --- generate -----------------------------------------------------------------------------------------
