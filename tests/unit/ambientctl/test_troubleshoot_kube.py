@@ -1,20 +1,24 @@
-"""``ambientctl --kubeconfig FILE`` check, proxy-status, fetch and logs --component on a Kubernetes cluster
-(the API stand-in, in-process): istiod, the ztunnels and a waypoint are pods in the stand-in; their
-monitoring, admin and readiness ports are tiny HTTP servers on loopback reached through the stand-in's
-pod port-forward; logs come from the stand-in's pods/log. Nothing of the local cluster is opened."""
+"""``ambientctl --kubeconfig FILE`` troubleshooting on a Kubernetes cluster (the API stand-in, in-process):
+check, proxy-status, fetch, logs (--component and POD), stat/top, graph, tap, explain, bug-report and the
+dashboard's snapshot. istiod, the ztunnels and a waypoint are pods in the stand-in; their monitoring,
+admin, metrics and readiness ports are tiny HTTP servers on loopback reached through the stand-in's pod
+port-forward; logs come from the stand-in's pods/log. Nothing of the local cluster is opened."""
 
 from __future__ import annotations
 
 import base64
 import json
+import tarfile
 import threading
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,8 +27,13 @@ from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from ambientctl.cli import app
-from ambientctl.troubleshoot.remote import USER_RBAC, KubeReach, LogSource, component_sources
+from ambientctl.commands.common import CliState
+from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource
+from ambientctl.troubleshoot.remote import USER_RBAC, KubeReach, LogSource, component_sources, reach_for
+from meshcore.model import Port
 from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from meshcore.store.kubernetes import DEFAULT_KINDS, reader_rbac_rules
+from meshcore.testing.builders import service, workload
 from meshcore.testing.kube_api import ThreadedKubeApi, write_kubeconfig
 
 NOW = datetime.now(UTC)
@@ -50,7 +59,8 @@ def stream(pod: str, node: str, status: str = "SYNCED", nack: str = "") -> dict[
 
 @dataclass
 class Endpoint:
-    """A loopback HTTP server answering fixed (status, JSON) per path; ``routes`` may change during a test."""
+    """A loopback HTTP server answering fixed (status, JSON) per path (bytes: sent as they are, text);
+    ``routes`` may change during a test."""
 
     routes: dict[str, tuple[int, Any]] = field(default_factory=dict)
     server: ThreadingHTTPServer | None = None
@@ -61,7 +71,7 @@ class Endpoint:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 status, doc = routes.get(self.path, (404, {"error": "no such path"}))
-                body = json.dumps(doc).encode()
+                body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -120,13 +130,14 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
                 api.call(api.server.put_object, pod(name, "istio-system", {"app": "ztunnel"}, node, "istio-proxy"))
                 address = ztunnels[node].start()
                 started.append(ztunnels[node])
-                for port in (15000, 15021):
+                for port in (15000, 15020, 15021):
                     api.call(api.server.forward_port, "istio-system", name, port, address)
             api.call(api.server.put_object, pod("waypoint-7f", "shop", {
                 "gateway.networking.k8s.io/gateway-name": "waypoint"}, "node-2", "istio-proxy"))
             address = waypoint.start()
             started.append(waypoint)
-            api.call(api.server.forward_port, "shop", "waypoint-7f", 15000, address)
+            for port in (15000, 15020):
+                api.call(api.server.forward_port, "shop", "waypoint-7f", port, address)
             yield Mesh(api, Path(write_kubeconfig(tmp_path / "kubeconfig", api.url)), istiod, ztunnels, waypoint)
         finally:
             for endpoint in started:
@@ -300,14 +311,36 @@ def test_component_sources_label_logs_as_the_local_cluster_does(mesh: Mesh) -> N
         LogSource("waypoint shop/waypoint-7f", "shop", "waypoint-7f", "istio-proxy")]
 
 
-def test_the_commands_need_only_the_verbs_the_docs_name(mesh: Mesh) -> None:
+def test_the_commands_need_only_the_verbs_the_docs_name(mesh: Mesh, tmp_path: Path) -> None:
     write_logs(mesh)
+    serve_metrics(mesh)
+    mesh.istiod.routes["/debug/registryz"] = (200, registry())
+    mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", "started")
+
+    def used() -> set[tuple[str, str, str]]:
+        return {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb)
+                for r in mesh.api.server.requests}  # fmt: skip
+
     for args in (["check"], ["proxy-status"], ["fetch", "waypoint/shop/waypoint", ":15000/config_dump"],
-                 ["logs", "--component", "waypoint"], ["logs", "--component", "ztunnel"]):
-        run(mesh, *args)
-    granted = {(resource, verb) for resource, verbs in USER_RBAC for verb in verbs}
-    used = {(r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb) for r in mesh.api.server.requests}
-    assert used and used <= granted, used - granted
+                 ["logs", "--component", "waypoint"], ["logs", "--component", "ztunnel"],
+                 ["logs", "shop/waypoint-7f"], ["stat", "--interval", "0"], ["graph", "--interval", "0"],
+                 ["tap", "svc/shop/web", "--duration", "0.2"], ["explain", "shop/client", "svc/shop/web:80"],
+                 ["dashboard-snapshot"], ["bug-report", "--out", str(tmp_path / "r.tar.gz")]):  # fmt: skip
+        before = len(mesh.api.server.requests)
+        if args == ["dashboard-snapshot"]:
+            LiveSource(reach_for(CliState(kubeconfig=str(mesh.kubeconfig))))()
+        else:
+            got = run(mesh, *args)
+            assert got.exit_code == 0, (args, got.output)
+        assert len(mesh.api.server.requests) > before, f"{args} made no request"
+        if args[0] != "bug-report":
+            without_store = used()
+    granted = {("", resource, verb) for resource, verbs in USER_RBAC for verb in verbs}
+    assert without_store <= granted, without_store - granted
+    # bug-report's resources.json reads the cluster as `ambientctl get` does: list+watch of the store's kinds.
+    store_reads = {(group, resource, verb) for rule in reader_rbac_rules(DEFAULT_KINDS)
+                   for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}  # fmt: skip
+    assert used() <= granted | store_reads, used() - granted - store_reads
 
 
 def test_logs_follow_prints_each_pods_lines_until_the_pod_is_gone(mesh: Mesh) -> None:
@@ -330,3 +363,200 @@ def test_logs_follow_prints_each_pods_lines_until_the_pod_is_gone(mesh: Mesh) ->
     got = result[0]
     assert got.exit_code == 0, got.output
     assert [line.split("] ", 1)[0] for line in got.stdout.splitlines()] == ["[ztunnel-node-1"] * 2
+
+
+# --- stat/top, graph, tap, explain, logs POD, dashboard, bug-report ----------------------------------------
+
+SVC = "web.shop.svc.cluster.local"
+
+
+def tcp_metrics(opened: int, flags: str = "-") -> bytes:
+    labels = (f'reporter="destination",source_workload="client",source_workload_namespace="shop",'
+              f'source_principal="spiffe://cluster.local/ns/shop/sa/client",destination_service="{SVC}",'
+              f'destination_workload="web",destination_workload_namespace="shop",request_protocol="tcp",'
+              f'response_flags="{flags}",connection_security_policy="mutual_tls"')  # fmt: skip
+    return (f"istio_tcp_connections_opened_total{{{labels}}} {opened}\n"
+            f"istio_tcp_received_bytes_total{{{labels}}} 100\n").encode()  # fmt: skip
+
+
+def access(event: str, **fields: str) -> str:
+    """One access-log line as ztunnel writes it (now)."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{stamp} [info     ] {event}  " + " ".join(f"{k}={v!r}" for k, v in {**fields, "scope": "access"}.items())
+
+
+def serve_metrics(mesh: Mesh) -> None:
+    mesh.ztunnels["node-1"].routes["/metrics"] = (200, b"")
+    mesh.ztunnels["node-2"].routes["/metrics"] = (200, tcp_metrics(3))
+    mesh.waypoint.routes["/metrics"] = (200, b"")
+
+
+@pytest.mark.parametrize("command", ["stat", "top"], ids=["stat", "its alias top"])
+def test_stat_has_the_services_every_ztunnel_reports_through_its_port_forward(mesh: Mesh, command: str) -> None:
+    serve_metrics(mesh)
+    got = run(mesh, command, "--interval", "0", "-o", "json")
+    assert got.exit_code == 0, got.output
+    rows = json.loads(got.stdout)
+    assert [(r["name"], r["count"]) for r in rows] == [(SVC, 3)]
+    assert not (mesh.kubeconfig.parent / "local").exists()
+
+
+def test_graph_has_the_edges_and_names_a_proxy_whose_metrics_failed(mesh: Mesh) -> None:
+    serve_metrics(mesh)
+    del mesh.waypoint.routes["/metrics"]
+    got = run(mesh, "graph", "--interval", "0", "-o", "json")
+    assert got.exit_code == 0, got.output
+    edges = json.loads(got.stdout)
+    assert [(e["source"], e["destination"], e["principal"], e["mtls"]) for e in edges] == [
+        ("shop/client", SVC, "spiffe://cluster.local/ns/shop/sa/client", True)]
+    assert "warning: waypoint shop/waypoint-7f answered HTTP 404 for /metrics; left out" in got.stderr
+
+
+def followed_logs(mesh: Mesh) -> set[str]:
+    return {r.name for r in mesh.api.server.requests if r.subresource == "log"}
+
+
+def wait_until(done: Callable[[], bool], thread: threading.Thread, seconds: float = 10) -> bool:
+    deadline = datetime.now(UTC) + timedelta(seconds=seconds)
+    while not done() and datetime.now(UTC) < deadline and thread.is_alive():
+        thread.join(0.05)
+    return done()
+
+
+def test_tap_prints_the_access_records_of_a_service_written_after_it_started(mesh: Mesh) -> None:
+    mesh.api.call(mesh.api.server.write_log, "istio-system", "ztunnel-b", "istio-proxy", access(
+        "connection complete", **{"dst.service": SVC, "src.workload": "before"}))
+    result: list[Any] = []
+    tapper = threading.Thread(target=lambda: result.append(run(mesh, "tap", "svc/shop/web", "--max", "1",
+                                                               "-o", "json")), daemon=True)  # fmt: skip
+    tapper.start()
+    assert wait_until(lambda: followed_logs(mesh) >= {"ztunnel-a", "ztunnel-b", "waypoint-7f"}, tapper), \
+        "tap never followed every ztunnel's and waypoint's log"
+    mesh.api.call(mesh.api.server.write_log, "istio-system", "ztunnel-a", "istio-proxy", access(
+        "connection complete", **{"dst.service": "other.shop.svc.cluster.local", "src.workload": "client"}))
+    mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", access(
+        "request complete", **{"dst.service": SVC, "src.workload": "client", "response_code": "200"}))
+    tapper.join(10)
+    assert not tapper.is_alive() and result, "tap did not stop after --max 1"
+    got = result[0]
+    assert got.exit_code == 0, got.output
+    records = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [(r["source"], r["fields"]["src.workload"]) for r in records] == [("waypoint shop/waypoint-7f", "client")]
+
+
+def test_tap_with_a_duration_ends_when_it_is_over(mesh: Mesh) -> None:
+    got = run(mesh, "tap", "pod/shop/web", "--duration", "0.3")
+    assert got.exit_code == 0, got.output
+    assert got.stdout.split() == ["TIME", "REPORTER", "SOURCE", "DESTINATION", "IDENTITY", "STATUS", "BYTES",
+                                  "DURATION"]  # fmt: skip
+
+
+def registry() -> dict[str, Any]:
+    client = workload("client", "10.0.0.1", namespace="shop", node="node-1")
+    web = workload("web", "10.0.0.2", namespace="shop", node="node-2", services={f"shop/{SVC}": (Port(80, 8080),)})
+    return {"workloads": msgspec.to_builtins([client, web]),
+            "services": msgspec.to_builtins([service("web", "10.96.0.9", {80: 8080}, namespace="shop")]),
+            "policies": []}  # fmt: skip
+
+
+def test_explain_reads_istiods_registry_and_the_last_connection_from_the_ztunnel_logs(mesh: Mesh) -> None:
+    mesh.istiod.routes["/debug/registryz"] = (200, registry())
+    mesh.api.call(mesh.api.server.write_log, "istio-system", "ztunnel-a", "istio-proxy", access(
+        "connection complete", **{"src.addr": "10.0.0.1:50100", "src.workload": "client", "src.namespace": "shop",
+                                  "dst.addr": "10.0.0.2:15008", "dst.hbone_addr": "10.0.0.2:8080",
+                                  "dst.service": SVC, "direction": "outbound"}))  # fmt: skip
+    got = run(mesh, "explain", "shop/client", "svc/shop/web:80", "-o", "json")
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    assert doc["config"] == "ztunnel on node-1 is SYNCED"
+    assert [(r["source"], r["outcome"]) for r in doc["lastSeen"]] == [("ztunnel-node-1", "OK")]
+    summary = run(mesh, "explain", "shop/client")
+    assert summary.exit_code == 0, summary.output
+    assert "config:       istiod-lite's registry; ztunnel on node-1 is SYNCED" in summary.stdout
+
+
+def test_logs_of_a_pod_follow_it_until_the_pod_is_gone(mesh: Mesh) -> None:
+    mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", "one")
+    result: list[Any] = []
+    follower = threading.Thread(target=lambda: result.append(run(mesh, "logs", "shop/waypoint-7f", "-f")), daemon=True)
+    follower.start()
+    assert wait_until(lambda: "waypoint-7f" in followed_logs(mesh), follower), "the command never asked for the log"
+    mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", "two")
+    mesh.api.call(mesh.api.server.delete_object, "Pod", "shop", "waypoint-7f")
+    follower.join(10)
+    assert not follower.is_alive() and result, "following did not end with the pod"
+    assert result[0].exit_code == 0, result[0].output
+    assert result[0].stdout == "one\ntwo\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [(["logs", "shop/waypoint-7f"], 0, "one\ntwo\nthree\n"),
+     (["logs", "waypoint-7f", "-n", "shop", "-c", "istio-proxy", "--tail", "1"], 0, "three\n"),
+     (["logs", "pod/shop/waypoint-7f", "--since", "1h"], 0, "one\ntwo\nthree\n"),
+     (["logs", "shop/waypoint-7f", "--previous"], 1,
+      'HTTP 400: previous terminated container "istio-proxy" in pod "waypoint-7f" not found'),
+     (["logs", "shop/waypoint-7f", "-c", "nope"], 1, "HTTP 400: container nope is not valid for pod waypoint-7f"),
+     (["logs", "shop/web"], 1, 'HTTP 404: pods "web" not found'),
+     (["logs", "shop/waypoint-7f", "--since", "soon"], 1, "write a duration such as 30s"),
+     (["logs", "shop/waypoint-7f", "--previous", "-f"], 1, "--previous and -f cannot be used together")],
+    ids=["a pod's only container", "the last line of a named container", "lines of the last hour",
+         "the previous run is the API server's refusal, passed through", "an unknown container is the API's error",
+         "a pod that does not exist is the API's 404", "a --since that is no duration",
+         "--previous with -f is refused before asking"],
+)
+def test_logs_of_a_pod_read_the_api_servers_pods_log(mesh: Mesh, args: list[str], code: int, expected: str) -> None:
+    for line in ("one", "two", "three"):
+        mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", line)
+    got = run(mesh, *args)
+    assert got.exit_code == code, got.output
+    if code == 0:
+        assert got.stdout == expected
+    else:
+        assert expected in got.output and "Traceback" not in got.output
+
+
+def test_the_dashboards_snapshot_comes_from_the_cluster_through_the_api_server(mesh: Mesh) -> None:
+    serve_metrics(mesh)
+    write_logs(mesh)  # ztunnel-a refused a connection a minute ago
+    view = reach_for(CliState(kubeconfig=str(mesh.kubeconfig)))
+    server = DashboardServer(LiveSource(view))
+    server.start()
+    try:
+        with urllib.request.urlopen(server.url + "api/snapshot", timeout=10) as answer:
+            doc = json.loads(answer.read())
+    finally:
+        server.close()
+    assert doc["errors"] == []
+    assert [p["name"] for p in doc["proxies"]] == ["ztunnel-a.istio-system", "ztunnel-b.istio-system"]
+    assert [(e["source"], e["destination"]) for e in doc["edges"]] == [("shop/client", SVC)]
+    assert [(d["reporter"], d["reason"]) for d in doc["denials"]] == [("ztunnel-node-1", "policy rejection")]
+
+
+def test_bug_report_gathers_every_proxy_log_and_resource_of_the_cluster(mesh: Mesh, tmp_path: Path) -> None:
+    serve_metrics(mesh)
+    write_logs(mesh)
+    mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", "waypoint started")
+    out = tmp_path / "report.tar.gz"
+    got = run(mesh, "bug-report", "--out", str(out))
+    assert got.exit_code == 0, got.output
+    assert got.stdout.strip() == str(out)
+    with tarfile.open(out) as tar:
+        members = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if m.isfile()}
+
+        def text(name: str) -> str:
+            handle = tar.extractfile(members[name])
+            assert handle is not None
+            return handle.read().decode()
+
+        for name in ("istiod/syncz.json", "nodes/node-1/ztunnel-config_dump.json", "nodes/node-2/ztunnel-metrics.txt",
+                     "waypoints/shop/waypoint-7f/config_dump.json", "cluster/istio-system-pods.json",
+                     "check.json", "versions.json"):  # fmt: skip
+            assert name in members, sorted(members)
+        assert "connection failed" in text("logs/istio-system.ztunnel-a.istio-proxy.log")
+        assert text("logs/shop.waypoint-7f.istio-proxy.log") == "waypoint started\n"
+        assert "shop" in [r["metadata"]["name"] for r in json.loads(text("resources.json")) if r["kind"] == "Namespace"]
+        assert {r["result"] for r in json.loads(text("check.json"))["results"]} == {"success", "skipped"}
+        manifest = text("MANIFEST.txt")
+    assert "nodes/node-1/node-agent-pods.json" in manifest  # no node agent pod: named, not silently missing
+    assert not (mesh.kubeconfig.parent / "local").exists()
