@@ -2,7 +2,8 @@
 (Typer's CliRunner) against one state directory; ``table`` splits kubectl-style output into cells and
 ``aged`` checks each AGE cell and reads it as ``<age>``, so tables compare whole.
 
-Invariant: ``Ctl.ok`` fails the test on a non-zero exit with stdout and stderr in the message.
+Invariant: ``Ctl.ok``/``succeeds`` fail the test on a non-zero exit with stdout, stderr and the exception
+in the message.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ class Ctl:
     def __call__(self, *args: str, input: str | None = None) -> Result:
         return self.runner.invoke(app, ["--state-dir", str(self.state_dir), *args], input=input)
 
+    def succeeds(self, *args: str, input: str | None = None) -> Result:
+        """The command's result; fails the test unless it exits 0."""
+        result = self(*args, input=input)
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+        return result
+
     def ok(self, *args: str, input: str | None = None) -> str:
         """The command's stdout; fails the test unless it exits 0."""
-        result = self(*args, input=input)
-        assert result.exit_code == 0, (result.stdout, result.stderr)
-        return result.stdout
+        return self.succeeds(*args, input=input).stdout
 
 
 def table(text: str) -> list[list[str]]:

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from ambientctl.cli import app
+from ambientctl import testing
 from ambientctl.commands import waypoint as wp
 from ambientctl.testing import aged, table
 from meshcore.store import Resource, ResourceRef, SqliteStore, build_resource, store_path
@@ -36,20 +36,8 @@ NOT_PROGRAMMED_STATUS: dict[str, Any] = {
 }
 
 
-class Ctl:
+class Ctl(testing.Ctl):
     """Runs ambientctl against one state directory and reads its store."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.runner = CliRunner()
-
-    def __call__(self, *args: str, input: str | None = None) -> Result:
-        return self.runner.invoke(app, ["--state-dir", str(self.state_dir), *args], input=input)
-
-    def ok(self, *args: str, input: str | None = None) -> Result:
-        result = self(*args, input=input)
-        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-        return result
 
     def fails(self, *args: str) -> Result:
         """Exit code 1 with one ``error:`` line last on stderr (no traceback)."""
@@ -104,7 +92,7 @@ def gateway(name: str, ns: str = "shop", *, cls: str = "istio-waypoint", **meta:
 
 
 def test_generate_prints_istioctls_gateway_without_a_namespace_when_none_is_given(ctl: Ctl) -> None:
-    assert ctl.ok("waypoint", "generate").stdout == (
+    assert ctl.succeeds("waypoint", "generate").stdout == (
         "apiVersion: gateway.networking.k8s.io/v1\n"
         "kind: Gateway\n"
         "metadata:\n"
@@ -119,7 +107,7 @@ def test_generate_prints_istioctls_gateway_without_a_namespace_when_none_is_give
 
 
 def test_generate_per_service_account_names_the_waypoint_sa_waypoint_and_annotates_it(ctl: Ctl) -> None:
-    out = ctl.ok(
+    out = ctl.succeeds(
         "waypoint",
         "generate",
         "-n",
@@ -152,14 +140,14 @@ def test_generate_per_service_account_names_the_waypoint_sa_waypoint_and_annotat
 
 
 def test_generated_yaml_applies_and_equals_what_waypoint_apply_writes(ctl: Ctl, tmp_path: Path) -> None:
-    generated = ctl.ok("waypoint", "generate", "-n", "shop", "--name", "wp", "--for", "all").stdout
+    generated = ctl.succeeds("waypoint", "generate", "-n", "shop", "--name", "wp", "--for", "all").stdout
     build_resource(yaml.safe_load(generated))  # the store's schema accepts it as it is
     ctl.put(namespace("shop"))  # apply refuses objects in a namespace that does not exist, as kubectl does
-    ctl.ok("apply", "-f", "-", input=generated)
+    ctl.succeeds("apply", "-f", "-", input=generated)
     by_file = ctl.get("Gateway", "shop", "wp")
     other = Ctl(tmp_path / "second")
     other.state_dir.mkdir()
-    other.ok("waypoint", "apply", "-n", "shop", "--name", "wp", "--for", "all")
+    other.succeeds("waypoint", "apply", "-n", "shop", "--name", "wp", "--for", "all")
     by_command = other.get("Gateway", "shop", "wp")
     assert by_file is not None and by_command is not None
     assert (by_file.labels, by_file.annotations, by_file.spec) == (
@@ -204,7 +192,7 @@ def test_an_unknown_traffic_type_is_a_usage_error_listing_the_choices(ctl: Ctl) 
 
 
 def test_apply_writes_the_gateway_and_says_so_as_istioctl_does(ctl: Ctl) -> None:
-    result = ctl.ok("waypoint", "apply", "-n", "shop", "--for", "service")
+    result = ctl.succeeds("waypoint", "apply", "-n", "shop", "--for", "service")
     assert result.stdout == "✅ waypoint shop/waypoint applied\n"
     gw = ctl.get("Gateway", "shop", "waypoint")
     assert gw is not None
@@ -219,11 +207,11 @@ def test_apply_writes_the_gateway_and_says_so_as_istioctl_does(ctl: Ctl) -> None
 def test_reapply_keeps_the_controllers_status_and_foreign_labels_and_drops_its_own_unset_ones(
     ctl: Ctl,
 ) -> None:
-    ctl.ok("waypoint", "apply", "-n", "shop", "--for", "all", "-r", "canary")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--for", "all", "-r", "canary")
     ctl.set_status("shop", "waypoint", PROGRAMMED_STATUS)
     with ctl.store() as store:
         store.set_labels(ResourceRef("Gateway", "shop", "waypoint"), {"team": "payments"}, [])
-    ctl.ok("waypoint", "apply", "-n", "shop")
+    ctl.succeeds("waypoint", "apply", "-n", "shop")
     gw = ctl.get("Gateway", "shop", "waypoint")
     assert gw is not None
     assert gw.labels == {"team": "payments"}
@@ -239,12 +227,12 @@ def test_apply_refuses_to_turn_another_gateway_into_a_waypoint(ctl: Ctl) -> None
 
 
 def test_a_second_waypoint_for_one_service_account_is_refused(ctl: Ctl) -> None:
-    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
     result = ctl.fails("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "other")
     assert "already has waypoint 'reviews-waypoint'" in result.stderr
     assert ctl.get("Gateway", "shop", "other") is None
     # Re-applying the same one is fine.
-    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
 
 
 def test_a_name_taken_by_an_application_service_is_refused_with_another_name_to_use(ctl: Ctl) -> None:
@@ -258,18 +246,18 @@ def test_a_name_taken_by_an_application_service_is_refused_with_another_name_to_
     result = ctl.fails("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
     assert "service shop/reviews-waypoint already exists" in result.stderr
     assert ctl.get("Gateway", "shop", "reviews-waypoint") is None
-    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "reviews-wp")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--service-account", "reviews", "--name", "reviews-wp")
 
 
 def test_the_per_service_account_default_name_never_shares_the_served_identity(ctl: Ctl) -> None:
-    ctl.ok("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--service-account", "reviews")
     assert ctl.get("Gateway", "shop", "reviews") is None
     gw = ctl.get("Gateway", "shop", "reviews-waypoint")
     assert gw is not None and gw.annotations["istio.io/for-service-account"] == "reviews"
 
 
 def test_the_waypoints_own_service_does_not_block_a_reapply(ctl: Ctl) -> None:
-    ctl.ok("waypoint", "apply", "-n", "shop")
+    ctl.succeeds("waypoint", "apply", "-n", "shop")
     own = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -281,12 +269,12 @@ def test_the_waypoints_own_service_does_not_block_a_reapply(ctl: Ctl) -> None:
         "spec": {"ports": [{"port": 15008}]},
     }
     ctl.put(own)
-    ctl.ok("waypoint", "apply", "-n", "shop", "--for", "all")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--for", "all")
 
 
 def test_enroll_namespace_labels_it_after_applying(ctl: Ctl) -> None:
     ctl.put(namespace("shop", **{"istio.io/dataplane-mode": "ambient"}))
-    result = ctl.ok("waypoint", "apply", "-n", "shop", "--enroll-namespace")
+    result = ctl.succeeds("waypoint", "apply", "-n", "shop", "--enroll-namespace")
     assert result.stdout.splitlines() == [
         "✅ waypoint shop/waypoint applied",
         '✅ namespace shop labeled with "istio.io/use-waypoint: waypoint"',
@@ -298,7 +286,7 @@ def test_enroll_namespace_labels_it_after_applying(ctl: Ctl) -> None:
 
 def test_enroll_namespace_warns_with_the_exact_fix_when_the_namespace_is_not_ambient(ctl: Ctl) -> None:
     ctl.put(namespace("shop"))
-    result = ctl.ok("waypoint", "apply", "-n", "shop", "--enroll-namespace")
+    result = ctl.succeeds("waypoint", "apply", "-n", "shop", "--enroll-namespace")
     assert "namespace is not enrolled in ambient" in result.stderr
     assert "`ambientctl namespace enable shop`" in result.stderr
     ns = ctl.get("Namespace", "", "shop")
@@ -320,7 +308,7 @@ def test_enroll_namespace_never_replaces_another_waypoint_without_overwrite(ctl:
     assert "--overwrite" in result.stderr
     assert ctl.get("Gateway", "shop", "waypoint") is None
 
-    ctl.ok("waypoint", "apply", "-n", "shop", "--enroll-namespace", "--overwrite")
+    ctl.succeeds("waypoint", "apply", "-n", "shop", "--enroll-namespace", "--overwrite")
     ns = ctl.get("Namespace", "", "shop")
     assert ns is not None and ns.labels["istio.io/use-waypoint"] == "waypoint"
 
@@ -356,7 +344,7 @@ def test_wait_returns_once_the_controller_programs_the_waypoint(
     ctl: Ctl, controller: threading.Event
 ) -> None:
     ctl.put(namespace("shop", **{"istio.io/dataplane-mode": "ambient"}))
-    result = ctl.ok(
+    result = ctl.succeeds(
         "waypoint", "apply", "-n", "shop", "--wait", "--waypoint-timeout", "60s", "--enroll-namespace"
     )
     assert controller.is_set()
@@ -369,7 +357,7 @@ def test_wait_returns_once_the_controller_programs_the_waypoint(
 
 def test_wait_times_out_with_what_the_status_says_and_does_not_enroll(ctl: Ctl) -> None:
     ctl.put(namespace("shop", **{"istio.io/dataplane-mode": "ambient"}))
-    ctl.ok("waypoint", "apply", "-n", "shop")
+    ctl.succeeds("waypoint", "apply", "-n", "shop")
     ctl.set_status("shop", "waypoint", NOT_PROGRAMMED_STATUS)
     result = ctl.fails(
         "waypoint", "apply", "-n", "shop", "-w", "--waypoint-timeout", "200ms", "--enroll-namespace"
@@ -416,7 +404,7 @@ def waypoints(ctl: Ctl) -> Ctl:
 
 
 def test_list_shows_revision_traffic_type_and_programmed_per_waypoint(waypoints: Ctl) -> None:
-    assert table(waypoints.ok("waypoint", "list", "-n", "shop").stdout) == [
+    assert table(waypoints.succeeds("waypoint", "list", "-n", "shop").stdout) == [
         ["NAME", "REVISION", "TRAFFIC TYPE", "PROGRAMMED"],
         ["ratings", "canary", "workload", "False"],
         ["reviews", "default", "all", "Unknown"],
@@ -425,7 +413,7 @@ def test_list_shows_revision_traffic_type_and_programmed_per_waypoint(waypoints:
 
 
 def test_list_all_namespaces_adds_the_namespace_column(waypoints: Ctl) -> None:
-    rows = table(waypoints.ok("waypoint", "list", "-A").stdout)
+    rows = table(waypoints.succeeds("waypoint", "list", "-A").stdout)
     assert rows[0] == ["NAMESPACE", "NAME", "REVISION", "TRAFFIC TYPE", "PROGRAMMED"]
     assert [r[:2] for r in rows[1:]] == [
         ["shop", "ratings"],
@@ -437,13 +425,13 @@ def test_list_all_namespaces_adds_the_namespace_column(waypoints: Ctl) -> None:
 
 
 def test_list_as_yaml_prints_the_waypoint_gateways_only(waypoints: Ctl) -> None:
-    doc = yaml.safe_load(waypoints.ok("waypoint", "list", "-n", "shop", "-o", "yaml").stdout)
+    doc = yaml.safe_load(waypoints.succeeds("waypoint", "list", "-n", "shop", "-o", "yaml").stdout)
     assert doc["kind"] == "List"
     assert [item["metadata"]["name"] for item in doc["items"]] == ["ratings", "reviews", "waypoint"]
 
 
 def test_list_of_an_empty_namespace_says_so_on_stderr(ctl: Ctl) -> None:
-    result = ctl.ok("waypoint", "list", "-n", "empty")
+    result = ctl.succeeds("waypoint", "list", "-n", "empty")
     assert result.stdout == "" and "No waypoints found." in result.stderr
 
 
@@ -451,7 +439,7 @@ def test_list_of_an_empty_namespace_says_so_on_stderr(ctl: Ctl) -> None:
 
 
 def test_status_shows_each_waypoints_programmed_condition(waypoints: Ctl) -> None:
-    assert table(waypoints.ok("waypoint", "status", "-n", "shop").stdout) == [
+    assert table(waypoints.succeeds("waypoint", "status", "-n", "shop").stdout) == [
         ["NAME", "STATUS", "TYPE", "REASON", "MESSAGE"],
         ["ratings", "False", "Programmed", "NoResources", "Deployment not ready"],
         ["reviews", "Unknown", "Programmed", "Pending", "Waiting for controller"],
@@ -460,9 +448,9 @@ def test_status_shows_each_waypoints_programmed_condition(waypoints: Ctl) -> Non
 
 
 def test_status_shows_one_waypoint_by_name_or_all_namespaces_with_their_column(waypoints: Ctl) -> None:
-    rows = table(waypoints.ok("waypoint", "status", "-n", "shop", "--name", "waypoint").stdout)
+    rows = table(waypoints.succeeds("waypoint", "status", "-n", "shop", "--name", "waypoint").stdout)
     assert [r[0] for r in rows] == ["NAME", "waypoint"]
-    rows = table(waypoints.ok("waypoint", "status", "-A").stdout)
+    rows = table(waypoints.succeeds("waypoint", "status", "-A").stdout)
     assert rows[0] == ["NAMESPACE", "NAME", "STATUS", "TYPE", "REASON", "MESSAGE"]
     assert rows[-1][:3] == ["web", "waypoint", "Unknown"]
 
@@ -493,7 +481,7 @@ def test_delete_by_name_deletes_what_exists_and_fails_naming_what_does_not(waypo
 
 
 def test_delete_all_leaves_other_gateways_and_namespaces(waypoints: Ctl) -> None:
-    out = waypoints.ok("waypoint", "delete", "-n", "shop", "--all").stdout
+    out = waypoints.succeeds("waypoint", "delete", "-n", "shop", "--all").stdout
     assert sorted(out.splitlines()) == [
         "waypoint shop/ratings deleted",
         "waypoint shop/reviews deleted",
@@ -504,7 +492,7 @@ def test_delete_all_leaves_other_gateways_and_namespaces(waypoints: Ctl) -> None
 
 
 def test_delete_by_revision_deletes_only_that_revision(waypoints: Ctl) -> None:
-    assert waypoints.ok("waypoint", "delete", "-n", "shop", "-r", "canary").stdout == (
+    assert waypoints.succeeds("waypoint", "delete", "-n", "shop", "-r", "canary").stdout == (
         "waypoint shop/ratings deleted\n"
     )
     assert waypoints.get("Gateway", "shop", "waypoint") is not None
@@ -512,7 +500,7 @@ def test_delete_by_revision_deletes_only_that_revision(waypoints: Ctl) -> None:
 
 def test_delete_warns_when_the_namespace_still_uses_the_deleted_waypoint(waypoints: Ctl) -> None:
     waypoints.put(namespace("shop", **{"istio.io/use-waypoint": "waypoint"}))
-    result = waypoints.ok("waypoint", "delete", "-n", "shop", "waypoint")
+    result = waypoints.succeeds("waypoint", "delete", "-n", "shop", "waypoint")
     assert "namespace shop is still labeled istio.io/use-waypoint" in result.stderr
 
 
@@ -533,7 +521,7 @@ def test_delete_argument_mistakes_are_refused(waypoints: Ctl, args: tuple[str, .
 
 
 def test_get_gateways_shows_kubectls_columns(waypoints: Ctl) -> None:
-    assert aged(table(waypoints.ok("get", "gateways", "-n", "shop").stdout)) == [
+    assert aged(table(waypoints.succeeds("get", "gateways", "-n", "shop").stdout)) == [
         ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"],
         ["ingress", "istio", "<none>", "Unknown", "<age>"],
         ["ratings", "istio-waypoint", "<none>", "False", "<age>"],
