@@ -6,7 +6,8 @@ test's ``tmp_path``, stopped at teardown even when the test failed. A module add
 overriding ``istiod_overrides`` (both planes read it), or post-start setup by overriding ``plane`` and
 requesting it. ``api``: the stand-in with the ambient namespace ``demo`` and ``istio-system`` (where the
 leader Lease lives). ``kube_plane``: the same istiod on the Kubernetes store through a kubeconfig for
-``api``. Modules with a plane of another shape (several replicas, a fixed xDS port) define their own.
+``api``; ``token_ca_plane``: that with its token CA port open. Modules with a plane of another shape
+(several replicas, a fixed xDS port) define their own.
 """
 
 from __future__ import annotations
@@ -75,13 +76,23 @@ def api() -> Iterator[ThreadedKubeApi]:
         yield server
 
 
+def _on_kubernetes(api: ThreadedKubeApi, state_dir: Path, **fields: Any) -> IstiodConfig:
+    kubeconfig = write_kubeconfig(state_dir / "kubeconfig", api.url)
+    return _loopback(
+        state_dir, store="kubernetes", kubeconfig=str(kubeconfig), kube_context="standin", **fields
+    )
+
+
 @pytest.fixture
 async def kube_plane(
     api: ThreadedKubeApi, tmp_path: Path, istiod_overrides: dict[str, Any]
 ) -> AsyncIterator[ControlPlane]:
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    config = _loopback(
-        tmp_path, store="kubernetes", kubeconfig=str(kubeconfig), kube_context="standin", **istiod_overrides
-    )
-    async with _running(config) as cp:
+    async with _running(_on_kubernetes(api, tmp_path, **istiod_overrides)) as cp:
+        yield cp
+
+
+@pytest.fixture
+async def token_ca_plane(api: ThreadedKubeApi, tmp_path: Path) -> AsyncIterator[ControlPlane]:
+    """``kube_plane`` with its token CA port (TokenReview-verified pod tokens) on loopback."""
+    async with _running(_on_kubernetes(api, tmp_path, token_ca_host="127.0.0.1", token_ca_port=0)) as cp:
         yield cp

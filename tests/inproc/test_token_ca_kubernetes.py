@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -34,14 +33,8 @@ def api() -> Iterator[ThreadedKubeApi]:
 
 
 @pytest.fixture
-def istiod_overrides() -> dict[str, Any]:
-    return {"token_ca_host": "127.0.0.1", "token_ca_port": 0}
-
-
-@pytest.fixture
-def plane(kube_plane: ControlPlane) -> ControlPlane:
-    """istiod-lite on the Kubernetes store (conftest) with its token CA port on loopback."""
-    return kube_plane
+def plane(token_ca_plane: ControlPlane) -> ControlPlane:
+    return token_ca_plane
 
 
 async def waypoint_token(api: ThreadedKubeApi, cp: ControlPlane, path: Path, *, pod_uid: str | None = None) -> str:

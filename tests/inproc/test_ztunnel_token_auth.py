@@ -40,14 +40,8 @@ def pod(namespace: str, name: str, sa: str, node: str, ip: str | None = None) ->
 
 
 @pytest.fixture
-def istiod_overrides() -> dict[str, Any]:
-    return {"token_ca_host": "127.0.0.1", "token_ca_port": 0}
-
-
-@pytest.fixture
-def plane(kube_plane: ControlPlane) -> ControlPlane:
-    """istiod-lite on the Kubernetes store (conftest) with its token CA port on loopback."""
-    return kube_plane
+def plane(token_ca_plane: ControlPlane) -> ControlPlane:
+    return token_ca_plane
 
 
 async def put_and_see(api: ThreadedKubeApi, cp: ControlPlane, obj: dict[str, Any]) -> dict[str, Any]:
