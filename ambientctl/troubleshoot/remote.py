@@ -2,9 +2,12 @@
 the local cluster, for ``--kubeconfig``/``--context``.
 
 Every troubleshooting command that reads a proxy or istiod on Kubernetes goes through ``KubeReach``; the
-commands only choose their source (``Reach`` or ``KubeReach``, the same ``get``/``json``/``istiod``/
-``ztunnel`` calls and ``ReachError`` on failure). Nothing here needs more of the cluster than a user who
-may read pods, port-forward to them and read their logs:
+source is chosen in one place, ``reach_for(state)``, which returns a ``MeshView``: ``Reach`` or
+``KubeReach`` (the same ``get``/``json``/``istiod``/``ztunnel`` calls and ``ReachError`` on failure) with
+the nodes, the waypoint pods, the proxies to scrape and the ztunnels' and waypoints' access logs (read or
+followed: the local cluster's files, or ``pods/log``), so a command never branches on where it runs.
+Nothing here needs more of the cluster than a user who may read pods, port-forward to them and read their
+logs (``USER_RBAC``):
 
 - finding a pod: the istio-system pods are listed (``GET /api/v1/namespaces/istio-system/pods``; labels
   are matched here, a Running pod first): istiod by ``app=istiod``, a node's ztunnel by ``app=ztunnel``

@@ -28,10 +28,12 @@ from typer.testing import CliRunner
 
 from ambientctl.cli import app
 from ambientctl.commands.common import CliState
+from ambientctl.troubleshoot.bugreport import gather
 from ambientctl.troubleshoot.dashboard import DashboardServer, LiveSource
 from ambientctl.troubleshoot.remote import USER_RBAC, KubeReach, LogSource, component_sources, reach_for
 from meshcore.model import Port
 from meshcore.model.convert import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from meshcore.store import Store, StoreUnavailable
 from meshcore.store.kubernetes import DEFAULT_KINDS, reader_rbac_rules
 from meshcore.testing.builders import service, workload
 from meshcore.testing.kube_api import ThreadedKubeApi, write_kubeconfig
@@ -560,3 +562,12 @@ def test_bug_report_gathers_every_proxy_log_and_resource_of_the_cluster(mesh: Me
         manifest = text("MANIFEST.txt")
     assert "nodes/node-1/node-agent-pods.json" in manifest  # no node agent pod: named, not silently missing
     assert not (mesh.kubeconfig.parent / "local").exists()
+
+
+def test_a_store_the_user_may_not_list_leaves_only_resources_out_of_the_report(mesh: Mesh) -> None:
+    def refused() -> Store:
+        raise StoreUnavailable("listing Gateway: HTTP 403 Forbidden")
+
+    report = gather(reach_for(CliState(kubeconfig=str(mesh.kubeconfig))), refused, with_checks=False)
+    assert report.missing["resources.json"] == "listing Gateway: HTTP 403 Forbidden"
+    assert "istiod/syncz.json" in report.members and "resources.json" not in report.members
