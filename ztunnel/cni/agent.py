@@ -17,6 +17,13 @@ snapshot when the agent is back). On Kubernetes ``main`` also installs ``ambient
 directories at start and removes it at SIGTERM only when its DaemonSet is being deleted (``cni.install``),
 and with ``STORE=kubernetes`` reads the API server (``open_store``): every Namespace, and only the Pods of
 its own node (a ``spec.nodeName`` field selector), annotations patched as ``ztunnel-node-agent``.
+CNI ADD: the agent decides whether the pod is enrolled (``enroll.pod_facts``, the rule istiod_lite uses)
+from its view; when the view lacks the pod or has another uid than the ADD's (a pod created or recreated a
+moment ago, not yet delivered by the watch) and the store can read live (``LiveReader``: the Kubernetes
+store), the Pod and its Namespace are read from the API server (GETs, not the cache) and the pod stands in
+the view until the watch delivers it (``LIVE_VIEW_TTL`` at most). From a plugin that decided nothing
+(``enrollment: agent``), a pod that cannot be read (the API server refuses or is unreachable), is not
+found or is another node's fails the ADD with the reason (fail closed); one not enrolled passes.
 """
 
 from __future__ import annotations
@@ -76,6 +83,10 @@ log = structlog.get_logger("ztunnel.cni.agent")
 
 EVENT_WAIT = 25.0  # a CNI ADD waits this long for the capture (the plugin's default timeout is 30 s)
 WATCH_RETRY = 1.0
+LIVE_READ_TIMEOUT = 5.0  # one live read of a pod or namespace from the API server (within EVENT_WAIT)
+# A pod read live stands in the view until the watch delivers it (same uid), at most this long: after
+# that the watch is the only source again (a pod deleted before the watch caught up must not linger).
+LIVE_VIEW_TTL = 60.0
 
 
 class Redirector(Protocol):
@@ -84,6 +95,14 @@ class Redirector(Protocol):
     async def apply(self, netns_fd: int) -> None: ...
 
     async def remove(self, netns_fd: int) -> None: ...
+
+
+@runtime_checkable
+class LiveReader(Protocol):
+    """A store whose reads are a cache (``KubernetesStore``) and that can read one object from its source
+    now; the embedded store has no such method, its ``get`` is already current."""
+
+    def read_live(self, ref: ResourceRef, *, timeout: float | None = None) -> Resource | None: ...
 
 
 @runtime_checkable
@@ -156,6 +175,12 @@ class AgentMetrics:
         self.bad_events = Counter(
             "ambient_cni_bad_plugin_events", "Plugin events that could not be parsed", registry=registry
         )
+        self.live_reads = Counter(
+            "ambient_cni_live_pod_reads",
+            "CNI ADDs for a pod not (yet) in the agent's view, read live from the API server, by result",
+            ["result"],
+            registry=registry,
+        )
 
 
 @dataclass(slots=True)
@@ -206,6 +231,9 @@ class NodeAgent:
         self._clock = clock
         self.netns_map = NetnsMap(config.netns_map_path)
         self._pods: dict[ResourceRef, Resource] = {}
+        # Pods read live for a CNI ADD that the watch had not delivered (or had as an earlier pod of the
+        # name): ref -> (pod, until when it stands in the view); dropped once the watch has that uid.
+        self._live_pods: dict[ResourceRef, tuple[Resource, float]] = {}
         self._ns_labels: dict[str, dict[str, str]] = {}
         self._captured: dict[str, _Capture] = {}
         self._failures: dict[str, Failure] = {}
@@ -346,6 +374,9 @@ class NodeAgent:
             else:
                 self._ns_labels[obj.name] = dict(obj.labels)
         elif obj.kind == "Pod":
+            live = self._live_pods.get(obj.ref)
+            if live is not None and live[0].uid == obj.uid:
+                del self._live_pods[obj.ref]  # the watch has caught up with the live read
             current = self._pods.get(obj.ref)
             if current is not None and current.resource_version > obj.resource_version:
                 return  # an older copy (our own write's result arriving late)
@@ -374,7 +405,13 @@ class NodeAgent:
                     revision = await self._relist()
 
     def _facts(self) -> dict[str, PodFacts]:
-        return node_pods(self._pods.values(), self._ns_labels, self.config.node_name)
+        pods = self._pods
+        if self._live_pods:
+            now = self._clock()
+            for ref in [r for r, (_, until) in self._live_pods.items() if now >= until]:
+                del self._live_pods[ref]
+            pods = {**pods, **{ref: pod for ref, (pod, _) in self._live_pods.items()}}
+        return node_pods(pods.values(), self._ns_labels, self.config.node_name)
 
     # -- reconciling -----------------------------------------------------------------------------------
 
@@ -525,6 +562,9 @@ class NodeAgent:
         record.handed_over = True
         self._update_gauges()
         log.info("pod handed to ztunnel", pod=str(pod), uid=uid)
+        # A CNI ADD waiting for this pod answers now, not after the annotation (a write that returns once
+        # the store's watch shows it: a lagging watch must not hold the pod's sandbox).
+        self._notify_progress()
         await self._annotate(pod, "enabled")
 
     async def _annotate(self, pod: PodFacts, value: str | None) -> None:
@@ -621,6 +661,11 @@ class NodeAgent:
         return reply
 
     async def _on_add(self, event: PluginEvent) -> EventReply:
+        """Record the pod's netns; decide (the shared rule) whether it is enrolled, from the view, or read
+        live when the view lacks the pod or has another uid; if enrolled, wait for its capture. With
+        ``event.agent_decides`` (the plugin decided nothing) a pod that cannot be read or decided fails
+        the ADD; otherwise (the plugin decided from the embedded store) such a pod is left to the watch."""
+        deadline = asyncio.get_running_loop().time() + EVENT_WAIT
         pod_label = f"{event.pod_namespace}/{event.pod_name}"
         try:
             netns_id = _probe_netns(event.netns)
@@ -638,16 +683,46 @@ class NodeAgent:
             pod, namespace = await asyncio.to_thread(self._read_pod, event.pod_namespace, event.pod_name)
         except StoreError as e:
             return EventReply(ok=False, error=f"pod {pod_label}: cannot read the store: {e}")
+        live = isinstance(self.store, LiveReader) and (
+            pod is None or (bool(event.pod_uid) and pod.uid != event.pod_uid)
+        )
+        if live:
+            try:
+                pod, namespace = await asyncio.to_thread(self._read_pod_live, event.pod_namespace, event.pod_name)
+            except StoreError as e:
+                self.metrics.live_reads.labels("error").inc()
+                log.warning("pod not in the view and not readable from the API server", pod=pod_label,
+                            error=str(e))
+                return EventReply(ok=False, error=f"pod {pod_label} is not in the node agent's view yet and "
+                                                  f"reading it from the Kubernetes API server failed: {e}")
+            self.metrics.live_reads.labels("found" if pod is not None else "not_found").inc()
         if namespace is not None:
             self._observe(namespace, deleted=False)
-        if pod is not None:
+        if pod is not None and live:
+            in_view = self._pods.get(pod.ref)
+            if pod.spec.get("nodeName") == self.config.node_name and (in_view is None or in_view.uid != pod.uid):
+                self._live_pods[pod.ref] = (pod, self._clock() + LIVE_VIEW_TTL)
+        elif pod is not None:
             self._observe(pod, deleted=False)
         self._dirty.set()
-        if pod is None or pod.spec.get("nodeName") != self.config.node_name:
+        where = "on the Kubernetes API server" if live else "in the store"
+        if pod is None:
+            if event.agent_decides:
+                return EventReply(ok=False, error=f"pod {pod_label}: not found {where}")
             return EventReply(ok=True, captured=False)  # not (yet) ours; the watch brings it when it is
-        facts = pod_facts(pod, self._ns_labels.get(pod.namespace, {}))
-        if not facts.enrolled:
+        if pod.spec.get("nodeName") != self.config.node_name:
+            if event.agent_decides:
+                return EventReply(ok=False, error=(
+                    f"pod {pod_label} is scheduled on node {pod.spec.get('nodeName')!r} {where}, not on this "
+                    f"agent's node {self.config.node_name!r} (check the node agent's NODE_NAME)"))
             return EventReply(ok=True, captured=False)
+        facts = pod_facts(pod, namespace.labels if namespace is not None else {})
+        if not facts.enrolled:
+            if live:
+                log.info("pod read live from the API server: not enrolled", pod=pod_label, uid=pod.uid)
+            return EventReply(ok=True, captured=False, enrolled=False)
+        if live:
+            log.info("pod read live from the API server: enrolled, capturing", pod=pod_label, uid=pod.uid)
         uid = pod.uid
         self._failures.pop(uid, None)  # an explicit ADD is a retry now
 
@@ -657,17 +732,17 @@ class NodeAgent:
             return done or self._errors.get(uid, (0, ""))[0] > seen
 
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(EVENT_WAIT):
+            async with asyncio.timeout_at(deadline):
                 await self.wait_until(settled)
         record = self._captured.get(uid)
         if record is not None and record.netns_id == netns_id and record.handed_over:
-            return EventReply(ok=True, captured=True)
+            return EventReply(ok=True, captured=True, enrolled=True)
         error = (
             self._errors[uid][1]
             if uid in self._errors
             else f"pod {pod_label}: not captured within {EVENT_WAIT:g}s"
         )
-        return EventReply(ok=False, error=error, captured=record is not None)
+        return EventReply(ok=False, error=error, captured=record is not None, enrolled=True)
 
     async def _on_del(self, event: PluginEvent) -> EventReply:
         entry = self.netns_map.forget(event.pod_namespace, event.pod_name, event.container_id)
@@ -694,6 +769,14 @@ class NodeAgent:
             self.store.get(ResourceRef("Pod", namespace, name)),
             self.store.get(ResourceRef("Namespace", "", namespace)),
         )
+
+    def _read_pod_live(self, namespace: str, name: str) -> tuple[Resource | None, Resource | None]:
+        """The Pod and its Namespace as the API server has them now (two GETs, past the store's cache)."""
+        assert isinstance(self.store, LiveReader)
+        pod = self.store.read_live(ResourceRef("Pod", namespace, name), timeout=LIVE_READ_TIMEOUT)
+        if pod is None:
+            return None, None
+        return pod, self.store.read_live(ResourceRef("Namespace", "", namespace), timeout=LIVE_READ_TIMEOUT)
 
     # -- HTTP --------------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ and their removal when the mesh is uninstalled from the node (not when the agent
 Role: on Kubernetes the node agent DaemonSet mounts the host's CNI directories (``MOUNTED_CNI_BIN_DIR``,
 ``MOUNTED_CNI_NET_DIR``). At start ``install_plugin`` copies the plugin executable into the bin directory
 and chains our entry last into the node's primary conflist (the first ``*.conflist``/``*.conf`` in lexical
-order, the one libcni loads); at SIGTERM ``should_clean_up`` decides, and ``uninstall_plugin`` removes
+order, the one libcni loads; the entry says ``"enrollment": "agent"``: the node has no embedded store, so
+the plugin leaves the enrolment decision to this agent); at SIGTERM ``should_clean_up`` decides, and ``uninstall_plugin`` removes
 both again. The local cluster does none of this (its conflist is written by ``ambientctl``).
 
 How the agent tells uninstall from restart (Istio's istio-cni does the same since 1.25): on SIGTERM it
@@ -293,5 +294,6 @@ def host_install_from_env(event_socket: Path, env: Mapping[str, str] | None = No
     """The node agent's host install settings from its environment (None on the local cluster)."""
     import sys
 
-    entry = {"type": PLUGIN_TYPE, "cni_event_address": str(event_socket)}
+    # enrollment "agent": a Kubernetes node has no embedded store for the plugin to read; the agent decides.
+    entry = {"type": PLUGIN_TYPE, "cni_event_address": str(event_socket), "enrollment": "agent"}
     return parse_host_install(os.environ if env is None else env, entry, Path(sys.executable).parent / PLUGIN_TYPE)

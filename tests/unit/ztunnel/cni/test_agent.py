@@ -132,7 +132,7 @@ async def test_a_cni_add_for_an_enrolled_pod_answers_once_ztunnel_has_it(config,
     namespace(store, AMBIENT)
     uid = pod(store, "web")
     async with running(config, store, Redirector()), FakeZtunnel(config.zds_socket) as zt:
-        assert await cni(config, "add", "web") == EventReply(ok=True, captured=True)
+        assert await cni(config, "add", "web") == EventReply(ok=True, captured=True, enrolled=True)
         assert uid in zt.serving
         await eventually(lambda: annotation(store, "web") == "enabled")
 

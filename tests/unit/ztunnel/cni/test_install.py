@@ -21,11 +21,13 @@ from ztunnel.cni.install import (
     InstallError,
     UninstallMode,
     clean_up_on_stop,
+    host_install_from_env,
     install_plugin,
     parse_host_install,
     should_clean_up,
     uninstall_plugin,
 )
+from ztunnel.cni.plugin_config import decode_plugin_config
 
 POD_NETWORK = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "plugins": [
     {"type": "ptp", "ipMasq": True, "ipam": {"type": "host-local"}},
@@ -161,6 +163,21 @@ def test_host_install_settings_name_the_daemonset_and_the_plugin() -> None:
     assert got is not None
     assert (got.bin_dir, got.net_dir, got.plugin_source) == (Path("/b"), Path("/n"), Path("/opt/ambient-cni"))
     assert (got.daemonset, got.namespace, got.on_stop) == ("cni", "mesh", UninstallMode.AUTO)
+
+
+def test_the_agents_host_install_chains_an_entry_that_leaves_enrolment_to_the_agent(host: HostInstallConfig) -> None:
+    env = {"MOUNTED_CNI_NET_DIR": str(host.net_dir), "MOUNTED_CNI_BIN_DIR": str(host.bin_dir),
+           "CNI_PLUGIN_SOURCE": str(host.plugin_source)}
+    from_env = host_install_from_env(Path("/run/ambient/pluginevent.sock"), env)
+    assert from_env is not None
+    install_plugin(from_env)
+    doc = conflist(host)
+    entry = doc["plugins"][-1]
+    assert entry == {"type": "ambient-cni", "cni_event_address": "/run/ambient/pluginevent.sock",
+                     "enrollment": "agent"}
+    # As the runtime hands it to the plugin (the conflist's cniVersion and name added): agent mode, no store.
+    config = decode_plugin_config(json.dumps({"cniVersion": doc["cniVersion"], "name": doc["name"], **entry}).encode())
+    assert (config.enrollment, config.state_dir) == ("agent", None)
 
 
 # -- at SIGTERM, against the API server stand-in -------------------------------------------------------------
