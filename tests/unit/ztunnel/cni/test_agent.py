@@ -264,3 +264,41 @@ async def test_a_pod_scheduled_after_its_sandbox_started_is_captured_from_the_re
         assert await cni(config, "add", "web") == EventReply(ok=True, captured=False)
         uid = pod(store, "web")
         await eventually(lambda: uid in zt.serving, "captured once registered")
+
+
+async def deciding_add(config: NodeAgentConfig, name: str) -> EventReply:
+    """An ADD from a plugin in ``enrollment: agent`` mode: it decided nothing and waits for the verdict."""
+    event = PluginEvent(cmd="add", pod_namespace="demo", pod_name=name, container_id=f"sandbox-{name}",
+                        netns=OWN_NETNS, wait=True, agent_decides=True)
+    return await asyncio.to_thread(send_event, str(config.event_socket), event, TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda store: pod(store, "web"), EventReply(ok=True, captured=True, enrolled=True)),
+        (lambda store: pod(store, "web", labels={"istio.io/dataplane-mode": "none"}), EventReply(ok=True)),
+        (lambda store: None, "pod demo/web: not found in the store"),
+        (lambda store: pod(store, "web", node="node-2"),
+         "pod demo/web is scheduled on node 'node-2' in the store, not on this agent's node 'node-1'"),
+    ],
+    ids=[
+        "an enrolled pod is captured and said to be",
+        "a pod that opts out passes, said not enrolled",
+        "a pod the agent cannot find fails the add instead of passing uncaptured",
+        "a pod of another node fails the add naming both nodes",
+    ],
+)
+async def test_an_add_the_plugin_left_to_the_agent_is_decided_by_the_agent(
+    config, store, setup: Callable[[SqliteStore], object], expected: EventReply | str
+) -> None:
+    namespace(store, AMBIENT)
+    setup(store)
+    async with running(config, store, Redirector()) as agent, FakeZtunnel(config.zds_socket):
+        reply = await deciding_add(config, "web")
+        if isinstance(expected, str):
+            assert not reply.ok and expected in reply.error
+            assert agent.captured() == {}
+        else:
+            assert reply == expected
+            assert len(agent.captured()) == (1 if expected.captured else 0)
