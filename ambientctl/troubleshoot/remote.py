@@ -33,6 +33,7 @@ import contextlib
 import json
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -237,6 +238,48 @@ def merge_logs(texts: Iterable[tuple[LogSource, str]], keep: Callable[[LogRecord
 # --- through the API server -------------------------------------------------------------------------------
 
 
+class LogFollow:
+    """Lines of followed container logs (``KubeReach.follow_logs``): an iterator of (source, line);
+    ``close()`` (idempotent, also at the end) stops every stream and its thread."""
+
+    def __init__(self, lines: queue.Queue[tuple[LogSource, str] | ReachError | None], loop: asyncio.AbstractEventLoop,
+                 task: asyncio.Task[None], thread: threading.Thread, until: Callable[[], bool] | None,
+                 timeout: float) -> None:  # fmt: skip
+        self._lines, self._loop, self._task, self._thread = lines, loop, task, thread
+        self._until = until
+        self._timeout = timeout
+        self._closed = False
+
+    def __iter__(self) -> LogFollow:
+        return self
+
+    def __next__(self) -> tuple[LogSource, str]:
+        while not self._closed:
+            if self._until is not None and self._until():
+                break
+            try:
+                item = self._lines.get(timeout=FOLLOW_POLL_S)
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            if isinstance(item, ReachError):
+                self.close()
+                raise item
+            return item
+        self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(self._timeout)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
 class KubeReach:
     """The mesh's endpoints on one Kubernetes cluster, reached through its API server (module docstring)."""
 
@@ -347,23 +390,28 @@ class KubeReach:
         return body.decode("utf-8", "replace")
 
     def follow_logs(self, sources: Sequence[LogSource], *, since_seconds: int | None = None,
-                    tail_lines: int | None = None,
-                    until: Callable[[], bool] | None = None) -> Iterator[tuple[LogSource, str]]:  # fmt: skip
-        """(source, line) as each followed log (``follow=true``) sends it, until the caller stops iterating
-        (closing the iterator ends every stream), every stream has ended or ``until()`` is true (checked
-        every ``FOLLOW_POLL_S`` while no line comes). A stream that fails raises its ``ReachError`` here,
-        after the lines received before it."""
+                    tail_lines: int | None = None, until: Callable[[], bool] | None = None) -> LogFollow:  # fmt: skip
+        """Follow each log (``follow=true``): the returned ``LogFollow`` yields (source, line) as the API
+        server sends them. Returns once every stream is open (or failed; at most ``timeout``), so a line
+        written after this returns is seen even with ``tail_lines=0``. Ends when the caller closes it,
+        every stream has ended or ``until()`` is true (checked every ``FOLLOW_POLL_S``); a stream that fails
+        raises its ``ReachError`` from ``next``, after the lines received before it."""
         import aiohttp
 
         lines: queue.Queue[tuple[LogSource, str] | ReachError | None] = queue.Queue()
         loop = asyncio.new_event_loop()
+        opened = threading.Semaphore(0)
 
         async def one(api: Any, source: LogSource) -> None:
             path = f"/api/v1/namespaces/{source.namespace}/pods/{source.pod}/log"
             what = f"follow the log of pod {source.namespace}/{source.pod}"
             try:
-                async with await self._open(api, path, log_query(source.container, since_seconds, tail_lines,
-                                                                 follow=True), what) as response:  # fmt: skip
+                try:
+                    response = await self._open(api, path, log_query(source.container, since_seconds, tail_lines,
+                                                                      follow=True), what)  # fmt: skip
+                finally:
+                    opened.release()
+                async with response:
                     async for raw in response.content:
                         lines.put((source, raw.decode("utf-8", "replace").rstrip("\r\n")))
             except ReachError as e:
@@ -388,26 +436,12 @@ class KubeReach:
 
         thread = threading.Thread(target=run, name="kube-logs", daemon=True)
         thread.start()
-        try:
-            while True:
-                try:
-                    item = lines.get(timeout=FOLLOW_POLL_S) if until is not None else lines.get()
-                except queue.Empty:
-                    if until is not None and until():
-                        return
-                    continue
-                if item is None:
-                    return
-                if isinstance(item, ReachError):
-                    raise item
-                yield item
-                if until is not None and until():
-                    return
-        finally:
-            loop.call_soon_threadsafe(task.cancel)
-            thread.join(self.timeout)
-            if not thread.is_alive():
-                loop.close()
+        follow = LogFollow(lines, loop, task, thread, until, self.timeout)
+        deadline = time.monotonic() + self.timeout
+        for _ in sources:
+            if not opened.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break  # a stream still connecting: its lines (or error) come through the iterator
+        return follow
 
     # --- plumbing ------------------------------------------------------------------------------------------
 
@@ -651,20 +685,27 @@ class MeshView:
         """Kept lines of every ztunnel's and waypoint's log written from now on, until ``until()``; the
         logs are chosen when this is called (local files: their current ends)."""
         if isinstance(self.reach, KubeReach):
-            return _kept(self.reach.follow_logs(self._access_sources(self.reach), tail_lines=0, until=until), keep)
+            return _Kept(self.reach.follow_logs(self._access_sources(self.reach), tail_lines=0, until=until), keep)
         return follow(self._access_files(self.reach.cluster), keep, until=until)
 
 
-def _kept(lines: Iterator[tuple[LogSource, str]], keep: Callable[[LogRecord], bool]) -> Iterator[LogRecord]:
-    """The kept records of followed lines; closing this closes the streams."""
-    try:
-        for source, line in lines:
-            if keep(record := parse_line(line, source.label)):
-                yield record
-    finally:
-        close = getattr(lines, "close", None)
-        if close is not None:
-            close()
+class _Kept:
+    """The kept records of followed lines; ``close()`` closes the streams."""
+
+    def __init__(self, lines: LogFollow, keep: Callable[[LogRecord], bool]) -> None:
+        self._lines, self._keep = lines, keep
+
+    def __iter__(self) -> _Kept:
+        return self
+
+    def __next__(self) -> LogRecord:
+        for source, line in self._lines:
+            if self._keep(record := parse_line(line, source.label)):
+                return record
+        raise StopIteration
+
+    def close(self) -> None:
+        self._lines.close()
 
 
 def reach_for(state: CliStateLike) -> MeshView:

@@ -752,7 +752,9 @@ class KubeApiServer:
         from_client = asyncio.create_task(self._pump_in(reader, writer, buffered, targets))
         try:
             if pumps:
-                await asyncio.wait([asyncio.gather(*pumps), from_client], return_when=asyncio.FIRST_COMPLETED)
+                # return_exceptions: a pump cancelled below must not leave an exception nobody retrieves (logged at GC)
+                await asyncio.wait([asyncio.gather(*pumps, return_exceptions=True), from_client],
+                                   return_when=asyncio.FIRST_COMPLETED)
             writer.write(ws_frame(WS_CLOSE, (1000).to_bytes(2, "big")))
             await writer.drain()
         finally:
