@@ -730,7 +730,7 @@ _COMMANDS: list[tuple[Callable[..., None], str, tuple[str, ...]]] = [
 
 def _build() -> typer.Typer:
     group = typer.Typer(
-        help="Show one ztunnel's workloads, services, policies, certificates and connections.",
+        help="Show one ztunnel's workloads, services, policies, certificates and connections (short: zc).",
         no_args_is_help=True,
     )
     for func, name, aliases in _COMMANDS:
