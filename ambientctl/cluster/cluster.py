@@ -9,6 +9,11 @@ cleans up after a lost state file; (4) ``up`` on a running cluster changes nothi
 (5) ``add_pod`` holds the lock only to reserve a pod (``reserve_pod``: its address among every recorded
 pod's, starting ones included, so none is given twice) and to commit it: several threads start pods at
 once, and a pod removed (or a cluster taken down) while it starts is cleaned up by that start.
+(6) ``remove_pod`` likewise holds the lock only to mark a pod terminating (out of every Service's
+endpoints at once, before its processes stop; its record, so its address, kept) and to drop it: stopping
+its containers, the CNI DEL and the netns deletion run outside it, so several removals overlap. A
+terminating pod gets no Service endpoint, no hosts file, no container start, and its name is refused
+to a new pod until it is gone.
 Pods get their network from the node's CNI plugins as a kubelet's pods do (``cni.CniRuntime``: ADD
 after the netns exists and before the process starts, a failure fails that pod alone; DEL before the
 netns goes). Files live in ``<state-dir>/cluster/``: state.json, lock, logs/<name>.log, run/<name>.pid,
@@ -55,6 +60,7 @@ from .errors import (
     NameCollision,
     PodExists,
     PodNotFound,
+    PodTerminating,
     ServiceNotFound,
     StateCorrupt,
     UnknownComponent,
@@ -224,6 +230,9 @@ class Cluster:
         self._host_check = host_check
         # Pods this object is starting outside the state lock (reserved, not yet committed).
         self._starting: set[str] = set()
+        # Pods this object is removing outside the state lock (marked terminating, not yet dropped).
+        self._removing: set[str] = set()
+        self._removing_guard = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -317,6 +326,8 @@ class Cluster:
             if node is None:
                 raise UnknownNode(pod.node, [n.name for n in layout.nodes])
             existing = state.pods.get(key)
+            if existing is not None and existing.terminating:
+                raise PodTerminating(pod.namespace, pod.name)
             if existing is not None:
                 if key in self._starting:
                     # Another thread is starting this very pod: the same spec is that start.
@@ -394,27 +405,58 @@ class Cluster:
         raise ClusterError(f"pod {key} was removed while it was starting")
 
     def remove_pod(self, name: str, namespace: str) -> None:
-        """Stop the pod's process, delete its netns (the veth and node route go with it), drop it from
-        every service's endpoints."""
+        """Remove the pod as a kubelet does, holding the state lock only to mark and to drop it (several
+        threads may remove pods at once): (1) under the lock, mark it terminating and take its address
+        out of every Service's endpoints (reprogrammed before anything stops, so no new connection goes
+        to it); its record, so its address and names, stays until (3); (2) outside the lock, stop its
+        containers (SIGTERM to each process group, one shared grace period, then SIGKILL), run the CNI
+        DEL, delete its netns (the veth and node route go with it) and files; (3) under the lock, drop
+        its record. A pod another thread of this object is removing is left to that removal; one
+        marked terminating by a removal that did not finish (a crash) is removed afresh."""
+        key = object_key(namespace, name)
         with self._state.lock():
             state = self._require_up()
-            key = object_key(namespace, name)
             record = state.pods.get(key)
             if record is None:
                 raise PodNotFound(namespace, name)
+            with self._removing_guard:
+                if key in self._removing:
+                    return
+                self._removing.add(key)
+            try:
+                marked = msgspec.structs.replace(record, terminating=True)
+                state = self._prune_endpoints(_with_pod(state, key, marked), record.ip)
+                self._state.save(state)
+            except BaseException:
+                self._forget_removal(key)
+                raise
+        try:
             self._remove_pod_objects(record)
-            state = _without_pod(state, key)
-            pruned = {
-                k: msgspec.structs.replace(s, endpoints=tuple(ip for ip in s.endpoints if ip != record.ip))
-                for k, s in state.services.items()
-            }
-            if pruned != state.services:
-                state = msgspec.structs.replace(state, services=pruned)
-                self.net.apply(
-                    plan_services(build_layout(state.spec), state.pods.values(), list(pruned.values()))
-                )
-            self._state.save(state)
-            log.info("pod removed", pod=key)
+            with self._state.lock():
+                state = self._state.load()
+                if state is not None and state.phase == "up" and state.pods.get(key) == marked:
+                    # Pruned again: a Service written meanwhile never lists a terminating pod, but an
+                    # older writer's list is not trusted with an address about to be handed out anew.
+                    self._state.save(self._prune_endpoints(_without_pod(state, key), record.ip))
+        finally:
+            self._forget_removal(key)
+        log.info("pod removed", pod=key)
+
+    def _forget_removal(self, key: str) -> None:
+        with self._removing_guard:
+            self._removing.discard(key)
+
+    def _prune_endpoints(self, state: ClusterState, ip: str) -> ClusterState:
+        """``state`` with ``ip`` in no Service's endpoints, the nodes' rules and hosts files reprogrammed
+        if that changed anything (terminating pods get no hosts file: their netns is going)."""
+        pruned = {
+            k: msgspec.structs.replace(s, endpoints=tuple(e for e in s.endpoints if e != ip))
+            for k, s in state.services.items()
+        }
+        if pruned == state.services:
+            return state
+        self.net.apply(plan_services(build_layout(state.spec), _live_pods(state), list(pruned.values())))
+        return msgspec.structs.replace(state, services=pruned)
 
     def restart_pod_process(self, name: str, namespace: str) -> PodRecord:
         """Start the pod's first app container again (see ``start_container``)."""
@@ -434,6 +476,8 @@ class Cluster:
             record = state.pods.get(key)
             if record is None:
                 raise PodNotFound(namespace, name)
+            if record.terminating:
+                return record  # its containers are being stopped: none starts again
             spec = record.spec.container(container)
             if spec is None:
                 raise ClusterError(f"pod {key} has no container {container!r}")
@@ -564,12 +608,14 @@ class Cluster:
                 vip = existing.vip if existing is not None else allocate_vip(layout, taken)
             else:
                 check_vip(layout, vip, taken)
+            # A terminating pod gets no new traffic (its address is still its own until it is gone).
+            leaving = {p.ip for p in state.pods.values() if p.terminating}
             record = ServiceRecord(
                 name=name,
                 namespace=namespace,
                 vip=vip,
                 ports=tuple(ports),
-                endpoints=tuple(dict.fromkeys(endpoints)),
+                endpoints=tuple(ip for ip in dict.fromkeys(endpoints) if ip not in leaving),
             )
             if record == existing:
                 return vip
@@ -597,10 +643,10 @@ class Cluster:
         self, layout: ClusterLayout, state: ClusterState, services: Mapping[str, ServiceRecord]
     ) -> None:
         try:
-            self.net.apply(plan_services(layout, state.pods.values(), list(services.values())))
+            self.net.apply(plan_services(layout, _live_pods(state), list(services.values())))
         except ClusterError:
             # nft is atomic per node but not across nodes: put back what the other nodes had.
-            self.net.apply(plan_services(layout, state.pods.values(), list(state.services.values())))
+            self.net.apply(plan_services(layout, _live_pods(state), list(state.services.values())))
             raise
 
     # --- mesh components ------------------------------------------------------------------------------
@@ -943,9 +989,14 @@ def reserve_pod(
 ) -> tuple[ClusterState, PodRecord]:
     """``state`` with ``pod`` recorded on ``node`` (no process yet), and that record: the lowest address
     of the node that no recorded pod holds. Pods still starting are recorded too, so two starts never
-    get one address; an address comes free when its pod's record goes. Raises ``AddressExhausted``
-    when the node has none left, ``NameCollision`` when another pod's netns or veth has the same name."""
+    get one address; an address comes free when its pod's record goes, so a terminating pod's (still
+    recorded until it is gone) is never given to another. Raises ``PodTerminating`` while a pod of that
+    name is terminating, ``AddressExhausted`` when the node has none left, ``NameCollision`` when another
+    pod's netns or veth has the same name."""
     key = object_key(pod.namespace, pod.name)
+    current = state.pods.get(key)
+    if current is not None and current.terminating:
+        raise PodTerminating(pod.namespace, pod.name)
     others = {k: p for k, p in state.pods.items() if k != key}
     used = [p.ip for p in others.values() if p.spec.node == node.name]
     record = pod_record(layout, node, pod, allocate_pod_ip(node, used))
@@ -957,6 +1008,11 @@ def reserve_pod(
 
 def _with_pod(state: ClusterState, key: str, record: PodRecord) -> ClusterState:
     return msgspec.structs.replace(state, pods={**state.pods, key: record})
+
+
+def _live_pods(state: ClusterState) -> list[PodRecord]:
+    """The recorded pods that are not terminating (whose netns stays)."""
+    return [p for p in state.pods.values() if not p.terminating]
 
 
 def _without_pod(state: ClusterState, key: str) -> ClusterState:

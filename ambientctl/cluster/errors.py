@@ -105,6 +105,14 @@ class PodExists(ClusterError):
         )
 
 
+class PodTerminating(ClusterError):
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(
+            f"pod {namespace}/{name} is still terminating: create it again once it is gone "
+            "(its address and sandbox are released when its removal completes)"
+        )
+
+
 class PodNotFound(ClusterError):
     def __init__(self, namespace: str, name: str) -> None:
         super().__init__(f'pod "{name}" not found in namespace "{namespace}" of the local cluster')

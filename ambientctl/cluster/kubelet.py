@@ -71,6 +71,9 @@ LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 POD_START_WORKERS = 8  # pods one sync pass starts at once
+# Pods one sync pass removes at once (``Cluster.remove_pod`` holds the lock only to mark and drop a pod;
+# the rest is CPU-bound plugin and kernel work: measured in docs/benchmarks.md, "Local cluster: Deployments").
+POD_REMOVE_WORKERS = 3
 TOKEN_TTL = timedelta(hours=1)
 TOKEN_REFRESH_AT = 0.8  # of the token's lifetime, as kubelet refreshes projected tokens
 
@@ -186,8 +189,9 @@ class Kubelet:
 
         One pass: the pods to start are decided and bound (``spec.nodeName``, one store write) here; then
         up to ``POD_START_WORKERS`` of them start at once on a thread pool (``Cluster.add_pod`` holds the
-        cluster lock only to reserve and commit), while the pods gone from the store are removed one at
-        a time on another thread; then their statuses are written here, in key order. The store is only
+        cluster lock only to reserve and commit), while the pods gone from the store are removed, up to
+        ``POD_REMOVE_WORKERS`` at once, on another pool (``Cluster.remove_pod`` holds it only to mark and
+        drop); then their statuses are written here, in key order. The store is only
         used from the calling thread."""
         seed_events(self.store, self.events)  # before recording: a restarted kubelet counts on its Events
         layout = self.cluster.layout()
@@ -250,10 +254,9 @@ class Kubelet:
 
         with (
             ThreadPoolExecutor(max_workers=POD_START_WORKERS, thread_name_prefix="pod-start") as pool,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="pod-remove") as remover,
+            ThreadPoolExecutor(max_workers=POD_REMOVE_WORKERS, thread_name_prefix="pod-remove") as remover,
         ):
-            # Removals one at a time (``remove_pod`` holds the cluster lock throughout: more threads
-            # only queued on it, and measured slower), beside the starts.
+            # Removals beside the starts, a few at once (more only compete for the CPU: measured).
             removals = [(key, remover.submit(remove, record)) for key, record in gone]
             starts = {key: pool.submit(start, key) for key in wanted}
             outcomes: dict[str, PodRecord | None | Exception] = {}

@@ -51,6 +51,8 @@ class PodRecord(msgspec.Struct, frozen=True, kw_only=True):
     process: ProcessRecord | None = None
     # Every container's current (or last) process, keyed by container name, init containers included.
     processes: dict[str, ProcessRecord] = {}
+    # Being removed (``Cluster.remove_pod``): out of every Service, its address still held until it is gone.
+    terminating: bool = False
 
     def container_processes(self) -> dict[str, ProcessRecord]:
         """Each container's process by name (a record written before ``processes`` existed: its

@@ -1,5 +1,6 @@
 """Pod reservation (``cluster.reserve_pod``): the address and names a pod gets before its sandbox is
-built outside the state lock. No address is ever handed out twice, also to starts running at once."""
+built outside the state lock. No address is ever handed out twice, also to starts running at once, nor
+while the pod that held it is terminating (``Cluster.remove_pod`` keeps its record until it is gone)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import threading
 from pathlib import Path
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import given, settings
 
 from ambientctl.cluster.cluster import _ThreadedStateFile, reserve_pod
-from ambientctl.cluster.errors import AddressExhausted, NameCollision
+from ambientctl.cluster.errors import AddressExhausted, NameCollision, PodTerminating
 from ambientctl.cluster.plan import build_layout
 from ambientctl.cluster.spec import ClusterSpec, PodSpec
 from ambientctl.cluster.state import ClusterState, object_key
@@ -62,6 +64,63 @@ def test_an_address_comes_free_when_its_pods_record_goes() -> None:
     assert state.pods["default/c"].ip == "10.244.1.2"
 
 
+def terminating(state: ClusterState, name: str) -> ClusterState:
+    """``state`` with the pod marked as ``Cluster.remove_pod`` marks it before it stops."""
+    key = object_key("default", name)
+    marked = msgspec.structs.replace(state.pods[key], terminating=True)
+    return msgspec.structs.replace(state, pods={**state.pods, key: marked})
+
+
+@pytest.mark.parametrize(
+    ("steps", "reserved", "expected_ip"),
+    [
+        pytest.param(
+            ["+a", "+b", "~a"], "c", "10.244.1.4", id="a terminating pod keeps its address from a new pod"
+        ),
+        pytest.param(
+            ["+a", "~a", "-a"],
+            "c",
+            "10.244.1.2",
+            id="the address comes free once the terminating pod is gone",
+        ),
+        pytest.param(
+            ["+a", "+b", "~a", "~b"],
+            "c",
+            "10.244.1.4",
+            id="several terminating pods keep all their addresses",
+        ),
+        pytest.param(
+            ["+a", "~a", "+b", "-a"],
+            "c",
+            "10.244.1.2",
+            id="a pod reserved after another is gone reuses its address",
+        ),
+    ],
+)
+def test_terminating_pods_hold_their_address_until_their_record_goes(
+    steps: list[str], reserved: str, expected_ip: str
+) -> None:
+    state = EMPTY
+    for step in steps:
+        op, name = step[0], step[1:]
+        if op == "+":
+            state, _ = reserve(state, name)
+        elif op == "~":
+            state = terminating(state, name)
+        else:
+            state = without(state, name)
+    state, ip = reserve(state, reserved)
+    assert ip == expected_ip
+    ips = [p.ip for p in state.pods.values()]
+    assert len(ips) == len(set(ips))
+
+
+def test_a_pod_cannot_be_made_again_under_its_name_while_it_is_terminating() -> None:
+    state, _ = reserve(EMPTY, "web")
+    with pytest.raises(PodTerminating, match="default/web is still terminating"):
+        reserve(terminating(state, "web"), "web")
+
+
 def test_each_node_hands_out_addresses_of_its_own_range() -> None:
     state, one = reserve(EMPTY, "a", "node-1")
     state, two = reserve(state, "b", "node-2")
@@ -95,16 +154,25 @@ def test_a_pod_whose_netns_name_another_pod_holds_is_refused() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.tuples(st.booleans(), st.integers(0, 9), st.sampled_from(["node-1", "node-2"])), max_size=60)
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "terminate", "remove"]),
+            st.integers(0, 9),
+            st.sampled_from(["node-1", "node-2"]),
+        ),
+        max_size=60,
+    )
 )
-def test_no_two_recorded_pods_ever_hold_one_address(ops: list[tuple[bool, int, str]]) -> None:
+def test_no_two_recorded_pods_ever_hold_one_address(ops: list[tuple[str, int, str]]) -> None:
     state = EMPTY
-    for add, n, node in ops:
+    for op, n, node in ops:
         name = f"p{n}"
-        if add:
-            if object_key("default", name) not in state.pods:
-                state, _ = reserve(state, name, node)
-        else:
+        present = object_key("default", name) in state.pods
+        if op == "add" and not present:
+            state, _ = reserve(state, name, node)
+        elif op == "terminate" and present:
+            state = terminating(state, name)
+        elif op == "remove":
             state = without(state, name)
         ips = [p.ip for p in state.pods.values()]
         assert len(ips) == len(set(ips))
