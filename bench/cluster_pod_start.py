@@ -11,10 +11,12 @@ plain Pods (the image stand-in on :9080) in an ambient namespace, so every one i
 one pod alone (its phases), then ``--pods`` at once in one ``sync_pods`` (the wall time of the pass and the
 sum of each phase over its pods: a phase whose sum exceeds the wall time ran concurrently), alternating
 rounds with ``POD_START_WORKERS`` = 1 (pods start one at a time, as before the thread pool) and 8, each
-followed by the removal of its pods; CPU seconds spent by each process during each round. Needs root.
+followed by the removal of its pods in one ``sync_pods`` pass with each ``--remove-workers`` value
+(``POD_REMOVE_WORKERS``: pods removed at once; a round per start/removal pair); CPU seconds spent by each
+process during each round. Needs root.
 Everything is removed at the end, also on failure. Never part of the test run.
 
-    .venv/bin/python bench/cluster_pod_start.py [--pods 20] [--workers 1 8] [--repeat 2]
+    .venv/bin/python bench/cluster_pod_start.py [--pods 20] [--workers 1 8] [--remove-workers 1 3] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -140,6 +142,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1, 8], help="POD_START_WORKERS of each round (1: serial)"
     )
+    parser.add_argument(
+        "--remove-workers",
+        type=int,
+        nargs="+",
+        default=[getattr(kubelet_module, "POD_REMOVE_WORKERS", 1)],
+        help="POD_REMOVE_WORKERS of each round (1: one removal at a time)",
+    )
     parser.add_argument("--repeat", type=int, default=2, help="how many times the --workers rounds run")
     args = parser.parse_args()
     print(f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}, {time.ctime()}")
@@ -173,8 +182,10 @@ def main() -> None:
         phases.show("one pod, one sync_pods pass", wall)
 
         rounds = []
-        for n, workers in enumerate(args.workers * args.repeat):
+        pairs = [(w, r) for w in args.workers for r in args.remove_workers] * args.repeat
+        for n, (workers, remove_workers) in enumerate(pairs):
             kubelet_module.POD_START_WORKERS = workers
+            kubelet_module.POD_REMOVE_WORKERS = remove_workers
             phases.reset()
             names = [f"r{n}-p{i}" for i in range(args.pods)]
             docs = "---\n".join(pod(name, f"node-{1 + i % 2}") for i, name in enumerate(names))
@@ -195,13 +206,16 @@ def main() -> None:
             removal = time.perf_counter() - start
             assert len(report.removed) == args.pods, report
             load = os.getloadavg()[0]
-            rounds.append((workers, wall, captured, removal, load))
+            rounds.append((workers, wall, captured, remove_workers, removal, load))
         print(
-            f"\n| workers | {args.pods} pods started (sync_pods) | all captured | {args.pods} pods removed | load |"
+            f"\n| workers | {args.pods} pods started (sync_pods) | all captured | removal workers"
+            f" | {args.pods} pods removed | load |"
         )
-        print("|---|---|---|---|---|")
-        for workers, wall, captured, removal, load in rounds:
-            print(f"| {workers} | {wall:.2f} s | {captured:.2f} s | {removal:.2f} s | {load:.1f} |")
+        print("|---|---|---|---|---|---|")
+        for workers, wall, captured, remove_workers, removal, load in rounds:
+            print(
+                f"| {workers} | {wall:.2f} s | {captured:.2f} s | {remove_workers} | {removal:.2f} s | {load:.1f} |"
+            )
         print(f"\nload average after: {os.getloadavg()[0]:.1f}")
     finally:
         mc.close()
