@@ -56,6 +56,20 @@ space), ``follow`` (the lines so far, then each new one as it is written, until 
 client goes away or ``close_watches`` ends it). ``previous`` is answered 400 as for a container that never
 restarted (the stand-in keeps no earlier run). A pod that does not exist is 404.
 
+Pod exec (``GET /api/v1/namespaces/NS/pods/NAME/exec?command=C&command=ARG...`` upgraded to a WebSocket,
+RBAC verb ``create`` on ``pods/exec``; the upgrade is a GET, which RBAC checks as ``get`` too):
+subprotocols ``v5.channel.k8s.io`` (preferred) and ``v4.channel.k8s.io``; every message is the channel
+byte then bytes: 0 stdin (client to server), 1 stdout, 2 stderr, 3 error: one v1 ``Status`` when the
+command ends (``Success``; a non-zero exit is ``Failure``, reason ``NonZeroExitCode``, the code in
+``details.causes`` as reason ``ExitCode``), then the socket closes. v5 adds channel 255, the client's
+close signal (``[255, 0]``: stdin ended). Parameters: ``command`` (repeated; none is 400), ``container``
+(chosen and refused as for logs), ``stdin``, ``stdout``, ``stderr`` (at least one; 400 otherwise),
+``tty``. The command is the test's ``exec_handler(namespace, pod, container, argv, stdin) -> (stdout,
+stderr, exit_code)`` (sync or a coroutine), run once stdin has ended (at once without ``stdin=true``);
+its output is sent after it returns (no interleaving is modelled). Stand-in refusals, stated so no test
+relies on them being real: ``tty=true`` (no terminal is modelled), and ``stdin=true`` on v4 (v4 cannot
+close stdin, so a real command reading to its end would wait forever) are 400; no handler set is 500.
+
 TokenReview (``POST /apis/authentication.k8s.io/v1/tokenreviews``, create only, nothing stored): tokens
 are opaque strings the test mints with ``issue_token`` (a service account, optionally bound to a pod and
 node, with audiences) and may ``revoke_token``. A review answers ``status.authenticated`` with the user
@@ -69,7 +83,7 @@ A paginated list's consistent state is kept as a snapshot per (first chunk's rev
 tokens get 410 as if compacted).
 
 Test controls: ``compact()``, ``send_bookmarks()``, ``stall_watches()``, ``close_watches()``,
-``expire_continue_tokens(count)``, ``forward_port(...)``, ``write_log(...)``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
+``expire_continue_tokens(count)``, ``forward_port(...)``, ``write_log(...)``, ``exec_handler``, ``fail_next(status, count, verb)``, ``issue_token(...)``, ``revoke_token(token)``.
 """
 
 from __future__ import annotations
@@ -80,12 +94,13 @@ import bisect
 import contextlib
 import copy
 import hashlib
+import inspect
 import itertools
 import json
 import re
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -260,6 +275,8 @@ class KubeApiServer:
         self._forwards: dict[tuple[str, str, int], tuple[str, int]] = {}
         # Pod logs: (namespace, pod, container) -> (when written, line) in the order written.
         self._logs: dict[tuple[str, str, str], list[tuple[datetime, str]]] = {}
+        # Pod exec: what runs the command (module docstring); None refuses exec with 500.
+        self.exec_handler: ExecHandler | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -572,6 +589,11 @@ class KubeApiServer:
             log = _LOG_PATH.fullmatch(url.path)
             if log is not None:
                 return await self._pod_log(conn, writer, method, query, log["ns"], log["pod"])
+            exec_ = _EXEC_PATH.fullmatch(url.path)
+            if exec_ is not None:
+                params = parse_qs(url.query, keep_blank_values=True)
+                await self._pod_exec(conn, reader, writer, method, headers, params, exec_["ns"], exec_["pod"])
+                return False
             forward = _PORTFORWARD_PATH.fullmatch(url.path)
             if forward is not None:
                 ports = [p for v in parse_qs(url.query).get("ports", []) for p in v.split(",")]
@@ -643,18 +665,7 @@ class KubeApiServer:
         found = self.get_object("Pod", namespace, pod)
         if found is None:
             raise ApiError(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"})
-        spec = found.get("spec") or {}
-        names = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, dict)]
-        others = [str(c.get("name")) for c in spec.get("initContainers") or [] if isinstance(c, dict)]
-        container = query.get("container", "")
-        if not container:
-            if len(names) != 1:
-                raise ApiError(400, "BadRequest", f"a container name must be specified for pod {pod}, choose one "
-                               f"of: [{' '.join(names)}]" + (f" or one of the init containers: [{' '.join(others)}]"
-                                                             if others else ""))
-            container = names[0]
-        elif container not in names + others:
-            raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {pod}")
+        container = _pod_container(found, pod, query.get("container", ""))
         if _flag(query, "previous"):
             raise ApiError(400, "BadRequest", f'previous terminated container "{container}" in pod "{pod}" not found')
         since = _log_since(query)
@@ -705,6 +716,69 @@ class KubeApiServer:
         finally:
             self._watches.discard(follower)
         return False
+
+    # --- exec over WebSocket ----------------------------------------------------------------------------
+
+    async def _pod_exec(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str,
+        headers: dict[str, str], params: dict[str, list[str]], namespace: str, pod: str,
+    ) -> None:
+        """Validate, answer 101, gather stdin, run ``exec_handler``, send its output and the Status."""
+        self.requests.append(RecordedRequest("create", "", "pods", "exec", namespace, pod))
+        query = {k: v[-1] for k, v in params.items()}
+        if method not in ("GET", "POST") or headers.get("upgrade", "").lower() != "websocket" \
+                or "sec-websocket-key" not in headers:  # fmt: skip
+            raise ApiError(400, "BadRequest", "Upgrade request required (the stand-in serves exec as a WebSocket "
+                           f"upgrade with subprotocol {' or '.join(EXEC_PROTOCOLS)})")
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        protocol = next((p for p in EXEC_PROTOCOLS if p in offered), None)
+        if protocol is None:
+            raise ApiError(400, "BadRequest", f"exec: the WebSocket subprotocol must be one of {', '.join(EXEC_PROTOCOLS)}")
+        argv = params.get("command", [])
+        if not argv:
+            raise ApiError(400, "BadRequest", "you must specify at least 1 command")
+        stdin, stdout, stderr = _flag(query, "stdin"), _flag(query, "stdout"), _flag(query, "stderr")
+        if not (stdin or stdout or stderr):
+            raise ApiError(400, "BadRequest", "you must specify at least 1 of stdin, stdout, stderr")
+        if _flag(query, "tty"):
+            raise ApiError(400, "BadRequest", "tty=true: the API stand-in models no terminal")
+        if stdin and protocol == EXEC_PROTOCOLS[-1]:
+            raise ApiError(400, "BadRequest", f"stdin=true on {protocol}: the stand-in needs "
+                           f"{EXEC_PROTOCOLS[0]} to see stdin end")
+        found = self.get_object("Pod", namespace, pod)
+        if found is None:
+            raise ApiError(404, "NotFound", f'pods "{pod}" not found', {"name": pod, "kind": "pods"})
+        container = _pod_container(found, pod, query.get("container", ""))
+        handler = self.exec_handler
+        if handler is None:
+            raise ApiError(500, "InternalError", "the API stand-in has no exec_handler (a test sets one)")
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + _WS_GUID).encode()).digest()).decode()
+        writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=[
+            ("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-accept", accept),
+            ("sec-websocket-protocol", protocol)])) or b"")
+        await writer.drain()
+        given = bytearray()
+        if stdin:
+            async for message in _client_messages(reader, writer, conn.trailing_data[0]):
+                if message[:1] == bytes([EXEC_STDIN]):
+                    given += message[1:]
+                elif message == bytes([EXEC_CLOSE, EXEC_STDIN]):
+                    break
+            else:
+                return  # the client went away before stdin ended
+        try:
+            result = handler(namespace, pod, container, list(argv), bytes(given))
+            out, err, code = await result if inspect.isawaitable(result) else result
+            status = exec_status(argv, code)
+        except Exception as e:  # the handler's failure is the runtime's error, as the API server reports it
+            out, err, status = b"", b"", {"metadata": {}, "status": "Failure", "reason": "InternalError",
+                                          "message": f"error executing command in container: {e}"}
+        for channel, data, wanted in ((EXEC_STDOUT, out, stdout), (EXEC_STDERR, err, stderr)):
+            for i in range(0, len(data) if wanted else 0, 65536):
+                writer.write(ws_frame(WS_BINARY, bytes([channel]) + data[i:i + 65536]))
+        writer.write(ws_frame(WS_BINARY, bytes([EXEC_ERROR]) + json.dumps(status).encode()))
+        writer.write(ws_frame(WS_CLOSE, (1000).to_bytes(2, "big")))
+        await writer.drain()
 
     # --- port-forward over WebSocket ---------------------------------------------------------------------
 
@@ -778,36 +852,11 @@ class KubeApiServer:
         targets: dict[int, asyncio.StreamWriter],
     ) -> None:
         """Client frames to the targets until the client closes (or breaks the protocol)."""
-        data = bytearray(buffered)
-        message = bytearray()
-        while True:
-            try:
-                parsed = parse_ws_frame(bytes(data), require_mask=True)
-            except ValueError:
-                writer.write(ws_frame(WS_CLOSE, (1002).to_bytes(2, "big")))
-                return
-            if parsed is None:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                data += chunk
-                continue
-            fin, opcode, payload, used = parsed
-            del data[:used]
-            if opcode == WS_CLOSE:
-                return
-            if opcode == WS_PING:
-                writer.write(ws_frame(WS_PONG, payload))
-                continue
-            if opcode in (WS_BINARY, WS_CONTINUATION):
-                message += payload
-                if not fin:
-                    continue
-                whole, message = bytes(message), bytearray()
-                target = targets.get(whole[0]) if whole else None
-                if target is not None and len(whole) > 1:
-                    target.write(whole[1:])
-                    await target.drain()
+        async for whole in _client_messages(reader, writer, buffered):
+            target = targets.get(whole[0]) if whole else None
+            if target is not None and len(whole) > 1:
+                target.write(whole[1:])
+                await target.drain()
 
     def _audit(self, verb: str, t: _Target) -> None:
         self.requests.append(RecordedRequest(verb, t.resource.group, t.resource.plural, t.subresource,
@@ -1183,6 +1232,13 @@ class KubeApiServer:
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
 _LOG_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log/?")
 _PORTFORWARD_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/portforward/?")
+_EXEC_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/exec/?")
+# Exec's subprotocols, the stand-in's preference first, and their channels (module docstring).
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+EXEC_STDIN, EXEC_STDOUT, EXEC_STDERR, EXEC_ERROR, EXEC_CLOSE = 0, 1, 2, 3, 255
+# What runs an exec'd command: (namespace, pod, container, argv, stdin) -> (stdout, stderr, exit code).
+ExecHandler = Callable[[str, str, str, list[str], bytes],
+                       "tuple[bytes, bytes, int] | Awaitable[tuple[bytes, bytes, int]]"]
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's key suffix
 WS_CONTINUATION, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 WS_MAX_PAYLOAD = 1 << 20
@@ -1204,6 +1260,64 @@ def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | Non
     if mask is None:
         return bytes(head) + payload
     return bytes(head) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def exec_status(argv: list[str], code: int) -> JSON:
+    """The v1 Status exec's error channel carries when the command ends with ``code``."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+            "message": f"command terminated with non-zero exit code: error executing command {argv}, exit code {code}",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+
+
+def _pod_container(pod_obj: JSON, pod: str, container: str) -> str:
+    """The container a pods/log or pods/exec request names (it must be the pod's), else the pod's only one;
+    the API server's 400 otherwise."""
+    spec = pod_obj.get("spec") or {}
+    names = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, dict)]
+    others = [str(c.get("name")) for c in spec.get("initContainers") or [] if isinstance(c, dict)]
+    if not container:
+        if len(names) != 1:
+            raise ApiError(400, "BadRequest", f"a container name must be specified for pod {pod}, choose one "
+                           f"of: [{' '.join(names)}]" + (f" or one of the init containers: [{' '.join(others)}]"
+                                                         if others else ""))
+        return names[0]
+    if container not in names + others:
+        raise ApiError(400, "BadRequest", f"container {container} is not valid for pod {pod}")
+    return container
+
+
+async def _client_messages(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           buffered: bytes) -> AsyncIterator[bytes]:  # fmt: skip
+    """A WebSocket client's whole binary messages until it closes (or breaks the protocol: closed 1002);
+    pings are answered."""
+    data = bytearray(buffered)
+    message = bytearray()
+    while True:
+        try:
+            parsed = parse_ws_frame(bytes(data), require_mask=True)
+        except ValueError:
+            writer.write(ws_frame(WS_CLOSE, (1002).to_bytes(2, "big")))
+            return
+        if parsed is None:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            data += chunk
+            continue
+        fin, opcode, payload, used = parsed
+        del data[:used]
+        if opcode == WS_CLOSE:
+            return
+        if opcode == WS_PING:
+            writer.write(ws_frame(WS_PONG, payload))
+            continue
+        if opcode in (WS_BINARY, WS_CONTINUATION):
+            message += payload
+            if fin:
+                yield bytes(message)
+                message = bytearray()
 
 
 def parse_ws_frame(data: bytes, *, require_mask: bool = False) -> tuple[bool, int, bytes, int] | None:
