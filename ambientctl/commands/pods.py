@@ -16,8 +16,12 @@ reason rather than ignored. POD is ``NAME``, ``pod/NAME`` or ``NS/NAME``.
 With ``--kubeconfig``/``--context`` (the source ``troubleshoot.remote.reach_for`` chooses), ``logs POD`` reads
 the API server's ``pods/log`` (``container``, ``follow``, ``tailLines``, ``sinceSeconds``, ``previous``):
 the API server picks or refuses the container and answers ``--previous``, and its refusal is printed as
-it said it. ``exec`` refuses there, saying why: it needs the ``pods/exec`` subresource, which ambientctl
-does not speak (``kubectl exec`` does).
+it said it. ``exec`` runs the command through the API server's ``pods/exec`` (``KubeReach.exec``, over
+WebSocket as kubectl does): without ``-c`` kubectl's default container (the default-container annotation,
+else the first; "Defaulted container" on stderr when the pod has several), stdout and stderr relayed as
+they come, stdin streamed when it is not a terminal (no terminal is allocated: ``tty=false``), and
+ambientctl exits with the command's exit code. A missing pod, an unknown container and the API server's
+refusals are one error line (exit 1).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from ambientctl.troubleshoot.logs import parse_duration
 from ambientctl.troubleshoot.reach import ReachError
 from ambientctl.troubleshoot.remote import KubeReach, LogSource, reach_for
 
-from .common import CliError, cli_state
+from .common import CliError, CliState, cli_state
 
 FOLLOW_POLL_S = 0.2
 
@@ -112,9 +116,9 @@ def exec_in_pod(
 ) -> None:
     """Run a command in a pod as its container runs (netns, user, env, workingDir): exec POD -- CMD..."""
     ns, name = pod_ref(pod, namespace)
-    if cli_state(ctx).on_kubernetes:
-        raise CliError(f"exec with --kubeconfig/--context needs the API server's pods/exec subresource, which "
-                       f"ambientctl does not speak; use `kubectl exec -n {ns} {name} -- ...`")
+    state = cli_state(ctx)
+    if state.on_kubernetes:
+        raise typer.Exit(_kube_exec(state, ns, name, command, container))
     cluster = Cluster(cli_state(ctx).state_dir())
     record = _find(cluster, ns, name)
     apps = [c.name for c in record.spec.app_containers()]
@@ -129,6 +133,22 @@ def exec_in_pod(
     except FileNotFoundError:
         raise CliError(f"{run.argv[0]} not found: apt-get install iproute2") from None
     raise typer.Exit(code)
+
+
+def _kube_exec(state: CliState, namespace: str, name: str, command: list[str], container: str | None) -> int:
+    """``exec`` on Kubernetes: the command's exit code (module docstring)."""
+
+    def defaulted(chosen: str, containers: list[str]) -> None:
+        typer.echo(f'Defaulted container "{chosen}" out of: {", ".join(containers)}', err=True)
+
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+    try:
+        kube = reach_for(state).kube
+        assert kube is not None  # on_kubernetes
+        return kube.exec(namespace, name, command, container=container, stdin=stdin, stdout=sys.stdout.buffer,
+                         stderr=sys.stderr.buffer, defaulted=defaulted)  # fmt: skip
+    except ReachError as e:
+        raise CliError(str(e)) from None
 
 
 def show_pod_logs(

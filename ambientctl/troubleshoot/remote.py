@@ -19,9 +19,18 @@ logs (``USER_RBAC``):
   on the error channel (1) is the API server's or kubelet's error and becomes the ``ReachError``.
 - logs: the ``pods/log`` subresource (``GET .../pods/NAME/log?container=&sinceSeconds=&tailLines=``, and
   ``follow=true`` streamed line by line while the caller iterates).
+- exec: the ``pods/exec`` subresource as kubectl speaks it over WebSocket (``GET .../pods/NAME/exec?
+  command=C&command=ARG...&container=&stdin=&stdout=true&stderr=true&tty=false``, subprotocols
+  ``v5.channel.k8s.io`` then ``v4.channel.k8s.io``): each message is a channel byte then bytes; stdout (1)
+  and stderr (2) are relayed as they come, stdin (0) streamed from the caller's file, its end sent as v5's
+  close signal (channel 255, ``[255, 0]``; v4 has none, so a command reading stdin to its end waits there);
+  the error channel (3) carries one v1 ``Status``: ``Success`` is exit 0, ``NonZeroExitCode`` gives the
+  code from ``details.causes`` (reason ``ExitCode``), any other failure is the ``ReachError``. Without a
+  container named, the pod is read and kubectl's default chosen (``default_container``).
 
 Invariants: a command never sees a half answer (an answer is complete or a ``ReachError``); every network
-wait is bounded by ``timeout`` except a followed log, which ends when the caller stops iterating;
+wait is bounded by ``timeout`` except a followed log, which ends when the caller stops iterating, and an
+exec's command, which runs as long as it runs (its connection and upgrade are bounded);
 pod lists are read once per ``KubeReach`` (one command) and reused. The Kubernetes client is imported
 only when a method runs (the local cluster's commands never load it).
 """
@@ -38,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from ambientctl.cluster import Cluster, ClusterError
 
@@ -64,6 +73,10 @@ ISTIOD_LABEL = ("app", "istiod")
 ZTUNNEL_LABEL = ("app", "ztunnel")
 NODE_AGENT_LABEL = ("app", "istio-cni")
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"
+# pods/exec: the subprotocols offered (v5 first: it can close stdin, as kubectl prefers) and the channels.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+EXEC_STDIN, EXEC_STDOUT, EXEC_STDERR, EXEC_ERROR, EXEC_CLOSE = 0, 1, 2, 3, 255
+EXEC_STDIN_CHUNK = 32 * 1024
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 KUBE_TIMEOUT_S = 10.0
 # The verbs a user needs for what this module does (docs/kubernetes.md says the same).
@@ -71,6 +84,7 @@ USER_RBAC = (
     ("pods", ("get", "list")),
     ("pods/portforward", ("get", "create")),
     ("pods/log", ("get",)),
+    ("pods/exec", ("get", "create")),
 )
 # Of each ztunnel's and waypoint's log on Kubernetes, the commands that read recent access records (explain)
 # ask for at most this many lines (the local cluster reads a tail of each file by bytes).
@@ -443,6 +457,63 @@ class KubeReach:
                 break  # a stream still connecting: its lines (or error) come through the iterator
         return follow
 
+    # --- exec ----------------------------------------------------------------------------------------------
+
+    def exec(self, namespace: str, pod: str, argv: Sequence[str], *, container: str | None = None,
+             stdin: BinaryIO | None = None, stdout: BinaryIO, stderr: BinaryIO,
+             defaulted: Callable[[str, list[str]], None] | None = None) -> int:  # fmt: skip
+        """Run ``argv`` in the pod's container through ``pods/exec`` (module docstring); stdout and stderr
+        written (and flushed) to the files as they arrive, ``stdin`` (None: none) streamed until its end.
+        Returns the command's exit code. Without ``container``, the pod is read and kubectl's default
+        taken; ``defaulted(chosen, containers)`` is told when the pod has several. A missing pod, an
+        unknown container and the API server's refusals are the ``ReachError``."""
+        if not argv:
+            raise ReachError("exec needs a command (after --)")
+        what = f"read pod {namespace}/{pod}"
+        found = json.loads(self._run(self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}"), what))
+        spec = found.get("spec") or {}
+        apps = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, Mapping)]
+        inits = [str(c.get("name")) for c in spec.get("initContainers") or [] if isinstance(c, Mapping)]
+        if container is None:
+            container = default_container(found)
+            if container is None:
+                raise ReachError(f"pod {namespace}/{pod} has no container to exec in")
+            if len(apps) > 1 and defaulted is not None:
+                defaulted(container, apps)
+        elif container not in apps + inits:
+            raise ReachError(f"container {container} is not valid for pod {pod}")
+        query = [*(("command", a) for a in argv), ("container", container),
+                 ("stdin", "true" if stdin is not None else "false"), ("stdout", "true"), ("stderr", "true"),
+                 ("tty", "false")]  # fmt: skip
+        where = f"exec in pod {namespace}/{pod} (container {container})"
+        return asyncio.run(self._exec(f"/api/v1/namespaces/{namespace}/pods/{pod}/exec", query, stdin, stdout,
+                                      stderr, where))  # fmt: skip
+
+    async def _exec(self, path: str, query: list[tuple[str, str]], stdin: BinaryIO | None, stdout: BinaryIO,
+                    stderr: BinaryIO, where: str) -> int:  # fmt: skip
+        import aiohttp
+
+        from meshcore.store.errors import StoreUnavailable
+
+        try:
+            async with _exec_ws_client()(self.configuration) as ws_api:
+                async with asyncio.timeout(self.timeout):
+                    ws = await (await ws_api.call_api(path, "GET", query_params=query, auth_settings=["BearerToken"],
+                                                      _preload_content=False))  # fmt: skip
+                try:
+                    return await exec_session(ws, stdin, stdout, stderr, where)
+                finally:
+                    await ws.close()
+        except TimeoutError:
+            raise ReachError(f"no answer within {self.timeout:g}s: {where} through {self.where}") from None
+        except aiohttp.WSServerHandshakeError as e:
+            hint = "; the user needs get and create on pods/exec" if e.status in (401, 403) else ""
+            raise ReachError(f"the API server refused {where} (HTTP {e.status}){hint}") from None
+        except StoreUnavailable as e:
+            raise ReachError(str(e)) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise ReachError(f"cannot {where} through {self.where}: {e or type(e).__name__}") from None
+
     # --- plumbing ------------------------------------------------------------------------------------------
 
     def _run(self, work: Any, what: str, timeout: float | None = None) -> Any:
@@ -508,6 +579,96 @@ class KubeReach:
             hint = _rbac_hint("portforward") if e.status in (401, 403) else ""
             gone = f": no pod {namespace}/{pod}" if e.status == 404 else ""
             raise ReachError(f"the API server refused the port-forward for {where} (HTTP {e.status}){gone}{hint}") from None
+
+
+def _exec_ws_client() -> type:
+    """kubernetes_asyncio's WebSocket client, offering exec's subprotocols so the chosen one is known
+    (its own sends one fixed protocol header); imported when an exec runs."""
+    from urllib.parse import urlencode
+
+    from kubernetes_asyncio.stream import WsApiClient
+    from kubernetes_asyncio.stream.ws_client import get_websocket_url
+
+    class ExecWsClient(WsApiClient):  # type: ignore[misc]
+        async def request(self, method: str, url: str, query_params: Any = None, headers: Any = None,
+                          **_kwargs: Any) -> Any:  # fmt: skip
+            target = get_websocket_url(url + ("?" + urlencode(query_params) if query_params else ""))
+            return self.rest_client.pool_manager.ws_connect(target, headers=headers or {}, protocols=EXEC_PROTOCOLS)
+
+    return ExecWsClient
+
+
+async def exec_session(ws: Any, stdin: BinaryIO | None, stdout: BinaryIO, stderr: BinaryIO, where: str) -> int:
+    """One exec's channels on ``ws`` (an aiohttp WebSocket with ``ws.protocol`` negotiated): stdin streamed
+    from a reader thread (its end: v5's close signal), stdout/stderr written as they come; the exit code
+    from the error channel's Status. The socket closing without a Status is a ``ReachError``."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+    sender: asyncio.Task[None] | None = None
+    if stdin is not None:
+        read = getattr(stdin, "read1", stdin.read)
+
+        def reader() -> None:  # a daemon thread: a stdin that never ends must not hold the process
+            while True:
+                try:
+                    data = read(EXEC_STDIN_CHUNK)
+                except (OSError, ValueError):
+                    data = b""
+                loop.call_soon_threadsafe(chunks.put_nowait, bytes(data or b""))
+                if not data:
+                    return
+
+        threading.Thread(target=reader, name="exec-stdin", daemon=True).start()
+
+        async def send() -> None:
+            while data := await chunks.get():
+                await ws.send_bytes(bytes([EXEC_STDIN]) + data)
+            if ws.protocol == EXEC_PROTOCOLS[0]:
+                await ws.send_bytes(bytes([EXEC_CLOSE, EXEC_STDIN]))
+
+        sender = asyncio.create_task(send())
+    status = bytearray()
+    try:
+        async for message in ws:
+            if message.type is not aiohttp.WSMsgType.BINARY or not message.data:
+                continue
+            channel, data = message.data[0], message.data[1:]
+            if channel in (EXEC_STDOUT, EXEC_STDERR) and data:
+                out = stdout if channel == EXEC_STDOUT else stderr
+                out.write(data)
+                out.flush()
+            elif channel == EXEC_ERROR:
+                status.extend(data)
+    finally:
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(BaseException):
+                await sender
+    if not status:
+        raise ReachError(f"{where}: the connection closed before the command's exit status")
+    return exec_exit_code(bytes(status), where)
+
+
+def exec_exit_code(status: bytes, where: str) -> int:
+    """The exit code a pods/exec error channel's v1 Status says (module docstring); a failure other than a
+    non-zero exit is the ``ReachError`` with the API server's message."""
+    try:
+        doc = json.loads(status)
+    except ValueError:
+        raise ReachError(f"{where}: {status.decode(errors='replace').strip()}") from None
+    if not isinstance(doc, dict):
+        raise ReachError(f"{where}: unexpected error channel {doc!r}")
+    if doc.get("status") == "Success":
+        return 0
+    if doc.get("reason") == "NonZeroExitCode":
+        causes = (doc.get("details") or {}).get("causes") or []
+        for cause in causes:
+            if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
+                with contextlib.suppress(TypeError, ValueError):
+                    return int(cause.get("message"))
+    raise ReachError(f"{where}: {doc.get('message') or doc.get('reason') or 'failed'}")
 
 
 def _rbac_hint(path: str) -> str:

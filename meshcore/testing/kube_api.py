@@ -57,7 +57,7 @@ client goes away or ``close_watches`` ends it). ``previous`` is answered 400 as 
 restarted (the stand-in keeps no earlier run). A pod that does not exist is 404.
 
 Pod exec (``GET /api/v1/namespaces/NS/pods/NAME/exec?command=C&command=ARG...`` upgraded to a WebSocket,
-RBAC verb ``create`` on ``pods/exec``; the upgrade is a GET, which RBAC checks as ``get`` too):
+recorded with RBAC verbs ``get`` and ``create`` on ``pods/exec``: the upgrade is a GET):
 subprotocols ``v5.channel.k8s.io`` (preferred) and ``v4.channel.k8s.io``; every message is the channel
 byte then bytes: 0 stdin (client to server), 1 stdout, 2 stderr, 3 error: one v1 ``Status`` when the
 command ends (``Success``; a non-zero exit is ``Failure``, reason ``NonZeroExitCode``, the code in
@@ -724,6 +724,8 @@ class KubeApiServer:
         headers: dict[str, str], params: dict[str, list[str]], namespace: str, pod: str,
     ) -> None:
         """Validate, answer 101, gather stdin, run ``exec_handler``, send its output and the Status."""
+        # RBAC: ``create`` on pods/exec, and ``get`` as the upgrade is a GET (API servers check either or both).
+        self.requests.append(RecordedRequest("get", "", "pods", "exec", namespace, pod))
         self.requests.append(RecordedRequest("create", "", "pods", "exec", namespace, pod))
         query = {k: v[-1] for k, v in params.items()}
         if method not in ("GET", "POST") or headers.get("upgrade", "").lower() != "websocket" \

@@ -245,7 +245,7 @@ def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, args: list
      (["logs", "--component", "ztunnel", "--node", "node-9"], "no ztunnel pod (label app=ztunnel) in istio-system "
       "on node 'node-9'"),
      (["logs", "--component", "waypoint", "--pod", "shop/web"], ""),
-     (["exec", "shop/web", "--", "true"], "needs the API server's pods/exec subresource"),
+     (["exec", "shop/web", "--", "true"], 'the API server answered HTTP 404: pods "web" not found'),
      (["--context", "nowhere", "proxy-status"], "cannot list the pods in istio-system through the Kubernetes API "
       "server http://127.0.0.1:9"),
      (["--context", "nowhere", "check"], "✖ the pods in istio-system can be listed")],
@@ -253,7 +253,7 @@ def test_fetch_gets_any_endpoint_through_the_port_forward(mesh: Mesh, args: list
          "an endpoint's error status fails the command", "a port nothing listens on shows the port-forward's error",
          "check --pre refuses", "fetch with both --node and --pod", "fetch --pod without a namespace",
          "fetch --node with a TARGET too", "fetch without a location", "logs of a node without that component", "waypoint logs about a pod of none",
-         "exec refuses saying it needs pods/exec", "an unreachable API server is named",
+         "exec in a missing pod is the API server's not found", "an unreachable API server is named",
          "check against an unreachable API server fails its first check"],
 )
 def test_what_goes_wrong_is_one_line(mesh: Mesh, args: list[str], expected: str) -> None:
@@ -318,6 +318,7 @@ def test_the_commands_need_only_the_verbs_the_docs_name(mesh: Mesh, tmp_path: Pa
     serve_metrics(mesh)
     mesh.istiod.routes["/debug/registryz"] = (200, registry())
     mesh.api.call(mesh.api.server.write_log, "shop", "waypoint-7f", "istio-proxy", "started")
+    mesh.api.server.exec_handler = lambda *_a: (b"", b"", 0)
 
     def used() -> set[tuple[str, str, str]]:
         return {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb)
@@ -327,7 +328,7 @@ def test_the_commands_need_only_the_verbs_the_docs_name(mesh: Mesh, tmp_path: Pa
                  ["logs", "--component", "waypoint"], ["logs", "--component", "ztunnel"],
                  ["logs", "shop/waypoint-7f"], ["stat", "--interval", "0"], ["graph", "--interval", "0"],
                  ["tap", "svc/shop/web", "--duration", "0.2"], ["explain", "shop/client", "svc/shop/web:80"],
-                 ["dashboard-snapshot"], ["bug-report", "--out", str(tmp_path / "r.tar.gz")]):  # fmt: skip
+                 ["exec", "shop/waypoint-7f", "--", "true"], ["dashboard-snapshot"], ["bug-report", "--out", str(tmp_path / "r.tar.gz")]):  # fmt: skip
         before = len(mesh.api.server.requests)
         if args == ["dashboard-snapshot"]:
             LiveSource(reach_for(CliState(kubeconfig=str(mesh.kubeconfig))))()
