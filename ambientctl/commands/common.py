@@ -63,12 +63,15 @@ class CliState:
     With ``--kubeconfig`` or ``--context`` the commands work on that Kubernetes cluster: ``store()`` is the
     Kubernetes store (listed from the API server, writes by field manager ``ambientctl``), and
     ``state_dir()`` refuses, naming the command, because what needs it (processes, network namespaces,
-    log files) exists only on the local cluster."""
+    log files) exists only on the local cluster. The Kubernetes store watches ``DEFAULT_KINDS``; a command
+    that shows Events asks ``store(with_events=True)``, which adds ``EVENT_KINDS`` (reopening a store opened
+    without them), so no other command lists the cluster's Events."""
 
     state_dir_flag: str | None = None
     kubeconfig: str | None = None
     kube_context: str | None = None
     _store: Store | None = field(default=None, repr=False)
+    _store_has_events: bool = field(default=False, repr=False)
 
     @property
     def on_kubernetes(self) -> bool:
@@ -80,15 +83,20 @@ class CliState:
                            "namespaces or files); run it without --kubeconfig/--context")
         return resolve_state_dir(self.state_dir_flag)
 
-    def store(self) -> Store:
+    def store(self, *, with_events: bool = False) -> Store:
+        if self._store is not None and with_events and self.on_kubernetes and not self._store_has_events:
+            self.close()  # opened without Events: reopened with them
         if self._store is None:
             if self.on_kubernetes:
-                from meshcore.store.kubernetes import KubernetesStore  # the Kubernetes client only when asked
+                # the Kubernetes client only when asked
+                from meshcore.store.kubernetes import DEFAULT_KINDS, EVENT_KINDS, KubernetesStore
 
                 self._store = KubernetesStore.connect(
                     kubeconfig=self.kubeconfig, context=self.kube_context, field_manager=KUBE_FIELD_MANAGER,
                     sync_timeout=KUBE_SYNC_TIMEOUT_S, max_sync_failures=KUBE_SYNC_ATTEMPTS,
+                    kinds=(*DEFAULT_KINDS, *EVENT_KINDS) if with_events else DEFAULT_KINDS,
                 )
+                self._store_has_events = with_events
             else:
                 self._store = SqliteStore(store_path(self.state_dir()))
         return self._store

@@ -692,7 +692,7 @@ def describe(
     except SelectorError as e:
         raise CliError(f"invalid selector: {e}") from None
     ns = (namespace or DEFAULT_NAMESPACE) if is_namespaced(store_kind) else ""
-    store = cli_state(ctx).store()
+    store = cli_state(ctx).store(with_events=True)  # the Events: section
     if wanted:
         found = []
         for name in wanted:

@@ -279,7 +279,7 @@ def get(
     missing: list[str] = []
     node_docs: list[dict[str, Any]] = []
     node_rows: list[NodeRow] = []
-    store = cli_state(ctx).store()
+    store = cli_state(ctx).store(with_events=any(r.kind == "Event" for r in requests))
     for request in requests:
         if request.kind == NODE:
             node_rows = _nodes(ctx, request.names, missing)
@@ -448,7 +448,7 @@ def _watch(
         raise CliError("-w watches one kind of the store at a time (get pods -w), not several or nodes")
     if output.documents() is not None or output is ListFormat.name:
         raise CliError("-w prints table rows: use -o table or -o wide")
-    store = cli_state(ctx).store()
+    store = cli_state(ctx).store(with_events=requests[0].kind == "Event")
     deadline = None if request_timeout is None else time.monotonic() + request_timeout
     spec = WatchSpec(
         requests[0].kind,

@@ -54,7 +54,7 @@ from kubernetes_asyncio import config as k8s_config
 from .base import ApplyAction, ApplyResult, EventType, Store, WatchEvent
 from .errors import ResourceNotFound, StoreError, StoreUnavailable, UnknownKind
 from .kinds import plural
-from .resource import KINDS, OwnerReference, Resource, ResourceRef
+from .resource import KINDS, TOP_LEVEL_KINDS, OwnerReference, Resource, ResourceRef
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient, Configuration
@@ -84,6 +84,12 @@ DEFAULT_KINDS: tuple[str, ...] = (
     "Namespace", "ServiceAccount", "Pod", "Service", "AuthorizationPolicy", "Gateway", "HTTPRoute",
     "GRPCRoute", "VirtualService", "DestinationRule", "HTTPLocalRateLimitPolicy", "Deployment",
 )
+# Kinds a store opens on top of DEFAULT_KINDS only when its user shows them: Events (core v1), which
+# ``ambientctl get events`` and ``describe`` read. None of the mesh's components reads or writes Events on
+# Kubernetes (the kubelet and controllers there write them), so they are not in DEFAULT_KINDS: istiod-lite
+# would list and watch every Event of the cluster, the busiest kind there is. A user reading them needs
+# ``reader_rbac_rules(EVENT_KINDS)`` (list, watch).
+EVENT_KINDS: tuple[str, ...] = ("Event",)
 # The RBAC verbs the calls below use: on objects (list+watch by the reflectors, get when an update
 # conflicts, create/update by apply, patch by set_labels/set_annotations, delete) and on ``/status``
 # (update by apply with a status, patch by set_status's server-side apply).
@@ -242,7 +248,9 @@ def to_resource(obj: Mapping[str, Any], kind: str) -> Resource:
     """The store's form of an API object (identity, labels, annotations, spec, status)."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec")
-    if spec is None and kind == "ServiceAccount":  # no spec: keep what the mesh could read
+    if (spec is None and kind == "ServiceAccount") or kind in TOP_LEVEL_KINDS:
+        # No spec (a ServiceAccount: keep what the mesh could read; an Event: its fields are top-level, as
+        # the store keeps them)
         spec = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     return Resource(
         kind=kind,
