@@ -466,11 +466,15 @@ class KubeReach:
         written (and flushed) to the files as they arrive, ``stdin`` (None: none) streamed until its end.
         Returns the command's exit code. Without ``container``, the pod is read and kubectl's default
         taken; ``defaulted(chosen, containers)`` is told when the pod has several. A missing pod, an
-        unknown container and the API server's refusals are the ``ReachError``."""
+        unknown container, a completed pod (as kubectl refuses it) and the API server's refusals are the
+        ``ReachError``."""
         if not argv:
             raise ReachError("exec needs a command (after --)")
         what = f"read pod {namespace}/{pod}"
         found = json.loads(self._run(self._call("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}"), what))
+        phase = (found.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):  # as kubectl refuses it
+            raise ReachError(f"cannot exec into a container in a completed pod; current phase is {phase}")
         spec = found.get("spec") or {}
         apps = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, Mapping)]
         inits = [str(c.get("name")) for c in spec.get("initContainers") or [] if isinstance(c, Mapping)]

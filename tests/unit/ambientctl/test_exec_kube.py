@@ -42,9 +42,11 @@ class Pods:
 def pods(tmp_path: Path) -> Iterator[Pods]:
     with ThreadedKubeApi() as api:
         api.call(api.server.put_object, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
-        for name, containers in (("web", ["app"]), ("two", ["main", "istio-proxy"])):
+        for name, containers, phase in (("web", ["app"], "Running"), ("two", ["main", "istio-proxy"], "Running"),
+                                        ("done", ["job"], "Succeeded")):
             api.call(api.server.put_object, {"apiVersion": "v1", "kind": "Pod", "metadata": {
-                "name": name, "namespace": "shop"}, "spec": {"containers": [{"name": c} for c in containers]}})
+                "name": name, "namespace": "shop"}, "spec": {"containers": [{"name": c} for c in containers]},
+                "status": {"phase": phase}})
         found = Pods(api, Path(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
         api.server.exec_handler = found.handler
         yield found
@@ -57,6 +59,13 @@ def test_the_command_runs_in_the_pod_with_our_stdin_and_its_output_and_exit_code
     assert got.stdout == "HELLO\n" and got.stderr == "a warning\n"
     assert pods.calls == [("shop", "web", "app", ["tr", "a-z", "A-Z"], b"hello\n")]
     assert not (pods.kubeconfig.parent / "local").exists()  # the local cluster was never opened
+
+
+def test_stdin_larger_than_one_message_arrives_whole(pods: Pods) -> None:
+    data = bytes(range(256)) * 800  # 200 KiB: several stdin messages
+    got = pods.run("exec", "shop/web", "--", "cat", stdin=data)
+    assert got.exit_code == 0, got.output
+    assert pods.calls[0][4] == data
 
 
 def test_a_non_zero_exit_code_is_ambientctls_exit_code(pods: Pods) -> None:
@@ -77,8 +86,11 @@ def test_without_c_a_pod_of_several_containers_runs_in_the_first_saying_so(pods:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [(["exec", "shop/gone", "--", "true"], 'pods \\"gone\\" not found'),
-     (["exec", "shop/web", "-c", "nope", "--", "true"], "container nope is not valid for pod web")],
-    ids=["a missing pod is the API server's not found", "an unknown container is refused"],
+     (["exec", "shop/web", "-c", "nope", "--", "true"], "container nope is not valid for pod web"),
+     (["exec", "shop/done", "--", "true"], "cannot exec into a container in a completed pod; current phase is "
+      "Succeeded")],
+    ids=["a missing pod is the API server's not found", "an unknown container is refused",
+         "a completed pod is refused as kubectl does"],
 )
 def test_what_goes_wrong_is_one_error_line(pods: Pods, args: list[str], expected: str) -> None:
     got = pods.run(*args)
