@@ -16,6 +16,7 @@ import os
 import secrets
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ from ambientctl.cluster.testing import (
     echo_pod,
     namespace,
     ok_count,
+    run_ambientctl,
     served_by,
     service,
     sleeper_pod,
@@ -157,6 +159,32 @@ def test_a_deny_policy_refuses_new_connections_and_closes_a_live_one(mc: MeshClu
     wait_for(
         "allowed again after the delete", lambda: ok_count(mc.request("client", "mesh", url, timeout=2)) == 1
     )
+
+
+TYPO_POLICY = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo, namespace: mesh}
+spec: {selectr: {matchLabels: {app: x}}, action: DENY, rules: [{}]}
+"""
+
+
+def test_a_policy_with_a_typo_is_refused_by_apply_and_traffic_still_flows(
+    mc: MeshCluster, tmp_path: Path
+) -> None:
+    # Accepted, it would be a namespace-wide deny-all (no selector, one empty rule matching everything).
+    url = f"http://{ip(mc, 'server-2', 'mesh')}:8080/"
+    wait_for(
+        "the client reaches the server", lambda: ok_count(mc.request("client", "mesh", url, timeout=2)) == 1
+    )
+    before = [(p.namespace, p.name) for p in mc.store.list("AuthorizationPolicy")]
+    manifest = tmp_path / "typo.yaml"
+    manifest.write_text(TYPO_POLICY)
+    done = run_ambientctl(mc.state_dir, "apply", "-f", str(manifest), check=False)
+    assert done.returncode != 0, (done.stdout, done.stderr)
+    assert "spec.selectr" in done.stdout + done.stderr, (done.stdout, done.stderr)
+    assert mc.store.get(ResourceRef("AuthorizationPolicy", "mesh", "typo")) is None
+    assert [(p.namespace, p.name) for p in mc.store.list("AuthorizationPolicy")] == before
+    assert ok_count(mc.request("client", "mesh", url, count=3)) == 3
 
 
 @pytest.mark.parametrize(
