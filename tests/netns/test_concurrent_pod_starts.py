@@ -1,6 +1,8 @@
 """Pods started at once on a local cluster (no mesh; a test CNI plugin on each node that refuses the pods
 named ``bad-*``): each pod fails alone, a pod whose CNI ADD failed leaves no netns, record or process
-behind, every started pod has its own address, and ``down`` then leaves nothing."""
+behind, every started pod has its own address, and ``down`` then leaves nothing. Pods removed: out of
+their Services before their processes stop, their address and name held until they are gone, several
+removed at once."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ambientctl.cluster import Cluster, ClusterSpec, PodSpec
+from ambientctl.cluster import Cluster, ClusterSpec, PodSpec, ServicePort
 from ambientctl.cluster.cni import CniPluginFailed, CniRuntime, build_conflist, node_conf_dir
-from ambientctl.cluster.errors import ClusterError
-from ambientctl.cluster.testing import random_prefix, wait_for
+from ambientctl.cluster.errors import ClusterError, PodTerminating
+from ambientctl.cluster.testing import alive, random_prefix, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -120,4 +122,56 @@ def test_a_pod_removed_while_it_starts_leaves_nothing_and_its_start_fails(
     assert cluster.find_pod("slow-1", "default") is None
     assert reserved.netns not in netns_names(cluster.layout().prefix)
     assert [r for r in cluster.procs.pidfile_records() if "slow-1" in r.name] == []
+    assert cluster.status().problems == ()
+
+
+def test_a_terminating_pod_leaves_its_services_first_and_holds_its_address_and_name_until_gone(
+    cluster: Cluster,
+) -> None:
+    # The shell ignores SIGTERM, so the pod stays terminating for the supervisor's whole grace period.
+    stubborn = ("sh", "-c", "trap '' TERM; while :; do sleep 0.1; done")
+    leaving_ip = cluster.add_pod(PodSpec("leaving", "default", "node-1", command=stubborn))
+    staying_ip = cluster.add_pod(PodSpec("staying", "default", "node-1", command=("sleep", "infinity")))
+    ports = [ServicePort(port=80, target_port=8080)]
+    cluster.set_service("web", "default", None, ports, [leaving_ip, staying_ip])
+    record = cluster.find_pod("leaving", "default")
+    assert record is not None and record.process is not None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        removing = pool.submit(cluster.remove_pod, "leaving", "default")
+        marked = wait_for(
+            "leaving marked terminating",
+            lambda: (r := cluster.find_pod("leaving", "default")) is not None and r.terminating,
+            timeout=10,
+        )
+        assert marked and alive(record.process.pid)  # its process still runs: it is out of the Service first
+        (web,) = cluster.services()
+        assert web.endpoints == (staying_ip,)
+        # A Service written meanwhile never lists it; a new pod gets another address; its name waits.
+        cluster.set_service("web", "default", None, ports, [leaving_ip, staying_ip])
+        assert cluster.services()[0].endpoints == (staying_ip,)
+        newcomer_ip = cluster.add_pod(PodSpec("newcomer", "default", "node-1", command=("sleep", "infinity")))
+        assert newcomer_ip not in (leaving_ip, staying_ip)
+        with pytest.raises(PodTerminating, match="default/leaving is still terminating"):
+            cluster.add_pod(PodSpec("leaving", "default", "node-1", command=("sleep", "infinity")))
+        removing.result(timeout=30)
+    assert cluster.find_pod("leaving", "default") is None
+    assert not alive(record.process.pid)
+    assert record.netns not in netns_names(cluster.layout().prefix)
+    # Gone: its address is free again (the lowest free one of the node).
+    assert cluster.add_pod(PodSpec("later", "default", "node-1", command=("sleep", "infinity"))) == leaving_ip
+    assert cluster.status().problems == ()
+
+
+def test_pods_removed_at_once_are_all_gone_and_leave_nothing(cluster: Cluster) -> None:
+    pods = [PodSpec(f"p{i}", "default", f"node-{1 + i % 2}", command=("sleep", "infinity")) for i in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ips = list(pool.map(cluster.add_pod, pods))
+        cluster.set_service("web", "default", None, [ServicePort(port=80, target_port=8080)], ips)
+        records = cluster.pods()
+        list(pool.map(lambda p: cluster.remove_pod(p.name, p.namespace), pods))
+    assert cluster.pods() == []
+    assert cluster.services()[0].endpoints == ()
+    assert set(netns_names(cluster.layout().prefix)) == set(cluster.layout().netns_names)
+    assert [r.process.pid for r in records if r.process is not None and alive(r.process.pid)] == []
+    assert cluster.procs.pidfile_records() == []
     assert cluster.status().problems == ()
