@@ -71,9 +71,9 @@ LOCAL_IMAGE = "local"  # pods of the local cluster run host commands, not images
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 POD_START_WORKERS = 8  # pods one sync pass starts at once
-# Pods one sync pass removes at once (``Cluster.remove_pod`` holds the lock only to mark and drop a pod;
-# the rest is CPU-bound plugin and kernel work: measured in docs/benchmarks.md, "Local cluster: Deployments").
-POD_REMOVE_WORKERS = 3
+# Pods one sync pass removes at once (``Cluster.remove_pod`` holds the lock only to mark and drop a pod; a
+# removal is mostly waiting: 6 measured as fast as 8 and faster than 2-4, docs/benchmarks.md "Local cluster").
+POD_REMOVE_WORKERS = 6
 TOKEN_TTL = timedelta(hours=1)
 TOKEN_REFRESH_AT = 0.8  # of the token's lifetime, as kubelet refreshes projected tokens
 
@@ -256,7 +256,7 @@ class Kubelet:
             ThreadPoolExecutor(max_workers=POD_START_WORKERS, thread_name_prefix="pod-start") as pool,
             ThreadPoolExecutor(max_workers=POD_REMOVE_WORKERS, thread_name_prefix="pod-remove") as remover,
         ):
-            # Removals beside the starts, a few at once (more only compete for the CPU: measured).
+            # Removals beside the starts, up to POD_REMOVE_WORKERS at once (measured: see the constant).
             removals = [(key, remover.submit(remove, record)) for key, record in gone]
             starts = {key: pool.submit(start, key) for key in wanted}
             outcomes: dict[str, PodRecord | None | Exception] = {}
