@@ -139,6 +139,10 @@ def test_non_mesh_to_mesh_is_served_on_15006_with_policy_applied(mc: MeshCluster
 
 def test_a_deny_policy_refuses_new_connections_and_closes_a_live_one(mc: MeshCluster) -> None:
     url = f"http://{ip(mc, 'server-2', 'mesh')}:8080/"
+    # Run alone, this is the module's first test: the server may still be starting.
+    wait_for(
+        "the client reaches the server", lambda: ok_count(mc.request("client", "mesh", url, timeout=2)) == 1
+    )
     held = mc.hold("client", "mesh", url, duration=60)
     try:
         assert held.stdout is not None
