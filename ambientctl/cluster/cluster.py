@@ -404,12 +404,13 @@ class Cluster:
             raise ClusterNotUp(str(self.directory.parent))
         raise ClusterError(f"pod {key} was removed while it was starting")
 
-    def remove_pod(self, name: str, namespace: str) -> None:
+    def remove_pod(self, name: str, namespace: str, *, grace: float | None = None) -> None:
         """Remove the pod as a kubelet does, holding the state lock only to mark and to drop it (several
         threads may remove pods at once): (1) under the lock, mark it terminating and take its address
         out of every Service's endpoints (reprogrammed before anything stops, so no new connection goes
         to it); its record, so its address and names, stays until (3); (2) outside the lock, stop its
-        containers (SIGTERM to each process group, one shared grace period, then SIGKILL), run the CNI
+        containers (SIGTERM to each process group, one shared grace period: ``grace`` seconds, default the
+        pod's ``terminationGracePeriodSeconds``; 0: SIGKILL at once), run the CNI
         DEL, delete its netns (the veth and node route go with it) and files; (3) under the lock, drop
         its record. A pod another thread of this object is removing is left to that removal; one
         marked terminating by a removal that did not finish (a crash) is removed afresh."""
@@ -431,7 +432,7 @@ class Cluster:
                 self._forget_removal(key)
                 raise
         try:
-            self._remove_pod_objects(record)
+            self._remove_pod_objects(record, grace)
             with self._state.lock():
                 state = self._state.load()
                 if state is not None and state.phase == "up" and state.pods.get(key) == marked:
@@ -811,10 +812,13 @@ class Cluster:
     def pod_dir(self, namespace: str, name: str) -> Path:
         return pod_files_dir(self.directory, namespace, name)
 
-    def _remove_pod_objects(self, record: PodRecord) -> None:
+    def _remove_pod_objects(self, record: PodRecord, grace: float | None = None) -> None:
+        """Stop the pod's processes (SIGTERM, ``grace`` seconds, default its spec's
+        ``terminationGracePeriodSeconds``, then SIGKILL), then its CNI DEL, netns and files."""
         running = {*record.container_processes().values(), *([record.process] if record.process else [])}
         if running:
-            self.procs.stop_all(list(running))
+            wait = record.spec.termination_grace_s if grace is None else grace
+            self.procs.stop_all(list(running), grace=wait)
         shutil.rmtree(self.pod_dir(record.spec.namespace, record.spec.name), ignore_errors=True)
         self.procs.remove_pidfile(_pod_log_name(record.spec))
         for container in (*record.spec.init_containers, *record.spec.app_containers()):

@@ -61,7 +61,7 @@ from .events import flush as flush_events
 from .events import seed as seed_events
 from .podstatus import ContainerTrack, Termination
 from .probes import Probe, parse_probe, run_probe
-from .spec import ContainerSpec, PodPort, PodSpec, Protocol, ServicePort
+from .spec import DEFAULT_TERMINATION_GRACE_S, ContainerSpec, PodPort, PodSpec, Protocol, ServicePort
 from .state import PodRecord
 
 log = structlog.get_logger("ambientctl.cluster.kubelet")
@@ -995,7 +995,23 @@ def pod_spec_from_resource(resource: Resource, default_node: str) -> PodSpec:
         working_dir=first.working_dir,
         containers=containers,
         init_containers=built["initContainers"],
+        termination_grace_s=termination_grace(resource.spec, source),
     )
+
+
+def termination_grace(spec: Mapping[str, Any], source: str) -> int:
+    """``spec.terminationGracePeriodSeconds`` (Kubernetes' default 30 when unset; 0: SIGKILL at once);
+    anything but a whole number of seconds >= 0 is refused, naming the field."""
+    value = spec.get("terminationGracePeriodSeconds")
+    if value is None:
+        return DEFAULT_TERMINATION_GRACE_S
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidClusterSpec(
+            source,
+            "$.spec.terminationGracePeriodSeconds",
+            f"{value!r} is not a number of seconds (a whole number, 0 or more)",
+        )
+    return value
 
 
 def _containers(resource: Resource, group: str) -> list[Mapping[str, Any]]:

@@ -6,7 +6,7 @@ session of its own (``netns=""``: on the host, as is, for the one component that
 mount namespace: the kubelet, whose new network namespaces must be visible to every process), stdout+stderr appended to ``logs/<log_name>.log`` (0600), and recorded in
 ``run/<log_name>.pid`` (a JSON ``ProcessRecord``). A record carries the process's start time, so a pid
 reused by an unrelated process is never signalled. Stopping is SIGTERM to the process group, a bounded
-wait, then SIGKILL. ``sweep_netns`` kills whatever still runs inside given namespaces (found through
+wait (the caller's grace period: a pod's ``terminationGracePeriodSeconds``), then SIGKILL. ``sweep_netns`` kills whatever still runs inside given namespaces (found through
 /proc/<pid>/ns/net), which is how ``down`` leaves no process behind even without its records.
 A process may run as another user (a pod's ``securityContext.runAsUser``/``runAsGroup``): inside a netns
 the switch happens after entering it (``ip netns exec <netns> setpriv --reuid U --regid G
@@ -130,12 +130,16 @@ class ProcessSupervisor:
         """Stop the process (and its group); True if it was running. Never signals a reused pid."""
         return bool(self.stop_all([record]))
 
-    def stop_all(self, records: Sequence[ProcessRecord]) -> list[ProcessRecord]:
-        """Stop several at once (one shared grace period, not one each); returns those that were running."""
+    def stop_all(
+        self, records: Sequence[ProcessRecord], *, grace: float | None = None
+    ) -> list[ProcessRecord]:
+        """Stop several at once (one shared grace period, not one each: ``grace`` seconds, default
+        ``stop_grace``; 0 or less: SIGKILL at once, no SIGTERM); returns those that were running."""
+        grace = self.stop_grace if grace is None else grace
         running = [r for r in records if self.is_running(r)]
-        for record in running:
+        for record in running if grace > 0 else ():
             _signal_group(record.pid, signal.SIGTERM)
-        if not self._wait_gone(running, self.stop_grace):
+        if grace <= 0 or not self._wait_gone(running, grace):
             for record in running:
                 if self.is_running(record):
                     _signal_group(record.pid, signal.SIGKILL)

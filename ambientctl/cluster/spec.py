@@ -84,6 +84,9 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 # The one container of a pod built in code with ``PodSpec(command=...)`` (no ``containers``).
 DEFAULT_CONTAINER = "main"
+# Kubernetes' default ``spec.terminationGracePeriodSeconds``: how long a pod's containers may take to
+# exit on SIGTERM before SIGKILL (a container that exits on SIGTERM goes at once; 0: SIGKILL at once).
+DEFAULT_TERMINATION_GRACE_S = 30
 
 
 class PodSpec(msgspec.Struct, frozen=True):
@@ -113,6 +116,8 @@ class PodSpec(msgspec.Struct, frozen=True):
     containers: tuple[ContainerSpec, ...] = ()
     # Run one at a time, each to completion, before ``containers`` start.
     init_containers: tuple[ContainerSpec, ...] = ()
+    # ``spec.terminationGracePeriodSeconds``: SIGTERM, this long, then SIGKILL (0: SIGKILL at once).
+    termination_grace_s: int = DEFAULT_TERMINATION_GRACE_S
 
     def app_containers(self) -> tuple[ContainerSpec, ...]:
         """The app containers (from ``command`` when the pod was built without ``containers``)."""

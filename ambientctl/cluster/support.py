@@ -42,6 +42,7 @@ IMPLEMENTED: dict[str, dict[str, Any]] = {
         "serviceAccountName": True,
         "hostNetwork": True,  # refused when true, with the reason, when the pod is run
         "restartPolicy": True,
+        "terminationGracePeriodSeconds": True,  # SIGTERM, that long, then SIGKILL (Cluster.remove_pod)
         "securityContext": _RUN_AS,
         "containers": [_CONTAINER],
         "initContainers": [_INIT_CONTAINER],

@@ -457,9 +457,7 @@ def pids_in_netns(netns: str) -> list[int]:
     return found
 
 
-def test_a_pod_that_ignores_sigterm_and_forks_away_is_still_removed(
-    tmp_path: Path, prefix: str
-) -> None:
+def test_a_pod_that_ignores_sigterm_and_forks_away_is_still_removed(tmp_path: Path, prefix: str) -> None:
     supervisor = ProcessSupervisor(
         tmp_path / "cluster" / "run", tmp_path / "cluster" / "logs", stop_grace=0.3
     )
@@ -468,7 +466,9 @@ def test_a_pod_that_ignores_sigterm_and_forks_away_is_still_removed(
     stubborn = "setsid sleep 300 & trap '' TERM; while :; do sleep 0.2; done"
     try:
         cluster.up(ClusterSpec(nodes=1, prefix=prefix))
-        cluster.add_pod(PodSpec("stubborn", "default", "node-1", command=("sh", "-c", stubborn)))
+        cluster.add_pod(
+            PodSpec("stubborn", "default", "node-1", command=("sh", "-c", stubborn), termination_grace_s=1)
+        )
         record = cluster.find_pod("stubborn", "default")
         assert record is not None
         deadline = time.monotonic() + 10

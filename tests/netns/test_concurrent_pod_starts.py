@@ -128,9 +128,10 @@ def test_a_pod_removed_while_it_starts_leaves_nothing_and_its_start_fails(
 def test_a_terminating_pod_leaves_its_services_first_and_holds_its_address_and_name_until_gone(
     cluster: Cluster,
 ) -> None:
-    # The shell ignores SIGTERM, so the pod stays terminating for the supervisor's whole grace period.
+    # The shell ignores SIGTERM, so the pod stays terminating for its whole grace period (5 s).
     stubborn = ("sh", "-c", "trap '' TERM; while :; do sleep 0.1; done")
-    leaving_ip = cluster.add_pod(PodSpec("leaving", "default", "node-1", command=stubborn))
+    leaving = PodSpec("leaving", "default", "node-1", command=stubborn, termination_grace_s=5)
+    leaving_ip = cluster.add_pod(leaving)
     staying_ip = cluster.add_pod(PodSpec("staying", "default", "node-1", command=("sleep", "infinity")))
     ports = [ServicePort(port=80, target_port=8080)]
     cluster.set_service("web", "default", None, ports, [leaving_ip, staying_ip])
