@@ -193,6 +193,7 @@ def agent_process(
         "CNI_EVENT_ADDRESS": str(state / "pluginevent.sock"),
         "NETNS_MAP_PATH": str(state / "pods.json"),
         "MONITORING_ADDR": "",
+        "ADMIN_ADDR": "",  # the agent's /debug/pods: off (a fixed loopback port would clash across runs)
         "PROC_ROOT": str(state / "no-proc"),  # pods are known from CNI events; no /proc scan
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "info",

@@ -49,6 +49,7 @@ from meshcore.store import SqliteStore, Store, StoreError
 
 from .checks import gather_kubernetes, gather_mesh
 from .reach import (
+    AGENT_ADMIN,
     AGENT_MONITORING,
     ISTIOD,
     ISTIOD_MONITORING,
@@ -305,7 +306,7 @@ def gather(view: MeshView, store: Callable[[], Store], *, with_checks: bool = Tr
         node = Target("node", node=n)
         report.attempt(f"nodes/{n}/ztunnel-config_dump.json", _pretty(_get(reach, node, ZTUNNEL_ADMIN, "/config_dump")))
         report.attempt(f"nodes/{n}/ztunnel-metrics.txt", _get(reach, node, ZTUNNEL_STATS, "/metrics"))
-        report.attempt(f"nodes/{n}/node-agent-pods.json", _pretty(_get(reach, node, AGENT_MONITORING, "/debug/pods")))
+        report.attempt(f"nodes/{n}/node-agent-pods.json", _pretty(_get(reach, node, AGENT_ADMIN, "/debug/pods")))
         report.attempt(f"nodes/{n}/node-agent-metrics.txt", _get(reach, node, AGENT_MONITORING, "/metrics"))
     for ns, name in waypoints:
         pod = Target("pod", namespace=ns, name=name)

@@ -50,6 +50,7 @@ from meshcore.enrollment import REDIRECTION_ANNOTATION, REDIRECTION_ENABLED, in_
 from meshcore.store import SqliteStore
 
 from .reach import (
+    AGENT_ADMIN,
     AGENT_MONITORING,
     ISTIOD_MONITORING,
     ZTUNNEL_ADMIN,
@@ -577,7 +578,7 @@ def gather_mesh(
             n: pool.submit(_json_or_reason, partial(reach.ztunnel, n, "/config_dump")) for n in facts.nodes
         }
         agent_futures = {
-            n: pool.submit(_json_or_reason, partial(reach.json, node_targets[n], AGENT_MONITORING, "/debug/pods"))
+            n: pool.submit(_json_or_reason, partial(reach.json, node_targets[n], AGENT_ADMIN, "/debug/pods"))
             for n in facts.nodes
         }
         ready_futures = {

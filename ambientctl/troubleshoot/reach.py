@@ -1,9 +1,10 @@
 """Reaching the local cluster's HTTP endpoints from the host: the one way every troubleshooting command
 (and an operator, through ``ambientctl fetch``) reads istiod's monitoring port, a ztunnel's admin,
-metrics and readiness ports, a node agent's monitoring port, or a pod's (a waypoint's) admin port.
+metrics and readiness ports, a node agent's monitoring and admin ports, or a pod's (a waypoint's) admin port.
 
 Those endpoints listen inside network namespaces (istiod on the cluster network in the fabric netns; a
-ztunnel's admin and its node agent on 127.0.0.1 of the node's netns; a waypoint on 127.0.0.1 of its pod's
+ztunnel's admin and its node agent (monitoring; admin ``/debug/pods``, 127.0.0.1 only) on 127.0.0.1
+of the node's netns; a waypoint on 127.0.0.1 of its pod's
 netns), so the host cannot dial them. ``Reach`` opens the namespace with ``NetnsHandle`` (pyroute2's
 setns on a dedicated thread), makes the socket there (marked, so redirection never captures it) and
 speaks plain HTTP/1.1 over it from the calling thread: no ``ip netns exec``, no child process.
@@ -35,7 +36,10 @@ ISTIOD_MONITORING = 15014
 ZTUNNEL_ADMIN = 15000
 ZTUNNEL_STATS = 15020
 ZTUNNEL_READINESS = 15021
-AGENT_MONITORING = 15014
+AGENT_MONITORING = 15014  # /metrics, /readyz
+# /debug/pods: the node agent's admin port, loopback only (ztunnel.cni.config.DEFAULT_ADMIN_PORT; not 15000,
+# which ztunnel's admin holds in the same netns).
+AGENT_ADMIN = 15015
 WAYPOINT_ADMIN = 15000
 WAYPOINT_STATS = 15020
 

@@ -53,6 +53,7 @@ from ambientctl.cluster import Cluster, ClusterError
 
 from .logs import GATEWAY_NAME_LABEL, LogRecord, component_files, follow, parse_line, read
 from .reach import (
+    AGENT_ADMIN,
     AGENT_MONITORING,
     ISTIOD,
     ISTIOD_MONITORING,
@@ -347,11 +348,12 @@ class KubeReach:
 
     def resolve(self, target: Target, port: int = ZTUNNEL_ADMIN) -> tuple[str, str]:
         """The pod that serves ``target``: (namespace, name). ``node/N`` is its ztunnel, except on the node
-        agent's monitoring port (15014), which the node agent pod serves (host network)."""
+        agent's monitoring (15014) and admin (15015, loopback) ports, which the node agent pod serves (host
+        network: the port-forward dials the pod's 127.0.0.1, the node's own loopback)."""
         if target.kind == ISTIOD:
             return pick_istiod_pod(self.pods())
         if target.kind == "node":
-            if port == AGENT_MONITORING:
+            if port in (AGENT_MONITORING, AGENT_ADMIN):
                 agents = [p for p in labelled(self.pods(), NODE_AGENT_LABEL)
                           if (p.get("spec") or {}).get("nodeName") == target.node]  # fmt: skip
                 if agents:

@@ -24,6 +24,9 @@ store), the Pod and its Namespace are read from the API server (GETs, not the ca
 the view until the watch delivers it (``LIVE_VIEW_TTL`` at most). From a plugin that decided nothing
 (``enrollment: agent``), a pod that cannot be read (the API server refuses or is unreachable), is not
 found or is another node's fails the ADD with the reason (fail closed); one not enrolled passes.
+HTTP: ``/metrics`` and ``/readyz`` on the monitoring address (istio-cni's :15014, may face the network);
+``/debug/pods`` (pods' netns paths and rules) only on the admin address, loopback unless the operator sets
+``ADMIN_ALLOW_REMOTE=true`` (``ztunnel.cni.config``).
 """
 
 from __future__ import annotations
@@ -252,7 +255,8 @@ class NodeAgent:
         self._own_netns: NetnsId | None = None
         self._zds: ZdsServer | None = None
         self._events: EventServer | None = None
-        self._http: HttpServer | None = None
+        self._http: HttpServer | None = None  # monitoring: /metrics, /readyz
+        self._admin: HttpServer | None = None  # admin (loopback by default): /debug/pods
         self._tg: asyncio.TaskGroup | None = None
         self.started = asyncio.Event()
 
@@ -307,11 +311,14 @@ class NodeAgent:
                 {
                     "/metrics": metrics_handler(self.registry),
                     "/readyz": self._readyz,
-                    "/debug/pods": self._debug_pods,
+                    "/debug/pods": self._debug_moved,
                 },
                 name="node-agent",
             )
             await self._http.start(self.config.monitoring_addr.host, self.config.monitoring_addr.port)
+        if self.config.admin_addr is not None:
+            self._admin = HttpServer({"/debug/pods": self._debug_pods}, name="node-agent-admin")
+            await self._admin.start(self.config.admin_addr.host, self.config.admin_addr.port)
         return revision
 
     async def _close(self) -> None:
@@ -319,6 +326,8 @@ class NodeAgent:
             await self._events.close()
         if self._http is not None:
             await self._http.close()
+        if self._admin is not None:
+            await self._admin.close()
         if self._listener is not None:
             self._listener.close()
             with contextlib.suppress(OSError):
@@ -783,6 +792,16 @@ class NodeAgent:
     async def _readyz(self, _: Request) -> Response:
         return Response.text("ready\n") if self.started.is_set() else Response.text("starting\n", 503)
 
+    async def _debug_moved(self, _: Request) -> Response:
+        """The monitoring address may face the network: pods' netns paths and rules are not served there."""
+        where = str(self.config.admin_addr) if self.config.admin_addr is not None else f"off ({cfg.ADMIN_ADDR}='')"
+        return Response.text(
+            f"/debug/pods is served on the node agent's admin address ({cfg.ADMIN_ADDR}: {where}), "
+            "not on the monitoring one; from a host, use 'ambientctl fetch node/<node> "
+            f":{cfg.DEFAULT_ADMIN_PORT}/debug/pods'\n",
+            404,
+        )
+
     async def _debug_pods(self, _: Request) -> Response:
         """Every captured pod: its netns, whether ztunnel took it and, read from its netns now, whether the
         rules this agent installed are all there (``drift``: each difference, rule by rule)."""
@@ -831,7 +850,10 @@ def _parser() -> argparse.ArgumentParser:
         cfg.INPOD_UDS: f"ZDS socket ztunnel connects to (default {cfg.DEFAULT_INPOD_UDS})",
         cfg.CNI_EVENT_ADDRESS: f"socket the CNI plugin notifies (default {cfg.DEFAULT_EVENT_SOCKET})",
         cfg.NETNS_MAP_PATH: f"where pod netns paths are kept (default {cfg.DEFAULT_NETNS_MAP})",
-        cfg.MONITORING_ADDR: f"HOST:PORT of /metrics (default :{cfg.DEFAULT_MONITORING_PORT}; '' off)",
+        cfg.MONITORING_ADDR: f"HOST:PORT of /metrics and /readyz (default :{cfg.DEFAULT_MONITORING_PORT}; '' off)",
+        cfg.ADMIN_ADDR: f"HOST:PORT of /debug/pods (default {cfg.DEFAULT_ADMIN_ADDR}; loopback only unless "
+        f"{cfg.ADMIN_ALLOW_REMOTE}=true; '' off)",
+        cfg.ADMIN_ALLOW_REMOTE: "allow a non-loopback ADMIN_ADDR (true/false)",
         cfg.ZDS_ACK_TIMEOUT: "how long ztunnel gets to ack one ZDS message (default 5s)",
         cfg.AMBIENT_IPV6: "also redirect IPv6 (true/false)",
         cfg.AMBIENT_DNS_CAPTURE: "redirect DNS to ztunnel's 15053 (true/false)",

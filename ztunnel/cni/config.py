@@ -7,7 +7,12 @@ environment, which wins over the defaults; a bad value raises ``ConfigError`` na
 the ZDS socket path ztunnel connects to (Istio's name and default). ``STORE`` picks where the agent reads
 pods and namespaces, with istiod-lite's setting name and values: ``sqlite`` (the embedded store in
 ``AMBIENT_STATE_DIR``, the default) or ``kubernetes`` (the API server: in-cluster config in a pod, else
-``KUBECONFIG``/``KUBE_CONTEXT``). Pure: reads only what it is given.
+``KUBECONFIG``/``KUBE_CONTEXT``). Two HTTP listeners: ``MONITORING_ADDR`` (``/metrics``, ``/readyz``;
+istio-cni's 0.0.0.0:15014) and ``ADMIN_ADDR`` (``/debug/pods``: every captured pod's netns path and
+redirection state; 127.0.0.1:15015). The admin address follows the project's rule for admin ports
+(``meshcore.config.parse_admin_address``, as ztunnel's and the waypoint's): a non-loopback bind is refused
+unless ``ADMIN_ALLOW_REMOTE=true``, since on Kubernetes the agent runs on the host network. Pure: reads only
+what it is given.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from meshcore.config import parse_admin_address
 from ztunnel.cni.errors import ConfigError
 
 # The plugin's settings, re-exported: the plugin itself imports ``plugin_config`` alone (see there).
@@ -58,6 +64,8 @@ INPOD_UDS = "INPOD_UDS"  # Istio's name (ztunnel env / istio-cni flag ztunnel-ud
 CNI_EVENT_ADDRESS = "CNI_EVENT_ADDRESS"
 NETNS_MAP_PATH = "NETNS_MAP_PATH"
 MONITORING_ADDR = "MONITORING_ADDR"
+ADMIN_ADDR = "ADMIN_ADDR"  # as ztunnel's and the waypoint's
+ADMIN_ALLOW_REMOTE = "ADMIN_ALLOW_REMOTE"
 ZDS_ACK_TIMEOUT = "ZDS_ACK_TIMEOUT"
 RETRY_INITIAL = "RETRY_INITIAL"
 RETRY_MAX = "RETRY_MAX"
@@ -76,6 +84,12 @@ KUBE_CONTEXT = "KUBE_CONTEXT"
 DEFAULT_INPOD_UDS = "/var/run/ztunnel/ztunnel.sock"
 DEFAULT_NETNS_MAP = "/var/run/ambient-cni/pods.json"  # tmpfs: netns paths do not survive a reboot either
 DEFAULT_MONITORING_PORT = 15014  # istio-cni's monitoring port
+# The debug endpoints' port, on loopback. Not 15000: on the local cluster (the node's netns) and on
+# Kubernetes (host network) the agent may share a network namespace with a ztunnel's admin port; 15015 is
+# used by no Istio component nor by ztunnel (docs/kubernetes.md lists the node's ports).
+DEFAULT_ADMIN_PORT = 15015
+DEFAULT_MONITORING_ADDR = HostPort("0.0.0.0", DEFAULT_MONITORING_PORT)
+DEFAULT_ADMIN_ADDR = HostPort("127.0.0.1", DEFAULT_ADMIN_PORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +107,10 @@ class NodeAgentConfig:
     # Where pod -> netns paths learnt from CNI events are kept across agent restarts.
     netns_map_path: Path = Path(DEFAULT_NETNS_MAP)
     # /metrics and /readyz; None: no HTTP endpoint.
-    monitoring_addr: HostPort | None = HostPort("0.0.0.0", DEFAULT_MONITORING_PORT)
+    monitoring_addr: HostPort | None = DEFAULT_MONITORING_ADDR
+    # /debug/pods (pods' netns paths and rules: not for the network); loopback unless ADMIN_ALLOW_REMOTE.
+    # None: no admin endpoint.
+    admin_addr: HostPort | None = DEFAULT_ADMIN_ADDR
     # How long ztunnel gets to acknowledge one ZDS message (istio-cni uses 5 s deadlines).
     zds_ack_timeout: float = 5.0
     # A failed pod is retried after retry_initial, doubling up to retry_max.
@@ -142,6 +159,17 @@ def _path(value: str, variable: str) -> Path:
     return Path(value).expanduser()
 
 
+def _no_shared_port(monitoring: HostPort | None, admin: HostPort | None) -> None:
+    """Two listeners on one port of overlapping addresses cannot both bind: say so before starting."""
+    if monitoring is None or admin is None or monitoring.port != admin.port or admin.port == 0:
+        return
+    wildcard = {"0.0.0.0", "::"}
+    if monitoring.host == admin.host or monitoring.host in wildcard or admin.host in wildcard:
+        raise ConfigError(
+            ADMIN_ADDR, f"{admin} shares port {admin.port} with {MONITORING_ADDR} ({monitoring}); pick another port"
+        )
+
+
 def parse_config(
     env: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None
 ) -> NodeAgentConfig:
@@ -171,6 +199,14 @@ def parse_config(
     if (v := get(MONITORING_ADDR)) is not None:
         listen = partial(parse_host_port, default_host="0.0.0.0")
         kwargs["monitoring_addr"] = _setting(listen, v, MONITORING_ADDR) if v.strip() else None
+    allow_remote = _setting(parse_bool, get(ADMIN_ALLOW_REMOTE) or "false", ADMIN_ALLOW_REMOTE)
+    admin = get(ADMIN_ADDR)
+    if admin is None or admin.strip():
+        admin_listen = partial(parse_admin_address, allow_remote=allow_remote, allow_variable=ADMIN_ALLOW_REMOTE)
+        kwargs["admin_addr"] = _setting(admin_listen, admin or str(DEFAULT_ADMIN_ADDR), ADMIN_ADDR)
+    else:
+        kwargs["admin_addr"] = None
+    _no_shared_port(kwargs.get("monitoring_addr", DEFAULT_MONITORING_ADDR), kwargs["admin_addr"])
     for var, key in (
         (ZDS_ACK_TIMEOUT, "zds_ack_timeout"),
         (RETRY_INITIAL, "retry_initial"),

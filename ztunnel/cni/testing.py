@@ -140,6 +140,7 @@ def agent_config(directory: Path, **overrides: Any) -> NodeAgentConfig:
         "event_socket": directory / "run" / "pluginevent.sock",
         "netns_map_path": directory / "run" / "pods.json",
         "monitoring_addr": None,
+        "admin_addr": None,
         "proc_root": directory / "no-proc",
         **overrides,
     }

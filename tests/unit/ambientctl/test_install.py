@@ -153,6 +153,8 @@ def test_the_cni_node_agent_reads_the_api_server_with_the_cluster_role_its_store
     values = {k: e["value"] for k, e in env.items() if "value" in e}
     config = parse_node_agent_config({**values, "NODE_NAME": "node-1"})
     assert (config.store, config.kubeconfig, config.node_name) == ("kubernetes", None, "node-1")
+    # Host network: /debug/pods (pods' netns paths) stays on the node's loopback; /metrics on istio-cni's 15014.
+    assert (str(config.admin_addr), str(config.monitoring_addr)) == ("127.0.0.1:15015", "0.0.0.0:15014")
 
 
 def test_the_cni_node_agent_runs_on_the_host_network_with_the_hosts_cni_directories() -> None:

@@ -572,3 +572,19 @@ def test_a_store_the_user_may_not_list_leaves_only_resources_out_of_the_report(m
     report = gather(reach_for(CliState(kubeconfig=str(mesh.kubeconfig))), refused, with_checks=False)
     assert report.missing["resources.json"] == "listing Gateway: HTTP 403 Forbidden"
     assert "istiod/syncz.json" in report.members and "resources.json" not in report.members
+
+
+def test_fetch_reaches_the_node_agents_loopback_admin_port_on_its_own_pod_not_the_ztunnels(mesh: Mesh) -> None:
+    """/debug/pods is on the node agent's admin port (15015, loopback of its host-network pod): ``node/N``
+    on that port resolves to the istio-cni pod of node N, whose port-forward dials the pod's loopback."""
+    agent = Endpoint({"/debug/pods": (200, {"node": "node-1", "captured": {}, "failing": {}})})
+    mesh.api.call(mesh.api.server.put_object, pod("istio-cni-x", "istio-system", {"app": "istio-cni"}, "node-1",
+                                                  "install-cni"))  # fmt: skip
+    address = agent.start()
+    try:
+        mesh.api.call(mesh.api.server.forward_port, "istio-system", "istio-cni-x", 15015, address)
+        got = run(mesh, "fetch", "node/node-1", ":15015/debug/pods")
+    finally:
+        agent.stop()
+    assert got.exit_code == 0, got.output
+    assert '"captured"' in got.stdout

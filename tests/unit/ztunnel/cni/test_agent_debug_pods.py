@@ -1,12 +1,14 @@
 """The node agent's ``/debug/pods``: for every captured pod, what its redirector finds in the pod's netns
 now, rule by rule, against what it installed. A recording redirector stands in for nft (the kernel half
-is tests/netns/test_troubleshoot.py); every pod's "netns" is this process's own."""
+is tests/netns/test_troubleshoot.py); every pod's "netns" is this process's own. It is served only on the
+admin address (loopback), never beside /metrics on the monitoring address."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,15 @@ def get_json(port: int) -> Any:
         return json.loads(answer.read())
 
 
+def get(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of ``GET path``; an HTTP error status is returned, not raised."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 @pytest.mark.parametrize(
     ("redirector", "expected"),
     [
@@ -76,7 +87,7 @@ def get_json(port: int) -> Any:
 )  # fmt: skip
 async def test_debug_pods_reports_each_pods_drift(tmp_path: Path, redirector: Any, expected: dict[str, Any]) -> None:
     port = free_port()
-    config = agent_config(tmp_path, monitoring_addr=HostPort("127.0.0.1", port), zds_ack_timeout=1.0)
+    config = agent_config(tmp_path, admin_addr=HostPort("127.0.0.1", port), zds_ack_timeout=1.0)
     store = SqliteStore(tmp_path / "store.db")
     try:
         store.apply([build_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {
@@ -94,3 +105,28 @@ async def test_debug_pods_reports_each_pods_drift(tmp_path: Path, redirector: An
         store.close()
     entry = doc["captured"][uid]
     assert entry == {"pod": "demo/web", "netns": OWN_NETNS, "handed_over": True, **expected}
+
+
+async def test_debug_pods_is_served_only_on_the_admin_address_and_metrics_only_on_the_monitoring_one(
+    tmp_path: Path,
+) -> None:
+    monitoring, admin = free_port(), free_port()
+    config = agent_config(tmp_path, monitoring_addr=HostPort("127.0.0.1", monitoring),
+                          admin_addr=HostPort("127.0.0.1", admin))  # fmt: skip
+    store = SqliteStore(tmp_path / "store.db")
+    try:
+        async with agent_running(config, store, CheckingRedirector([]), within=TIMEOUT):
+            answers = {(name, path): await asyncio.to_thread(get, port, path)
+                       for name, port in (("monitoring", monitoring), ("admin", admin))
+                       for path in ("/debug/pods", "/metrics", "/readyz")}  # fmt: skip
+    finally:
+        store.close()
+    status, body = answers["admin", "/debug/pods"]
+    assert status == 200 and json.loads(body)["node"] == "node-1"
+    status, body = answers["monitoring", "/debug/pods"]
+    assert status == 404 and f"admin address (ADMIN_ADDR: 127.0.0.1:{admin})" in body and '"node"' not in body
+    status, body = answers["monitoring", "/metrics"]
+    assert status == 200 and "ambient_cni_pods_captured" in body
+    assert answers["monitoring", "/readyz"] == (200, "ready\n")
+    assert answers["admin", "/metrics"][0] == 404
+    assert answers["admin", "/readyz"][0] == 404

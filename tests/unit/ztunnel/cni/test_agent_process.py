@@ -24,6 +24,7 @@ def test_the_agent_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         "CNI_EVENT_ADDRESS": str(tmp_path / "pluginevent.sock"),
         "NETNS_MAP_PATH": str(tmp_path / "pods.json"),
         "MONITORING_ADDR": "",
+        "ADMIN_ADDR": "",  # no fixed loopback port: tests run side by side
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "ztunnel.cni.agent"],

@@ -17,6 +17,60 @@ def test_defaults_follow_istio() -> None:
     assert config == NodeAgentConfig(node_name="node-1")
     assert config.zds_socket == Path("/var/run/ztunnel/ztunnel.sock")
     assert config.monitoring_addr == HostPort("0.0.0.0", 15014)
+    assert config.admin_addr == HostPort("127.0.0.1", 15015)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, HostPort("127.0.0.1", 15015)),
+        ({"ADMIN_ADDR": "127.0.0.1:9901"}, HostPort("127.0.0.1", 9901)),
+        ({"ADMIN_ADDR": ":9901"}, HostPort("127.0.0.1", 9901)),
+        ({"ADMIN_ADDR": "[::1]:15015"}, HostPort("::1", 15015)),
+        ({"ADMIN_ADDR": "0.0.0.0:15015", "ADMIN_ALLOW_REMOTE": "true"}, HostPort("0.0.0.0", 15015)),
+        ({"ADMIN_ADDR": "10.0.0.7:15015", "ADMIN_ALLOW_REMOTE": "true"}, HostPort("10.0.0.7", 15015)),
+        ({"ADMIN_ADDR": ""}, None),
+        ({"MONITORING_ADDR": "127.0.0.1:15015", "ADMIN_ADDR": "127.0.0.2:15015"}, HostPort("127.0.0.2", 15015)),
+    ],
+    ids=[
+        "the admin address defaults to loopback on 15015",
+        "a loopback admin address is accepted",
+        "a bare port binds loopback",
+        "ipv6 loopback is loopback",
+        "a wildcard admin bind is accepted when remote admin is allowed",
+        "a node address is accepted when remote admin is allowed",
+        "an empty admin address turns the debug endpoint off",
+        "monitoring and admin may share a port on different addresses",
+    ],
+)
+def test_the_admin_address(env: dict[str, str], expected: HostPort | None) -> None:
+    assert parse_config({"NODE_NAME": "n", **env}).admin_addr == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "says"),
+    [
+        ({"ADMIN_ADDR": "0.0.0.0:15015"}, "ADMIN_ADDR", "unless ADMIN_ALLOW_REMOTE=true"),
+        ({"ADMIN_ADDR": "10.0.0.7:15015", "ADMIN_ALLOW_REMOTE": "false"}, "ADMIN_ADDR", "not a loopback address"),
+        ({"ADMIN_ADDR": "[::]:15015"}, "ADMIN_ADDR", "unless ADMIN_ALLOW_REMOTE=true"),
+        ({"ADMIN_ALLOW_REMOTE": "maybe"}, "ADMIN_ALLOW_REMOTE", "maybe"),
+        ({"ADMIN_ADDR": "127.0.0.1:15014"}, "ADMIN_ADDR", "shares port 15014 with MONITORING_ADDR"),
+        ({"ADMIN_ADDR": "localhost:15015"}, "ADMIN_ADDR", "localhost"),
+    ],
+    ids=[
+        "a wildcard admin bind is refused without the flag",
+        "a node address is refused when remote admin is not allowed",
+        "an ipv6 wildcard admin bind is refused without the flag",
+        "the flag must be a boolean",
+        "the admin address cannot take the monitoring port",
+        "the admin address is an IP literal",
+    ],
+)
+def test_a_remote_admin_bind_is_refused_without_the_flag(env: dict[str, str], variable: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"NODE_NAME": "n", **env})
+    assert info.value.variable == variable
+    assert says in str(info.value)
 
 
 def test_environment_and_flags() -> None:
