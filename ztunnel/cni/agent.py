@@ -794,13 +794,13 @@ class NodeAgent:
 
     async def _debug_moved(self, _: Request) -> Response:
         """The monitoring address may face the network: pods' netns paths and rules are not served there."""
-        where = str(self.config.admin_addr) if self.config.admin_addr is not None else f"off ({cfg.ADMIN_ADDR}='')"
-        return Response.text(
-            f"/debug/pods is served on the node agent's admin address ({cfg.ADMIN_ADDR}: {where}), "
-            "not on the monitoring one; from a host, use 'ambientctl fetch node/<node> "
-            f":{cfg.DEFAULT_ADMIN_PORT}/debug/pods'\n",
-            404,
-        )
+        admin = self.config.admin_addr
+        if admin is None:
+            text = f"/debug/pods is served only on the node agent's admin address, which is off ({cfg.ADMIN_ADDR}='')"
+        else:
+            text = (f"/debug/pods is served on the node agent's admin address ({cfg.ADMIN_ADDR}: {admin}), not on "
+                    f"the monitoring one; from a host: ambientctl fetch node/<node> :{admin.port}/debug/pods")
+        return Response.text(text + "\n", 404)
 
     async def _debug_pods(self, _: Request) -> Response:
         """Every captured pod: its netns, whether ztunnel took it and, read from its netns now, whether the
