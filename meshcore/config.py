@@ -113,14 +113,22 @@ def parse_log_format(value: str, variable: str) -> str:
     return fmt
 
 
-def parse_admin_address(value: str, variable: str, *, allow_remote: bool, allow_variable: str) -> HostPort:
-    """An admin listen address: loopback only unless ``allow_remote`` (the admin port is unauthenticated
-    and can change log levels and stop the process, so exposing it must be an explicit choice)."""
+def parse_admin_address(
+    value: str,
+    variable: str,
+    *,
+    allow_remote: bool,
+    allow_variable: str,
+    exposes: str = "can change log levels and stop the proxy",
+) -> HostPort:
+    """An admin listen address: loopback only unless ``allow_remote`` (the admin port is unauthenticated;
+    ``exposes`` says what it gives away, e.g. log levels and stopping the process, so exposing it must be an
+    explicit choice)."""
     addr = parse_host_port(value, variable, default_host="127.0.0.1")
     if not allow_remote and not ipaddress.ip_address(addr.host).is_loopback:
         raise ConfigError(
             variable,
-            f"{addr} is not a loopback address; the admin port is unauthenticated and can change log levels "
-            f"and stop the proxy, so it binds loopback only unless {allow_variable}=true",
+            f"{addr} is not a loopback address; the admin port is unauthenticated and {exposes}, "
+            f"so it binds loopback only unless {allow_variable}=true",
         )
     return addr

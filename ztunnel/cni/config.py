@@ -202,7 +202,12 @@ def parse_config(
     allow_remote = _setting(parse_bool, get(ADMIN_ALLOW_REMOTE) or "false", ADMIN_ALLOW_REMOTE)
     admin = get(ADMIN_ADDR)
     if admin is None or admin.strip():
-        admin_listen = partial(parse_admin_address, allow_remote=allow_remote, allow_variable=ADMIN_ALLOW_REMOTE)
+        admin_listen = partial(
+            parse_admin_address,
+            allow_remote=allow_remote,
+            allow_variable=ADMIN_ALLOW_REMOTE,
+            exposes="shows every captured pod's network namespace and redirection rules",
+        )
         kwargs["admin_addr"] = _setting(admin_listen, admin or str(DEFAULT_ADMIN_ADDR), ADMIN_ADDR)
     else:
         kwargs["admin_addr"] = None

@@ -56,6 +56,7 @@ def test_the_admin_address(env: dict[str, str], expected: HostPort | None) -> No
         ({"ADMIN_ALLOW_REMOTE": "maybe"}, "ADMIN_ALLOW_REMOTE", "maybe"),
         ({"ADMIN_ADDR": "127.0.0.1:15014"}, "ADMIN_ADDR", "shares port 15014 with MONITORING_ADDR"),
         ({"ADMIN_ADDR": "localhost:15015"}, "ADMIN_ADDR", "localhost"),
+        ({"ADMIN_ADDR": "0.0.0.0:15015"}, "ADMIN_ADDR", "shows every captured pod's network namespace"),
     ],
     ids=[
         "a wildcard admin bind is refused without the flag",
@@ -64,6 +65,7 @@ def test_the_admin_address(env: dict[str, str], expected: HostPort | None) -> No
         "the flag must be a boolean",
         "the admin address cannot take the monitoring port",
         "the admin address is an IP literal",
+        "the refusal says what the node agent's admin port exposes (not a proxy's log levels)",
     ],
 )
 def test_a_remote_admin_bind_is_refused_without_the_flag(env: dict[str, str], variable: str, says: str) -> None:
