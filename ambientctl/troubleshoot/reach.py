@@ -122,7 +122,31 @@ class _ConnectedHTTP(http.client.HTTPConnection):
         self.sock = self._made
 
 
-class Reach:
+class Endpoints:
+    """What every source of endpoints offers on top of its own ``get`` (local ``Reach``, or ``KubeReach``
+    through the API server): JSON decoding with one error wording, and the shorthands the commands read."""
+
+    def get(self, target: Target, port: int, path: str, *, timeout: float | None = None) -> Answer:
+        raise NotImplementedError
+
+    def json(self, target: Target, port: int, path: str) -> Any:
+        """``GET`` and decode JSON; a non-200 answer or a non-JSON body is a ``ReachError``."""
+        answer = self.get(target, port, path)
+        if answer.status != 200:
+            raise ReachError(f"{target} :{port}{path} answered HTTP {answer.status}: {answer.text.strip()[:200]}")
+        try:
+            return json.loads(answer.body)
+        except ValueError as e:
+            raise ReachError(f"{target} :{port}{path} did not answer JSON ({e})") from None
+
+    def istiod(self, path: str) -> Any:
+        return self.json(Target(ISTIOD), ISTIOD_MONITORING, path)
+
+    def ztunnel(self, node: str, path: str, port: int = ZTUNNEL_ADMIN) -> Any:
+        return self.json(Target("node", node=node), port, path)
+
+
+class Reach(Endpoints):
     """Endpoints of one local cluster, reached from the host (see the module docstring)."""
 
     def __init__(self, cluster: Cluster, timeout: float = DEFAULT_TIMEOUT_S) -> None:
@@ -175,19 +199,3 @@ class Reach:
             conn.close()
             sock.close()
 
-    def json(self, target: Target, port: int, path: str) -> Any:
-        """``GET`` and decode JSON; a non-200 answer or a non-JSON body is a ``ReachError``."""
-        answer = self.get(target, port, path)
-        if answer.status != 200:
-            raise ReachError(f"{target} :{port}{path} answered HTTP {answer.status}: {answer.text.strip()[:200]}")
-        try:
-            return json.loads(answer.body)
-        except ValueError as e:
-            raise ReachError(f"{target} :{port}{path} did not answer JSON ({e})") from None
-
-    # Shorthands for the endpoints the commands read.
-    def istiod(self, path: str) -> Any:
-        return self.json(Target(ISTIOD), ISTIOD_MONITORING, path)
-
-    def ztunnel(self, node: str, path: str, port: int = ZTUNNEL_ADMIN) -> Any:
-        return self.json(Target("node", node=node), port, path)

@@ -56,10 +56,10 @@ from .reach import (
     AGENT_ADMIN,
     AGENT_MONITORING,
     ISTIOD,
-    ISTIOD_MONITORING,
     MAX_BODY,
     ZTUNNEL_ADMIN,
     Answer,
+    Endpoints,
     Reach,
     ReachError,
     Target,
@@ -295,7 +295,7 @@ class LogFollow:
             self._loop.close()
 
 
-class KubeReach:
+class KubeReach(Endpoints):
     """The mesh's endpoints on one Kubernetes cluster, reached through its API server (module docstring)."""
 
     def __init__(self, configuration: Any, *, timeout: float = KUBE_TIMEOUT_S) -> None:
@@ -376,22 +376,6 @@ class KubeReach:
         wait = self.timeout if timeout is None else timeout
         status, body = self._run(self._forward_get(namespace, pod, port, path, where), where, wait)
         return Answer(status, body)
-
-    def json(self, target: Target, port: int, path: str) -> Any:
-        """``GET`` and decode JSON; a non-200 answer or a non-JSON body is a ``ReachError``."""
-        answer = self.get(target, port, path)
-        if answer.status != 200:
-            raise ReachError(f"{target} :{port}{path} answered HTTP {answer.status}: {answer.text.strip()[:200]}")
-        try:
-            return json.loads(answer.body)
-        except ValueError as e:
-            raise ReachError(f"{target} :{port}{path} did not answer JSON ({e})") from None
-
-    def istiod(self, path: str) -> Any:
-        return self.json(Target(ISTIOD), ISTIOD_MONITORING, path)
-
-    def ztunnel(self, node: str, path: str, port: int = ZTUNNEL_ADMIN) -> Any:
-        return self.json(Target("node", node=node), port, path)
 
     # --- logs ----------------------------------------------------------------------------------------------
 
