@@ -616,15 +616,7 @@ def gather_mesh(
         facts.rows = rows
         results += sync_checks(rows, facts.nodes)
 
-    stamps: list[tuple[str, datetime | None]] = [
-        (f"the start of {r.name}'s xDS stream", _time(r.connected_since)) for r in facts.rows
-    ]
-    for n, held in facts.dumps.items():
-        for entry in held.get("certificates") or () if isinstance(held, Mapping) else ():
-            for cert in (entry.get("certChain") or ())[:1] if isinstance(entry, Mapping) else ():
-                if isinstance(cert, Mapping):
-                    stamps.append((f"the certificate of {entry.get('identity')} on {n} (valid from)",
-                                   _time(cert.get("validFrom"))))  # fmt: skip
+    stamps = clock_stamps(facts)
 
     identities_by_node: dict[str, set[str]] = {n: set() for n in facts.nodes}
     for p in pods:
@@ -638,6 +630,21 @@ def gather_mesh(
         results.append(certificate_check(n, certs, identities_by_node[n], clock()))
     results.append(clock_check(clock(), stamps))
     return results, facts
+
+
+def clock_stamps(facts: MeshFacts) -> list[tuple[str, datetime | None]]:
+    """The times other components wrote that ``clock_check`` compares with this machine's: each proxy's
+    xDS stream start (istiod's clock) and each held certificate's validFrom (the CA's)."""
+    stamps: list[tuple[str, datetime | None]] = [
+        (f"the start of {r.name}'s xDS stream", _time(r.connected_since)) for r in facts.rows
+    ]
+    for n, held in facts.dumps.items():
+        for entry in held.get("certificates") or () if isinstance(held, Mapping) else ():
+            for cert in (entry.get("certChain") or ())[:1] if isinstance(entry, Mapping) else ():
+                if isinstance(cert, Mapping):
+                    stamps.append((f"the certificate of {entry.get('identity')} on {n} (valid from)",
+                                   _time(cert.get("validFrom"))))  # fmt: skip
+    return stamps
 
 
 def _trust_domain(facts: MeshFacts) -> str:
@@ -877,14 +884,6 @@ def gather_kubernetes(reach: KubeReach, *, now: Callable[[], datetime] | None = 
     results.append(skipped(Category.certificates, "every ztunnel holds a valid certificate for each local identity",
                            "needs every namespace's enrolled pods and their nodes, which the local cluster's "
                            "store gives; per node: ambientctl zc certificates --node NODE"))  # fmt: skip
-    stamps: list[tuple[str, datetime | None]] = [
-        (f"the start of {r.name}'s xDS stream", _time(r.connected_since)) for r in facts.rows
-    ]
-    for n, held in facts.dumps.items():
-        for entry in held.get("certificates") or () if isinstance(held, Mapping) else ():
-            for cert in (entry.get("certChain") or ())[:1] if isinstance(entry, Mapping) else ():
-                if isinstance(cert, Mapping):
-                    stamps.append((f"the certificate of {entry.get('identity')} on {n} (valid from)",
-                                   _time(cert.get("validFrom"))))  # fmt: skip
+    stamps = clock_stamps(facts)
     results.append(clock_check(clock(), stamps))
     return results, facts
