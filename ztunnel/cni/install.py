@@ -45,7 +45,8 @@ log = structlog.get_logger("ztunnel.cni.install")
 PLUGIN_TYPE = "ambient-cni"
 MOUNTED_CNI_BIN_DIR = "MOUNTED_CNI_BIN_DIR"  # the host's /opt/cni/bin, as mounted into the agent
 MOUNTED_CNI_NET_DIR = "MOUNTED_CNI_NET_DIR"  # the host's /etc/cni/net.d (Istio's variable name)
-CNI_PLUGIN_SOURCE = "CNI_PLUGIN_SOURCE"  # the plugin executable to copy (default: ambient-cni beside python)
+CNI_PLUGIN_SOURCE = "CNI_PLUGIN_SOURCE"  # an executable to copy instead of the host plugin (hostplugin.py)
+HOST_PYTHON_MISSING = "ambient-cni needs python3 on the node's host"
 CNI_UNINSTALL_ON_STOP = "CNI_UNINSTALL_ON_STOP"  # auto (default) | always | never
 DAEMONSET_NAME = "DAEMONSET_NAME"
 POD_NAMESPACE = "POD_NAMESPACE"
@@ -66,14 +67,15 @@ class UninstallMode(enum.StrEnum):
 class HostInstallConfig:
     bin_dir: Path
     net_dir: Path
-    plugin_source: Path
+    plugin_source: Path | None  # None: the host plugin built from the package (host_plugin_executable)
     entry: Mapping[str, Any]  # our conflist entry (without cniVersion: the conflist's own applies)
     daemonset: str = "istio-cni"
     namespace: str = "istio-system"
     on_stop: UninstallMode = UninstallMode.AUTO
 
 
-def parse_host_install(env: Mapping[str, str], entry: Mapping[str, Any], default_source: Path) -> HostInstallConfig | None:
+def parse_host_install(env: Mapping[str, str], entry: Mapping[str, Any],
+                       default_source: Path | None = None) -> HostInstallConfig | None:
     """The host install settings, or None when the CNI directories are not mounted (the local cluster)."""
     bin_raw, net_raw = env.get(MOUNTED_CNI_BIN_DIR, "").strip(), env.get(MOUNTED_CNI_NET_DIR, "").strip()
     if not bin_raw and not net_raw:
@@ -127,6 +129,37 @@ def should_clean_up(daemonset: Mapping[str, Any] | None, *, lookup_error: str | 
 
 # -- the files -------------------------------------------------------------------------------------------
 
+# The installed file is a /bin/sh script and a Python module at once. sh runs the first word (the quotes
+# around ':' leave the no-op command ``:``), finds python3 and execs it isolated on this same file, or prints
+# a CNI error JSON naming the requirement and exits 1; Python reads the shell part as a string statement and
+# runs the module after it. The shell part has no backslash and no three quotes in a row.
+_HOST_SHIM = (
+    "#!/bin/sh\n"
+    "''':'\n"
+    "for py in python3 /usr/bin/python3 /usr/local/bin/python3 /bin/python3; do\n"
+    '  if command -v "$py" >/dev/null 2>&1; then exec "$py" -I -S "$0" "$@"; fi\n'
+    "done\n"
+    "printf '%s' '{\"cniVersion\":\"1.0.0\",\"code\":5,\"msg\":\"MISSING (none found on PATH, in /usr/bin, "
+    "/usr/local/bin or /bin)\",\"details\":\"install python3 (3.8 or newer) on the node, or set "
+    "CNI_PLUGIN_SOURCE to a plugin built for it\"}'\n"
+    "exit 1\n"
+    "'''\n"
+).replace("MISSING", HOST_PYTHON_MISSING.replace("'", "'\"'\"'"))
+
+
+def host_plugin_executable() -> bytes:
+    """The ``ambient-cni`` a node's host runs: the shell preamble and ``hostplugin.py``'s source, read from the
+    installed package (no network); it needs only the host's python3 (>= 3.8, standard library)."""
+    from ztunnel.cni import hostplugin
+
+    try:
+        source = Path(hostplugin.__file__).read_bytes()
+    except OSError as e:
+        raise InstallError(f"cannot read the host plugin's source {hostplugin.__file__}: {e.strerror} "
+                           "(is the image's ztunnel package complete?)") from e
+    return _HOST_SHIM.encode() + source
+
+
 
 @dataclass(frozen=True, slots=True)
 class InstallResult:
@@ -146,11 +179,14 @@ def primary_config(net_dir: Path) -> Path | None:
 def install_plugin(config: HostInstallConfig) -> InstallResult:
     """Copy the plugin into the bin directory and chain our entry last in the primary conflist (idempotent)."""
     plugin = config.bin_dir / PLUGIN_TYPE
-    try:
-        data = config.plugin_source.read_bytes()
-    except OSError as e:
-        raise InstallError(f"cannot read the plugin {config.plugin_source}: {e.strerror} (set {CNI_PLUGIN_SOURCE})") \
-            from e
+    if config.plugin_source is None:
+        data = host_plugin_executable()
+    else:
+        try:
+            data = config.plugin_source.read_bytes()
+        except OSError as e:
+            raise InstallError(f"cannot read the plugin {config.plugin_source}: {e.strerror} "
+                               f"(unset {CNI_PLUGIN_SOURCE} to install the built-in host plugin)") from e
     _atomic_write(plugin, data, 0o755)
     primary = primary_config(config.net_dir)
     if primary is None:
@@ -292,8 +328,6 @@ async def clean_up_in_cluster(config: HostInstallConfig) -> CleanupDecision:
 
 def host_install_from_env(event_socket: Path, env: Mapping[str, str] | None = None) -> HostInstallConfig | None:
     """The node agent's host install settings from its environment (None on the local cluster)."""
-    import sys
-
     # enrollment "agent": a Kubernetes node has no embedded store for the plugin to read; the agent decides.
     entry = {"type": PLUGIN_TYPE, "cni_event_address": str(event_socket), "enrollment": "agent"}
-    return parse_host_install(os.environ if env is None else env, entry, Path(sys.executable).parent / PLUGIN_TYPE)
+    return parse_host_install(os.environ if env is None else env, entry, None)
