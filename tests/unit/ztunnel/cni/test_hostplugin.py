@@ -4,6 +4,7 @@ the system's python3 with a bare environment (nothing of the venv) and a fake ag
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -19,7 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztunnel.cni import errors, hostplugin, plugin
-from ztunnel.cni.install import _HOST_SHIM, HOST_PYTHON_MISSING, HostInstallConfig, install_plugin
+from ztunnel.cni.install import (
+    _HOST_SHIM,
+    HOST_PYTHON_MISSING,
+    HostInstallConfig,
+    host_install_from_env,
+    host_plugin_executable,
+    install_plugin,
+)
 from ztunnel.cni.wire import EventReply, PluginEvent, decode_event, encode_line
 
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}], "ips": [{"address": "10.244.1.5/24"}]}
@@ -300,3 +308,24 @@ def test_a_host_without_python3_gets_a_cni_error_naming_the_requirement(tmp_path
     doc = json.loads(proc.stdout)
     assert proc.returncode == 1 and set(doc) == {"cniVersion", "code", "msg", "details"}
     assert doc["msg"].startswith(HOST_PYTHON_MISSING)
+
+
+def test_the_host_plugin_is_python_3_8_with_the_standard_library_only() -> None:
+    source = Path(hostplugin.__file__).read_text()
+    tree = ast.parse(source, feature_version=(3, 8))
+    imported = {alias.name.partition(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").partition(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"json", "os", "socket", "sys", "time", "typing"}
+    # the installed file puts the shell preamble's string first: a __future__ import would not compile
+    assert "__future__" not in imported
+    compile(_HOST_SHIM + source, "ambient-cni", "exec")
+
+
+def test_the_agents_host_install_writes_the_host_plugin_unless_told_otherwise(tmp_path: Path) -> None:
+    env = {"MOUNTED_CNI_NET_DIR": str(tmp_path / "net.d"), "MOUNTED_CNI_BIN_DIR": str(tmp_path / "bin")}
+    got = host_install_from_env(tmp_path / "pluginevent.sock", env)
+    assert got is not None and got.plugin_source is None
+    assert host_plugin_executable().startswith(b"#!/bin/sh\n")
+    told = host_install_from_env(tmp_path / "pluginevent.sock", {**env, "CNI_PLUGIN_SOURCE": "/opt/ambient-cni"})
+    assert told is not None and told.plugin_source == Path("/opt/ambient-cni")
