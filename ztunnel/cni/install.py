@@ -2,8 +2,9 @@
 and their removal when the mesh is uninstalled from the node (not when the agent merely restarts).
 
 Role: on Kubernetes the node agent DaemonSet mounts the host's CNI directories (``MOUNTED_CNI_BIN_DIR``,
-``MOUNTED_CNI_NET_DIR``). At start ``install_plugin`` copies the plugin executable into the bin directory
-and chains our entry last into the node's primary conflist (the first ``*.conflist``/``*.conf`` in lexical
+``MOUNTED_CNI_NET_DIR``). At start ``install_plugin`` writes the plugin into the bin directory (the host
+plugin, ``hostplugin.py`` behind a ``/bin/sh`` preamble, which needs only the host's python3: the runtime runs
+it on the host, without the image's venv; or the executable ``CNI_PLUGIN_SOURCE`` names) and chains our entry last into the node's primary conflist (the first ``*.conflist``/``*.conf`` in lexical
 order, the one libcni loads; the entry says ``"enrollment": "agent"``: the node has no embedded store, so
 the plugin leaves the enrolment decision to this agent); at SIGTERM ``should_clean_up`` decides, and ``uninstall_plugin`` removes
 both again. The local cluster does none of this (its conflist is written by ``ambientctl``).
