@@ -227,6 +227,25 @@ class LocalClusterDemo:
     def _store(self) -> SqliteStore:
         return SqliteStore(store_path(self.state_dir))
 
+    def _deploy_waypoint(self, namespace: str, name: str, service_account: str) -> tuple[str, set[str]]:
+        """Deploy a per-service-account waypoint and wait until istiod reports it Programmed; its first
+        pod's name and the running pods' IPs (a Programmed waypoint without a running pod fails the step)."""
+        from ambientctl.commands.waypoint import apply_waypoint, build_waypoint, is_programmed, to_resource
+
+        with self._store() as store:
+            apply_waypoint(store, to_resource(build_waypoint(name, namespace, service_account=service_account)))
+            wait_for(
+                f"waypoint {namespace}/{name} Programmed (its pod running, its Service with an address)",
+                lambda: is_programmed(store.get(ResourceRef("Gateway", namespace, name))),
+                timeout=60,
+            )
+            pods = [p for p in store.list("Pod", namespace)
+                    if p.labels.get("gateway.networking.k8s.io/gateway-name") == name]
+        ips = {p.status.get("podIP") for p in pods} - {None}
+        if not ips:
+            raise DemoFailed(f"waypoint {name} is Programmed but has no running pod")
+        return pods[0].name, ips
+
     def _summary(self) -> None:
         table = Table(title="summary", title_justify="left")
         table.add_column("STEP")
@@ -377,23 +396,9 @@ class ClusterDemo(LocalClusterDemo):
         return f"allowed again {(time.monotonic() - started) * 1000:.0f} ms after the delete"
 
     def step_waypoint(self) -> str:
-        from ambientctl.commands.waypoint import apply_waypoint, build_waypoint, is_programmed, to_resource
-
         started = time.monotonic()
-        with self._store() as store:
-            apply_waypoint(store, to_resource(build_waypoint(WAYPOINT, NAMESPACE, service_account="server")))
-            wait_for(
-                f"waypoint {NAMESPACE}/{WAYPOINT} Programmed (its pod running, its Service with an address)",
-                lambda: is_programmed(store.get(ResourceRef("Gateway", NAMESPACE, WAYPOINT))),
-                timeout=60,
-            )
-            pods = [p for p in store.list("Pod", NAMESPACE)
-                    if p.labels.get("gateway.networking.k8s.io/gateway-name") == WAYPOINT]
+        self.waypoint_pod, ips = self._deploy_waypoint(NAMESPACE, WAYPOINT, "server")
         programmed_s = time.monotonic() - started
-        ips = {p.status.get("podIP") for p in pods} - {None}
-        if not ips:
-            raise DemoFailed(f"waypoint {WAYPOINT} is Programmed but has no running pod")
-        self.waypoint_pod = pods[0].name
 
         def via_waypoint() -> bool:
             result = self._request(timeout=3)

@@ -170,22 +170,8 @@ class TrafficDemo(LocalClusterDemo):
                 "namespace demo in ambient mode")
 
     def step_waypoint(self) -> str:
-        from ambientctl.commands.waypoint import apply_waypoint, build_waypoint, is_programmed, to_resource
-
         started = time.monotonic()
-        with self._store() as store:
-            apply_waypoint(store, to_resource(build_waypoint(WAYPOINT, NAMESPACE, service_account="server")))
-            wait_for(
-                f"waypoint {NAMESPACE}/{WAYPOINT} Programmed (its pod running, its Service with an address)",
-                lambda: is_programmed(store.get(ResourceRef("Gateway", NAMESPACE, WAYPOINT))),
-                timeout=60,
-            )
-            pods = [p for p in store.list("Pod", NAMESPACE)
-                    if p.labels.get("gateway.networking.k8s.io/gateway-name") == WAYPOINT]
-        ips = {p.status.get("podIP") for p in pods} - {None}
-        if not ips:
-            raise DemoFailed(f"waypoint {WAYPOINT} is Programmed but has no running pod")
-        self.waypoint_pod = pods[0].name
+        self.waypoint_pod, ips = self._deploy_waypoint(NAMESPACE, WAYPOINT, "server")
 
         def via_waypoint() -> bool:
             first = self._request("http://echo.demo/", timeout=3)[0]
