@@ -291,7 +291,7 @@ def socket_path_problem(path: Path) -> str | None:
 # --- probes ---------------------------------------------------------------------------------------------
 
 
-class _ConnectedHTTP(http.client.HTTPConnection):
+class ConnectedHTTP(http.client.HTTPConnection):
     """An HTTP connection over a socket made elsewhere (inside another network namespace)."""
 
     def __init__(self, sock: socket.socket, host: str, port: int, timeout: float) -> None:
@@ -309,7 +309,7 @@ def http_get_in_netns(
 ) -> tuple[int, str]:
     """``GET path`` from inside ``handle``'s namespace; (status, body). Raises OSError on failure."""
     sock = handle.run(make_marked_socket, socket.AF_INET, socket.SOCK_STREAM, 0, 0)
-    conn = _ConnectedHTTP(sock, host, port, timeout)
+    conn = ConnectedHTTP(sock, host, port, timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()

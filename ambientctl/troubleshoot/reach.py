@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ambientctl.cluster import Cluster, ClusterError
+from ambientctl.cluster.mesh import ConnectedHTTP
 from meshcore.aio.netns import NetnsError, NetnsHandle, make_marked_socket
 
 ISTIOD = "istiod"
@@ -109,19 +110,6 @@ def parse_location(text: str) -> tuple[int, str]:
     return int(port_text), slash + path if slash else "/"
 
 
-class _ConnectedHTTP(http.client.HTTPConnection):
-    """An HTTP connection over a socket made inside another network namespace."""
-
-    def __init__(self, sock: socket.socket, host: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._made = sock
-
-    def connect(self) -> None:
-        self._made.settimeout(self.timeout)
-        self._made.connect((self.host, self.port))
-        self.sock = self._made
-
-
 class Endpoints:
     """What every source of endpoints offers on top of its own ``get`` (local ``Reach``, or ``KubeReach``
     through the API server): JSON decoding with one error wording, and the shorthands the commands read."""
@@ -185,7 +173,7 @@ class Reach(Endpoints):
                 sock = handle.run(make_marked_socket, socket.AF_INET, socket.SOCK_STREAM, 0, 0)
         except (NetnsError, OSError) as e:
             raise ReachError(f"cannot enter the network namespace of {target}: {e}") from None
-        conn = _ConnectedHTTP(sock, place.host, port, wait)
+        conn = ConnectedHTTP(sock, place.host, port, wait)
         try:
             conn.request("GET", path, headers={"Accept": "application/json, text/plain"})
             response = conn.getresponse()
