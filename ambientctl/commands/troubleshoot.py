@@ -32,7 +32,7 @@ import json
 import sys
 import time
 import webbrowser
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -473,15 +473,8 @@ def logs(
     except ValueError as e:
         raise CliError(str(e)) from None
 
-    def keep(r: LogRecord) -> bool:
-        if cutoff is not None and not since(r, cutoff):
-            return False
-        if denied_ and not denied(r):
-            return False
-        return not (pod_ref is not None and narrowed is None and not concerns(r, pod=pod_ref))
-
-    def emit(r: LogRecord) -> None:
-        typer.echo(json.dumps(record_json(r)) if output is Format.json else f"[{r.source}] {r.raw}")
+    keep = _log_filter(cutoff, denied_, pod_ref, narrowed)
+    emit = _log_printer(output)
 
     for record in read(files, keep):
         emit(record)
@@ -491,6 +484,30 @@ def logs(
                 emit(record)
         except KeyboardInterrupt:
             return
+
+
+def _log_filter(
+    cutoff: datetime | None, denied_: bool, pod_ref: tuple[str, str] | None, narrowed: tuple[str, str] | None
+) -> Callable[[LogRecord], bool]:
+    """``logs --component``'s record filter, local or on Kubernetes: at or after ``cutoff`` (untimed lines
+    follow the line before), only refusals with ``--denied``, and with ``--pod`` only records about that
+    pod unless the logs were already narrowed to its own (a waypoint pod's)."""
+
+    def keep(r: LogRecord) -> bool:
+        if cutoff is not None and not since(r, cutoff):
+            return False
+        if denied_ and not denied(r):
+            return False
+        return not (pod_ref is not None and narrowed is None and not concerns(r, pod=pod_ref))
+
+    return keep
+
+
+def _log_printer(output: Format) -> Callable[[LogRecord], None]:
+    def emit(r: LogRecord) -> None:
+        typer.echo(json.dumps(record_json(r)) if output is Format.json else f"[{r.source}] {r.raw}")
+
+    return emit
 
 
 def _kube_logs(
@@ -516,15 +533,8 @@ def _kube_logs(
     cutoff = datetime.now(UTC) - cutoff_delta if cutoff_delta is not None else None
     since_seconds = -int(-cutoff_delta.total_seconds() // 1) if cutoff_delta is not None else None
 
-    def keep(r: LogRecord) -> bool:
-        if cutoff is not None and r.time is not None and not since(r, cutoff):
-            return False
-        if denied_ and not denied(r):
-            return False
-        return not (pod_ref is not None and narrowed is None and not concerns(r, pod=pod_ref))
-
-    def emit(r: LogRecord) -> None:
-        typer.echo(json.dumps(record_json(r)) if output is Format.json else f"[{r.source}] {r.raw}")
+    keep = _log_filter(cutoff, denied_, pod_ref, narrowed)
+    emit = _log_printer(output)
 
     if not follow_:
         texts: list[tuple[LogSource, str]] = []
